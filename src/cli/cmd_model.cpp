@@ -1,0 +1,160 @@
+// dmc info / init / convert / tokenizer: model-directory and tokenizer housekeeping.
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "cli/runtime.h"
+#include "common/error.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "config/options.h"
+#include "io/safetensors.h"
+#include "model/llama.h"
+#include "tokenizer/tokenizer.h"
+
+namespace dmc::cli {
+
+int cmd_info(const Args& a) {
+  std::string model;
+  bool json_out = false;
+  OptionTable t("info", "dmc info DIR [--json]");
+  t.add("model", &model, "model directory (config.json + safetensors)", true);
+  t.add("json", &json_out, "print JSON instead of text");
+  t.positional({"model"});
+  t.parse(a);
+  require_dir(model, "model directory");
+  const auto cfg = LlamaConfig::load(model + "/config.json");
+  auto st = io::TensorStore::open_dir(model);
+  std::map<std::string, int64_t> bytes_by_dtype, count_by_dtype;
+  int64_t params = 0, bytes = 0;
+  for (const auto& n : st.names()) {
+    const auto& ti = st.info(n);
+    int64_t numel = 1;
+    for (auto d : ti.shape) numel *= d;
+    params += numel;
+    const int64_t b = ti.end - ti.begin;
+    bytes += b;
+    bytes_by_dtype[io::dtype_to_safetensors(ti.dtype)] += b;
+    count_by_dtype[io::dtype_to_safetensors(ti.dtype)] += 1;
+  }
+  nlohmann::json j;
+  j["model"] = model;
+  j["config"] = cfg.to_json();
+  j["parameters"] = params;
+  j["parameters_expected"] = cfg.num_parameters();
+  j["tensors"] = st.names().size();
+  j["bytes"] = bytes;
+  j["files"] = st.files();
+  for (const auto& kv : bytes_by_dtype) j["dtypes"][kv.first] = {{"tensors", count_by_dtype[kv.first]}, {"bytes", kv.second}};
+  if (json_out) {
+    std::cout << j.dump(2) << "\n";
+    return 0;
+  }
+  std::cout << "model:       " << model << "\n"
+            << "shape:       " << cfg.num_hidden_layers << " layers, hidden " << cfg.hidden_size << ", heads "
+            << cfg.num_attention_heads << " (kv " << cfg.num_key_value_heads << "), head_dim " << cfg.head_dim
+            << ", ffn " << cfg.intermediate_size << ", vocab " << cfg.vocab_size << "\n"
+            << "rope:        theta " << cfg.rope_theta << ", scaling " << cfg.rope_scaling.type << ", max positions "
+            << cfg.max_position_embeddings << "\n"
+            << "embeddings:  " << (cfg.tie_word_embeddings ? "tied" : "untied") << ", rms_norm_eps " << cfg.rms_norm_eps
+            << "\n"
+            << "parameters:  " << params << " (" << params / 1e6 << " M)\n"
+            << "tensors:     " << st.names().size() << " in " << st.files().size() << " file(s)\n"
+            << "bytes:       " << bytes << " (" << human_bytes((double)bytes) << ")\n";
+  for (const auto& kv : bytes_by_dtype)
+    std::cout << "dtype " << kv.first << ":  " << count_by_dtype[kv.first] << " tensors, " << human_bytes((double)kv.second)
+              << "\n";
+  return 0;
+}
+
+int cmd_init(const Args& a) {
+  std::string out, preset = "tiny", dtype = "fp32", tokenizer;
+  int64_t seed = 1234, vocab = 0, hidden = 0, ffn = 0, layers = 0, heads = 0, kv_heads = 0, head_dim = 0, max_pos = 0;
+  double init_std = 0.02;
+  bool tie = false, overwrite = false;
+  OptionTable t("init", "dmc init --out DIR [--preset tiny|llama-1b|llama2-7b|llama2-13b] [--tokenizer FILE] [shape overrides]");
+  t.add("out", &out, "output model directory", true);
+  t.add("preset", &preset, "base shape: tiny, llama-1b, llama2-7b, llama2-13b");
+  t.add("tokenizer", &tokenizer, "take vocab_size, bos and eos from this SentencePiece model");
+  t.add("vocab_size", &vocab, "override (0 = preset or tokenizer)");
+  t.add("hidden_size", &hidden, "override (0 = preset)");
+  t.add("intermediate_size", &ffn, "override (0 = preset)");
+  t.add("num_hidden_layers", &layers, "override (0 = preset)");
+  t.add("num_attention_heads", &heads, "override (0 = preset)");
+  t.add("num_key_value_heads", &kv_heads, "override (0 = preset)");
+  t.add("head_dim", &head_dim, "override (0 = hidden_size / num_attention_heads of the result)");
+  t.add("max_position_embeddings", &max_pos, "override (0 = preset)");
+  t.add("tie_word_embeddings", &tie, "share the embedding and output matrices");
+  t.add("init_std", &init_std, "standard deviation of the normal init of matrices");
+  t.add("seed", &seed, "random seed");
+  t.add("dtype", &dtype, "stored dtype: fp32, bf16, fp16");
+  t.add("overwrite", &overwrite, "replace --out if it exists");
+  t.parse(a);
+  log::info(t.to_yaml());
+  LlamaConfig c = LlamaConfig::preset(preset);
+  if (!tokenizer.empty()) {
+    auto tok = Tokenizer::load(tokenizer);
+    c.vocab_size = tok.vocab_size();
+    c.bos_token_id = tok.bos_id();
+    c.eos_token_ids = {tok.eos_id()};
+  }
+  if (vocab) c.vocab_size = vocab;
+  if (hidden) c.hidden_size = hidden;
+  if (ffn) c.intermediate_size = ffn;
+  if (layers) c.num_hidden_layers = layers;
+  if (heads) c.num_attention_heads = heads;
+  if (kv_heads) c.num_key_value_heads = kv_heads;
+  if (max_pos) c.max_position_embeddings = max_pos;
+  if (hidden || heads) c.head_dim = c.hidden_size / c.num_attention_heads;
+  if (head_dim) c.head_dim = head_dim;
+  c.tie_word_embeddings = tie;
+  c.validate("init");
+  auto model = Llama::random(c, (uint64_t)seed, at::kFloat, at::kCPU, init_std);
+  model.save(out, parse_dtype(dtype), 5000000000LL, overwrite);
+  log::info(cat("wrote ", out, ": ", c.num_parameters(), " parameters (", preset, ")"));
+  return 0;
+}
+
+int cmd_convert(const Args& a) {
+  std::string model, out, dtype = "bf16", max_shard = "5GB";
+  bool overwrite = false;
+  OptionTable t("convert", "dmc convert --model DIR --out DIR [--dtype bf16|fp16|fp32] [--max-shard-size 5GB]");
+  t.add("model", &model, "input model directory", true);
+  t.add("out", &out, "output model directory", true);
+  t.add("dtype", &dtype, "output dtype: bf16, fp16, fp32");
+  t.add("max_shard_size", &max_shard, "largest shard file (e.g. 5GB, 500MB); larger models are sharded with an index");
+  t.add("overwrite", &overwrite, "replace --out if it exists");
+  t.parse(a);
+  log::info(t.to_yaml());
+  const at::ScalarType dt = parse_dtype(dtype, "dtype");
+  const int64_t shard = parse_bytes(max_shard, "max_shard_size");
+  // Loading in the target dtype converts tensor by tensor from the mapping.
+  auto m = Llama::load(model, dt, at::kCPU);
+  m.save(out, dt, shard, overwrite);
+  log::info(cat("wrote ", out, " (", dtype, ", shards of at most ", max_shard, ")"));
+  return 0;
+}
+
+int cmd_tokenizer(const Args& a) {
+  if (a.empty() || a[0] != "train") {
+    if (!a.empty() && (a[0] == "-h" || a[0] == "--help")) {
+      std::cout << "usage: dmc tokenizer train --input FILES --out PREFIX [--vocab-size N]\n";
+      return 0;
+    }
+    fail("command line: expected 'dmc tokenizer train ...'");
+  }
+  Tokenizer::TrainOptions o;
+  OptionTable t("tokenizer train", "dmc tokenizer train --input F1,F2,... --out PREFIX [--vocab-size N]");
+  t.add("input", &o.inputs, "comma-separated text files", true);
+  t.add("out", &o.model_prefix, "output prefix: writes PREFIX.model and PREFIX.vocab", true);
+  t.add("vocab_size", &o.vocab_size, "vocabulary size");
+  t.add("max_sentences", &o.max_sentences, "lines sampled for training");
+  t.parse(Args(a.begin() + 1, a.end()));
+  log::info(t.to_yaml());
+  Tokenizer::train(o);
+  auto tok = Tokenizer::load(o.model_prefix + ".model");
+  log::info(cat("wrote ", o.model_prefix, ".model (", tok.vocab_size(), " pieces)"));
+  return 0;
+}
+
+}  // namespace dmc::cli

@@ -1,0 +1,121 @@
+// dmc generate / eval ppl: commands that run a model.
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "cli/runtime.h"
+#include "common/error.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "config/options.h"
+#include "inference/generate.h"
+#include "inference/perplexity.h"
+
+namespace dmc::cli {
+
+std::pair<at::Device, at::ScalarType> resolve_runtime(const std::string& device, const std::string& dtype) {
+  at::Device d = parse_device(device, "device");
+  at::ScalarType t = dtype == "auto" ? (d.is_cuda() ? at::kBFloat16 : at::kFloat) : parse_dtype(dtype, "dtype");
+  return {d, t};
+}
+
+int cmd_generate(const Args& a) {
+  std::string model_dir, tok_path, prompt, device = "auto", dtype = "auto";
+  int64_t max_new = 64, top_k = 0, seed = 1234;
+  double temperature = 0.8, top_p = 0.95;
+  bool add_bos = true;
+  OptionTable t("generate", "dmc generate --model DIR --tokenizer FILE --prompt TEXT [options]");
+  t.add("model", &model_dir, "model directory (HF safetensors + config.json)", true);
+  t.add("tokenizer", &tok_path, "SentencePiece tokenizer.model", true);
+  t.add("prompt", &prompt, "prompt text", true);
+  t.add("max_new_tokens", &max_new, "tokens to generate");
+  t.add("temperature", &temperature, "sampling temperature (0 = greedy)");
+  t.add("top_k", &top_k, "keep the k most likely tokens (0 = off)");
+  t.add("top_p", &top_p, "nucleus sampling mass (1 = off)");
+  t.add("seed", &seed, "sampling seed");
+  t.add("add_bos", &add_bos, "prepend the BOS token");
+  t.add("device", &device, "cpu, cuda, cuda:N or auto");
+  t.add("dtype", &dtype, "bf16, fp16, fp32 or auto (bf16 on CUDA, fp32 on CPU)");
+  t.parse(a);
+  log::info(t.to_yaml());
+  auto [dev, dt] = resolve_runtime(device, dtype);
+  auto tok = Tokenizer::load(tok_path);
+  auto model = Llama::load(model_dir, dt, dev);
+  tok.check_model_vocab(model.config.vocab_size, model_dir + "/config.json");
+  GenerateOptions go;
+  go.max_new_tokens = max_new;
+  go.sampling = {temperature, top_k, top_p, (uint64_t)seed};
+  auto ids = tok.encode(prompt, add_bos);
+  std::cout << prompt << std::flush;
+  std::vector<int64_t> so_far;
+  std::string printed;
+  auto res = generate(model, {ids}, go, [&](int64_t, int64_t id) {
+    if (id == tok.eos_id()) return;
+    so_far.push_back(id);
+    std::string text = tok.decode(so_far);  // decode the whole suffix: SentencePiece spacing is contextual
+    if (text.size() > printed.size() && text.compare(0, printed.size(), printed) == 0) {
+      std::cout << text.substr(printed.size()) << std::flush;
+      printed = text;
+    }
+  });
+  std::cout << "\n";
+  const double tps = res.decode_seconds > 0 ? res.decode_steps / res.decode_seconds : 0;
+  log::info(cat("generated ", res.tokens[0].size(), " tokens; prefill ", res.prefill_seconds * 1e3, " ms, decode ",
+                tps, " tokens/s"));
+  return 0;
+}
+
+int cmd_eval(const Args& a) {
+  if (a.empty() || a[0] != "ppl") {
+    if (!a.empty() && (a[0] == "-h" || a[0] == "--help")) {
+      std::cout << "usage: dmc eval ppl --model DIR --tokenizer FILE --text FILE [options]\n";
+      return 0;
+    }
+    fail("command line: expected 'dmc eval ppl ...'");
+  }
+  std::string model_dir, tok_path, text_path, device = "auto", dtype = "auto", json_path;
+  int64_t seq_len = 1024, stride = 0, max_tokens = 0;
+  bool add_bos = true;
+  OptionTable t("eval ppl", "dmc eval ppl --model DIR --tokenizer FILE --text FILE [--seq-len N] [--stride N] [--json OUT]");
+  t.add("model", &model_dir, "model directory", true);
+  t.add("tokenizer", &tok_path, "SentencePiece tokenizer.model", true);
+  t.add("text", &text_path, "UTF-8 text file to score", true);
+  t.add("seq_len", &seq_len, "window length in tokens");
+  t.add("stride", &stride, "window step in tokens (0 = seq_len)");
+  t.add("max_tokens", &max_tokens, "score only the first N tokens (0 = all)");
+  t.add("add_bos", &add_bos, "prepend the BOS token to the text");
+  t.add("device", &device, "cpu, cuda, cuda:N or auto");
+  t.add("dtype", &dtype, "bf16, fp16, fp32 or auto (bf16 on CUDA, fp32 on CPU)");
+  t.add("json", &json_path, "also write the result as JSON to this file");
+  t.parse(Args(a.begin() + 1, a.end()));
+  log::info(t.to_yaml());
+  auto [dev, dt] = resolve_runtime(device, dtype);
+  auto tok = Tokenizer::load(tok_path);
+  const std::string text = read_file(text_path, "text");
+  auto model = Llama::load(model_dir, dt, dev);
+  tok.check_model_vocab(model.config.vocab_size, model_dir + "/config.json");
+  auto ids = tok.encode(text, add_bos);
+  if (max_tokens > 0 && (int64_t)ids.size() > max_tokens) ids.resize(max_tokens);
+  log::info(cat("scoring ", ids.size(), " tokens of ", text_path, " with windows of ", seq_len, ", stride ",
+                stride ? stride : seq_len));
+  PplOptions po;
+  po.seq_len = seq_len;
+  po.stride = stride;
+  auto r = perplexity(model, ids, po);
+  std::cout << "perplexity: " << std::setprecision(8) << r.ppl() << "  (nll " << r.nll() << ", " << r.tokens_scored
+            << " tokens, " << r.windows << " windows, " << r.seconds << " s)\n";
+  if (!json_path.empty()) {
+    nlohmann::json j = {{"ppl", r.ppl()},         {"nll", r.nll()},         {"tokens_scored", r.tokens_scored},
+                        {"windows", r.windows},   {"seq_len", seq_len},     {"stride", stride ? stride : seq_len},
+                        {"model", model_dir},     {"text", text_path},      {"dtype", dtype_name(dt)},
+                        {"device", dev.str()},    {"seconds", r.seconds}};
+    std::ofstream out(json_path);
+    out << j.dump(2) << "\n";
+    if (!out) fail(json_path, ": write failed");
+  }
+  return 0;
+}
+
+}  // namespace dmc::cli

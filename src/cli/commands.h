@@ -1,0 +1,22 @@
+// The `dmc` subcommands. Each takes the arguments after its name and returns the exit status; bad input is
+// reported by throwing dmc::Error, which main() prints before exiting with status 1.
+#pragma once
+#include <string>
+#include <vector>
+
+namespace dmc::cli {
+using Args = std::vector<std::string>;
+int cmd_info(const Args& a);
+int cmd_init(const Args& a);
+int cmd_convert(const Args& a);
+int cmd_generate(const Args& a);
+int cmd_eval(const Args& a);
+int cmd_tokenizer(const Args& a);
+
+// Shared: "auto" dtype = bf16 on CUDA, fp32 on CPU.
+struct RuntimeOptions {
+  std::string device = "auto";
+  std::string dtype = "auto";
+  std::string log_level = "info";
+};
+}  // namespace dmc::cli

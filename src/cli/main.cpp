@@ -1,0 +1,57 @@
+// dmc: command-line entry point. `dmc <command> --help` prints each command's options.
+#include <c10/util/Exception.h>
+
+#include <cstdio>
+#include <iostream>
+
+#include "cli/commands.h"
+#include "common/error.h"
+#include "common/log.h"
+#include "config/options.h"
+
+namespace {
+const char* kUsage = R"(dmc: Dynamic Memory Compression for Llama-family models
+
+usage: dmc <command> [options]          (dmc <command> --help for its options)
+
+commands:
+  info DIR              config, parameter count, dtypes and bytes of a model directory
+  init                  write a randomly initialised Llama (preset shape, HF format)
+  convert               change dtype and/or re-shard a model directory
+  generate              generate text from a prompt
+  eval ppl              perplexity of a text file (sliding window)
+  tokenizer train       train a small SentencePiece BPE tokenizer on text files
+)";
+}
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty() || args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
+    std::cout << kUsage;
+    return args.empty() ? 2 : 0;
+  }
+  const std::string cmd = args[0];
+  args.erase(args.begin());
+  try {
+    if (cmd == "info") return dmc::cli::cmd_info(args);
+    if (cmd == "init") return dmc::cli::cmd_init(args);
+    if (cmd == "convert") return dmc::cli::cmd_convert(args);
+    if (cmd == "generate") return dmc::cli::cmd_generate(args);
+    if (cmd == "eval") return dmc::cli::cmd_eval(args);
+    if (cmd == "tokenizer") return dmc::cli::cmd_tokenizer(args);
+    std::cerr << "dmc: unknown command '" << cmd << "'\n\n" << kUsage;
+    return 2;
+  } catch (const dmc::HelpRequested& h) {
+    std::cout << h.text;
+    return 0;
+  } catch (const dmc::Error& e) {
+    dmc::log::error(e.what());
+    return 1;
+  } catch (const c10::Error& e) {
+    dmc::log::error(std::string("torch: ") + e.what_without_backtrace());
+    return 1;
+  } catch (const std::exception& e) {
+    dmc::log::error(std::string("error: ") + e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,42 @@
+// Small shared helpers: reading files with clear errors, dtype/device names, closest-name suggestions,
+// human-readable sizes, a progress reporter with ETA.
+#pragma once
+#include <torch/types.h>
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+namespace dmc {
+
+// Whole file as bytes; dmc::Error naming the path if it does not exist or cannot be read.
+std::string read_file(const std::string& path, const std::string& what = "file");
+// Throws dmc::Error unless `path` is an existing directory.
+void require_dir(const std::string& path, const std::string& what);
+bool file_exists(const std::string& path);
+
+// "bf16"|"bfloat16"|"fp16"|"float16"|"half"|"fp32"|"float32"|"float"|"fp64"|"float64" -> ScalarType.
+at::ScalarType parse_dtype(const std::string& name, const std::string& field = "dtype");
+std::string dtype_name(at::ScalarType t);  // short name: bf16, fp16, fp32, ...
+// "cpu" | "cuda" | "cuda:N" | "auto" (cuda if available, else cpu).
+at::Device parse_device(const std::string& name, const std::string& field = "device");
+
+// The candidate with the smallest edit distance to `word` (empty if none is close enough).
+std::string closest(const std::string& word, const std::vector<std::string>& candidates);
+std::string human_bytes(double bytes);
+// "5GB", "500MB", "1024" -> bytes.
+int64_t parse_bytes(const std::string& s, const std::string& field);
+
+// Logs "what: i/n (x%), rate, ETA" at most every `interval_s` seconds and at the end.
+class Progress {
+ public:
+  Progress(std::string what, int64_t total, double interval_s = 2.0);
+  void update(int64_t done, const std::string& extra = "");
+ private:
+  std::string what_;
+  int64_t total_;
+  double interval_s_;
+  std::chrono::steady_clock::time_point start_, last_;
+};
+
+}  // namespace dmc

@@ -1,0 +1,54 @@
+#include "inference/perplexity.h"
+
+#include <chrono>
+#include <cmath>
+
+#include "common/error.h"
+#include "common/util.h"
+
+namespace dmc {
+
+double PplResult::ppl() const { return std::exp(nll()); }
+
+PplResult perplexity(const Llama& model, const std::vector<int64_t>& tokens, const PplOptions& o) {
+  const int64_t L = (int64_t)tokens.size();
+  const int64_t S = o.seq_len, stride = o.stride > 0 ? o.stride : o.seq_len;
+  DMC_CHECK(S >= 2, "seq_len: must be at least 2, got ", S);
+  DMC_CHECK(stride <= S, "stride: must be <= seq_len (", S, "), got ", stride);
+  DMC_CHECK(S <= model.config.max_position_embeddings, "seq_len: ", S, " exceeds the model's max_position_embeddings (",
+            model.config.max_position_embeddings, ")");
+  DMC_CHECK(L >= 2, "perplexity: the text has ", L, " tokens, need at least 2");
+  for (int64_t id : tokens)
+    DMC_CHECK(id >= 0 && id < model.config.vocab_size, "perplexity: token id ", id, " out of range");
+  at::NoGradGuard ng;
+  const at::Tensor all = at::tensor(tokens, at::kLong);
+  PplResult r;
+  auto t0 = std::chrono::steady_clock::now();
+  int64_t n_windows = 1;
+  for (int64_t b = 0; b + S < L; b += stride) ++n_windows;
+  Progress prog("eval ppl", n_windows, 5.0);
+  int64_t prev_end = 0;
+  for (int64_t begin = 0; begin < L; begin += stride) {
+    const int64_t end = std::min(begin + S, L);
+    const int64_t first = std::max(prev_end, begin + 1);  // first scored absolute position
+    if (end > first) {
+      at::Tensor ids = all.slice(0, begin, end).unsqueeze(0).to(model.device());
+      at::Tensor h = model.forward_hidden(ids).squeeze(0);  // [T, H]
+      // positions first..end-1 are predicted from hidden states first-1..end-2
+      at::Tensor hs = h.slice(0, first - 1 - begin, end - 1 - begin);
+      at::Tensor logits = at::linear(hs, model.lm_head).to(at::kFloat);
+      at::Tensor target = all.slice(0, first, end).to(model.device());
+      at::Tensor nll = at::cross_entropy_loss(logits, target, {}, at::Reduction::Sum);
+      r.nll_sum += nll.item<double>();
+      r.tokens_scored += end - first;
+    }
+    ++r.windows;
+    if (o.progress) prog.update(r.windows, cat("ppl so far ", std::exp(r.nll())));
+    prev_end = end;
+    if (end == L) break;
+  }
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return r;
+}
+
+}  // namespace dmc

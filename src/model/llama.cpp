@@ -1,0 +1,250 @@
+#include "model/llama.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "io/safetensors.h"
+
+namespace dmc {
+namespace fs = std::filesystem;
+
+KVCache KVCache::create(const LlamaConfig& c, int64_t batch, int64_t max_len, at::ScalarType dtype, at::Device device) {
+  KVCache kv;
+  kv.max_len = max_len;
+  auto opt = at::TensorOptions().dtype(dtype).device(device);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    kv.k.push_back(at::zeros({batch, c.num_key_value_heads, max_len, c.head_dim}, opt));
+    kv.v.push_back(at::zeros({batch, c.num_key_value_heads, max_len, c.head_dim}, opt));
+  }
+  return kv;
+}
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor var = xf.pow(2).mean(-1, /*keepdim=*/true);
+  xf = xf * at::rsqrt(var + eps);
+  return weight * xf.to(x.scalar_type());
+}
+
+at::Tensor rope_inv_freq(const LlamaConfig& c, at::Device device) {
+  const int64_t d = c.head_dim;
+  at::Tensor idx = at::arange(0, d, 2, at::kLong).to(at::kFloat);
+  at::Tensor inv = 1.0 / at::pow(at::scalar_tensor(c.rope_theta, at::kFloat), idx / (double)d);
+  const auto& rs = c.rope_scaling;
+  if (rs.type == "linear") {
+    inv = inv / rs.factor;
+  } else if (rs.type == "llama3") {
+    const double old_ctx = (double)rs.original_max_position_embeddings;
+    const double low_wl = old_ctx / rs.low_freq_factor, high_wl = old_ctx / rs.high_freq_factor;
+    at::Tensor wavelen = 2 * M_PI / inv;
+    at::Tensor scaled = at::where(wavelen > low_wl, inv / rs.factor, inv);
+    at::Tensor smooth = (old_ctx / wavelen - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor);
+    at::Tensor smoothed = (1 - smooth) * scaled / rs.factor + smooth * scaled;
+    at::Tensor medium = at::logical_and(wavelen >= high_wl, wavelen <= low_wl);
+    inv = at::where(medium, smoothed, scaled);
+  }
+  return inv.to(device);
+}
+
+std::pair<at::Tensor, at::Tensor> rope_cos_sin(const at::Tensor& inv_freq, const at::Tensor& positions) {
+  at::Tensor freqs = at::outer(positions.to(at::kFloat), inv_freq);  // [seq, hd/2]
+  at::Tensor emb = at::cat({freqs, freqs}, -1);                       // [seq, hd]
+  return {emb.cos(), emb.sin()};
+}
+
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t half = x.size(-1) / 2;
+  at::Tensor c = cos.to(x.scalar_type()), s = sin.to(x.scalar_type());
+  at::Tensor rot = at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+  return x * c + rot * s;
+}
+
+// ---- load / save / init ------------------------------------------------------------------------------
+
+namespace {
+std::string lname(int64_t l, const char* rest) { return cat("model.layers.", l, ".", rest); }
+
+at::Tensor fetch(const io::TensorStore& st, const std::string& name, std::vector<int64_t> shape,
+                 at::ScalarType dtype, at::Device device) {
+  const auto& info = st.info(name);
+  if (info.shape != shape)
+    fail(st.file_of(name), ": tensor '", name, "' has shape ", c10::IntArrayRef(info.shape), ", config.json implies ",
+         c10::IntArrayRef(shape));
+  if (!at::isFloatingType(info.dtype))
+    fail(st.file_of(name), ": tensor '", name, "' has dtype ", c10::toString(info.dtype), ", expected a float type");
+  return st.get(name).to(device, dtype);
+}
+}  // namespace
+
+Llama Llama::load(const std::string& dir, at::ScalarType dtype, at::Device device) {
+  require_dir(dir, "model directory");
+  Llama m;
+  m.config = LlamaConfig::load(dir + "/config.json");
+  const auto& c = m.config;
+  auto st = io::TensorStore::open_dir(dir);
+  const int64_t H = c.hidden_size, F = c.intermediate_size;
+  m.embed = fetch(st, "model.embed_tokens.weight", {c.vocab_size, H}, dtype, device);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    LlamaLayer L;
+    L.attn_norm = fetch(st, lname(l, "input_layernorm.weight"), {H}, dtype, device);
+    L.wqkv = at::cat({fetch(st, lname(l, "self_attn.q_proj.weight"), {c.q_size(), H}, dtype, device),
+                      fetch(st, lname(l, "self_attn.k_proj.weight"), {c.kv_size(), H}, dtype, device),
+                      fetch(st, lname(l, "self_attn.v_proj.weight"), {c.kv_size(), H}, dtype, device)});
+    L.wo = fetch(st, lname(l, "self_attn.o_proj.weight"), {H, c.q_size()}, dtype, device);
+    L.mlp_norm = fetch(st, lname(l, "post_attention_layernorm.weight"), {H}, dtype, device);
+    L.w_gate_up = at::cat({fetch(st, lname(l, "mlp.gate_proj.weight"), {F, H}, dtype, device),
+                           fetch(st, lname(l, "mlp.up_proj.weight"), {F, H}, dtype, device)});
+    L.w_down = fetch(st, lname(l, "mlp.down_proj.weight"), {H, F}, dtype, device);
+    m.layers.push_back(std::move(L));
+  }
+  m.norm = fetch(st, "model.norm.weight", {H}, dtype, device);
+  if (c.tie_word_embeddings) {
+    m.lm_head = m.embed;
+  } else {
+    m.lm_head = fetch(st, "lm_head.weight", {c.vocab_size, H}, dtype, device);
+  }
+  // A fetch() of a same-dtype CPU tensor aliases the read-only-backed mapping: own the memory instead, so
+  // that in-place updates (training) never touch the mapping and the files can be replaced safely.
+  if (device.is_cpu()) {
+    auto own = [](at::Tensor& t) { t = t.clone(); };
+    own(m.embed); own(m.norm);
+    if (!c.tie_word_embeddings) own(m.lm_head); else m.lm_head = m.embed;
+    for (auto& L : m.layers) { own(L.attn_norm); own(L.wo); own(L.mlp_norm); own(L.w_down); }
+  }
+  m.inv_freq = rope_inv_freq(c, device);
+  return m;
+}
+
+Llama Llama::random(const LlamaConfig& c, uint64_t seed, at::ScalarType dtype, at::Device device, double init_std) {
+  c.validate("model config");
+  torch::manual_seed(seed);
+  auto opt = at::TensorOptions().dtype(at::kFloat).device(device);
+  auto mat = [&](int64_t r, int64_t k) { return (at::randn({r, k}, opt) * init_std).to(dtype); };
+  auto ones = [&](int64_t n) { return at::ones({n}, opt.dtype(dtype)); };
+  Llama m;
+  m.config = c;
+  const int64_t H = c.hidden_size, F = c.intermediate_size;
+  m.embed = mat(c.vocab_size, H);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    LlamaLayer L;
+    L.attn_norm = ones(H);
+    L.wqkv = mat(c.q_size() + 2 * c.kv_size(), H);
+    L.wo = mat(H, c.q_size());
+    L.mlp_norm = ones(H);
+    L.w_gate_up = mat(2 * F, H);
+    L.w_down = mat(H, F);
+    m.layers.push_back(std::move(L));
+  }
+  m.norm = ones(H);
+  m.lm_head = c.tie_word_embeddings ? m.embed : mat(c.vocab_size, H);
+  m.inv_freq = rope_inv_freq(c, device);
+  return m;
+}
+
+std::vector<std::pair<std::string, at::Tensor>> Llama::hf_tensors() const {
+  const auto& c = config;
+  const int64_t F = c.intermediate_size;
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  out.emplace_back("model.embed_tokens.weight", embed);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const auto& L = layers[l];
+    out.emplace_back(lname(l, "input_layernorm.weight"), L.attn_norm);
+    out.emplace_back(lname(l, "self_attn.q_proj.weight"), L.wqkv.narrow(0, 0, c.q_size()));
+    out.emplace_back(lname(l, "self_attn.k_proj.weight"), L.wqkv.narrow(0, c.q_size(), c.kv_size()));
+    out.emplace_back(lname(l, "self_attn.v_proj.weight"), L.wqkv.narrow(0, c.q_size() + c.kv_size(), c.kv_size()));
+    out.emplace_back(lname(l, "self_attn.o_proj.weight"), L.wo);
+    out.emplace_back(lname(l, "post_attention_layernorm.weight"), L.mlp_norm);
+    out.emplace_back(lname(l, "mlp.gate_proj.weight"), L.w_gate_up.narrow(0, 0, F));
+    out.emplace_back(lname(l, "mlp.up_proj.weight"), L.w_gate_up.narrow(0, F, F));
+    out.emplace_back(lname(l, "mlp.down_proj.weight"), L.w_down);
+  }
+  out.emplace_back("model.norm.weight", norm);
+  if (!c.tie_word_embeddings) out.emplace_back("lm_head.weight", lm_head);
+  return out;
+}
+
+void Llama::save(const std::string& dir, at::ScalarType dtype, int64_t max_shard_bytes, bool overwrite) const {
+  fs::path target(dir);
+  if (fs::exists(target) && !overwrite) fail(dir, ": already exists (pass overwrite to replace it)");
+  if (target.has_parent_path() && !target.parent_path().empty()) fs::create_directories(target.parent_path());
+  const fs::path tmp = cat(dir, ".tmp-", ::getpid());
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  LlamaConfig c = config;
+  c.torch_dtype = dtype == at::kBFloat16 ? "bfloat16" : dtype == at::kHalf ? "float16" : "float32";
+  c.save((tmp / "config.json").string());
+  auto tensors = hf_tensors();
+  for (auto& nt : tensors) nt.second = nt.second.detach().to(at::kCPU, dtype);
+  io::save_dir(tmp.string(), tensors, max_shard_bytes, {{"format", "pt"}});
+  if (fs::exists(target)) fs::remove_all(target);
+  fs::rename(tmp, target);
+}
+
+// ---- forward ------------------------------------------------------------------------------------------
+
+at::Tensor Llama::attention(const LlamaLayer& L, int64_t layer, const at::Tensor& h, const at::Tensor& cos,
+                            const at::Tensor& sin, KVCache* cache) const {
+  const auto& c = config;
+  const int64_t B = h.size(0), T = h.size(1), nh = c.num_attention_heads, nkv = c.num_key_value_heads,
+                hd = c.head_dim;
+  at::Tensor qkv = at::linear(h, L.wqkv);  // [B, T, (nh + 2 nkv) hd]
+  at::Tensor q = qkv.narrow(-1, 0, nh * hd).view({B, T, nh, hd}).transpose(1, 2);
+  at::Tensor k = qkv.narrow(-1, nh * hd, nkv * hd).view({B, T, nkv, hd}).transpose(1, 2);
+  at::Tensor v = qkv.narrow(-1, (nh + nkv) * hd, nkv * hd).view({B, T, nkv, hd}).transpose(1, 2);
+  q = apply_rope(q, cos, sin);
+  k = apply_rope(k, cos, sin);
+  std::optional<at::Tensor> mask;
+  bool causal = T > 1;
+  if (cache) {
+    const int64_t past = cache->length;
+    cache->k[layer].narrow(2, past, T).copy_(k);
+    cache->v[layer].narrow(2, past, T).copy_(v);
+    k = cache->k[layer].narrow(2, 0, past + T);
+    v = cache->v[layer].narrow(2, 0, past + T);
+    if (past > 0 && T > 1) {
+      // query i (absolute past + i) sees keys j <= past + i
+      at::Tensor qi = at::arange(past, past + T, at::TensorOptions().dtype(at::kLong).device(h.device()));
+      at::Tensor kj = at::arange(0, past + T, at::TensorOptions().dtype(at::kLong).device(h.device()));
+      mask = kj.unsqueeze(0) <= qi.unsqueeze(1);  // [T, past + T] bool
+      causal = false;
+    } else if (past > 0) {
+      causal = false;
+    }
+  }
+  at::Tensor o = at::scaled_dot_product_attention(q, k, v, mask, 0.0, causal, std::nullopt, /*enable_gqa=*/nkv != nh);
+  o = o.transpose(1, 2).reshape({B, T, nh * hd});
+  return at::linear(o, L.wo);
+}
+
+at::Tensor Llama::forward_hidden(const at::Tensor& ids, KVCache* cache) const {
+  TORCH_CHECK(ids.dim() == 2, "ids must be [batch, seq]");
+  const int64_t T = ids.size(1);
+  const int64_t past = cache ? cache->length : 0;
+  if (cache && past + T > cache->max_len)
+    fail("kv cache: ", past + T, " tokens exceed its capacity of ", cache->max_len);
+  at::Tensor pos = at::arange(past, past + T, at::TensorOptions().dtype(at::kLong).device(ids.device()));
+  auto [cos, sin] = rope_cos_sin(inv_freq, pos);
+  at::Tensor x = at::embedding(embed, ids);
+  const int64_t F = config.intermediate_size;
+  for (size_t l = 0; l < layers.size(); ++l) {
+    const auto& L = layers[l];
+    x = x + attention(L, (int64_t)l, rms_norm(x, L.attn_norm, config.rms_norm_eps), cos, sin, cache);
+    at::Tensor gu = at::linear(rms_norm(x, L.mlp_norm, config.rms_norm_eps), L.w_gate_up);
+    x = x + at::linear(at::silu(gu.narrow(-1, 0, F)) * gu.narrow(-1, F, F), L.w_down);
+  }
+  if (cache) cache->length += T;
+  return rms_norm(x, norm, config.rms_norm_eps);
+}
+
+at::Tensor Llama::forward(const at::Tensor& ids, KVCache* cache) const {
+  return at::linear(forward_hidden(ids, cache), lm_head);
+}
+
+}  // namespace dmc

@@ -1,0 +1,88 @@
+// Llama decoder (RMSNorm, RoPE in the HF rotate-half convention, SwiGLU, GQA, causal SDPA) as plain ATen
+// operations over explicit weight tensors, so that autograd, dtype and device all come from LibTorch.
+//
+// Layouts:
+//   ids          [batch, seq] int64
+//   hidden       [batch, seq, hidden_size]
+//   q            [batch, n_heads, seq, head_dim]      k, v  [batch, n_kv_heads, seq, head_dim]
+//   wqkv         [(n_heads + 2 * n_kv_heads) * head_dim, hidden_size]   rows: q heads, k heads, v heads
+//   w_gate_up    [2 * intermediate_size, hidden_size]                   rows: gate, then up
+//   KVCache.k[l] [batch, n_kv_heads, max_len, head_dim]  (plain contiguous cache for vanilla generation)
+//   logits       [batch, seq, vocab_size]  in the model dtype
+//
+// The q/k/v and gate/up projections are stored fused for speed and split back into HF tensor names
+// (model.layers.N.self_attn.q_proj.weight, ...) on save, so checkpoints load in transformers unchanged.
+//
+//   auto model = dmc::Llama::load("ckpt/", at::kBFloat16, at::kCUDA);
+//   at::Tensor logits = model.forward(ids);
+#pragma once
+#include <torch/types.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "model/llama_config.h"
+
+namespace dmc {
+
+struct LlamaLayer {
+  at::Tensor attn_norm;  // [hidden]
+  at::Tensor wqkv;       // [(nh + 2 nkv) hd, hidden]
+  at::Tensor wo;         // [hidden, nh hd]
+  at::Tensor mlp_norm;   // [hidden]
+  at::Tensor w_gate_up;  // [2 ffn, hidden]
+  at::Tensor w_down;     // [hidden, ffn]
+};
+
+struct KVCache {
+  std::vector<at::Tensor> k, v;  // per layer [batch, n_kv_heads, max_len, head_dim]
+  int64_t length = 0;            // tokens stored (same for every sequence of the batch)
+  int64_t max_len = 0;
+  static KVCache create(const LlamaConfig& c, int64_t batch, int64_t max_len, at::ScalarType dtype, at::Device device);
+};
+
+// RMSNorm as HF computes it: normalise in fp32, cast back, then scale.   x [..., hidden]
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+// inv_freq [head_dim / 2] fp32 with the config's RoPE scaling applied.
+at::Tensor rope_inv_freq(const LlamaConfig& c, at::Device device);
+// cos, sin [seq, head_dim] (fp32) for the given positions [seq] int64.
+std::pair<at::Tensor, at::Tensor> rope_cos_sin(const at::Tensor& inv_freq, const at::Tensor& positions);
+// x [batch, heads, seq, head_dim]; cos/sin [seq, head_dim] fp32, cast to x's dtype first (as HF does).
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+
+class Llama {
+ public:
+  LlamaConfig config;
+  at::Tensor embed;     // [vocab, hidden]
+  std::vector<LlamaLayer> layers;
+  at::Tensor norm;      // [hidden]
+  at::Tensor lm_head;   // [vocab, hidden]; the same tensor as embed when tie_word_embeddings
+  at::Tensor inv_freq;  // [head_dim / 2] fp32
+
+  // Reads DIR/config.json and DIR's safetensors; checks every tensor's presence and shape.
+  static Llama load(const std::string& dir, at::ScalarType dtype, at::Device device);
+  // Random init like HF (normal(0, init_std) for matrices, ones for norms), seeded.
+  static Llama random(const LlamaConfig& config, uint64_t seed, at::ScalarType dtype, at::Device device,
+                      double init_std = 0.02);
+  // Writes config.json + safetensors (sharded above max_shard_bytes) into `dir` atomically (a temporary
+  // directory renamed into place). Fails if `dir` exists unless overwrite.
+  void save(const std::string& dir, at::ScalarType dtype, int64_t max_shard_bytes = 5000000000LL,
+            bool overwrite = false) const;
+  // Weights under their HF names (fused tensors split into views).
+  std::vector<std::pair<std::string, at::Tensor>> hf_tensors() const;
+
+  at::ScalarType dtype() const { return embed.scalar_type(); }
+  at::Device device() const { return embed.device(); }
+
+  // Logits [batch, seq, vocab]. With a cache, the tokens are placed after cache->length and the cache grows.
+  at::Tensor forward(const at::Tensor& ids, KVCache* cache = nullptr) const;
+  // Final-norm hidden states [batch, seq, hidden] (before lm_head).
+  at::Tensor forward_hidden(const at::Tensor& ids, KVCache* cache = nullptr) const;
+
+ private:
+  at::Tensor attention(const LlamaLayer& L, int64_t layer, const at::Tensor& h, const at::Tensor& cos,
+                       const at::Tensor& sin, KVCache* cache) const;
+};
+
+}  // namespace dmc

@@ -1,0 +1,210 @@
+#include "model/llama_config.h"
+
+#include <fstream>
+
+#include "common/error.h"
+#include "common/util.h"
+
+namespace dmc {
+using json = nlohmann::json;
+
+namespace {
+int64_t get_int(const json& j, const std::string& key, const std::string& file, const int64_t* def) {
+  if (!j.contains(key) || j[key].is_null()) {
+    if (def) return *def;
+    fail(file, ": missing field '", key, "' (expected an integer)");
+  }
+  if (!j[key].is_number_integer()) fail(file, ": field '", key, "' must be an integer, got ", j[key].dump());
+  return j[key].get<int64_t>();
+}
+double get_num(const json& j, const std::string& key, const std::string& file, double def) {
+  if (!j.contains(key) || j[key].is_null()) return def;
+  if (!j[key].is_number()) fail(file, ": field '", key, "' must be a number, got ", j[key].dump());
+  return j[key].get<double>();
+}
+bool get_bool(const json& j, const std::string& key, const std::string& file, bool def) {
+  if (!j.contains(key) || j[key].is_null()) return def;
+  if (!j[key].is_boolean()) fail(file, ": field '", key, "' must be true or false, got ", j[key].dump());
+  return j[key].get<bool>();
+}
+}  // namespace
+
+LlamaConfig LlamaConfig::from_json(const json& j, const std::string& file) {
+  if (!j.is_object()) fail(file, ": expected a JSON object");
+  LlamaConfig c;
+  if (j.contains("model_type")) {
+    if (!j["model_type"].is_string()) fail(file, ": field 'model_type' must be a string");
+    const auto mt = j["model_type"].get<std::string>();
+    if (mt != "llama" && mt != "mistral")
+      fail(file, ": field 'model_type' is '", mt, "', expected 'llama' (a Llama-architecture model)");
+  }
+  c.vocab_size = get_int(j, "vocab_size", file, nullptr);
+  c.hidden_size = get_int(j, "hidden_size", file, nullptr);
+  c.intermediate_size = get_int(j, "intermediate_size", file, nullptr);
+  c.num_hidden_layers = get_int(j, "num_hidden_layers", file, nullptr);
+  c.num_attention_heads = get_int(j, "num_attention_heads", file, nullptr);
+  c.num_key_value_heads = get_int(j, "num_key_value_heads", file, &c.num_attention_heads);
+  int64_t hd = c.num_attention_heads > 0 ? c.hidden_size / c.num_attention_heads : 0;
+  c.head_dim = get_int(j, "head_dim", file, &hd);
+  int64_t mpe = 2048;
+  c.max_position_embeddings = get_int(j, "max_position_embeddings", file, &mpe);
+  c.rope_theta = get_num(j, "rope_theta", file, 10000.0);
+  c.rms_norm_eps = get_num(j, "rms_norm_eps", file, 1e-6);
+  c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", file, false);
+  int64_t bos = 1;
+  c.bos_token_id = get_int(j, "bos_token_id", file, &bos);
+  if (j.contains("eos_token_id") && !j["eos_token_id"].is_null()) {
+    const json& e = j["eos_token_id"];
+    c.eos_token_ids.clear();
+    if (e.is_number_integer()) c.eos_token_ids.push_back(e.get<int64_t>());
+    else if (e.is_array()) {
+      for (const auto& x : e) {
+        if (!x.is_number_integer()) fail(file, ": field 'eos_token_id' must be an integer or a list of integers");
+        c.eos_token_ids.push_back(x.get<int64_t>());
+      }
+    } else fail(file, ": field 'eos_token_id' must be an integer or a list of integers, got ", e.dump());
+  }
+  for (const char* k : {"torch_dtype", "dtype"})
+    if (j.contains(k) && j[k].is_string()) c.torch_dtype = j[k].get<std::string>();
+  if (get_bool(j, "attention_bias", file, false)) fail(file, ": field 'attention_bias' is true; biases are not supported");
+  if (get_bool(j, "mlp_bias", file, false)) fail(file, ": field 'mlp_bias' is true; biases are not supported");
+  if (j.contains("hidden_act")) {
+    if (!j["hidden_act"].is_string()) fail(file, ": field 'hidden_act' must be a string");
+    const auto act = j["hidden_act"].get<std::string>();
+    if (act != "silu" && act != "swish") fail(file, ": field 'hidden_act' is '", act, "', only 'silu' (SwiGLU) is supported");
+  }
+  if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
+    const json& rs = j["rope_scaling"];
+    if (!rs.is_object()) fail(file, ": field 'rope_scaling' must be an object or null");
+    std::string type;
+    for (const char* k : {"rope_type", "type"})
+      if (rs.contains(k) && rs[k].is_string()) type = rs[k].get<std::string>();
+    const std::string f = file + " (rope_scaling)";
+    if (type == "default" || type.empty()) {
+      c.rope_scaling.type = "none";
+    } else if (type == "linear") {
+      c.rope_scaling.type = "linear";
+      c.rope_scaling.factor = get_num(rs, "factor", f, 1.0);
+    } else if (type == "llama3") {
+      c.rope_scaling.type = "llama3";
+      c.rope_scaling.factor = get_num(rs, "factor", f, 8.0);
+      c.rope_scaling.low_freq_factor = get_num(rs, "low_freq_factor", f, 1.0);
+      c.rope_scaling.high_freq_factor = get_num(rs, "high_freq_factor", f, 4.0);
+      int64_t d = 8192;
+      c.rope_scaling.original_max_position_embeddings = get_int(rs, "original_max_position_embeddings", f, &d);
+    } else {
+      fail(file, ": field 'rope_scaling.rope_type' is '", type, "', supported: default, linear, llama3");
+    }
+  }
+  c.validate(file);
+  return c;
+}
+
+LlamaConfig LlamaConfig::load(const std::string& path) {
+  const std::string text = read_file(path, "config");
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const std::exception& e) {
+    fail(path, ": not valid JSON (", e.what(), ")");
+  }
+  return from_json(j, path);
+}
+
+void LlamaConfig::validate(const std::string& file) const {
+  auto pos = [&](int64_t v, const char* name) {
+    if (v <= 0) fail(file, ": field '", name, "' must be positive, got ", v);
+  };
+  pos(vocab_size, "vocab_size");
+  pos(hidden_size, "hidden_size");
+  pos(intermediate_size, "intermediate_size");
+  pos(num_hidden_layers, "num_hidden_layers");
+  pos(num_attention_heads, "num_attention_heads");
+  pos(num_key_value_heads, "num_key_value_heads");
+  pos(head_dim, "head_dim");
+  pos(max_position_embeddings, "max_position_embeddings");
+  if (head_dim % 2) fail(file, ": field 'head_dim' must be even for RoPE, got ", head_dim);
+  if (num_attention_heads % num_key_value_heads)
+    fail(file, ": field 'num_key_value_heads' (", num_key_value_heads, ") must divide num_attention_heads (",
+         num_attention_heads, ")");
+  if (!(rms_norm_eps > 0)) fail(file, ": field 'rms_norm_eps' must be positive");
+  if (!(rope_theta > 0)) fail(file, ": field 'rope_theta' must be positive");
+}
+
+json LlamaConfig::to_json() const {
+  json j;
+  j["architectures"] = {"LlamaForCausalLM"};
+  j["model_type"] = "llama";
+  j["vocab_size"] = vocab_size;
+  j["hidden_size"] = hidden_size;
+  j["intermediate_size"] = intermediate_size;
+  j["num_hidden_layers"] = num_hidden_layers;
+  j["num_attention_heads"] = num_attention_heads;
+  j["num_key_value_heads"] = num_key_value_heads;
+  j["head_dim"] = head_dim;
+  j["max_position_embeddings"] = max_position_embeddings;
+  j["rope_theta"] = rope_theta;
+  j["rms_norm_eps"] = rms_norm_eps;
+  j["tie_word_embeddings"] = tie_word_embeddings;
+  j["bos_token_id"] = bos_token_id;
+  if (eos_token_ids.size() == 1) j["eos_token_id"] = eos_token_ids[0];
+  else j["eos_token_id"] = eos_token_ids;
+  j["hidden_act"] = "silu";
+  j["attention_bias"] = false;
+  j["mlp_bias"] = false;
+  j["attention_dropout"] = 0.0;
+  j["initializer_range"] = 0.02;
+  j["torch_dtype"] = torch_dtype;
+  if (rope_scaling.type == "none") {
+    j["rope_scaling"] = nullptr;
+  } else if (rope_scaling.type == "linear") {
+    j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", rope_scaling.factor}};
+  } else {
+    j["rope_scaling"] = {{"rope_type", "llama3"},
+                         {"factor", rope_scaling.factor},
+                         {"low_freq_factor", rope_scaling.low_freq_factor},
+                         {"high_freq_factor", rope_scaling.high_freq_factor},
+                         {"original_max_position_embeddings", rope_scaling.original_max_position_embeddings}};
+  }
+  return j;
+}
+
+void LlamaConfig::save(const std::string& path) const {
+  std::ofstream out(path);
+  out << to_json().dump(2) << "\n";
+  out.close();
+  if (!out) fail(path, ": write failed");
+}
+
+int64_t LlamaConfig::num_parameters() const {
+  const int64_t attn = hidden_size * (q_size() + 2 * kv_size()) + q_size() * hidden_size;
+  const int64_t mlp = 3 * hidden_size * intermediate_size;
+  const int64_t per_layer = attn + mlp + 2 * hidden_size;
+  const int64_t emb = vocab_size * hidden_size * (tie_word_embeddings ? 1 : 2);
+  return num_hidden_layers * per_layer + emb + hidden_size;
+}
+
+LlamaConfig LlamaConfig::preset(const std::string& name) {
+  LlamaConfig c;
+  if (name == "llama2-7b") return c;
+  if (name == "llama2-13b") {
+    c.hidden_size = 5120; c.intermediate_size = 13824; c.num_hidden_layers = 40;
+    c.num_attention_heads = c.num_key_value_heads = 40;
+    return c;
+  }
+  if (name == "llama-1b") {
+    c.hidden_size = 2048; c.intermediate_size = 5632; c.num_hidden_layers = 16;
+    c.num_attention_heads = c.num_key_value_heads = 16;
+    return c;
+  }
+  if (name == "tiny") {
+    c.vocab_size = 512; c.hidden_size = 128; c.intermediate_size = 344; c.num_hidden_layers = 4;
+    c.num_attention_heads = 4; c.num_key_value_heads = 2; c.head_dim = 32; c.max_position_embeddings = 1024;
+    return c;
+  }
+  fail("preset: unknown model preset '", name, "', expected one of tiny, llama-1b, llama2-7b, llama2-13b");
+}
+
+std::vector<std::string> LlamaConfig::preset_names() { return {"tiny", "llama-1b", "llama2-7b", "llama2-13b"}; }
+
+}  // namespace dmc

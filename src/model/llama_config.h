@@ -1,0 +1,53 @@
+// LlamaConfig: the architecture hyperparameters, read from and written to HF config.json (model_type
+// "llama", LlamaForCausalLM). Fields and defaults follow transformers' LlamaConfig; unsupported variants
+// (attention/MLP biases, activations other than SiLU, unknown RoPE scaling) are refused with an error naming
+// the file and field.
+#pragma once
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+namespace dmc {
+
+struct RopeScaling {
+  std::string type = "none";  // none | linear | llama3
+  double factor = 1.0;
+  double low_freq_factor = 1.0, high_freq_factor = 4.0;  // llama3
+  int64_t original_max_position_embeddings = 8192;       // llama3
+};
+
+struct LlamaConfig {
+  int64_t vocab_size = 32000;
+  int64_t hidden_size = 4096;
+  int64_t intermediate_size = 11008;
+  int64_t num_hidden_layers = 32;
+  int64_t num_attention_heads = 32;
+  int64_t num_key_value_heads = 32;
+  int64_t head_dim = 128;
+  int64_t max_position_embeddings = 4096;
+  double rope_theta = 10000.0;
+  double rms_norm_eps = 1e-5;
+  bool tie_word_embeddings = false;
+  int64_t bos_token_id = 1;
+  std::vector<int64_t> eos_token_ids = {2};
+  std::string torch_dtype = "float32";
+  RopeScaling rope_scaling;
+
+  // Reads config.json; every missing required field or wrong type raises dmc::Error naming `file` and field.
+  static LlamaConfig from_json(const nlohmann::json& j, const std::string& file);
+  static LlamaConfig load(const std::string& path);
+  nlohmann::json to_json() const;
+  void save(const std::string& path) const;
+  // Consistency checks (positive sizes, heads divide, ...): dmc::Error naming `file`.
+  void validate(const std::string& file) const;
+
+  int64_t q_size() const { return num_attention_heads * head_dim; }
+  int64_t kv_size() const { return num_key_value_heads * head_dim; }
+  int64_t num_parameters() const;
+
+  // Named shapes: "tiny" (CPU tests and demo), "llama2-7b", "llama2-13b", "llama-1b" (16 x 2048).
+  static LlamaConfig preset(const std::string& name);
+  static std::vector<std::string> preset_names();
+};
+
+}  // namespace dmc
