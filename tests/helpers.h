@@ -52,8 +52,9 @@ inline bool have_oracle() {
   return ok == 1;
 }
 
-// ../shared beside the checkout (CI and developers have it; a user's machine may not).
+// ../shared beside the checkout (CI and developers have it; a user's machine may not), or $DMC_SHARED.
 inline std::string shared_dir() {
+  if (const char* env = std::getenv("DMC_SHARED")) return fs::exists(env) ? std::string(env) : "";
   fs::path p = fs::path(DMC_SOURCE_DIR).parent_path() / "shared";
   return fs::exists(p) ? p.string() : "";
 }

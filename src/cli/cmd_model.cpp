@@ -3,7 +3,6 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
-#include "cli/runtime.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/util.h"

@@ -5,21 +5,15 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
-#include "cli/runtime.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "config/options.h"
 #include "inference/generate.h"
 #include "inference/perplexity.h"
+#include "tokenizer/tokenizer.h"
 
 namespace dmc::cli {
-
-std::pair<at::Device, at::ScalarType> resolve_runtime(const std::string& device, const std::string& dtype) {
-  at::Device d = parse_device(device, "device");
-  at::ScalarType t = dtype == "auto" ? (d.is_cuda() ? at::kBFloat16 : at::kFloat) : parse_dtype(dtype, "dtype");
-  return {d, t};
-}
 
 int cmd_generate(const Args& a) {
   std::string model_dir, tok_path, prompt, device = "auto", dtype = "auto";

@@ -13,10 +13,4 @@ int cmd_generate(const Args& a);
 int cmd_eval(const Args& a);
 int cmd_tokenizer(const Args& a);
 
-// Shared: "auto" dtype = bf16 on CUDA, fp32 on CPU.
-struct RuntimeOptions {
-  std::string device = "auto";
-  std::string dtype = "auto";
-  std::string log_level = "info";
-};
 }  // namespace dmc::cli

@@ -67,6 +67,12 @@ at::Device parse_device(const std::string& n, const std::string& field) {
   fail(field, ": unknown device '", n, "', expected cpu, cuda, cuda:N or auto");
 }
 
+std::pair<at::Device, at::ScalarType> resolve_runtime(const std::string& device, const std::string& dtype) {
+  at::Device d = parse_device(device, "device");
+  at::ScalarType t = dtype == "auto" ? (d.is_cuda() ? at::kBFloat16 : at::kFloat) : parse_dtype(dtype, "dtype");
+  return {d, t};
+}
+
 static size_t edit_distance(const std::string& a, const std::string& b) {
   std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
   for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;

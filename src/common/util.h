@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace dmc {
@@ -20,6 +21,9 @@ at::ScalarType parse_dtype(const std::string& name, const std::string& field = "
 std::string dtype_name(at::ScalarType t);  // short name: bf16, fp16, fp32, ...
 // "cpu" | "cuda" | "cuda:N" | "auto" (cuda if available, else cpu).
 at::Device parse_device(const std::string& name, const std::string& field = "device");
+
+// device "auto|cpu|cuda[:N]", dtype "auto|bf16|fp16|fp32" -> the pair ("auto" dtype: bf16 on CUDA, fp32 on CPU).
+std::pair<at::Device, at::ScalarType> resolve_runtime(const std::string& device, const std::string& dtype);
 
 // The candidate with the smallest edit distance to `word` (empty if none is close enough).
 std::string closest(const std::string& word, const std::vector<std::string>& candidates);
