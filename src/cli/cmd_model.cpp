@@ -6,6 +6,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "config/model_shape.h"
 #include "config/options.h"
 #include "io/safetensors.h"
 #include "model/llama.h"
@@ -67,50 +68,25 @@ int cmd_info(const Args& a) {
 }
 
 int cmd_init(const Args& a) {
-  std::string out, preset = "tiny", dtype = "fp32", tokenizer;
-  int64_t seed = 1234, vocab = 0, hidden = 0, ffn = 0, layers = 0, heads = 0, kv_heads = 0, head_dim = 0, max_pos = 0;
+  std::string out, dtype = "fp32", tokenizer;
+  ModelShapeOptions shape;
+  int64_t seed = 1234;
   double init_std = 0.02;
-  bool tie = false, overwrite = false;
+  bool overwrite = false;
   OptionTable t("init", "dmc init --out DIR [--preset tiny|llama-1b|llama2-7b|llama2-13b] [--tokenizer FILE] [shape overrides]");
   t.add("out", &out, "output model directory", true);
-  t.add("preset", &preset, "base shape: tiny, llama-1b, llama2-7b, llama2-13b");
   t.add("tokenizer", &tokenizer, "take vocab_size, bos and eos from this SentencePiece model");
-  t.add("vocab_size", &vocab, "override (0 = preset or tokenizer)");
-  t.add("hidden_size", &hidden, "override (0 = preset)");
-  t.add("intermediate_size", &ffn, "override (0 = preset)");
-  t.add("num_hidden_layers", &layers, "override (0 = preset)");
-  t.add("num_attention_heads", &heads, "override (0 = preset)");
-  t.add("num_key_value_heads", &kv_heads, "override (0 = preset)");
-  t.add("head_dim", &head_dim, "override (0 = hidden_size / num_attention_heads of the result)");
-  t.add("max_position_embeddings", &max_pos, "override (0 = preset)");
-  t.add("tie_word_embeddings", &tie, "share the embedding and output matrices");
+  shape.add_to(t);
   t.add("init_std", &init_std, "standard deviation of the normal init of matrices");
   t.add("seed", &seed, "random seed");
   t.add("dtype", &dtype, "stored dtype: fp32, bf16, fp16");
   t.add("overwrite", &overwrite, "replace --out if it exists");
   t.parse(a);
   log::info(t.to_yaml());
-  LlamaConfig c = LlamaConfig::preset(preset);
-  if (!tokenizer.empty()) {
-    auto tok = Tokenizer::load(tokenizer);
-    c.vocab_size = tok.vocab_size();
-    c.bos_token_id = tok.bos_id();
-    c.eos_token_ids = {tok.eos_id()};
-  }
-  if (vocab) c.vocab_size = vocab;
-  if (hidden) c.hidden_size = hidden;
-  if (ffn) c.intermediate_size = ffn;
-  if (layers) c.num_hidden_layers = layers;
-  if (heads) c.num_attention_heads = heads;
-  if (kv_heads) c.num_key_value_heads = kv_heads;
-  if (max_pos) c.max_position_embeddings = max_pos;
-  if (hidden || heads) c.head_dim = c.hidden_size / c.num_attention_heads;
-  if (head_dim) c.head_dim = head_dim;
-  c.tie_word_embeddings = tie;
-  c.validate("init");
+  const LlamaConfig c = shape.resolve(tokenizer);
   auto model = Llama::random(c, (uint64_t)seed, at::kFloat, at::kCPU, init_std);
   model.save(out, parse_dtype(dtype), 5000000000LL, overwrite);
-  log::info(cat("wrote ", out, ": ", c.num_parameters(), " parameters (", preset, ")"));
+  log::info(cat("wrote ", out, ": ", c.num_parameters(), " parameters (", shape.preset, ")"));
   return 0;
 }
 

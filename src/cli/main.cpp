@@ -21,6 +21,8 @@ commands:
   generate              generate text from a prompt
   eval ppl              perplexity of a text file (sliding window)
   tokenizer train       train a small SentencePiece BPE tokenizer on text files
+  data prepare          tokenize text/JSONL into token shards with a document index and a validation split
+  train                 pretrain or continue training a Llama (AdamW, schedules, checkpoints, resume)
 )";
 }
 
@@ -39,6 +41,8 @@ int main(int argc, char** argv) {
     if (cmd == "generate") return dmc::cli::cmd_generate(args);
     if (cmd == "eval") return dmc::cli::cmd_eval(args);
     if (cmd == "tokenizer") return dmc::cli::cmd_tokenizer(args);
+    if (cmd == "data") return dmc::cli::cmd_data(args);
+    if (cmd == "train") return dmc::cli::cmd_train(args);
     std::cerr << "dmc: unknown command '" << cmd << "'\n\n" << kUsage;
     return 2;
   } catch (const dmc::HelpRequested& h) {

@@ -1,5 +1,8 @@
 #include "model/llama.h"
 
+#include <ATen/autocast_mode.h>
+#include <torch/csrc/autograd/custom_function.h>
+
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -223,6 +226,89 @@ at::Tensor Llama::attention(const LlamaLayer& L, int64_t layer, const at::Tensor
   return at::linear(o, L.wo);
 }
 
+std::vector<std::pair<std::string, at::Tensor*>> Llama::parameters() {
+  std::vector<std::pair<std::string, at::Tensor*>> p;
+  p.emplace_back("embed", &embed);
+  for (size_t l = 0; l < layers.size(); ++l) {
+    auto& L = layers[l];
+    const std::string pre = cat("layers.", l, ".");
+    p.emplace_back(pre + "attn_norm", &L.attn_norm);
+    p.emplace_back(pre + "wqkv", &L.wqkv);
+    p.emplace_back(pre + "wo", &L.wo);
+    p.emplace_back(pre + "mlp_norm", &L.mlp_norm);
+    p.emplace_back(pre + "w_gate_up", &L.w_gate_up);
+    p.emplace_back(pre + "w_down", &L.w_down);
+  }
+  p.emplace_back("norm", &norm);
+  if (!config.tie_word_embeddings) p.emplace_back("lm_head", &lm_head);
+  return p;
+}
+
+at::Tensor Llama::layer_forward(const LlamaLayer& L, int64_t l, const at::Tensor& x, const at::Tensor& cos,
+                                const at::Tensor& sin, KVCache* cache) const {
+  const int64_t F = config.intermediate_size;
+  at::Tensor h = x + attention(L, l, rms_norm(x, L.attn_norm, config.rms_norm_eps), cos, sin, cache);
+  at::Tensor gu = at::linear(rms_norm(h, L.mlp_norm, config.rms_norm_eps), L.w_gate_up);
+  return h + at::linear(at::silu(gu.narrow(-1, 0, F)) * gu.narrow(-1, F, F), L.w_down);
+}
+
+namespace {
+// Activation checkpointing of one layer: forward keeps only the layer input; backward recomputes the layer
+// with grad enabled (and the forward's autocast state) and differentiates it.
+struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, at::TensorList params,
+                            const at::Tensor& cos, const at::Tensor& sin, int64_t model_ptr, int64_t l) {
+    const Llama* m = reinterpret_cast<const Llama*>(model_ptr);
+    std::vector<at::Tensor> saved{x, cos, sin};
+    saved.insert(saved.end(), params.begin(), params.end());
+    ctx->save_for_backward(saved);
+    ctx->saved_data["m"] = model_ptr;
+    ctx->saved_data["l"] = l;
+    const bool ac = at::autocast::is_autocast_enabled(at::kCUDA);
+    ctx->saved_data["autocast"] = ac;
+    ctx->saved_data["autocast_dtype"] = (int64_t)at::autocast::get_autocast_dtype(at::kCUDA);
+    const LlamaLayer& L = m->layers[l];
+    return m->layer_forward(L, l, x, cos, sin, nullptr);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    auto saved = ctx->get_saved_variables();
+    const Llama* m = reinterpret_cast<const Llama*>(ctx->saved_data["m"].toInt());
+    const int64_t l = ctx->saved_data["l"].toInt();
+    at::Tensor x = saved[0].detach().requires_grad_(true);
+    std::vector<at::Tensor> p;
+    for (size_t i = 3; i < saved.size(); ++i) p.push_back(saved[i].detach().requires_grad_(saved[i].requires_grad()));
+    LlamaLayer L{p[0], p[1], p[2], p[3], p[4], p[5]};
+    at::Tensor y;
+    {
+      at::AutoGradMode enable(true);
+      const bool ac = ctx->saved_data["autocast"].toBool();
+      const bool prev = at::autocast::is_autocast_enabled(at::kCUDA);
+      const auto prev_dt = at::autocast::get_autocast_dtype(at::kCUDA);
+      at::autocast::set_autocast_enabled(at::kCUDA, ac);
+      at::autocast::set_autocast_dtype(at::kCUDA, (at::ScalarType)ctx->saved_data["autocast_dtype"].toInt());
+      y = m->layer_forward(L, l, x, saved[1], saved[2], nullptr);
+      at::autocast::set_autocast_enabled(at::kCUDA, prev);
+      at::autocast::set_autocast_dtype(at::kCUDA, prev_dt);
+      at::autocast::clear_cache();
+    }
+    std::vector<at::Tensor> inputs{x};
+    for (auto& t : p)
+      if (t.requires_grad()) inputs.push_back(t);
+    auto grads = torch::autograd::grad({y}, inputs, {grad_out[0]}, /*retain_graph=*/false, /*create_graph=*/false,
+                                       /*allow_unused=*/true);
+    torch::autograd::variable_list out{grads[0]};
+    size_t gi = 1;
+    for (auto& t : p) out.push_back(t.requires_grad() ? grads[gi++] : at::Tensor());
+    out.push_back(at::Tensor());  // cos
+    out.push_back(at::Tensor());  // sin
+    out.push_back(at::Tensor());  // model_ptr
+    out.push_back(at::Tensor());  // l
+    return out;
+  }
+};
+}  // namespace
+
 at::Tensor Llama::forward_hidden(const at::Tensor& ids, KVCache* cache) const {
   TORCH_CHECK(ids.dim() == 2, "ids must be [batch, seq]");
   const int64_t T = ids.size(1);
@@ -232,12 +318,15 @@ at::Tensor Llama::forward_hidden(const at::Tensor& ids, KVCache* cache) const {
   at::Tensor pos = at::arange(past, past + T, at::TensorOptions().dtype(at::kLong).device(ids.device()));
   auto [cos, sin] = rope_cos_sin(inv_freq, pos);
   at::Tensor x = at::embedding(embed, ids);
-  const int64_t F = config.intermediate_size;
+  const bool recompute = activation_checkpointing && !cache && at::GradMode::is_enabled();
   for (size_t l = 0; l < layers.size(); ++l) {
     const auto& L = layers[l];
-    x = x + attention(L, (int64_t)l, rms_norm(x, L.attn_norm, config.rms_norm_eps), cos, sin, cache);
-    at::Tensor gu = at::linear(rms_norm(x, L.mlp_norm, config.rms_norm_eps), L.w_gate_up);
-    x = x + at::linear(at::silu(gu.narrow(-1, 0, F)) * gu.narrow(-1, F, F), L.w_down);
+    if (recompute) {
+      x = CheckpointedLayer::apply(x, std::vector<at::Tensor>{L.attn_norm, L.wqkv, L.wo, L.mlp_norm, L.w_gate_up, L.w_down},
+                                   cos, sin, reinterpret_cast<int64_t>(this), (int64_t)l);
+    } else {
+      x = layer_forward(L, (int64_t)l, x, cos, sin, cache);
+    }
   }
   if (cache) cache->length += T;
   return rms_norm(x, norm, config.rms_norm_eps);

@@ -59,6 +59,8 @@ class Llama {
   at::Tensor norm;      // [hidden]
   at::Tensor lm_head;   // [vocab, hidden]; the same tensor as embed when tie_word_embeddings
   at::Tensor inv_freq;  // [head_dim / 2] fp32
+  // Training: recompute each layer's activations in backward instead of storing them.
+  bool activation_checkpointing = false;
 
   // Reads DIR/config.json and DIR's safetensors; checks every tensor's presence and shape.
   static Llama load(const std::string& dir, at::ScalarType dtype, at::Device device);
@@ -72,6 +74,9 @@ class Llama {
   // Weights under their HF names (fused tensors split into views).
   std::vector<std::pair<std::string, at::Tensor>> hf_tensors() const;
 
+  // Trainable tensors under stable internal names (fused: layers.N.wqkv, layers.N.w_gate_up, ...).
+  std::vector<std::pair<std::string, at::Tensor*>> parameters();
+
   at::ScalarType dtype() const { return embed.scalar_type(); }
   at::Device device() const { return embed.device(); }
 
@@ -79,6 +84,11 @@ class Llama {
   at::Tensor forward(const at::Tensor& ids, KVCache* cache = nullptr) const;
   // Final-norm hidden states [batch, seq, hidden] (before lm_head).
   at::Tensor forward_hidden(const at::Tensor& ids, KVCache* cache = nullptr) const;
+
+  // One decoder layer: x [batch, seq, hidden] -> x + attn + mlp. `L` may hold other tensors than layers[l]
+  // (the recompute in backward passes detached copies).
+  at::Tensor layer_forward(const LlamaLayer& L, int64_t l, const at::Tensor& x, const at::Tensor& cos,
+                           const at::Tensor& sin, KVCache* cache) const;
 
  private:
   at::Tensor attention(const LlamaLayer& L, int64_t layer, const at::Tensor& h, const at::Tensor& cos,

@@ -1,0 +1,95 @@
+#include "train/optimizer.h"
+
+#include <cmath>
+
+#include "common/error.h"
+
+namespace dmc::train {
+
+AdamW::AdamW(std::vector<std::pair<std::string, at::Tensor*>> params, AdamWOptions o) : o_(o) {
+  for (auto& [name, p] : params) {
+    Slot s;
+    s.name = name;
+    s.p = p;
+    s.m = at::zeros_like(*p, at::MemoryFormat::Contiguous);
+    s.v = at::zeros_like(*p, at::MemoryFormat::Contiguous);
+    s.step = at::zeros({}, p->options().dtype(at::kFloat));
+    s.decay = o.decay_norms_and_embeddings || (p->dim() >= 2 && name != "embed");
+    slots_.push_back(std::move(s));
+  }
+}
+
+double AdamW::clip_grad_norm(double max_norm) {
+  std::vector<at::Tensor> grads;
+  for (auto& s : slots_)
+    if (s.p->grad().defined()) grads.push_back(s.p->grad());
+  if (grads.empty()) return 0;
+  auto norms = at::_foreach_norm(grads, 2);
+  at::Tensor total = at::stack(norms).to(at::kFloat).pow(2).sum().sqrt();
+  const double n = total.item<double>();
+  if (max_norm > 0 && std::isfinite(n) && n > max_norm) at::_foreach_mul_(grads, max_norm / (n + 1e-6));
+  return n;
+}
+
+void AdamW::step(double lr) {
+  ++steps_;
+  for (int group = 0; group < 2; ++group) {
+    std::vector<at::Tensor> p, g, m, v, st;
+    for (auto& s : slots_) {
+      if (s.decay != (group == 0) || !s.p->grad().defined()) continue;
+      p.push_back(*s.p);
+      g.push_back(s.p->grad());
+      m.push_back(s.m);
+      v.push_back(s.v);
+      st.push_back(s.step);
+    }
+    if (p.empty()) continue;
+    at::NoGradGuard ng;
+    at::_foreach_add_(st, 1.0);  // the fused kernel reads the step count; incrementing it is the caller's job
+    at::_fused_adamw_(p, g, m, v, {}, st, lr, o_.beta1, o_.beta2, group == 0 ? o_.weight_decay : 0.0, o_.eps,
+                      /*amsgrad=*/false, /*maximize=*/false);
+  }
+}
+
+void AdamW::zero_grad() {
+  for (auto& s : slots_)
+    if (s.p->grad().defined()) s.p->mutable_grad() = at::Tensor();
+}
+
+io::NamedTensors AdamW::state() const {
+  io::NamedTensors out;
+  for (const auto& s : slots_) {
+    out.emplace_back("exp_avg." + s.name, s.m);
+    out.emplace_back("exp_avg_sq." + s.name, s.v);
+    out.emplace_back("step." + s.name, s.step);
+  }
+  out.emplace_back("optimizer_steps", at::scalar_tensor(steps_, at::kLong));
+  return out;
+}
+
+void AdamW::load_state(const io::SafetensorsFile& f) {
+  for (auto& s : slots_) {
+    for (auto [prefix, dst] : {std::pair<const char*, at::Tensor*>{"exp_avg.", &s.m}, {"exp_avg_sq.", &s.v}, {"step.", &s.step}}) {
+      const std::string key = prefix + s.name;
+      if (!f.has(key)) fail(f.path(), ": missing optimizer tensor '", key, "'");
+      at::Tensor t = f.get(key);
+      if (t.sizes() != dst->sizes())
+        fail(f.path(), ": optimizer tensor '", key, "' has shape ", t.sizes(), ", the model needs ", dst->sizes());
+      dst->copy_(t);
+    }
+  }
+  if (!f.has("optimizer_steps")) fail(f.path(), ": missing 'optimizer_steps'");
+  steps_ = f.get("optimizer_steps").item<int64_t>();
+}
+
+double LrSchedule::at(int64_t step) const {
+  if (warmup > 0 && step < warmup) return lr * (double)(step + 1) / (double)warmup;
+  if (shape == "constant") return lr;
+  const int64_t span = std::max<int64_t>(1, total - warmup);
+  const double t = std::min(1.0, (double)(step - warmup) / (double)span);
+  if (shape == "cosine") return min_lr + 0.5 * (lr - min_lr) * (1 + std::cos(M_PI * t));
+  if (shape == "linear") return lr + (min_lr - lr) * t;
+  fail("lr_schedule: expected constant, cosine or linear, got '", shape, "'");
+}
+
+}  // namespace dmc::train

@@ -1,0 +1,357 @@
+#include "train/trainer.h"
+
+#include <ATen/autocast_mode.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "tokenizer/tokenizer.h"
+#include "train/checkpoint.h"
+#include "train/optimizer.h"
+
+#ifdef DMC_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
+namespace dmc::train {
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+void TrainOptions::add_to(OptionTable& t) {
+  t.add("out", &out, "run directory (config, log, metrics, checkpoints, final model)");
+  t.add("init_from", &init_from, "HF model directory to continue training from (empty = random init)");
+  shape.add_to(t);
+  t.add("init_std", &init_std, "normal init std of matrices for a random init");
+  t.add("tokenizer", &tokenizer, "SentencePiece model the data was prepared with", true);
+  t.add("data", &data, "prepared dataset directories (dmc data prepare)", true);
+  t.add("data_weights", &data_weights, "blend weights, one per dataset (empty = equal)");
+  t.add("seq_len", &seq_len, "tokens per sample");
+  t.add("micro_batch", &micro_batch, "samples per forward/backward");
+  t.add("global_batch", &global_batch, "samples per optimizer step (a multiple of micro_batch)");
+  t.add("train_steps", &train_steps, "optimizer steps");
+  t.add("lr", &lr, "peak learning rate");
+  t.add("min_lr", &min_lr, "final learning rate of the decay");
+  t.add("warmup_steps", &warmup_steps, "linear warmup steps");
+  t.add("lr_schedule", &lr_schedule, "constant | cosine | linear (after warmup)");
+  t.add("beta1", &beta1, "AdamW beta1");
+  t.add("beta2", &beta2, "AdamW beta2");
+  t.add("adam_eps", &adam_eps, "AdamW epsilon");
+  t.add("weight_decay", &weight_decay, "decoupled weight decay");
+  t.add("decay_norms_and_embeddings", &decay_norms_and_embeddings, "also decay norm weights and the embedding");
+  t.add("grad_clip", &grad_clip, "global gradient-norm clip (0 = off)");
+  t.add("device", &device, "cpu, cuda, cuda:N or auto");
+  t.add("dtype", &dtype, "compute dtype: auto (bf16 autocast on CUDA, fp32 on CPU), bf16, fp32");
+  t.add("activation_checkpointing", &activation_checkpointing, "recompute each layer in backward");
+  t.add("seed", &seed, "seed for init and data order");
+  t.add("log_every", &log_every, "steps between log lines");
+  t.add("eval_every", &eval_every, "steps between validation runs (0 = only at the end)");
+  t.add("eval_batches", &eval_batches, "validation micro-batches per evaluation");
+  t.add("save_every", &save_every, "steps between checkpoints (0 = only at the end)");
+  t.add("keep_last", &keep_last, "checkpoints to keep");
+  t.add("resume", &resume, "auto (newest complete checkpoint in out), none, or a checkpoint directory");
+  t.add("exit_after_steps", &exit_after_steps, "stop with a checkpoint after this many steps of this invocation (0 = off)");
+  t.add("max_nonfinite", &max_nonfinite, "stop after this many non-finite losses in a row");
+  t.add("inject_nonfinite_steps", &inject_nonfinite_steps, "test hook: steps whose loss is made NaN");
+  t.add("peak_tflops", &peak_tflops, "device peak dense bf16 TFLOP/s for MFU (H100 SXM: 989)");
+  t.add("log_level", &log_level, "trace, debug, info, warn, error");
+}
+
+namespace {
+std::atomic<int> g_signal{0};
+void on_signal(int sig) { g_signal.store(sig); }
+
+struct AutocastScope {
+  bool on;
+  explicit AutocastScope(bool enable) : on(enable) {
+    if (on) {
+      at::autocast::set_autocast_enabled(at::kCUDA, true);
+      at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+      at::autocast::increment_nesting();
+    }
+  }
+  ~AutocastScope() {
+    if (on) {
+      if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+      at::autocast::set_autocast_enabled(at::kCUDA, false);
+    }
+  }
+};
+
+at::Tensor lm_loss(const Llama& m, const at::Tensor& hidden, const at::Tensor& target) {
+  at::Tensor logits = at::linear(hidden, m.lm_head).to(at::kFloat);
+  return at::cross_entropy_loss(logits.view({-1, logits.size(-1)}), target.reshape({-1}));
+}
+
+double peak_memory_bytes(const at::Device& d) {
+#ifdef DMC_WITH_CUDA
+  if (d.is_cuda()) {
+    auto st = c10::cuda::CUDACachingAllocator::getDeviceStats(d.index());
+    return (double)st.allocated_bytes[0].peak;
+  }
+#endif
+  std::ifstream in("/proc/self/status");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) * 1024;
+  return 0;
+}
+
+io::NamedTensors rng_state(const at::Device& dev) {
+  io::NamedTensors out{{"cpu", at::detail::getDefaultCPUGenerator().get_state()}};
+  if (dev.is_cuda()) out.emplace_back("cuda", at::globalContext().defaultGenerator(dev).get_state());
+  return out;
+}
+void set_rng_state(const std::string& dir, const at::Device& dev) {
+  auto f = io::SafetensorsFile::open(dir + "/rng.safetensors");
+  at::Generator cpu = at::detail::getDefaultCPUGenerator();
+  cpu.set_state(f->get("cpu").clone());
+  if (dev.is_cuda() && f->has("cuda")) {
+    at::Generator g = at::globalContext().defaultGenerator(dev);
+    g.set_state(f->get("cuda").clone());
+  }
+}
+}  // namespace
+
+double evaluate(Llama& model, Stage* stage, data::Loader& valid, int64_t batches, int64_t micro_batch, bool autocast) {
+  at::NoGradGuard ng;
+  AutocastScope ac(autocast);
+  valid.set_position(0);
+  double sum = 0;
+  for (int64_t i = 0; i < batches; ++i) {
+    data::Batch b = valid.next(micro_batch);
+    b.input = b.input.to(model.device());
+    b.target = b.target.to(model.device());
+    b.doc_start = b.doc_start.to(model.device());
+    at::Tensor h = stage ? stage->forward_hidden(model, b) : model.forward_hidden(b.input);
+    sum += lm_loss(model, h, b.target).item<double>();
+  }
+  return sum / std::max<int64_t>(1, batches);
+}
+
+TrainResult train(const TrainOptions& o, Stage* stage, const std::string& resolved_yaml) {
+  log::set_level(o.log_level);
+  DMC_CHECK(o.micro_batch > 0 && o.global_batch % o.micro_batch == 0, "global_batch (", o.global_batch,
+            ") must be a positive multiple of micro_batch (", o.micro_batch, ")");
+  DMC_CHECK(o.train_steps > 0, "train_steps: must be positive");
+  const int64_t accum = o.global_batch / o.micro_batch;
+  auto [dev, dt] = resolve_runtime(o.device, o.dtype);
+  const bool autocast = dev.is_cuda() && dt == at::kBFloat16;
+  DMC_CHECK(dt == at::kFloat || autocast, "dtype: bf16 training needs CUDA (on CPU use fp32)");
+
+  fs::create_directories(o.out);
+  log::set_file(o.out + "/log.txt");
+  {
+    std::ofstream cy(o.out + "/config.yaml");
+    cy << resolved_yaml;
+  }
+  log::info(cat("resolved config (saved to ", o.out, "/config.yaml):\n", resolved_yaml));
+
+  auto tok = Tokenizer::load(o.tokenizer);
+  // ---- model: resume > init_from > random ----
+  std::optional<std::string> resume_dir;
+  if (o.resume == "auto") resume_dir = latest_checkpoint(o.out);
+  else if (o.resume != "none" && !o.resume.empty()) {
+    validate_checkpoint(o.resume);
+    resume_dir = o.resume;
+  }
+  Llama model;
+  if (resume_dir) {
+    log::info(cat("resuming from ", *resume_dir));
+    model = Llama::load(*resume_dir, at::kFloat, dev);
+  } else if (!o.init_from.empty()) {
+    model = Llama::load(o.init_from, at::kFloat, dev);
+  } else {
+    model = Llama::random(o.shape.resolve(o.tokenizer), (uint64_t)o.seed, at::kFloat, dev, o.init_std);
+  }
+  tok.check_model_vocab(model.config.vocab_size, o.init_from.empty() ? "the model config" : o.init_from + "/config.json");
+  DMC_CHECK(o.seq_len <= model.config.max_position_embeddings, "seq_len: ", o.seq_len,
+            " exceeds the model's max_position_embeddings (", model.config.max_position_embeddings, ")");
+  model.activation_checkpointing = o.activation_checkpointing;
+  auto params = model.parameters();
+  for (auto& p : params) p.second->requires_grad_(true);
+
+  AdamWOptions ao;
+  ao.beta1 = o.beta1;
+  ao.beta2 = o.beta2;
+  ao.eps = o.adam_eps;
+  ao.weight_decay = o.weight_decay;
+  ao.decay_norms_and_embeddings = o.decay_norms_and_embeddings;
+  AdamW opt(params, ao);
+  LrSchedule sched{o.lr, o.min_lr, o.warmup_steps, o.train_steps, o.lr_schedule};
+  sched.at(0);  // validates the shape name
+
+  data::LoaderOptions lo;
+  lo.datasets = o.data;
+  for (const auto& w : o.data_weights) {
+    try {
+      lo.weights.push_back(std::stod(w));
+    } catch (...) {
+      fail("data_weights: expected numbers, got '", w, "'");
+    }
+  }
+  lo.seq_len = o.seq_len;
+  lo.seed = o.seed;
+  lo.tokenizer_fingerprint = tok.fingerprint();
+  lo.vocab_size = model.config.vocab_size;
+  data::Loader loader(lo);
+  lo.split = "valid";
+  lo.shuffle = false;
+  std::unique_ptr<data::Loader> valid;
+  try {
+    valid = std::make_unique<data::Loader>(lo);
+  } catch (const Error& e) {
+    log::warn(cat("no validation: ", e.what()));
+  }
+
+  int64_t step = 0, skipped = 0, nonfinite_run = 0;
+  double tokens_seen = 0;
+  if (resume_dir) {
+    json st = read_trainer_state(*resume_dir);
+    step = st["step"].get<int64_t>();
+    loader.set_position(st["loader_position"].get<int64_t>());
+    skipped = st.value("skipped_steps", (int64_t)0);
+    tokens_seen = st.value("tokens_seen", 0.0);
+    opt.load_state(*io::SafetensorsFile::open(*resume_dir + "/optimizer.safetensors"));
+    set_rng_state(*resume_dir, dev);
+    if (stage && st.contains("stage")) stage->load_state(st["stage"]);
+    log::info(cat("resumed at step ", step, ", loader position ", loader.position()));
+  } else {
+    torch::manual_seed((uint64_t)o.seed + 1);
+  }
+  std::set<int64_t> inject;
+  for (const auto& s : o.inject_nonfinite_steps) inject.insert(std::stoll(s));
+
+  const double n_params = (double)model.config.num_parameters() - (double)model.config.vocab_size * model.config.hidden_size;
+  const double flops_per_token = 6.0 * n_params + 12.0 * model.config.num_hidden_layers * model.config.q_size() * o.seq_len;
+  std::ofstream metrics(o.out + "/metrics.jsonl", std::ios::app);
+  g_signal.store(0);
+  auto prev_term = std::signal(SIGTERM, on_signal);
+  auto prev_int = std::signal(SIGINT, on_signal);
+  struct Restore {
+    decltype(prev_term) t, i;
+    ~Restore() { std::signal(SIGTERM, t); std::signal(SIGINT, i); }
+  } restore{prev_term, prev_int};
+
+  auto save = [&](int64_t at_step) {
+    CheckpointData d;
+    d.model = &model;
+    d.optimizer = opt.state();
+    d.rng = rng_state(dev);
+    d.trainer_state = {{"step", at_step},          {"loader_position", loader.position()}, {"skipped_steps", skipped},
+                       {"tokens_seen", tokens_seen}, {"config", resolved_yaml},
+                       {"stage", stage ? stage->state() : json::object()}, {"stage_name", stage ? stage->name() : "train"}};
+    auto dir = save_checkpoint(o.out, at_step, d, o.keep_last);
+    log::info(cat("checkpoint saved: ", dir));
+  };
+
+  TrainResult res;
+  const bool already_done = step >= o.train_steps;
+  const int64_t first_step = step;
+  Progress eta("train", o.train_steps, 0.0);
+  auto t_last = std::chrono::steady_clock::now();
+  int64_t steps_since_log = 0;
+  double loss_acc_log = 0;
+  while (step < o.train_steps) {
+    if (stage) stage->begin_step(step, o.train_steps, model);
+    const double lr = sched.at(step);
+    double loss_sum = 0;
+    for (int64_t mb = 0; mb < accum; ++mb) {
+      data::Batch b = loader.next(o.micro_batch);
+      b.input = b.input.to(dev);
+      b.target = b.target.to(dev);
+      b.doc_start = b.doc_start.to(dev);
+      at::Tensor loss;
+      {
+        AutocastScope ac(autocast);
+        at::Tensor h = stage ? stage->forward_hidden(model, b) : model.forward_hidden(b.input);
+        loss = lm_loss(model, h, b.target);
+        if (stage) {
+          at::Tensor extra = stage->extra_loss(model);
+          if (extra.defined()) loss = loss + extra;
+        }
+      }
+      if (inject.count(step)) loss = loss * std::numeric_limits<double>::quiet_NaN();
+      (loss / (double)accum).backward();
+      loss_sum += loss.detach().item<double>();
+    }
+    const double loss = loss_sum / accum;
+    double gnorm = std::isfinite(loss) ? opt.clip_grad_norm(o.grad_clip) : NAN;
+    if (!std::isfinite(loss) || !std::isfinite(gnorm)) {
+      opt.zero_grad();
+      ++skipped;
+      ++nonfinite_run;
+      log::warn(cat("step ", step + 1, ": non-finite loss/grad (loss ", loss, ", grad norm ", gnorm, "); step skipped (",
+                    nonfinite_run, " in a row, ", skipped, " in total)"));
+      if (nonfinite_run >= o.max_nonfinite)
+        fail("training stopped: ", nonfinite_run, " non-finite losses in a row at step ", step + 1,
+             " (max_nonfinite = ", o.max_nonfinite, "); lower lr or check the data");
+    } else {
+      opt.step(lr);
+      opt.zero_grad();
+      nonfinite_run = 0;
+      loss_acc_log += loss;
+    }
+    ++step;
+    ++steps_since_log;
+    tokens_seen += (double)o.global_batch * o.seq_len;
+    res.last_loss = loss;
+    json sm = stage ? stage->metrics() : json::object();
+    if (step % std::max<int64_t>(1, o.log_every) == 0 || step == o.train_steps) {
+      if (dev.is_cuda()) torch::cuda::synchronize(dev.index());
+      auto now = std::chrono::steady_clock::now();
+      const double secs = std::chrono::duration<double>(now - t_last).count();
+      t_last = now;
+      const double tps = steps_since_log * (double)o.global_batch * o.seq_len / secs;
+      const double mfu = tps * flops_per_token / (o.peak_tflops * 1e12);
+      const double mem = peak_memory_bytes(dev);
+      const double mean_loss = loss_acc_log / std::max<int64_t>(1, steps_since_log);
+      json m = {{"step", step}, {"loss", mean_loss}, {"lr", lr}, {"grad_norm", gnorm}, {"tokens_per_s", tps},
+                {"mfu", mfu}, {"peak_memory_bytes", mem}, {"tokens_seen", tokens_seen}, {"skipped_steps", skipped}};
+      for (auto it = sm.begin(); it != sm.end(); ++it) m[it.key()] = it.value();
+      std::ostringstream line;
+      line << std::fixed << std::setprecision(4) << "step " << step << "/" << o.train_steps << " | loss " << mean_loss
+           << " | lr " << std::scientific << std::setprecision(2) << lr << std::fixed << " | gnorm " << std::setprecision(3)
+           << gnorm << " | " << std::setprecision(0) << tps << " tok/s | MFU " << std::setprecision(1) << 100 * mfu
+           << "% | mem " << human_bytes(mem);
+      for (auto it = sm.begin(); it != sm.end(); ++it) line << " | " << it.key() << " " << it.value().dump();
+      log::info(line.str());
+      eta.update(step);
+      metrics << m.dump() << "\n" << std::flush;
+      steps_since_log = 0;
+      loss_acc_log = 0;
+    }
+    if (valid && ((o.eval_every > 0 && step % o.eval_every == 0) || step == o.train_steps)) {
+      const double vl = evaluate(model, stage, *valid, o.eval_batches, o.micro_batch, autocast);
+      res.last_eval_loss = vl;
+      log::info(cat("eval at step ", step, ": loss ", vl, ", ppl ", std::exp(vl)));
+      metrics << json{{"step", step}, {"eval_loss", vl}, {"eval_ppl", std::exp(vl)}}.dump() << "\n" << std::flush;
+    }
+    const bool stop_here = o.exit_after_steps > 0 && step - first_step >= o.exit_after_steps && step < o.train_steps;
+    if (g_signal.load() || stop_here) {
+      if (stop_here) log::info(cat("exit_after_steps reached: saving a checkpoint at step ", step, " and exiting"));
+      else log::warn(cat("signal ", g_signal.load(), " received: saving a checkpoint at step ", step, " and exiting"));
+      save(step);
+      res.interrupted = true;
+      res.steps_done = step;
+      return res;
+    }
+    if (o.save_every > 0 && step % o.save_every == 0 && step < o.train_steps) save(step);
+  }
+  if (stage) stage->finish(model);
+  if (!already_done) save(step);
+  res.final_dir = o.out + "/final";
+  for (auto& p : params) p.second->requires_grad_(false);
+  model.save(res.final_dir, at::kFloat, int64_t(5) << 30, /*overwrite=*/true);
+  log::info(cat("final model: ", res.final_dir));
+  res.steps_done = step;
+  return res;
+}
+
+}  // namespace dmc::train

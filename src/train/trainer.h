@@ -1,0 +1,80 @@
+// The training loop shared by pretraining, continued training and every retrofit stage:
+// micro-batches with gradient accumulation to a global batch, fp32 master weights with bf16 autocast on CUDA,
+// AdamW + LR schedule + global-norm clipping, periodic validation, logging (text + JSONL metrics),
+// atomic checkpoints (every N steps, at the end, and on SIGTERM/SIGINT) and exact resume.
+//
+// What differs between stages is a Stage object (the DMC retrofit implements them); a null stage is plain
+// language-model training. Run directory:
+//   RUN/config.yaml      the fully resolved config        RUN/metrics.jsonl   one JSON object per logged step
+//   RUN/log.txt          the log                          RUN/checkpoints/    see train/checkpoint.h
+//   RUN/final/           the final model (HF format) when the run completes
+#pragma once
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "config/model_shape.h"
+#include "config/options.h"
+#include "data/dataset.h"
+#include "model/llama.h"
+
+namespace dmc::train {
+
+class Stage {
+ public:
+  virtual ~Stage() = default;
+  virtual std::string name() const = 0;
+  // Before the micro-batches of optimizer step `step` (0-based) of `total`.
+  virtual void begin_step(int64_t step, int64_t total, Llama& model) { (void)step; (void)total; (void)model; }
+  // Final hidden states [batch, seq, hidden] for a micro-batch; may record what extra_loss needs.
+  virtual at::Tensor forward_hidden(Llama& model, const data::Batch& b) { return model.forward_hidden(b.input); }
+  // Extra loss for the micro-batch just forwarded (undefined = none).
+  virtual at::Tensor extra_loss(Llama& model) { (void)model; return {}; }
+  // Values for the log line and metrics of the current step.
+  virtual nlohmann::json metrics() { return nlohmann::json::object(); }
+  // After the last step, before the final save.
+  virtual void finish(Llama& model) { (void)model; }
+  virtual nlohmann::json state() const { return nlohmann::json::object(); }
+  virtual void load_state(const nlohmann::json& s) { (void)s; }
+};
+
+struct TrainOptions {
+  std::string out = "runs/train";
+  std::string init_from;  // HF model directory; empty = random init from the shape
+  ModelShapeOptions shape;
+  double init_std = 0.02;
+  std::string tokenizer;
+  std::vector<std::string> data;
+  std::vector<std::string> data_weights;
+  int64_t seq_len = 256, micro_batch = 4, global_batch = 8, train_steps = 100;
+  double lr = 3e-4, min_lr = 3e-5;
+  int64_t warmup_steps = 0;
+  std::string lr_schedule = "cosine";
+  double beta1 = 0.9, beta2 = 0.95, adam_eps = 1e-8, weight_decay = 0.1, grad_clip = 1.0;
+  bool decay_norms_and_embeddings = false;
+  std::string device = "auto", dtype = "auto";
+  bool activation_checkpointing = false;
+  int64_t seed = 1234, log_every = 10, eval_every = 0, eval_batches = 8, save_every = 0, keep_last = 3;
+  std::string resume = "auto";  // auto | none | a checkpoint directory
+  int64_t exit_after_steps = 0;  // stop (with a checkpoint) after this many steps in this invocation; 0 = off
+  int64_t max_nonfinite = 5;
+  std::vector<std::string> inject_nonfinite_steps;  // test hook: make these steps' loss NaN
+  double peak_tflops = 989.0;
+  std::string log_level = "info";
+
+  void add_to(OptionTable& t);
+};
+
+struct TrainResult {
+  int64_t steps_done = 0;
+  double last_loss = 0, last_eval_loss = 0;
+  bool interrupted = false;
+  std::string final_dir;
+};
+
+TrainResult train(const TrainOptions& o, Stage* stage, const std::string& resolved_yaml);
+
+// Mean cross-entropy over `batches` validation micro-batches (fixed order), no grad.
+double evaluate(Llama& model, Stage* stage, data::Loader& valid, int64_t batches, int64_t micro_batch, bool autocast);
+
+}  // namespace dmc::train
