@@ -1,6 +1,8 @@
 #include "common/util.h"
 
+#include <ftw.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <fstream>
@@ -14,6 +16,14 @@ namespace dmc {
 bool file_exists(const std::string& path) {
   struct stat st {};
   return ::stat(path.c_str(), &st) == 0;
+}
+
+static int remove_one(const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); }
+
+void remove_tree(const std::string& path) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) return;
+  ::nftw(path.c_str(), remove_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 std::string read_file(const std::string& path, const std::string& what) {

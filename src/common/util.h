@@ -15,6 +15,9 @@ std::string read_file(const std::string& path, const std::string& what = "file")
 // Throws dmc::Error unless `path` is an existing directory.
 void require_dir(const std::string& path, const std::string& what);
 bool file_exists(const std::string& path);
+// rm -rf without std::filesystem: libtorch.so exports its own std::filesystem symbols, and the
+// error_code overload of remove_all bound to it crashes; nothing here may depend on which copy wins.
+void remove_tree(const std::string& path);
 
 // "bf16"|"bfloat16"|"fp16"|"float16"|"half"|"fp32"|"float32"|"float"|"fp64"|"float64" -> ScalarType.
 at::ScalarType parse_dtype(const std::string& name, const std::string& field = "dtype");

@@ -211,7 +211,7 @@ PrepareStats prepare(const PrepareOptions& o) {
 
   // 3. split by document and write
   const std::string tmp = o.out + ".tmp";
-  fs::remove_all(tmp);
+  remove_tree(tmp);
   fs::create_directories(tmp);
   const bool u16 = tok.vocab_size() <= 65536;
   ShardWriter w[2] = {{tmp, "train", o.shard_tokens, u16}, {tmp, "valid", o.shard_tokens, u16}};
@@ -245,7 +245,7 @@ PrepareStats prepare(const PrepareOptions& o) {
         {"documents", st.documents[s]}, {"tokens", st.tokens[s]}, {"shards", w[s].files}};
   }
   std::ofstream(tmp + "/meta.json") << meta.dump(2) << "\n";
-  if (fs::exists(o.out)) fs::remove_all(o.out);
+  if (fs::exists(o.out)) remove_tree(o.out);
   fs::rename(tmp, o.out);
   st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   log::info(cat("data prepare: wrote ", o.out, ": train ", st.documents[0], " docs / ", st.tokens[0], " tokens, valid ",

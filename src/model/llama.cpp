@@ -178,7 +178,7 @@ void Llama::save(const std::string& dir, at::ScalarType dtype, int64_t max_shard
   if (fs::exists(target) && !overwrite) fail(dir, ": already exists (pass overwrite to replace it)");
   if (target.has_parent_path() && !target.parent_path().empty()) fs::create_directories(target.parent_path());
   const fs::path tmp = cat(dir, ".tmp-", ::getpid());
-  fs::remove_all(tmp);
+  remove_tree(tmp.string());
   fs::create_directories(tmp);
   LlamaConfig c = config;
   c.torch_dtype = dtype == at::kBFloat16 ? "bfloat16" : dtype == at::kHalf ? "float16" : "float32";
@@ -186,7 +186,7 @@ void Llama::save(const std::string& dir, at::ScalarType dtype, int64_t max_shard
   auto tensors = hf_tensors();
   for (auto& nt : tensors) nt.second = nt.second.detach().to(at::kCPU, dtype);
   io::save_dir(tmp.string(), tensors, max_shard_bytes, {{"format", "pt"}});
-  if (fs::exists(target)) fs::remove_all(target);
+  if (fs::exists(target)) remove_tree(dir);
   fs::rename(tmp, target);
 }
 

@@ -67,8 +67,10 @@ std::string save_checkpoint(const std::string& run_dir, int64_t step, const Chec
   const fs::path root = fs::path(run_dir) / "checkpoints";
   fs::create_directories(root);
   // leftovers of writes that were interrupted earlier
+  std::vector<std::string> stale;
   for (const auto& e : fs::directory_iterator(root))
-    if (e.path().filename().string().find(".tmp-") != std::string::npos) fs::remove_all(e.path());
+    if (e.path().filename().string().find(".tmp-") != std::string::npos) stale.push_back(e.path().string());
+  for (const auto& s : stale) remove_tree(s);
   const fs::path final_dir = root / step_name(step);
   const fs::path tmp = root / cat(step_name(step), ".tmp-", ::getpid());
   try {
@@ -91,13 +93,12 @@ std::string save_checkpoint(const std::string& run_dir, int64_t step, const Chec
     write_text_file((tmp / "trainer_state.json").string(), d.trainer_state.dump(2) + "\n");
     test_delay();
     fsync_path(tmp.string());
-    if (fs::exists(final_dir)) fs::remove_all(final_dir);
+    if (fs::exists(final_dir)) remove_tree(final_dir.string());
     fs::rename(tmp, final_dir);
     write_text_file((final_dir / "COMPLETE").string(), cat("step ", step, "\n"));
     fsync_path(root.string());
   } catch (const std::exception& e) {
-    std::error_code ec;
-    fs::remove_all(tmp, ec);
+    remove_tree(tmp.string());
     auto prev = latest_checkpoint(run_dir);
     fail("checkpoint at step ", step, " not saved: ", e.what(), "; ",
          prev ? "the previous checkpoint " + *prev + " is intact" : std::string("no earlier checkpoint exists"));
@@ -108,7 +109,7 @@ std::string save_checkpoint(const std::string& run_dir, int64_t step, const Chec
     std::vector<std::string> complete;
     for (auto& s : steps)
       if (fs::exists(fs::path(s.second) / "COMPLETE")) complete.push_back(s.second);
-    for (size_t i = 0; i + (size_t)keep_last < complete.size(); ++i) fs::remove_all(complete[i]);
+    for (size_t i = 0; i + (size_t)keep_last < complete.size(); ++i) remove_tree(complete[i]);
   }
   return final_dir.string();
 }
