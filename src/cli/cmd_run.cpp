@@ -100,11 +100,19 @@ int cmd_eval(const Args& a) {
   auto r = perplexity(model, ids, po);
   std::cout << "perplexity: " << std::setprecision(8) << r.ppl() << "  (nll " << r.nll() << ", " << r.tokens_scored
             << " tokens, " << r.windows << " windows, " << r.seconds << " s)\n";
+  if (model.config.dmc.enabled)
+    std::cout << "DMC (eval mode, parallel): achieved compression ratio " << std::setprecision(4) << r.cr()
+              << " (target " << model.config.dmc.target_cr << ")\n";
   if (!json_path.empty()) {
     nlohmann::json j = {{"ppl", r.ppl()},         {"nll", r.nll()},         {"tokens_scored", r.tokens_scored},
                         {"windows", r.windows},   {"seq_len", seq_len},     {"stride", stride ? stride : seq_len},
                         {"model", model_dir},     {"text", text_path},      {"dtype", dtype_name(dt)},
                         {"device", dev.str()},    {"seconds", r.seconds}};
+    if (model.config.dmc.enabled) {
+      j["dmc_cr"] = r.cr();
+      j["dmc_cr_per_head"] = r.cr_per_head();
+      j["dmc_target_cr"] = model.config.dmc.target_cr;
+    }
     std::ofstream out(json_path);
     out << j.dump(2) << "\n";
     if (!out) fail(json_path, ": write failed");

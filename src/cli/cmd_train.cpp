@@ -6,6 +6,9 @@
 #include "common/log.h"
 #include "config/options.h"
 #include "data/prepare.h"
+#include "dmc/stages.h"
+#include "report/report.h"
+#include "train/checkpoint.h"
 #include "train/trainer.h"
 
 namespace dmc::cli {
@@ -44,6 +47,44 @@ int cmd_train(const Args& a) {
   t.parse(a);
   auto r = train::train(o, nullptr, t.to_yaml());
   (void)r;  // an interrupted run saved its checkpoint: a clean exit
+  return 0;
+}
+
+int cmd_retrofit(const Args& a) {
+  train::TrainOptions o;
+  RetrofitOptions r;
+  OptionTable t("retrofit", "dmc retrofit --stage zero_out|retrofit|finetune --config FILE [key=value ...]");
+  r.add_to(t);
+  o.add_to(t);
+  t.parse(a);
+  const bool resumable = o.resume != "none" && (o.resume != "auto" || train::latest_checkpoint(o.out));
+  if (o.init_from.empty() && !resumable)
+    fail("command line: 'dmc retrofit' needs --init-from (the base model for zero_out, the previous stage's final "
+         "model otherwise)");
+  DmcStage stage(r);
+  train::train(o, &stage, t.to_yaml());
+  return 0;
+}
+
+int cmd_report(const Args& a) {
+  report::ReportOptions o;
+  std::vector<std::string> runs;
+  OptionTable t("report", "dmc report RUN_DIR [RUN_DIR ...] [--out DIR]");
+  t.add("runs", &o.runs, "run directories, in stage order (also given as bare arguments)");
+  t.add("out", &o.out, "output directory (default: RUN_DIR/report of the last run)");
+  Args rest;
+  for (const auto& x : a) {
+    if (x.rfind("-", 0) != 0 && x.find('=') == std::string::npos && (rest.empty() || rest.back() != "--out"))
+      runs.push_back(x);
+    else
+      rest.push_back(x);
+  }
+  t.parse(rest);
+  o.runs.insert(o.runs.end(), runs.begin(), runs.end());
+  if (o.runs.empty()) fail("command line: 'dmc report' needs at least one run directory");
+  if (o.out.empty()) o.out = o.runs.back() + "/report";
+  std::cout << report::make_report(o);
+  log::info(cat("report written to ", o.out));
   return 0;
 }
 

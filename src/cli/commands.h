@@ -14,5 +14,7 @@ int cmd_eval(const Args& a);
 int cmd_tokenizer(const Args& a);
 int cmd_data(const Args& a);
 int cmd_train(const Args& a);
+int cmd_retrofit(const Args& a);
+int cmd_report(const Args& a);
 
 }  // namespace dmc::cli

@@ -23,6 +23,8 @@ commands:
   tokenizer train       train a small SentencePiece BPE tokenizer on text files
   data prepare          tokenize text/JSONL into token shards with a document index and a validation split
   train                 pretrain or continue training a Llama (AdamW, schedules, checkpoints, resume)
+  retrofit              one DMC retrofit stage: --stage zero_out | retrofit | finetune
+  report RUN_DIR...     loss and compression-ratio curves, per-layer/head ratio heatmap, summary
 )";
 }
 
@@ -43,6 +45,8 @@ int main(int argc, char** argv) {
     if (cmd == "tokenizer") return dmc::cli::cmd_tokenizer(args);
     if (cmd == "data") return dmc::cli::cmd_data(args);
     if (cmd == "train") return dmc::cli::cmd_train(args);
+    if (cmd == "retrofit") return dmc::cli::cmd_retrofit(args);
+    if (cmd == "report") return dmc::cli::cmd_report(args);
     std::cerr << "dmc: unknown command '" << cmd << "'\n\n" << kUsage;
     return 2;
   } catch (const dmc::HelpRequested& h) {

@@ -10,6 +10,23 @@ namespace dmc {
 
 double PplResult::ppl() const { return std::exp(nll()); }
 
+double PplResult::cr() const {
+  double t = 0, sl = 0;
+  for (size_t l = 0; l < head_tokens.size(); ++l)
+    for (size_t g = 0; g < head_tokens[l].size(); ++g) {
+      t += head_tokens[l][g];
+      sl += head_slots[l][g];
+    }
+  return sl > 0 ? t / sl : 1.0;
+}
+
+std::vector<std::vector<double>> PplResult::cr_per_head() const {
+  auto r = head_tokens;
+  for (size_t l = 0; l < r.size(); ++l)
+    for (size_t g = 0; g < r[l].size(); ++g) r[l][g] = head_slots[l][g] > 0 ? head_tokens[l][g] / head_slots[l][g] : 1.0;
+  return r;
+}
+
 PplResult perplexity(const Llama& model, const std::vector<int64_t>& tokens, const PplOptions& o) {
   const int64_t L = (int64_t)tokens.size();
   const int64_t S = o.seq_len, stride = o.stride > 0 ? o.stride : o.seq_len;
@@ -27,6 +44,21 @@ PplResult perplexity(const Llama& model, const std::vector<int64_t>& tokens, con
   int64_t n_windows = 1;
   for (int64_t b = 0; b + S < L; b += stride) ++n_windows;
   Progress prog("eval ppl", n_windows, 5.0);
+  const auto& c = model.config;
+  AttentionRuntime rt;
+  const bool dmc = c.dmc.enabled;
+  if (dmc) {
+    rt.mode = AttentionRuntime::Mode::DmcEval;
+    rt.dmc.init_val = c.dmc.init_val;
+    rt.dmc.window = c.dmc.window;
+    r.head_tokens.assign(c.num_hidden_layers, std::vector<double>(c.num_key_value_heads, 0.0));
+    r.head_slots = r.head_tokens;
+  }
+  struct Unset {
+    const Llama& m;
+    ~Unset() { const_cast<Llama&>(m).runtime = nullptr; }
+  } unset{model};
+  if (dmc) const_cast<Llama&>(model).runtime = &rt;
   int64_t prev_end = 0;
   for (int64_t begin = 0; begin < L; begin += stride) {
     const int64_t end = std::min(begin + S, L);
@@ -34,6 +66,16 @@ PplResult perplexity(const Llama& model, const std::vector<int64_t>& tokens, con
     if (end > first) {
       at::Tensor ids = all.slice(0, begin, end).unsqueeze(0).to(model.device());
       at::Tensor h = model.forward_hidden(ids).squeeze(0);  // [T, H]
+      if (dmc) {
+        const int64_t T = end - begin;
+        for (size_t l = 0; l < rt.boundaries.size(); ++l) {
+          at::Tensor merges = rt.boundaries[l].to(at::kFloat).sum(at::IntArrayRef{0, 1}).to(at::kCPU);  // [nkv]
+          for (int64_t g = 0; g < merges.size(0); ++g) {
+            r.head_tokens[l][g] += (double)T;
+            r.head_slots[l][g] += (double)T - merges[g].item<double>();
+          }
+        }
+      }
       // positions first..end-1 are predicted from hidden states first-1..end-2
       at::Tensor hs = h.slice(0, first - 1 - begin, end - 1 - begin);
       at::Tensor logits = at::linear(hs, model.lm_head).to(at::kFloat);

@@ -2,6 +2,7 @@
 // windows of seq_len tokens start every `stride` tokens; each window scores only the tokens not scored by the
 // previous one (the first window scores all but its first token), each predicted from its window's context.
 //   ppl = exp(sum of NLL / number of scored tokens)
+// A DMC model (config.dmc.enabled) runs its parallel eval-mode forward: hard decisions, merged keys, the bias.
 #pragma once
 #include <vector>
 
@@ -20,6 +21,11 @@ struct PplResult {
   int64_t tokens_scored = 0;
   int64_t windows = 0;
   double seconds = 0;
+  // DMC models (config.dmc.enabled): eval-mode forward (hard decisions); per [layer][kv_head] token and KV-slot
+  // counts over all windows. Achieved compression ratio = tokens / slots.
+  std::vector<std::vector<double>> head_tokens, head_slots;
+  double cr() const;
+  std::vector<std::vector<double>> cr_per_head() const;
   double nll() const { return tokens_scored ? nll_sum / tokens_scored : 0; }
   double ppl() const;
 };

@@ -57,7 +57,7 @@ at::Tensor rope_inv_freq(const LlamaConfig& c, at::Device device) {
 }
 
 std::pair<at::Tensor, at::Tensor> rope_cos_sin(const at::Tensor& inv_freq, const at::Tensor& positions) {
-  at::Tensor freqs = at::outer(positions.to(at::kFloat), inv_freq);  // [seq, hd/2]
+  at::Tensor freqs = at::outer(positions.to(inv_freq.scalar_type()), inv_freq);  // [seq, hd/2]
   at::Tensor emb = at::cat({freqs, freqs}, -1);                       // [seq, hd]
   return {emb.cos(), emb.sin()};
 }
@@ -192,17 +192,39 @@ void Llama::save(const std::string& dir, at::ScalarType dtype, int64_t max_shard
 
 // ---- forward ------------------------------------------------------------------------------------------
 
-at::Tensor Llama::attention(const LlamaLayer& L, int64_t layer, const at::Tensor& h, const at::Tensor& cos,
-                            const at::Tensor& sin, KVCache* cache) const {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> Llama::attention(const LlamaLayer& L, int64_t layer, const at::Tensor& h,
+                                                                const at::Tensor& cos, const at::Tensor& sin,
+                                                                KVCache* cache) const {
   const auto& c = config;
   const int64_t B = h.size(0), T = h.size(1), nh = c.num_attention_heads, nkv = c.num_key_value_heads,
                 hd = c.head_dim;
+  using Mode = AttentionRuntime::Mode;
+  const Mode mode = runtime ? runtime->mode : Mode::Vanilla;
   at::Tensor qkv = at::linear(h, L.wqkv);  // [B, T, (nh + 2 nkv) hd]
+  if (mode == Mode::DmcTrain || mode == Mode::DmcEval) {
+    TORCH_CHECK(!cache, "DMC attention does not use the plain KV cache");
+    at::Tensor q = qkv.narrow(-1, 0, nh * hd).view({B, T, nh, hd});
+    at::Tensor k = qkv.narrow(-1, nh * hd, nkv * hd).view({B, T, nkv, hd});
+    at::Tensor v = qkv.narrow(-1, (nh + nkv) * hd, nkv * hd).view({B, T, nkv, hd});
+    at::Tensor noise;
+    if (mode == Mode::DmcTrain && (int64_t)runtime->noise.size() > layer) noise = runtime->noise[layer];
+    DmcAttention r = dmc_attention(q, k, v, cos, sin, runtime->dmc,
+                                   mode == Mode::DmcTrain ? DmcMode::Train : DmcMode::Eval, runtime->doc_start, noise);
+    return {at::linear(r.out.reshape({B, T, nh * hd}), L.wo), r.decision_mean, r.hard};
+  }
   at::Tensor q = qkv.narrow(-1, 0, nh * hd).view({B, T, nh, hd}).transpose(1, 2);
   at::Tensor k = qkv.narrow(-1, nh * hd, nkv * hd).view({B, T, nkv, hd}).transpose(1, 2);
   at::Tensor v = qkv.narrow(-1, (nh + nkv) * hd, nkv * hd).view({B, T, nkv, hd}).transpose(1, 2);
-  q = apply_rope(q, cos, sin);
-  k = apply_rope(k, cos, sin);
+  if (mode == Mode::ZeroOut) {
+    // stage 1: the last q/k dimension scaled by mult before and after RoPE (RoPE leaks D/2-1 into D-1)
+    at::Tensor scale = at::ones({hd}, q.options());
+    scale.index_put_({hd - 1}, runtime->zero_out_mult);
+    q = apply_rope(q * scale, cos, sin) * scale;
+    k = apply_rope(k * scale, cos, sin) * scale;
+  } else {
+    q = apply_rope(q, cos, sin);
+    k = apply_rope(k, cos, sin);
+  }
   std::optional<at::Tensor> mask;
   bool causal = T > 1;
   if (cache) {
@@ -223,7 +245,7 @@ at::Tensor Llama::attention(const LlamaLayer& L, int64_t layer, const at::Tensor
   }
   at::Tensor o = at::scaled_dot_product_attention(q, k, v, mask, 0.0, causal, std::nullopt, /*enable_gqa=*/nkv != nh);
   o = o.transpose(1, 2).reshape({B, T, nh * hd});
-  return at::linear(o, L.wo);
+  return {at::linear(o, L.wo), at::Tensor(), at::Tensor()};
 }
 
 std::vector<std::pair<std::string, at::Tensor*>> Llama::parameters() {
@@ -244,20 +266,25 @@ std::vector<std::pair<std::string, at::Tensor*>> Llama::parameters() {
   return p;
 }
 
-at::Tensor Llama::layer_forward(const LlamaLayer& L, int64_t l, const at::Tensor& x, const at::Tensor& cos,
-                                const at::Tensor& sin, KVCache* cache) const {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> Llama::layer_forward(const LlamaLayer& L, int64_t l, const at::Tensor& x,
+                                                                    const at::Tensor& cos, const at::Tensor& sin,
+                                                                    KVCache* cache) const {
   const int64_t F = config.intermediate_size;
-  at::Tensor h = x + attention(L, l, rms_norm(x, L.attn_norm, config.rms_norm_eps), cos, sin, cache);
+  auto [attn, dmean, bnd] = attention(L, l, rms_norm(x, L.attn_norm, config.rms_norm_eps), cos, sin, cache);
+  at::Tensor h = x + attn;
   at::Tensor gu = at::linear(rms_norm(h, L.mlp_norm, config.rms_norm_eps), L.w_gate_up);
-  return h + at::linear(at::silu(gu.narrow(-1, 0, F)) * gu.narrow(-1, F, F), L.w_down);
+  return {h + at::linear(at::silu(gu.narrow(-1, 0, F)) * gu.narrow(-1, F, F), L.w_down), dmean, bnd};
 }
 
 namespace {
 // Activation checkpointing of one layer: forward keeps only the layer input; backward recomputes the layer
 // with grad enabled (and the forward's autocast state) and differentiates it.
 struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, at::TensorList params,
-                            const at::Tensor& cos, const at::Tensor& sin, int64_t model_ptr, int64_t l) {
+  // Returns {x_out, decision_mean} (decision_mean is a [batch] of zeros outside DMC modes); the DMC boundaries
+  // are stored into the runtime directly. DMC noise must come from runtime->noise so the recompute sees it too.
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                                                at::TensorList params, const at::Tensor& cos, const at::Tensor& sin,
+                                                int64_t model_ptr, int64_t l) {
     const Llama* m = reinterpret_cast<const Llama*>(model_ptr);
     std::vector<at::Tensor> saved{x, cos, sin};
     saved.insert(saved.end(), params.begin(), params.end());
@@ -268,7 +295,10 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
     ctx->saved_data["autocast"] = ac;
     ctx->saved_data["autocast_dtype"] = (int64_t)at::autocast::get_autocast_dtype(at::kCUDA);
     const LlamaLayer& L = m->layers[l];
-    return m->layer_forward(L, l, x, cos, sin, nullptr);
+    auto [y, dmean, bnd] = m->layer_forward(L, l, x, cos, sin, nullptr);
+    if (m->runtime && bnd.defined()) m->runtime->boundaries[l] = bnd;
+    if (!dmean.defined()) dmean = at::zeros({x.size(0)}, x.options().dtype(at::kFloat));
+    return {y, dmean};
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grad_out) {
@@ -279,7 +309,7 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
     std::vector<at::Tensor> p;
     for (size_t i = 3; i < saved.size(); ++i) p.push_back(saved[i].detach().requires_grad_(saved[i].requires_grad()));
     LlamaLayer L{p[0], p[1], p[2], p[3], p[4], p[5]};
-    at::Tensor y;
+    at::Tensor y, dm;
     {
       at::AutoGradMode enable(true);
       const bool ac = ctx->saved_data["autocast"].toBool();
@@ -287,7 +317,9 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
       const auto prev_dt = at::autocast::get_autocast_dtype(at::kCUDA);
       at::autocast::set_autocast_enabled(at::kCUDA, ac);
       at::autocast::set_autocast_dtype(at::kCUDA, (at::ScalarType)ctx->saved_data["autocast_dtype"].toInt());
-      y = m->layer_forward(L, l, x, saved[1], saved[2], nullptr);
+      auto outs = m->layer_forward(L, l, x, saved[1], saved[2], nullptr);
+      y = std::get<0>(outs);
+      dm = std::get<1>(outs);
       at::autocast::set_autocast_enabled(at::kCUDA, prev);
       at::autocast::set_autocast_dtype(at::kCUDA, prev_dt);
       at::autocast::clear_cache();
@@ -295,7 +327,12 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
     std::vector<at::Tensor> inputs{x};
     for (auto& t : p)
       if (t.requires_grad()) inputs.push_back(t);
-    auto grads = torch::autograd::grad({y}, inputs, {grad_out[0]}, /*retain_graph=*/false, /*create_graph=*/false,
+    std::vector<at::Tensor> outs{y}, gouts{grad_out[0]};
+    if (dm.defined() && dm.requires_grad() && grad_out[1].defined()) {
+      outs.push_back(dm);
+      gouts.push_back(grad_out[1].to(dm.scalar_type()));
+    }
+    auto grads = torch::autograd::grad(outs, inputs, gouts, /*retain_graph=*/false, /*create_graph=*/false,
                                        /*allow_unused=*/true);
     torch::autograd::variable_list out{grads[0]};
     size_t gi = 1;
@@ -319,13 +356,29 @@ at::Tensor Llama::forward_hidden(const at::Tensor& ids, KVCache* cache) const {
   auto [cos, sin] = rope_cos_sin(inv_freq, pos);
   at::Tensor x = at::embedding(embed, ids);
   const bool recompute = activation_checkpointing && !cache && at::GradMode::is_enabled();
+  const bool dmc_mode = runtime && (runtime->mode == AttentionRuntime::Mode::DmcTrain ||
+                                    runtime->mode == AttentionRuntime::Mode::DmcEval);
+  if (dmc_mode) {
+    runtime->decision_mean.assign(layers.size(), at::Tensor());
+    runtime->boundaries.assign(layers.size(), at::Tensor());
+    if (runtime->mode == AttentionRuntime::Mode::DmcTrain && recompute && runtime->noise.size() < layers.size())
+      fail("DMC training with activation checkpointing needs pre-drawn noise (AttentionRuntime::noise)");
+  }
   for (size_t l = 0; l < layers.size(); ++l) {
     const auto& L = layers[l];
     if (recompute) {
-      x = CheckpointedLayer::apply(x, std::vector<at::Tensor>{L.attn_norm, L.wqkv, L.wo, L.mlp_norm, L.w_gate_up, L.w_down},
-                                   cos, sin, reinterpret_cast<int64_t>(this), (int64_t)l);
+      auto outs = CheckpointedLayer::apply(
+          x, std::vector<at::Tensor>{L.attn_norm, L.wqkv, L.wo, L.mlp_norm, L.w_gate_up, L.w_down}, cos, sin,
+          reinterpret_cast<int64_t>(this), (int64_t)l);
+      x = outs[0];
+      if (dmc_mode) runtime->decision_mean[l] = outs[1];
     } else {
-      x = layer_forward(L, (int64_t)l, x, cos, sin, cache);
+      auto [y, dmean, bnd] = layer_forward(L, (int64_t)l, x, cos, sin, cache);
+      x = y;
+      if (dmc_mode) {
+        runtime->decision_mean[l] = dmean;
+        runtime->boundaries[l] = bnd;
+      }
     }
   }
   if (cache) cache->length += T;

@@ -22,6 +22,7 @@
 #include <utility>
 #include <vector>
 
+#include "dmc/dmc.h"
 #include "model/llama_config.h"
 
 namespace dmc {
@@ -33,6 +34,20 @@ struct LlamaLayer {
   at::Tensor mlp_norm;   // [hidden]
   at::Tensor w_gate_up;  // [2 ffn, hidden]
   at::Tensor w_down;     // [hidden, ffn]
+};
+
+// How attention runs in a forward, and what DMC layers report back. Owned by the caller (a training stage or
+// an evaluator); the model only reads the settings and fills the outputs.
+struct AttentionRuntime {
+  enum class Mode { Vanilla, ZeroOut, DmcTrain, DmcEval };
+  Mode mode = Mode::Vanilla;
+  DmcOptions dmc;
+  double zero_out_mult = 1.0;       // ZeroOut: factor on q/k[D-1] before and after RoPE
+  at::Tensor doc_start;             // [batch, seq] bool, optional
+  std::vector<at::Tensor> noise;    // DmcTrain: per layer [batch, seq, n_kv] logistic noise (drawn when empty)
+  // outputs of the last forward (DMC modes), per layer:
+  std::vector<at::Tensor> decision_mean;  // [batch], differentiable (STE)
+  std::vector<at::Tensor> boundaries;     // [batch, seq, n_kv] 0/1, detached
 };
 
 struct KVCache {
@@ -61,6 +76,8 @@ class Llama {
   at::Tensor inv_freq;  // [head_dim / 2] fp32
   // Training: recompute each layer's activations in backward instead of storing them.
   bool activation_checkpointing = false;
+  // Attention mode (vanilla when null).
+  AttentionRuntime* runtime = nullptr;
 
   // Reads DIR/config.json and DIR's safetensors; checks every tensor's presence and shape.
   static Llama load(const std::string& dir, at::ScalarType dtype, at::Device device);
@@ -87,12 +104,15 @@ class Llama {
 
   // One decoder layer: x [batch, seq, hidden] -> x + attn + mlp. `L` may hold other tensors than layers[l]
   // (the recompute in backward passes detached copies).
-  at::Tensor layer_forward(const LlamaLayer& L, int64_t l, const at::Tensor& x, const at::Tensor& cos,
-                           const at::Tensor& sin, KVCache* cache) const;
+  // Returns {x_out, dmc decision mean [batch] (undefined unless a DMC mode), dmc boundaries (detached)}.
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_forward(const LlamaLayer& L, int64_t l, const at::Tensor& x,
+                                                               const at::Tensor& cos, const at::Tensor& sin,
+                                                               KVCache* cache) const;
 
  private:
-  at::Tensor attention(const LlamaLayer& L, int64_t layer, const at::Tensor& h, const at::Tensor& cos,
-                       const at::Tensor& sin, KVCache* cache) const;
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> attention(const LlamaLayer& L, int64_t layer, const at::Tensor& h,
+                                                           const at::Tensor& cos, const at::Tensor& sin,
+                                                           KVCache* cache) const;
 };
 
 }  // namespace dmc

@@ -96,6 +96,21 @@ LlamaConfig LlamaConfig::from_json(const json& j, const std::string& file) {
       fail(file, ": field 'rope_scaling.rope_type' is '", type, "', supported: default, linear, llama3");
     }
   }
+  if (j.contains("dmc") && !j["dmc"].is_null()) {
+    const json& d = j["dmc"];
+    if (!d.is_object()) fail(file, ": field 'dmc' must be an object");
+    const std::string f = file + " (dmc)";
+    c.dmc.enabled = get_bool(d, "enabled", f, false);
+    if (d.contains("stage")) {
+      if (!d["stage"].is_string()) fail(file, ": field 'dmc.stage' must be a string");
+      c.dmc.stage = d["stage"].get<std::string>();
+    }
+    c.dmc.init_val = get_num(d, "init_val", f, 5.0);
+    int64_t w = 12;
+    c.dmc.window = get_int(d, "window", f, &w);
+    c.dmc.target_cr = get_num(d, "target_cr", f, 1.0);
+    if (c.dmc.window < 1) fail(file, ": field 'dmc.window' must be >= 1");
+  }
   c.validate(file);
   return c;
 }
@@ -166,6 +181,9 @@ json LlamaConfig::to_json() const {
                          {"high_freq_factor", rope_scaling.high_freq_factor},
                          {"original_max_position_embeddings", rope_scaling.original_max_position_embeddings}};
   }
+  if (dmc.enabled || !dmc.stage.empty())
+    j["dmc"] = {{"enabled", dmc.enabled}, {"stage", dmc.stage}, {"init_val", dmc.init_val}, {"window", dmc.window},
+                {"target_cr", dmc.target_cr}};
   return j;
 }
 

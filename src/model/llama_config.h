@@ -16,6 +16,15 @@ struct RopeScaling {
   int64_t original_max_position_embeddings = 8192;       // llama3
 };
 
+// DMC settings a retrofitted checkpoint carries in config.json under "dmc" (transformers ignores the key).
+struct DmcConfig {
+  bool enabled = false;       // true once stage 1 has zeroed the decision rows
+  std::string stage;          // last stage completed: zero_out | retrofit | finetune
+  double init_val = 5.0;
+  int64_t window = 12;
+  double target_cr = 1.0;
+};
+
 struct LlamaConfig {
   int64_t vocab_size = 32000;
   int64_t hidden_size = 4096;
@@ -32,6 +41,7 @@ struct LlamaConfig {
   std::vector<int64_t> eos_token_ids = {2};
   std::string torch_dtype = "float32";
   RopeScaling rope_scaling;
+  DmcConfig dmc;
 
   // Reads config.json; every missing required field or wrong type raises dmc::Error naming `file` and field.
   static LlamaConfig from_json(const nlohmann::json& j, const std::string& file);

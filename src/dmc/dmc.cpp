@@ -1,0 +1,145 @@
+#include "dmc/dmc.h"
+
+#include <cmath>
+#include <limits>
+
+#include "common/error.h"
+#include "model/llama.h"
+
+namespace dmc {
+
+namespace {
+// x shifted by s along dim 1 (time): out[:, t] = x[:, t - s], zeros for t < s.
+at::Tensor shift_time(const at::Tensor& x, int64_t s) {
+  if (s == 0) return x;
+  const int64_t T = x.size(1);
+  if (s >= T) return at::zeros_like(x);
+  std::vector<int64_t> pad(2 * x.dim(), 0);
+  // constant_pad_nd pads from the last dim backwards: dim 1 is pair index (dim() - 2)
+  pad[2 * (x.dim() - 2)] = s;
+  return at::constant_pad_nd(x.narrow(1, 0, T - s), pad, 0);
+}
+double machine_eps(at::ScalarType t) {
+  switch (t) {
+    case at::kBFloat16: return 0.0078125;  // 2^-7
+    case at::kHalf: return 0.0009765625;   // 2^-10
+    case at::kDouble: return std::numeric_limits<double>::epsilon();
+    default: return std::numeric_limits<float>::epsilon();
+  }
+}
+}  // namespace
+
+at::Tensor dmc_decision_logits(const at::Tensor& k, double c) { return k.select(-1, k.size(-1) - 1) - c; }
+
+at::Tensor dmc_importance(const at::Tensor& q, int64_t nkv, double c) {
+  const int64_t B = q.size(0), T = q.size(1), nh = q.size(2), D = q.size(3);
+  at::Tensor last = q.select(-1, D - 1).reshape({B, T, nkv, nh / nkv}).mean(-1);
+  return at::sigmoid(last + c) + machine_eps(q.scalar_type());
+}
+
+at::Tensor dmc_pool(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t window) {
+  DMC_CHECK(window >= 1, "dmc window: must be >= 1, got ", window);
+  at::Tensor wx = w.unsqueeze(-1) * x;  // [B, T, H, X]
+  at::Tensor num = wx, den = w;
+  at::Tensor C = at::ones_like(w);
+  for (int64_t m = 1; m < window && m < x.size(1); ++m) {
+    C = C * shift_time(b, m - 1);  // C_{t,m} = C_{t,m-1} * b_{t-m+1}
+    num = num + C.unsqueeze(-1) * shift_time(wx, m);
+    den = den + C * shift_time(w, m);
+  }
+  return num / den.unsqueeze(-1);
+}
+
+at::Tensor biased_causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& m,
+                                   double scale, int64_t block) {
+  const int64_t B = q.size(0), nh = q.size(1), T = q.size(2), D = q.size(3), nkv = k.size(1), G = nh / nkv;
+  const at::Tensor qg = q.view({B, nkv, G, T, D});
+  std::vector<at::Tensor> outs;
+  const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;  // scores and softmax
+  const auto fopt = at::TensorOptions().dtype(acc).device(q.device());
+  for (int64_t i0 = 0; i0 < T; i0 += block) {
+    const int64_t n = std::min(block, T - i0), i1 = i0 + n;
+    at::Tensor qb = qg.narrow(3, i0, n);                                   // [B, nkv, G, n, D]
+    at::Tensor kb = k.narrow(2, 0, i1).unsqueeze(2);                       // [B, nkv, 1, i1, D]
+    at::Tensor s = at::matmul(qb, kb.transpose(-1, -2)).to(acc) * scale;  // [B, nkv, G, n, i1]
+    // bias on every visible key, then removed again on the diagonal
+    at::Tensor mb = m.narrow(2, 0, i1).to(acc).view({B, nkv, 1, 1, i1});
+    at::Tensor rows = at::arange(i0, i1, fopt.dtype(at::kLong)).view({n, 1});
+    at::Tensor cols = at::arange(0, i1, fopt.dtype(at::kLong)).view({1, i1});
+    at::Tensor below = (cols < rows).to(acc);                              // [n, i1]: keys j < i
+    s = s + mb * below;
+    s = s.masked_fill(cols > rows, -std::numeric_limits<float>::infinity());
+    at::Tensor p = at::softmax(s, -1).to(v.scalar_type());
+    outs.push_back(at::matmul(p, v.narrow(2, 0, i1).unsqueeze(2)));        // [B, nkv, G, n, D]
+  }
+  return at::cat(outs, 3).view({B, nh, T, D});
+}
+
+at::Tensor rope_drop_last(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t D = x.size(-1);
+  at::Tensor keep = at::ones({D}, x.options());
+  keep.index_put_({D - 1}, 0);
+  return apply_rope(x * keep, cos, sin) * keep;
+}
+
+DmcAttention dmc_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cos,
+                           const at::Tensor& sin, const DmcOptions& o, DmcMode mode, const at::Tensor& doc_start,
+                           const at::Tensor& noise) {
+  const int64_t B = q.size(0), T = q.size(1), nh = q.size(2), D = q.size(3), nkv = k.size(2);
+  const auto dt = q.scalar_type();
+  at::Tensor a = dmc_decision_logits(k, o.init_val);  // [B, T, nkv]
+  at::Tensor p, ell;
+  if (mode == DmcMode::Train) {
+    at::Tensor n = noise;
+    if (!n.defined()) {
+      auto f = at::TensorOptions().dtype(at::kFloat).device(q.device());
+      at::Tensor u1 = at::rand({B, T, nkv}, f).clamp_(1e-20, 1.0), u2 = at::rand({B, T, nkv}, f).clamp_(1e-20, 1.0);
+      n = (-at::log(-at::log(u1))).to(dt) - (-at::log(-at::log(u2))).to(dt);
+    }
+    ell = (a + n.to(dt)) / o.temperature;
+    p = at::sigmoid(ell);
+  } else {
+    at::Tensor soft = at::sigmoid(a);
+    p = (soft > 0.5).to(dt) + soft - soft.detach();  // straight-through
+  }
+  at::Tensor hard_p = (p.detach() > 0.5).to(dt);
+  // decisions kept for the loss: the STE-hard value of p (noisy in training), t = 0 included
+  at::Tensor ste = hard_p + p - p.detach();
+  at::Tensor decision_mean = ste.mean({1, 2});
+
+  // boundaries: never at t = 0, never at a document start
+  at::Tensor allow = at::ones({B, T, nkv}, q.options().dtype(dt));
+  allow.narrow(1, 0, 1).zero_();
+  if (o.doc_boundaries && doc_start.defined())
+    allow = allow * (~doc_start).to(dt).unsqueeze(-1);
+  at::Tensor bnd = (mode == DmcMode::Train ? p : p) * allow;  // Eval: p is already hard (STE)
+
+  // merging in fp32 (fp64 when the activations are fp64)
+  const auto acc = dt == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor w = dmc_importance(q, nkv, o.init_val);  // [B, T, nkv]
+  at::Tensor x = at::cat({k, v}, -1).to(acc);         // [B, T, nkv, 2D]
+  at::Tensor pooled = dmc_pool(x, w.to(acc), bnd.to(acc), o.window).to(dt);
+  at::Tensor k_hat = pooled.narrow(-1, 0, D), v_hat = pooled.narrow(-1, D, D);
+
+  // bias on key column j from the decision at j + 1; the last column has none
+  at::Tensor m_next;
+  if (mode == DmcMode::Train) m_next = at::log_sigmoid(-ell.narrow(1, 1, T - 1));
+  else m_next = -50000.0 * p.narrow(1, 1, T - 1);
+  if (o.doc_boundaries && doc_start.defined())
+    m_next = m_next * (~doc_start.narrow(1, 1, T - 1)).to(dt).unsqueeze(-1);
+  at::Tensor m = at::cat({m_next, at::zeros({B, 1, nkv}, m_next.options())}, 1);  // [B, T, nkv]
+
+  at::Tensor qr = rope_drop_last(q.transpose(1, 2), cos, sin);      // [B, nh, T, D]
+  at::Tensor kr = rope_drop_last(k_hat.transpose(1, 2), cos, sin);  // [B, nkv, T, D]
+  at::Tensor out = biased_causal_attention(qr, kr, v_hat.transpose(1, 2), m.transpose(1, 2), 1.0 / std::sqrt((double)D),
+                                           o.attn_block);
+  return {out.transpose(1, 2), decision_mean, (hard_p * allow).detach()};
+}
+
+at::Tensor dmc_loss(const at::Tensor& decision_means, double target_cr) {
+  const double P = 1.0 - 1.0 / target_cr;
+  at::Tensor d = decision_means.mean(0);  // [B]
+  return at::relu(P - d).mean();
+}
+
+}  // namespace dmc

@@ -1,0 +1,59 @@
+// The DMC math alone (the spec's sections 1-2), shared by training, evaluation and the inference paths:
+// decision logits from the key's last dimension, importance weights from the query group's last dimension,
+// Gumbel-sigmoid relaxation, windowed weighted merging ("poolsum"), the partial-merge attention bias shifted by
+// one position with the diagonal exempt, and RoPE with the last dimension removed.
+//
+// Layouts (pre-RoPE projections, activation dtype):
+//   q        [batch, seq, n_heads, head_dim]       k, v  [batch, seq, n_kv_heads, head_dim]
+//   logits a, weights omega, boundaries b, bias m      [batch, seq, n_kv_heads]
+//   doc_start [batch, seq] bool (optional): an append is forced there and neither merging nor the bias
+//             crosses it
+//   cos, sin [seq, head_dim] fp32 (the model's RoPE tables)
+// Output of dmc_attention: [batch, seq, n_heads, head_dim], before the output projection.
+#pragma once
+#include <torch/types.h>
+
+#include <string>
+
+namespace dmc {
+
+struct DmcOptions {
+  double init_val = 5.0;       // c: a = k[D-1] - c, omega = sigmoid(mean q[D-1] + c) + eps
+  int64_t window = 12;         // W: merging looks back at most W tokens of the current group
+  double temperature = 0.1;    // tau of the Gumbel-sigmoid relaxation
+  bool doc_boundaries = true;  // force an append at each document start; no merge or bias across it
+  int64_t attn_block = 256;    // query block of the biased attention
+};
+
+enum class DmcMode { Train, Eval };
+
+struct DmcAttention {
+  at::Tensor out;            // [batch, seq, n_heads, head_dim]
+  at::Tensor decision_mean;  // [batch]: STE-hard decisions averaged over time (t = 0 included) and KV heads
+  at::Tensor hard;           // [batch, seq, n_kv_heads] 0/1 boundaries actually used (after t=0/doc forcing), no grad
+};
+
+// a = k[..., D-1] - c                                 -> [B, T, nkv]
+at::Tensor dmc_decision_logits(const at::Tensor& k, double init_val);
+// omega = sigmoid(mean over the group's query heads of q[..., D-1] + c) + eps(dtype)   -> [B, T, nkv]
+at::Tensor dmc_importance(const at::Tensor& q, int64_t n_kv_heads, double init_val);
+// Windowed weighted prefix pooling: x [B, T, H, X] (fp32), w, b [B, T, H] (b[:, 0] must be 0):
+//   out_t = sum_{m<W} C_{t,m} w_{t-m} x_{t-m} / sum_{m<W} C_{t,m} w_{t-m},  C_{t,0} = 1, C_{t,m} = prod_{s<m} b_{t-s}
+at::Tensor dmc_pool(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t window);
+// Attention with an additive per-key-column bias m [B, nkv, T] applied to keys j < i (the diagonal exempt),
+// causal, GQA; q [B, nh, T, D], k, v [B, nkv, T, D]; computed in query blocks, never as a full T x T bias.
+at::Tensor biased_causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& m,
+                                   double scale, int64_t block);
+// RoPE with the last dimension zeroed before and after (the spec's treatment of the repurposed neuron).
+at::Tensor rope_drop_last(const at::Tensor& x_bhtd, const at::Tensor& cos, const at::Tensor& sin);
+
+// The whole DMC attention of one layer. `noise` [B, T, nkv] is the logistic sample G1 - G2 used in Train mode
+// (drawn here from the default generator when undefined: Gumbel in fp32, cast to the activation dtype).
+DmcAttention dmc_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cos,
+                           const at::Tensor& sin, const DmcOptions& o, DmcMode mode, const at::Tensor& doc_start,
+                           const at::Tensor& noise = {});
+
+// Compression loss: decision means [n_layers, B] -> mean_b max(0, P - mean_layers d_b), P = 1 - 1/CR.
+at::Tensor dmc_loss(const at::Tensor& decision_means, double target_cr);
+
+}  // namespace dmc

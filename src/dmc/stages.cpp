@@ -1,0 +1,177 @@
+#include "dmc/stages.h"
+
+#include <ATen/autocast_mode.h>
+
+#include <cmath>
+#include <iomanip>
+#include <sstream>
+
+#include "common/error.h"
+#include "common/log.h"
+
+namespace dmc {
+using json = nlohmann::json;
+
+void RetrofitOptions::add_to(OptionTable& t) {
+  t.add("stage", &stage, "zero_out | retrofit | finetune", true);
+  t.add("target_cr", &target_cr, "target KV-cache compression ratio (retrofit ramps to it, finetune holds it)");
+  t.add("dmc_init_val", &dmc.init_val, "c: decision logit offset and importance-weight offset");
+  t.add("dmc_window", &dmc.window, "merging window W (tokens)");
+  t.add("dmc_temperature", &dmc.temperature, "Gumbel-sigmoid temperature");
+  t.add("dmc_doc_boundaries", &dmc.doc_boundaries, "force an append at document starts; no merge or bias across them");
+  t.add("dmc_attn_block", &dmc.attn_block, "query block of the biased DMC attention");
+  t.add("head_stats_every", &head_stats_every, "steps between per-layer/per-head ratio logs");
+}
+
+DmcStage::DmcStage(const RetrofitOptions& o) : o_(o) {
+  DMC_CHECK(o.stage == "zero_out" || o.stage == "retrofit" || o.stage == "finetune",
+            "stage: expected zero_out, retrofit or finetune, got '", o.stage, "'");
+  DMC_CHECK(o.target_cr >= 1.0, "target_cr: must be >= 1, got ", o.target_cr);
+  rt_.dmc = o.dmc;
+}
+
+void zero_decision_rows(Llama& model) {
+  const auto& c = model.config;
+  const int64_t D = c.head_dim;
+  at::NoGradGuard ng;
+  for (auto& L : model.layers) {
+    for (int64_t h = 0; h < c.num_attention_heads; ++h) L.wqkv[h * D + D - 1].zero_();
+    for (int64_t g = 0; g < c.num_key_value_heads; ++g) L.wqkv[c.q_size() + g * D + D - 1].zero_();
+  }
+}
+
+void DmcStage::begin_step(int64_t step, int64_t total, Llama& model) {
+  step_ = step;
+  total_ = total;
+  if (o_.stage == "retrofit") target_ = 1.0 + (o_.target_cr - 1.0) * std::min(1.0, (double)step / (double)total);
+  else if (o_.stage == "finetune") target_ = o_.target_cr;
+  rt_.zero_out_mult = std::max(0.0, 1.0 - (double)step / (0.8 * (double)total));
+  step_dsum_ = step_dn_ = step_loss_sum_ = step_loss_n_ = 0;
+  const auto& c = model.config;
+  if (merges_.empty()) {
+    merges_.assign(c.num_hidden_layers, std::vector<double>(c.num_key_value_heads, 0.0));
+    tokens_ = merges_;
+  }
+}
+
+at::Tensor DmcStage::forward_hidden(Llama& model, const data::Batch& b) {
+  const bool training = at::GradMode::is_enabled();
+  using Mode = AttentionRuntime::Mode;
+  if (o_.stage == "zero_out") rt_.mode = training ? Mode::ZeroOut : Mode::ZeroOut;
+  else rt_.mode = training ? Mode::DmcTrain : Mode::DmcEval;
+  rt_.doc_start = o_.dmc.doc_boundaries ? b.doc_start : at::Tensor();
+  rt_.noise.clear();
+  if (rt_.mode == Mode::DmcTrain) {
+    const auto& c = model.config;
+    const int64_t B = b.input.size(0), T = b.input.size(1);
+    const bool ac = model.device().is_cuda() && at::autocast::is_autocast_enabled(at::kCUDA);
+    const auto dt = ac ? at::autocast::get_autocast_dtype(at::kCUDA) : model.dtype();
+    auto f = at::TensorOptions().dtype(at::kFloat).device(model.device());
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      at::Tensor u1 = at::rand({B, T, c.num_key_value_heads}, f).clamp_(1e-20, 1.0);
+      at::Tensor u2 = at::rand({B, T, c.num_key_value_heads}, f).clamp_(1e-20, 1.0);
+      rt_.noise.push_back((-at::log(-at::log(u1))).to(dt) - (-at::log(-at::log(u2))).to(dt));
+    }
+  }
+  model.runtime = &rt_;
+  at::Tensor h;
+  try {
+    h = model.forward_hidden(b.input);
+  } catch (...) {
+    model.runtime = nullptr;
+    throw;
+  }
+  model.runtime = nullptr;
+  if (rt_.mode == Mode::DmcTrain || rt_.mode == Mode::DmcEval) {
+    decisions_ = at::stack(rt_.decision_mean).to(at::kFloat);  // [L, B]
+    if (training) {
+      step_dsum_ += decisions_.detach().mean().item<double>();
+      step_dn_ += 1;
+      for (size_t l = 0; l < rt_.boundaries.size(); ++l) {
+        at::Tensor bnd = rt_.boundaries[l].to(at::kFloat);  // [B, T, nkv]
+        at::Tensor per_head = bnd.sum(at::IntArrayRef{0, 1}).to(at::kCPU);
+        for (int64_t g = 0; g < per_head.size(0); ++g) {
+          merges_[l][g] += per_head[g].item<double>();
+          tokens_[l][g] += (double)(bnd.size(0) * bnd.size(1));
+        }
+      }
+    }
+  }
+  return h;
+}
+
+at::Tensor DmcStage::extra_loss(Llama& model) {
+  (void)model;
+  if (o_.stage == "zero_out" || !decisions_.defined() || !at::GradMode::is_enabled()) return {};
+  at::Tensor l = dmc_loss(decisions_, target_);
+  step_loss_sum_ += l.detach().item<double>();
+  step_loss_n_ += 1;
+  return l;
+}
+
+std::vector<std::vector<double>> DmcStage::head_ratios() const {
+  std::vector<std::vector<double>> r = merges_;
+  for (size_t l = 0; l < r.size(); ++l)
+    for (size_t g = 0; g < r[l].size(); ++g) {
+      const double slots = tokens_[l][g] - merges_[l][g];
+      r[l][g] = slots > 0 ? tokens_[l][g] / slots : 0.0;
+    }
+  return r;
+}
+
+json DmcStage::metrics() {
+  json m;
+  if (o_.stage == "zero_out") {
+    m["qk_last_dim_mult"] = rt_.zero_out_mult;
+    return m;
+  }
+  const double d = step_dn_ > 0 ? step_dsum_ / step_dn_ : 0.0;
+  m["target_cr"] = target_;
+  m["cr"] = 1.0 / std::max(1e-9, 1.0 - d);
+  m["dmc_loss"] = step_loss_n_ > 0 ? step_loss_sum_ / step_loss_n_ : 0.0;
+  const bool last = step_ + 1 == total_;
+  if (o_.head_stats_every > 0 && ((step_ + 1) % o_.head_stats_every == 0 || last) && !merges_.empty()) {
+    const auto hr = head_ratios();
+    last_head_ratios_ = hr;
+    m["cr_per_head"] = hr;
+    std::ostringstream os;
+    os << "achieved CR per layer (mean over KV heads):";
+    for (size_t l = 0; l < merges_.size(); ++l) {
+      double s = 0;
+      for (double x : hr[l]) s += x;
+      os << " L" << l << "=" << std::setprecision(3) << s / merges_[l].size();
+    }
+    log::info(os.str());
+    for (auto& row : merges_) std::fill(row.begin(), row.end(), 0.0);
+    for (auto& row : tokens_) std::fill(row.begin(), row.end(), 0.0);
+  }
+  return m;
+}
+
+void DmcStage::finish(Llama& model) {
+  auto& d = model.config.dmc;
+  if (o_.stage == "zero_out") {
+    zero_decision_rows(model);
+    d.enabled = true;
+  }
+  d.stage = o_.stage;
+  d.init_val = o_.dmc.init_val;
+  d.window = o_.dmc.window;
+  d.target_cr = o_.stage == "zero_out" ? 1.0 : o_.target_cr;
+}
+
+json DmcStage::state() const {
+  return {{"stage", o_.stage},        {"target_cr", o_.target_cr}, {"current_target_cr", target_},
+          {"merges", merges_},        {"tokens", tokens_},         {"cr_per_head", last_head_ratios_},
+          {"init_val", o_.dmc.init_val}, {"window", o_.dmc.window}};
+}
+
+void DmcStage::load_state(const json& s) {
+  if (s.contains("stage") && s["stage"].get<std::string>() != o_.stage)
+    fail("resume: the checkpoint belongs to stage '", s["stage"].get<std::string>(), "', not '", o_.stage, "'");
+  if (s.contains("merges")) merges_ = s["merges"].get<std::vector<std::vector<double>>>();
+  if (s.contains("tokens")) tokens_ = s["tokens"].get<std::vector<std::vector<double>>>();
+  if (s.contains("cr_per_head")) last_head_ratios_ = s["cr_per_head"];
+}
+
+}  // namespace dmc

@@ -1,0 +1,59 @@
+// The three DMC retrofit stages as trainer Stages (see train/trainer.h), the spec's section 3:
+//   zero_out  the last q/k dimension is scaled by max(0, 1 - step / (0.8 N)) before and after RoPE; at the end the
+//             projection rows that produce it (every query head's and key head's dim D-1) are zeroed
+//   retrofit  DMC attention with Gumbel-sigmoid decisions; target CR ramps 1 -> target over the stage;
+//             loss = LM loss + mean_b max(0, P - mean_layers d_b), P = 1 - 1/CR(step)
+//   finetune  the same at a fixed target CR (the LR schedule decays)
+// Validation inside a stage runs the eval-mode forward (hard decisions). Every log line carries the target and the
+// achieved compression ratio; per-layer/per-head achieved ratios are logged every head_stats_every steps and kept
+// in the stage state of each checkpoint.
+#pragma once
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "config/options.h"
+#include "train/trainer.h"
+
+namespace dmc {
+
+struct RetrofitOptions {
+  std::string stage;  // zero_out | retrofit | finetune
+  double target_cr = 4.0;
+  DmcOptions dmc;
+  int64_t head_stats_every = 50;
+  void add_to(OptionTable& t);
+};
+
+class DmcStage : public train::Stage {
+ public:
+  explicit DmcStage(const RetrofitOptions& o);
+  std::string name() const override { return o_.stage; }
+  void begin_step(int64_t step, int64_t total, Llama& model) override;
+  at::Tensor forward_hidden(Llama& model, const data::Batch& b) override;
+  at::Tensor extra_loss(Llama& model) override;
+  nlohmann::json metrics() override;
+  void finish(Llama& model) override;
+  nlohmann::json state() const override;
+  void load_state(const nlohmann::json& s) override;
+
+  double target_cr() const { return target_; }
+  // Achieved ratio per layer and KV head over the current statistics window: [layers][kv_heads].
+  std::vector<std::vector<double>> head_ratios() const;
+
+ private:
+  RetrofitOptions o_;
+  AttentionRuntime rt_;
+  int64_t step_ = 0, total_ = 1;
+  double target_ = 1.0;
+  at::Tensor decisions_;  // [layers, batch] of the micro-batch just forwarded
+  // statistics over the current step (for the log line) and the head-stats window
+  double step_dsum_ = 0, step_dn_ = 0, step_loss_sum_ = 0, step_loss_n_ = 0;
+  std::vector<std::vector<double>> merges_, tokens_;  // [layers][kv_heads]
+  nlohmann::json last_head_ratios_;
+};
+
+// Zeroes the rows of the fused q/k projection that produce every query head's and key head's last dimension.
+void zero_decision_rows(Llama& model);
+
+}  // namespace dmc

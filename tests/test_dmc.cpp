@@ -1,0 +1,289 @@
+// DMC attention against the plain Python reference (float64 loops), the stage-1 equivalence, the merge
+// semantics with hard decisions, the hinge, a finite-difference gradient check, and the retrofit stages.
+#include <torch/torch.h>
+
+#include <nlohmann/json.hpp>
+
+#include "common/util.h"
+#include "dmc/dmc.h"
+#include "dmc/stages.h"
+#include "helpers.h"
+#include "io/safetensors.h"
+#include "model/llama.h"
+#include "tokenizer/tokenizer.h"
+
+using namespace dmc;
+using namespace dmc::test;
+
+namespace {
+struct Inputs {
+  at::Tensor q, k, v, noise, doc_start, R, r2;
+};
+Inputs make_inputs(int64_t B, int64_t T, int64_t nh, int64_t nkv, int64_t D, double c, uint64_t seed) {
+  torch::manual_seed(seed);
+  auto o = at::TensorOptions().dtype(at::kDouble);
+  Inputs in;
+  in.q = at::randn({B, T, nh, D}, o);
+  in.k = at::randn({B, T, nkv, D}, o);
+  in.v = at::randn({B, T, nkv, D}, o);
+  // decision logits spread around 0 so that both appends and merges occur; omega varied too
+  in.k.select(-1, D - 1).copy_(c + 1.5 * at::randn({B, T, nkv}, o));
+  in.q.select(-1, D - 1).copy_(-c + 2.0 * at::randn({B, T, nh}, o));
+  at::Tensor u1 = at::rand({B, T, nkv}, o), u2 = at::rand({B, T, nkv}, o);
+  in.noise = -at::log(-at::log(u1)) + at::log(-at::log(u2));
+  in.doc_start = at::zeros({B, T}, at::kBool);
+  in.doc_start.index_put_({0, 5}, true);
+  if (B > 1) in.doc_start.index_put_({B - 1, 9}, true);
+  in.R = at::randn({B, T, nh, D}, o);
+  in.r2 = at::randn({B}, o);
+  return in;
+}
+// RoPE tables in float64 (the model computes them in fp32, as HF does).
+std::pair<at::Tensor, at::Tensor> rope64(int64_t D, int64_t T, double theta) {
+  at::Tensor inv = 1.0 / at::pow(at::scalar_tensor(theta, at::kDouble), at::arange(0, D, 2, at::kDouble) / (double)D);
+  return rope_cos_sin(inv, at::arange(T, at::kDouble));
+}
+}  // namespace
+
+TEST_CASE("DMC attention equals the float64 reference: train with fed noise and eval, outputs and gradients", "[dmc][ref]") {
+  if (!have_oracle()) SKIP("python oracle not available: " + python());
+  const auto work = tmp_dir("dmcref");
+  const int64_t B = 2, T = 14, nh = 4, nkv = 2, D = 8, W = 3;
+  const double c = 5.0, tau = 0.7, theta = 10000.0;  // a warm temperature keeps the relaxed gradients non-trivial
+  for (const std::string mode : {"train", "eval"}) {
+    for (bool docs : {false, true}) {
+      DYNAMIC_SECTION(mode << (docs ? " with document boundaries" : "")) {
+        Inputs in = make_inputs(B, T, nh, nkv, D, c, docs ? 3 : 4);
+        io::save_file(work + "/in.safetensors",
+                      {{"q", in.q}, {"k", in.k}, {"v", in.v}, {"noise", in.noise}, {"doc_start", in.doc_start.to(at::kByte)},
+                       {"R", in.R}, {"r2", in.r2}},
+                      {{"mode", mode}, {"window", std::to_string(W)}, {"init_val", "5.0"}, {"temperature", "0.7"},
+                       {"rope_theta", "10000.0"}, {"doc_boundaries", docs ? "1" : "0"}});
+        auto r = run(python() + " " + DMC_SOURCE_DIR + "/tests/reference/dmc_reference.py " + work + "/in.safetensors " +
+                     work + "/out.safetensors");
+        INFO(r.output);
+        REQUIRE(r.status == 0);
+        auto ref = io::SafetensorsFile::open(work + "/out.safetensors");
+
+        at::Tensor q = in.q.clone().requires_grad_(true), k = in.k.clone().requires_grad_(true),
+                   v = in.v.clone().requires_grad_(true);
+        auto [cos, sin] = rope64(D, T, theta);
+        DmcOptions o;
+        o.window = W;
+        o.init_val = c;
+        o.temperature = tau;
+        o.doc_boundaries = docs;
+        o.attn_block = 5;  // several query blocks
+        auto res = dmc_attention(q, k, v, cos, sin, o,
+                                 mode == "train" ? DmcMode::Train : DmcMode::Eval, in.doc_start, in.noise);
+        at::Tensor L = (res.out * in.R).sum() + (res.decision_mean * in.r2).sum();
+        L.backward();
+        const double e_out = (res.out - ref->get("out")).abs().max().item<double>();
+        const double e_dm = (res.decision_mean - ref->get("decision_mean")).abs().max().item<double>();
+        const double e_q = (q.grad() - ref->get("grad_q")).abs().max().item<double>();
+        const double e_k = (k.grad() - ref->get("grad_k")).abs().max().item<double>();
+        const double e_v = (v.grad() - ref->get("grad_v")).abs().max().item<double>();
+        INFO("out " << e_out << " dmean " << e_dm << " dq " << e_q << " dk " << e_k << " dv " << e_v);
+        CHECK(e_out < 1e-10);
+        CHECK(e_dm < 1e-12);
+        CHECK(e_q < 1e-9);
+        CHECK(e_k < 1e-9);
+        CHECK(e_v < 1e-9);
+        // the test exercises merges and appends, and non-zero decision gradients in train mode
+        const double merges = res.hard.sum().item<double>();
+        CHECK(merges > 3);
+        CHECK(merges < B * T * nkv - 3);
+        if (mode == "train") CHECK(k.grad().select(-1, D - 1).abs().max().item<double>() > 1e-6);
+      }
+    }
+  }
+}
+
+TEST_CASE("after stage 1 with every decision 0, DMC equals the zeroed-last-dim vanilla forward", "[dmc]") {
+  LlamaConfig c = LlamaConfig::preset("tiny");
+  c.num_hidden_layers = 2;
+  auto m = Llama::random(c, 3, at::kFloat, at::kCPU, 0.1);
+  zero_decision_rows(m);
+  torch::manual_seed(1);
+  at::Tensor ids = torch::randint(0, c.vocab_size, {2, 40}, at::kLong);
+  at::NoGradGuard ng;
+  AttentionRuntime rt;
+  rt.mode = AttentionRuntime::Mode::DmcEval;
+  m.runtime = &rt;
+  at::Tensor dmc_logits = m.forward(ids);
+  for (const auto& b : rt.boundaries) CHECK(b.sum().item<double>() == 0);  // a = -c everywhere: all appends
+  rt.mode = AttentionRuntime::Mode::ZeroOut;
+  rt.zero_out_mult = 0.0;
+  at::Tensor zero_logits = m.forward(ids);
+  m.runtime = nullptr;
+  at::Tensor vanilla = m.forward(ids);
+  const double diff = (dmc_logits - zero_logits).abs().max().item<double>();
+  INFO("dmc vs zero-out(0) " << diff);
+  CHECK(diff < 1e-4);
+  // the RoPE caveat: vanilla still lets dim D/2-1 leak into D-1 after RoPE, so it differs, but only slightly
+  const double caveat = (dmc_logits - vanilla).abs().max().item<double>();
+  CHECK(caveat > 0);
+  CHECK(caveat < 0.05 * vanilla.abs().max().item<double>());
+}
+
+TEST_CASE("hard decisions: 1 + appends slots per head, merged slot = omega-weighted mean of the last <= W of its group", "[dmc]") {
+  const int64_t B = 2, T = 30, H = 3, X = 5, W = 4;
+  torch::manual_seed(7);
+  at::Tensor x = at::randn({B, T, H, X}, at::kDouble), w = at::rand({B, T, H}, at::kDouble) + 0.1;
+  at::Tensor b = (at::rand({B, T, H}, at::kDouble) < 0.7).to(at::kDouble);
+  b.narrow(1, 0, 1).zero_();
+  at::Tensor pooled = dmc_pool(x, w, b, W);
+  for (int64_t bb = 0; bb < B; ++bb)
+    for (int64_t h = 0; h < H; ++h) {
+      int64_t slots = 0, group_start = 0;
+      for (int64_t t = 0; t < T; ++t) {
+        if (b[bb][t][h].item<double>() == 0) {
+          ++slots;
+          group_start = t;
+        }
+        const int64_t from = std::max(group_start, t - W + 1);
+        at::Tensor num = at::zeros({X}, at::kDouble);
+        double den = 0;
+        for (int64_t j = from; j <= t; ++j) {
+          num += w[bb][j][h] * x[bb][j][h];
+          den += w[bb][j][h].item<double>();
+        }
+        CHECK((pooled[bb][t][h] - num / den).abs().max().item<double>() < 1e-12);
+      }
+      CHECK(slots == T - (int64_t)b.select(0, bb).select(-1, h).sum().item<double>());
+    }
+}
+
+TEST_CASE("the hinge is zero once the mean merge rate reaches 1 - 1/CR", "[dmc]") {
+  // [layers=2, batch=3]
+  at::Tensor d = at::tensor({0.5, 0.6, 0.4, 0.5, 0.6, 0.8}, at::kDouble).view({2, 3});  // per-sample means 0.5, 0.6, 0.6
+  CHECK(dmc_loss(d, 2.0).item<double>() == Approx(0.0));
+  CHECK(dmc_loss(d, 1.0).item<double>() == Approx(0.0));
+  // CR 4: P = 0.75 -> mean(0.25, 0.15, 0.15)
+  CHECK(dmc_loss(d, 4.0).item<double>() == Approx((0.25 + 0.15 + 0.15) / 3));
+  // one-sided: merging more than the target costs nothing
+  at::Tensor hi = at::full({2, 3}, 0.9, at::kDouble);
+  CHECK(dmc_loss(hi, 2.0).item<double>() == 0.0);
+}
+
+TEST_CASE("finite-difference gradient check of the relaxed DMC forward (float64)", "[dmc]") {
+  const int64_t B = 1, T = 9, nh = 2, nkv = 1, D = 6;
+  Inputs in = make_inputs(B, T, nh, nkv, D, 1.0, 11);
+  DmcOptions o;
+  o.window = 3;
+  o.init_val = 1.0;
+  o.temperature = 1.0;
+  o.attn_block = 4;
+  auto [cos, sin] = rope64(D, T, 10000.0);
+  auto loss = [&](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+    auto r = dmc_attention(q, k, v, cos, sin, o, DmcMode::Train, in.doc_start, in.noise);
+    return (r.out * in.R).sum();  // the decision mean's STE has no finite-difference counterpart
+  };
+  at::Tensor q = in.q.clone().requires_grad_(true), k = in.k.clone().requires_grad_(true), v = in.v.clone().requires_grad_(true);
+  loss(q, k, v).backward();
+  const double h = 1e-6;
+  int checked = 0;
+  for (auto* which : {&in.q, &in.k, &in.v}) {
+    at::Tensor g = which == &in.q ? q.grad() : which == &in.k ? k.grad() : v.grad();
+    for (int64_t idx : {0L, 7L, 13L, which->numel() - 1, which->numel() / 2}) {
+      // include the decision/importance neuron (last dim) explicitly
+      for (int64_t off : {0L, D - 1 - (idx % D)}) {
+        const int64_t i = std::min(idx + off, which->numel() - 1);
+        at::Tensor p = which->clone(), m = which->clone();
+        p.view(-1)[i] += h;
+        m.view(-1)[i] -= h;
+        at::NoGradGuard ng;
+        auto lp = which == &in.q ? loss(p, in.k, in.v) : which == &in.k ? loss(in.q, p, in.v) : loss(in.q, in.k, p);
+        auto lm = which == &in.q ? loss(m, in.k, in.v) : which == &in.k ? loss(in.q, m, in.v) : loss(in.q, in.k, m);
+        const double fd = (lp - lm).item<double>() / (2 * h);
+        const double an = g.view(-1)[i].item<double>();
+        INFO("element " << i << " fd " << fd << " autograd " << an);
+        CHECK(std::abs(fd - an) < 1e-6 * std::max(1.0, std::abs(fd)));
+        ++checked;
+      }
+    }
+  }
+  CHECK(checked == 30);
+}
+
+TEST_CASE("retrofit stages: zero_out zeroes the rows, retrofit ramps and logs ratios, resume keeps the ramp", "[dmc][train]") {
+  const auto w = tmp_dir("stages");
+  write_text(w + "/a.txt", sample_text(300, 31));
+  Tokenizer::train({{w + "/a.txt"}, w + "/tok", 400, 100000});
+  auto r = run(std::string(DMC_BINARY) + " data prepare --input " + w + "/a.txt --tokenizer " + w + "/tok.model --out " + w +
+               "/data --chunk-chars 1500");
+  REQUIRE(r.status == 0);
+  const std::string common = std::string(DMC_BINARY) + " %s --tokenizer " + w + "/tok.model --data " + w +
+                             "/data --seq-len 32 --micro-batch 2 --global-batch 4 --device cpu --log-every 2 "
+                             "--num-hidden-layers 2 --hidden-size 64 --num-attention-heads 4 --num-key-value-heads 2 "
+                             "--intermediate-size 96 ";
+  auto cmd = [&](const std::string& what) {
+    std::string c = common;
+    c.replace(c.find("%s"), 2, what);
+    return c;
+  };
+  r = run(cmd("train") + "--out " + w + "/base --train-steps 4");
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  r = run(cmd("retrofit") + "--stage zero_out --init-from " + w + "/base/final --out " + w + "/s1 --train-steps 10");
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  auto s1 = Llama::load(w + "/s1/final", at::kFloat, at::kCPU);
+  CHECK(s1.config.dmc.enabled);
+  const int64_t D = s1.config.head_dim;
+  for (auto& L : s1.layers) {
+    for (int64_t h = 0; h < 4; ++h) CHECK(L.wqkv[h * D + D - 1].abs().max().item<double>() == 0);
+    for (int64_t g = 0; g < 2; ++g) CHECK(L.wqkv[4 * D + g * D + D - 1].abs().max().item<double>() == 0);
+    CHECK(L.wqkv[D - 2].abs().max().item<double>() > 0);  // only the decision rows
+  }
+  auto metrics = read_file(w + "/s1/metrics.jsonl");
+  CHECK(metrics.find("\"qk_last_dim_mult\":0.0") != std::string::npos);  // reached 0 by step 0.8 N
+
+  // retrofit, interrupted half way and resumed: the ramp continues where it stopped
+  r = run(cmd("retrofit") + "--stage retrofit --init-from " + w + "/s1/final --out " + w + "/s2 --train-steps 8 " +
+          "--target-cr 3 --exit-after-steps 4 --head-stats-every 4");
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  r = run(cmd("retrofit") + "--stage retrofit --init-from " + w + "/s1/final --out " + w + "/s2 --train-steps 8 " +
+          "--target-cr 3 --head-stats-every 4");
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  std::vector<double> targets;
+  bool has_heads = false;
+  std::ifstream in(w + "/s2/metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    auto j = nlohmann::json::parse(line);
+    if (j.contains("target_cr")) {
+      targets.push_back(j["target_cr"].get<double>());
+      CHECK(j.contains("cr"));
+    }
+    if (j.contains("cr_per_head")) {
+      has_heads = true;
+      CHECK(j["cr_per_head"].size() == 2);
+      CHECK(j["cr_per_head"][0].size() == 2);
+    }
+  }
+  REQUIRE(targets.size() == 4);  // steps 2, 4 | 6, 8
+  CHECK(targets[0] == Approx(1.0 + 2.0 * 1 / 8));
+  CHECK(targets[1] == Approx(1.0 + 2.0 * 3 / 8));
+  CHECK(targets[2] == Approx(1.0 + 2.0 * 5 / 8));  // after the resume: not restarted
+  CHECK(targets[3] == Approx(1.0 + 2.0 * 7 / 8));
+  CHECK(has_heads);
+  auto st = nlohmann::json::parse(read_file(w + "/s2/checkpoints/step-00000008/trainer_state.json"));
+  CHECK(st["stage"]["cr_per_head"].size() == 2);
+  auto s2 = Llama::load(w + "/s2/final", at::kFloat, at::kCPU);
+  CHECK(s2.config.dmc.stage == "retrofit");
+  CHECK(s2.config.dmc.target_cr == 3.0);
+  // finetune, then the report
+  r = run(cmd("retrofit") + "--stage finetune --init-from " + w + "/s2/final --out " + w + "/s3 --train-steps 4 --target-cr 3");
+  REQUIRE(r.status == 0);
+  r = run(std::string(DMC_BINARY) + " report " + w + "/s1 " + w + "/s2 " + w + "/s3 --out " + w + "/rep");
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  for (const char* f : {"loss.svg", "ratio.svg", "heatmap.svg", "summary.md"}) CHECK(fs::exists(w + "/rep/" + f));
+  CHECK(read_file(w + "/rep/heatmap.svg").find("<rect") != std::string::npos);
+  // a stage refuses a checkpoint of another stage
+  r = run(cmd("retrofit") + "--stage finetune --init-from " + w + "/s2/final --out " + w + "/s2 --train-steps 9 --target-cr 3");
+  CHECK(r.status == 1);
+  CHECK(r.output.find("belongs to stage 'retrofit'") != std::string::npos);
+}
