@@ -287,3 +287,25 @@ TEST_CASE("retrofit stages: zero_out zeroes the rows, retrofit ramps and logs ra
   CHECK(r.status == 1);
   CHECK(r.output.find("belongs to stage 'retrofit'") != std::string::npos);
 }
+
+TEST_CASE("every shipped recipe in configs/ parses as a retrofit or train config", "[dmc][config]") {
+  int files = 0;
+  for (const auto& dir : fs::directory_iterator(std::string(DMC_SOURCE_DIR) + "/configs")) {
+    for (const auto& f : fs::directory_iterator(dir.path())) {
+      if (f.path().extension() != ".yaml") continue;
+      train::TrainOptions o;
+      RetrofitOptions r;
+      OptionTable t("retrofit", "");
+      r.add_to(t);
+      o.add_to(t);
+      INFO(f.path().string());
+      t.load_yaml(f.path().string());
+      ++files;
+      if (f.path().filename().string().find("retrofit") != std::string::npos) {
+        CHECK(r.stage == "retrofit");
+        CHECK(r.target_cr >= 2);
+      }
+    }
+  }
+  CHECK(files >= 17);
+}

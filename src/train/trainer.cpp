@@ -214,6 +214,10 @@ TrainResult train(const TrainOptions& o, Stage* stage, const std::string& resolv
   double tokens_seen = 0;
   if (resume_dir) {
     json st = read_trainer_state(*resume_dir);
+    if (st.contains("tokenizer_fingerprint") && st["tokenizer_fingerprint"] != tok.fingerprint())
+      fail(*resume_dir, "/trainer_state.json: field 'tokenizer_fingerprint' is ", st["tokenizer_fingerprint"].dump(),
+           " but the configured tokenizer ", o.tokenizer, " has ", tok.fingerprint(),
+           " (a stale run directory? use another --out or --resume none)");
     step = st["step"].get<int64_t>();
     loader.set_position(st["loader_position"].get<int64_t>());
     skipped = st.value("skipped_steps", (int64_t)0);
@@ -246,6 +250,7 @@ TrainResult train(const TrainOptions& o, Stage* stage, const std::string& resolv
     d.rng = rng_state(dev);
     d.trainer_state = {{"step", at_step},          {"loader_position", loader.position()}, {"skipped_steps", skipped},
                        {"tokens_seen", tokens_seen}, {"config", resolved_yaml},
+                       {"tokenizer_fingerprint", tok.fingerprint()},
                        {"stage", stage ? stage->state() : json::object()}, {"stage_name", stage ? stage->name() : "train"}};
     auto dir = save_checkpoint(o.out, at_step, d, o.keep_last);
     log::info(cat("checkpoint saved: ", dir));
