@@ -282,12 +282,14 @@ namespace {
 struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
   // Returns {x_out, decision_mean} (decision_mean is a [batch] of zeros outside DMC modes); the DMC boundaries
   // are stored into the runtime directly. DMC noise must come from runtime->noise so the recompute sees it too.
+  // The six layer weights are separate arguments (a TensorList argument gets a single gradient slot).
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
-                                                at::TensorList params, const at::Tensor& cos, const at::Tensor& sin,
+                                                const at::Tensor& attn_norm, const at::Tensor& wqkv, const at::Tensor& wo,
+                                                const at::Tensor& mlp_norm, const at::Tensor& w_gate_up,
+                                                const at::Tensor& w_down, const at::Tensor& cos, const at::Tensor& sin,
                                                 int64_t model_ptr, int64_t l) {
     const Llama* m = reinterpret_cast<const Llama*>(model_ptr);
-    std::vector<at::Tensor> saved{x, cos, sin};
-    saved.insert(saved.end(), params.begin(), params.end());
+    std::vector<at::Tensor> saved{x, cos, sin, attn_norm, wqkv, wo, mlp_norm, w_gate_up, w_down};
     ctx->save_for_backward(saved);
     ctx->saved_data["m"] = model_ptr;
     ctx->saved_data["l"] = l;
@@ -367,9 +369,8 @@ at::Tensor Llama::forward_hidden(const at::Tensor& ids, KVCache* cache) const {
   for (size_t l = 0; l < layers.size(); ++l) {
     const auto& L = layers[l];
     if (recompute) {
-      auto outs = CheckpointedLayer::apply(
-          x, std::vector<at::Tensor>{L.attn_norm, L.wqkv, L.wo, L.mlp_norm, L.w_gate_up, L.w_down}, cos, sin,
-          reinterpret_cast<int64_t>(this), (int64_t)l);
+      auto outs = CheckpointedLayer::apply(x, L.attn_norm, L.wqkv, L.wo, L.mlp_norm, L.w_gate_up, L.w_down, cos, sin,
+                                           reinterpret_cast<int64_t>(this), (int64_t)l);
       x = outs[0];
       if (dmc_mode) runtime->decision_mean[l] = outs[1];
     } else {
