@@ -6,6 +6,8 @@
 #include "common/error.h"
 #include "model/llama.h"
 
+#include <torch/csrc/autograd/custom_function.h>
+
 namespace dmc {
 
 namespace {
@@ -75,6 +77,91 @@ at::Tensor biased_causal_attention(const at::Tensor& q, const at::Tensor& k, con
   return at::cat(outs, 3).view({B, nh, T, D});
 }
 
+namespace {
+// Causal flash attention returning (out, logsumexp), both differentiable.   q, k, v: [B, H, T, D]
+struct FlashLse : public torch::autograd::Function<FlashLse> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q,
+                                                const at::Tensor& k, const at::Tensor& v, double scale) {
+    at::Tensor out, lse;
+    std::vector<at::Tensor> saved{q, k, v};
+    if (q.is_cuda()) {
+      auto r = at::_scaled_dot_product_flash_attention(q, k, v, 0.0, /*is_causal=*/true, false, scale);
+      out = std::get<0>(r);
+      lse = std::get<1>(r);
+      ctx->saved_data["max_q"] = std::get<4>(r).expect_int();
+      ctx->saved_data["max_k"] = std::get<5>(r).expect_int();
+      saved.insert(saved.end(), {out, lse, std::get<2>(r), std::get<3>(r), std::get<6>(r), std::get<7>(r)});
+    } else {
+      auto r = at::_scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, /*is_causal=*/true, {}, scale);
+      out = std::get<0>(r);
+      lse = std::get<1>(r);
+      saved.insert(saved.end(), {out, lse});
+    }
+    ctx->saved_data["scale"] = scale;
+    ctx->save_for_backward(saved);
+    return {out, lse};
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list g) {
+    auto s = ctx->get_saved_variables();
+    const at::Tensor &q = s[0], &k = s[1], &v = s[2], &out = s[3], &lse = s[4];
+    const double scale = ctx->saved_data["scale"].toDouble();
+    at::Tensor dout = g[0].defined() ? g[0].contiguous() : at::zeros_like(out);
+    at::Tensor out_used = out;
+    if (g[1].defined()) {
+      // d lse_i / d s_ij = P_ij: the backward computes dS = P (dP - D), D_i = rowsum(dO_i * out_i); lowering D_i by
+      // g_i adds exactly P_ij g_i. Shift out_i along the channel where |dO_i| is largest (a tiny dO there when the
+      // row is all zero: it adds a negligible dO v_j to dP).
+      const auto acc = out.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+      at::Tensor gl = g[1].to(acc);                             // [B, H, T]
+      at::Tensor idx = dout.abs().argmax(-1, true);             // [B, H, T, 1]
+      at::Tensor dsel = dout.gather(-1, idx).to(acc);
+      const double tiny = out.scalar_type() == at::kDouble ? 1e-150 : 1e-30;
+      at::Tensor zero = dsel == 0;
+      dsel = at::where(zero, at::full_like(dsel, tiny), dsel);
+      dout = dout.scatter(-1, idx, dsel.to(dout.scalar_type()));
+      at::Tensor alpha = -gl.unsqueeze(-1) / dsel;
+      at::Tensor osel = out.gather(-1, idx).to(acc) + alpha;
+      out_used = out.scatter(-1, idx, osel.to(out.scalar_type()));
+    }
+    at::Tensor dq, dk, dv;
+    if (q.is_cuda()) {
+      std::tie(dq, dk, dv) = at::_scaled_dot_product_flash_attention_backward(
+          dout, q, k, v, out_used, lse, s[5], s[6], ctx->saved_data["max_q"].toInt(), ctx->saved_data["max_k"].toInt(),
+          0.0, /*is_causal=*/true, s[7], s[8], scale);
+    } else {
+      std::tie(dq, dk, dv) =
+          at::_scaled_dot_product_flash_attention_for_cpu_backward(dout, q, k, v, out_used, lse, 0.0, true, {}, scale);
+    }
+    return {dq, dk, dv, at::Tensor()};
+  }
+};
+}  // namespace
+
+at::Tensor biased_causal_attention_flash(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                         const at::Tensor& m, double scale) {
+  const int64_t B = q.size(0), nh = q.size(1), T = q.size(2), D = q.size(3), nkv = k.size(1), G = nh / nkv;
+  const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor ke = G > 1 ? k.repeat_interleave(G, 1) : k;  // [B, nh, T, D]
+  at::Tensor ve = G > 1 ? v.repeat_interleave(G, 1) : v;
+  at::Tensor me = G > 1 ? m.repeat_interleave(G, 1) : m;  // [B, nh, T]
+  // diagonal scores without the bias
+  at::Tensor s_diag = (q.to(acc) * ke.to(acc)).sum(-1) * scale;  // [B, nh, T]
+  // bias in the spare dimension, keys shifted right behind a dummy (score -30000: weight 0 unless alone)
+  at::Tensor spare = at::zeros({D}, q.options());
+  spare.index_put_({D - 1}, 1.0);
+  at::Tensor qs = q + spare * (1.0 / scale);
+  at::Tensor kb = ke + me.unsqueeze(-1).to(q.scalar_type()) * spare;
+  at::Tensor dummy_k = (spare * -30000.0).expand({B, nh, 1, D});
+  at::Tensor ks = at::cat({dummy_k, kb.narrow(2, 0, T - 1)}, 2);
+  at::Tensor vs = at::cat({at::zeros({B, nh, 1, D}, v.options()), ve.narrow(2, 0, T - 1)}, 2);
+  auto r = FlashLse::apply(qs.contiguous(), ks.contiguous(), vs.contiguous(), scale);
+  at::Tensor past = r[0], lse = r[1].to(acc);  // [B, nh, T, D], [B, nh, T]
+  at::Tensor w_past = at::sigmoid(lse - s_diag).unsqueeze(-1);
+  at::Tensor out = w_past * past.to(acc) + (1 - w_past) * ve.to(acc);
+  return out.to(q.scalar_type());
+}
+
 at::Tensor rope_drop_last(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   const int64_t D = x.size(-1);
   at::Tensor keep = at::ones({D}, x.options());
@@ -131,8 +218,10 @@ DmcAttention dmc_attention(const at::Tensor& q, const at::Tensor& k, const at::T
 
   at::Tensor qr = rope_drop_last(q.transpose(1, 2), cos, sin);      // [B, nh, T, D]
   at::Tensor kr = rope_drop_last(k_hat.transpose(1, 2), cos, sin);  // [B, nkv, T, D]
-  at::Tensor out = biased_causal_attention(qr, kr, v_hat.transpose(1, 2), m.transpose(1, 2), 1.0 / std::sqrt((double)D),
-                                           o.attn_block);
+  const double scale = 1.0 / std::sqrt((double)D);
+  at::Tensor out = o.attn_impl == "blocks"
+                       ? biased_causal_attention(qr, kr, v_hat.transpose(1, 2), m.transpose(1, 2), scale, o.attn_block)
+                       : biased_causal_attention_flash(qr, kr, v_hat.transpose(1, 2), m.transpose(1, 2), scale);
   return {out.transpose(1, 2), decision_mean, (hard_p * allow).detach()};
 }
 

@@ -22,7 +22,8 @@ struct DmcOptions {
   int64_t window = 12;         // W: merging looks back at most W tokens of the current group
   double temperature = 0.1;    // tau of the Gumbel-sigmoid relaxation
   bool doc_boundaries = true;  // force an append at each document start; no merge or bias across it
-  int64_t attn_block = 256;    // query block of the biased attention
+  int64_t attn_block = 256;    // query block of the "blocks" attention
+  std::string attn_impl = "flash";  // flash (fused kernel + log-sum-exp merge) | blocks (plain twin)
 };
 
 enum class DmcMode { Train, Eval };
@@ -44,6 +45,14 @@ at::Tensor dmc_pool(const at::Tensor& x, const at::Tensor& w, const at::Tensor& 
 // causal, GQA; q [B, nh, T, D], k, v [B, nkv, T, D]; computed in query blocks, never as a full T x T bias.
 at::Tensor biased_causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& m,
                                    double scale, int64_t block);
+// The same through the fused flash-attention kernel, O(T) memory: the bias rides in the spare dimension D-1
+// (q[D-1] = 1/scale, k[D-1] = m_j, as the reference packs it) over keys shifted one step right behind a dummy
+// key, which gives exactly the keys j < i; the diagonal term is merged in with the kernel's log-sum-exp:
+//   out_i = sigmoid(lse_i - s_ii) * past_i + sigmoid(s_ii - lse_i) * v_i.
+// The log-sum-exp's gradient is fed to the kernel's backward by shifting `out` so that rowsum(dO * out) drops by
+// it (the backward uses `out` only for that sum). q, k must have dim D-1 zeroed (rope_drop_last does).
+at::Tensor biased_causal_attention_flash(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                         const at::Tensor& m, double scale);
 // RoPE with the last dimension zeroed before and after (the spec's treatment of the repurposed neuron).
 at::Tensor rope_drop_last(const at::Tensor& x_bhtd, const at::Tensor& cos, const at::Tensor& sin);
 
