@@ -75,6 +75,7 @@ TEST_CASE("CUDA: flash-kernel DMC attention equals the blockwise twin in bf16, v
     const auto dt = variant == 0 ? at::kFloat : at::kBFloat16;
     at::Tensor qq = q.to(dt).requires_grad_(true), kk = k.to(dt).requires_grad_(true), vv = v.to(dt).requires_grad_(true),
                mm = m.clone().requires_grad_(true);
+    INFO("variant " << variant);
     at::Tensor out = variant == 0 ? dmc::biased_causal_attention(qq, kk, vv, mm, 1.0 / std::sqrt(128.0), 64)
                                   : dmc::biased_causal_attention_flash(qq, kk, vv, mm.to(dt), 1.0 / std::sqrt(128.0));
     (out.to(at::kFloat) * R).sum().backward();
