@@ -41,13 +41,17 @@ at::Tensor dmc_importance(const at::Tensor& q, int64_t nkv, double c) {
 
 at::Tensor dmc_pool(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t window) {
   DMC_CHECK(window >= 1, "dmc window: must be >= 1, got ", window);
+  const int64_t T = x.size(1);
   at::Tensor wx = w.unsqueeze(-1) * x;  // [B, T, H, X]
-  at::Tensor num = wx, den = w;
+  at::Tensor num = wx.clone(), den = w.clone();
   at::Tensor C = at::ones_like(w);
-  for (int64_t m = 1; m < window && m < x.size(1); ++m) {
+  // in-place accumulation into time-shifted views: autograd keeps only the small [B, T, H] coefficients per
+  // step, not a shifted copy of x
+  for (int64_t m = 1; m < window && m < T; ++m) {
     C = C * shift_time(b, m - 1);  // C_{t,m} = C_{t,m-1} * b_{t-m+1}
-    num = num + C.unsqueeze(-1) * shift_time(wx, m);
-    den = den + C * shift_time(w, m);
+    at::Tensor Cm = C.narrow(1, m, T - m);
+    num.narrow(1, m, T - m).addcmul_(Cm.unsqueeze(-1), wx.narrow(1, 0, T - m));
+    den.narrow(1, m, T - m).addcmul_(Cm, w.narrow(1, 0, T - m));
   }
   return num / den.unsqueeze(-1);
 }
