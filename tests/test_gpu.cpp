@@ -79,6 +79,9 @@ TEST_CASE("CUDA: flash-kernel DMC attention equals the blockwise twin in bf16, v
     at::Tensor out = variant == 0 ? dmc::biased_causal_attention(qq, kk, vv, mm, 1.0 / std::sqrt(128.0), 64)
                                   : dmc::biased_causal_attention_flash(qq, kk, vv, mm.to(dt), 1.0 / std::sqrt(128.0));
     (out.to(at::kFloat) * R).sum().backward();
+    std::cout << "[gpu-dmc-flash] variant " << variant << " grads defined " << qq.grad().defined() << kk.grad().defined()
+              << vv.grad().defined() << mm.grad().defined() << " q grad sizes "
+              << (qq.grad().defined() ? qq.grad().sizes() : at::IntArrayRef{}) << std::endl;
     outs.push_back(out.to(at::kFloat).detach());
     g.push_back({qq.grad().narrow(-1, 0, D - 1).to(at::kFloat), kk.grad().narrow(-1, 0, D - 1).to(at::kFloat),
                  vv.grad().to(at::kFloat), mm.grad().to(at::kFloat)});
