@@ -223,8 +223,9 @@ DmcAttention dmc_attention(const at::Tensor& q, const at::Tensor& k, const at::T
   at::Tensor qr = rope_drop_last(q.transpose(1, 2), cos, sin);      // [B, nh, T, D]
   at::Tensor kr = rope_drop_last(k_hat.transpose(1, 2), cos, sin);  // [B, nkv, T, D]
   const double scale = 1.0 / std::sqrt((double)D);
-  // On CUDA the blockwise path is used for now: the flash variant's backward returned an empty gradient on the
-  // H200 (docs/benchmarks.md), so it is not trusted there until its GPU test passes.
+  // On CUDA the blockwise path is the default for now: the flash variant ran on the H200 (1.27x the vanilla step)
+  // but its GPU gradient test has not passed yet (the first version of that test was itself wrong); select it with
+  // attn_impl = flash_cuda_experimental. See docs/benchmarks.md.
   const bool flash_ok = !q.is_cuda() || o.attn_impl == "flash_cuda_experimental";
   at::Tensor out = o.attn_impl == "blocks" || !flash_ok
                        ? biased_causal_attention(qr, kr, v_hat.transpose(1, 2), m.transpose(1, 2), scale, o.attn_block)

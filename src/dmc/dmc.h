@@ -23,7 +23,8 @@ struct DmcOptions {
   double temperature = 0.1;    // tau of the Gumbel-sigmoid relaxation
   bool doc_boundaries = true;  // force an append at each document start; no merge or bias across it
   int64_t attn_block = 256;    // query block of the "blocks" attention
-  std::string attn_impl = "flash";  // flash (fused kernel + log-sum-exp merge) | blocks (plain twin)
+  // flash (fused kernel + log-sum-exp merge; on CUDA only as flash_cuda_experimental) | blocks (plain twin)
+  std::string attn_impl = "flash";
 };
 
 enum class DmcMode { Train, Eval };
