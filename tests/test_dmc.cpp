@@ -8,7 +8,10 @@
 #include "dmc/dmc.h"
 #include "dmc/stages.h"
 #include "helpers.h"
+#include "inference/paged_cache.h"
+#include "inference/perplexity.h"
 #include "io/safetensors.h"
+#include <random>
 #include "model/llama.h"
 #include "tokenizer/tokenizer.h"
 
@@ -387,4 +390,86 @@ TEST_CASE("flash-kernel biased attention equals its plain blockwise twin, values
       CHECK((grads[0][i] - grads[1][i]).abs().max().item<double>() < tol * 10);
     }
   }
+}
+
+TEST_CASE("token-by-token decoding through the paged cache equals the parallel eval-mode forward", "[dmc][inference]") {
+  for (bool use_dmc : {false, true}) {
+    DYNAMIC_SECTION((use_dmc ? "dmc" : "vanilla")) {
+      LlamaConfig c = LlamaConfig::preset("tiny");
+      c.num_hidden_layers = 2;
+      c.vocab_size = 101;
+      auto m = Llama::random(c, 12, at::kFloat, at::kCPU, 0.1);
+      if (use_dmc) {
+        m.config.dmc.enabled = true;
+        m.config.dmc.init_val = 0.2;  // decisions near the threshold: a mix of merges and appends
+        m.config.dmc.window = 3;
+      }
+      torch::manual_seed(4);
+      std::vector<int64_t> toks;
+      for (int i = 0; i < 90; ++i) toks.push_back(torch::randint(0, 101, {1}).item<int64_t>());
+      PplOptions po;
+      po.seq_len = 40;
+      po.stride = 25;
+      po.progress = false;
+      auto par = perplexity(m, toks, po);
+      po.mode = "incremental";
+      auto inc = perplexity(m, toks, po);
+      INFO("parallel " << par.ppl() << " incremental " << inc.ppl() << " cr " << par.cr() << " / " << inc.cr());
+      CHECK(par.tokens_scored == inc.tokens_scored);
+      CHECK(std::abs(par.ppl() - inc.ppl()) / par.ppl() < 1e-4);
+      if (use_dmc) {
+        // the same slot counts per (layer, head): 1 + appends
+        CHECK(par.cr() > 1.2);
+        for (size_t l = 0; l < par.head_slots.size(); ++l)
+          for (size_t g = 0; g < par.head_slots[l].size(); ++g) {
+            // parallel counts T tokens per window, incremental T - 1 (the last token is never fed): compare ratios
+            CHECK(par.head_tokens[l][g] - par.head_slots[l][g] >= inc.head_tokens[l][g] - inc.head_slots[l][g]);
+          }
+      }
+    }
+  }
+}
+
+TEST_CASE("paged cache: per-head lengths, exhaustion reported, thousands of sequences through allocate and free", "[inference]") {
+  PagedCacheOptions o;
+  o.n_layers = 2;
+  o.max_seqs = 8;
+  o.n_kv_heads = 2;
+  o.head_dim = 4;
+  o.page_size = 4;
+  o.n_pages = 64;
+  PagedKVCache cache(o);
+  require_error([&] { PagedCacheOptions b = o; b.page_size = 3; PagedKVCache x(b); }, {"page_size", "power of two"});
+  std::mt19937 rng(1);
+  at::Tensor kv = at::ones({4});
+  int64_t refused = 0;
+  for (int round = 0; round < 3000; ++round) {
+    const int64_t s = rng() % 8;
+    const int64_t len = 1 + rng() % 20;
+    bool ok = true;
+    for (int64_t t = 0; t < len && ok; ++t)
+      for (int64_t l = 0; l < 2 && ok; ++l)
+        for (int64_t h = 0; h < 2 && ok; ++h) {
+          const int64_t r = cache.row(l, s, h);
+          if (h == 1 && t % 2 == 1 && cache.length(r) > 0) cache.overwrite_last(r, kv * t, kv);  // a merging head
+          else ok = cache.try_append(r, kv * t, kv);
+        }
+    refused += !ok;
+    if (rng() % 2) cache.free_seq(s);
+  }
+  for (int64_t s = 0; s < 8; ++s) cache.free_seq(s);
+  CHECK(cache.free_pages() == 64);
+  CHECK(refused > 0);  // the pool ran out at times and said so
+  // per-head lengths and contents
+  for (int t = 0; t < 6; ++t) {
+    cache.try_append(cache.row(0, 0, 0), kv * t, kv * -t);
+    if (t % 3 == 0) cache.try_append(cache.row(0, 0, 1), kv * t, kv);
+    else cache.overwrite_last(cache.row(0, 0, 1), kv * t, kv);
+  }
+  auto [k, v, lens] = cache.gather({cache.row(0, 0, 0), cache.row(0, 0, 1)});
+  CHECK(lens[0].item<int64_t>() == 6);
+  CHECK(lens[1].item<int64_t>() == 2);
+  CHECK(k[0][5][0].item<float>() == 5);
+  CHECK(v[0][4][0].item<float>() == -4);
+  CHECK(k[1][1][0].item<float>() == 5);  // the second group's slot holds its latest state
 }

@@ -72,6 +72,7 @@ int cmd_eval(const Args& a) {
   std::string model_dir, tok_path, text_path, device = "auto", dtype = "auto", json_path;
   int64_t seq_len = 1024, stride = 0, max_tokens = 0;
   bool add_bos = true;
+  std::string mode = "parallel";
   OptionTable t("eval ppl", "dmc eval ppl --model DIR --tokenizer FILE --text FILE [--seq-len N] [--stride N] [--json OUT]");
   t.add("model", &model_dir, "model directory", true);
   t.add("tokenizer", &tok_path, "SentencePiece tokenizer.model", true);
@@ -79,6 +80,7 @@ int cmd_eval(const Args& a) {
   t.add("seq_len", &seq_len, "window length in tokens");
   t.add("stride", &stride, "window step in tokens (0 = seq_len)");
   t.add("max_tokens", &max_tokens, "score only the first N tokens (0 = all)");
+  t.add("mode", &mode, "parallel (one forward per window) or incremental (token by token through the paged cache)");
   t.add("add_bos", &add_bos, "prepend the BOS token to the text");
   t.add("device", &device, "cpu, cuda, cuda:N or auto");
   t.add("dtype", &dtype, "bf16, fp16, fp32 or auto (bf16 on CUDA, fp32 on CPU)");
@@ -97,6 +99,7 @@ int cmd_eval(const Args& a) {
   PplOptions po;
   po.seq_len = seq_len;
   po.stride = stride;
+  po.mode = mode;
   auto r = perplexity(model, ids, po);
   std::cout << "perplexity: " << std::setprecision(8) << r.ppl() << "  (nll " << r.nll() << ", " << r.tokens_scored
             << " tokens, " << r.windows << " windows, " << r.seconds << " s)\n";
@@ -107,7 +110,7 @@ int cmd_eval(const Args& a) {
     nlohmann::json j = {{"ppl", r.ppl()},         {"nll", r.nll()},         {"tokens_scored", r.tokens_scored},
                         {"windows", r.windows},   {"seq_len", seq_len},     {"stride", stride ? stride : seq_len},
                         {"model", model_dir},     {"text", text_path},      {"dtype", dtype_name(dt)},
-                        {"device", dev.str()},    {"seconds", r.seconds}};
+                        {"device", dev.str()},    {"seconds", r.seconds},  {"mode", mode}};
     if (model.config.dmc.enabled) {
       j["dmc_cr"] = r.cr();
       j["dmc_cr_per_head"] = r.cr_per_head();

@@ -5,6 +5,7 @@
 
 #include "common/error.h"
 #include "common/util.h"
+#include "inference/decoder.h"
 
 namespace dmc {
 
@@ -39,6 +40,7 @@ PplResult perplexity(const Llama& model, const std::vector<int64_t>& tokens, con
     DMC_CHECK(id >= 0 && id < model.config.vocab_size, "perplexity: token id ", id, " out of range");
   at::NoGradGuard ng;
   const at::Tensor all = at::tensor(tokens, at::kLong);
+  DMC_CHECK(o.mode == "parallel" || o.mode == "incremental", "mode: expected parallel or incremental, got '", o.mode, "'");
   PplResult r;
   auto t0 = std::chrono::steady_clock::now();
   int64_t n_windows = 1;
@@ -63,7 +65,29 @@ PplResult perplexity(const Llama& model, const std::vector<int64_t>& tokens, con
   for (int64_t begin = 0; begin < L; begin += stride) {
     const int64_t end = std::min(begin + S, L);
     const int64_t first = std::max(prev_end, begin + 1);  // first scored absolute position
-    if (end > first) {
+    if (end > first && o.mode == "incremental") {
+      DecoderOptions dopt;
+      dopt.max_seqs = 1;
+      dopt.n_pages = model.config.num_hidden_layers * model.config.num_key_value_heads * ((S + 15) / 16);
+      Decoder dec(model, dopt);
+      std::vector<at::Tensor> rows;
+      for (int64_t p = begin; p < end - 1; ++p) {
+        at::Tensor lg = dec.step({0}, {tokens[p]});
+        if (p + 1 >= first) rows.push_back(lg[0]);
+      }
+      at::Tensor logits = at::stack(rows).to(at::kFloat);
+      at::Tensor target = all.slice(0, first, end).to(model.device());
+      r.nll_sum += at::cross_entropy_loss(logits, target, {}, at::Reduction::Sum).item<double>();
+      r.tokens_scored += end - first;
+      if (dmc) {
+        const int64_t T = end - 1 - begin;  // tokens the decoder consumed
+        for (int64_t l = 0; l < model.config.num_hidden_layers; ++l)
+          for (int64_t g = 0; g < model.config.num_key_value_heads; ++g) {
+            r.head_tokens[l][g] += (double)T;
+            r.head_slots[l][g] += (double)dec.slots(l, 0, g);
+          }
+      }
+    } else if (end > first) {
       at::Tensor ids = all.slice(0, begin, end).unsqueeze(0).to(model.device());
       at::Tensor h = model.forward_hidden(ids).squeeze(0);  // [T, H]
       if (dmc) {

@@ -14,6 +14,9 @@ struct PplOptions {
   int64_t seq_len = 1024;
   int64_t stride = 0;  // 0 = seq_len (disjoint windows)
   bool progress = true;
+  // parallel: one forward per window (DMC models: eval mode); incremental: token by token through the paged
+  // cache (inference/decoder.h), the path generation uses. Both must agree.
+  std::string mode = "parallel";
 };
 
 struct PplResult {
