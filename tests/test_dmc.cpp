@@ -8,6 +8,7 @@
 #include "dmc/dmc.h"
 #include "dmc/stages.h"
 #include "helpers.h"
+#include "inference/generate.h"
 #include "inference/paged_cache.h"
 #include "inference/perplexity.h"
 #include "io/safetensors.h"
@@ -472,4 +473,35 @@ TEST_CASE("paged cache: per-head lengths, exhaustion reported, thousands of sequ
   CHECK(k[0][5][0].item<float>() == 5);
   CHECK(v[0][4][0].item<float>() == -4);
   CHECK(k[1][1][0].item<float>() == 5);  // the second group's slot holds its latest state
+}
+
+TEST_CASE("dmc generate on a DMC model decodes through the paged cache, greedy = argmax of the parallel forward", "[dmc][inference]") {
+  LlamaConfig c = LlamaConfig::preset("tiny");
+  c.num_hidden_layers = 2;
+  c.vocab_size = 101;
+  auto m = Llama::random(c, 13, at::kFloat, at::kCPU, 0.2);
+  m.config.dmc.enabled = true;
+  m.config.dmc.init_val = 0.2;
+  m.config.dmc.window = 4;
+  GenerateOptions go;
+  go.max_new_tokens = 10;
+  go.stop_at_eos = false;
+  go.sampling.temperature = 0;
+  std::vector<int64_t> prompt = {1, 5, 9, 77, 31, 2, 60};
+  auto res = generate(m, {prompt}, go);
+  REQUIRE(res.tokens[0].size() == 10);
+  // reference: the eval-mode parallel forward over the growing sequence
+  AttentionRuntime rt;
+  rt.mode = AttentionRuntime::Mode::DmcEval;
+  rt.dmc.init_val = 0.2;
+  rt.dmc.window = 4;
+  m.runtime = &rt;
+  std::vector<int64_t> seq = prompt;
+  at::NoGradGuard ng;
+  for (int i = 0; i < 10; ++i) {
+    at::Tensor logits = m.forward(at::tensor(seq, at::kLong).unsqueeze(0));
+    seq.push_back(logits[0][-1].argmax().item<int64_t>());
+  }
+  m.runtime = nullptr;
+  CHECK(std::vector<int64_t>(seq.begin() + 7, seq.end()) == res.tokens[0]);
 }

@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "common/error.h"
+#include "inference/decoder.h"
 
 #ifdef DMC_WITH_CUDA
 #include <torch/cuda.h>
@@ -29,6 +30,49 @@ GenerateResult generate(const Llama& model, const std::vector<std::vector<int64_
             ") exceeds max_position_embeddings (", c.max_position_embeddings, ")");
   const at::Device dev = model.device();
   at::NoGradGuard ng;
+  if (c.dmc.enabled) {
+    // DMC models decode through the paged cache (token by token, prompt included)
+    DecoderOptions dopt;
+    dopt.max_seqs = B;
+    dopt.n_pages = c.num_hidden_layers * B * c.num_key_value_heads * ((total + 15) / 16);
+    Decoder dec(model, dopt);
+    Sampler sampler(opts.sampling);
+    GenerateResult res;
+    res.tokens.assign(B, {});
+    std::vector<int64_t> seqs(B);
+    for (int64_t b = 0; b < B; ++b) seqs[b] = b;
+    auto t0 = std::chrono::steady_clock::now();
+    at::Tensor logits;
+    for (int64_t p = 0; p < P; ++p) {
+      std::vector<int64_t> ids(B);
+      for (int64_t b = 0; b < B; ++b) ids[b] = prompts[b][p];
+      logits = dec.step(seqs, ids);
+    }
+    auto t1 = std::chrono::steady_clock::now();
+    res.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
+    std::vector<bool> done(B, false);
+    for (int64_t s = 0; s < opts.max_new_tokens; ++s) {
+      at::Tensor next = sampler.sample(logits).to(at::kCPU);
+      std::vector<int64_t> ids(B);
+      bool all = true;
+      for (int64_t b = 0; b < B; ++b) {
+        ids[b] = next[b].item<int64_t>();
+        if (!done[b]) {
+          res.tokens[b].push_back(ids[b]);
+          if (on_token) on_token(b, ids[b]);
+          if (opts.stop_at_eos &&
+              std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), ids[b]) != c.eos_token_ids.end())
+            done[b] = true;
+        }
+        all = all && done[b];
+      }
+      if ((opts.stop_at_eos && all) || s + 1 == opts.max_new_tokens) break;
+      logits = dec.step(seqs, ids);
+      ++res.decode_steps;
+    }
+    res.decode_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+    return res;
+  }
   KVCache cache = KVCache::create(c, B, total, model.dtype(), dev);
   std::vector<int64_t> flat;
   for (const auto& p : prompts) flat.insert(flat.end(), p.begin(), p.end());
