@@ -22,6 +22,7 @@
 #include "config/options.h"
 #include "dmc/stages.h"
 #include "model/llama.h"
+#include "train/autocast.h"
 #include "train/optimizer.h"
 
 #ifdef DMC_WITH_CUDA
@@ -30,24 +31,6 @@
 
 using namespace dmc;
 
-namespace {
-struct Autocast {
-  bool on;
-  explicit Autocast(bool e) : on(e) {
-    if (on) {
-      at::autocast::set_autocast_enabled(at::kCUDA, true);
-      at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
-      at::autocast::increment_nesting();
-    }
-  }
-  ~Autocast() {
-    if (on) {
-      if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-      at::autocast::set_autocast_enabled(at::kCUDA, false);
-    }
-  }
-};
-}  // namespace
 
 int main(int argc, char** argv) {
   std::string preset = "llama-1b", mode = "vanilla", device = "auto", json_path;
@@ -116,7 +99,7 @@ int main(int argc, char** argv) {
       at::NoGradGuard ng;
       double l16, l32;
       {
-        Autocast a(ac);
+        train::AutocastScope a(ac);
         l16 = loss_of(b).item<double>();
       }
       l32 = loss_of(b).item<double>();
@@ -129,7 +112,7 @@ int main(int argc, char** argv) {
       data::Batch b = batch(i);
       at::Tensor loss;
       {
-        Autocast a(ac);
+        train::AutocastScope a(ac);
         loss = loss_of(b);
       }
       loss.backward();

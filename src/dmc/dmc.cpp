@@ -181,12 +181,7 @@ DmcAttention dmc_attention(const at::Tensor& q, const at::Tensor& k, const at::T
   at::Tensor a = dmc_decision_logits(k, o.init_val);  // [B, T, nkv]
   at::Tensor p, ell;
   if (mode == DmcMode::Train) {
-    at::Tensor n = noise;
-    if (!n.defined()) {
-      auto f = at::TensorOptions().dtype(at::kFloat).device(q.device());
-      at::Tensor u1 = at::rand({B, T, nkv}, f).clamp_(1e-20, 1.0), u2 = at::rand({B, T, nkv}, f).clamp_(1e-20, 1.0);
-      n = (-at::log(-at::log(u1))).to(dt) - (-at::log(-at::log(u2))).to(dt);
-    }
+    at::Tensor n = noise.defined() ? noise : dmc_logistic_noise(B, T, nkv, dt, q.device());
     ell = (a + n.to(dt)) / o.temperature;
     p = at::sigmoid(ell);
   } else {
@@ -231,6 +226,12 @@ DmcAttention dmc_attention(const at::Tensor& q, const at::Tensor& k, const at::T
                        ? biased_causal_attention(qr, kr, v_hat.transpose(1, 2), m.transpose(1, 2), scale, o.attn_block)
                        : biased_causal_attention_flash(qr, kr, v_hat.transpose(1, 2), m.transpose(1, 2), scale);
   return {out.transpose(1, 2), decision_mean, (hard_p * allow).detach()};
+}
+
+at::Tensor dmc_logistic_noise(int64_t B, int64_t T, int64_t nkv, at::ScalarType dtype, at::Device device) {
+  auto f = at::TensorOptions().dtype(at::kFloat).device(device);
+  at::Tensor u1 = at::rand({B, T, nkv}, f).clamp_(1e-20, 1.0), u2 = at::rand({B, T, nkv}, f).clamp_(1e-20, 1.0);
+  return (-at::log(-at::log(u1))).to(dtype) - (-at::log(-at::log(u2))).to(dtype);
 }
 
 at::Tensor dmc_loss(const at::Tensor& decision_means, double target_cr) {

@@ -63,6 +63,10 @@ DmcAttention dmc_attention(const at::Tensor& q, const at::Tensor& k, const at::T
                            const at::Tensor& sin, const DmcOptions& o, DmcMode mode, const at::Tensor& doc_start,
                            const at::Tensor& noise = {});
 
+// Logistic noise G1 - G2 [B, T, nkv] for the relaxed decisions: Gumbel samples drawn in fp32 from the default
+// generator of `device`, each cast to `dtype` before the difference (as the reference does for bf16).
+at::Tensor dmc_logistic_noise(int64_t B, int64_t T, int64_t nkv, at::ScalarType dtype, at::Device device);
+
 // Compression loss: decision means [n_layers, B] -> mean_b max(0, P - mean_layers d_b), P = 1 - 1/CR.
 at::Tensor dmc_loss(const at::Tensor& decision_means, double target_cr);
 

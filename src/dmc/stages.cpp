@@ -67,12 +67,8 @@ at::Tensor DmcStage::forward_hidden(Llama& model, const data::Batch& b) {
     const int64_t B = b.input.size(0), T = b.input.size(1);
     const bool ac = model.device().is_cuda() && at::autocast::is_autocast_enabled(at::kCUDA);
     const auto dt = ac ? at::autocast::get_autocast_dtype(at::kCUDA) : model.dtype();
-    auto f = at::TensorOptions().dtype(at::kFloat).device(model.device());
-    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-      at::Tensor u1 = at::rand({B, T, c.num_key_value_heads}, f).clamp_(1e-20, 1.0);
-      at::Tensor u2 = at::rand({B, T, c.num_key_value_heads}, f).clamp_(1e-20, 1.0);
-      rt_.noise.push_back((-at::log(-at::log(u1))).to(dt) - (-at::log(-at::log(u2))).to(dt));
-    }
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+      rt_.noise.push_back(dmc_logistic_noise(B, T, c.num_key_value_heads, dt, model.device()));
   }
   model.runtime = &rt_;
   at::Tensor h;

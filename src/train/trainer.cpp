@@ -14,6 +14,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "tokenizer/tokenizer.h"
+#include "train/autocast.h"
 #include "train/checkpoint.h"
 #include "train/optimizer.h"
 
@@ -68,22 +69,6 @@ namespace {
 std::atomic<int> g_signal{0};
 void on_signal(int sig) { g_signal.store(sig); }
 
-struct AutocastScope {
-  bool on;
-  explicit AutocastScope(bool enable) : on(enable) {
-    if (on) {
-      at::autocast::set_autocast_enabled(at::kCUDA, true);
-      at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
-      at::autocast::increment_nesting();
-    }
-  }
-  ~AutocastScope() {
-    if (on) {
-      if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-      at::autocast::set_autocast_enabled(at::kCUDA, false);
-    }
-  }
-};
 
 at::Tensor lm_loss(const Llama& m, const at::Tensor& hidden, const at::Tensor& target) {
   at::Tensor logits = at::linear(hidden, m.lm_head).to(at::kFloat);
