@@ -225,7 +225,13 @@ DmcAttention dmc_attention(const at::Tensor& q, const at::Tensor& k, const at::T
   at::Tensor out = o.attn_impl == "blocks" || !flash_ok
                        ? biased_causal_attention(qr, kr, v_hat.transpose(1, 2), m.transpose(1, 2), scale, o.attn_block)
                        : biased_causal_attention_flash(qr, kr, v_hat.transpose(1, 2), m.transpose(1, 2), scale);
-  return {out.transpose(1, 2), decision_mean, (hard_p * allow).detach()};
+  DmcAttention res{out.transpose(1, 2), decision_mean, (hard_p * allow).detach()};
+  if (!at::GradMode::is_enabled()) {
+    res.k_rot = kr;
+    res.v_hat = v_hat.transpose(1, 2);
+    res.entries = at::cat({w.to(acc).unsqueeze(-1) * x, w.to(acc).unsqueeze(-1)}, -1);
+  }
+  return res;
 }
 
 at::Tensor dmc_logistic_noise(int64_t B, int64_t T, int64_t nkv, at::ScalarType dtype, at::Device device) {

@@ -33,6 +33,10 @@ struct DmcAttention {
   at::Tensor out;            // [batch, seq, n_heads, head_dim]
   at::Tensor decision_mean;  // [batch]: STE-hard decisions averaged over time (t = 0 included) and KV heads
   at::Tensor hard;           // [batch, seq, n_kv_heads] 0/1 boundaries actually used (after t=0/doc forcing), no grad
+  // for building a decode cache from a parallel prefill (no grad):
+  at::Tensor k_rot;          // [batch, n_kv_heads, seq, head_dim] merged keys, RoPE at their position, dim D-1 dropped
+  at::Tensor v_hat;          // [batch, n_kv_heads, seq, head_dim] merged values
+  at::Tensor entries;        // [batch, seq, n_kv_heads, 2 head_dim + 1] fp32: omega * (k, v, 1) per token
 };
 
 // a = k[..., D-1] - c                                 -> [B, T, nkv]

@@ -42,6 +42,70 @@ void Decoder::free(int64_t seq) {
   pos_[seq] = 0;
 }
 
+at::Tensor Decoder::prefill(int64_t seq, const std::vector<int64_t>& prompt) {
+  at::NoGradGuard ng;
+  const auto& c = m_.config;
+  const int64_t T = (int64_t)prompt.size(), nkv = c.num_key_value_heads, D = c.head_dim,
+                W = std::max<int64_t>(1, c.dmc.window);
+  DMC_CHECK(seq >= 0 && seq < o_.max_seqs, "prefill: sequence ", seq, " out of range");
+  DMC_CHECK(pos_[seq] == 0, "prefill: sequence ", seq, " is not empty");
+  DMC_CHECK(T >= 1 && T <= c.max_position_embeddings, "prefill: prompt of ", T, " tokens (max ",
+            c.max_position_embeddings, ")");
+  for (int64_t id : prompt) DMC_CHECK(id >= 0 && id < c.vocab_size, "prefill: token id ", id, " out of range");
+  AttentionRuntime rt;
+  rt.capture = true;
+  if (dmc_) {
+    rt.mode = AttentionRuntime::Mode::DmcEval;
+    rt.dmc.init_val = c.dmc.init_val;
+    rt.dmc.window = c.dmc.window;
+  }
+  Llama& m = const_cast<Llama&>(m_);
+  m.runtime = &rt;
+  at::Tensor h;
+  try {
+    h = m.forward_hidden(at::tensor(prompt, at::kLong).unsqueeze(0).to(m.device()));
+  } catch (...) {
+    m.runtime = nullptr;
+    throw;
+  }
+  m.runtime = nullptr;
+  // slots needed: one per group (every token for vanilla)
+  std::vector<at::Tensor> bnd(c.num_hidden_layers);
+  int64_t need = 0;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    bnd[l] = dmc_ ? rt.boundaries[l][0].to(at::kCPU, at::kFloat) : at::zeros({T, nkv});  // [T, nkv]
+    for (int64_t g = 0; g < nkv; ++g) need += cache_.pages_for(T - (int64_t)bnd[l].select(1, g).sum().item<double>());
+  }
+  if (need > cache_.free_pages())
+    fail("kv cache exhausted: the prompt needs ", need, " pages, ", cache_.free_pages(), " are free");
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    for (int64_t g = 0; g < nkv; ++g) {
+      const int64_t r = cache_.row(l, seq, g);
+      at::Tensor kr = rt.k_rot[l][0][g], vh = rt.v_hat[l][0][g];  // [T, D]
+      // a slot per group: the group's state at its last token (the token before the next append, or T - 1)
+      int64_t group = 0;
+      for (int64_t t = 0; t < T; ++t) {
+        const bool last_of_group = t == T - 1 || bnd[l][t + 1][g].item<float>() == 0;
+        group = bnd[l][t][g].item<float>() > 0 ? group + 1 : 1;
+        if (last_of_group) cache_.try_append(r, kr[t], vh[t]);
+      }
+      if (dmc_) {
+        // decode state after the prompt: ring of the last W entries (by position mod W), sums over the last
+        // min(group, W) of them, the group length
+        group_[(l * o_.max_seqs + seq) * nkv + g] = group;
+        at::Tensor e = rt.entries[l][0].select(1, g).to(acc_.scalar_type());  // [T, 2D+1]
+        at::Tensor ring = ring_[l][seq][g], acc = acc_[l][seq][g];
+        ring.zero_();
+        for (int64_t t = std::max<int64_t>(0, T - W); t < T; ++t) ring[t % W].copy_(e[t]);
+        acc.copy_(e.narrow(0, T - std::min(group, W), std::min(group, W)).sum(0));
+      }
+    }
+  }
+  pos_[seq] = T;
+  (void)D;
+  return at::linear(h[0][T - 1], m_.lm_head);
+}
+
 at::Tensor Decoder::step(const std::vector<int64_t>& seqs, const std::vector<int64_t>& ids,
                          const std::vector<bool>& doc_start) {
   at::NoGradGuard ng;

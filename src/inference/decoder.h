@@ -34,6 +34,10 @@ class Decoder {
   // Returns logits [n, vocab]. dmc::Error when the pool is exhausted (the sequences' state is unchanged then).
   at::Tensor step(const std::vector<int64_t>& seqs, const std::vector<int64_t>& ids,
                   const std::vector<bool>& doc_start = {});
+  // Parallel prefill: the whole prompt in one eval-mode forward, then the cache built from its hard decisions
+  // (each group's last merged key/value) and the DMC state (sums, ring, group length) set as if the prompt had
+  // been decoded token by token. Returns the logits of the last prompt token [vocab]. The sequence must be empty.
+  at::Tensor prefill(int64_t seq, const std::vector<int64_t>& prompt);
   void free(int64_t seq);
   int64_t position(int64_t seq) const { return pos_[seq]; }
   int64_t slots(int64_t layer, int64_t seq, int64_t head) const { return cache_.length(cache_.row(layer, seq, head)); }

@@ -31,7 +31,7 @@ GenerateResult generate(const Llama& model, const std::vector<std::vector<int64_
   const at::Device dev = model.device();
   at::NoGradGuard ng;
   if (c.dmc.enabled) {
-    // DMC models decode through the paged cache (token by token, prompt included)
+    // DMC models decode through the paged cache; the prompt goes in one parallel (eval-mode) prefill per sequence
     DecoderOptions dopt;
     dopt.max_seqs = B;
     dopt.n_pages = c.num_hidden_layers * B * c.num_key_value_heads * ((total + 15) / 16);
@@ -42,12 +42,9 @@ GenerateResult generate(const Llama& model, const std::vector<std::vector<int64_
     std::vector<int64_t> seqs(B);
     for (int64_t b = 0; b < B; ++b) seqs[b] = b;
     auto t0 = std::chrono::steady_clock::now();
-    at::Tensor logits;
-    for (int64_t p = 0; p < P; ++p) {
-      std::vector<int64_t> ids(B);
-      for (int64_t b = 0; b < B; ++b) ids[b] = prompts[b][p];
-      logits = dec.step(seqs, ids);
-    }
+    std::vector<at::Tensor> first;
+    for (int64_t b = 0; b < B; ++b) first.push_back(dec.prefill(b, prompts[b]));
+    at::Tensor logits = at::stack(first);
     auto t1 = std::chrono::steady_clock::now();
     res.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
     std::vector<bool> done(B, false);

@@ -210,6 +210,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> Llama::attention(const LlamaLayer
     if (mode == Mode::DmcTrain && (int64_t)runtime->noise.size() > layer) noise = runtime->noise[layer];
     DmcAttention r = dmc_attention(q, k, v, cos, sin, runtime->dmc,
                                    mode == Mode::DmcTrain ? DmcMode::Train : DmcMode::Eval, runtime->doc_start, noise);
+    if (runtime->capture) {
+      runtime->k_rot[layer] = r.k_rot;
+      runtime->v_hat[layer] = r.v_hat;
+      runtime->entries[layer] = r.entries;
+    }
     return {at::linear(r.out.reshape({B, T, nh * hd}), L.wo), r.decision_mean, r.hard};
   }
   at::Tensor q = qkv.narrow(-1, 0, nh * hd).view({B, T, nh, hd}).transpose(1, 2);
@@ -224,6 +229,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> Llama::attention(const LlamaLayer
   } else {
     q = apply_rope(q, cos, sin);
     k = apply_rope(k, cos, sin);
+  }
+  if (runtime && runtime->capture) {
+    runtime->k_rot[layer] = k;
+    runtime->v_hat[layer] = v;
   }
   std::optional<at::Tensor> mask;
   bool causal = T > 1;
@@ -360,6 +369,11 @@ at::Tensor Llama::forward_hidden(const at::Tensor& ids, KVCache* cache) const {
   const bool recompute = activation_checkpointing && !cache && at::GradMode::is_enabled();
   const bool dmc_mode = runtime && (runtime->mode == AttentionRuntime::Mode::DmcTrain ||
                                     runtime->mode == AttentionRuntime::Mode::DmcEval);
+  if (runtime && runtime->capture) {
+    runtime->k_rot.assign(layers.size(), at::Tensor());
+    runtime->v_hat.assign(layers.size(), at::Tensor());
+    runtime->entries.assign(layers.size(), at::Tensor());
+  }
   if (dmc_mode) {
     runtime->decision_mean.assign(layers.size(), at::Tensor());
     runtime->boundaries.assign(layers.size(), at::Tensor());

@@ -48,6 +48,10 @@ struct AttentionRuntime {
   // outputs of the last forward (DMC modes), per layer:
   std::vector<at::Tensor> decision_mean;  // [batch], differentiable (STE)
   std::vector<at::Tensor> boundaries;     // [batch, seq, n_kv] 0/1, detached
+  // capture (no-grad forwards only): per layer the cache contents a prefill needs
+  bool capture = false;
+  std::vector<at::Tensor> k_rot, v_hat;   // [batch, n_kv, seq, head_dim]
+  std::vector<at::Tensor> entries;        // DMC: [batch, seq, n_kv, 2 head_dim + 1] fp32
 };
 
 struct KVCache {
