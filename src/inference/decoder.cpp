@@ -144,14 +144,10 @@ at::Tensor Decoder::step(const std::vector<int64_t>& seqs, const std::vector<int
     if (dmc_) {
       // rotate each token's q at its position: [n, nh, D] as [n, nh, 1, D] with per-token tables
       qr = rope_drop_last(q.unsqueeze(2), cos.unsqueeze(1).unsqueeze(1), sin.unsqueeze(1).unsqueeze(1)).squeeze(2);
-      at::Tensor a = k.select(-1, D - 1) - c.dmc.init_val;                       // [n, nkv]
+      // the same decision and weight functions as the parallel path, on a length-1 sequence
+      at::Tensor a = dmc_decision_logits(k, c.dmc.init_val);                    // [n, nkv]
       alpha = (at::sigmoid(a) > 0.5).to(acc_t);
-      at::Tensor w = (at::sigmoid(q.select(-1, D - 1).view({n, nkv, G}).mean(-1) + c.dmc.init_val) +
-                      (m_.dtype() == at::kBFloat16 ? 0.0078125
-                       : m_.dtype() == at::kHalf   ? 0.0009765625
-                       : m_.dtype() == at::kDouble ? std::numeric_limits<double>::epsilon()
-                                                   : (double)std::numeric_limits<float>::epsilon()))
-                         .to(acc_t);                                              // [n, nkv]
+      at::Tensor w = dmc_importance(q.unsqueeze(1), nkv, c.dmc.init_val).squeeze(1).to(acc_t);  // [n, nkv]
       at::Tensor entry = at::cat({w.unsqueeze(-1) * at::cat({k, v}, -1).to(acc_t), w.unsqueeze(-1)}, -1);  // [n, nkv, X]
       std::vector<at::Tensor> kos, vos;
       for (int64_t i = 0; i < n; ++i) {
