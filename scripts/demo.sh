@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 RUN=${RUN:-runs/demo}
 rm -rf "$RUN"   # the demo owns this directory: start clean, never resume a stale run
 DMC=${DMC_BUILD:-build}/dmc
-scripts/build.sh > /dev/null   # incremental: a no-op when the build is current
+scripts/build.sh   # incremental: a no-op when the build is current
 mkdir -p "$RUN"
 Z=${DEMO_STEPS_ZERO_OUT:-40}; R=${DEMO_STEPS_RETROFIT:-300}; F=${DEMO_STEPS_FINETUNE:-100}
 CONT=$(( Z + R + F ))
