@@ -48,6 +48,19 @@ std::pair<at::Tensor, at::Tensor> rope64(int64_t D, int64_t T, double theta) {
   at::Tensor inv = 1.0 / at::pow(at::scalar_tensor(theta, at::kDouble), at::arange(0, D, 2, at::kDouble) / (double)D);
   return rope_cos_sin(inv, at::arange(T, at::kDouble));
 }
+// A 2-layer tiny Llama (vocab 101), made a DMC model with decisions near the threshold when use_dmc.
+Llama tiny_decoder_model(uint64_t seed, double init_std, bool use_dmc, int64_t window) {
+  LlamaConfig c = LlamaConfig::preset("tiny");
+  c.num_hidden_layers = 2;
+  c.vocab_size = 101;
+  auto m = Llama::random(c, seed, at::kFloat, at::kCPU, init_std);
+  if (use_dmc) {
+    m.config.dmc.enabled = true;
+    m.config.dmc.init_val = 0.2;  // decisions near the threshold: a mix of merges and appends
+    m.config.dmc.window = window;
+  }
+  return m;
+}
 }  // namespace
 
 TEST_CASE("DMC attention equals the float64 reference: train with fed noise and eval, outputs and gradients", "[dmc][ref]") {
@@ -397,15 +410,7 @@ TEST_CASE("flash-kernel biased attention equals its plain blockwise twin, values
 TEST_CASE("token-by-token decoding through the paged cache equals the parallel eval-mode forward", "[dmc][inference]") {
   for (bool use_dmc : {false, true}) {
     DYNAMIC_SECTION((use_dmc ? "dmc" : "vanilla")) {
-      LlamaConfig c = LlamaConfig::preset("tiny");
-      c.num_hidden_layers = 2;
-      c.vocab_size = 101;
-      auto m = Llama::random(c, 12, at::kFloat, at::kCPU, 0.1);
-      if (use_dmc) {
-        m.config.dmc.enabled = true;
-        m.config.dmc.init_val = 0.2;  // decisions near the threshold: a mix of merges and appends
-        m.config.dmc.window = 3;
-      }
+      auto m = tiny_decoder_model(12, 0.1, use_dmc, 3);
       torch::manual_seed(4);
       std::vector<int64_t> toks;
       for (int i = 0; i < 90; ++i) toks.push_back(torch::randint(0, 101, {1}).item<int64_t>());
@@ -477,13 +482,7 @@ TEST_CASE("paged cache: per-head lengths, exhaustion reported, thousands of sequ
 }
 
 TEST_CASE("dmc generate on a DMC model decodes through the paged cache, greedy = argmax of the parallel forward", "[dmc][inference]") {
-  LlamaConfig c = LlamaConfig::preset("tiny");
-  c.num_hidden_layers = 2;
-  c.vocab_size = 101;
-  auto m = Llama::random(c, 13, at::kFloat, at::kCPU, 0.2);
-  m.config.dmc.enabled = true;
-  m.config.dmc.init_val = 0.2;
-  m.config.dmc.window = 4;
+  auto m = tiny_decoder_model(13, 0.2, true, 4);
   GenerateOptions go;
   go.max_new_tokens = 10;
   go.stop_at_eos = false;
@@ -510,15 +509,8 @@ TEST_CASE("dmc generate on a DMC model decodes through the paged cache, greedy =
 TEST_CASE("parallel prefill builds the same cache and next-token logits as token-by-token decoding", "[dmc][inference]") {
   for (bool use_dmc : {false, true}) {
     DYNAMIC_SECTION((use_dmc ? "dmc" : "vanilla")) {
-      LlamaConfig c = LlamaConfig::preset("tiny");
-      c.num_hidden_layers = 2;
-      c.vocab_size = 101;
-      auto m = Llama::random(c, 14, at::kFloat, at::kCPU, 0.2);
-      if (use_dmc) {
-        m.config.dmc.enabled = true;
-        m.config.dmc.init_val = 0.2;
-        m.config.dmc.window = 3;
-      }
+      auto m = tiny_decoder_model(14, 0.2, use_dmc, 3);
+      const auto& c = m.config;
       torch::manual_seed(5);
       std::vector<int64_t> prompt;
       for (int i = 0; i < 33; ++i) prompt.push_back(torch::randint(0, 101, {1}).item<int64_t>());

@@ -34,7 +34,7 @@ GenerateResult generate(const Llama& model, const std::vector<std::vector<int64_
     // DMC models decode through the paged cache; the prompt goes in one parallel (eval-mode) prefill per sequence
     DecoderOptions dopt;
     dopt.max_seqs = B;
-    dopt.n_pages = c.num_hidden_layers * B * c.num_key_value_heads * ((total + 15) / 16);
+    dopt.n_pages = c.num_hidden_layers * B * c.num_key_value_heads * ((total + dopt.page_size - 1) / dopt.page_size);
     Decoder dec(model, dopt);
     Sampler sampler(opts.sampling);
     GenerateResult res;

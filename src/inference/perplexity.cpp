@@ -68,7 +68,8 @@ PplResult perplexity(const Llama& model, const std::vector<int64_t>& tokens, con
     if (end > first && o.mode == "incremental") {
       DecoderOptions dopt;
       dopt.max_seqs = 1;
-      dopt.n_pages = model.config.num_hidden_layers * model.config.num_key_value_heads * ((S + 15) / 16);
+      dopt.n_pages = model.config.num_hidden_layers * model.config.num_key_value_heads *
+                     ((S + dopt.page_size - 1) / dopt.page_size);
       Decoder dec(model, dopt);
       std::vector<at::Tensor> rows;
       for (int64_t p = begin; p < end - 1; ++p) {
