@@ -184,6 +184,10 @@ DmcAttention dmc_attention(const at::Tensor& q, const at::Tensor& k, const at::T
     at::Tensor n = noise.defined() ? noise : dmc_logistic_noise(B, T, nkv, dt, q.device());
     ell = (a + n.to(dt)) / o.temperature;
     p = at::sigmoid(ell);
+  } else if (o.force_cr > 0) {
+    at::Tensor t = at::arange(T, q.options().dtype(at::kLong)).view({1, T, 1});
+    at::Tensor h = at::arange(nkv, q.options().dtype(at::kLong)).view({1, 1, nkv});
+    p = ((t + h) % o.force_cr != 0).to(dt).expand({B, T, nkv}).contiguous();
   } else {
     at::Tensor soft = at::sigmoid(a);
     p = (soft > 0.5).to(dt) + soft - soft.detach();  // straight-through

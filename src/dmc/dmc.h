@@ -25,6 +25,9 @@ struct DmcOptions {
   int64_t attn_block = 256;    // query block of the "blocks" attention
   // flash (fused kernel + log-sum-exp merge; on CUDA only as flash_cuda_experimental) | blocks (plain twin)
   std::string attn_impl = "flash";
+  // Benchmark-only decision policy for random weights (eval mode): head h merges at position t unless
+  // (t + h) % force_cr == 0, a compression ratio of force_cr. 0 = the model's own decisions.
+  int64_t force_cr = 0;
 };
 
 enum class DmcMode { Train, Eval };

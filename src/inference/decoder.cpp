@@ -8,8 +8,7 @@
 
 namespace dmc {
 
-namespace {
-PagedCacheOptions cache_options(const Llama& m, const DecoderOptions& o) {
+PagedCacheOptions decoder_cache_options(const Llama& m, const DecoderOptions& o) {
   PagedCacheOptions c;
   const auto& cfg = m.config;
   c.n_layers = cfg.num_hidden_layers;
@@ -17,47 +16,120 @@ PagedCacheOptions cache_options(const Llama& m, const DecoderOptions& o) {
   c.n_kv_heads = cfg.num_key_value_heads;
   c.head_dim = cfg.head_dim;
   c.page_size = o.page_size;
-  c.n_pages = o.n_pages > 0 ? o.n_pages
-                            : cfg.num_hidden_layers * o.max_seqs * cfg.num_key_value_heads *
-                                  ((cfg.max_position_embeddings + o.page_size - 1) / o.page_size);
+  c.max_slots_per_row = cfg.max_position_embeddings + 1;  // baselines hold budget + 1 for a moment
+  c.memory_budget_bytes = o.memory_budget_bytes;
+  c.n_pages = o.n_pages;
+  if (o.n_pages <= 0 && o.memory_budget_bytes <= 0)
+    c.n_pages = cfg.num_hidden_layers * o.max_seqs * cfg.num_key_value_heads *
+                ((cfg.max_position_embeddings + o.page_size - 1) / o.page_size);
   c.dtype = m.dtype();
   c.device = m.device();
   return c;
 }
+
+namespace {
+std::string resolve_policy(const Llama& m, const DecoderOptions& o) {
+  std::string p = o.policy == "auto" ? (m.config.dmc.enabled ? "dmc" : "vanilla") : o.policy;
+  DMC_CHECK(p == "vanilla" || p == "dmc" || p == "tova" || p == "h2o" || p == "window",
+            "cache policy: expected auto, vanilla, dmc, tova, h2o or window, got '", o.policy, "'");
+  if (p == "tova" || p == "h2o" || p == "window")
+    DMC_CHECK(o.budget >= 1, "cache policy ", p, ": needs a budget of at least 1 slot per head, got ", o.budget);
+  if (p == "window") DMC_CHECK(o.sinks >= 0 && o.sinks < o.budget, "window: sinks (", o.sinks, ") must be below the budget (", o.budget, ")");
+  if (p == "dmc" && !m.config.dmc.enabled && o.force_cr <= 0)
+    fail("cache policy dmc: the model has no DMC stanza in its config.json (retrofit it first, or use force_cr for a benchmark)");
+  return p;
+}
 }  // namespace
 
 Decoder::Decoder(const Llama& model, const DecoderOptions& o)
-    : m_(model), o_(o), dmc_(model.config.dmc.enabled), cache_(cache_options(model, o)) {
+    : m_(model),
+      o_(o),
+      policy_(resolve_policy(model, o)),
+      dmc_(policy_ == "dmc"),
+      kernels_(o.use_kernels && decode_kernels_available(model.device())),
+      cache_(decoder_cache_options(model, o)) {
   const auto& c = model.config;
+  DMC_CHECK(o.max_seqs >= 1, "decoder: max_seqs must be at least 1");
   pos_.assign(o.max_seqs, 0);
-  const int64_t X = 2 * c.head_dim + 1, W = std::max<int64_t>(1, c.dmc.window);
-  auto f = at::TensorOptions().dtype(m_.dtype() == at::kDouble ? at::kDouble : at::kFloat).device(model.device());
-  acc_ = at::zeros({c.num_hidden_layers, o.max_seqs, c.num_key_value_heads, X}, f);
-  ring_ = at::zeros({c.num_hidden_layers, o.max_seqs, c.num_key_value_heads, W, X}, f);
-  group_.assign(c.num_hidden_layers * o.max_seqs * c.num_key_value_heads, 0);
+  const int64_t R = c.num_hidden_layers * o.max_seqs * c.num_key_value_heads;
+  if (dmc_) st_ = DmcState::create(R, c.head_dim, c.dmc.window, model.device());
+  auto [cs, sn] = rope_cos_sin(m_.inv_freq, at::arange(c.max_position_embeddings, at::TensorOptions().dtype(at::kLong).device(model.device())));
+  cos_ = cs.contiguous();
+  sin_ = sn.contiguous();
+  if (policy_ == "tova" || policy_ == "h2o" || policy_ == "window") {
+    auto dev = model.device();
+    slot_pos_ = at::zeros({R, o.budget + 1}, at::TensorOptions().dtype(at::kLong).device(dev));
+    slot_score_ = at::zeros({R, o.budget + 1}, at::TensorOptions().dtype(at::kFloat).device(dev));
+  }
+}
+
+int64_t Decoder::state_bytes() const {
+  auto b = [](const at::Tensor& t) { return t.defined() ? t.numel() * (int64_t)t.element_size() : 0; };
+  return b(st_.acc) + b(st_.ring) + b(st_.group) + b(cache_.table) + b(cache_.lengths) + b(cache_.free_list) +
+         b(slot_pos_) + b(slot_score_);
 }
 
 void Decoder::free(int64_t seq) {
+  DMC_CHECK(seq >= 0 && seq < o_.max_seqs, "decoder: sequence ", seq, " out of range");
   cache_.free_seq(seq);
   pos_[seq] = 0;
+}
+
+at::Tensor Decoder::slot_counts(int64_t seq) const {
+  const auto& c = m_.config;
+  return cache_.lengths.view({c.num_hidden_layers, o_.max_seqs, c.num_key_value_heads})
+      .select(1, seq)
+      .to(at::kCPU, at::kLong);
+}
+
+std::pair<int64_t, int64_t> Decoder::step_need(const std::vector<int64_t>& seqs) const {
+  const auto& c = m_.config;
+  if (seqs.empty()) return {0, cache_.free_pages()};
+  at::Tensor s = at::tensor(seqs, at::kLong).to(m_.device());
+  at::Tensor len = cache_.lengths.view({c.num_hidden_layers, o_.max_seqs, c.num_key_value_heads}).index_select(1, s);
+  at::Tensor need = (len % o_.page_size == 0).sum().to(at::kInt).reshape({1});
+  at::Tensor both = at::cat({need, cache_.alloc.narrow(0, 0, 1)}).to(at::kCPU);
+  return {both[0].item<int64_t>(), both[1].item<int64_t>()};
+}
+
+bool Decoder::can_step(const std::vector<int64_t>& seqs) const {
+  auto [need, free] = step_need(seqs);
+  return need <= free;
+}
+
+int64_t Decoder::pages_for_prompt(int64_t prompt_len) const {
+  const auto& c = m_.config;
+  const int64_t slots = policy_ == "tova" || policy_ == "h2o" || policy_ == "window"
+                            ? std::min(prompt_len + 1, o_.budget + 1)
+                            : prompt_len + 1;
+  return c.num_hidden_layers * c.num_key_value_heads * cache_.pages_for(slots);
 }
 
 at::Tensor Decoder::prefill(int64_t seq, const std::vector<int64_t>& prompt) {
   at::NoGradGuard ng;
   const auto& c = m_.config;
   const int64_t T = (int64_t)prompt.size(), nkv = c.num_key_value_heads, D = c.head_dim,
-                W = std::max<int64_t>(1, c.dmc.window);
+                W = std::max<int64_t>(1, c.dmc.window), X = 2 * D + 1;
   DMC_CHECK(seq >= 0 && seq < o_.max_seqs, "prefill: sequence ", seq, " out of range");
   DMC_CHECK(pos_[seq] == 0, "prefill: sequence ", seq, " is not empty");
   DMC_CHECK(T >= 1 && T <= c.max_position_embeddings, "prefill: prompt of ", T, " tokens (max ",
             c.max_position_embeddings, ")");
-  for (int64_t id : prompt) DMC_CHECK(id >= 0 && id < c.vocab_size, "prefill: token id ", id, " out of range");
+  for (int64_t id : prompt) DMC_CHECK(id >= 0 && id < c.vocab_size, "prefill: token id ", id, " out of range [0, ", c.vocab_size, ")");
+  if (!(policy_ == "vanilla" || policy_ == "dmc")) {
+    at::Tensor last;
+    for (int64_t id : prompt) last = step({seq}, {id})[0];
+    return last;
+  }
+  const int64_t need = c.num_hidden_layers * nkv * cache_.pages_for(T);
+  if (need > cache_.free_pages())
+    fail("kv cache exhausted: the prompt may need ", need, " pages, ", cache_.free_pages(), " are free");
   AttentionRuntime rt;
   rt.capture = true;
   if (dmc_) {
     rt.mode = AttentionRuntime::Mode::DmcEval;
     rt.dmc.init_val = c.dmc.init_val;
     rt.dmc.window = c.dmc.window;
+    rt.dmc.force_cr = o_.force_cr;
   }
   Llama& m = const_cast<Llama&>(m_);
   m.runtime = &rt;
@@ -69,40 +141,43 @@ at::Tensor Decoder::prefill(int64_t seq, const std::vector<int64_t>& prompt) {
     throw;
   }
   m.runtime = nullptr;
-  // slots needed: one per group (every token for vanilla)
-  std::vector<at::Tensor> bnd(c.num_hidden_layers);
-  int64_t need = 0;
+  const auto dev = m_.device();
+  auto lopt = at::TensorOptions().dtype(at::kLong).device(dev);
+  at::Tensor t_idx = at::arange(T, lopt);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    bnd[l] = dmc_ ? rt.boundaries[l][0].to(at::kCPU, at::kFloat) : at::zeros({T, nkv});  // [T, nkv]
-    for (int64_t g = 0; g < nkv; ++g) need += cache_.pages_for(T - (int64_t)bnd[l].select(1, g).sum().item<double>());
-  }
-  if (need > cache_.free_pages())
-    fail("kv cache exhausted: the prompt needs ", need, " pages, ", cache_.free_pages(), " are free");
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    for (int64_t g = 0; g < nkv; ++g) {
-      const int64_t r = cache_.row(l, seq, g);
-      at::Tensor kr = rt.k_rot[l][0][g], vh = rt.v_hat[l][0][g];  // [T, D]
-      // a slot per group: the group's state at its last token (the token before the next append, or T - 1)
-      int64_t group = 0;
-      for (int64_t t = 0; t < T; ++t) {
-        const bool last_of_group = t == T - 1 || bnd[l][t + 1][g].item<float>() == 0;
-        group = bnd[l][t][g].item<float>() > 0 ? group + 1 : 1;
-        if (last_of_group) cache_.try_append(r, kr[t], vh[t]);
-      }
-      if (dmc_) {
-        // decode state after the prompt: ring of the last W entries (by position mod W), sums over the last
-        // min(group, W) of them, the group length
-        group_[(l * o_.max_seqs + seq) * nkv + g] = group;
-        at::Tensor e = rt.entries[l][0].select(1, g).to(acc_.scalar_type());  // [T, 2D+1]
-        at::Tensor ring = ring_[l][seq][g], acc = acc_[l][seq][g];
-        ring.zero_();
-        for (int64_t t = std::max<int64_t>(0, T - W); t < T; ++t) ring[t % W].copy_(e[t]);
-        acc.copy_(e.narrow(0, T - std::min(group, W), std::min(group, W)).sum(0));
-      }
+    at::Tensor rows = cache_rows(cache_, l, at::full({1}, seq, lopt)).flatten();  // [nkv]
+    at::Tensor kr = rt.k_rot[l][0], vh = rt.v_hat[l][0];                          // [nkv, T, D]
+    if (!dmc_) {
+      cache_.write_rows(rows, kr, vh, at::full({nkv}, T, lopt));
+      continue;
     }
+    // one slot per group: the group's state at its last token (the token before the next append, or T - 1)
+    at::Tensor b = rt.boundaries[l][0].to(at::kBool).t();  // [nkv, T]: merge into the previous token
+    at::Tensor ends = at::cat({~b.narrow(1, 1, T - 1), at::ones({nkv, 1}, b.options())}, 1);  // [nkv, T]
+    at::Tensor counts = ends.sum(1);                                                          // [nkv]
+    at::Tensor slot = at::cumsum(ends.to(at::kLong), 1) - 1;                                  // [nkv, T]
+    at::Tensor src = (at::arange(nkv, lopt).unsqueeze(1) * T + t_idx.unsqueeze(0)).masked_select(ends);
+    at::Tensor dst = (at::arange(nkv, lopt).unsqueeze(1) * T + slot).masked_select(ends);
+    at::Tensor pk = at::zeros({nkv * T, D}, kr.options()), pv = at::zeros({nkv * T, D}, vh.options());
+    pk.index_copy_(0, dst, kr.reshape({nkv * T, D}).index_select(0, src));
+    pv.index_copy_(0, dst, vh.reshape({nkv * T, D}).index_select(0, src));
+    cache_.write_rows(rows, pk.view({nkv, T, D}), pv.view({nkv, T, D}), counts);
+    // decode state after the prompt: group length, ring of the last W entries (by position mod W), sums over the
+    // last min(group, W) of them
+    at::Tensor e = rt.entries[l][0].to(at::kFloat).transpose(0, 1);  // [nkv, T, X]
+    at::Tensor last_append = (t_idx.unsqueeze(0) * (~b).to(at::kLong)).amax(1);  // [nkv]
+    at::Tensor group = T - last_append;
+    st_.group.index_copy_(0, rows, group.to(at::kInt));
+    at::Tensor inwin = t_idx.unsqueeze(0) >= (T - at::minimum(group, at::full_like(group, W))).unsqueeze(1);
+    st_.acc.index_copy_(0, rows, (e * inwin.unsqueeze(-1)).sum(1));
+    at::Tensor ring = st_.ring.view({-1, X});
+    st_.ring.index_fill_(0, rows, 0.0);
+    const int64_t t0 = std::max<int64_t>(0, T - W);
+    at::Tensor ts = at::arange(t0, T, lopt);
+    at::Tensor ridx = (rows.unsqueeze(1) * W + (ts % W).unsqueeze(0)).flatten();
+    ring.index_copy_(0, ridx, e.narrow(1, t0, T - t0).reshape({-1, X}));
   }
   pos_[seq] = T;
-  (void)D;
   return at::linear(h[0][T - 1], m_.lm_head);
 }
 
@@ -110,91 +185,57 @@ at::Tensor Decoder::step(const std::vector<int64_t>& seqs, const std::vector<int
                          const std::vector<bool>& doc_start) {
   at::NoGradGuard ng;
   const auto& c = m_.config;
-  const int64_t n = (int64_t)seqs.size(), nh = c.num_attention_heads, nkv = c.num_key_value_heads, D = c.head_dim,
-                G = nh / nkv, W = std::max<int64_t>(1, c.dmc.window);
+  const int64_t n = (int64_t)seqs.size(), nh = c.num_attention_heads, D = c.head_dim;
+  DMC_CHECK(n >= 1, "decoder: a step needs at least one sequence");
   DMC_CHECK((int64_t)ids.size() == n, "decoder: ", ids.size(), " ids for ", n, " sequences");
+  DMC_CHECK(doc_start.empty() || (int64_t)doc_start.size() == n, "decoder: doc_start needs ", n, " entries");
   for (int64_t id : ids) DMC_CHECK(id >= 0 && id < c.vocab_size, "decoder: token id ", id, " out of range [0, ", c.vocab_size, ")");
-  for (int64_t s : seqs) {
+  std::vector<bool> seen(o_.max_seqs, false);
+  int64_t max_len = 1;
+  std::vector<int64_t> pos(n), forced(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t s = seqs[i];
     DMC_CHECK(s >= 0 && s < o_.max_seqs, "decoder: sequence ", s, " out of range");
+    DMC_CHECK(!seen[s], "decoder: sequence ", s, " listed twice in one step");
+    seen[s] = true;
     DMC_CHECK(pos_[s] < c.max_position_embeddings, "decoder: sequence ", s, " reached max_position_embeddings (",
               c.max_position_embeddings, ")");
+    pos[i] = pos_[s];
+    forced[i] = pos_[s] == 0 || (!doc_start.empty() && doc_start[i]);
+    max_len = std::max(max_len, pos_[s] + 1);
   }
-  // Worst case every head appends: refuse up front so that no sequence is left half-updated.
-  int64_t need = 0;
-  for (int64_t s : seqs)
-    for (int64_t l = 0; l < c.num_hidden_layers; ++l)
-      for (int64_t h = 0; h < nkv; ++h) need += cache_.length(cache_.row(l, s, h)) % o_.page_size == 0;
-  if (need > cache_.free_pages())
-    fail("kv cache exhausted: this step may need ", need, " pages, ", cache_.free_pages(), " are free");
+  if (o_.budget > 0 && !(policy_ == "vanilla" || policy_ == "dmc")) max_len = std::min(max_len, o_.budget + 1);
+  // worst case every row crosses a page: refuse up front so that no sequence is left half-updated
+  auto [need, free] = step_need(seqs);
+  if (need > free) fail("kv cache exhausted: this step may need ", need, " pages, ", free, " are free");
 
   const auto dev = m_.device();
-  at::Tensor pos = at::empty({n}, at::kLong);
-  for (int64_t i = 0; i < n; ++i) pos[i] = pos_[seqs[i]];
-  auto [cos, sin] = rope_cos_sin(m_.inv_freq, pos.to(dev));  // [n, D]
+  at::Tensor seq_t = at::tensor(seqs, at::kLong).to(dev), pos_t = at::tensor(pos, at::kLong).to(dev);
+  at::Tensor forced_t = at::tensor(forced, at::kLong).to(dev).to(at::kBool);
   at::Tensor x = at::embedding(m_.embed, at::tensor(ids, at::kLong).to(dev));  // [n, H]
   const double scale = 1.0 / std::sqrt((double)D);
-  const auto acc_t = acc_.scalar_type();
+  DecodeUpdateParams p;
+  p.n_heads = nh;
+  p.n_kv_heads = c.num_key_value_heads;
+  p.head_dim = D;
+  p.dmc = dmc_;
+  p.init_val = c.dmc.init_val;
+  p.window = c.dmc.window;
+  p.force_cr = o_.force_cr;
+  const bool evicting = slot_pos_.defined();
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const auto& L = m_.layers[l];
+    p.layer = l;
     at::Tensor qkv = at::linear(rms_norm(x, L.attn_norm, c.rms_norm_eps), L.wqkv);
-    at::Tensor q = qkv.narrow(-1, 0, nh * D).view({n, nh, D});
-    at::Tensor k = qkv.narrow(-1, nh * D, nkv * D).view({n, nkv, D});
-    at::Tensor v = qkv.narrow(-1, (nh + nkv) * D, nkv * D).view({n, nkv, D});
-    at::Tensor qr, k_out, v_out, alpha;
-    if (dmc_) {
-      // rotate each token's q at its position: [n, nh, D] as [n, nh, 1, D] with per-token tables
-      qr = rope_drop_last(q.unsqueeze(2), cos.unsqueeze(1).unsqueeze(1), sin.unsqueeze(1).unsqueeze(1)).squeeze(2);
-      // the same decision and weight functions as the parallel path, on a length-1 sequence
-      at::Tensor a = dmc_decision_logits(k, c.dmc.init_val);                    // [n, nkv]
-      alpha = (at::sigmoid(a) > 0.5).to(acc_t);
-      at::Tensor w = dmc_importance(q.unsqueeze(1), nkv, c.dmc.init_val).squeeze(1).to(acc_t);  // [n, nkv]
-      at::Tensor entry = at::cat({w.unsqueeze(-1) * at::cat({k, v}, -1).to(acc_t), w.unsqueeze(-1)}, -1);  // [n, nkv, X]
-      std::vector<at::Tensor> kos, vos;
-      for (int64_t i = 0; i < n; ++i) {
-        const int64_t s = seqs[i], t = pos_[s];
-        const bool forced = t == 0 || (!doc_start.empty() && doc_start[i]);
-        if (forced) alpha[i].zero_();
-        at::Tensor acc = acc_[l][s], ring = ring_[l][s];  // [nkv, X], [nkv, W, X]
-        at::Tensor al = alpha[i];                         // [nkv]
-        at::Tensor slot = ring.select(1, t % W);          // [nkv, X] entry written W tokens ago
-        at::Tensor over = at::zeros({nkv}, al.options());
-        for (int64_t h = 0; h < nkv; ++h) {
-          int64_t& g = group_[(l * o_.max_seqs + s) * nkv + h];
-          g = (al[h].item<double>() > 0 ? g : 0) + 1;
-          over[h] = g > W ? 1.0 : 0.0;
-        }
-        acc.copy_(al.unsqueeze(-1) * acc - over.unsqueeze(-1) * slot + entry[i]);
-        slot.copy_(entry[i]);
-        kos.push_back(acc.narrow(-1, 0, D) / acc.narrow(-1, 2 * D, 1));
-        vos.push_back(acc.narrow(-1, D, D) / acc.narrow(-1, 2 * D, 1));
-      }
-      at::Tensor kraw = at::stack(kos).to(m_.dtype());  // [n, nkv, D]
-      v_out = at::stack(vos).to(m_.dtype());
-      k_out = rope_drop_last(kraw.unsqueeze(2), cos.unsqueeze(1).unsqueeze(1), sin.unsqueeze(1).unsqueeze(1)).squeeze(2);
+    at::Tensor qr = decode_update(qkv, seq_t, pos_t, forced_t, cos_, sin_, p, st_, cache_, kernels_);
+    at::Tensor o;
+    if (evicting) {
+      at::Tensor probs;
+      o = paged_attention_ref(qr, cache_, l, seq_t, max_len, scale, &probs);
+      evict(l, seq_t, pos_t, probs);
     } else {
-      qr = apply_rope(q.unsqueeze(2), cos.unsqueeze(1).unsqueeze(1), sin.unsqueeze(1).unsqueeze(1)).squeeze(2);
-      k_out = apply_rope(k.unsqueeze(2), cos.unsqueeze(1).unsqueeze(1), sin.unsqueeze(1).unsqueeze(1)).squeeze(2);
-      v_out = v;
-      alpha = at::zeros({n, nkv}, acc_.options());
+      o = paged_attention(qr, cache_, l, seq_t, max_len, scale, kernels_);
     }
-    // cache update: merge overwrites the last slot, append opens one
-    at::Tensor al_cpu = alpha.to(at::kCPU);
-    std::vector<int64_t> rows;
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t h = 0; h < nkv; ++h) {
-        const int64_t r = cache_.row(l, seqs[i], h);
-        rows.push_back(r);
-        if (al_cpu[i][h].item<double>() > 0) cache_.overwrite_last(r, k_out[i][h], v_out[i][h]);
-        else if (!cache_.try_append(r, k_out[i][h], v_out[i][h])) fail("kv cache exhausted");
-      }
-    // attention of each query head over its KV head's slots
-    auto [kc, vc, lens] = cache_.gather(rows);  // [n * nkv, S, D]
-    const int64_t S = kc.size(1);
-    at::Tensor qg = qr.reshape({n * nkv, G, D});
-    at::Tensor sc = at::matmul(qg.to(acc_t), kc.transpose(1, 2).to(acc_t)) * scale;  // [n nkv, G, S]
-    at::Tensor valid = at::arange(S, at::kLong).unsqueeze(0) < lens.unsqueeze(1);      // [n nkv, S]
-    sc = sc.masked_fill(~valid.to(dev).unsqueeze(1), -std::numeric_limits<double>::infinity());
-    at::Tensor o = at::matmul(at::softmax(sc, -1), vc.to(acc_t)).to(m_.dtype());      // [n nkv, G, D]
     x = x + at::linear(o.reshape({n, nh * D}), L.wo);
     const int64_t F = c.intermediate_size;
     at::Tensor gu = at::linear(rms_norm(x, L.mlp_norm, c.rms_norm_eps), L.w_gate_up);
@@ -202,6 +243,64 @@ at::Tensor Decoder::step(const std::vector<int64_t>& seqs, const std::vector<int
   }
   for (int64_t s : seqs) ++pos_[s];
   return at::linear(rms_norm(x, m_.norm, c.rms_norm_eps), m_.lm_head);
+}
+
+void Decoder::evict(int64_t layer, const at::Tensor& seq_t, const at::Tensor& pos_t, const at::Tensor& probs) {
+  // probs [n, nkv, G, S]; the step has just appended its token at slot len - 1 of every row
+  const int64_t n = probs.size(0), nkv = probs.size(1), S = probs.size(3), D = m_.config.head_dim,
+                P = o_.page_size, B = o_.budget, cap = B + 1;
+  at::Tensor rows = cache_rows(cache_, layer, seq_t).flatten();              // [n nkv]
+  at::Tensor len = cache_.lengths.index_select(0, rows).to(at::kLong);       // [n nkv]
+  at::Tensor w = probs.mean(2).reshape({n * nkv, S});                        // [n nkv, S]
+  if (S < cap) w = at::constant_pad_nd(w, {0, cap - S}, 0);
+  w = w.narrow(1, 0, cap);
+  at::Tensor spos = slot_pos_.index_select(0, rows);                         // [n nkv, cap]
+  at::Tensor sscore = slot_score_.index_select(0, rows);
+  at::Tensor last = len - 1;
+  at::Tensor posr = pos_t.unsqueeze(1).expand({n, nkv}).reshape({-1});
+  // the new token's metadata at its slot
+  at::Tensor col = at::arange(cap, rows.options()).unsqueeze(0);
+  at::Tensor is_new = col == last.unsqueeze(1);
+  spos = at::where(is_new, posr.unsqueeze(1), spos);
+  sscore = at::where(is_new, at::zeros_like(sscore), sscore);
+  at::Tensor valid = col < len.unsqueeze(1);
+  sscore = sscore + w * valid;
+  const double inf = std::numeric_limits<double>::infinity();
+  at::Tensor key;
+  if (policy_ == "tova") key = w.clone();
+  else if (policy_ == "h2o") key = at::where(spos > posr.unsqueeze(1) - B / 2, at::full_like(sscore, inf), sscore);
+  else key = at::where(spos < o_.sinks, at::full_like(sscore, inf), spos.to(at::kFloat));
+  key = key.masked_fill(~valid, inf);
+  at::Tensor j = key.argmin(1);                                              // [n nkv]
+  at::Tensor ev = len > B;
+  // move the last slot into the evicted one (a no-op when the newest is evicted, or no eviction)
+  at::Tensor dst = at::where(ev, j, last);
+  at::Tensor flat_src = cache_.slot_index(rows, cap).gather(1, last.clamp_min(0).unsqueeze(1)).squeeze(1);
+  at::Tensor flat_dst = cache_.slot_index(rows, cap).gather(1, dst.clamp_min(0).unsqueeze(1)).squeeze(1);
+  at::Tensor kp = cache_.k_pages.view({-1, D}), vp = cache_.v_pages.view({-1, D});
+  kp.index_copy_(0, flat_dst, kp.index_select(0, flat_src));
+  vp.index_copy_(0, flat_dst, vp.index_select(0, flat_src));
+  auto move = [&](at::Tensor t) {
+    at::Tensor moved = t.gather(1, last.clamp_min(0).unsqueeze(1));
+    at::Tensor out = t.scatter(1, dst.clamp_min(0).unsqueeze(1), moved);
+    return at::where(ev.unsqueeze(1), out, t);
+  };
+  spos = move(spos);
+  sscore = move(sscore);
+  slot_pos_.index_copy_(0, rows, spos);
+  slot_score_.index_copy_(0, rows, sscore);
+  // a row that shrinks back onto a page boundary gives its last page back to the pool
+  at::Tensor drop = ev & (last % P == 0);
+  at::Tensor pages = cache_.table.index_select(0, rows).gather(1, last.div(P, "floor").clamp_max(cache_.max_pages_per_row() - 1).unsqueeze(1)).squeeze(1);
+  at::Tensor dl = drop.to(at::kLong);
+  at::Tensor top = cache_.alloc.narrow(0, 0, 1).to(at::kLong);
+  at::Tensor at_ = top + at::cumsum(dl, 0) - 1;  // stack slots for the dropped pages
+  at::Tensor fl = cache_.free_list;
+  at::Tensor tgt = at::where(drop, at_, at::zeros_like(at_)).clamp(0, fl.numel() - 1);
+  // write only where dropped: read-modify-write through where
+  fl.index_copy_(0, tgt.masked_select(drop), pages.masked_select(drop));
+  cache_.alloc.narrow(0, 0, 1).add_(dl.sum().to(at::kInt));
+  cache_.lengths.index_copy_(0, rows, (len - ev.to(at::kLong)).to(at::kInt));
 }
 
 }  // namespace dmc

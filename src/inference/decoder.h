@@ -1,21 +1,35 @@
-// Token-by-token decoding through the paged cache, vanilla or DMC (dmc-spec section 5 with section 9's fixes:
-// the window W from the config, fp32 running sums, GQA). This is the plain reference path: host loops over
-// sequences, ATen ops per layer; the parallel eval-mode forward must agree with it.
+// The decode engine: token-by-token decoding of many sequences through the paged cache, vanilla or DMC
+// (dmc-spec section 5 with section 9's fixes: the window W from the config, fp32 running sums, GQA), plus the
+// training-free eviction baselines (TOVA, H2O, sliding window with attention sinks) in the same cache.
 //
-// Per (layer, sequence, KV head) DMC state: acc [2D + 1] fp32 = running sums of (w k, w v, w) over the current
-// group's last <= W tokens; ring [W, 2D + 1] of the weighted entries, indexed by position mod W; group length g.
-// For a token at position t: alpha = 0 at t = 0 or a document start, else sigmoid(k[D-1] - c) > 0.5;
-// omega = sigmoid(mean of the group's q[D-1] + c) + eps; g = alpha g + 1; acc = alpha acc + entry, minus the ring
-// entry written W tokens ago when g > W; the slot holds (acc_k / acc_w rotated at t with dim D-1 dropped,
-// acc_v / acc_w): a merge overwrites the head's last slot, an append opens one.
+// A step runs its per-layer work as batched device operations (inference/decode_ops.h): the fused DMC state
+// update + cache write, and the paged attention; on CUDA these are the kernels, elsewhere the ATen reference.
+// The host only builds the step's small index tensors and checks, with one read-back per step, that the pool
+// can take the worst case (every row crossing a page), so a step never fails half-way.
 //
-//   Decoder dec(model, {.max_seqs = 4, .page_size = 16, .n_pages = 1024});
-//   at::Tensor logits = dec.step({0, 1}, {id0, id1});   // [2, vocab]
+// Per (layer, sequence, KV head) DMC state: see DmcState. For a token at position t: alpha = 0 at t = 0 or a
+// document start, else sigmoid(k[D-1] - c) > 0.5; omega = sigmoid(mean of the group's q[D-1] + c) + eps;
+// g = alpha g + 1; acc = alpha acc + entry, minus the ring entry written W tokens ago when g > W; the slot holds
+// (acc_k / acc_w rotated at t with dim D-1 dropped, acc_v / acc_w): a merge overwrites the head's last slot, an
+// append opens one.
+//
+// Baselines (policy tova | h2o | window; the model's own DMC decisions are not used): every token is appended;
+// once a head holds budget + 1 slots one slot is evicted after the step's attention: TOVA the slot with the
+// lowest attention weight of the current query (mean over the group's query heads), H2O the lowest accumulated
+// weight outside the most recent budget/2 slots, window the oldest slot that is not one of the first `sinks`
+// positions. They use the reference attention (which yields the weights); their speed is not a target.
+//
+//   Decoder dec(model, opts);                        // opts.max_seqs = 4, opts.page_size = 16, ...
+//   at::Tensor l0 = dec.prefill(0, prompt);          // [vocab]
+//   at::Tensor logits = dec.step({0, 1}, {id0, id1}); // [2, vocab]
+//   dec.free(0);
 #pragma once
 #include <torch/types.h>
 
+#include <string>
 #include <vector>
 
+#include "inference/decode_ops.h"
 #include "inference/paged_cache.h"
 #include "model/llama.h"
 
@@ -24,34 +38,62 @@ namespace dmc {
 struct DecoderOptions {
   int64_t max_seqs = 1;
   int64_t page_size = 16;
-  int64_t n_pages = 0;  // 0 = enough for max_seqs x max_position_embeddings without compression
+  int64_t n_pages = 0;                 // 0: from memory_budget_bytes, or else room for max_seqs full sequences
+  int64_t memory_budget_bytes = 0;     // pages only (the DMC state and tables are on top; see state_bytes())
+  // vanilla | dmc | tova | h2o | window; "auto" = dmc for a DMC model, else vanilla
+  std::string policy = "auto";
+  int64_t budget = 0;                  // tova / h2o / window: slots per (layer, sequence, head)
+  int64_t sinks = 4;                   // window: first positions never evicted
+  int64_t force_cr = 0;                // dmc: benchmark-only decision policy (see DecodeUpdateParams)
+  bool use_kernels = true;             // CUDA kernels when the model is on a GPU (else the reference ops)
 };
 
 class Decoder {
  public:
   Decoder(const Llama& model, const DecoderOptions& o);
   // One token for each listed sequence (each at its own next position). doc_start[i] forces an append.
-  // Returns logits [n, vocab]. dmc::Error when the pool is exhausted (the sequences' state is unchanged then).
+  // Returns logits [n, vocab]. dmc::Error when the pool may not suffice (the sequences' state is unchanged then).
   at::Tensor step(const std::vector<int64_t>& seqs, const std::vector<int64_t>& ids,
                   const std::vector<bool>& doc_start = {});
   // Parallel prefill: the whole prompt in one eval-mode forward, then the cache built from its hard decisions
   // (each group's last merged key/value) and the DMC state (sums, ring, group length) set as if the prompt had
   // been decoded token by token. Returns the logits of the last prompt token [vocab]. The sequence must be empty.
+  // Eviction baselines prefill token by token.
   at::Tensor prefill(int64_t seq, const std::vector<int64_t>& prompt);
   void free(int64_t seq);
   int64_t position(int64_t seq) const { return pos_[seq]; }
+  // Slots of one (layer, sequence, KV head) (syncs).
   int64_t slots(int64_t layer, int64_t seq, int64_t head) const { return cache_.length(cache_.row(layer, seq, head)); }
+  // Slots per [layer, kv head] of one sequence (one read-back).
+  at::Tensor slot_counts(int64_t seq) const;
+  // Pages the next step of these sequences may need at most, and whether the pool has them (one read-back).
+  bool can_step(const std::vector<int64_t>& seqs) const;
+  // {pages the next step of these sequences may need, free pages} (one read-back; {0, free} for no sequences).
+  std::pair<int64_t, int64_t> step_need(const std::vector<int64_t>& seqs) const;
+  // Pages a new sequence's prompt (and its first decode step) needs at most (vanilla count: DMC merges only lower it).
+  int64_t pages_for_prompt(int64_t prompt_len) const;
   const PagedKVCache& cache() const { return cache_; }
+  PagedKVCache& cache() { return cache_; }
+  const std::string& policy() const { return policy_; }
+  // Device bytes of the per-row state besides the pages (DMC sums and ring, tables, baseline slot metadata).
+  int64_t state_bytes() const;
+  bool using_kernels() const { return kernels_; }
 
  private:
+  void evict(int64_t layer, const at::Tensor& seq_t, const at::Tensor& pos_t, const at::Tensor& probs);
+
   const Llama& m_;
   DecoderOptions o_;
-  bool dmc_;
+  std::string policy_;
+  bool dmc_, kernels_;
   PagedKVCache cache_;
+  DmcState st_;
+  at::Tensor cos_, sin_;           // [max_pos, D] fp32
+  at::Tensor slot_pos_, slot_score_;  // baselines: [R, budget + 1] int64 position / fp32 accumulated weight
   std::vector<int64_t> pos_;
-  at::Tensor acc_;                   // [L, S, nkv, 2D+1] fp32
-  at::Tensor ring_;                  // [L, S, nkv, W, 2D+1] fp32
-  std::vector<int64_t> group_;       // [L * S * nkv]
 };
+
+// Model rows of the KV cache and how many pages the pool gets when DecoderOptions leaves it open.
+PagedCacheOptions decoder_cache_options(const Llama& m, const DecoderOptions& o);
 
 }  // namespace dmc

@@ -1,9 +1,10 @@
 #include "inference/generate.h"
 
+#include <algorithm>
 #include <chrono>
+#include <deque>
 
 #include "common/error.h"
-#include "inference/decoder.h"
 
 #ifdef DMC_WITH_CUDA
 #include <torch/cuda.h>
@@ -11,115 +12,131 @@
 
 namespace dmc {
 
-static void sync(const at::Device& d) {
+namespace {
+void sync(const at::Device& d) {
+#ifdef DMC_WITH_CUDA
   if (d.is_cuda()) torch::cuda::synchronize(d.index());
+#else
+  (void)d;
+#endif
 }
+double since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+}  // namespace
 
 GenerateResult generate(const Llama& model, const std::vector<std::vector<int64_t>>& prompts,
                         const GenerateOptions& opts, const std::function<void(int64_t, int64_t)>& on_token) {
   DMC_CHECK(!prompts.empty(), "generate: no prompts");
-  const int64_t B = (int64_t)prompts.size(), P = (int64_t)prompts[0].size();
-  DMC_CHECK(P > 0, "generate: empty prompt");
-  for (const auto& p : prompts) DMC_CHECK((int64_t)p.size() == P, "generate: prompts of one batch must have equal length");
   const auto& c = model.config;
-  for (const auto& p : prompts)
+  const int64_t N = (int64_t)prompts.size();
+  for (const auto& p : prompts) {
+    DMC_CHECK(!p.empty(), "generate: empty prompt");
     for (int64_t id : p)
       DMC_CHECK(id >= 0 && id < c.vocab_size, "generate: token id ", id, " out of range [0, ", c.vocab_size, ")");
-  const int64_t total = P + opts.max_new_tokens;
-  DMC_CHECK(total <= c.max_position_embeddings, "generate: prompt (", P, ") + max_new_tokens (", opts.max_new_tokens,
-            ") exceeds max_position_embeddings (", c.max_position_embeddings, ")");
-  const at::Device dev = model.device();
-  at::NoGradGuard ng;
-  if (c.dmc.enabled) {
-    // DMC models decode through the paged cache; the prompt goes in one parallel (eval-mode) prefill per sequence
-    DecoderOptions dopt;
-    dopt.max_seqs = B;
-    dopt.n_pages = c.num_hidden_layers * B * c.num_key_value_heads * ((total + dopt.page_size - 1) / dopt.page_size);
-    Decoder dec(model, dopt);
-    Sampler sampler(opts.sampling);
-    GenerateResult res;
-    res.tokens.assign(B, {});
-    std::vector<int64_t> seqs(B);
-    for (int64_t b = 0; b < B; ++b) seqs[b] = b;
-    auto t0 = std::chrono::steady_clock::now();
-    std::vector<at::Tensor> first;
-    for (int64_t b = 0; b < B; ++b) first.push_back(dec.prefill(b, prompts[b]));
-    at::Tensor logits = at::stack(first);
-    auto t1 = std::chrono::steady_clock::now();
-    res.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
-    std::vector<bool> done(B, false);
-    for (int64_t s = 0; s < opts.max_new_tokens; ++s) {
-      at::Tensor next = sampler.sample(logits).to(at::kCPU);
-      std::vector<int64_t> ids(B);
-      bool all = true;
-      for (int64_t b = 0; b < B; ++b) {
-        ids[b] = next[b].item<int64_t>();
-        if (!done[b]) {
-          res.tokens[b].push_back(ids[b]);
-          if (on_token) on_token(b, ids[b]);
-          if (opts.stop_at_eos &&
-              std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), ids[b]) != c.eos_token_ids.end())
-            done[b] = true;
-        }
-        all = all && done[b];
-      }
-      if ((opts.stop_at_eos && all) || s + 1 == opts.max_new_tokens) break;
-      logits = dec.step(seqs, ids);
-      ++res.decode_steps;
-    }
-    res.decode_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
-    return res;
+    DMC_CHECK((int64_t)p.size() + opts.max_new_tokens <= c.max_position_embeddings, "generate: prompt (", p.size(),
+              ") + max_new_tokens (", opts.max_new_tokens, ") exceeds max_position_embeddings (",
+              c.max_position_embeddings, ")");
   }
-  KVCache cache = KVCache::create(c, B, total, model.dtype(), dev);
-  std::vector<int64_t> flat;
-  for (const auto& p : prompts) flat.insert(flat.end(), p.begin(), p.end());
-  at::Tensor ids = at::tensor(flat, at::kLong).view({B, P}).to(dev);
-  Sampler sampler(opts.sampling);
   GenerateResult res;
-  res.tokens.assign(B, {});
+  res.tokens.assign(N, {});
   if (opts.max_new_tokens <= 0) return res;
-
-  auto t0 = std::chrono::steady_clock::now();
-  at::Tensor logits = model.forward(ids, &cache).select(1, P - 1);  // [B, V]
-  at::Tensor next = sampler.sample(logits);                         // [B]
-  sync(dev);
-  auto t1 = std::chrono::steady_clock::now();
-  res.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
-
-  std::vector<at::Tensor> produced{next};
-  std::vector<bool> done(B, false);
-  auto emit = [&](const at::Tensor& tok) -> bool {  // returns true when all sequences are done
-    if (!on_token && !opts.stop_at_eos) return false;
-    at::Tensor cpu = tok.to(at::kCPU);
-    bool all = true;
-    for (int64_t b = 0; b < B; ++b) {
-      if (done[b]) continue;
-      const int64_t id = cpu[b].item<int64_t>();
-      if (on_token) on_token(b, id);
-      if (opts.stop_at_eos && std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), id) != c.eos_token_ids.end())
-        done[b] = true;
-      all = all && done[b];
-    }
-    return opts.stop_at_eos && all;
-  };
-  bool finished = emit(next);
-  for (int64_t s = 1; s < opts.max_new_tokens && !finished; ++s) {
-    logits = model.forward(next.view({B, 1}), &cache).select(1, 0);
-    next = sampler.sample(logits);
-    produced.push_back(next);
-    ++res.decode_steps;
-    finished = emit(next);
+  const int64_t B = opts.max_batch > 0 ? std::min(opts.max_batch, N) : N;
+  DecoderOptions dopt = opts.cache;
+  dopt.max_seqs = B;
+  if (dopt.n_pages <= 0 && dopt.memory_budget_bytes <= 0) {
+    int64_t longest = 0;
+    for (const auto& p : prompts) longest = std::max<int64_t>(longest, (int64_t)p.size());
+    const int64_t per_row = (longest + opts.max_new_tokens + 1 + dopt.page_size - 1) / dopt.page_size;
+    dopt.n_pages = c.num_hidden_layers * B * c.num_key_value_heads * per_row;
   }
-  sync(dev);
-  res.decode_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
-  at::Tensor all = at::stack(produced, 1).to(at::kCPU);  // [B, steps]
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t s = 0; s < all.size(1); ++s) {
-      const int64_t id = all[b][s].item<int64_t>();
-      res.tokens[b].push_back(id);
-      if (opts.stop_at_eos && std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), id) != c.eos_token_ids.end())
+  Decoder dec(model, dopt);
+  Sampler sampler(opts.sampling);
+  at::NoGradGuard ng;
+
+  struct Active {
+    int64_t req, slot, next;  // request, cache sequence slot, token to feed next
+  };
+  std::deque<int64_t> queue;
+  for (int64_t i = 0; i < N; ++i) queue.push_back(i);
+  std::vector<Active> active;
+  std::vector<int64_t> free_slots;
+  for (int64_t s = B - 1; s >= 0; --s) free_slots.push_back(s);
+  auto is_eos = [&](int64_t id) {
+    return std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), id) != c.eos_token_ids.end();
+  };
+  // records a produced token; true when the request is finished
+  auto emit = [&](int64_t req, int64_t id) {
+    res.tokens[req].push_back(id);
+    if (on_token) on_token(req, id);
+    return (opts.stop_at_eos && is_eos(id)) || (int64_t)res.tokens[req].size() >= opts.max_new_tokens;
+  };
+  const at::Device dev = model.device();
+  while (!queue.empty() || !active.empty()) {
+    // admit: one prefill per joining request (its prompt plus whatever it produced before a preemption)
+    while (!queue.empty() && !free_slots.empty()) {
+      const int64_t req = queue.front();
+      std::vector<int64_t> ctx = prompts[req];
+      ctx.insert(ctx.end(), res.tokens[req].begin(), res.tokens[req].end());
+      // the prompt and its first step, with the next step of the running sequences kept free
+      std::vector<int64_t> running;
+      for (const auto& a : active) running.push_back(a.slot);
+      auto [reserve, free_pages] = dec.step_need(running);
+      if (dec.pages_for_prompt((int64_t)ctx.size()) + reserve > free_pages) {
+        DMC_CHECK(!active.empty(), "generate: the kv cache (", dec.cache().n_pages(),
+                  " pages) cannot hold one prompt of ", ctx.size(), " tokens; raise the memory budget");
         break;
+      }
+      queue.pop_front();
+      const int64_t slot = free_slots.back();
+      free_slots.pop_back();
+      auto t0 = std::chrono::steady_clock::now();
+      at::Tensor logits = dec.prefill(slot, ctx).unsqueeze(0);
+      const int64_t id = sampler.sample(logits).to(at::kCPU)[0].item<int64_t>();
+      res.prefill_seconds += since(t0);
+      if (emit(req, id)) {
+        dec.free(slot);
+        free_slots.push_back(slot);
+      } else {
+        active.push_back({req, slot, id});
+      }
     }
+    if (active.empty()) continue;
+    std::vector<int64_t> seqs, ids;
+    for (const auto& a : active) {
+      seqs.push_back(a.slot);
+      ids.push_back(a.next);
+    }
+    if (!dec.can_step(seqs)) {
+      // preempt the newest sequence: free its pages, requeue it at the front
+      DMC_CHECK(active.size() > 1, "generate: the kv cache cannot take one more step of a single sequence; raise the memory budget");
+      const Active victim = active.back();
+      active.pop_back();
+      dec.free(victim.slot);
+      free_slots.push_back(victim.slot);
+      queue.push_front(victim.req);
+      ++res.preemptions;
+      continue;
+    }
+    auto t0 = std::chrono::steady_clock::now();
+    at::Tensor logits = dec.step(seqs, ids);
+    at::Tensor next = sampler.sample(logits).to(at::kCPU);
+    sync(dev);
+    res.decode_seconds += since(t0);
+    ++res.decode_steps;
+    res.decoded_tokens += (int64_t)active.size();
+    res.max_active = std::max<int64_t>(res.max_active, (int64_t)active.size());
+    std::vector<Active> still;
+    for (size_t i = 0; i < active.size(); ++i) {
+      const int64_t id = next[(int64_t)i].item<int64_t>();
+      if (emit(active[i].req, id)) {
+        dec.free(active[i].slot);
+        free_slots.push_back(active[i].slot);
+      } else {
+        still.push_back({active[i].req, active[i].slot, id});
+      }
+    }
+    active.swap(still);
   }
   return res;
 }

@@ -1,10 +1,14 @@
-// Vanilla autoregressive generation with the plain contiguous KV cache: one parallel prefill of the prompts,
-// then one token per step for every sequence of the batch.
-//   prompts: equal-length token lists (a batch)      result.tokens[b]: the generated ids of sequence b
+// Autoregressive generation through the decode engine (inference/decoder.h), vanilla or DMC, with continuous
+// batching: up to max_batch sequences decode together; a request joins as soon as a sequence slot and the pages
+// for its prompt are free (its prompt goes in one parallel prefill), and leaves when it produces EOS or reaches
+// max_new_tokens. When the pool cannot take the next step, the most recently admitted sequence is preempted
+// (its pages freed) and requeued with what it generated so far, to be prefilled again later (vLLM's recompute).
+//   prompts: token lists of any lengths     result.tokens[i]: the generated ids of prompt i
 #pragma once
 #include <functional>
 #include <vector>
 
+#include "inference/decoder.h"
 #include "inference/sampler.h"
 #include "model/llama.h"
 
@@ -12,17 +16,23 @@ namespace dmc {
 
 struct GenerateOptions {
   int64_t max_new_tokens = 64;
-  bool stop_at_eos = true;  // a sequence stops after producing an EOS id; the batch stops when all have
+  bool stop_at_eos = true;  // a sequence stops after producing an EOS id
   SamplingOptions sampling;
+  int64_t max_batch = 0;    // sequences decoding together (0 = all prompts)
+  // cache: pages from memory_budget_bytes, or n_pages, or (both 0) room for every sequence uncompressed
+  DecoderOptions cache;
 };
 
 struct GenerateResult {
   std::vector<std::vector<int64_t>> tokens;
   double prefill_seconds = 0, decode_seconds = 0;
-  int64_t decode_steps = 0;  // steps after the prefill (each produces one token per sequence)
+  int64_t decode_steps = 0;      // engine steps after prefills
+  int64_t decoded_tokens = 0;    // tokens those steps produced (sum of the batch sizes)
+  int64_t preemptions = 0;
+  int64_t max_active = 0;        // the largest batch that ran
 };
 
-// on_token(b, id) is called for every new token when given (this syncs with the device every step).
+// on_token(i, id) is called for every new token of prompt i.
 GenerateResult generate(const Llama& model, const std::vector<std::vector<int64_t>>& prompts,
                         const GenerateOptions& opts,
                         const std::function<void(int64_t, int64_t)>& on_token = nullptr);

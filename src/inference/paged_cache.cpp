@@ -4,75 +4,139 @@
 
 namespace dmc {
 
+int64_t PagedKVCache::page_bytes(int64_t page_size, int64_t head_dim, at::ScalarType dtype) {
+  return 2 * page_size * head_dim * (int64_t)c10::elementSize(dtype);
+}
+
 PagedKVCache::PagedKVCache(const PagedCacheOptions& o) : o_(o) {
   DMC_CHECK(o.page_size >= 1 && o.page_size <= 256 && (o.page_size & (o.page_size - 1)) == 0,
             "page_size: expected a power of two from 1 to 256, got ", o.page_size);
-  const int64_t page_bytes = 2 * o.page_size * o.head_dim * (int64_t)c10::elementSize(o.dtype);
+  DMC_CHECK(o.n_layers >= 1 && o.max_seqs >= 1 && o.n_kv_heads >= 1 && o.head_dim >= 1,
+            "kv cache: layers, sequences, heads and head_dim must be positive");
+  DMC_CHECK(o.max_slots_per_row >= 1, "kv cache: max_slots_per_row must be positive, got ", o.max_slots_per_row);
+  const int64_t pb = page_bytes(o.page_size, o.head_dim, o.dtype);
   if (o_.n_pages <= 0) {
-    DMC_CHECK(o.memory_budget_bytes >= page_bytes, "kv cache: memory budget of ", o.memory_budget_bytes,
-              " bytes holds no page of ", page_bytes, " bytes");
-    o_.n_pages = o.memory_budget_bytes / page_bytes;
+    DMC_CHECK(o.memory_budget_bytes >= pb, "kv cache: memory budget of ", o.memory_budget_bytes,
+              " bytes holds no page of ", pb, " bytes");
+    o_.n_pages = o.memory_budget_bytes / pb;
   }
+  DMC_CHECK(o_.n_pages < (int64_t(1) << 31), "kv cache: ", o_.n_pages, " pages exceed int32 page ids");
+  max_pages_ = pages_for(o.max_slots_per_row);
   auto opt = at::TensorOptions().dtype(o.dtype).device(o.device);
-  k_pages_ = at::zeros({o_.n_pages, o.page_size, o.head_dim}, opt);
-  v_pages_ = at::zeros({o_.n_pages, o.page_size, o.head_dim}, opt);
+  auto i32 = at::TensorOptions().dtype(at::kInt).device(o.device);
+  k_pages = at::zeros({o_.n_pages, o.page_size, o.head_dim}, opt);
+  v_pages = at::zeros({o_.n_pages, o.page_size, o.head_dim}, opt);
   const int64_t rows = o.n_layers * o.max_seqs * o.n_kv_heads;
-  table_.assign(rows, {});
-  len_.assign(rows, 0);
-  for (int64_t p = o_.n_pages - 1; p >= 0; --p) free_.push_back((int32_t)p);
+  table = at::zeros({rows, max_pages_}, i32);
+  lengths = at::zeros({rows}, i32);
+  // stack: the top (last valid entry) is page 0, so pages are handed out in ascending order at first
+  free_list = at::arange(o_.n_pages - 1, -1, -1, i32);
+  alloc = at::tensor({(int32_t)o_.n_pages, 0}, at::kInt).to(o.device);
 }
 
+int64_t PagedKVCache::length(int64_t row) const { return lengths[row].item<int64_t>(); }
+int64_t PagedKVCache::free_pages() const { return alloc[0].item<int64_t>(); }
+int64_t PagedKVCache::exhaustion_count() const { return alloc[1].item<int64_t>(); }
+
 bool PagedKVCache::try_append(int64_t row, const at::Tensor& k, const at::Tensor& v) {
-  const int64_t n = len_[row];
+  const int64_t n = length(row);
+  DMC_CHECK(n < o_.max_slots_per_row, "kv cache: row ", row, " is full (", n, " slots)");
   if (n % o_.page_size == 0) {
-    if (free_.empty()) return false;
-    table_[row].push_back(free_.back());
-    free_.pop_back();
+    const int64_t top = free_pages();
+    if (top == 0) return false;
+    table[row][n / o_.page_size].copy_(free_list[top - 1]);
+    alloc[0].sub_(1);
   }
-  const int64_t page = table_[row][n / o_.page_size], off = n % o_.page_size;
-  k_pages_[page][off].copy_(k);
-  v_pages_[page][off].copy_(v);
-  len_[row] = n + 1;
+  const int64_t page = table[row][n / o_.page_size].item<int64_t>(), off = n % o_.page_size;
+  k_pages[page][off].copy_(k);
+  v_pages[page][off].copy_(v);
+  lengths[row].add_(1);
   return true;
 }
 
 void PagedKVCache::overwrite_last(int64_t row, const at::Tensor& k, const at::Tensor& v) {
-  const int64_t n = len_[row];
+  const int64_t n = length(row);
   DMC_CHECK(n > 0, "kv cache: overwrite of an empty row ", row);
-  const int64_t page = table_[row][(n - 1) / o_.page_size], off = (n - 1) % o_.page_size;
-  k_pages_[page][off].copy_(k);
-  v_pages_[page][off].copy_(v);
+  const int64_t page = table[row][(n - 1) / o_.page_size].item<int64_t>(), off = (n - 1) % o_.page_size;
+  k_pages[page][off].copy_(k);
+  v_pages[page][off].copy_(v);
 }
 
 void PagedKVCache::free_seq(int64_t seq) {
+  DMC_CHECK(seq >= 0 && seq < o_.max_seqs, "kv cache: sequence ", seq, " out of range");
+  std::vector<int64_t> rows;
   for (int64_t l = 0; l < o_.n_layers; ++l)
-    for (int64_t h = 0; h < o_.n_kv_heads; ++h) {
-      const int64_t r = row(l, seq, h);
-      for (int32_t p : table_[r]) free_.push_back(p);
-      table_[r].clear();
-      len_[r] = 0;
-    }
+    for (int64_t h = 0; h < o_.n_kv_heads; ++h) rows.push_back(row(l, seq, h));
+  free_rows(at::tensor(rows, at::kLong).to(o_.device));
+}
+
+void PagedKVCache::free_rows(const at::Tensor& rows) {
+  // pages in use per row, pushed onto the stack in row order
+  at::Tensor len = lengths.index_select(0, rows).to(at::kLong);                 // [m]
+  at::Tensor npg = (len + o_.page_size - 1).div(o_.page_size, "floor");        // [m]
+  at::Tensor used = at::arange(max_pages_, rows.options()).unsqueeze(0) < npg.unsqueeze(1);  // [m, maxp]
+  at::Tensor pages = table.index_select(0, rows).masked_select(used);           // [sum npg] (syncs)
+  const int64_t m = pages.numel();
+  if (m > 0) {
+    at::Tensor top = alloc.narrow(0, 0, 1).to(at::kLong);
+    at::Tensor dst = top + at::arange(m, rows.options());
+    free_list.index_put_({dst}, pages);
+    alloc.narrow(0, 0, 1).add_(m);
+  }
+  lengths.index_fill_(0, rows, 0);
+}
+
+void PagedKVCache::write_rows(const at::Tensor& rows, const at::Tensor& k, const at::Tensor& v,
+                              const at::Tensor& counts) {
+  const int64_t m = rows.numel(), T = k.size(1), D = o_.head_dim, P = o_.page_size;
+  auto lopt = rows.options();
+  at::Tensor cnt = counts.to(lopt);
+  at::Tensor npg = (cnt + P - 1).div(P, "floor");  // [m]
+  const int64_t total = npg.sum().item<int64_t>();
+  const int64_t top = free_pages();
+  if (total > top) fail("kv cache exhausted: ", total, " pages needed, ", top, " free");
+  DMC_CHECK(npg.max().item<int64_t>() <= max_pages_, "kv cache: a row of ", cnt.max().item<int64_t>(),
+            " slots exceeds max_slots_per_row ", o_.max_slots_per_row);
+  // the rows' pages come off the stack top in order: row i takes stack entries top-1-(start_i + j)
+  at::Tensor start = at::cumsum(npg, 0) - npg;                                       // [m]
+  at::Tensor j = at::arange(max_pages_, lopt).unsqueeze(0);                         // [1, maxp]
+  at::Tensor used = j < npg.unsqueeze(1);                                            // [m, maxp]
+  at::Tensor pos = (top - 1 - (start.unsqueeze(1) + j)).clamp_min(0);               // [m, maxp]
+  at::Tensor pages = free_list.index_select(0, pos.flatten()).view({m, max_pages_});
+  at::Tensor old = table.index_select(0, rows);
+  table.index_copy_(0, rows, at::where(used, pages, old));
+  alloc.narrow(0, 0, 1).sub_(total);
+  // slots: flat index of (row i, slot s) for s < counts[i]
+  at::Tensor s = at::arange(T, lopt).unsqueeze(0);                                   // [1, T]
+  at::Tensor valid = s < cnt.unsqueeze(1);                                           // [m, T]
+  at::Tensor flat = slot_index(rows, T);                                             // [m, T]
+  at::Tensor fv = flat.masked_select(valid);
+  at::Tensor kv = k.reshape({m * T, D}).index_select(0, valid.flatten().nonzero().squeeze(1));
+  at::Tensor vv = v.reshape({m * T, D}).index_select(0, valid.flatten().nonzero().squeeze(1));
+  k_pages.view({-1, D}).index_put_({fv}, kv.to(o_.dtype));
+  v_pages.view({-1, D}).index_put_({fv}, vv.to(o_.dtype));
+  lengths.index_copy_(0, rows, cnt.to(at::kInt));
+}
+
+at::Tensor PagedKVCache::slot_index(const at::Tensor& rows, int64_t n_slots) const {
+  const int64_t P = o_.page_size;
+  at::Tensor s = at::arange(n_slots, rows.options());                                 // [S]
+  at::Tensor pidx = s.div(P, "floor").clamp_max(max_pages_ - 1);
+  at::Tensor pages = table.index_select(0, rows).index_select(1, pidx).to(at::kLong);  // [m, S]
+  return pages * P + (s % P).unsqueeze(0);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> PagedKVCache::gather(const std::vector<int64_t>& rows) const {
-  int64_t maxlen = 1;
-  for (int64_t r : rows) maxlen = std::max(maxlen, len_[r]);
-  const int64_t R = (int64_t)rows.size();
-  // page-table lookup on the host, one index_select on the device
-  std::vector<int64_t> flat(R * maxlen, 0);
-  at::Tensor lengths = at::empty({R}, at::kLong);
-  for (int64_t i = 0; i < R; ++i) {
-    const int64_t r = rows[i];
-    lengths[i] = len_[r];
-    for (int64_t s = 0; s < len_[r]; ++s)
-      flat[i * maxlen + s] = table_[r][s / o_.page_size] * o_.page_size + s % o_.page_size;
-  }
-  at::Tensor idx = at::tensor(flat, at::kLong).to(o_.device);
-  at::Tensor k = k_pages_.view({-1, o_.head_dim}).index_select(0, idx).view({R, maxlen, o_.head_dim});
-  at::Tensor v = v_pages_.view({-1, o_.head_dim}).index_select(0, idx).view({R, maxlen, o_.head_dim});
-  return {k, v, lengths};
+  at::Tensor r = at::tensor(rows, at::kLong).to(o_.device);
+  at::Tensor len = lengths.index_select(0, r).to(at::kCPU, at::kLong);
+  const int64_t maxlen = std::max<int64_t>(1, len.max().item<int64_t>());
+  const int64_t m = (int64_t)rows.size(), D = o_.head_dim;
+  at::Tensor flat = slot_index(r, maxlen).flatten();
+  at::Tensor k = k_pages.view({-1, D}).index_select(0, flat).view({m, maxlen, D});
+  at::Tensor v = v_pages.view({-1, D}).index_select(0, flat).view({m, maxlen, D});
+  // zero the padding so that callers comparing whole tensors see only real slots
+  at::Tensor valid = (at::arange(maxlen).unsqueeze(0) < len.unsqueeze(1)).to(o_.device).unsqueeze(-1);
+  return {k * valid, v * valid, len};
 }
-
-int64_t PagedKVCache::pages_for(int64_t slots) const { return (slots + o_.page_size - 1) / o_.page_size; }
 
 }  // namespace dmc

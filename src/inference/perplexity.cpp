@@ -48,8 +48,21 @@ PplResult perplexity(const Llama& model, const std::vector<int64_t>& tokens, con
   Progress prog("eval ppl", n_windows, 5.0);
   const auto& c = model.config;
   AttentionRuntime rt;
-  const bool dmc = c.dmc.enabled;
-  if (dmc) {
+  DecoderOptions dopt;
+  dopt.max_seqs = 1;
+  dopt.n_pages = c.num_hidden_layers * c.num_key_value_heads * ((S + 1 + dopt.page_size - 1) / dopt.page_size);
+  dopt.policy = o.cache;
+  dopt.sinks = o.sinks;
+  dopt.force_cr = o.force_cr;
+  const bool evicting = o.cache == "tova" || o.cache == "h2o" || o.cache == "window";
+  if (evicting) {
+    DMC_CHECK(o.budget > 0 || o.cr > 1.0, "--cache ", o.cache, ": give --budget (slots per head) or --cr (> 1)");
+    dopt.budget = o.budget > 0 ? o.budget : (int64_t)std::ceil((double)S / o.cr);
+  }
+  DMC_CHECK(o.mode == "incremental" || o.cache == "auto" || o.cache == (c.dmc.enabled ? "dmc" : "vanilla"),
+            "--cache ", o.cache, " needs --mode incremental (the parallel forward runs the model's own attention)");
+  const bool dmc = c.dmc.enabled || evicting || o.force_cr > 0;
+  if (c.dmc.enabled) {
     rt.mode = AttentionRuntime::Mode::DmcEval;
     rt.dmc.init_val = c.dmc.init_val;
     rt.dmc.window = c.dmc.window;
@@ -60,16 +73,16 @@ PplResult perplexity(const Llama& model, const std::vector<int64_t>& tokens, con
     const Llama& m;
     ~Unset() { const_cast<Llama&>(m).runtime = nullptr; }
   } unset{model};
-  if (dmc) const_cast<Llama&>(model).runtime = &rt;
+  if (dmc) {
+    r.head_tokens.assign(c.num_hidden_layers, std::vector<double>(c.num_key_value_heads, 0.0));
+    r.head_slots = r.head_tokens;
+  }
+  if (c.dmc.enabled) const_cast<Llama&>(model).runtime = &rt;
   int64_t prev_end = 0;
   for (int64_t begin = 0; begin < L; begin += stride) {
     const int64_t end = std::min(begin + S, L);
     const int64_t first = std::max(prev_end, begin + 1);  // first scored absolute position
     if (end > first && o.mode == "incremental") {
-      DecoderOptions dopt;
-      dopt.max_seqs = 1;
-      dopt.n_pages = model.config.num_hidden_layers * model.config.num_key_value_heads *
-                     ((S + dopt.page_size - 1) / dopt.page_size);
       Decoder dec(model, dopt);
       std::vector<at::Tensor> rows;
       for (int64_t p = begin; p < end - 1; ++p) {
@@ -82,10 +95,11 @@ PplResult perplexity(const Llama& model, const std::vector<int64_t>& tokens, con
       r.tokens_scored += end - first;
       if (dmc) {
         const int64_t T = end - 1 - begin;  // tokens the decoder consumed
+        at::Tensor slots = dec.slot_counts(0);  // [layers, kv heads]
         for (int64_t l = 0; l < model.config.num_hidden_layers; ++l)
           for (int64_t g = 0; g < model.config.num_key_value_heads; ++g) {
             r.head_tokens[l][g] += (double)T;
-            r.head_slots[l][g] += (double)dec.slots(l, 0, g);
+            r.head_slots[l][g] += slots[l][g].item<double>();
           }
       }
     } else if (end > first) {

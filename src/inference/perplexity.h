@@ -17,6 +17,13 @@ struct PplOptions {
   // parallel: one forward per window (DMC models: eval mode); incremental: token by token through the paged
   // cache (inference/decoder.h), the path generation uses. Both must agree.
   std::string mode = "parallel";
+  // incremental only: the cache policy of the decode engine (auto | vanilla | dmc | tova | h2o | window) and, for
+  // the eviction baselines, the slots per head: `budget`, or else ceil(seq_len / cr)
+  std::string cache = "auto";
+  int64_t budget = 0;
+  double cr = 0;
+  int64_t sinks = 4;
+  int64_t force_cr = 0;  // dmc: benchmark-only forced decisions (random weights)
 };
 
 struct PplResult {

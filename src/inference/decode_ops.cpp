@@ -1,0 +1,166 @@
+// Reference implementations of the decode-step operations (see decode_ops.h) in plain ATen, vectorised over the
+// step's (sequence, KV head) pairs; they run on any device and are the oracle the CUDA kernels are tested against.
+#include "inference/decode_ops.h"
+
+#include <limits>
+
+#include "common/error.h"
+#include "dmc/dmc.h"
+#include "model/llama.h"
+
+namespace dmc {
+
+DmcState DmcState::create(int64_t rows, int64_t head_dim, int64_t window, at::Device device) {
+  auto f = at::TensorOptions().dtype(at::kFloat).device(device);
+  const int64_t X = 2 * head_dim + 1, W = std::max<int64_t>(1, window);
+  return {at::zeros({rows, X}, f), at::zeros({rows, W, X}, f),
+          at::zeros({rows}, at::TensorOptions().dtype(at::kInt).device(device))};
+}
+
+bool decode_kernels_available(const at::Device& device) {
+#ifdef DMC_WITH_CUDA
+  return device.is_cuda();
+#else
+  (void)device;
+  return false;
+#endif
+}
+
+at::Tensor cache_rows(const PagedKVCache& cache, int64_t layer, const at::Tensor& seq) {
+  const auto& o = cache.options();
+  at::Tensor heads = at::arange(o.n_kv_heads, seq.options().dtype(at::kLong));
+  return (layer * o.max_seqs + seq.to(at::kLong)).unsqueeze(1) * o.n_kv_heads + heads.unsqueeze(0);
+}
+
+namespace {
+void check_step(const at::Tensor& qkv, const at::Tensor& seq, const at::Tensor& pos, const at::Tensor& forced,
+                const DecodeUpdateParams& p, const PagedKVCache& cache) {
+  const int64_t n = qkv.size(0);
+  DMC_CHECK(qkv.dim() == 2 && qkv.size(1) == (p.n_heads + 2 * p.n_kv_heads) * p.head_dim,
+            "decode_update: qkv must be [n, (nh + 2 nkv) D]");
+  DMC_CHECK(seq.numel() == n && pos.numel() == n && forced.numel() == n, "decode_update: seq/pos/forced need ", n,
+            " entries");
+  DMC_CHECK(cache.options().head_dim == p.head_dim && cache.options().n_kv_heads == p.n_kv_heads,
+            "decode_update: cache shape differs from the model's");
+  DMC_CHECK(p.n_heads % p.n_kv_heads == 0, "decode_update: n_heads must be a multiple of n_kv_heads");
+}
+}  // namespace
+
+at::Tensor decode_update_ref(const at::Tensor& qkv, const at::Tensor& seq, const at::Tensor& pos,
+                             const at::Tensor& forced, const at::Tensor& cos, const at::Tensor& sin,
+                             const DecodeUpdateParams& p, DmcState& st, PagedKVCache& cache) {
+  check_step(qkv, seq, pos, forced, p, cache);
+  const int64_t n = qkv.size(0), nh = p.n_heads, nkv = p.n_kv_heads, D = p.head_dim, X = 2 * D + 1,
+                P = cache.options().page_size, maxp = cache.max_pages_per_row();
+  const auto T = qkv.scalar_type();
+  const auto lopt = seq.options().dtype(at::kLong);
+  at::Tensor posl = pos.to(at::kLong);
+  at::Tensor q = qkv.narrow(1, 0, nh * D).view({n, nh, D});
+  at::Tensor k = qkv.narrow(1, nh * D, nkv * D).view({n, nkv, D});
+  at::Tensor v = qkv.narrow(1, (nh + nkv) * D, nkv * D).view({n, nkv, D});
+  at::Tensor cc = cos.index_select(0, posl).view({n, 1, 1, D}), ss = sin.index_select(0, posl).view({n, 1, 1, D});
+  at::Tensor rows = cache_rows(cache, p.layer, seq);  // [n, nkv]
+  at::Tensor rf = rows.flatten();
+  at::Tensor q_out, kout, vout, merge;
+  if (p.dmc) {
+    const int64_t W = std::max<int64_t>(1, p.window);
+    q_out = rope_drop_last(q.unsqueeze(2), cc, ss).squeeze(2);
+    at::Tensor alpha;
+    if (p.force_cr > 0)
+      alpha = (posl.unsqueeze(1) + at::arange(nkv, lopt).unsqueeze(0)) % p.force_cr != 0;
+    else
+      alpha = at::sigmoid(dmc_decision_logits(k, p.init_val)) > 0.5;  // [n, nkv]
+    alpha = alpha & ~forced.to(at::kBool).unsqueeze(1);
+    at::Tensor w = dmc_importance(q.unsqueeze(1), nkv, p.init_val).squeeze(1).to(at::kFloat);  // [n, nkv]
+    at::Tensor entry = at::cat({w.unsqueeze(-1) * at::cat({k, v}, -1).to(at::kFloat), w.unsqueeze(-1)}, -1);
+    at::Tensor g_old = st.group.index_select(0, rf).view({n, nkv});
+    at::Tensor g = at::where(alpha, g_old + 1, at::ones_like(g_old));
+    at::Tensor over = (g > W).to(at::kFloat).unsqueeze(-1);
+    st.group.index_copy_(0, rf, g.flatten().to(at::kInt));
+    at::Tensor ring_idx = rf * W + (posl % W).unsqueeze(1).expand({n, nkv}).flatten();
+    at::Tensor ring = st.ring.view({-1, X});
+    at::Tensor old = ring.index_select(0, ring_idx).view({n, nkv, X});
+    at::Tensor accv = st.acc.index_select(0, rf).view({n, nkv, X});
+    at::Tensor acc = alpha.to(at::kFloat).unsqueeze(-1) * accv - over * old + entry;
+    st.acc.index_copy_(0, rf, acc.view({-1, X}));
+    ring.index_copy_(0, ring_idx, entry.view({-1, X}));
+    at::Tensor wsum = acc.narrow(-1, 2 * D, 1);
+    at::Tensor kraw = (acc.narrow(-1, 0, D) / wsum).to(T);
+    vout = (acc.narrow(-1, D, D) / wsum).to(T);
+    kout = rope_drop_last(kraw.unsqueeze(2), cc, ss).squeeze(2);
+    merge = alpha;
+  } else {
+    q_out = apply_rope(q.unsqueeze(2), cc, ss).squeeze(2);
+    kout = apply_rope(k.unsqueeze(2), cc, ss).squeeze(2);
+    vout = v;
+    merge = at::zeros({n, nkv}, lopt.dtype(at::kBool));
+  }
+  // cache write: merge overwrites the last slot, an append opens one (a page from the stack at a page boundary)
+  at::Tensor len = cache.lengths.index_select(0, rf).to(at::kLong).view({n, nkv});
+  merge = merge & (len > 0);
+  at::Tensor need = (~merge & (len % P == 0)).flatten();
+  at::Tensor slot = at::where(merge, len - 1, len).flatten();
+  at::Tensor needl = need.to(at::kLong);
+  at::Tensor top = cache.alloc.narrow(0, 0, 1).to(at::kLong);
+  at::Tensor total = needl.sum();
+  at::Tensor newpage = cache.free_list.index_select(0, (top - at::cumsum(needl, 0)).clamp_min(0));
+  at::Tensor table = cache.table.view({-1});
+  at::Tensor tidx = rf * maxp + slot.div(P, "floor").clamp_max(maxp - 1);
+  table.index_copy_(0, tidx, at::where(need, newpage, table.index_select(0, tidx)));
+  cache.alloc.narrow(0, 1, 1).add_((total > top).to(at::kInt));
+  cache.alloc.narrow(0, 0, 1).sub_(total.to(at::kInt));
+  cache.lengths.index_copy_(0, rf, (slot + 1).to(at::kInt));
+  at::Tensor flat = table.index_select(0, tidx).to(at::kLong) * P + slot % P;
+  cache.k_pages.view({-1, D}).index_put_({flat}, kout.reshape({-1, D}).to(cache.k_pages.scalar_type()));
+  cache.v_pages.view({-1, D}).index_put_({flat}, vout.reshape({-1, D}).to(cache.v_pages.scalar_type()));
+  return q_out.contiguous();
+}
+
+at::Tensor decode_update(const at::Tensor& qkv, const at::Tensor& seq, const at::Tensor& pos, const at::Tensor& forced,
+                         const at::Tensor& cos, const at::Tensor& sin, const DecodeUpdateParams& p, DmcState& st,
+                         PagedKVCache& cache, bool use_kernel) {
+#ifdef DMC_WITH_CUDA
+  if (use_kernel && decode_kernels_available(qkv.device())) {
+    check_step(qkv, seq, pos, forced, p, cache);
+    at::Tensor q_out = at::empty({qkv.size(0), p.n_heads, p.head_dim}, qkv.options());
+    decode_update_cuda(qkv, seq, pos, forced, cos, sin, p, st, cache, q_out);
+    return q_out;
+  }
+#endif
+  (void)use_kernel;
+  return decode_update_ref(qkv, seq, pos, forced, cos, sin, p, st, cache);
+}
+
+at::Tensor paged_attention_ref(const at::Tensor& q, const PagedKVCache& cache, int64_t layer, const at::Tensor& seq,
+                               int64_t max_len, double scale, at::Tensor* probs) {
+  const auto& o = cache.options();
+  const int64_t n = q.size(0), nh = q.size(1), D = q.size(2), nkv = o.n_kv_heads, G = nh / nkv,
+                S = std::max<int64_t>(1, max_len);
+  at::Tensor rows = cache_rows(cache, layer, seq).flatten();  // [n nkv]
+  at::Tensor flat = cache.slot_index(rows, S).flatten();
+  at::Tensor kc = cache.k_pages.view({-1, D}).index_select(0, flat).view({n * nkv, S, D});
+  at::Tensor vc = cache.v_pages.view({-1, D}).index_select(0, flat).view({n * nkv, S, D});
+  at::Tensor len = cache.lengths.index_select(0, rows).to(at::kLong);
+  const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor sc = at::matmul(q.reshape({n * nkv, G, D}).to(acc), kc.to(acc).transpose(1, 2)) * scale;  // [n nkv, G, S]
+  at::Tensor valid = at::arange(S, rows.options()).unsqueeze(0) < len.unsqueeze(1);                  // [n nkv, S]
+  sc = sc.masked_fill(~valid.unsqueeze(1), -std::numeric_limits<double>::infinity());
+  at::Tensor pr = at::softmax(sc, -1);
+  if (probs) *probs = pr.view({n, nkv, G, S});
+  return at::matmul(pr, vc.to(acc)).to(q.scalar_type()).view({n, nh, D});
+}
+
+at::Tensor paged_attention(const at::Tensor& q, const PagedKVCache& cache, int64_t layer, const at::Tensor& seq,
+                           int64_t max_len, double scale, bool use_kernel) {
+#ifdef DMC_WITH_CUDA
+  if (use_kernel && decode_kernels_available(q.device())) {
+    at::Tensor out = at::empty_like(q);
+    paged_attention_cuda(q, cache, layer, seq, max_len, scale, out);
+    return out;
+  }
+#endif
+  (void)use_kernel;
+  return paged_attention_ref(q, cache, layer, seq, max_len, scale);
+}
+
+}  // namespace dmc

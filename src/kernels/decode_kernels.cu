@@ -1,0 +1,346 @@
+// CUDA kernels of the decode step (sm_90), the fast twins of the ATen references in inference/decode_ops.cpp:
+//
+//   decode_update_kernel   one block per (KV head, sequence), head_dim threads: DMC decision and importance (with
+//                          the same bf16/fp16 roundings ATen applies), the fp32 windowed sums and ring, the cache
+//                          write (merge overwrites the last slot, append pops a page from the device free stack
+//                          with an atomic when the row crosses a page), RoPE of the slot with dim D-1 dropped, and
+//                          the rotated queries. Vanilla: RoPE + append.
+//   paged_attn_split_kernel one block per (split, KV head, sequence), 4 warps; each warp takes one slot at a time
+//                          (lane l holds dims [l V, l V + V) of q, k and v, V = D / 32), scores the group's G query
+//                          heads with a warp reduction and keeps an online softmax; the warps are merged in shared
+//                          memory; the block writes an unnormalised partial (o, max, sum) for its split.
+//   paged_attn_combine_kernel  log-sum-exp merge of the splits: one block per (query head, sequence).
+//
+// Layouts: see decode_ops.h and paged_cache.h. k_pages, v_pages [n_pages, P, D]; table [R, max_pages] int32;
+// lengths [R] int32; partials o_part [n, nh, n_split, D] fp32, ml_part [n, nh, n_split, 2] fp32.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include <cmath>
+
+#include "common/error.h"
+#include "inference/decode_ops.h"
+
+namespace dmc {
+namespace {
+
+template <typename T>
+__device__ __forceinline__ float rnd(float x) {  // store as T, read back: the rounding an ATen op in T applies
+  return static_cast<float>(static_cast<T>(x));
+}
+__device__ __forceinline__ float sigmoidf(float x) { return 1.f / (1.f + expf(-x)); }
+
+template <typename T>
+__device__ __forceinline__ float rope_at(const float* x, int d, int D, const float* cs, const float* sn) {
+  // out = x * c + rotate_half(x) * s, each product and the sum rounded to T (apply_rope in T)
+  const int half = D / 2;
+  const float rot = d < half ? -x[d + half] : x[d - half];
+  return rnd<T>(rnd<T>(x[d] * rnd<T>(cs[d])) + rnd<T>(rot * rnd<T>(sn[d])));
+}
+
+template <typename T>
+__global__ void decode_update_kernel(const T* __restrict__ qkv, int64_t qkv_stride, const int64_t* __restrict__ seq,
+                                     const int64_t* __restrict__ pos, const bool* __restrict__ forced,
+                                     const float* __restrict__ cos_tab, const float* __restrict__ sin_tab, int nh,
+                                     int nkv, int D, int layer, int max_seqs, int dmc, float init_val, float eps,
+                                     int W, int force_cr, float* __restrict__ acc, float* __restrict__ ring,
+                                     int* __restrict__ group, T* __restrict__ k_pages, T* __restrict__ v_pages,
+                                     int* __restrict__ table, int max_pages, int* __restrict__ lengths,
+                                     const int* __restrict__ free_list, int* __restrict__ alloc, int P,
+                                     T* __restrict__ q_out) {
+  const int h = blockIdx.x, i = blockIdx.y, tid = threadIdx.x, nt = blockDim.x;
+  const int G = nh / nkv, X = 2 * D + 1;
+  const int64_t t = pos[i];
+  const int64_t r = ((int64_t)layer * max_seqs + seq[i]) * nkv + h;
+  const T* q = qkv + (int64_t)i * qkv_stride;
+  const T* k = q + (int64_t)nh * D + (int64_t)h * D;
+  const T* v = q + (int64_t)(nh + nkv) * D + (int64_t)h * D;
+  const float* cs = cos_tab + t * D;
+  const float* sn = sin_tab + t * D;
+  extern __shared__ float sm[];  // [X] new sums, [D] key before RoPE, [D] query before RoPE
+  float* s_acc = sm;
+  float* s_k = sm + X;
+  float* s_q = s_k + D;
+  __shared__ float s_alpha, s_omega, s_over;
+  __shared__ int64_t s_flat;
+
+  if (tid == 0) {
+    float alpha = 0.f, omega = 0.f, over = 0.f;
+    if (dmc) {
+      if (force_cr > 0) {
+        alpha = ((t + h) % force_cr) != 0 ? 1.f : 0.f;
+      } else {
+        const float a = rnd<T>(static_cast<float>(k[D - 1]) - init_val);
+        alpha = rnd<T>(sigmoidf(a)) > 0.5f ? 1.f : 0.f;
+      }
+      if (forced[i]) alpha = 0.f;
+      float s = 0.f;
+      for (int g = 0; g < G; ++g) s += static_cast<float>(q[(int64_t)(h * G + g) * D + D - 1]);
+      const float z = rnd<T>(rnd<T>(s / G) + init_val);
+      omega = rnd<T>(rnd<T>(sigmoidf(z)) + eps);
+      const int gn = alpha > 0.f ? group[r] + 1 : 1;
+      group[r] = gn;
+      over = gn > W ? 1.f : 0.f;
+    }
+    const int len = lengths[r];
+    const bool merge = alpha > 0.f && len > 0;
+    const int slot = merge ? len - 1 : len;
+    bool ok = true;
+    if (!merge && len % P == 0) {
+      const int p = atomicSub(&alloc[0], 1) - 1;
+      if (p < 0 || len / P >= max_pages) {
+        atomicAdd(&alloc[0], 1);
+        atomicAdd(&alloc[1], 1);
+        ok = false;
+      } else {
+        table[r * max_pages + len / P] = free_list[p];
+      }
+    }
+    if (ok) {
+      lengths[r] = slot + 1;
+      s_flat = (int64_t)table[r * max_pages + slot / P] * P + slot % P;
+    } else {
+      s_flat = -1;
+    }
+    s_alpha = alpha;
+    s_omega = omega;
+    s_over = over;
+  }
+  __syncthreads();
+  const int64_t flat = s_flat;
+  if (dmc) {
+    const float alpha = s_alpha, omega = s_omega, over = s_over;
+    float* ap = acc + r * X;
+    float* rp = ring + (r * W + t % W) * X;
+    for (int d = tid; d < X; d += nt) {
+      const float x = d < D ? static_cast<float>(k[d]) : (d < 2 * D ? static_cast<float>(v[d - D]) : 1.f);
+      const float e = __fmul_rn(omega, x);
+      const float a = __fadd_rn(__fsub_rn(__fmul_rn(alpha, ap[d]), __fmul_rn(over, rp[d])), e);
+      ap[d] = a;
+      rp[d] = e;
+      s_acc[d] = a;
+    }
+    __syncthreads();
+    const float wsum = s_acc[2 * D];
+    for (int d = tid; d < D; d += nt) {
+      s_k[d] = d == D - 1 ? 0.f : rnd<T>(s_acc[d] / wsum);
+      if (flat >= 0) v_pages[flat * D + d] = static_cast<T>(s_acc[D + d] / wsum);
+    }
+  } else {
+    for (int d = tid; d < D; d += nt) {
+      s_k[d] = static_cast<float>(k[d]);
+      if (flat >= 0) v_pages[flat * D + d] = v[d];
+    }
+  }
+  __syncthreads();
+  if (flat >= 0)
+    for (int d = tid; d < D; d += nt)
+      k_pages[flat * D + d] = static_cast<T>(dmc && d == D - 1 ? 0.f : rope_at<T>(s_k, d, D, cs, sn));
+  // the group's queries
+  for (int g = 0; g < G; ++g) {
+    const int qh = h * G + g;
+    __syncthreads();
+    for (int d = tid; d < D; d += nt)
+      s_q[d] = dmc && d == D - 1 ? 0.f : static_cast<float>(q[(int64_t)qh * D + d]);
+    __syncthreads();
+    for (int d = tid; d < D; d += nt)
+      q_out[((int64_t)i * nh + qh) * D + d] = static_cast<T>(dmc && d == D - 1 ? 0.f : rope_at<T>(s_q, d, D, cs, sn));
+  }
+}
+
+template <typename T, int V>
+struct alignas(sizeof(T) * V) VecT {
+  T v[V];
+};
+
+constexpr int kWarps = 4;
+
+template <typename T, int D, int GM>
+__global__ void __launch_bounds__(kWarps * 32)
+    paged_attn_split_kernel(const T* __restrict__ q, const T* __restrict__ k_pages, const T* __restrict__ v_pages,
+                            const int* __restrict__ table, int max_pages, const int* __restrict__ lengths,
+                            const int64_t* __restrict__ seq, int layer, int max_seqs, int nh, int nkv, int P,
+                            int chunk, float scale, int n_split, float* __restrict__ o_part,
+                            float* __restrict__ ml_part) {
+  constexpr int V = D / 32;
+  const int split = blockIdx.x, h = blockIdx.y, i = blockIdx.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int G = nh / nkv;
+  const int64_t r = ((int64_t)layer * max_seqs + seq[i]) * nkv + h;
+  const int len = lengths[r];
+  const int start = split * chunk, end = min(len, start + chunk);
+
+  float qr[GM][V], o[GM][V], m[GM], l[GM];
+#pragma unroll
+  for (int g = 0; g < GM; ++g) {
+    m[g] = -INFINITY;
+    l[g] = 0.f;
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      o[g][e] = 0.f;
+      qr[g][e] = g < G ? static_cast<float>(q[((int64_t)i * nh + h * G + g) * D + lane * V + e]) * scale : 0.f;
+    }
+  }
+  const int* trow = table + r * max_pages;
+  for (int j = start + warp; j < end; j += kWarps) {
+    const int64_t base = ((int64_t)trow[j / P] * P + j % P) * D + lane * V;
+    const VecT<T, V> kv = *reinterpret_cast<const VecT<T, V>*>(k_pages + base);
+    const VecT<T, V> vv = *reinterpret_cast<const VecT<T, V>*>(v_pages + base);
+#pragma unroll
+    for (int g = 0; g < GM; ++g) {
+      if (g >= G) break;
+      float s = 0.f;
+#pragma unroll
+      for (int e = 0; e < V; ++e) s += qr[g][e] * static_cast<float>(kv.v[e]);
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+      const float mn = fmaxf(m[g], s);
+      const float corr = __expf(m[g] - mn), p = __expf(s - mn);
+      l[g] = l[g] * corr + p;
+#pragma unroll
+      for (int e = 0; e < V; ++e) o[g][e] = o[g][e] * corr + p * static_cast<float>(vv.v[e]);
+      m[g] = mn;
+    }
+  }
+  // merge the warps
+  __shared__ float s_m[kWarps][GM], s_l[kWarps][GM];
+  __shared__ float s_o[kWarps][GM][D];
+#pragma unroll
+  for (int g = 0; g < GM; ++g) {
+    if (lane == 0) {
+      s_m[warp][g] = m[g];
+      s_l[warp][g] = l[g];
+    }
+#pragma unroll
+    for (int e = 0; e < V; ++e) s_o[warp][g][lane * V + e] = o[g][e];
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < G * D; idx += kWarps * 32) {
+    const int g = idx / D, d = idx % D;
+    float M = -INFINITY;
+    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, s_m[w][g]);
+    float L = 0.f, O = 0.f;
+    if (M != -INFINITY) {
+      for (int w = 0; w < kWarps; ++w) {
+        if (s_m[w][g] == -INFINITY) continue;
+        const float f = __expf(s_m[w][g] - M);
+        L += s_l[w][g] * f;
+        O += s_o[w][g][d] * f;
+      }
+    }
+    const int64_t pidx = ((int64_t)i * nh + h * G + g) * n_split + split;
+    o_part[pidx * D + d] = O;
+    if (d == 0) {
+      ml_part[pidx * 2] = M;
+      ml_part[pidx * 2 + 1] = L;
+    }
+  }
+}
+
+template <typename T>
+__global__ void paged_attn_combine_kernel(const float* __restrict__ o_part, const float* __restrict__ ml_part,
+                                          int n_split, int D, int nh, T* __restrict__ out) {
+  const int qh = blockIdx.x, i = blockIdx.y;
+  const int64_t base = (int64_t)i * nh + qh;
+  float M = -INFINITY;
+  for (int s = 0; s < n_split; ++s) M = fmaxf(M, ml_part[(base * n_split + s) * 2]);
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float L = 0.f, O = 0.f;
+    for (int s = 0; s < n_split; ++s) {
+      const float ms = ml_part[(base * n_split + s) * 2];
+      if (ms == -INFINITY) continue;
+      const float f = __expf(ms - M);
+      L += ml_part[(base * n_split + s) * 2 + 1] * f;
+      O += o_part[(base * n_split + s) * D + d] * f;
+    }
+    out[base * D + d] = static_cast<T>(O / L);
+  }
+}
+
+template <typename T, int D>
+void launch_attn(const at::Tensor& q, const PagedKVCache& cache, int64_t layer, const at::Tensor& seq, int chunk,
+                 int n_split, double scale, at::Tensor& o_part, at::Tensor& ml_part, int G, cudaStream_t stream) {
+  const auto& c = cache.options();
+  const int n = (int)q.size(0), nh = (int)q.size(1), nkv = (int)c.n_kv_heads;
+  dim3 grid(n_split, nkv, n);
+#define DMC_ATTN_LAUNCH(GM)                                                                                           \
+  paged_attn_split_kernel<T, D, GM><<<grid, kWarps * 32, 0, stream>>>(                                                \
+      q.data_ptr<T>(), cache.k_pages.data_ptr<T>(), cache.v_pages.data_ptr<T>(), cache.table.data_ptr<int>(),         \
+      (int)cache.max_pages_per_row(), cache.lengths.data_ptr<int>(), seq.data_ptr<int64_t>(), (int)layer,             \
+      (int)c.max_seqs, nh, nkv, (int)c.page_size, chunk, (float)scale, n_split, o_part.data_ptr<float>(),             \
+      ml_part.data_ptr<float>())
+  if (G == 1) DMC_ATTN_LAUNCH(1);
+  else if (G == 2) DMC_ATTN_LAUNCH(2);
+  else if (G <= 4) DMC_ATTN_LAUNCH(4);
+  else if (G <= 8) DMC_ATTN_LAUNCH(8);
+  else fail("paged_attention kernel: ", G, " query heads per KV head (at most 8)");
+#undef DMC_ATTN_LAUNCH
+}
+
+}  // namespace
+
+void decode_update_cuda(const at::Tensor& qkv_in, const at::Tensor& seq_in, const at::Tensor& pos_in,
+                        const at::Tensor& forced_in, const at::Tensor& cos, const at::Tensor& sin,
+                        const DecodeUpdateParams& p, DmcState& st, PagedKVCache& cache, at::Tensor& q_out) {
+  const c10::cuda::CUDAGuard guard(qkv_in.device());
+  at::Tensor qkv = qkv_in.contiguous(), seq = seq_in.to(at::kLong).contiguous(), pos = pos_in.to(at::kLong).contiguous(),
+             forced = forced_in.to(at::kBool).contiguous();
+  DMC_CHECK(cos.scalar_type() == at::kFloat && cos.is_contiguous() && sin.is_contiguous(), "decode_update: cos/sin must be contiguous fp32");
+  DMC_CHECK(qkv.scalar_type() == cache.k_pages.scalar_type(), "decode_update kernel: qkv and cache dtypes differ");
+  const int n = (int)qkv.size(0), D = (int)p.head_dim, X = 2 * D + 1, W = (int)std::max<int64_t>(1, p.window);
+  DMC_CHECK(D % 2 == 0 && D <= 1024, "decode_update kernel: head_dim ", D);
+  if (p.dmc) DMC_CHECK(st.acc.defined() && st.ring.size(1) == W, "decode_update kernel: DMC state missing or of another window");
+  const size_t shmem = (size_t)(X + 2 * D) * sizeof(float);
+  dim3 grid((unsigned)p.n_kv_heads, (unsigned)n);
+  const int threads = std::max(32, std::min(D, 256));
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, qkv.scalar_type(), "decode_update", [&] {
+    const float eps = qkv.scalar_type() == at::kBFloat16 ? 0.0078125f
+                      : qkv.scalar_type() == at::kHalf   ? 0.0009765625f
+                      : qkv.scalar_type() == at::kDouble ? 2.220446049250313e-16f
+                                                         : 1.1920928955078125e-07f;
+    decode_update_kernel<scalar_t><<<grid, threads, shmem, stream>>>(
+        qkv.data_ptr<scalar_t>(), qkv.stride(0), seq.data_ptr<int64_t>(), pos.data_ptr<int64_t>(),
+        forced.data_ptr<bool>(), cos.data_ptr<float>(), sin.data_ptr<float>(), (int)p.n_heads, (int)p.n_kv_heads, D,
+        (int)p.layer, (int)cache.options().max_seqs, p.dmc ? 1 : 0, (float)p.init_val, eps, W, (int)p.force_cr,
+        p.dmc ? st.acc.data_ptr<float>() : nullptr, p.dmc ? st.ring.data_ptr<float>() : nullptr,
+        p.dmc ? st.group.data_ptr<int>() : nullptr, cache.k_pages.data_ptr<scalar_t>(),
+        cache.v_pages.data_ptr<scalar_t>(), cache.table.data_ptr<int>(), (int)cache.max_pages_per_row(),
+        cache.lengths.data_ptr<int>(), cache.free_list.data_ptr<int>(), cache.alloc.data_ptr<int>(),
+        (int)cache.options().page_size, q_out.data_ptr<scalar_t>());
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void paged_attention_cuda(const at::Tensor& q_in, const PagedKVCache& cache, int64_t layer, const at::Tensor& seq_in,
+                          int64_t max_len, double scale, at::Tensor& out) {
+  const c10::cuda::CUDAGuard guard(q_in.device());
+  at::Tensor q = q_in.contiguous(), seq = seq_in.to(at::kLong).contiguous();
+  const int n = (int)q.size(0), nh = (int)q.size(1), D = (int)q.size(2), nkv = (int)cache.options().n_kv_heads;
+  const int G = nh / nkv;
+  DMC_CHECK(q.scalar_type() == cache.k_pages.scalar_type(), "paged_attention kernel: q and cache dtypes differ");
+  // splits: enough blocks to fill the GPU several times over, at least 64 slots each
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t L = std::max<int64_t>(1, max_len);
+  int64_t n_split = std::max<int64_t>(1, (8 * sms + (int64_t)n * nkv - 1) / ((int64_t)n * nkv));
+  n_split = std::min<int64_t>(n_split, (L + 63) / 64);
+  const int chunk = (int)((L + n_split - 1) / n_split);
+  n_split = (L + chunk - 1) / chunk;
+  auto f = q.options().dtype(at::kFloat);
+  at::Tensor o_part = at::empty({n, nh, n_split, D}, f), ml_part = at::empty({n, nh, n_split, 2}, f);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "paged_attention", [&] {
+    if (D == 64) launch_attn<scalar_t, 64>(q, cache, layer, seq, chunk, (int)n_split, scale, o_part, ml_part, G, stream);
+    else if (D == 128) launch_attn<scalar_t, 128>(q, cache, layer, seq, chunk, (int)n_split, scale, o_part, ml_part, G, stream);
+    else if (D == 256) launch_attn<scalar_t, 256>(q, cache, layer, seq, chunk, (int)n_split, scale, o_part, ml_part, G, stream);
+    else fail("paged_attention kernel: head_dim ", D, " (supported: 64, 128, 256)");
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    paged_attn_combine_kernel<scalar_t><<<dim3(nh, n), std::min(D, 256), 0, stream>>>(
+        o_part.data_ptr<float>(), ml_part.data_ptr<float>(), (int)n_split, D, nh, out.data_ptr<scalar_t>());
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace dmc
