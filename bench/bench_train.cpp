@@ -33,7 +33,7 @@ using namespace dmc;
 
 
 int main(int argc, char** argv) {
-  std::string preset = "llama-1b", mode = "vanilla", device = "auto", json_path;
+  std::string preset = "llama-1b", mode = "vanilla", device = "auto", json_path, attn_impl = "flash";
   int64_t seq_len = 4096, micro_batch = 4, steps = 10, warmup = 3, layers = 0;
   bool ckpt = false;
   double peak = 989.0, target_cr = 4.0;
@@ -47,6 +47,7 @@ int main(int argc, char** argv) {
   t.add("warmup", &warmup, "untimed steps first");
   t.add("activation_checkpointing", &ckpt, "recompute layers in backward");
   t.add("target_cr", &target_cr, "DMC target ratio (dmc mode)");
+  t.add("dmc_attn_impl", &attn_impl, "dmc mode: DMC attention implementation (flash | blocks | flash_cuda_experimental)");
   t.add("peak_tflops", &peak, "peak dense bf16 TFLOP/s for MFU");
   t.add("device", &device, "cuda or cpu");
   t.add("json", &json_path, "append the result as one JSON line");
@@ -68,6 +69,7 @@ int main(int argc, char** argv) {
       RetrofitOptions ro;
       ro.stage = "finetune";  // fixed target ratio
       ro.target_cr = target_cr;
+      ro.dmc.attn_impl = attn_impl;
       stage = std::make_unique<DmcStage>(ro);
       zero_decision_rows(model);
     } else if (mode != "vanilla") {
@@ -138,7 +140,7 @@ int main(int argc, char** argv) {
     const double n = (double)c.num_parameters() - (double)c.vocab_size * c.hidden_size;
     const double fpt = 6.0 * n + 12.0 * c.num_hidden_layers * c.q_size() * seq_len;
     const double tps = steps * micro_batch * seq_len / secs;
-    nlohmann::json j = {{"engine", "dmc"}, {"mode", mode}, {"preset", preset}, {"layers", c.num_hidden_layers},
+    nlohmann::json j = {{"engine", "dmc"}, {"mode", mode == "dmc" ? "dmc/" + attn_impl : mode}, {"preset", preset}, {"layers", c.num_hidden_layers},
                         {"seq_len", seq_len}, {"micro_batch", micro_batch}, {"activation_checkpointing", ckpt},
                         {"step_ms", 1e3 * secs / steps}, {"tokens_per_s", tps}, {"mfu", tps * fpt / (peak * 1e12)},
                         {"peak_memory_GiB", mem / (1 << 30)}, {"last_loss", last}, {"device", dev.str()}};

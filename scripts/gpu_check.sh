@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# One call on the GPU machine (device tool): build dmc against the machine's torch + libraries, run the whole
-# test suite (GPU cases included), then the benchmarks, and write logs plus a results table under $OUT.
-#   OUT=/tmp/out scripts/gpu_check.sh [all|tests|bench|train]
+# One call on the GPU machine (device tool): build dmc against the machine's torch + libraries, then the chosen
+# sections, writing logs and result tables under $OUT:
+#   OUT=/tmp/out scripts/gpu_check.sh [sections...]     sections: ctest gpu decode hf train (default: gpu decode train)
+#     ctest   the whole CTest suite (CPU cases too)
+#     gpu     the [gpu] test cases: kernels vs reference ops, bf16 vs HF, flash DMC attention
+#     decode  dmc bench decode: Llama 2 7B shape, vanilla vs DMC (forced CR 4 and 8) at equal memory, 4k context
+#     hf      the engine's vanilla generate against HF generate() (bench_decode + bench/hf_generate.py)
+#     train   1B training step vs HF eager; DMC vs vanilla step (blockwise and flash DMC attention)
 # With the device tool, carry .carry (a copy of ../shared/tokenizers) so the tokenizer-vector test runs too.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-what=${1:-all}
+sections=${*:-gpu decode train}
 OUT=${OUT:-$PWD/out}
 mkdir -p "$OUT"
 export DMC_VENV=${DMC_VENV:-/opt/torch/.venv}
@@ -19,30 +24,38 @@ if ! scripts/build.sh -DCMAKE_CUDA_ARCHITECTURES=90 > "$OUT/build.log" 2>&1; the
 fi
 echo "build: $(( $(date +%s) - t0 )) s"
 B=$DMC_BUILD
-if [ "$what" = all ] || [ "$what" = tests ]; then
+has() { [[ " $sections " == *" $1 "* ]]; }
+if has ctest; then
   (cd "$B" && ctest --output-on-failure -j 8 > "$OUT/ctest.log" 2>&1); echo "ctest rc=$?"
   tail -5 "$OUT/ctest.log"
-  "$B/dmc_tests" "[gpu]" -s 2>&1 | grep -E "^\[gpu|passed|failed" | tail -5
 fi
-if [ "$what" = all ] || [ "$what" = bench ]; then
-  rm -f "$OUT/bench_decode.jsonl"
-  "$B/bench_decode" --preset llama2-7b --batch 1,16 --prompt-len 128 --new-tokens 256 --json "$OUT/bench_decode.jsonl" \
-    > "$OUT/bench_decode.log" 2>&1; echo "bench_decode rc=$?"
+if has gpu; then
+  "$B/dmc_tests" "[gpu]" -s > "$OUT/gpu_tests.log" 2>&1; echo "gpu tests rc=$?"
+  grep -E "^\[gpu|passed|failed|FAILED|with expansion" -A2 "$OUT/gpu_tests.log" | grep -v "^--$" | tail -40
+fi
+if has decode; then
+  J="$OUT/bench_decode.jsonl"; rm -f "$J"
+  common="--preset llama2-7b --prompt-len 3840 --new-tokens 256 --steps 64 --batch max --json $J"
+  timeout 300 "$B/dmc" bench decode $common --policy vanilla,dmc --force-cr 4 > "$OUT/decode.log" 2>&1; echo "bench decode cr4 rc=$?"
+  timeout 200 "$B/dmc" bench decode $common --policy dmc --force-cr 8 --prefill-check 0 >> "$OUT/decode.log" 2>&1; echo "bench decode cr8 rc=$?"
+  grep -E "verif|error" "$OUT/decode.log" | tail -6
+  python3 scripts/decode_table.py "$J" | tee "$OUT/decode_results.md"
+fi
+if has hf; then
+  rm -f "$OUT/bench_hf.jsonl"
+  "$B/bench_decode" --preset llama2-7b --batch 1,16 --prompt-len 128 --new-tokens 256 --json "$OUT/bench_hf.jsonl" \
+    > "$OUT/bench_hf.log" 2>&1; echo "bench_decode rc=$?"
   python3 bench/hf_generate.py --preset llama2-7b --batch 1,16 --prompt-len 128 --new-tokens 256 \
-    --json "$OUT/bench_decode.jsonl" > "$OUT/hf_generate.log" 2>&1; echo "hf_generate rc=$?"
-  python3 scripts/results_table.py "$OUT/bench_decode.jsonl" > "$OUT/results.md"; cat "$OUT/results.md"
+    --json "$OUT/bench_hf.jsonl" >> "$OUT/bench_hf.log" 2>&1; echo "hf_generate rc=$?"
+  python3 scripts/results_table.py "$OUT/bench_hf.jsonl" | tee "$OUT/hf_results.md"
 fi
-if [ "$what" = all ] || [ "$what" = train ]; then
+if has train; then
   J="$OUT/bench_train.jsonl"; rm -f "$J"
-  common="--preset llama-1b --seq-len 4096 --steps 8 --warmup 3 --json $J"
-  # trainer vs HF eager, no recompute, micro-batch 4
-  "$B/bench_train" $common --micro-batch 4 --mode vanilla > "$OUT/bench_train.log" 2>&1; echo "bench_train vanilla rc=$?"
-  python3 bench/hf_train.py --preset llama-1b --seq-len 4096 --steps 8 --warmup 3 --micro-batch 4 --json "$J" \
-    >> "$OUT/bench_train.log" 2>&1; echo "hf_train rc=$?"
-  # DMC vs vanilla step, both with per-layer activation checkpointing (DMC's merging temporaries need it at 4k)
-  "$B/bench_train" $common --micro-batch 4 --mode vanilla --activation-checkpointing >> "$OUT/bench_train.log" 2>&1
-  echo "bench_train vanilla+ckpt rc=$?"
-  "$B/bench_train" $common --micro-batch 4 --mode dmc --activation-checkpointing >> "$OUT/bench_train.log" 2>&1
-  echo "bench_train dmc+ckpt rc=$?"
-  python3 scripts/train_table.py "$J" > "$OUT/train_results.md"; cat "$OUT/train_results.md"
+  common="--preset llama-1b --seq-len 4096 --steps 6 --warmup 2 --json $J --micro-batch 4"
+  "$B/bench_train" $common --mode vanilla --activation-checkpointing > "$OUT/bench_train.log" 2>&1; echo "vanilla+ckpt rc=$?"
+  for impl in ${DMC_ATTN_IMPLS:-blocks flash_cuda_experimental}; do
+    "$B/bench_train" $common --mode dmc --dmc-attn-impl $impl --activation-checkpointing >> "$OUT/bench_train.log" 2>&1
+    echo "dmc/$impl+ckpt rc=$?"
+  done
+  python3 scripts/train_table.py "$J" | tee "$OUT/train_results.md"
 fi

@@ -15,7 +15,8 @@ key = lambda e, m, c: next((r for r in rows if r["engine"] == e and r["mode"] ==
 d, h = key("dmc", "vanilla", False), key("hf_transformers", "vanilla", False)
 if d and h:
     print(f"dmc trainer / HF eager tokens/s: {d['tokens_per_s'] / h['tokens_per_s']:.2f}x (dmc MFU {100 * d['mfu']:.1f}%)")
-v, x = key("dmc", "vanilla", True), key("dmc", "dmc", True)
-if v and x:
-    print(f"DMC / vanilla step (both with recompute): time {x['step_ms'] / v['step_ms']:.2f}x, "
-          f"memory {x['peak_memory_GiB'] / v['peak_memory_GiB']:.2f}x")
+v = key("dmc", "vanilla", True)
+for x in [r for r in rows if r["engine"] == "dmc" and r["mode"].startswith("dmc") and r["activation_checkpointing"]]:
+    if v:
+        print(f"DMC ({x['mode']}) / vanilla step (both with recompute): time {x['step_ms'] / v['step_ms']:.2f}x, "
+              f"memory {x['peak_memory_GiB'] / v['peak_memory_GiB']:.2f}x")

@@ -16,5 +16,6 @@ int cmd_data(const Args& a);
 int cmd_train(const Args& a);
 int cmd_retrofit(const Args& a);
 int cmd_report(const Args& a);
+int cmd_bench(const Args& a);
 
 }  // namespace dmc::cli

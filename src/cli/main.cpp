@@ -25,6 +25,7 @@ commands:
   train                 pretrain or continue training a Llama (AdamW, schedules, checkpoints, resume)
   retrofit              one DMC retrofit stage: --stage zero_out | retrofit | finetune
   report RUN_DIR...     loss and compression-ratio curves, per-layer/head ratio heatmap, summary
+  bench decode          decode throughput at equal memory: vanilla vs DMC (and TOVA/H2O/window), HBM floor
 )";
 }
 
@@ -47,6 +48,7 @@ int main(int argc, char** argv) {
     if (cmd == "train") return dmc::cli::cmd_train(args);
     if (cmd == "retrofit") return dmc::cli::cmd_retrofit(args);
     if (cmd == "report") return dmc::cli::cmd_report(args);
+    if (cmd == "bench") return dmc::cli::cmd_bench(args);
     std::cerr << "dmc: unknown command '" << cmd << "'\n\n" << kUsage;
     return 2;
   } catch (const dmc::HelpRequested& h) {

@@ -233,7 +233,8 @@ DmcAttention dmc_attention(const at::Tensor& q, const at::Tensor& k, const at::T
   if (!at::GradMode::is_enabled()) {
     res.k_rot = kr;
     res.v_hat = v_hat.transpose(1, 2);
-    res.entries = at::cat({w.to(acc).unsqueeze(-1) * x, w.to(acc).unsqueeze(-1)}, -1);
+    res.kv_raw = at::cat({k, v}, -1);
+    res.omega = w.to(acc);
   }
   return res;
 }

@@ -39,7 +39,8 @@ struct DmcAttention {
   // for building a decode cache from a parallel prefill (no grad):
   at::Tensor k_rot;          // [batch, n_kv_heads, seq, head_dim] merged keys, RoPE at their position, dim D-1 dropped
   at::Tensor v_hat;          // [batch, n_kv_heads, seq, head_dim] merged values
-  at::Tensor entries;        // [batch, seq, n_kv_heads, 2 head_dim + 1] fp32: omega * (k, v, 1) per token
+  at::Tensor kv_raw;         // [batch, seq, n_kv_heads, 2 head_dim] (k, v) before merging, activation dtype
+  at::Tensor omega;          // [batch, seq, n_kv_heads] fp32 importance weights
 };
 
 // a = k[..., D-1] - c                                 -> [B, T, nkv]

@@ -10,10 +10,10 @@
 
 namespace dmc {
 
-DmcState DmcState::create(int64_t rows, int64_t head_dim, int64_t window, at::Device device) {
+DmcState DmcState::create(int64_t rows, int64_t head_dim, int64_t window, at::ScalarType dtype, at::Device device) {
   auto f = at::TensorOptions().dtype(at::kFloat).device(device);
   const int64_t X = 2 * head_dim + 1, W = std::max<int64_t>(1, window);
-  return {at::zeros({rows, X}, f), at::zeros({rows, W, X}, f),
+  return {at::zeros({rows, X}, f), at::zeros({rows, W, 2 * head_dim}, f.dtype(dtype)), at::zeros({rows, W}, f),
           at::zeros({rows}, at::TensorOptions().dtype(at::kInt).device(device))};
 }
 
@@ -72,18 +72,21 @@ at::Tensor decode_update_ref(const at::Tensor& qkv, const at::Tensor& seq, const
       alpha = at::sigmoid(dmc_decision_logits(k, p.init_val)) > 0.5;  // [n, nkv]
     alpha = alpha & ~forced.to(at::kBool).unsqueeze(1);
     at::Tensor w = dmc_importance(q.unsqueeze(1), nkv, p.init_val).squeeze(1).to(at::kFloat);  // [n, nkv]
-    at::Tensor entry = at::cat({w.unsqueeze(-1) * at::cat({k, v}, -1).to(at::kFloat), w.unsqueeze(-1)}, -1);
+    at::Tensor kv = at::cat({k, v}, -1);                                                           // [n, nkv, 2D]
+    at::Tensor entry = at::cat({w.unsqueeze(-1) * kv.to(at::kFloat), w.unsqueeze(-1)}, -1);
     at::Tensor g_old = st.group.index_select(0, rf).view({n, nkv});
     at::Tensor g = at::where(alpha, g_old + 1, at::ones_like(g_old));
     at::Tensor over = (g > W).to(at::kFloat).unsqueeze(-1);
     st.group.index_copy_(0, rf, g.flatten().to(at::kInt));
     at::Tensor ring_idx = rf * W + (posl % W).unsqueeze(1).expand({n, nkv}).flatten();
-    at::Tensor ring = st.ring.view({-1, X});
-    at::Tensor old = ring.index_select(0, ring_idx).view({n, nkv, X});
+    at::Tensor ring_kv = st.ring_kv.view({-1, 2 * D}), ring_w = st.ring_w.view({-1});
+    at::Tensor ow = ring_w.index_select(0, ring_idx).view({n, nkv, 1});
+    at::Tensor old = at::cat({ow * ring_kv.index_select(0, ring_idx).view({n, nkv, 2 * D}).to(at::kFloat), ow}, -1);
     at::Tensor accv = st.acc.index_select(0, rf).view({n, nkv, X});
     at::Tensor acc = alpha.to(at::kFloat).unsqueeze(-1) * accv - over * old + entry;
     st.acc.index_copy_(0, rf, acc.view({-1, X}));
-    ring.index_copy_(0, ring_idx, entry.view({-1, X}));
+    ring_kv.index_copy_(0, ring_idx, kv.reshape({-1, 2 * D}).to(st.ring_kv.scalar_type()));
+    ring_w.index_copy_(0, ring_idx, w.flatten());
     at::Tensor wsum = acc.narrow(-1, 2 * D, 1);
     at::Tensor kraw = (acc.narrow(-1, 0, D) / wsum).to(T);
     vout = (acc.narrow(-1, D, D) / wsum).to(T);

@@ -16,7 +16,9 @@
 //   cos, sin [max_pos, D] fp32    RoPE tables (rope_cos_sin of every position)
 //   q_out    [n, nh, D]           rotated queries (dim D-1 zeroed for DMC)
 //   DmcState: acc [R, X] fp32 = sums of (w k, w v, w) of the current group's last <= W tokens;
-//             ring [R, W, X] fp32 = the weighted entries by position mod W;  group [R] int32 = group length
+//             ring_kv [R, W, 2D] model dtype = (k, v) of the last W tokens by position mod W, ring_w [R, W] fp32
+//             their weights (the entry w (k, v, 1) is recomputed from them bit for bit in fp32, at half the bytes
+//             of storing it);  group [R] int32 = group length
 //   attention out [n, nh, D] model dtype
 #pragma once
 #include <torch/types.h>
@@ -26,11 +28,14 @@
 namespace dmc {
 
 struct DmcState {
-  at::Tensor acc;    // [R, 2D + 1] fp32
-  at::Tensor ring;   // [R, W, 2D + 1] fp32
-  at::Tensor group;  // [R] int32
-  static DmcState create(int64_t rows, int64_t head_dim, int64_t window, at::Device device);
-  static int64_t bytes_per_row(int64_t head_dim, int64_t window) { return (window + 1) * (2 * head_dim + 1) * 4 + 4; }
+  at::Tensor acc;      // [R, 2D + 1] fp32
+  at::Tensor ring_kv;  // [R, W, 2D] model dtype
+  at::Tensor ring_w;   // [R, W] fp32
+  at::Tensor group;    // [R] int32
+  static DmcState create(int64_t rows, int64_t head_dim, int64_t window, at::ScalarType dtype, at::Device device);
+  static int64_t bytes_per_row(int64_t head_dim, int64_t window, at::ScalarType dtype) {
+    return (2 * head_dim + 1) * 4 + window * (2 * head_dim * (int64_t)c10::elementSize(dtype) + 4) + 4;
+  }
 };
 
 struct DecodeUpdateParams {

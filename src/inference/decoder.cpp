@@ -52,7 +52,7 @@ Decoder::Decoder(const Llama& model, const DecoderOptions& o)
   DMC_CHECK(o.max_seqs >= 1, "decoder: max_seqs must be at least 1");
   pos_.assign(o.max_seqs, 0);
   const int64_t R = c.num_hidden_layers * o.max_seqs * c.num_key_value_heads;
-  if (dmc_) st_ = DmcState::create(R, c.head_dim, c.dmc.window, model.device());
+  if (dmc_) st_ = DmcState::create(R, c.head_dim, c.dmc.window, model.dtype(), model.device());
   auto [cs, sn] = rope_cos_sin(m_.inv_freq, at::arange(c.max_position_embeddings, at::TensorOptions().dtype(at::kLong).device(model.device())));
   cos_ = cs.contiguous();
   sin_ = sn.contiguous();
@@ -65,7 +65,7 @@ Decoder::Decoder(const Llama& model, const DecoderOptions& o)
 
 int64_t Decoder::state_bytes() const {
   auto b = [](const at::Tensor& t) { return t.defined() ? t.numel() * (int64_t)t.element_size() : 0; };
-  return b(st_.acc) + b(st_.ring) + b(st_.group) + b(cache_.table) + b(cache_.lengths) + b(cache_.free_list) +
+  return b(st_.acc) + b(st_.ring_kv) + b(st_.ring_w) + b(st_.group) + b(cache_.table) + b(cache_.lengths) + b(cache_.free_list) +
          b(slot_pos_) + b(slot_score_);
 }
 
@@ -80,6 +80,63 @@ at::Tensor Decoder::slot_counts(int64_t seq) const {
   return cache_.lengths.view({c.num_hidden_layers, o_.max_seqs, c.num_key_value_heads})
       .select(1, seq)
       .to(at::kCPU, at::kLong);
+}
+
+void Decoder::bench_fill(const std::vector<int64_t>& seqs, int64_t T) {
+  at::NoGradGuard ng;
+  const auto& c = m_.config;
+  DMC_CHECK(policy_ == "vanilla" || (policy_ == "dmc" && o_.force_cr > 0),
+            "bench_fill: only vanilla or dmc with force_cr (slot counts must be known without running the model)");
+  DMC_CHECK(T >= 1 && T < c.max_position_embeddings, "bench_fill: prompt_len ", T, " out of range");
+  const int64_t nkv = c.num_key_value_heads, D = c.head_dim, X = 2 * D + 1, W = std::max<int64_t>(1, c.dmc.window);
+  const auto dev = m_.device();
+  auto lopt = at::TensorOptions().dtype(at::kLong).device(dev);
+  // slots per head and the decode state of the last group
+  std::vector<int64_t> counts(nkv, T), group(nkv, 1);
+  if (dmc_) {
+    for (int64_t h = 0; h < nkv; ++h) {
+      int64_t n = 1, last = 0;
+      for (int64_t t = 1; t < T; ++t)
+        if ((t + h) % o_.force_cr == 0) {
+          ++n;
+          last = t;
+        }
+      counts[h] = n;
+      group[h] = T - last;
+    }
+  }
+  const int64_t maxc = *std::max_element(counts.begin(), counts.end());
+  const int64_t chunk = std::max<int64_t>(1, (int64_t(1) << 27) / std::max<int64_t>(1, nkv * maxc * D));  // ~256 MB temporaries
+  for (size_t s0 = 0; s0 < seqs.size(); s0 += chunk) {
+    const size_t s1 = std::min(seqs.size(), s0 + (size_t)chunk);
+    std::vector<int64_t> part(seqs.begin() + s0, seqs.begin() + s1);
+    for (int64_t s : part) DMC_CHECK(pos_[s] == 0, "bench_fill: sequence ", s, " is not empty");
+    at::Tensor seq_t = at::tensor(part, at::kLong).to(dev);
+    const int64_t m = (int64_t)part.size();
+    at::Tensor cnt = at::tensor(counts, at::kLong).to(dev).repeat({m});  // [m nkv]
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      at::Tensor rows = cache_rows(cache_, l, seq_t).flatten();
+      at::Tensor k = at::randn({m * nkv, maxc, D}, lopt.dtype(m_.dtype())) * 0.5;
+      at::Tensor v = at::randn({m * nkv, maxc, D}, lopt.dtype(m_.dtype()));
+      cache_.write_rows(rows, k, v, cnt);
+      if (dmc_) {
+        at::Tensor acc = at::randn({m * nkv, X}, lopt.dtype(at::kFloat));
+        acc.select(1, 2 * D).uniform_(1.0, 2.0);
+        st_.acc.index_copy_(0, rows, acc);
+        st_.ring_kv.index_copy_(0, rows, at::randn({m * nkv, W, 2 * D}, lopt.dtype(m_.dtype())));
+        st_.ring_w.index_copy_(0, rows, at::rand({m * nkv, W}, lopt.dtype(at::kFloat)));
+        st_.group.index_copy_(0, rows, at::tensor(group, at::kInt).to(dev).repeat({m}));
+      }
+    }
+    for (int64_t s : part) pos_[s] = T;
+  }
+}
+
+std::vector<int64_t> Decoder::slot_positions(int64_t layer, int64_t seq, int64_t head) const {
+  DMC_CHECK(slot_pos_.defined(), "slot_positions: only the eviction baselines track slot positions");
+  const int64_t r = cache_.row(layer, seq, head), n = cache_.length(r);
+  at::Tensor p = slot_pos_[r].narrow(0, 0, n).to(at::kCPU);
+  return std::vector<int64_t>(p.data_ptr<int64_t>(), p.data_ptr<int64_t>() + n);
 }
 
 std::pair<int64_t, int64_t> Decoder::step_need(const std::vector<int64_t>& seqs) const {
@@ -164,18 +221,21 @@ at::Tensor Decoder::prefill(int64_t seq, const std::vector<int64_t>& prompt) {
     cache_.write_rows(rows, pk.view({nkv, T, D}), pv.view({nkv, T, D}), counts);
     // decode state after the prompt: group length, ring of the last W entries (by position mod W), sums over the
     // last min(group, W) of them
-    at::Tensor e = rt.entries[l][0].to(at::kFloat).transpose(0, 1);  // [nkv, T, X]
+    at::Tensor kvr = rt.kv_raw[l][0].transpose(0, 1);                  // [nkv, T, 2D]
+    at::Tensor om = rt.omega[l][0].to(at::kFloat).t().unsqueeze(-1);   // [nkv, T, 1]
+    at::Tensor e = at::cat({om * kvr.to(at::kFloat), om}, -1);          // [nkv, T, X]
     at::Tensor last_append = (t_idx.unsqueeze(0) * (~b).to(at::kLong)).amax(1);  // [nkv]
     at::Tensor group = T - last_append;
     st_.group.index_copy_(0, rows, group.to(at::kInt));
     at::Tensor inwin = t_idx.unsqueeze(0) >= (T - at::minimum(group, at::full_like(group, W))).unsqueeze(1);
     st_.acc.index_copy_(0, rows, (e * inwin.unsqueeze(-1)).sum(1));
-    at::Tensor ring = st_.ring.view({-1, X});
-    st_.ring.index_fill_(0, rows, 0.0);
+    st_.ring_kv.index_fill_(0, rows, 0.0);
+    st_.ring_w.index_fill_(0, rows, 0.0);
     const int64_t t0 = std::max<int64_t>(0, T - W);
     at::Tensor ts = at::arange(t0, T, lopt);
     at::Tensor ridx = (rows.unsqueeze(1) * W + (ts % W).unsqueeze(0)).flatten();
-    ring.index_copy_(0, ridx, e.narrow(1, t0, T - t0).reshape({-1, X}));
+    st_.ring_kv.view({-1, 2 * D}).index_copy_(0, ridx, kvr.narrow(1, t0, T - t0).reshape({-1, 2 * D}).to(st_.ring_kv.scalar_type()));
+    st_.ring_w.view({-1}).index_copy_(0, ridx, om.narrow(1, t0, T - t0).reshape({-1}));
   }
   pos_[seq] = T;
   return at::linear(h[0][T - 1], m_.lm_head);

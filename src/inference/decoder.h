@@ -72,6 +72,12 @@ class Decoder {
   std::pair<int64_t, int64_t> step_need(const std::vector<int64_t>& seqs) const;
   // Pages a new sequence's prompt (and its first decode step) needs at most (vanilla count: DMC merges only lower it).
   int64_t pages_for_prompt(int64_t prompt_len) const;
+  // Benchmark only: leaves the sequences as if prompts of prompt_len tokens had been prefilled, with random cache
+  // contents and DMC state; slot counts follow the policy (vanilla: one per token; dmc: force_cr's pattern, which
+  // it requires). Lets a throughput run at long contexts skip hours of prefill for hundreds of sequences.
+  void bench_fill(const std::vector<int64_t>& seqs, int64_t prompt_len);
+  // Eviction baselines: the positions held by one (layer, sequence, KV head), in slot order.
+  std::vector<int64_t> slot_positions(int64_t layer, int64_t seq, int64_t head) const;
   const PagedKVCache& cache() const { return cache_; }
   PagedKVCache& cache() { return cache_; }
   const std::string& policy() const { return policy_; }

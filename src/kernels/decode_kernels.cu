@@ -45,7 +45,8 @@ __global__ void decode_update_kernel(const T* __restrict__ qkv, int64_t qkv_stri
                                      const int64_t* __restrict__ pos, const bool* __restrict__ forced,
                                      const float* __restrict__ cos_tab, const float* __restrict__ sin_tab, int nh,
                                      int nkv, int D, int layer, int max_seqs, int dmc, float init_val, float eps,
-                                     int W, int force_cr, float* __restrict__ acc, float* __restrict__ ring,
+                                     int W, int force_cr, float* __restrict__ acc, T* __restrict__ ring_kv,
+                                     float* __restrict__ ring_w,
                                      int* __restrict__ group, T* __restrict__ k_pages, T* __restrict__ v_pages,
                                      int* __restrict__ table, int max_pages, int* __restrict__ lengths,
                                      const int* __restrict__ free_list, int* __restrict__ alloc, int P,
@@ -113,15 +114,21 @@ __global__ void decode_update_kernel(const T* __restrict__ qkv, int64_t qkv_stri
   if (dmc) {
     const float alpha = s_alpha, omega = s_omega, over = s_over;
     float* ap = acc + r * X;
-    float* rp = ring + (r * W + t % W) * X;
+    T* rkv = ring_kv + (r * W + t % W) * (2 * D);
+    float* rw = ring_w + r * W + t % W;
+    const float w_old = *rw;
     for (int d = tid; d < X; d += nt) {
-      const float x = d < D ? static_cast<float>(k[d]) : (d < 2 * D ? static_cast<float>(v[d - D]) : 1.f);
+      const T xt = d < D ? k[d] : (d < 2 * D ? v[d - D] : static_cast<T>(1.f));
+      const float x = d < 2 * D ? static_cast<float>(xt) : 1.f;
       const float e = __fmul_rn(omega, x);
-      const float a = __fadd_rn(__fsub_rn(__fmul_rn(alpha, ap[d]), __fmul_rn(over, rp[d])), e);
+      const float old = d < 2 * D ? __fmul_rn(w_old, static_cast<float>(rkv[d])) : w_old;
+      const float a = __fadd_rn(__fsub_rn(__fmul_rn(alpha, ap[d]), __fmul_rn(over, old)), e);
       ap[d] = a;
-      rp[d] = e;
       s_acc[d] = a;
     }
+    __syncthreads();  // every thread has read the old ring entry
+    for (int d = tid; d < 2 * D; d += nt) rkv[d] = d < D ? k[d] : v[d - D];
+    if (tid == 0) *rw = omega;
     __syncthreads();
     const float wsum = s_acc[2 * D];
     for (int d = tid; d < D; d += nt) {
@@ -291,7 +298,9 @@ void decode_update_cuda(const at::Tensor& qkv_in, const at::Tensor& seq_in, cons
   DMC_CHECK(qkv.scalar_type() == cache.k_pages.scalar_type(), "decode_update kernel: qkv and cache dtypes differ");
   const int n = (int)qkv.size(0), D = (int)p.head_dim, X = 2 * D + 1, W = (int)std::max<int64_t>(1, p.window);
   DMC_CHECK(D % 2 == 0 && D <= 1024, "decode_update kernel: head_dim ", D);
-  if (p.dmc) DMC_CHECK(st.acc.defined() && st.ring.size(1) == W, "decode_update kernel: DMC state missing or of another window");
+  if (p.dmc)
+    DMC_CHECK(st.acc.defined() && st.ring_kv.size(1) == W && st.ring_kv.scalar_type() == qkv.scalar_type(),
+              "decode_update kernel: DMC state missing, of another window or of another dtype");
   const size_t shmem = (size_t)(X + 2 * D) * sizeof(float);
   dim3 grid((unsigned)p.n_kv_heads, (unsigned)n);
   const int threads = std::max(32, std::min(D, 256));
@@ -305,7 +314,8 @@ void decode_update_cuda(const at::Tensor& qkv_in, const at::Tensor& seq_in, cons
         qkv.data_ptr<scalar_t>(), qkv.stride(0), seq.data_ptr<int64_t>(), pos.data_ptr<int64_t>(),
         forced.data_ptr<bool>(), cos.data_ptr<float>(), sin.data_ptr<float>(), (int)p.n_heads, (int)p.n_kv_heads, D,
         (int)p.layer, (int)cache.options().max_seqs, p.dmc ? 1 : 0, (float)p.init_val, eps, W, (int)p.force_cr,
-        p.dmc ? st.acc.data_ptr<float>() : nullptr, p.dmc ? st.ring.data_ptr<float>() : nullptr,
+        p.dmc ? st.acc.data_ptr<float>() : nullptr, p.dmc ? st.ring_kv.data_ptr<scalar_t>() : nullptr,
+        p.dmc ? st.ring_w.data_ptr<float>() : nullptr,
         p.dmc ? st.group.data_ptr<int>() : nullptr, cache.k_pages.data_ptr<scalar_t>(),
         cache.v_pages.data_ptr<scalar_t>(), cache.table.data_ptr<int>(), (int)cache.max_pages_per_row(),
         cache.lengths.data_ptr<int>(), cache.free_list.data_ptr<int>(), cache.alloc.data_ptr<int>(),

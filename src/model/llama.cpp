@@ -213,7 +213,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> Llama::attention(const LlamaLayer
     if (runtime->capture) {
       runtime->k_rot[layer] = r.k_rot;
       runtime->v_hat[layer] = r.v_hat;
-      runtime->entries[layer] = r.entries;
+      runtime->kv_raw[layer] = r.kv_raw;
+      runtime->omega[layer] = r.omega;
     }
     return {at::linear(r.out.reshape({B, T, nh * hd}), L.wo), r.decision_mean, r.hard};
   }
@@ -372,7 +373,8 @@ at::Tensor Llama::forward_hidden(const at::Tensor& ids, KVCache* cache) const {
   if (runtime && runtime->capture) {
     runtime->k_rot.assign(layers.size(), at::Tensor());
     runtime->v_hat.assign(layers.size(), at::Tensor());
-    runtime->entries.assign(layers.size(), at::Tensor());
+    runtime->kv_raw.assign(layers.size(), at::Tensor());
+    runtime->omega.assign(layers.size(), at::Tensor());
   }
   if (dmc_mode) {
     runtime->decision_mean.assign(layers.size(), at::Tensor());

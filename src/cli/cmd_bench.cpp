@@ -1,0 +1,284 @@
+// dmc bench decode: decode throughput of the engine, vanilla against DMC (and the eviction baselines), at equal
+// memory: every policy gets the same device memory budget for its cache (pages + per-row state), and either a
+// given batch or the largest batch whose sequences all fit at the final context (prompt + new tokens).
+//
+// Before timing it verifies, on the benchmarked model, that the engine with the CUDA kernels reproduces the engine
+// with the reference ops (logits and slot counts over a prefill + steps) and refuses to print speeds otherwise.
+//
+// With random weights (a --preset shape) DMC has no trained decisions: `--force-cr R` stands in for them (head h
+// merges at position t unless (t + h) % R == 0) and every output line says so. The prompt state is then written
+// directly into the cache ("synthetic fill": random contents, the slot counts the policy would leave) instead of
+// prefilling hundreds of 4k prompts; --fill prefill runs the real prefill instead.
+//
+// Floor: a decode step must read every weight once plus the KV slots in use; bytes over the measured device copy
+// bandwidth (read + write bytes per second of a large copy) give the HBM floor printed beside each measurement.
+#include <chrono>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "common/error.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "config/options.h"
+#include "inference/decoder.h"
+
+#ifdef DMC_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <torch/cuda.h>
+#endif
+
+namespace dmc::cli {
+
+namespace {
+void sync(const at::Device& d) {
+#ifdef DMC_WITH_CUDA
+  if (d.is_cuda()) torch::cuda::synchronize(d.index());
+#else
+  (void)d;
+#endif
+}
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+// Bytes moved per second (read + write) by a large device-to-device copy.
+double copy_bandwidth(at::Device dev) {
+  at::Tensor a = at::empty({int64_t(1) << 28}, at::TensorOptions().dtype(at::kFloat).device(dev));  // 1 GiB
+  at::Tensor b = at::empty_like(a);
+  b.copy_(a);
+  sync(dev);
+  const double t0 = now_s();
+  const int reps = 10;
+  for (int i = 0; i < reps; ++i) b.copy_(a);
+  sync(dev);
+  return 2.0 * a.numel() * 4 * reps / (now_s() - t0);
+}
+int64_t free_device_bytes(at::Device dev) {
+#ifdef DMC_WITH_CUDA
+  if (dev.is_cuda()) {
+    size_t free = 0, total = 0;
+    c10::cuda::CUDACachingAllocator::emptyCache();
+    if (cudaMemGetInfo(&free, &total) == cudaSuccess) return (int64_t)free;
+  }
+#endif
+  (void)dev;
+  return int64_t(4) << 30;
+}
+std::vector<int64_t> random_ids(int64_t n, int64_t vocab) {
+  at::Tensor t = at::randint(3, vocab, {n}, at::TensorOptions().dtype(at::kLong)).contiguous();
+  return std::vector<int64_t>(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + n);
+}
+double rel(const at::Tensor& a, const at::Tensor& b) {
+  return ((a.to(at::kFloat) - b.to(at::kFloat)).norm() / b.to(at::kFloat).norm()).item<double>();
+}
+}  // namespace
+
+int cmd_bench(const Args& a) {
+  if (a.empty() || a[0] != "decode") {
+    if (!a.empty() && (a[0] == "-h" || a[0] == "--help")) {
+      std::cout << "usage: dmc bench decode [--model DIR | --preset llama2-7b] [options]\n";
+      return 0;
+    }
+    fail("command line: expected 'dmc bench decode ...'");
+  }
+  std::string model_dir, preset = "llama2-7b", device = "auto", dtype = "auto", json_path, fill = "synthetic";
+  std::vector<std::string> policies = {"vanilla", "dmc"};
+  std::string batch = "max";
+  int64_t layers = 0, prompt_len = 3840, new_tokens = 256, steps = 0, page_size = 16, force_cr = 0, seed = 0,
+          budget_slots = 0;
+  double memory_gib = 0, reserve_gib = 6, prefill_check = 1;
+  int64_t tbt_tokens = 256;
+  OptionTable t("bench decode", "dmc bench decode [--model DIR | --preset NAME] [--policy vanilla,dmc] [--force-cr R] ...");
+  t.add("model", &model_dir, "model directory (else --preset with random weights)");
+  t.add("preset", &preset, "model shape with random weights when no --model is given");
+  t.add("num_hidden_layers", &layers, "override the layer count (0 = as the model/preset has it)");
+  t.add("policy", &policies, "comma-separated cache policies: vanilla, dmc, tova, h2o, window");
+  t.add("force_cr", &force_cr, "dmc with random weights: forced decisions at this compression ratio (benchmark only)");
+  t.add("budget", &budget_slots, "tova/h2o/window: slots per head (0 = context / force_cr)");
+  t.add("batch", &batch, "sequences decoding together, or 'max' = the largest batch the memory budget holds");
+  t.add("prompt_len", &prompt_len, "prompt tokens per sequence");
+  t.add("new_tokens", &new_tokens, "tokens generated per sequence (the context is prompt_len + new_tokens)");
+  t.add("steps", &steps, "timed decode steps (0 = new_tokens)");
+  t.add("page_size", &page_size, "tokens per cache page");
+  t.add("memory_gib", &memory_gib, "cache memory budget in GiB, equal for every policy (0 = free memory - reserve)");
+  t.add("reserve_gib", &reserve_gib, "device memory left for activations and logits when memory_gib is 0");
+  t.add("fill", &fill, "synthetic (random prompt state with the policy's slot counts) or prefill (real prefills)");
+  t.add("prefill_check", &prefill_check, "1: also time one parallel prefill of prompt_len and token-by-token decoding");
+  t.add("tbt_tokens", &tbt_tokens, "token-by-token tokens timed for the prefill comparison (extrapolated to prompt_len)");
+  t.add("device", &device, "cuda, cpu or auto");
+  t.add("dtype", &dtype, "bf16, fp16, fp32 or auto");
+  t.add("seed", &seed, "weight and token seed");
+  t.add("json", &json_path, "append one JSON line per policy to this file");
+  t.parse(Args(a.begin() + 1, a.end()));
+  log::info(t.to_yaml());
+  auto [dev, dt] = resolve_runtime(device, dtype);
+  const int64_t ctx = prompt_len + new_tokens;
+  if (steps <= 0) steps = new_tokens;
+  DMC_CHECK(steps <= new_tokens, "steps (", steps, ") must not exceed new_tokens (", new_tokens, ")");
+  Llama model = [&] {
+    if (!model_dir.empty()) return Llama::load(model_dir, dt, dev);
+    LlamaConfig c = LlamaConfig::preset(preset);
+    if (layers) c.num_hidden_layers = layers;
+    c.max_position_embeddings = std::max<int64_t>(c.max_position_embeddings, ctx + 1);
+    return Llama::random(c, (uint64_t)seed, dt, dev);
+  }();
+  const auto& c = model.config;
+  DMC_CHECK(ctx < c.max_position_embeddings, "prompt_len + new_tokens (", ctx, ") exceeds max_position_embeddings (",
+            c.max_position_embeddings, ")");
+  const bool random_weights = model_dir.empty();
+  at::NoGradGuard ng;
+  const double bw = dev.is_cuda() ? copy_bandwidth(dev) : 0;
+  const int64_t budget_bytes = memory_gib > 0 ? (int64_t)(memory_gib * (1LL << 30))
+                                              : free_device_bytes(dev) - (int64_t)(reserve_gib * (1LL << 30));
+  DMC_CHECK(budget_bytes > 0, "memory budget: nothing left after the model and the reserve (", reserve_gib, " GiB)");
+  const int64_t L = c.num_hidden_layers, nkv = c.num_key_value_heads, D = c.head_dim;
+  const int64_t page_bytes = PagedKVCache::page_bytes(page_size, D, dt);
+  const double weight_bytes = (double)c.num_parameters() * c10::elementSize(dt);
+  std::ofstream jout;
+  if (!json_path.empty()) jout.open(json_path, std::ios::app);
+
+  for (const std::string& pol : policies) {
+    DecoderOptions o;
+    o.policy = pol;
+    o.page_size = page_size;
+    if (pol == "dmc" && random_weights) {
+      DMC_CHECK(force_cr > 0, "policy dmc with random weights needs --force-cr R (no trained decisions exist)");
+      o.force_cr = force_cr;
+    } else if (pol == "dmc" && force_cr > 0) {
+      o.force_cr = force_cr;
+    }
+    const bool evicting = pol == "tova" || pol == "h2o" || pol == "window";
+    if (evicting) {
+      DMC_CHECK(budget_slots > 0 || force_cr > 0, "policy ", pol, " needs --budget or --force-cr (budget = context / R)");
+      o.budget = budget_slots > 0 ? budget_slots : (ctx + force_cr - 1) / force_cr;
+    }
+    // ---- verify: kernels against the reference ops on this model ----------------------------------------------
+    if (decode_kernels_available(dev) && !evicting) {
+      DecoderOptions vo = o;
+      vo.max_seqs = 2;
+      vo.n_pages = L * 2 * nkv * ((160 + page_size) / page_size);
+      DecoderOptions vr = vo;
+      vr.use_kernels = false;
+      Decoder kd(model, vo), rd(model, vr);
+      torch::manual_seed(seed + 1);
+      std::vector<int64_t> next;
+      for (int64_t s = 0; s < 2; ++s) {
+        auto p = random_ids(64 + 31 * s, c.vocab_size);
+        kd.prefill(s, p);
+        next.push_back(rd.prefill(s, p).argmax().item<int64_t>());
+      }
+      double worst = 0;
+      for (int i = 0; i < 12; ++i) {
+        at::Tensor lk = kd.step({0, 1}, next), lr = rd.step({0, 1}, next);
+        worst = std::max(worst, rel(lk, lr));
+        at::Tensor am = lr.argmax(-1).cpu();
+        next = {am[0].item<int64_t>(), am[1].item<int64_t>()};
+      }
+      const bool same_slots = at::equal(kd.slot_counts(0), rd.slot_counts(0)) && at::equal(kd.slot_counts(1), rd.slot_counts(1));
+      const double tol = dt == at::kFloat ? 1e-4 : 5e-2;
+      log::info(cat("verify (", pol, "): kernels vs reference ops, 2 sequences x 12 steps: logits relative error ", worst,
+                    " (tolerance ", tol, "), slot counts ", same_slots ? "equal" : "DIFFER"));
+      if (!(worst <= tol) || !same_slots) fail("verification failed (", pol, "): the CUDA kernels differ from the reference ops");
+    }
+    // ---- size the batch at equal memory -----------------------------------------------------------------------
+    int64_t slots_per_row = ctx + 1;
+    if (pol == "dmc" && o.force_cr > 0) slots_per_row = 2 + (ctx + o.force_cr - 1) / o.force_cr;
+    if (evicting) slots_per_row = o.budget + 1;
+    const int64_t max_pages_row = (c.max_position_embeddings + 1 + page_size - 1) / page_size;
+    const int64_t state_row = (pol == "dmc" ? DmcState::bytes_per_row(D, std::max<int64_t>(1, c.dmc.window), dt) : 0) +
+                              max_pages_row * 4 + 4 + (evicting ? (o.budget + 1) * 12 : 0);
+    const int64_t pages_seq = L * nkv * ((slots_per_row + page_size - 1) / page_size);
+    const int64_t bytes_seq = pages_seq * page_bytes + L * nkv * state_row;
+    int64_t B = batch == "max" ? budget_bytes / bytes_seq : std::stoll(batch);
+    DMC_CHECK(B >= 1, "memory budget of ", budget_bytes, " bytes holds no sequence of ", bytes_seq, " bytes");
+    o.max_seqs = B;
+    o.n_pages = batch == "max" ? (budget_bytes - B * L * nkv * state_row) / page_bytes : B * pages_seq;
+    Decoder dec(model, o);
+    std::vector<int64_t> seqs(B);
+    for (int64_t i = 0; i < B; ++i) seqs[i] = i;
+    torch::manual_seed(seed + 2);
+    const double tf0 = now_s();
+    if (fill == "synthetic" && !evicting) {
+      dec.bench_fill(seqs, prompt_len);
+    } else {
+      for (int64_t s : seqs) dec.prefill(s, random_ids(prompt_len, c.vocab_size));
+    }
+    sync(dev);
+    const double fill_s = now_s() - tf0;
+    std::vector<int64_t> ids = random_ids(B, c.vocab_size);
+    for (int w = 0; w < 2; ++w) ids = [&] {  // warm-up: allocator, cuBLAS handles
+      at::Tensor am = dec.step(seqs, ids).argmax(-1).cpu();
+      return std::vector<int64_t>(am.data_ptr<int64_t>(), am.data_ptr<int64_t>() + B);
+    }();
+    const int64_t timed = std::min<int64_t>(steps, new_tokens - 2);
+    at::Tensor lens0 = dec.cache().lengths.sum().cpu();
+    sync(dev);
+    const double t0 = now_s();
+    for (int64_t s = 0; s < timed; ++s) {
+      at::Tensor am = dec.step(seqs, ids).argmax(-1).cpu();
+      ids.assign(am.data_ptr<int64_t>(), am.data_ptr<int64_t>() + B);
+    }
+    sync(dev);
+    const double dt_s = now_s() - t0;
+    const double slots_end = dec.cache().lengths.sum().cpu().item<double>();
+    const double slots_mid = (lens0.item<double>() + slots_end) / 2;
+    const double tokens_end = (double)B * L * nkv * (prompt_len + 2 + timed);
+    const double kv_read = slots_mid * 2 * D * c10::elementSize(dt);
+    const double floor_ms = bw > 0 ? 1e3 * (weight_bytes + kv_read) / bw : 0;
+    const double step_ms = 1e3 * dt_s / timed;
+    const int64_t pages_used = dec.cache().n_pages() - dec.cache().free_pages();
+    nlohmann::json j = {{"policy", pol},
+                        {"weights", random_weights ? "random (" + preset + ")" : model_dir},
+                        {"decisions", pol == "dmc" ? (o.force_cr > 0 ? cat("FORCED cr ", o.force_cr, " (benchmark policy)") : "trained") : "-"},
+                        {"batch", B},
+                        {"prompt_len", prompt_len},
+                        {"new_tokens", new_tokens},
+                        {"timed_steps", timed},
+                        {"fill", fill == "synthetic" && !evicting ? "synthetic" : "prefill"},
+                        {"fill_s", fill_s},
+                        {"ms_per_step", step_ms},
+                        {"tokens_per_s", B / (dt_s / timed)},
+                        {"hbm_floor_ms", floor_ms},
+                        {"step_over_floor", floor_ms > 0 ? step_ms / floor_ms : 0},
+                        {"kv_bytes", (double)pages_used * page_bytes},
+                        {"state_bytes", dec.state_bytes()},
+                        {"memory_budget_bytes", budget_bytes},
+                        {"achieved_cr", tokens_end / slots_end},
+                        {"page_size", page_size},
+                        {"kernels", dec.using_kernels()},
+                        {"dtype", dtype_name(dt)},
+                        {"copy_bandwidth_GBps", bw / 1e9},
+                        {"device", dev.str()}};
+    if (evicting) j["budget_slots"] = o.budget;
+    // ---- one prompt: parallel prefill against token by token ------------------------------------------------
+    if (prefill_check > 0) {
+      DecoderOptions po = o;
+      po.max_seqs = 2;
+      po.n_pages = 2 * L * nkv * ((ctx + 2 + page_size - 1) / page_size);
+      Decoder pd(model, po);
+      auto p = random_ids(prompt_len, c.vocab_size);
+      pd.prefill(1, std::vector<int64_t>(p.begin(), p.begin() + std::min<int64_t>(64, prompt_len)));  // warm-up
+      sync(dev);
+      double t1 = now_s();
+      pd.prefill(0, p);
+      sync(dev);
+      const double prefill_ms = 1e3 * (now_s() - t1);
+      pd.free(1);
+      const int64_t n_tbt = std::min(tbt_tokens, prompt_len);
+      t1 = now_s();
+      for (int64_t i = 0; i < n_tbt; ++i) pd.step({1}, {p[i]});
+      sync(dev);
+      const double tbt_ms = 1e3 * (now_s() - t1) * prompt_len / n_tbt;
+      j["prefill_ms"] = prefill_ms;
+      j["token_by_token_ms"] = tbt_ms;
+      j["token_by_token_measured_tokens"] = n_tbt;
+      j["prefill_speedup"] = tbt_ms / prefill_ms;
+    }
+    std::cout << j.dump() << std::endl;
+    if (jout) jout << j.dump() << "\n";
+  }
+  return 0;
+}
+
+}  // namespace dmc::cli

@@ -1,0 +1,198 @@
+// The decode engine beyond single-sequence decoding (CPU, reference ops): continuous batching with joins, exits
+// and preemption; the eviction baselines (TOVA, H2O, window + sinks); the benchmark-only forced-ratio policy.
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <set>
+
+#include "helpers.h"
+#include "inference/decoder.h"
+#include "inference/generate.h"
+#include "inference/perplexity.h"
+#include "model/llama.h"
+
+using namespace dmc;
+using namespace dmc::test;
+
+namespace {
+Llama engine_model(uint64_t seed, bool use_dmc) {
+  LlamaConfig c = LlamaConfig::preset("tiny");
+  c.num_hidden_layers = 2;
+  c.vocab_size = 97;
+  auto m = Llama::random(c, seed, at::kFloat, at::kCPU, 0.2);
+  if (use_dmc) {
+    m.config.dmc.enabled = true;
+    m.config.dmc.init_val = 0.2;
+    m.config.dmc.window = 4;
+  }
+  return m;
+}
+std::vector<int64_t> random_ids(int64_t n, int64_t vocab, uint64_t seed) {
+  at::Tensor t = at::randint(0, vocab, {n}, at::TensorOptions().dtype(at::kLong)).contiguous();
+  (void)seed;
+  return std::vector<int64_t>(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + n);
+}
+}  // namespace
+
+TEST_CASE("continuous batching: joins, exits and preemption give each prompt its own greedy tokens", "[inference][engine]") {
+  for (bool use_dmc : {false, true}) {
+    DYNAMIC_SECTION((use_dmc ? "dmc" : "vanilla")) {
+      auto m = engine_model(31, use_dmc);
+      torch::manual_seed(4);
+      std::vector<std::vector<int64_t>> prompts;
+      std::vector<int64_t> lens = {5, 17, 9, 30, 3, 12};
+      for (int64_t n : lens) prompts.push_back(random_ids(n, 97, 0));
+      GenerateOptions go;
+      go.stop_at_eos = false;
+      go.sampling.temperature = 0;
+      go.max_new_tokens = 11;
+      // each prompt alone
+      std::vector<std::vector<int64_t>> alone;
+      for (const auto& p : prompts) alone.push_back(generate(m, {p}, go).tokens[0]);
+      // two at a time: sequences join as others finish
+      go.max_batch = 2;
+      auto two = generate(m, prompts, go);
+      CHECK(two.tokens == alone);
+      CHECK(two.max_active == 2);
+      // all at once in a pool too small for all of them: preemption and recompute, same tokens
+      go.max_batch = 6;
+      go.cache.page_size = 4;
+      // 22 pages per (layer, head) row set: about two of the longest sequences (30 + 11 slots = 11 pages each)
+      go.cache.n_pages = m.config.num_hidden_layers * m.config.num_key_value_heads * 22;
+      auto tight = generate(m, prompts, go);
+      CHECK(tight.tokens == alone);
+      INFO("preemptions " << tight.preemptions << " max batch " << tight.max_active);
+      if (!use_dmc) CHECK(tight.preemptions > 0);
+      CHECK(tight.max_active >= 2);
+      // a pool that cannot hold a single prompt is a clear error
+      go.cache.n_pages = 3;
+      require_error([&] { generate(m, prompts, go); }, {"kv cache", "raise the memory budget"});
+    }
+  }
+}
+
+TEST_CASE("eviction baselines: window keeps sinks + recent, H2O keeps the recent half, TOVA stays in budget, pages come back", "[inference][engine]") {
+  auto m = engine_model(32, false);
+  const auto& c = m.config;
+  torch::manual_seed(6);
+  std::vector<int64_t> ids = random_ids(60, 97, 0);
+  // a budget above the sequence length: every baseline is exactly vanilla
+  for (std::string pol : {"tova", "h2o", "window"}) {
+    DecoderOptions o;
+    o.policy = pol;
+    o.budget = 100;
+    o.page_size = 4;
+    DecoderOptions ov;
+    ov.page_size = 4;
+    Decoder a(m, o), v(m, ov);
+    for (int64_t t = 0; t < 30; ++t) {
+      at::Tensor la = a.step({0}, {ids[t]}), lv = v.step({0}, {ids[t]});
+      REQUIRE((la - lv).abs().max().item<double>() < 1e-5);
+    }
+  }
+  const int64_t B = 8;
+  for (std::string pol : {"tova", "h2o", "window"}) {
+    DYNAMIC_SECTION(pol) {
+      DecoderOptions o;
+      o.policy = pol;
+      o.budget = B;
+      o.sinks = 2;
+      o.page_size = 4;  // budget % page_size == 0: the row crosses a page at every eviction
+      o.max_seqs = 2;
+      Decoder d(m, o);
+      const int64_t full = d.cache().free_pages();
+      for (int64_t t = 0; t < 60; ++t) d.step({0}, {ids[t]});
+      for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+        for (int64_t h = 0; h < c.num_key_value_heads; ++h) {
+          auto pos = d.slot_positions(l, 0, h);
+          REQUIRE((int64_t)pos.size() == B);
+          std::set<int64_t> held(pos.begin(), pos.end());
+          CHECK((int64_t)held.size() == B);
+          CHECK(held.count(59) + (pol == "tova" ? 1 : 0) >= 1);  // the newest is kept (TOVA may drop it)
+          if (pol == "window") CHECK(held == std::set<int64_t>({0, 1, 54, 55, 56, 57, 58, 59}));
+          if (pol == "h2o")
+            for (int64_t p = 60 - B / 2; p < 60; ++p) CHECK(held.count(p) == 1);
+        }
+      // rows never hold more than budget + 1 slots: 3 pages of 4, and exactly 2 once back at the budget
+      CHECK(full - d.cache().free_pages() == c.num_hidden_layers * c.num_key_value_heads * 2);
+      d.free(0);
+      CHECK(d.cache().free_pages() == full);
+    }
+  }
+  // on a model with structure (a tiny random one), a small window loses more than TOVA and H2O at the same budget
+  PplOptions po;
+  po.seq_len = 60;
+  po.mode = "incremental";
+  po.progress = false;
+  auto van = perplexity(m, ids, po);
+  po.cache = "window";
+  po.budget = 6;
+  auto win = perplexity(m, ids, po);
+  CHECK(win.tokens_scored == van.tokens_scored);
+  CHECK(std::abs(win.ppl() - van.ppl()) > 1e-6);  // eviction changed something
+  CHECK(win.cr() > 5.0);                           // 59 tokens in 6 slots per head
+  po.mode = "parallel";
+  require_error([&] { perplexity(m, ids, po); }, {"--cache window", "incremental"});
+  po.mode = "incremental";
+  po.budget = 0;
+  require_error([&] { perplexity(m, ids, po); }, {"--budget", "--cr"});
+  po.cache = "lru";
+  po.budget = 4;
+  require_error([&] { perplexity(m, ids, po); }, {"cache policy", "tova"});
+}
+
+TEST_CASE("forced-ratio policy (benchmarks with random weights): prefill equals token by token, ratio as asked", "[inference][engine]") {
+  auto m = engine_model(33, false);
+  const auto& c = m.config;
+  torch::manual_seed(8);
+  std::vector<int64_t> ids = random_ids(41, 97, 0);
+  DecoderOptions o;
+  o.policy = "dmc";
+  o.force_cr = 4;
+  o.page_size = 2;
+  Decoder a(m, o), b(m, o);
+  at::Tensor la;
+  for (int64_t id : ids) la = a.step({0}, {id})[0];
+  at::Tensor lb = b.prefill(0, ids);
+  CHECK((la - lb).abs().max().item<double>() < 1e-4);
+  CHECK(at::equal(a.slot_counts(0), b.slot_counts(0)));
+  // head h appends at t = 0 and wherever (t + h) % 4 == 0
+  at::Tensor slots = a.slot_counts(0);
+  for (int64_t h = 0; h < c.num_key_value_heads; ++h) {
+    int64_t expect = 1;
+    for (int64_t t = 1; t < 41; ++t) expect += (t + h) % 4 == 0;
+    CHECK(slots[0][h].item<int64_t>() == expect);
+  }
+  for (int s = 0; s < 5; ++s) {
+    const int64_t next = la.argmax().item<int64_t>();
+    la = a.step({0}, {next})[0];
+    lb = b.step({0}, {next})[0];
+    CHECK((la - lb).abs().max().item<double>() < 1e-4);
+  }
+  // policy dmc on a model without DMC needs the forced policy
+  o.force_cr = 0;
+  require_error([&] { Decoder x(m, o); }, {"no DMC stanza"});
+}
+
+TEST_CASE("decoder: bad input is refused before anything changes", "[inference][engine]") {
+  auto m = engine_model(34, true);
+  DecoderOptions o;
+  o.max_seqs = 2;
+  o.page_size = 4;
+  o.n_pages = m.config.num_hidden_layers * m.config.num_key_value_heads * 2;  // 8 slots per row
+  Decoder d(m, o);
+  require_error([&] { d.step({0}, {97}); }, {"token id 97", "out of range"});
+  require_error([&] { d.step({0, 0}, {1, 2}); }, {"listed twice"});
+  require_error([&] { d.step({2}, {1}); }, {"sequence 2 out of range"});
+  std::vector<int64_t> long_prompt(m.config.max_position_embeddings + 1, 3);
+  require_error([&] { d.prefill(1, long_prompt); }, {"prompt of", "max"});
+  // exhaustion: 8 slots per row fit, the pool then refuses and leaves the sequence as it was
+  o.policy = "vanilla";
+  Decoder v(m, o);
+  for (int t = 0; t < 8; ++t) v.step({0}, {t + 1});
+  const int64_t free = v.cache().free_pages();
+  require_error([&] { v.step({0}, {5}); }, {"kv cache exhausted"});
+  CHECK(v.position(0) == 8);
+  CHECK(v.cache().free_pages() == free);
+  CHECK(!v.can_step({0}));
+}

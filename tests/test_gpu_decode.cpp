@@ -1,0 +1,197 @@
+// CUDA decode kernels against the ATen reference ops (skipped without a GPU): on fresh random inputs, the fused
+// DMC update + cache write and the split-K paged attention, over many steps of several sequences that join at
+// different times, vanilla and DMC, MHA and GQA, bf16 and fp32, pages of 1 and 16 slots; then the whole engine
+// (prefill + steps of a small model) with kernels against the same engine with the reference ops.
+//
+// Tolerances: the kernel reproduces the reference's roundings of the DMC decision and weight (so decisions and
+// lengths must agree exactly); sums and softmax are fp32 in both but in another order, so values agree to a few
+// fp32 ulps, plus one ulp of the cache dtype where a value is rounded to it (bf16: 2^-8 relative).
+#include <torch/torch.h>
+
+#include "helpers.h"
+#include "inference/decode_ops.h"
+#include "inference/decoder.h"
+#include "model/llama.h"
+
+using namespace dmc;
+using namespace dmc::test;
+
+namespace {
+double rel(const at::Tensor& a, const at::Tensor& b) {
+  const double d = (a.to(at::kFloat) - b.to(at::kFloat)).norm().item<double>();
+  const double s = b.to(at::kFloat).norm().item<double>();
+  return s > 0 ? d / s : d;
+}
+}  // namespace
+
+TEST_CASE("CUDA: decode_update and paged_attention kernels equal the reference ops over many steps", "[gpu][inference]") {
+  if (!torch::cuda::is_available()) SKIP("no CUDA device");
+  struct Case {
+    int64_t nh, nkv, D, P;
+    bool dmc;
+    at::ScalarType dt;
+  };
+  std::vector<Case> cases = {{8, 2, 128, 16, true, at::kBFloat16}, {8, 2, 128, 16, false, at::kBFloat16},
+                             {4, 4, 64, 1, true, at::kFloat},      {32, 32, 128, 16, true, at::kBFloat16},
+                             {8, 1, 128, 4, true, at::kHalf}};
+  for (const auto& cs : cases) {
+    DYNAMIC_SECTION("nh " << cs.nh << " nkv " << cs.nkv << " D " << cs.D << " P " << cs.P << (cs.dmc ? " dmc " : " vanilla ")
+                          << c10::toString(cs.dt)) {
+      const int64_t L = 2, S = 6, steps = 70, W = 5, D = cs.D, nkv = cs.nkv, nh = cs.nh, maxpos = 256;
+      const double c = 5.0;
+      PagedCacheOptions po;
+      po.n_layers = L;
+      po.max_seqs = S;
+      po.n_kv_heads = nkv;
+      po.head_dim = D;
+      po.page_size = cs.P;
+      po.n_pages = L * S * nkv * (maxpos / cs.P);
+      po.max_slots_per_row = maxpos;
+      po.dtype = cs.dt;
+      po.device = at::kCUDA;
+      PagedKVCache ca(po), cb(po);
+      DmcState sa = DmcState::create(L * S * nkv, D, W, cs.dt, at::kCUDA), sb = DmcState::create(L * S * nkv, D, W, cs.dt, at::kCUDA);
+      auto fopt = at::TensorOptions().dtype(at::kFloat).device(at::kCUDA);
+      at::Tensor inv = 1.0 / at::pow(10000.0, at::arange(0, D, 2, fopt) / (double)D);
+      auto [cos, sin] = rope_cos_sin(inv, at::arange(maxpos, fopt.dtype(at::kLong)));
+      cos = cos.contiguous();
+      sin = sin.contiguous();
+      DecodeUpdateParams p;
+      p.n_heads = nh;
+      p.n_kv_heads = nkv;
+      p.head_dim = D;
+      p.dmc = cs.dmc;
+      p.init_val = c;
+      p.window = W;
+      torch::manual_seed(11);
+      std::vector<int64_t> pos(S, 0);
+      double worst_q = 0, worst_o = 0;
+      for (int64_t step = 0; step < steps; ++step) {
+        // sequence s joins at step 3 s; a random subset of the joined ones decodes this step
+        std::vector<int64_t> seqs;
+        for (int64_t s = 0; s < S; ++s)
+          if (step >= 3 * s && (torch::randint(0, 4, {1}).item<int64_t>() > 0 || pos[s] == 0)) seqs.push_back(s);
+        const int64_t n = (int64_t)seqs.size();
+        std::vector<int64_t> ps;
+        std::vector<int64_t> forced;
+        for (int64_t s : seqs) {
+          ps.push_back(pos[s]);
+          forced.push_back(pos[s] == 0 || torch::randint(0, 25, {1}).item<int64_t>() == 0);  // some document starts
+        }
+        at::Tensor seq_t = at::tensor(seqs, at::kLong).to(at::kCUDA), pos_t = at::tensor(ps, at::kLong).to(at::kCUDA);
+        at::Tensor forced_t = at::tensor(forced, at::kLong).to(at::kCUDA).to(at::kBool);
+        at::Tensor qkv = at::randn({n, (nh + 2 * nkv) * D}, fopt);
+        if (cs.dmc) {
+          // k[D-1] away from the threshold c (decisions must not hinge on a rounding), q[D-1] of any size
+          at::Tensor kv = qkv.narrow(1, nh * D, nkv * D).view({n, nkv, D});
+          at::Tensor sign = at::randint(0, 2, {n, nkv}, fopt) * 2 - 1;
+          kv.select(-1, D - 1).copy_(c + sign * (0.5 + at::rand({n, nkv}, fopt)));
+        }
+        qkv = qkv.to(cs.dt);
+        for (int64_t l = 0; l < L; ++l) {
+          p.layer = l;
+          at::Tensor qa = decode_update_ref(qkv, seq_t, pos_t, forced_t, cos, sin, p, sa, ca);
+          at::Tensor qb = decode_update(qkv, seq_t, pos_t, forced_t, cos, sin, p, sb, cb, true);
+          worst_q = std::max(worst_q, rel(qb, qa));
+          REQUIRE(at::equal(ca.lengths, cb.lengths));
+          int64_t maxlen = 1;
+          for (int64_t s : seqs) maxlen = std::max(maxlen, pos[s] + 1);
+          at::Tensor oa = paged_attention_ref(qa, ca, l, seq_t, maxlen, 1.0 / std::sqrt((double)D));
+          at::Tensor ob = paged_attention(qb, cb, l, seq_t, maxlen, 1.0 / std::sqrt((double)D), true);
+          worst_o = std::max(worst_o, rel(ob, oa));
+        }
+        for (int64_t s : seqs) ++pos[s];
+        // a finished sequence: free it in both and start it over
+        if (step == 40) {
+          ca.free_seq(1);
+          cb.free_seq(1);
+          pos[1] = 0;
+        }
+      }
+      const double ulp = cs.dt == at::kFloat ? 1e-5 : cs.dt == at::kHalf ? 2e-3 : 8e-3;
+      INFO("worst q rel " << worst_q << " worst attention rel " << worst_o);
+      CHECK(worst_q <= ulp);
+      CHECK(worst_o <= 2 * ulp);
+      CHECK(ca.free_pages() == cb.free_pages());
+      CHECK(cb.exhaustion_count() == 0);
+      if (cs.dmc) {
+        CHECK(at::equal(sa.group, sb.group));
+        CHECK(rel(sb.acc, sa.acc) < 1e-5);
+        CHECK(at::equal(sb.ring_kv, sa.ring_kv));
+        CHECK(at::equal(sb.ring_w, sa.ring_w));
+        // both merged and appended
+        const double slots = ca.lengths.sum().item<double>();
+        int64_t fed = 0;
+        for (int64_t s = 0; s < S; ++s) fed += pos[s];
+        CHECK(slots < 0.9 * fed * L * nkv);
+      }
+      // the cache contents, row by row (pages differ: the kernel pops them in another order)
+      std::vector<int64_t> rows;
+      for (int64_t r = 0; r < L * S * nkv; ++r) rows.push_back(r);
+      auto [ka, va, na] = ca.gather(rows);
+      auto [kb, vb, nb] = cb.gather(rows);
+      CHECK(at::equal(na, nb));
+      CHECK(rel(kb, ka) <= ulp);
+      CHECK(rel(vb, va) <= ulp);
+      std::cout << "[gpu-decode-kernels] " << nh << "/" << nkv << " D" << D << " P" << cs.P << (cs.dmc ? " dmc " : " vanilla ")
+                << c10::toString(cs.dt) << ": q rel " << worst_q << ", attention rel " << worst_o << std::endl;
+    }
+  }
+}
+
+TEST_CASE("CUDA: the engine with kernels equals the engine with reference ops, prefill and steps", "[gpu][inference]") {
+  if (!torch::cuda::is_available()) SKIP("no CUDA device");
+  for (bool use_dmc : {false, true}) {
+    DYNAMIC_SECTION((use_dmc ? "dmc" : "vanilla")) {
+      LlamaConfig c = LlamaConfig::preset("tiny");
+      c.num_hidden_layers = 2;
+      c.vocab_size = 211;
+      c.num_attention_heads = 8;
+      c.num_key_value_heads = 2;
+      c.head_dim = 64;
+      c.hidden_size = 512;
+      auto m = Llama::random(c, 21, at::kBFloat16, at::kCUDA, 0.2);
+      if (use_dmc) {
+        m.config.dmc.enabled = true;
+        m.config.dmc.init_val = 0.2;
+        m.config.dmc.window = 4;
+      }
+      DecoderOptions o;
+      o.max_seqs = 3;
+      o.page_size = 8;
+      DecoderOptions oref = o;
+      oref.use_kernels = false;
+      Decoder a(m, oref), b(m, o);
+      REQUIRE(b.using_kernels());
+      torch::manual_seed(2);
+      std::vector<std::vector<int64_t>> prompts;
+      for (int s = 0; s < 3; ++s) {
+        std::vector<int64_t> p;
+        for (int i = 0; i < 20 + 17 * s; ++i) p.push_back(torch::randint(0, 211, {1}).item<int64_t>());
+        prompts.push_back(p);
+      }
+      std::vector<int64_t> next;
+      for (int s = 0; s < 3; ++s) {
+        at::Tensor la = a.prefill(s, prompts[s]), lb = b.prefill(s, prompts[s]);
+        CHECK(rel(lb, la) < 1e-6);  // the prefill is the same code in both
+        next.push_back(la.argmax().item<int64_t>());
+      }
+      double worst = 0;
+      int64_t agree = 0, total = 0;
+      for (int step = 0; step < 30; ++step) {
+        at::Tensor la = a.step({0, 1, 2}, next), lb = b.step({0, 1, 2}, next);
+        worst = std::max(worst, rel(lb.to(at::kFloat), la.to(at::kFloat)));
+        at::Tensor ia = la.argmax(-1).cpu(), ib = lb.argmax(-1).cpu();
+        agree += (ia == ib).sum().item<int64_t>();
+        total += 3;
+        for (int s = 0; s < 3; ++s) next[s] = ia[s].item<int64_t>();  // both continue with the reference's tokens
+      }
+      for (int s = 0; s < 3; ++s) CHECK(at::equal(a.slot_counts(s), b.slot_counts(s)));
+      INFO("worst logits rel " << worst << ", argmax agreement " << agree << "/" << total);
+      CHECK(worst < 0.02);  // bf16 activations through two layers
+      CHECK(agree >= total - 2);
+      std::cout << "[gpu-engine] " << (use_dmc ? "dmc" : "vanilla") << ": logits rel " << worst << ", argmax " << agree << "/"
+                << total << std::endl;
+    }
+  }
+}
