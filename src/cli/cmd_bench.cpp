@@ -193,6 +193,9 @@ int cmd_bench(const Args& a) {
     int64_t B = batch == "max" ? budget_bytes / bytes_seq : std::stoll(batch);
     DMC_CHECK(B >= 1, "memory budget of ", budget_bytes, " bytes holds no sequence of ", bytes_seq, " bytes");
     o.max_seqs = B;
+#ifdef DMC_WITH_CUDA
+    if (dev.is_cuda()) c10::cuda::CUDACachingAllocator::emptyCache();  // the verification's blocks back to the driver
+#endif
     o.n_pages = batch == "max" ? (budget_bytes - B * L * nkv * state_row) / page_bytes : B * pages_seq;
     Decoder dec(model, o);
     std::vector<int64_t> seqs(B);
