@@ -47,7 +47,7 @@ int main(int argc, char** argv) {
   t.add("warmup", &warmup, "untimed steps first");
   t.add("activation_checkpointing", &ckpt, "recompute layers in backward");
   t.add("target_cr", &target_cr, "DMC target ratio (dmc mode)");
-  t.add("dmc_attn_impl", &attn_impl, "dmc mode: DMC attention implementation (flash | blocks | flash_cuda_experimental)");
+  t.add("dmc_attn_impl", &attn_impl, "dmc mode: DMC attention implementation (flash | blocks)");
   t.add("peak_tflops", &peak, "peak dense bf16 TFLOP/s for MFU");
   t.add("device", &device, "cuda or cpu");
   t.add("json", &json_path, "append the result as one JSON line");

@@ -53,7 +53,7 @@ if has train; then
   J="$OUT/bench_train.jsonl"; rm -f "$J"
   common="--preset llama-1b --seq-len 4096 --steps 6 --warmup 2 --json $J --micro-batch 4"
   "$B/bench_train" $common --mode vanilla --activation-checkpointing > "$OUT/bench_train.log" 2>&1; echo "vanilla+ckpt rc=$?"
-  for impl in ${DMC_ATTN_IMPLS:-blocks flash_cuda_experimental}; do
+  for impl in ${DMC_ATTN_IMPLS:-blocks flash}; do
     "$B/bench_train" $common --mode dmc --dmc-attn-impl $impl --activation-checkpointing >> "$OUT/bench_train.log" 2>&1
     echo "dmc/$impl+ckpt rc=$?"
   done

@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include "helpers.h"
+#include "dmc/dmc.h"
 #include "inference/decode_ops.h"
 #include "inference/decoder.h"
 #include "model/llama.h"
@@ -192,6 +193,41 @@ TEST_CASE("CUDA: the engine with kernels equals the engine with reference ops, p
       CHECK(agree >= total - 2);
       std::cout << "[gpu-engine] " << (use_dmc ? "dmc" : "vanilla") << ": logits rel " << worst << ", argmax " << agree << "/"
                 << total << std::endl;
+    }
+  }
+}
+
+TEST_CASE("CUDA: fused DMC pooling kernels equal the ATen pooling, values and gradients", "[gpu][dmc]") {
+  if (!torch::cuda::is_available()) SKIP("no CUDA device");
+  for (int64_t W : {1, 4, 12}) {
+    DYNAMIC_SECTION("window " << W) {
+      const int64_t B = 2, T = 333, H = 3, X = 40;
+      torch::manual_seed(5 + W);
+      auto f = at::TensorOptions().dtype(at::kFloat).device(at::kCUDA);
+      at::Tensor x = at::randn({B, T, H, X}, f), w = at::rand({B, T, H}, f) + 0.05;
+      at::Tensor b = at::rand({B, T, H}, f);
+      b.narrow(1, 0, 1).zero_();
+      b.narrow(1, 100, 1).zero_();                  // a document start
+      b = at::where(at::rand_like(b) < 0.2, at::zeros_like(b), b);  // hard zeros (the product must not divide)
+      at::Tensor R = at::randn({B, T, H, X}, f);
+      std::vector<at::Tensor> outs, gx, gw, gb;
+      for (int k = 0; k < 2; ++k) {
+        at::Tensor xx = x.clone().requires_grad_(true), ww = w.clone().requires_grad_(true), bb = b.clone().requires_grad_(true);
+        at::Tensor o = k == 0 ? dmc_pool_ref(xx, ww, bb, W) : dmc_pool(xx, ww, bb, W);
+        (o * R).sum().backward();
+        outs.push_back(o.detach());
+        gx.push_back(xx.grad());
+        gw.push_back(ww.grad());
+        gb.push_back(bb.grad());
+      }
+      INFO("out " << rel(outs[1], outs[0]) << " dx " << rel(gx[1], gx[0]) << " dw " << rel(gw[1], gw[0]) << " db "
+                  << rel(gb[1], gb[0]));
+      CHECK(rel(outs[1], outs[0]) < 1e-5);
+      CHECK(rel(gx[1], gx[0]) < 1e-5);
+      CHECK(rel(gw[1], gw[0]) < 1e-4);
+      if (W > 1) CHECK(rel(gb[1], gb[0]) < 1e-4);
+      std::cout << "[gpu-dmc-pool] W " << W << ": out " << rel(outs[1], outs[0]) << " dx " << rel(gx[1], gx[0]) << " dw "
+                << rel(gw[1], gw[0]) << " db " << rel(gb[1], gb[0]) << std::endl;
     }
   }
 }

@@ -197,6 +197,8 @@ int cmd_bench(const Args& a) {
     if (dev.is_cuda()) c10::cuda::CUDACachingAllocator::emptyCache();  // the verification's blocks back to the driver
 #endif
     o.n_pages = batch == "max" ? (budget_bytes - B * L * nkv * state_row) / page_bytes : B * pages_seq;
+    nlohmann::json j;
+    {
     Decoder dec(model, o);
     std::vector<int64_t> seqs(B);
     for (int64_t i = 0; i < B; ++i) seqs[i] = i;
@@ -231,7 +233,27 @@ int cmd_bench(const Args& a) {
     const double floor_ms = bw > 0 ? 1e3 * (weight_bytes + kv_read) / bw : 0;
     const double step_ms = 1e3 * dt_s / timed;
     const int64_t pages_used = dec.cache().n_pages() - dec.cache().free_pages();
-    nlohmann::json j = {{"policy", pol},
+    // where the step's time goes: the paged attention of all layers alone, on the final state
+    double attn_ms = 0;
+    {
+      at::Tensor seq_t = at::tensor(seqs, at::kLong).to(dev);
+      at::Tensor q = at::randn({B, c.num_attention_heads, D}, at::TensorOptions().dtype(dt).device(dev));
+      int64_t maxlen = 1;
+      {
+        at::Tensor lm = dec.cache().lengths.max().cpu();
+        maxlen = lm.item<int64_t>() + 1;
+      }
+      const double scale = 1.0 / std::sqrt((double)D);
+      for (int64_t l = 0; l < L; ++l) paged_attention(q, dec.cache(), l, seq_t, maxlen, scale, true);
+      sync(dev);
+      const double ta = now_s();
+      const int reps = 3;
+      for (int rep = 0; rep < reps; ++rep)
+        for (int64_t l = 0; l < L; ++l) paged_attention(q, dec.cache(), l, seq_t, maxlen, scale, true);
+      sync(dev);
+      attn_ms = 1e3 * (now_s() - ta) / reps;
+    }
+    j = {{"policy", pol},
                         {"weights", random_weights ? "random (" + preset + ")" : model_dir},
                         {"decisions", pol == "dmc" ? (o.force_cr > 0 ? cat("FORCED cr ", o.force_cr, " (benchmark policy)") : "trained") : "-"},
                         {"batch", B},
@@ -253,6 +275,12 @@ int cmd_bench(const Args& a) {
                         {"dtype", dtype_name(dt)},
                         {"copy_bandwidth_GBps", bw / 1e9},
                         {"device", dev.str()}};
+    j["attention_ms_per_step"] = attn_ms;
+    j["attention_floor_ms"] = bw > 0 ? 1e3 * kv_read / bw : 0;
+    }
+#ifdef DMC_WITH_CUDA
+    if (dev.is_cuda()) c10::cuda::CUDACachingAllocator::emptyCache();
+#endif
     if (evicting) j["budget_slots"] = o.budget;
     // ---- one prompt: parallel prefill against token by token ------------------------------------------------
     if (prefill_check > 0) {

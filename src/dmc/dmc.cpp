@@ -39,7 +39,37 @@ at::Tensor dmc_importance(const at::Tensor& q, int64_t nkv, double c) {
   return at::sigmoid(last + c) + machine_eps(q.scalar_type());
 }
 
+#ifdef DMC_WITH_CUDA
+namespace {
+struct DmcPoolFn : public torch::autograd::Function<DmcPoolFn> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                                                const at::Tensor& w, const at::Tensor& b, int64_t window) {
+    auto [out, den] = dmc_pool_forward_cuda(x, w, b, window);
+    ctx->save_for_backward({x, w, b, out, den});
+    ctx->saved_data["W"] = window;
+    return {out};
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list g) {
+    auto s = ctx->get_saved_variables();
+    auto [dx, dw, db] = dmc_pool_backward_cuda(g[0], s[0], s[1], s[2], s[3], s[4], ctx->saved_data["W"].toInt());
+    return {dx, dw, db, at::Tensor()};
+  }
+};
+}  // namespace
+#endif
+
 at::Tensor dmc_pool(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t window) {
+  DMC_CHECK(window >= 1, "dmc window: must be >= 1, got ", window);
+#ifdef DMC_WITH_CUDA
+  if (x.is_cuda() && x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat &&
+      window <= 64)
+    return DmcPoolFn::apply(x.contiguous(), w.contiguous(), b.contiguous(), window)[0];
+#endif
+  return dmc_pool_ref(x, w, b, window);
+}
+
+at::Tensor dmc_pool_ref(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t window) {
   DMC_CHECK(window >= 1, "dmc window: must be >= 1, got ", window);
   const int64_t T = x.size(1);
   at::Tensor wx = w.unsqueeze(-1) * x;  // [B, T, H, X]
@@ -222,10 +252,11 @@ DmcAttention dmc_attention(const at::Tensor& q, const at::Tensor& k, const at::T
   at::Tensor qr = rope_drop_last(q.transpose(1, 2), cos, sin);      // [B, nh, T, D]
   at::Tensor kr = rope_drop_last(k_hat.transpose(1, 2), cos, sin);  // [B, nkv, T, D]
   const double scale = 1.0 / std::sqrt((double)D);
-  // On CUDA the blockwise path is the default for now: the flash variant ran on the H200 (1.27x the vanilla step)
-  // but its GPU gradient test has not passed yet (the first version of that test was itself wrong); select it with
-  // attn_impl = flash_cuda_experimental. See docs/benchmarks.md.
-  const bool flash_ok = !q.is_cuda() || o.attn_impl == "flash_cuda_experimental";
+  // The CUDA flash kernel takes fp16/bf16 only: fp32 on CUDA (a verification pass, say) takes the blockwise twin.
+  // Both are checked against each other on the GPU (tests/test_gpu.cpp).
+  const bool flash_ok = !q.is_cuda() || dt == at::kBFloat16 || dt == at::kHalf;
+  DMC_CHECK(o.attn_impl == "flash" || o.attn_impl == "blocks", "dmc_attn_impl: expected flash or blocks, got '",
+            o.attn_impl, "'");
   at::Tensor out = o.attn_impl == "blocks" || !flash_ok
                        ? biased_causal_attention(qr, kr, v_hat.transpose(1, 2), m.transpose(1, 2), scale, o.attn_block)
                        : biased_causal_attention_flash(qr, kr, v_hat.transpose(1, 2), m.transpose(1, 2), scale);

@@ -23,7 +23,7 @@ struct DmcOptions {
   double temperature = 0.1;    // tau of the Gumbel-sigmoid relaxation
   bool doc_boundaries = true;  // force an append at each document start; no merge or bias across it
   int64_t attn_block = 256;    // query block of the "blocks" attention
-  // flash (fused kernel + log-sum-exp merge; on CUDA only as flash_cuda_experimental) | blocks (plain twin)
+  // flash (fused kernel + log-sum-exp merge; on CUDA for fp16/bf16, fp32 there takes blocks) | blocks (plain twin)
   std::string attn_impl = "flash";
   // Benchmark-only decision policy for random weights (eval mode): head h merges at position t unless
   // (t + h) % force_cr == 0, a compression ratio of force_cr. 0 = the model's own decisions.
@@ -49,7 +49,19 @@ at::Tensor dmc_decision_logits(const at::Tensor& k, double init_val);
 at::Tensor dmc_importance(const at::Tensor& q, int64_t n_kv_heads, double init_val);
 // Windowed weighted prefix pooling: x [B, T, H, X] (fp32), w, b [B, T, H] (b[:, 0] must be 0):
 //   out_t = sum_{m<W} C_{t,m} w_{t-m} x_{t-m} / sum_{m<W} C_{t,m} w_{t-m},  C_{t,0} = 1, C_{t,m} = prod_{s<m} b_{t-s}
+// On CUDA in fp32 the fused kernels of kernels/dmc_pool.cu (forward and backward) run it; dmc_pool_ref is the plain
+// ATen form (W in-place accumulations into time-shifted views), used on the CPU and as the kernels' oracle.
 at::Tensor dmc_pool(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t window);
+at::Tensor dmc_pool_ref(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t window);
+#ifdef DMC_WITH_CUDA
+// kernels/dmc_pool.cu: fp32, contiguous; forward returns (out, den [B, T, H]); backward (dx, dw, db)
+std::tuple<at::Tensor, at::Tensor> dmc_pool_forward_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
+                                                         int64_t window);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dmc_pool_backward_cuda(const at::Tensor& g, const at::Tensor& x,
+                                                                      const at::Tensor& w, const at::Tensor& b,
+                                                                      const at::Tensor& out, const at::Tensor& den,
+                                                                      int64_t window);
+#endif
 // Attention with an additive per-key-column bias m [B, nkv, T] applied to keys j < i (the diagonal exempt),
 // causal, GQA; q [B, nh, T, D], k, v [B, nkv, T, D]; computed in query blocks, never as a full T x T bias.
 at::Tensor biased_causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& m,

@@ -20,7 +20,7 @@ void RetrofitOptions::add_to(OptionTable& t) {
   t.add("dmc_temperature", &dmc.temperature, "Gumbel-sigmoid temperature");
   t.add("dmc_doc_boundaries", &dmc.doc_boundaries, "force an append at document starts; no merge or bias across them");
   t.add("dmc_attn_block", &dmc.attn_block, "query block of the blockwise DMC attention");
-  t.add("dmc_attn_impl", &dmc.attn_impl, "flash | blocks | flash_cuda_experimental (flash kernel on CUDA)");
+  t.add("dmc_attn_impl", &dmc.attn_impl, "flash (fused kernel; fp32 on CUDA falls back to blocks) | blocks (plain query-block twin)");
   t.add("head_stats_every", &head_stats_every, "steps between per-layer/per-head ratio logs");
 }
 

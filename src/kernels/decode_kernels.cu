@@ -191,24 +191,35 @@ __global__ void __launch_bounds__(kWarps * 32)
     }
   }
   const int* trow = table + r * max_pages;
-  for (int j = start + warp; j < end; j += kWarps) {
-    const int64_t base = ((int64_t)trow[j / P] * P + j % P) * D + lane * V;
-    const VecT<T, V> kv = *reinterpret_cast<const VecT<T, V>*>(k_pages + base);
-    const VecT<T, V> vv = *reinterpret_cast<const VecT<T, V>*>(v_pages + base);
+  // each warp takes kUnroll consecutive slots per round and issues all their loads before the first use
+  constexpr int kUnroll = 4;
+  for (int j0 = start + warp * kUnroll; j0 < end; j0 += kWarps * kUnroll) {
+    VecT<T, V> kv[kUnroll], vv[kUnroll];
 #pragma unroll
-    for (int g = 0; g < GM; ++g) {
-      if (g >= G) break;
-      float s = 0.f;
+    for (int u = 0; u < kUnroll; ++u) {
+      const int j = min(j0 + u, end - 1);
+      const int64_t base = ((int64_t)trow[j / P] * P + j % P) * D + lane * V;
+      kv[u] = *reinterpret_cast<const VecT<T, V>*>(k_pages + base);
+      vv[u] = *reinterpret_cast<const VecT<T, V>*>(v_pages + base);
+    }
 #pragma unroll
-      for (int e = 0; e < V; ++e) s += qr[g][e] * static_cast<float>(kv.v[e]);
+    for (int u = 0; u < kUnroll; ++u) {
+      if (j0 + u >= end) break;
 #pragma unroll
-      for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
-      const float mn = fmaxf(m[g], s);
-      const float corr = __expf(m[g] - mn), p = __expf(s - mn);
-      l[g] = l[g] * corr + p;
+      for (int g = 0; g < GM; ++g) {
+        if (g >= G) break;
+        float s = 0.f;
 #pragma unroll
-      for (int e = 0; e < V; ++e) o[g][e] = o[g][e] * corr + p * static_cast<float>(vv.v[e]);
-      m[g] = mn;
+        for (int e = 0; e < V; ++e) s += qr[g][e] * static_cast<float>(kv[u].v[e]);
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+        const float mn = fmaxf(m[g], s);
+        const float corr = __expf(m[g] - mn), p = __expf(s - mn);
+        l[g] = l[g] * corr + p;
+#pragma unroll
+        for (int e = 0; e < V; ++e) o[g][e] = o[g][e] * corr + p * static_cast<float>(vv[u].v[e]);
+        m[g] = mn;
+      }
     }
   }
   // merge the warps

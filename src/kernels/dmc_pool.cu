@@ -1,0 +1,179 @@
+// Fused windowed weighted pooling of DMC training (dmc_pool in dmc/dmc.h), forward and backward, fp32, sm_90.
+// The ATen reference accumulates W time-shifted copies (about 3 W passes over x per direction); these kernels read
+// each input once from DRAM (the W-step window is served by L1/L2) and write each output once.
+//
+//   x [B, T, H, X], w, b [B, T, H] (b[:, 0] = 0):   C_{t,0} = 1, C_{t,m} = C_{t,m-1} b_{t-m+1}
+//   num_t = sum_{m < W} C_{t,m} w_{t-m} x_{t-m},  den_t = sum_{m < W} C_{t,m} w_{t-m},  out_t = num_t / den_t
+//
+// Backward, with g = dL/d out, gn_t = g_t / den_t, dden_t = -(g_t . out_t) / den_t:
+//   A_{t,m} = x_{t-m} . gn_t + dden_t            (dL/d(C_{t,m} w_{t-m}))
+//   dx_s = w_s sum_m C_{s+m,m} gn_{s+m};  dw_s = sum_m C_{s+m,m} A_{s+m,m}
+//   dC_{t,m} = w_{t-m} A_{t,m}; through C_{t,m} = C_{t,m-1} b_{t-m+1} in reverse: r_m = dC_{t,m} + r_{m+1} b_{t-m},
+//   e_{t,m} = r_m C_{t,m-1} is t's share of db_{t-m+1};  db_u = sum_{m >= 1} e_{u+m-1,m}
+// Kernel 1 (one warp per (b, t, h)) writes A, C, e [B, T, H, W]; kernel 2 (one warp per (b, s, h)) gathers dx, dw,
+// db. Layout of every [B, T, H] tensor: contiguous, so (b, t, h) is the flat index i = (b T + t) H + h.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "common/error.h"
+#include "dmc/dmc.h"
+
+namespace dmc {
+namespace {
+
+constexpr int kMaxW = 64;
+constexpr int kWarpsPerBlock = 8;
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__global__ void pool_fwd_kernel(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,
+                                int64_t BTH, int T, int H, int X, int W, float* __restrict__ out,
+                                float* __restrict__ den_out) {
+  const int64_t i = (int64_t)blockIdx.x * kWarpsPerBlock + threadIdx.x / 32;  // (b, t, h)
+  const int lane = threadIdx.x % 32;
+  if (i >= BTH) return;
+  const int t = (int)((i / H) % T);
+  const int Wt = min(W, t + 1);
+  float C = 1.f, den = 0.f;
+  float coef[kMaxW];
+#pragma unroll 1
+  for (int m = 0; m < Wt; ++m) {
+    if (m > 0) C *= b[i - (int64_t)(m - 1) * H];  // b_{t-m+1}
+    coef[m] = C * w[i - (int64_t)m * H];
+    den += coef[m];
+  }
+  for (int c = lane; c < X; c += 32) {
+    float num = 0.f;
+#pragma unroll 1
+    for (int m = 0; m < Wt; ++m) num += coef[m] * x[(i - (int64_t)m * H) * X + c];
+    out[i * X + c] = num / den;
+  }
+  if (lane == 0) den_out[i] = den;
+}
+
+__global__ void pool_bwd1_kernel(const float* __restrict__ g, const float* __restrict__ x, const float* __restrict__ w,
+                                 const float* __restrict__ b, const float* __restrict__ out, const float* __restrict__ den,
+                                 int64_t BTH, int T, int H, int X, int W, float* __restrict__ A, float* __restrict__ Cs,
+                                 float* __restrict__ E) {
+  const int64_t i = (int64_t)blockIdx.x * kWarpsPerBlock + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (i >= BTH) return;
+  const int t = (int)((i / H) % T);
+  const int Wt = min(W, t + 1);
+  const float inv = 1.f / den[i];
+  float dd = 0.f;
+  for (int c = lane; c < X; c += 32) dd += g[i * X + c] * out[i * X + c];
+  dd = -warp_sum(dd) * inv;
+  float a[kMaxW], C[kMaxW];
+  float Cm = 1.f;
+#pragma unroll 1
+  for (int m = 0; m < Wt; ++m) {
+    if (m > 0) Cm *= b[i - (int64_t)(m - 1) * H];
+    C[m] = Cm;
+    float s = 0.f;
+    for (int c = lane; c < X; c += 32) s += x[(i - (int64_t)m * H) * X + c] * g[i * X + c];
+    a[m] = warp_sum(s) * inv + dd;
+  }
+  if (lane == 0) {
+    float r = 0.f;
+#pragma unroll 1
+    for (int m = Wt - 1; m >= 1; --m) {
+      const float dC = w[i - (int64_t)m * H] * a[m];
+      r = dC + (m + 1 < Wt ? r * b[i - (int64_t)m * H] : 0.f);  // r_{m+1} b_{t-m}
+      E[i * W + m] = r * C[m - 1];
+    }
+    for (int m = 0; m < W; ++m) {
+      A[i * W + m] = m < Wt ? a[m] : 0.f;
+      Cs[i * W + m] = m < Wt ? C[m] : 0.f;
+      if (m == 0 || m >= Wt) E[i * W + m] = 0.f;
+    }
+  }
+}
+
+__global__ void pool_bwd2_kernel(const float* __restrict__ g, const float* __restrict__ w, const float* __restrict__ den,
+                                 const float* __restrict__ A, const float* __restrict__ Cs, const float* __restrict__ E,
+                                 int64_t BTH, int T, int H, int X, int W, float* __restrict__ dx, float* __restrict__ dw,
+                                 float* __restrict__ db) {
+  const int64_t i = (int64_t)blockIdx.x * kWarpsPerBlock + threadIdx.x / 32;  // (b, s, h)
+  const int lane = threadIdx.x % 32;
+  if (i >= BTH) return;
+  const int s = (int)((i / H) % T);
+  const int Ws = min(W, T - s);  // t = s + m < T
+  float coef[kMaxW];
+  float dws = 0.f, dbs = 0.f;
+#pragma unroll 1
+  for (int m = 0; m < Ws; ++m) {
+    const int64_t it = i + (int64_t)m * H;  // (b, s + m, h)
+    coef[m] = Cs[it * W + m] / den[it];
+    dws += Cs[it * W + m] * A[it * W + m];
+  }
+  // db_s = sum_{m >= 1} e_{s+m-1, m}
+#pragma unroll 1
+  for (int m = 1; m < W && s + m - 1 < T; ++m) dbs += E[(i + (int64_t)(m - 1) * H) * W + m];
+  const float ws = w[i];
+  for (int c = lane; c < X; c += 32) {
+    float acc = 0.f;
+#pragma unroll 1
+    for (int m = 0; m < Ws; ++m) acc += coef[m] * g[(i + (int64_t)m * H) * X + c];
+    dx[i * X + c] = ws * acc;
+  }
+  if (lane == 0) {
+    dw[i] = dws;
+    db[i] = dbs;
+  }
+}
+
+void check_inputs(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t W) {
+  DMC_CHECK(x.is_cuda() && x.scalar_type() == at::kFloat && x.dim() == 4, "dmc_pool kernel: x must be fp32 CUDA [B, T, H, X]");
+  DMC_CHECK(w.sizes() == x.sizes().slice(0, 3) && b.sizes() == w.sizes(), "dmc_pool kernel: w, b must be [B, T, H]");
+  DMC_CHECK(W >= 1 && W <= kMaxW, "dmc_pool kernel: window ", W, " outside [1, ", kMaxW, "]");
+}
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> dmc_pool_forward_cuda(const at::Tensor& x_in, const at::Tensor& w_in,
+                                                         const at::Tensor& b_in, int64_t W) {
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  at::Tensor x = x_in.contiguous(), w = w_in.contiguous().to(at::kFloat), b = b_in.contiguous().to(at::kFloat);
+  check_inputs(x, w, b, W);
+  const int64_t BTH = w.numel();
+  const int T = (int)x.size(1), H = (int)x.size(2), X = (int)x.size(3);
+  at::Tensor out = at::empty_like(x), den = at::empty_like(w);
+  const int64_t blocks = (BTH + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  pool_fwd_kernel<<<(unsigned)blocks, kWarpsPerBlock * 32, 0, at::cuda::getCurrentCUDAStream()>>>(
+      x.data_ptr<float>(), w.data_ptr<float>(), b.data_ptr<float>(), BTH, T, H, X, (int)W, out.data_ptr<float>(),
+      den.data_ptr<float>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {out, den};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dmc_pool_backward_cuda(const at::Tensor& g_in, const at::Tensor& x_in,
+                                                                      const at::Tensor& w_in, const at::Tensor& b_in,
+                                                                      const at::Tensor& out, const at::Tensor& den,
+                                                                      int64_t W) {
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  at::Tensor g = g_in.contiguous().to(at::kFloat), x = x_in.contiguous(), w = w_in.contiguous(), b = b_in.contiguous();
+  check_inputs(x, w, b, W);
+  const int64_t BTH = w.numel();
+  const int T = (int)x.size(1), H = (int)x.size(2), X = (int)x.size(3);
+  auto f = w.options();
+  at::Tensor A = at::empty({BTH, W}, f), Cs = at::empty({BTH, W}, f), E = at::empty({BTH, W}, f);
+  at::Tensor dx = at::empty_like(x), dw = at::empty_like(w), db = at::empty_like(b);
+  const int64_t blocks = (BTH + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  pool_bwd1_kernel<<<(unsigned)blocks, kWarpsPerBlock * 32, 0, stream>>>(
+      g.data_ptr<float>(), x.data_ptr<float>(), w.data_ptr<float>(), b.data_ptr<float>(), out.data_ptr<float>(),
+      den.data_ptr<float>(), BTH, T, H, X, (int)W, A.data_ptr<float>(), Cs.data_ptr<float>(), E.data_ptr<float>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  pool_bwd2_kernel<<<(unsigned)blocks, kWarpsPerBlock * 32, 0, stream>>>(
+      g.data_ptr<float>(), w.data_ptr<float>(), den.data_ptr<float>(), A.data_ptr<float>(), Cs.data_ptr<float>(),
+      E.data_ptr<float>(), BTH, T, H, X, (int)W, dx.data_ptr<float>(), dw.data_ptr<float>(), db.data_ptr<float>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {dx, dw, db};
+}
+
+}  // namespace dmc
