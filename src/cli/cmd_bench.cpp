@@ -289,7 +289,8 @@ int cmd_bench(const Args& a) {
       po.n_pages = 2 * L * nkv * ((ctx + 2 + page_size - 1) / page_size);
       Decoder pd(model, po);
       auto p = random_ids(prompt_len, c.vocab_size);
-      pd.prefill(1, std::vector<int64_t>(p.begin(), p.begin() + std::min<int64_t>(64, prompt_len)));  // warm-up
+      pd.prefill(1, p);  // warm-up at the same shape (GEMM heuristics, attention workspace)
+      pd.free(1);
       sync(dev);
       double t1 = now_s();
       pd.prefill(0, p);

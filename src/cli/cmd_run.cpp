@@ -72,7 +72,9 @@ int cmd_eval(const Args& a) {
   std::string model_dir, tok_path, text_path, device = "auto", dtype = "auto", json_path;
   int64_t seq_len = 1024, stride = 0, max_tokens = 0;
   bool add_bos = true;
-  std::string mode = "parallel";
+  std::string mode = "parallel", cache = "auto";
+  int64_t budget = 0, sinks = 4;
+  double cr = 0;
   OptionTable t("eval ppl", "dmc eval ppl --model DIR --tokenizer FILE --text FILE [--seq-len N] [--stride N] [--json OUT]");
   t.add("model", &model_dir, "model directory", true);
   t.add("tokenizer", &tok_path, "SentencePiece tokenizer.model", true);
@@ -81,6 +83,10 @@ int cmd_eval(const Args& a) {
   t.add("stride", &stride, "window step in tokens (0 = seq_len)");
   t.add("max_tokens", &max_tokens, "score only the first N tokens (0 = all)");
   t.add("mode", &mode, "parallel (one forward per window) or incremental (token by token through the paged cache)");
+  t.add("cache", &cache, "incremental: auto | vanilla | dmc | tova | h2o | window (eviction baselines need a budget)");
+  t.add("budget", &budget, "tova/h2o/window: KV slots per (layer, head)");
+  t.add("cr", &cr, "tova/h2o/window: budget = ceil(seq_len / cr) when --budget is 0 (the cache of a DMC model at cr)");
+  t.add("sinks", &sinks, "window: first positions never evicted");
   t.add("add_bos", &add_bos, "prepend the BOS token to the text");
   t.add("device", &device, "cpu, cuda, cuda:N or auto");
   t.add("dtype", &dtype, "bf16, fp16, fp32 or auto (bf16 on CUDA, fp32 on CPU)");
@@ -100,17 +106,37 @@ int cmd_eval(const Args& a) {
   po.seq_len = seq_len;
   po.stride = stride;
   po.mode = mode;
+  po.cache = cache;
+  po.budget = budget;
+  po.cr = cr;
+  po.sinks = sinks;
   auto r = perplexity(model, ids, po);
   std::cout << "perplexity: " << std::setprecision(8) << r.ppl() << "  (nll " << r.nll() << ", " << r.tokens_scored
             << " tokens, " << r.windows << " windows, " << r.seconds << " s)\n";
-  if (model.config.dmc.enabled)
-    std::cout << "DMC (eval mode, parallel): achieved compression ratio " << std::setprecision(4) << r.cr()
-              << " (target " << model.config.dmc.target_cr << ")\n";
+  const bool ratios = !r.head_tokens.empty();
+  if (ratios) {
+    std::cout << (model.config.dmc.enabled ? "DMC (eval mode, " + mode + ")" : "cache " + cache)
+              << ": achieved compression ratio " << std::setprecision(4) << r.cr();
+    if (model.config.dmc.enabled) std::cout << " (target " << model.config.dmc.target_cr << ")";
+    std::cout << "\nper layer (rows) and KV head (columns):\n";
+    auto per = r.cr_per_head();
+    for (size_t l = 0; l < per.size(); ++l) {
+      std::cout << "  layer " << l << ":";
+      for (double x : per[l]) std::cout << " " << std::fixed << std::setprecision(2) << x;
+      std::cout << "\n";
+    }
+    std::cout.unsetf(std::ios::fixed);
+  }
   if (!json_path.empty()) {
     nlohmann::json j = {{"ppl", r.ppl()},         {"nll", r.nll()},         {"tokens_scored", r.tokens_scored},
                         {"windows", r.windows},   {"seq_len", seq_len},     {"stride", stride ? stride : seq_len},
                         {"model", model_dir},     {"text", text_path},      {"dtype", dtype_name(dt)},
-                        {"device", dev.str()},    {"seconds", r.seconds},  {"mode", mode}};
+                        {"device", dev.str()},    {"seconds", r.seconds},  {"mode", mode},
+                        {"cache", cache}};
+    if (ratios) {
+      j["cr"] = r.cr();
+      j["cr_per_head"] = r.cr_per_head();
+    }
     if (model.config.dmc.enabled) {
       j["dmc_cr"] = r.cr();
       j["dmc_cr_per_head"] = r.cr_per_head();

@@ -171,77 +171,83 @@ __global__ void __launch_bounds__(kWarps * 32)
                             const int64_t* __restrict__ seq, int layer, int max_seqs, int nh, int nkv, int P,
                             int chunk, float scale, int n_split, float* __restrict__ o_part,
                             float* __restrict__ ml_part) {
-  constexpr int V = D / 32;
+  // lanes per slot: each lane loads VE contiguous elements (16 bytes where D allows); a warp covers KPW slots at once
+  constexpr int VE = (16 / (int)sizeof(T)) > (D / 32) ? (16 / (int)sizeof(T)) : (D / 32);
+  constexpr int KL = D / VE;
+  constexpr int KPW = 32 / KL;
+  constexpr int U = 4;  // slot groups per round: U * KPW slots per warp with all loads issued before the first use
+  constexpr int NP = kWarps * KPW;  // partial softmax states merged at the end
   const int split = blockIdx.x, h = blockIdx.y, i = blockIdx.z;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, sub = lane / KL, sl = lane % KL;
   const int G = nh / nkv;
   const int64_t r = ((int64_t)layer * max_seqs + seq[i]) * nkv + h;
   const int len = lengths[r];
   const int start = split * chunk, end = min(len, start + chunk);
 
-  float qr[GM][V], o[GM][V], m[GM], l[GM];
+  float qr[GM][VE], o[GM][VE], m[GM], l[GM];
 #pragma unroll
   for (int g = 0; g < GM; ++g) {
     m[g] = -INFINITY;
     l[g] = 0.f;
 #pragma unroll
-    for (int e = 0; e < V; ++e) {
+    for (int e = 0; e < VE; ++e) {
       o[g][e] = 0.f;
-      qr[g][e] = g < G ? static_cast<float>(q[((int64_t)i * nh + h * G + g) * D + lane * V + e]) * scale : 0.f;
+      qr[g][e] = g < G ? static_cast<float>(q[((int64_t)i * nh + h * G + g) * D + sl * VE + e]) * scale : 0.f;
     }
   }
   const int* trow = table + r * max_pages;
-  // each warp takes kUnroll consecutive slots per round and issues all their loads before the first use
-  constexpr int kUnroll = 4;
-  for (int j0 = start + warp * kUnroll; j0 < end; j0 += kWarps * kUnroll) {
-    VecT<T, V> kv[kUnroll], vv[kUnroll];
+  for (int j0 = start + warp * KPW * U; j0 < end; j0 += kWarps * KPW * U) {
+    VecT<T, VE> kv[U], vv[U];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int j = min(j0 + u, end - 1);
-      const int64_t base = ((int64_t)trow[j / P] * P + j % P) * D + lane * V;
-      kv[u] = *reinterpret_cast<const VecT<T, V>*>(k_pages + base);
-      vv[u] = *reinterpret_cast<const VecT<T, V>*>(v_pages + base);
+    for (int u = 0; u < U; ++u) {
+      const int j = min(j0 + u * KPW + sub, end - 1);
+      const int64_t base = ((int64_t)trow[j / P] * P + j % P) * D + sl * VE;
+      kv[u] = *reinterpret_cast<const VecT<T, VE>*>(k_pages + base);
+      vv[u] = *reinterpret_cast<const VecT<T, VE>*>(v_pages + base);
     }
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      if (j0 + u >= end) break;
+    for (int u = 0; u < U; ++u) {
+      const bool valid = j0 + u * KPW + sub < end;
 #pragma unroll
       for (int g = 0; g < GM; ++g) {
         if (g >= G) break;
         float s = 0.f;
 #pragma unroll
-        for (int e = 0; e < V; ++e) s += qr[g][e] * static_cast<float>(kv[u].v[e]);
+        for (int e = 0; e < VE; ++e) s += qr[g][e] * static_cast<float>(kv[u].v[e]);
 #pragma unroll
-        for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
-        const float mn = fmaxf(m[g], s);
-        const float corr = __expf(m[g] - mn), p = __expf(s - mn);
-        l[g] = l[g] * corr + p;
+        for (int off = KL / 2; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+        if (valid) {
+          const float mn = fmaxf(m[g], s);
+          const float corr = __expf(m[g] - mn), p = __expf(s - mn);
+          l[g] = l[g] * corr + p;
 #pragma unroll
-        for (int e = 0; e < V; ++e) o[g][e] = o[g][e] * corr + p * static_cast<float>(vv[u].v[e]);
-        m[g] = mn;
+          for (int e = 0; e < VE; ++e) o[g][e] = o[g][e] * corr + p * static_cast<float>(vv[u].v[e]);
+          m[g] = mn;
+        }
       }
     }
   }
-  // merge the warps
-  __shared__ float s_m[kWarps][GM], s_l[kWarps][GM];
-  __shared__ float s_o[kWarps][GM][D];
+  // merge the NP partial states (warps x slot lanes groups)
+  __shared__ float s_m[NP][GM], s_l[NP][GM];
+  __shared__ float s_o[NP][GM][D];
+  const int pid = warp * KPW + sub;
 #pragma unroll
   for (int g = 0; g < GM; ++g) {
-    if (lane == 0) {
-      s_m[warp][g] = m[g];
-      s_l[warp][g] = l[g];
+    if (sl == 0) {
+      s_m[pid][g] = m[g];
+      s_l[pid][g] = l[g];
     }
 #pragma unroll
-    for (int e = 0; e < V; ++e) s_o[warp][g][lane * V + e] = o[g][e];
+    for (int e = 0; e < VE; ++e) s_o[pid][g][sl * VE + e] = o[g][e];
   }
   __syncthreads();
   for (int idx = threadIdx.x; idx < G * D; idx += kWarps * 32) {
     const int g = idx / D, d = idx % D;
     float M = -INFINITY;
-    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, s_m[w][g]);
+    for (int w = 0; w < NP; ++w) M = fmaxf(M, s_m[w][g]);
     float L = 0.f, O = 0.f;
     if (M != -INFINITY) {
-      for (int w = 0; w < kWarps; ++w) {
+      for (int w = 0; w < NP; ++w) {
         if (s_m[w][g] == -INFINITY) continue;
         const float f = __expf(s_m[w][g] - M);
         L += s_l[w][g] * f;
