@@ -225,7 +225,8 @@ TEST_CASE("CUDA: fused DMC pooling kernels equal the ATen pooling, values and gr
                   << rel(gb[1], gb[0]));
       CHECK(rel(outs[1], outs[0]) < 1e-5);
       CHECK(rel(gx[1], gx[0]) < 1e-5);
-      CHECK(rel(gw[1], gw[0]) < 1e-4);
+      if (W > 1) CHECK(rel(gw[1], gw[0]) < 1e-4);
+      else CHECK(gw[1].abs().max().item<double>() < 1e-5);  // W = 1: out = x, dw is 0 up to rounding in both
       if (W > 1) CHECK(rel(gb[1], gb[0]) < 1e-4);
       std::cout << "[gpu-dmc-pool] W " << W << ": out " << rel(outs[1], outs[0]) << " dx " << rel(gx[1], gx[0]) << " dw "
                 << rel(gw[1], gw[0]) << " db " << rel(gb[1], gb[0]) << std::endl;

@@ -253,6 +253,30 @@ int cmd_bench(const Args& a) {
       sync(dev);
       attn_ms = 1e3 * (now_s() - ta) / reps;
     }
+    // and the weight GEMMs of a step alone (the projections of every layer and the LM head, batch B)
+    double gemm_ms = 0;
+    {
+      auto wopt = at::TensorOptions().dtype(dt).device(dev);
+      at::Tensor x = at::randn({B, c.hidden_size}, wopt);
+      at::Tensor mid = at::randn({B, c.intermediate_size}, wopt);
+      at::Tensor att = at::randn({B, c.num_attention_heads * D}, wopt);
+      auto run = [&] {
+        for (int64_t l = 0; l < L; ++l) {
+          const auto& Ly = model.layers[l];
+          at::linear(x, Ly.wqkv);
+          at::linear(att, Ly.wo);
+          at::linear(x, Ly.w_gate_up);
+          at::linear(mid, Ly.w_down);
+        }
+        at::linear(x, model.lm_head);
+      };
+      run();
+      sync(dev);
+      const double tg = now_s();
+      for (int rep = 0; rep < 3; ++rep) run();
+      sync(dev);
+      gemm_ms = 1e3 * (now_s() - tg) / 3;
+    }
     j = {{"policy", pol},
                         {"weights", random_weights ? "random (" + preset + ")" : model_dir},
                         {"decisions", pol == "dmc" ? (o.force_cr > 0 ? cat("FORCED cr ", o.force_cr, " (benchmark policy)") : "trained") : "-"},
@@ -276,6 +300,8 @@ int cmd_bench(const Args& a) {
                         {"copy_bandwidth_GBps", bw / 1e9},
                         {"device", dev.str()}};
     j["attention_ms_per_step"] = attn_ms;
+    j["gemm_ms_per_step"] = gemm_ms;
+    j["gemm_tflops"] = gemm_ms > 0 ? 2.0 * B * (double)c.num_parameters() / (gemm_ms * 1e-3) / 1e12 : 0;
     j["attention_floor_ms"] = bw > 0 ? 1e3 * kv_read / bw : 0;
     }
 #ifdef DMC_WITH_CUDA

@@ -68,24 +68,28 @@ __global__ void decode_update_kernel(const T* __restrict__ qkv, int64_t qkv_stri
   __shared__ int64_t s_flat;
 
   if (tid == 0) {
+    // independent loads first, so their latencies overlap
+    const int len = lengths[r];
+    const int g_old = dmc ? group[r] : 0;
+    const bool is_forced = forced[i];
+    const float k_last = static_cast<float>(k[D - 1]);
     float alpha = 0.f, omega = 0.f, over = 0.f;
     if (dmc) {
       if (force_cr > 0) {
         alpha = ((t + h) % force_cr) != 0 ? 1.f : 0.f;
       } else {
-        const float a = rnd<T>(static_cast<float>(k[D - 1]) - init_val);
+        const float a = rnd<T>(k_last - init_val);
         alpha = rnd<T>(sigmoidf(a)) > 0.5f ? 1.f : 0.f;
       }
-      if (forced[i]) alpha = 0.f;
+      if (is_forced) alpha = 0.f;
       float s = 0.f;
       for (int g = 0; g < G; ++g) s += static_cast<float>(q[(int64_t)(h * G + g) * D + D - 1]);
       const float z = rnd<T>(rnd<T>(s / G) + init_val);
       omega = rnd<T>(rnd<T>(sigmoidf(z)) + eps);
-      const int gn = alpha > 0.f ? group[r] + 1 : 1;
+      const int gn = alpha > 0.f ? g_old + 1 : 1;
       group[r] = gn;
       over = gn > W ? 1.f : 0.f;
     }
-    const int len = lengths[r];
     const bool merge = alpha > 0.f && len > 0;
     const int slot = merge ? len - 1 : len;
     bool ok = true;
@@ -320,7 +324,7 @@ void decode_update_cuda(const at::Tensor& qkv_in, const at::Tensor& seq_in, cons
               "decode_update kernel: DMC state missing, of another window or of another dtype");
   const size_t shmem = (size_t)(X + 2 * D) * sizeof(float);
   dim3 grid((unsigned)p.n_kv_heads, (unsigned)n);
-  const int threads = std::max(32, std::min(D, 256));
+  const int threads = std::max(32, std::min(D / 2, 256));  // small blocks: more of them resident per SM
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, qkv.scalar_type(), "decode_update", [&] {
     const float eps = qkv.scalar_type() == at::kBFloat16 ? 0.0078125f
