@@ -196,11 +196,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> Llama::attention(const LlamaLayer
                                                                 const at::Tensor& cos, const at::Tensor& sin,
                                                                 KVCache* cache) const {
   const auto& c = config;
-  const int64_t B = h.size(0), T = h.size(1), nh = c.num_attention_heads, nkv = c.num_key_value_heads,
-                hd = c.head_dim;
+  const int64_t B = h.size(0), T = h.size(1), nh = local_heads(), nkv = local_kv_heads(), hd = c.head_dim;
   using Mode = AttentionRuntime::Mode;
   const Mode mode = runtime ? runtime->mode : Mode::Vanilla;
-  at::Tensor qkv = at::linear(h, L.wqkv);  // [B, T, (nh + 2 nkv) hd]
+  at::Tensor qkv = at::linear(copy_to_group(h, tp), L.wqkv);  // [B, T, (nh + 2 nkv) hd], this rank's heads
   if (mode == Mode::DmcTrain || mode == Mode::DmcEval) {
     TORCH_CHECK(!cache, "DMC attention does not use the plain KV cache");
     at::Tensor q = qkv.narrow(-1, 0, nh * hd).view({B, T, nh, hd});
@@ -216,7 +215,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> Llama::attention(const LlamaLayer
       runtime->kv_raw[layer] = r.kv_raw;
       runtime->omega[layer] = r.omega;
     }
-    return {at::linear(r.out.reshape({B, T, nh * hd}), L.wo), r.decision_mean, r.hard};
+    return {reduce_from_group(at::linear(r.out.reshape({B, T, nh * hd}), L.wo), tp), r.decision_mean, r.hard};
   }
   at::Tensor q = qkv.narrow(-1, 0, nh * hd).view({B, T, nh, hd}).transpose(1, 2);
   at::Tensor k = qkv.narrow(-1, nh * hd, nkv * hd).view({B, T, nkv, hd}).transpose(1, 2);
@@ -255,7 +254,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> Llama::attention(const LlamaLayer
   }
   at::Tensor o = at::scaled_dot_product_attention(q, k, v, mask, 0.0, causal, std::nullopt, /*enable_gqa=*/nkv != nh);
   o = o.transpose(1, 2).reshape({B, T, nh * hd});
-  return {at::linear(o, L.wo), at::Tensor(), at::Tensor()};
+  return {reduce_from_group(at::linear(o, L.wo), tp), at::Tensor(), at::Tensor()};
 }
 
 std::vector<std::pair<std::string, at::Tensor*>> Llama::parameters() {
@@ -279,11 +278,12 @@ std::vector<std::pair<std::string, at::Tensor*>> Llama::parameters() {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> Llama::layer_forward(const LlamaLayer& L, int64_t l, const at::Tensor& x,
                                                                     const at::Tensor& cos, const at::Tensor& sin,
                                                                     KVCache* cache) const {
-  const int64_t F = config.intermediate_size;
+  const int64_t F = config.intermediate_size / tp.size;
   auto [attn, dmean, bnd] = attention(L, l, rms_norm(x, L.attn_norm, config.rms_norm_eps), cos, sin, cache);
   at::Tensor h = x + attn;
-  at::Tensor gu = at::linear(rms_norm(h, L.mlp_norm, config.rms_norm_eps), L.w_gate_up);
-  return {h + at::linear(at::silu(gu.narrow(-1, 0, F)) * gu.narrow(-1, F, F), L.w_down), dmean, bnd};
+  at::Tensor gu = at::linear(copy_to_group(rms_norm(h, L.mlp_norm, config.rms_norm_eps), tp), L.w_gate_up);
+  return {h + reduce_from_group(at::linear(at::silu(gu.narrow(-1, 0, F)) * gu.narrow(-1, F, F), L.w_down), tp), dmean,
+          bnd};
 }
 
 namespace {
@@ -362,11 +362,21 @@ at::Tensor Llama::forward_hidden(const at::Tensor& ids, KVCache* cache) const {
   TORCH_CHECK(ids.dim() == 2, "ids must be [batch, seq]");
   const int64_t T = ids.size(1);
   const int64_t past = cache ? cache->length : 0;
+  DMC_CHECK(!cache || tp.size == 1, "the contiguous KV cache does not support tensor parallelism");
   if (cache && past + T > cache->max_len)
     fail("kv cache: ", past + T, " tokens exceed its capacity of ", cache->max_len);
   at::Tensor pos = at::arange(past, past + T, at::TensorOptions().dtype(at::kLong).device(ids.device()));
   auto [cos, sin] = rope_cos_sin(inv_freq, pos);
-  at::Tensor x = at::embedding(embed, ids);
+  at::Tensor x;
+  if (tp.size > 1) {
+    // vocabulary-parallel: this rank looks up the ids in its slice, zeros elsewhere, the group sums
+    const int64_t Vl = embed.size(0), start = tp.rank * Vl;
+    at::Tensor local = ids - start;
+    at::Tensor mine = (local >= 0) & (local < Vl);
+    x = reduce_from_group(at::embedding(embed, local.clamp(0, Vl - 1)) * mine.unsqueeze(-1).to(embed.scalar_type()), tp);
+  } else {
+    x = at::embedding(embed, ids);
+  }
   const bool recompute = activation_checkpointing && !cache && at::GradMode::is_enabled();
   const bool dmc_mode = runtime && (runtime->mode == AttentionRuntime::Mode::DmcTrain ||
                                     runtime->mode == AttentionRuntime::Mode::DmcEval);
@@ -403,7 +413,90 @@ at::Tensor Llama::forward_hidden(const at::Tensor& ids, KVCache* cache) const {
 }
 
 at::Tensor Llama::forward(const at::Tensor& ids, KVCache* cache) const {
-  return at::linear(forward_hidden(ids, cache), lm_head);
+  return at::linear(copy_to_group(forward_hidden(ids, cache), tp), lm_head);
+}
+
+// ---- tensor parallelism ----------------------------------------------------------------------------------
+
+namespace {
+enum class Shard { Replicated, Qkv, WoCols, GateUp, DownCols, VocabRows };
+Shard shard_kind(const std::string& name) {
+  auto ends = [&](const char* s) {
+    const std::string x(s);
+    return name.size() >= x.size() && name.compare(name.size() - x.size(), x.size(), x) == 0;
+  };
+  if (ends("wqkv")) return Shard::Qkv;
+  if (ends("wo")) return Shard::WoCols;
+  if (ends("w_gate_up")) return Shard::GateUp;
+  if (ends("w_down")) return Shard::DownCols;
+  if (name == "embed" || name == "lm_head") return Shard::VocabRows;
+  return Shard::Replicated;
+}
+}  // namespace
+
+at::Tensor Llama::shard_of(const std::string& name, const at::Tensor& full, int64_t r, int64_t s) const {
+  const auto& c = config;
+  const int64_t hd = c.head_dim, nh = c.num_attention_heads, nkv = c.num_key_value_heads, F = c.intermediate_size,
+                V = c.vocab_size;
+  const int64_t nhl = nh / s, nkvl = nkv / s, Fl = F / s, Vl = V / s;
+  switch (shard_kind(name)) {
+    case Shard::Qkv:
+      return at::cat({full.narrow(0, r * nhl * hd, nhl * hd), full.narrow(0, nh * hd + r * nkvl * hd, nkvl * hd),
+                      full.narrow(0, (nh + nkv) * hd + r * nkvl * hd, nkvl * hd)}).contiguous();
+    case Shard::WoCols: return full.narrow(1, r * nhl * hd, nhl * hd).contiguous();
+    case Shard::GateUp: return at::cat({full.narrow(0, r * Fl, Fl), full.narrow(0, F + r * Fl, Fl)}).contiguous();
+    case Shard::DownCols: return full.narrow(1, r * Fl, Fl).contiguous();
+    case Shard::VocabRows: return full.narrow(0, r * Vl, Vl).contiguous();
+    default: return full;
+  }
+}
+
+at::Tensor Llama::unshard(const std::string& name, const at::Tensor& local) const {
+  const Shard k = shard_kind(name);
+  if (tp.size == 1 || k == Shard::Replicated) return local;
+  const int64_t s = tp.size;
+  // gather along dim 0 (columns are transposed there and back)
+  const bool cols = k == Shard::WoCols || k == Shard::DownCols;
+  at::Tensor g = all_gather_cat(cols ? local.t().contiguous() : local, tp);  // [s * rows, ...]
+  std::vector<at::Tensor> parts = g.chunk(s, 0);
+  if (cols) {
+    for (auto& p : parts) p = p.t();
+    return at::cat(parts, 1);
+  }
+  if (k == Shard::VocabRows) return at::cat(parts, 0);
+  const auto& c = config;
+  const int64_t hd = c.head_dim;
+  std::vector<at::Tensor> a, b, d;
+  for (auto& p : parts) {
+    if (k == Shard::Qkv) {
+      const int64_t q = local_heads() * hd, kv = local_kv_heads() * hd;
+      a.push_back(p.narrow(0, 0, q));
+      b.push_back(p.narrow(0, q, kv));
+      d.push_back(p.narrow(0, q + kv, kv));
+    } else {  // GateUp
+      const int64_t Fl = p.size(0) / 2;
+      a.push_back(p.narrow(0, 0, Fl));
+      b.push_back(p.narrow(0, Fl, Fl));
+    }
+  }
+  std::vector<at::Tensor> all = a;
+  all.insert(all.end(), b.begin(), b.end());
+  all.insert(all.end(), d.begin(), d.end());
+  return at::cat(all, 0);
+}
+
+void Llama::shard_tensor_parallel(const Group& g) {
+  const auto& c = config;
+  DMC_CHECK(tp.size == 1, "shard_tensor_parallel: the model is already sharded");
+  const int64_t s = g.size;
+  DMC_CHECK(c.num_key_value_heads % s == 0, "tensor_parallel ", s, ": num_key_value_heads (", c.num_key_value_heads,
+            ") must divide evenly (each rank owns whole KV-head groups)");
+  DMC_CHECK(c.intermediate_size % s == 0, "tensor_parallel ", s, ": intermediate_size (", c.intermediate_size, ") must divide evenly");
+  DMC_CHECK(c.vocab_size % s == 0, "tensor_parallel ", s, ": vocab_size (", c.vocab_size, ") must divide evenly");
+  const bool tied = c.tie_word_embeddings;
+  for (auto& [name, t] : parameters()) *t = shard_of(name, *t, g.rank, s);
+  if (tied) lm_head = embed;
+  tp = g;
 }
 
 }  // namespace dmc

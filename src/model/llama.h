@@ -22,6 +22,7 @@
 #include <utility>
 #include <vector>
 
+#include "dist/dist.h"
 #include "dmc/dmc.h"
 #include "model/llama_config.h"
 
@@ -83,6 +84,20 @@ class Llama {
   bool activation_checkpointing = false;
   // Attention mode (vanilla when null).
   AttentionRuntime* runtime = nullptr;
+
+  // Tensor parallelism (Megatron style; size 1 = none). After shard_tensor_parallel(g) this rank holds: wqkv rows of
+  // its whole KV-head groups (q heads [r nh/tp, (r+1) nh/tp), their k and v heads), wo columns of those q heads,
+  // w_gate_up rows [r F/tp, (r+1) F/tp) of gate and of up, w_down's matching columns, and rows
+  // [r V/tp, (r+1) V/tp) of embed and lm_head (vocabulary-parallel); norms are replicated. forward() then returns
+  // this rank's vocabulary slice of the logits [batch, seq, V/tp]; vocab_parallel_cross_entropy takes them.
+  Group tp;
+  void shard_tensor_parallel(const Group& g);
+  // Parameter `name` (of parameters()) whole again from every rank's shard (collective over tp).
+  at::Tensor unshard(const std::string& name, const at::Tensor& local) const;
+  // The shard of a whole parameter tensor for tp rank `rank` of `size`.
+  at::Tensor shard_of(const std::string& name, const at::Tensor& full, int64_t rank, int64_t size) const;
+  int64_t local_heads() const { return config.num_attention_heads / tp.size; }
+  int64_t local_kv_heads() const { return config.num_key_value_heads / tp.size; }
 
   // Reads DIR/config.json and DIR's safetensors; checks every tensor's presence and shape.
   static Llama load(const std::string& dir, at::ScalarType dtype, at::Device device);

@@ -1,0 +1,227 @@
+#include "dist/dist.h"
+
+#include <cstdlib>
+
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef DMC_WITH_GLOO
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#endif
+#ifdef DMC_WITH_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+
+#include "common/error.h"
+
+namespace dmc {
+
+namespace {
+struct PgHolder {
+  c10::intrusive_ptr<c10d::ProcessGroup> pg;
+  c10::intrusive_ptr<c10d::Backend> backend;
+};
+
+int64_t env_int(const char* name, int64_t dflt) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return dflt;
+  char* end = nullptr;
+  const long long x = std::strtoll(v, &end, 10);
+  DMC_CHECK(end && *end == 0, "environment: ", name, "='", v, "' is not an integer");
+  return x;
+}
+std::string env_str(const char* name, const std::string& dflt) {
+  const char* v = std::getenv(name);
+  return v && *v ? v : dflt;
+}
+
+Group make_group(const c10::intrusive_ptr<c10d::Store>& store, const std::string& prefix, int64_t rank, int64_t size,
+                 const std::string& backend) {
+  Group g;
+  g.rank = rank;
+  g.size = size;
+  if (size == 1) return g;
+  auto ps = c10::make_intrusive<c10d::PrefixStore>(prefix, store);
+  auto holder = std::make_shared<PgHolder>();
+  c10::intrusive_ptr<c10d::Backend> be;
+  c10d::ProcessGroup::BackendType bt;
+  at::DeviceType dt;
+  if (backend == "gloo") {
+#ifdef DMC_WITH_GLOO
+    auto opts = c10d::ProcessGroupGloo::Options::create();
+    opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    be = c10::make_intrusive<c10d::ProcessGroupGloo>(ps, (int)rank, (int)size, opts);
+    bt = c10d::ProcessGroup::BackendType::GLOO;
+    dt = at::kCPU;
+#else
+    fail("distributed: this build has no Gloo (CPU) backend; install libgloo-dev and rebuild");
+#endif
+  } else {
+#ifdef DMC_WITH_NCCL
+    auto opts = c10d::ProcessGroupNCCL::Options::create();
+    be = c10::make_intrusive<c10d::ProcessGroupNCCL>(ps, (int)rank, (int)size, opts);
+    bt = c10d::ProcessGroup::BackendType::NCCL;
+    dt = at::kCUDA;
+#else
+    fail("distributed: this build has no NCCL backend");
+#endif
+  }
+  auto pg = c10::make_intrusive<c10d::ProcessGroup>(ps, (int)rank, (int)size);
+  pg->setDefaultBackend(bt);
+  pg->setBackend(dt, bt, be);
+  holder->pg = pg;
+  holder->backend = be;
+  g.impl = holder;
+  return g;
+}
+}  // namespace
+
+c10d::ProcessGroup* Group::pg() const { return impl ? static_cast<PgHolder*>(impl.get())->pg.get() : nullptr; }
+
+Dist Dist::from_env(int64_t tp_size, const at::Device& device) {
+  Dist d;
+  d.world = env_int("WORLD_SIZE", 1);
+  d.rank = env_int("RANK", 0);
+  d.local_rank = env_int("LOCAL_RANK", d.rank);
+  DMC_CHECK(d.world >= 1 && d.rank >= 0 && d.rank < d.world, "environment: RANK=", d.rank, " outside WORLD_SIZE=", d.world);
+  DMC_CHECK(tp_size >= 1 && d.world % tp_size == 0, "tensor_parallel: ", tp_size, " does not divide WORLD_SIZE=", d.world);
+  const int64_t tp = tp_size, dp = d.world / tp;
+  const int64_t tp_rank = d.rank % tp, dp_rank = d.rank / tp;
+  if (d.world == 1) {
+    d.tp.rank = d.dp.rank = d.world_group.rank = 0;
+    return d;
+  }
+  d.backend = device.is_cuda() ? "nccl" : "gloo";
+  const std::string addr = env_str("MASTER_ADDR", "127.0.0.1");
+  const int64_t port = env_int("MASTER_PORT", 29500);
+  c10d::TCPStoreOptions so;
+  so.port = (uint16_t)port;
+  so.isServer = d.rank == 0;
+  so.numWorkers = (int)d.world;
+  so.timeout = std::chrono::seconds(env_int("DMC_DIST_TIMEOUT_S", 300));
+  c10::intrusive_ptr<c10d::Store> store;
+  try {
+    store = c10::make_intrusive<c10d::TCPStore>(addr, so);
+  } catch (const std::exception& e) {
+    fail("distributed: rendezvous at MASTER_ADDR=", addr, " MASTER_PORT=", port, " failed: ", e.what());
+  }
+  d.world_group = make_group(store, "world/", d.rank, d.world, d.backend);
+  d.tp = make_group(store, cat("tp", dp_rank, "/"), tp_rank, tp, d.backend);
+  d.dp = make_group(store, cat("dp", tp_rank, "/"), dp_rank, dp, d.backend);
+  return d;
+}
+
+void all_reduce_sum(at::Tensor& t, const Group& g) {
+  if (g.size == 1) return;
+  std::vector<at::Tensor> v{t};
+  g.pg()->allreduce(v)->wait();
+}
+
+void all_reduce_max(at::Tensor& t, const Group& g) {
+  if (g.size == 1) return;
+  std::vector<at::Tensor> v{t};
+  c10d::AllreduceOptions o;
+  o.reduceOp = c10d::ReduceOp::MAX;
+  g.pg()->allreduce(v, o)->wait();
+}
+
+at::Tensor all_gather_cat(const at::Tensor& t_in, const Group& g) {
+  if (g.size == 1) return t_in;
+  at::Tensor t = t_in.contiguous();
+  std::vector<at::Tensor> in{t};
+  std::vector<std::vector<at::Tensor>> out(1);
+  for (int64_t r = 0; r < g.size; ++r) out[0].push_back(at::empty_like(t));
+  g.pg()->allgather(out, in)->wait();
+  return at::cat(out[0], 0);
+}
+
+void broadcast(at::Tensor& t, const Group& g, int64_t root) {
+  if (g.size == 1) return;
+  std::vector<at::Tensor> v{t};
+  c10d::BroadcastOptions o;
+  o.rootRank = root;
+  g.pg()->broadcast(v, o)->wait();
+}
+
+void barrier(const Group& g) {
+  if (g.size == 1) return;
+  g.pg()->barrier()->wait();
+}
+
+namespace {
+struct CopyToGroup : public torch::autograd::Function<CopyToGroup> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                                                int64_t gptr) {
+    ctx->saved_data["g"] = gptr;
+    return {x.view_as(x)};
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list g) {
+    const Group* grp = reinterpret_cast<const Group*>(ctx->saved_data["g"].toInt());
+    at::Tensor gx = g[0].contiguous().clone();
+    all_reduce_sum(gx, *grp);
+    return {gx, at::Tensor()};
+  }
+};
+struct ReduceFromGroup : public torch::autograd::Function<ReduceFromGroup> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext*, const at::Tensor& x, int64_t gptr) {
+    const Group* grp = reinterpret_cast<const Group*>(gptr);
+    at::Tensor y = x.contiguous().clone();
+    all_reduce_sum(y, *grp);
+    return {y};
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext*, torch::autograd::variable_list g) {
+    return {g[0], at::Tensor()};
+  }
+};
+struct VocabParallelCE : public torch::autograd::Function<VocabParallelCE> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& logits,
+                                                const at::Tensor& target, int64_t gptr) {
+    const Group& g = *reinterpret_cast<const Group*>(gptr);
+    const int64_t N = logits.size(0), Vl = logits.size(1), start = g.rank * Vl;
+    at::Tensor lf = logits.to(at::kFloat);
+    at::Tensor m = std::get<0>(lf.max(1));  // [N]
+    all_reduce_max(m, g);
+    at::Tensor e = at::exp(lf - m.unsqueeze(1));
+    at::Tensor s = e.sum(1);
+    all_reduce_sum(s, g);
+    at::Tensor local = target - start;
+    at::Tensor mine = (local >= 0) & (local < Vl);
+    at::Tensor lc = local.clamp(0, Vl - 1);
+    at::Tensor tl = lf.gather(1, lc.unsqueeze(1)).squeeze(1) * mine.to(at::kFloat);
+    all_reduce_sum(tl, g);
+    at::Tensor loss = (at::log(s) + m - tl).mean();
+    ctx->save_for_backward({e / s.unsqueeze(1), lc, mine});
+    ctx->saved_data["N"] = N;
+    ctx->saved_data["dtype"] = (int64_t)logits.scalar_type();
+    return {loss};
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list go) {
+    auto s = ctx->get_saved_variables();
+    at::Tensor grad = s[0].clone();
+    grad.scatter_add_(1, s[1].unsqueeze(1), -s[2].to(at::kFloat).unsqueeze(1));
+    grad = grad * (go[0] / (double)ctx->saved_data["N"].toInt());
+    return {grad.to((at::ScalarType)ctx->saved_data["dtype"].toInt()), at::Tensor(), at::Tensor()};
+  }
+};
+}  // namespace
+
+at::Tensor vocab_parallel_cross_entropy(const at::Tensor& logits, const at::Tensor& target, const Group& g) {
+  if (g.size == 1) return at::cross_entropy_loss(logits, target);
+  return VocabParallelCE::apply(logits, target, reinterpret_cast<int64_t>(&g))[0];
+}
+
+// The group must outlive the autograd graph (it lives in the model's Dist).
+at::Tensor copy_to_group(const at::Tensor& x, const Group& g) {
+  if (g.size == 1) return x;
+  return CopyToGroup::apply(x, reinterpret_cast<int64_t>(&g))[0];
+}
+
+at::Tensor reduce_from_group(const at::Tensor& x, const Group& g) {
+  if (g.size == 1) return x;
+  return ReduceFromGroup::apply(x, reinterpret_cast<int64_t>(&g))[0];
+}
+
+}  // namespace dmc

@@ -1,0 +1,61 @@
+// Process groups for tensor + data parallelism through LibTorch's c10d, rendezvous like torchrun:
+// RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT from the environment (torchrun, srun/mpirun wrappers and
+// scripts/launch.sh all set them). NCCL on CUDA, Gloo on CPU. Without WORLD_SIZE (or WORLD_SIZE=1) everything
+// runs in one process and every collective is the identity.
+//
+// Layout of ranks (Megatron's): tensor-parallel groups are runs of tp consecutive ranks, data-parallel groups take
+// one rank of each:  rank = dp_rank * tp + tp_rank.
+//
+//   Dist d = Dist::from_env(/*tp=*/2, device);   // world 4 -> tp 2 x dp 2
+//   all_reduce_sum(t, d.tp);                      // in place
+#pragma once
+#include <torch/types.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace c10d {
+class ProcessGroup;
+class Store;
+}  // namespace c10d
+
+namespace dmc {
+
+// One communicator: a group of `size` processes, this one being `rank`. size 1 = no communication.
+struct Group {
+  int64_t rank = 0, size = 1;
+  std::shared_ptr<void> impl;  // c10d::ProcessGroup behind an opaque handle (keeps c10d out of most headers)
+  c10d::ProcessGroup* pg() const;
+};
+
+struct Dist {
+  int64_t rank = 0, world = 1, local_rank = 0;
+  Group world_group, tp, dp;
+  std::string backend = "none";  // none | gloo | nccl
+  // Reads the torchrun variables; tp must divide WORLD_SIZE. `device`: CUDA selects NCCL (and LOCAL_RANK's GPU is
+  // the caller's business), CPU selects Gloo.
+  static Dist from_env(int64_t tp_size, const at::Device& device);
+  bool is_main() const { return rank == 0; }
+};
+
+// Collectives (no-ops on groups of size 1). Tensors must live on the group's device kind.
+void all_reduce_sum(at::Tensor& t, const Group& g);
+void all_reduce_max(at::Tensor& t, const Group& g);
+// Concatenation of every rank's `t` (equal shapes) along dim 0 -> [size * t.size(0), ...].
+at::Tensor all_gather_cat(const at::Tensor& t, const Group& g);
+void broadcast(at::Tensor& t, const Group& g, int64_t root = 0);
+void barrier(const Group& g);
+
+// Megatron's f and g: copy_to_group is the identity forward and sums the gradient over the group backward;
+// reduce_from_group sums over the group forward and passes the gradient through backward.
+at::Tensor copy_to_group(const at::Tensor& x, const Group& g);
+at::Tensor reduce_from_group(const at::Tensor& x, const Group& g);
+
+// Mean cross entropy of logits split over the group by vocabulary: logits [N, V / size] (this rank's columns
+// [rank V/size, (rank+1) V/size)), target [N] global ids. fp32 softmax statistics: max and sum of exponentials
+// and the target's logit are reduced over the group; the gradient is (softmax - onehot) / N on the local columns.
+// Size 1: at::cross_entropy_loss.
+at::Tensor vocab_parallel_cross_entropy(const at::Tensor& logits, const at::Tensor& target, const Group& g);
+
+}  // namespace dmc

@@ -1,0 +1,76 @@
+// Worker for the distributed tests (tests/test_dist.cpp): one process of a tensor-parallel group (all ranks TP,
+// torchrun-style environment) runs a forward and backward of a small random Llama, vanilla or DMC (train mode with
+// fed noise), and rank 0 writes the whole logits, the loss and every gradient reassembled from the shards.
+//   dmc_dist_worker OUT.safetensors vanilla|dmc [recompute 0|1]
+#include <torch/torch.h>
+
+#include <iostream>
+
+#include "common/error.h"
+#include "dist/dist.h"
+#include "dmc/dmc.h"
+#include "io/safetensors.h"
+#include "model/llama.h"
+
+using namespace dmc;
+
+int main(int argc, char** argv) {
+  try {
+    DMC_CHECK(argc >= 3, "usage: dmc_dist_worker OUT vanilla|dmc [recompute]");
+    const std::string out = argv[1], mode = argv[2];
+    const bool recompute = argc > 3 && std::string(argv[3]) == "1";
+    const char* ws = std::getenv("WORLD_SIZE");
+    const int64_t world = ws ? std::atoll(ws) : 1;
+    Dist d = Dist::from_env(world, at::kCPU);
+    LlamaConfig c = LlamaConfig::preset("tiny");
+    c.num_hidden_layers = 2;
+    c.vocab_size = 64;
+    c.hidden_size = 64;
+    c.num_attention_heads = 4;
+    c.num_key_value_heads = 2;
+    c.head_dim = 16;
+    c.intermediate_size = 96;
+    c.max_position_embeddings = 64;
+    auto m = Llama::random(c, 11, at::kFloat, at::kCPU, 0.2);
+    m.activation_checkpointing = recompute;
+    m.shard_tensor_parallel(d.tp);
+    auto params = m.parameters();
+    for (auto& p : params) p.second->requires_grad_(true);
+    torch::manual_seed(3);
+    const int64_t B = 2, T = 24;
+    at::Tensor ids = at::randint(0, c.vocab_size, {B, T}, at::kLong), tgt = at::randint(0, c.vocab_size, {B, T}, at::kLong);
+    AttentionRuntime rt;
+    if (mode == "dmc") {
+      rt.mode = AttentionRuntime::Mode::DmcTrain;
+      rt.dmc.init_val = 0.3;
+      rt.dmc.window = 3;
+      rt.dmc.temperature = 0.5;
+      const int64_t nkvl = m.local_kv_heads();
+      for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+        at::Tensor full = at::randn({B, T, c.num_key_value_heads});  // the same on every rank (same seed)
+        rt.noise.push_back(full.narrow(2, d.tp.rank * nkvl, nkvl).contiguous());
+      }
+      m.runtime = &rt;
+    }
+    at::Tensor h = m.forward_hidden(ids);
+    at::Tensor logits = at::linear(copy_to_group(h, m.tp), m.lm_head);  // [B, T, V / tp]
+    at::Tensor loss = vocab_parallel_cross_entropy(logits.reshape({B * T, -1}), tgt.reshape({-1}), m.tp);
+    if (mode == "dmc") {
+      // the compression loss with the global semantics: decision means over all heads of all ranks
+      at::Tensor dm = reduce_from_group(at::stack(rt.decision_mean), m.tp) / (double)m.tp.size;  // [L, B]
+      loss = loss + dmc_loss(dm, 3.0);
+    }
+    loss.backward();
+    std::vector<std::pair<std::string, at::Tensor>> outs;
+    at::Tensor lg = all_gather_cat(logits.detach().permute({2, 0, 1}).contiguous(), m.tp).permute({1, 2, 0});
+    outs.emplace_back("logits", lg.contiguous());
+    outs.emplace_back("loss", loss.detach().reshape({1}));
+    for (auto& [name, t] : params) outs.emplace_back("grad." + name, m.unshard(name, t->grad()).contiguous());
+    if (d.is_main()) io::save_file(out, outs);
+    barrier(d.world_group);
+    return 0;
+  } catch (const std::exception& e) {
+    std::cerr << "dist_worker: " << e.what() << std::endl;
+    return 1;
+  }
+}
