@@ -7,6 +7,7 @@
 
 #include "helpers.h"
 #include "io/safetensors.h"
+#include "train_fixture.h"
 
 using namespace dmc;
 using namespace dmc::test;
@@ -27,6 +28,27 @@ RunResult run_workers(int n, const std::string& args) {
 double rel(const at::Tensor& a, const at::Tensor& b) {
   const double s = b.norm().item<double>();
   return (a - b).norm().item<double>() / (s > 0 ? s : 1.0);
+}
+// `dmc train` in n processes through scripts/launch.sh (n = 1: a plain single process)
+RunResult train_ranks(int n, const std::string& out, const std::string& extra) {
+  if (n == 1) return run(train_cmd(out, extra));
+  const std::string cmd = train_cmd(out, extra);
+  const std::string rest = cmd.substr(dmc_bin().size() + std::string(" train").size());
+  return run("DMC_BIN=" + dmc_bin() + " " + std::string(DMC_SOURCE_DIR) + "/scripts/launch.sh " + std::to_string(n) +
+             " - " + rest);
+}
+// largest relative difference over the tensors of two model directories
+double max_rel(const std::string& a, const std::string& b) {
+  auto sa = io::TensorStore::open_dir(a), sb = io::TensorStore::open_dir(b);
+  REQUIRE(sa.names() == sb.names());
+  double worst = 0;
+  for (const auto& n : sa.names()) worst = std::max(worst, rel(sb.get(n), sa.get(n)));
+  return worst;
+}
+// the weights after training moved away from the initial ones (the comparison is not of two untouched models)
+double moved(const std::string& run_dir) {
+  auto s = io::TensorStore::open_dir(run_dir + "/final");
+  return s.get("model.layers.0.self_attn.q_proj.weight").abs().sum().item<double>();
 }
 }  // namespace
 
@@ -59,5 +81,50 @@ TEST_CASE("tensor parallel over Gloo: TP=2 logits, loss and gradients equal TP=1
         CHECK(a->get("grad.layers.0.wqkv").abs().max().item<double>() > 0);
       }
     }
+  }
+}
+
+TEST_CASE("data and tensor parallel training over Gloo equal the single process; checkpoints resume across layouts", "[dist][train]") {
+#ifndef DMC_HAVE_GLOO
+  SKIP("built without Gloo headers (libgloo-dev)");
+#endif
+  const auto w = tmp_dir("disttrain");
+  const std::string steps = "--train-steps 4 --lr 3e-3 --warmup-steps 1 --eval-every 0 ";
+  auto one = train_ranks(1, w + "/one", steps);
+  INFO(one.output);
+  REQUIRE(one.status == 0);
+  SECTION("DP=2: each rank one micro-batch of 2, the single process two") {
+    auto r = train_ranks(2, w + "/dp2", steps);
+    INFO(r.output);
+    REQUIRE(r.status == 0);
+    CHECK(max_rel(w + "/one/final", w + "/dp2/final") < 1e-5);
+    CHECK(moved(w + "/dp2") > 0);
+  }
+  SECTION("TP=2") {
+    auto r = train_ranks(2, w + "/tp2", steps + "--tensor-parallel 2");
+    INFO(r.output);
+    REQUIRE(r.status == 0);
+    CHECK(max_rel(w + "/one/final", w + "/tp2/final") < 1e-5);
+  }
+  SECTION("TP=2 x DP=2 stops at step 2, TP=1 resumes to 4; and the reverse") {
+    auto a = train_ranks(4, w + "/x", steps + "--tensor-parallel 2 --exit-after-steps 2");
+    INFO(a.output);
+    REQUIRE(a.status == 0);
+    REQUIRE(fs::exists(w + "/x/checkpoints/step-00000002/COMPLETE"));
+    auto b = train_ranks(1, w + "/x", steps);
+    INFO(b.output);
+    REQUIRE(b.status == 0);
+    CHECK(max_rel(w + "/one/final", w + "/x/final") < 1e-5);
+    auto c = train_ranks(1, w + "/y", steps + "--exit-after-steps 2");
+    REQUIRE(c.status == 0);
+    auto d = train_ranks(4, w + "/y", steps + "--tensor-parallel 2");
+    INFO(d.output);
+    REQUIRE(d.status == 0);
+    CHECK(max_rel(w + "/one/final", w + "/y/final") < 1e-5);
+  }
+  SECTION("a layout that does not divide the model is refused clearly") {
+    auto r = train_ranks(2, w + "/bad", steps + "--tensor-parallel 2 --num-key-value-heads 1");
+    CHECK(r.status != 0);
+    CHECK(r.output.find("num_key_value_heads") != std::string::npos);
   }
 }

@@ -11,6 +11,7 @@
 #include "data/dataset.h"
 #include "data/prepare.h"
 #include "helpers.h"
+#include "train_fixture.h"
 #include "io/safetensors.h"
 #include "tokenizer/tokenizer.h"
 #include "train/checkpoint.h"
@@ -22,33 +23,6 @@ using namespace dmc::test;
 using json = nlohmann::json;
 
 namespace {
-// A tokenizer and a prepared dataset, made once per test binary run.
-struct Fixture {
-  std::string dir, tok, data, data2;
-  Fixture() {
-    dir = tmp_dir("train");
-    write_text(dir + "/a.txt", sample_text(400, 21));
-    write_text(dir + "/b.txt", sample_text(200, 22));
-    Tokenizer::train({{dir + "/a.txt"}, dir + "/tok", 400, 100000});
-    tok = dir + "/tok.model";
-    data::PrepareOptions p;
-    p.inputs = {dir + "/a.txt"};
-    p.tokenizer = tok;
-    p.out = dir + "/data";
-    p.chunk_chars = 2000;
-    p.threads = 2;
-    data::prepare(p);
-    data = p.out;
-    p.inputs = {dir + "/b.txt"};
-    p.out = dir + "/data2";
-    data::prepare(p);
-    data2 = p.out;
-  }
-};
-Fixture& fx() {
-  static Fixture f;
-  return f;
-}
 train::TrainOptions tiny_opts(const std::string& out) {
   train::TrainOptions o;
   o.out = out;
@@ -79,19 +53,6 @@ std::vector<double> losses(const std::string& run) {
     if (j.contains("loss")) v.push_back(j["loss"].get<double>());
   }
   return v;
-}
-bool same_weights(const std::string& a, const std::string& b) {
-  auto sa = io::TensorStore::open_dir(a), sb = io::TensorStore::open_dir(b);
-  if (sa.names() != sb.names()) return false;
-  for (const auto& n : sa.names())
-    if (!torch::equal(sa.get(n), sb.get(n))) return false;
-  return true;
-}
-std::string dmc_bin() { return DMC_BINARY; }
-std::string train_cmd(const std::string& out, const std::string& extra) {
-  return dmc_bin() + " train --tokenizer " + fx().tok + " --data " + fx().data + " --out " + out +
-         " --num-hidden-layers 2 --hidden-size 64 --num-attention-heads 4 --num-key-value-heads 2 --intermediate-size 96"
-         " --seq-len 32 --micro-batch 2 --global-batch 4 --device cpu --log-every 1 " + extra;
 }
 }  // namespace
 

@@ -434,6 +434,8 @@ Shard shard_kind(const std::string& name) {
 }
 }  // namespace
 
+bool Llama::is_sharded(const std::string& name) const { return shard_kind(name) != Shard::Replicated; }
+
 at::Tensor Llama::shard_of(const std::string& name, const at::Tensor& full, int64_t r, int64_t s) const {
   const auto& c = config;
   const int64_t hd = c.head_dim, nh = c.num_attention_heads, nkv = c.num_key_value_heads, F = c.intermediate_size,

@@ -96,6 +96,8 @@ class Llama {
   at::Tensor unshard(const std::string& name, const at::Tensor& local) const;
   // The shard of a whole parameter tensor for tp rank `rank` of `size`.
   at::Tensor shard_of(const std::string& name, const at::Tensor& full, int64_t rank, int64_t size) const;
+  // Whether parameter `name` is split over the tensor-parallel ranks (else replicated).
+  bool is_sharded(const std::string& name) const;
   int64_t local_heads() const { return config.num_attention_heads / tp.size; }
   int64_t local_kv_heads() const { return config.num_key_value_heads / tp.size; }
 

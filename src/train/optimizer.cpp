@@ -19,14 +19,39 @@ AdamW::AdamW(std::vector<std::pair<std::string, at::Tensor*>> params, AdamWOptio
   }
 }
 
+void AdamW::set_tensor_parallel(const Group* tp, std::function<bool(const std::string&)> is_sharded) {
+  tp_ = tp;
+  sharded_ = std::move(is_sharded);
+}
+
 double AdamW::clip_grad_norm(double max_norm) {
-  std::vector<at::Tensor> grads;
+  std::vector<at::Tensor> grads, shard_grads;
   for (auto& s : slots_)
-    if (s.p->grad().defined()) grads.push_back(s.p->grad());
+    if (s.p->grad().defined()) {
+      grads.push_back(s.p->grad());
+      if (tp_ && tp_->size > 1 && sharded_(s.name)) shard_grads.push_back(s.p->grad());
+    }
   if (grads.empty()) return 0;
-  auto norms = at::_foreach_norm(grads, 2);
-  at::Tensor total = at::stack(norms).to(at::kFloat).pow(2).sum().sqrt();
-  const double n = total.item<double>();
+  double n;
+  if (shard_grads.empty()) {
+    auto norms = at::_foreach_norm(grads, 2);
+    n = at::stack(norms).to(at::kFloat).pow(2).sum().sqrt().item<double>();
+  } else {
+    // sum of squares: replicated parameters once, sharded ones summed over the group
+    std::vector<at::Tensor> rep;
+    for (auto& g : grads) {
+      bool is_shard = false;
+      for (auto& s : shard_grads) is_shard = is_shard || s.is_same(g);
+      if (!is_shard) rep.push_back(g);
+    }
+    auto sq = [](const std::vector<at::Tensor>& v, const at::Tensor& like) {
+      if (v.empty()) return at::zeros({1}, like.options().dtype(at::kDouble));
+      return at::stack(at::_foreach_norm(v, 2)).to(at::kDouble).pow(2).sum().reshape({1});
+    };
+    at::Tensor s_sq = sq(shard_grads, grads[0]);
+    all_reduce_sum(s_sq, *tp_);
+    n = std::sqrt((s_sq + sq(rep, grads[0])).item<double>());
+  }
   if (max_norm > 0 && std::isfinite(n) && n > max_norm) at::_foreach_mul_(grads, max_norm / (n + 1e-6));
   return n;
 }
@@ -56,23 +81,25 @@ void AdamW::zero_grad() {
     if (s.p->grad().defined()) s.p->mutable_grad() = at::Tensor();
 }
 
-io::NamedTensors AdamW::state() const {
+io::NamedTensors AdamW::state(const std::function<at::Tensor(const std::string&, const at::Tensor&)>& whole) const {
   io::NamedTensors out;
   for (const auto& s : slots_) {
-    out.emplace_back("exp_avg." + s.name, s.m);
-    out.emplace_back("exp_avg_sq." + s.name, s.v);
+    out.emplace_back("exp_avg." + s.name, whole ? whole(s.name, s.m) : s.m);
+    out.emplace_back("exp_avg_sq." + s.name, whole ? whole(s.name, s.v) : s.v);
     out.emplace_back("step." + s.name, s.step);
   }
   out.emplace_back("optimizer_steps", at::scalar_tensor(steps_, at::kLong));
   return out;
 }
 
-void AdamW::load_state(const io::SafetensorsFile& f) {
+void AdamW::load_state(const io::SafetensorsFile& f,
+                       const std::function<at::Tensor(const std::string&, const at::Tensor&)>& shard) {
   for (auto& s : slots_) {
     for (auto [prefix, dst] : {std::pair<const char*, at::Tensor*>{"exp_avg.", &s.m}, {"exp_avg_sq.", &s.v}, {"step.", &s.step}}) {
       const std::string key = prefix + s.name;
       if (!f.has(key)) fail(f.path(), ": missing optimizer tensor '", key, "'");
       at::Tensor t = f.get(key);
+      if (shard && dst != &s.step) t = shard(s.name, t);
       if (t.sizes() != dst->sizes())
         fail(f.path(), ": optimizer tensor '", key, "' has shape ", t.sizes(), ", the model needs ", dst->sizes());
       dst->copy_(t);

@@ -5,10 +5,12 @@
 #pragma once
 #include <torch/types.h>
 
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "dist/dist.h"
 #include "io/safetensors.h"
 
 namespace dmc::train {
@@ -22,13 +24,19 @@ class AdamW {
  public:
   AdamW(std::vector<std::pair<std::string, at::Tensor*>> params, AdamWOptions o);
   // Scales gradients so that their global L2 norm is at most max_norm (0 = off); returns the norm before.
+  // Under tensor parallelism the norm covers every shard (sharded parameters summed over the group, replicated
+  // ones counted once).
   double clip_grad_norm(double max_norm);
+  void set_tensor_parallel(const Group* tp, std::function<bool(const std::string&)> is_sharded);
   void step(double lr);
   void zero_grad();
   int64_t steps() const { return steps_; }
-  io::NamedTensors state() const;
-  // Restores state saved by state(); dmc::Error naming the file on a missing or mismatched entry.
-  void load_state(const io::SafetensorsFile& f);
+  // State tensors; `whole` (optional) turns a parameter's local state into the whole tensor (tensor parallel).
+  io::NamedTensors state(const std::function<at::Tensor(const std::string&, const at::Tensor&)>& whole = nullptr) const;
+  // Restores state saved by state(); `shard` (optional) cuts a whole tensor to this rank's part. dmc::Error naming
+  // the file on a missing or mismatched entry.
+  void load_state(const io::SafetensorsFile& f,
+                  const std::function<at::Tensor(const std::string&, const at::Tensor&)>& shard = nullptr);
 
  private:
   struct Slot {
@@ -40,6 +48,8 @@ class AdamW {
   std::vector<Slot> slots_;
   AdamWOptions o_;
   int64_t steps_ = 0;
+  const Group* tp_ = nullptr;
+  std::function<bool(const std::string&)> sharded_;
 };
 
 // Learning rate at `step` (0-based): linear warmup to lr over warmup steps, then constant, cosine or linear

@@ -51,6 +51,7 @@ void TrainOptions::add_to(OptionTable& t) {
   t.add("device", &device, "cpu, cuda, cuda:N or auto");
   t.add("dtype", &dtype, "compute dtype: auto (bf16 autocast on CUDA, fp32 on CPU), bf16, fp32");
   t.add("activation_checkpointing", &activation_checkpointing, "recompute each layer in backward");
+  t.add("tensor_parallel", &tensor_parallel, "tensor-parallel size (data parallel = WORLD_SIZE / tensor_parallel)");
   t.add("seed", &seed, "seed for init and data order");
   t.add("log_every", &log_every, "steps between log lines");
   t.add("eval_every", &eval_every, "steps between validation runs (0 = only at the end)");
@@ -71,8 +72,39 @@ void on_signal(int sig) { g_signal.store(sig); }
 
 
 at::Tensor lm_loss(const Llama& m, const at::Tensor& hidden, const at::Tensor& target) {
-  at::Tensor logits = at::linear(hidden, m.lm_head).to(at::kFloat);
-  return at::cross_entropy_loss(logits.view({-1, logits.size(-1)}), target.reshape({-1}));
+  at::Tensor logits = at::linear(copy_to_group(hidden, m.tp), m.lm_head).to(at::kFloat);  // [.., V / tp]
+  return vocab_parallel_cross_entropy(logits.view({-1, logits.size(-1)}), target.reshape({-1}), m.tp);
+}
+
+// Averages the gradients over the data-parallel group: flattened into buckets of about 32 MB, all launched
+// before the first is waited for.
+void all_reduce_grads(std::vector<std::pair<std::string, at::Tensor*>>& params, const Group& dp) {
+  if (dp.size == 1) return;
+  std::vector<std::vector<at::Tensor>> buckets(1);
+  int64_t bytes = 0;
+  for (auto& p : params) {
+    at::Tensor g = p.second->grad();
+    if (!g.defined()) continue;
+    if (bytes > (32 << 20)) {
+      buckets.emplace_back();
+      bytes = 0;
+    }
+    buckets.back().push_back(g);
+    bytes += g.numel() * (int64_t)g.element_size();
+  }
+  for (auto& b : buckets) {
+    if (b.empty()) continue;
+    std::vector<at::Tensor> flat;
+    for (auto& g : b) flat.push_back(g.reshape({-1}));
+    at::Tensor f = at::cat(flat);
+    all_reduce_sum(f, dp);
+    f.div_((double)dp.size);
+    int64_t off = 0;
+    for (auto& g : b) {
+      g.copy_(f.narrow(0, off, g.numel()).view_as(g));
+      off += g.numel();
+    }
+  }
 }
 
 double peak_memory_bytes(const at::Device& d) {
@@ -125,18 +157,27 @@ TrainResult train(const TrainOptions& o, Stage* stage, const std::string& resolv
   DMC_CHECK(o.micro_batch > 0 && o.global_batch % o.micro_batch == 0, "global_batch (", o.global_batch,
             ") must be a positive multiple of micro_batch (", o.micro_batch, ")");
   DMC_CHECK(o.train_steps > 0, "train_steps: must be positive");
-  const int64_t accum = o.global_batch / o.micro_batch;
   auto [dev, dt] = resolve_runtime(o.device, o.dtype);
   const bool autocast = dev.is_cuda() && dt == at::kBFloat16;
   DMC_CHECK(dt == at::kFloat || autocast, "dtype: bf16 training needs CUDA (on CPU use fp32)");
+  Dist dist = Dist::from_env(o.tensor_parallel, dev);
+  if (dev.is_cuda() && dist.world > 1) dev = at::Device(at::kCUDA, (int8_t)dist.local_rank);
+  const bool main_rank = dist.is_main();
+  const int64_t dp = dist.dp.size;
+  DMC_CHECK(o.global_batch % (dp * o.micro_batch) == 0, "global_batch (", o.global_batch, ") must be a multiple of ",
+            "micro_batch (", o.micro_batch, ") x data-parallel size (", dp, ")");
+  const int64_t accum = o.global_batch / (o.micro_batch * dp);
+  if (!main_rank) log::set_level("error");
 
-  fs::create_directories(o.out);
-  log::set_file(o.out + "/log.txt");
-  {
+  if (main_rank) {
+    fs::create_directories(o.out);
+    log::set_file(o.out + "/log.txt");
     std::ofstream cy(o.out + "/config.yaml");
     cy << resolved_yaml;
   }
   log::info(cat("resolved config (saved to ", o.out, "/config.yaml):\n", resolved_yaml));
+  if (dist.world > 1)
+    log::info(cat("parallel: world ", dist.world, " = tensor ", dist.tp.size, " x data ", dp, " (", dist.backend, ")"));
 
   auto tok = Tokenizer::load(o.tokenizer);
   // ---- model: resume > init_from > random ----
@@ -159,6 +200,7 @@ TrainResult train(const TrainOptions& o, Stage* stage, const std::string& resolv
   DMC_CHECK(o.seq_len <= model.config.max_position_embeddings, "seq_len: ", o.seq_len,
             " exceeds the model's max_position_embeddings (", model.config.max_position_embeddings, ")");
   model.activation_checkpointing = o.activation_checkpointing;
+  if (dist.tp.size > 1) model.shard_tensor_parallel(dist.tp);
   auto params = model.parameters();
   for (auto& p : params) p.second->requires_grad_(true);
 
@@ -169,6 +211,7 @@ TrainResult train(const TrainOptions& o, Stage* stage, const std::string& resolv
   ao.weight_decay = o.weight_decay;
   ao.decay_norms_and_embeddings = o.decay_norms_and_embeddings;
   AdamW opt(params, ao);
+  if (dist.tp.size > 1) opt.set_tensor_parallel(&model.tp, [&](const std::string& n) { return model.is_sharded(n); });
   LrSchedule sched{o.lr, o.min_lr, o.warmup_steps, o.train_steps, o.lr_schedule};
   sched.at(0);  // validates the shape name
 
@@ -207,19 +250,23 @@ TrainResult train(const TrainOptions& o, Stage* stage, const std::string& resolv
     loader.set_position(st["loader_position"].get<int64_t>());
     skipped = st.value("skipped_steps", (int64_t)0);
     tokens_seen = st.value("tokens_seen", 0.0);
-    opt.load_state(*io::SafetensorsFile::open(*resume_dir + "/optimizer.safetensors"));
-    set_rng_state(*resume_dir, dev);
+    opt.load_state(*io::SafetensorsFile::open(*resume_dir + "/optimizer.safetensors"), [&](const std::string& n, const at::Tensor& full) {
+      return dist.tp.size > 1 ? model.shard_of(n, full, dist.tp.rank, dist.tp.size) : full;
+    });
+    if (dist.world == 1) set_rng_state(*resume_dir, dev);
+    else torch::manual_seed((uint64_t)o.seed + 1 + 7919 * (uint64_t)step + 104729 * (uint64_t)dist.dp.rank);
     if (stage && st.contains("stage")) stage->load_state(st["stage"]);
     log::info(cat("resumed at step ", step, ", loader position ", loader.position()));
   } else {
-    torch::manual_seed((uint64_t)o.seed + 1);
+    torch::manual_seed((uint64_t)o.seed + 1 + 104729 * (uint64_t)dist.dp.rank);
   }
   std::set<int64_t> inject;
   for (const auto& s : o.inject_nonfinite_steps) inject.insert(std::stoll(s));
 
   const double n_params = (double)model.config.num_parameters() - (double)model.config.vocab_size * model.config.hidden_size;
   const double flops_per_token = 6.0 * n_params + 12.0 * model.config.num_hidden_layers * model.config.q_size() * o.seq_len;
-  std::ofstream metrics(o.out + "/metrics.jsonl", std::ios::app);
+  std::ofstream metrics;
+  if (main_rank) metrics.open(o.out + "/metrics.jsonl", std::ios::app);
   g_signal.store(0);
   auto prev_term = std::signal(SIGTERM, on_signal);
   auto prev_int = std::signal(SIGINT, on_signal);
@@ -228,10 +275,26 @@ TrainResult train(const TrainOptions& o, Stage* stage, const std::string& resolv
     ~Restore() { std::signal(SIGTERM, t); std::signal(SIGINT, i); }
   } restore{prev_term, prev_int};
 
+  // whole tensors from the shards (collective over tp; every rank takes part, rank 0 writes)
+  auto full_model = [&]() {
+    Llama full = model;
+    if (dist.tp.size > 1) {
+      for (auto& [name, t] : full.parameters()) *t = model.unshard(name, t->detach());
+      if (full.config.tie_word_embeddings) full.lm_head = full.embed;
+      full.tp = Group{};
+    }
+    return full;
+  };
   auto save = [&](int64_t at_step) {
+    Llama full = full_model();
+    io::NamedTensors ost = opt.state([&](const std::string& n, const at::Tensor& local) { return model.unshard(n, local); });
+    if (!main_rank) {
+      barrier(dist.world_group);
+      return;
+    }
     CheckpointData d;
-    d.model = &model;
-    d.optimizer = opt.state();
+    d.model = &full;
+    d.optimizer = ost;
     d.rng = rng_state(dev);
     d.trainer_state = {{"step", at_step},          {"loader_position", loader.position()}, {"skipped_steps", skipped},
                        {"tokens_seen", tokens_seen}, {"config", resolved_yaml},
@@ -239,6 +302,7 @@ TrainResult train(const TrainOptions& o, Stage* stage, const std::string& resolv
                        {"stage", stage ? stage->state() : json::object()}, {"stage_name", stage ? stage->name() : "train"}};
     auto dir = save_checkpoint(o.out, at_step, d, o.keep_last);
     log::info(cat("checkpoint saved: ", dir));
+    barrier(dist.world_group);
   };
 
   TrainResult res;
@@ -252,6 +316,8 @@ TrainResult train(const TrainOptions& o, Stage* stage, const std::string& resolv
     if (stage) stage->begin_step(step, o.train_steps, model);
     const double lr = sched.at(step);
     double loss_sum = 0;
+    const int64_t step_start = loader.position();
+    loader.set_position(step_start + dist.dp.rank * (o.global_batch / dp));  // this rank's block of the batch
     for (int64_t mb = 0; mb < accum; ++mb) {
       data::Batch b = loader.next(o.micro_batch);
       b.input = b.input.to(dev);
@@ -271,7 +337,14 @@ TrainResult train(const TrainOptions& o, Stage* stage, const std::string& resolv
       (loss / (double)accum).backward();
       loss_sum += loss.detach().item<double>();
     }
-    const double loss = loss_sum / accum;
+    loader.set_position(step_start + o.global_batch);
+    double loss = loss_sum / accum;
+    if (dp > 1) {
+      at::Tensor l = at::full({1}, loss, at::TensorOptions().dtype(at::kDouble).device(dist.backend == "nccl" ? dev : at::Device(at::kCPU)));
+      all_reduce_sum(l, dist.dp);
+      loss = l.item<double>() / (double)dp;
+    }
+    if (std::isfinite(loss)) all_reduce_grads(params, dist.dp);
     double gnorm = std::isfinite(loss) ? opt.clip_grad_norm(o.grad_clip) : NAN;
     if (!std::isfinite(loss) || !std::isfinite(gnorm)) {
       opt.zero_grad();
@@ -299,7 +372,7 @@ TrainResult train(const TrainOptions& o, Stage* stage, const std::string& resolv
       const double secs = std::chrono::duration<double>(now - t_last).count();
       t_last = now;
       const double tps = steps_since_log * (double)o.global_batch * o.seq_len / secs;
-      const double mfu = tps * flops_per_token / (o.peak_tflops * 1e12);
+      const double mfu = tps * flops_per_token / (o.peak_tflops * 1e12 * (double)dist.world);  // per GPU
       const double mem = peak_memory_bytes(dev);
       const double mean_loss = loss_acc_log / std::max<int64_t>(1, steps_since_log);
       json m = {{"step", step}, {"loss", mean_loss}, {"lr", lr}, {"grad_norm", gnorm}, {"tokens_per_s", tps},
@@ -324,7 +397,14 @@ TrainResult train(const TrainOptions& o, Stage* stage, const std::string& resolv
       metrics << json{{"step", step}, {"eval_loss", vl}, {"eval_ppl", std::exp(vl)}}.dump() << "\n" << std::flush;
     }
     const bool stop_here = o.exit_after_steps > 0 && step - first_step >= o.exit_after_steps && step < o.train_steps;
-    if (g_signal.load() || stop_here) {
+    int64_t sig = g_signal.load();
+    if (dist.world > 1) {  // a signal to any rank stops all of them at the same step
+      at::Tensor s = at::full({1}, sig, at::TensorOptions().dtype(at::kLong).device(dist.backend == "nccl" ? dev : at::Device(at::kCPU)));
+      all_reduce_max(s, dist.world_group);
+      sig = s.item<int64_t>();
+      if (sig) g_signal.store((int)sig);
+    }
+    if (sig || stop_here) {
       if (stop_here) log::info(cat("exit_after_steps reached: saving a checkpoint at step ", step, " and exiting"));
       else log::warn(cat("signal ", g_signal.load(), " received: saving a checkpoint at step ", step, " and exiting"));
       save(step);
@@ -338,7 +418,11 @@ TrainResult train(const TrainOptions& o, Stage* stage, const std::string& resolv
   if (!already_done) save(step);
   res.final_dir = o.out + "/final";
   for (auto& p : params) p.second->requires_grad_(false);
-  model.save(res.final_dir, at::kFloat, int64_t(5) << 30, /*overwrite=*/true);
+  {
+    Llama full = full_model();
+    if (main_rank) full.save(res.final_dir, at::kFloat, int64_t(5) << 30, /*overwrite=*/true);
+    barrier(dist.world_group);
+  }
   log::info(cat("final model: ", res.final_dir));
   res.steps_done = step;
   return res;

@@ -3,6 +3,12 @@
 // AdamW + LR schedule + global-norm clipping, periodic validation, logging (text + JSONL metrics),
 // atomic checkpoints (every N steps, at the end, and on SIGTERM/SIGINT) and exact resume.
 //
+// Parallel runs (WORLD_SIZE > 1, see dist/dist.h): tensor parallel inside groups of tensor_parallel ranks, data
+// parallel across them. Each data-parallel rank takes its own contiguous block of every global batch (so a step
+// sees the same samples for any layout), gradients are averaged over data-parallel ranks in buckets, clipping uses
+// the norm over all shards, and checkpoints hold whole HF tensors (model and optimizer state), written by rank 0,
+// so a run resumes under any layout. Rank 0 alone writes logs, metrics and checkpoints.
+//
 // What differs between stages is a Stage object (the DMC retrofit implements them); a null stage is plain
 // language-model training. Run directory:
 //   RUN/config.yaml      the fully resolved config        RUN/metrics.jsonl   one JSON object per logged step
@@ -54,6 +60,8 @@ struct TrainOptions {
   bool decay_norms_and_embeddings = false;
   std::string device = "auto", dtype = "auto";
   bool activation_checkpointing = false;
+  // Tensor-parallel size; the data-parallel size is WORLD_SIZE / tensor_parallel (processes launched like torchrun)
+  int64_t tensor_parallel = 1;
   int64_t seed = 1234, log_every = 10, eval_every = 0, eval_batches = 8, save_every = 0, keep_last = 3;
   std::string resume = "auto";  // auto | none | a checkpoint directory
   int64_t exit_after_steps = 0;  // stop (with a checkpoint) after this many steps in this invocation; 0 = off
