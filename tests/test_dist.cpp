@@ -7,7 +7,10 @@
 
 #include "helpers.h"
 #include "io/safetensors.h"
+#include "model/llama.h"
 #include "train_fixture.h"
+
+#include <nlohmann/json.hpp>
 
 using namespace dmc;
 using namespace dmc::test;
@@ -126,5 +129,47 @@ TEST_CASE("data and tensor parallel training over Gloo equal the single process;
     auto r = train_ranks(2, w + "/bad", steps + "--tensor-parallel 2 --num-key-value-heads 1");
     CHECK(r.status != 0);
     CHECK(r.output.find("num_key_value_heads") != std::string::npos);
+  }
+}
+
+TEST_CASE("DMC retrofit stages under TP=2 x DP=2: rows zeroed on every shard, ratios logged for every head", "[dist][dmc]") {
+#ifndef DMC_HAVE_GLOO
+  SKIP("built without Gloo headers (libgloo-dev)");
+#endif
+  const auto w = tmp_dir("distdmc");
+  auto base = train_ranks(1, w + "/base", "--train-steps 2");
+  REQUIRE(base.status == 0);
+  auto retro = [&](const std::string& args) {
+    const std::string cmd = train_cmd(w + "/unused", "");
+    std::string rest = cmd.substr(dmc_bin().size() + std::string(" train").size());
+    rest = rest.substr(0, rest.find(" --out ")) + rest.substr(rest.find(" --num-hidden-layers"));
+    return run("DMC_COMMAND=retrofit DMC_BIN=" + dmc_bin() + " " + std::string(DMC_SOURCE_DIR) + "/scripts/launch.sh 4 - " +
+               rest + " --tensor-parallel 2 " + args);
+  };
+  auto s1 = retro("--stage zero_out --init-from " + w + "/base/final --out " + w + "/s1 --train-steps 4");
+  INFO(s1.output);
+  REQUIRE(s1.status == 0);
+  auto m = Llama::load(w + "/s1/final", at::kFloat, at::kCPU);
+  const int64_t D = m.config.head_dim;
+  for (auto& L : m.layers) {
+    for (int64_t h = 0; h < 4; ++h) CHECK(L.wqkv[h * D + D - 1].abs().max().item<double>() == 0);
+    for (int64_t g = 0; g < 2; ++g) CHECK(L.wqkv[4 * D + g * D + D - 1].abs().max().item<double>() == 0);
+  }
+  auto s2 = retro("--stage retrofit --target-cr 2 --init-from " + w + "/s1/final --out " + w + "/s2 --train-steps 4 "
+                  "--head-stats-every 2 --dmc-loss-scope global");
+  INFO(s2.output);
+  REQUIRE(s2.status == 0);
+  // the last per-head ratios (in the metrics) cover both KV heads of both layers: the shards' counts were summed
+  std::ifstream in(w + "/s2/metrics.jsonl");
+  nlohmann::json last;
+  for (std::string line; std::getline(in, line);) {
+    auto j = nlohmann::json::parse(line);
+    if (j.contains("cr_per_head")) last = j["cr_per_head"];
+  }
+  REQUIRE(last.is_array());
+  REQUIRE(last.size() == 2);
+  for (auto& layer : last) {
+    REQUIRE(layer.size() == 2);
+    for (auto& x : layer) CHECK(x.get<double>() >= 1.0);
   }
 }

@@ -73,6 +73,7 @@ Group make_group(const c10::intrusive_ptr<c10d::Store>& store, const std::string
   holder->pg = pg;
   holder->backend = be;
   g.impl = holder;
+  g.nccl = backend == "nccl";
   return g;
 }
 }  // namespace
@@ -112,19 +113,24 @@ Dist Dist::from_env(int64_t tp_size, const at::Device& device) {
   return d;
 }
 
-void all_reduce_sum(at::Tensor& t, const Group& g) {
+namespace {
+void all_reduce(at::Tensor& t, const Group& g, c10d::ReduceOp op) {
   if (g.size == 1) return;
-  std::vector<at::Tensor> v{t};
-  g.pg()->allreduce(v)->wait();
-}
-
-void all_reduce_max(at::Tensor& t, const Group& g) {
-  if (g.size == 1) return;
-  std::vector<at::Tensor> v{t};
   c10d::AllreduceOptions o;
-  o.reduceOp = c10d::ReduceOp::MAX;
+  o.reduceOp = op;
+  if (g.nccl && !t.is_cuda()) {  // small host-side statistics under NCCL
+    std::vector<at::Tensor> v{t.to(at::kCUDA)};
+    g.pg()->allreduce(v, o)->wait();
+    t.copy_(v[0]);
+    return;
+  }
+  std::vector<at::Tensor> v{t};
   g.pg()->allreduce(v, o)->wait();
 }
+}  // namespace
+
+void all_reduce_sum(at::Tensor& t, const Group& g) { all_reduce(t, g, c10d::ReduceOp::SUM); }
+void all_reduce_max(at::Tensor& t, const Group& g) { all_reduce(t, g, c10d::ReduceOp::MAX); }
 
 at::Tensor all_gather_cat(const at::Tensor& t_in, const Group& g) {
   if (g.size == 1) return t_in;

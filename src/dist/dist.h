@@ -25,6 +25,7 @@ namespace dmc {
 // One communicator: a group of `size` processes, this one being `rank`. size 1 = no communication.
 struct Group {
   int64_t rank = 0, size = 1;
+  bool nccl = false;           // CUDA tensors only: CPU tensors are staged through the current GPU
   std::shared_ptr<void> impl;  // c10d::ProcessGroup behind an opaque handle (keeps c10d out of most headers)
   c10d::ProcessGroup* pg() const;
 };

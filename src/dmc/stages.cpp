@@ -22,22 +22,24 @@ void RetrofitOptions::add_to(OptionTable& t) {
   t.add("dmc_attn_block", &dmc.attn_block, "query block of the blockwise DMC attention");
   t.add("dmc_attn_impl", &dmc.attn_impl, "flash (fused kernel; fp32 on CUDA falls back to blocks) | blocks (plain query-block twin)");
   t.add("head_stats_every", &head_stats_every, "steps between per-layer/per-head ratio logs");
+  t.add("dmc_loss_scope", &dmc_loss_scope, "tensor parallel: shard (per-rank hinge, as the reference code) | global");
 }
 
 DmcStage::DmcStage(const RetrofitOptions& o) : o_(o) {
   DMC_CHECK(o.stage == "zero_out" || o.stage == "retrofit" || o.stage == "finetune",
             "stage: expected zero_out, retrofit or finetune, got '", o.stage, "'");
   DMC_CHECK(o.target_cr >= 1.0, "target_cr: must be >= 1, got ", o.target_cr);
+  DMC_CHECK(o.dmc_loss_scope == "shard" || o.dmc_loss_scope == "global", "dmc_loss_scope: expected shard or global, got '",
+            o.dmc_loss_scope, "'");
   rt_.dmc = o.dmc;
 }
 
 void zero_decision_rows(Llama& model) {
-  const auto& c = model.config;
-  const int64_t D = c.head_dim;
+  const int64_t D = model.config.head_dim, nh = model.local_heads(), nkv = model.local_kv_heads();
   at::NoGradGuard ng;
-  for (auto& L : model.layers) {
-    for (int64_t h = 0; h < c.num_attention_heads; ++h) L.wqkv[h * D + D - 1].zero_();
-    for (int64_t g = 0; g < c.num_key_value_heads; ++g) L.wqkv[c.q_size() + g * D + D - 1].zero_();
+  for (auto& L : model.layers) {  // this rank's rows (all of them without tensor parallelism)
+    for (int64_t h = 0; h < nh; ++h) L.wqkv[h * D + D - 1].zero_();
+    for (int64_t g = 0; g < nkv; ++g) L.wqkv[nh * D + g * D + D - 1].zero_();
   }
 }
 
@@ -49,10 +51,12 @@ void DmcStage::begin_step(int64_t step, int64_t total, Llama& model) {
   rt_.zero_out_mult = std::max(0.0, 1.0 - (double)step / (0.8 * (double)total));
   step_dsum_ = step_dn_ = step_loss_sum_ = step_loss_n_ = 0;
   const auto& c = model.config;
+  tp_ = &model.tp;
   if (merges_.empty()) {
     merges_.assign(c.num_hidden_layers, std::vector<double>(c.num_key_value_heads, 0.0));
     tokens_ = merges_;
   }
+  step_counts_ = at::zeros({2, c.num_hidden_layers, c.num_key_value_heads}, at::kDouble);
 }
 
 at::Tensor DmcStage::forward_hidden(Llama& model, const data::Batch& b) {
@@ -68,7 +72,7 @@ at::Tensor DmcStage::forward_hidden(Llama& model, const data::Batch& b) {
     const bool ac = model.device().is_cuda() && at::autocast::is_autocast_enabled(at::kCUDA);
     const auto dt = ac ? at::autocast::get_autocast_dtype(at::kCUDA) : model.dtype();
     for (int64_t l = 0; l < c.num_hidden_layers; ++l)
-      rt_.noise.push_back(dmc_logistic_noise(B, T, c.num_key_value_heads, dt, model.device()));
+      rt_.noise.push_back(dmc_logistic_noise(B, T, model.local_kv_heads(), dt, model.device()));
   }
   model.runtime = &rt_;
   at::Tensor h;
@@ -80,17 +84,18 @@ at::Tensor DmcStage::forward_hidden(Llama& model, const data::Batch& b) {
   }
   model.runtime = nullptr;
   if (rt_.mode == Mode::DmcTrain || rt_.mode == Mode::DmcEval) {
-    decisions_ = at::stack(rt_.decision_mean).to(at::kFloat);  // [L, B]
+    decisions_ = at::stack(rt_.decision_mean).to(at::kFloat);  // [L, B], over this rank's KV heads
+    if (o_.dmc_loss_scope == "global" && model.tp.size > 1)
+      decisions_ = reduce_from_group(decisions_, model.tp) / (double)model.tp.size;
     if (training) {
       step_dsum_ += decisions_.detach().mean().item<double>();
       step_dn_ += 1;
+      const int64_t nkvl = model.local_kv_heads(), off = model.tp.rank * nkvl;
       for (size_t l = 0; l < rt_.boundaries.size(); ++l) {
-        at::Tensor bnd = rt_.boundaries[l].to(at::kFloat);  // [B, T, nkv]
-        at::Tensor per_head = bnd.sum(at::IntArrayRef{0, 1}).to(at::kCPU);
-        for (int64_t g = 0; g < per_head.size(0); ++g) {
-          merges_[l][g] += per_head[g].item<double>();
-          tokens_[l][g] += (double)(bnd.size(0) * bnd.size(1));
-        }
+        at::Tensor bnd = rt_.boundaries[l].to(at::kFloat);  // [B, T, nkv local]
+        at::Tensor per_head = bnd.sum(at::IntArrayRef{0, 1}).to(at::kCPU, at::kDouble);
+        step_counts_[0][(int64_t)l].narrow(0, off, nkvl).add_(per_head);
+        step_counts_[1][(int64_t)l].narrow(0, off, nkvl).add_((double)(bnd.size(0) * bnd.size(1)));
       }
     }
   }
@@ -122,7 +127,22 @@ json DmcStage::metrics() {
     m["qk_last_dim_mult"] = rt_.zero_out_mult;
     return m;
   }
-  const double d = step_dn_ > 0 ? step_dsum_ / step_dn_ : 0.0;
+  double d = step_dn_ > 0 ? step_dsum_ / step_dn_ : 0.0;
+  if (tp_ && tp_->size > 1 && step_counts_.defined()) {
+    // every rank calls metrics() each step: sum the heads' counts and average the decision rate over the group
+    at::Tensor dd = at::full({1}, d, at::kDouble);
+    all_reduce_sum(dd, *tp_);
+    if (o_.dmc_loss_scope != "global") d = dd.item<double>() / (double)tp_->size;
+    all_reduce_sum(step_counts_, *tp_);
+  }
+  if (step_counts_.defined()) {
+    for (size_t l = 0; l < merges_.size(); ++l)
+      for (size_t g = 0; g < merges_[l].size(); ++g) {
+        merges_[l][g] += step_counts_[0][(int64_t)l][(int64_t)g].item<double>();
+        tokens_[l][g] += step_counts_[1][(int64_t)l][(int64_t)g].item<double>();
+      }
+    step_counts_.zero_();
+  }
   m["target_cr"] = target_;
   m["cr"] = 1.0 / std::max(1e-9, 1.0 - d);
   m["dmc_loss"] = step_loss_n_ > 0 ? step_loss_sum_ / step_loss_n_ : 0.0;

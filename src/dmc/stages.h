@@ -22,6 +22,9 @@ struct RetrofitOptions {
   double target_cr = 4.0;
   DmcOptions dmc;
   int64_t head_stats_every = 50;
+  // Under tensor parallelism: "shard" = each rank's hinge on the decision mean of its own heads (the reference
+  // Megatron code's per-shard semantics), "global" = the hinge on the mean over all heads of all ranks.
+  std::string dmc_loss_scope = "shard";
   void add_to(OptionTable& t);
 };
 
@@ -49,7 +52,9 @@ class DmcStage : public train::Stage {
   at::Tensor decisions_;  // [layers, batch] of the micro-batch just forwarded
   // statistics over the current step (for the log line) and the head-stats window
   double step_dsum_ = 0, step_dn_ = 0, step_loss_sum_ = 0, step_loss_n_ = 0;
-  std::vector<std::vector<double>> merges_, tokens_;  // [layers][kv_heads]
+  std::vector<std::vector<double>> merges_, tokens_;  // [layers][kv_heads] (all heads; TP ranks' counts summed)
+  at::Tensor step_counts_;                            // [2, layers, kv_heads] this step's local merges, tokens
+  const Group* tp_ = nullptr;
   nlohmann::json last_head_ratios_;
 };
 

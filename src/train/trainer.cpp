@@ -20,6 +20,7 @@
 
 #ifdef DMC_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
 #endif
 
 namespace dmc::train {
@@ -161,7 +162,12 @@ TrainResult train(const TrainOptions& o, Stage* stage, const std::string& resolv
   const bool autocast = dev.is_cuda() && dt == at::kBFloat16;
   DMC_CHECK(dt == at::kFloat || autocast, "dtype: bf16 training needs CUDA (on CPU use fp32)");
   Dist dist = Dist::from_env(o.tensor_parallel, dev);
-  if (dev.is_cuda() && dist.world > 1) dev = at::Device(at::kCUDA, (int8_t)dist.local_rank);
+  if (dev.is_cuda() && dist.world > 1) {
+    dev = at::Device(at::kCUDA, (int8_t)dist.local_rank);
+#ifdef DMC_WITH_CUDA
+    c10::cuda::set_device((c10::DeviceIndex)dist.local_rank);
+#endif
+  }
   const bool main_rank = dist.is_main();
   const int64_t dp = dist.dp.size;
   DMC_CHECK(o.global_batch % (dp * o.micro_batch) == 0, "global_batch (", o.global_batch, ") must be a multiple of ",
@@ -340,7 +346,7 @@ TrainResult train(const TrainOptions& o, Stage* stage, const std::string& resolv
     loader.set_position(step_start + o.global_batch);
     double loss = loss_sum / accum;
     if (dp > 1) {
-      at::Tensor l = at::full({1}, loss, at::TensorOptions().dtype(at::kDouble).device(dist.backend == "nccl" ? dev : at::Device(at::kCPU)));
+      at::Tensor l = at::full({1}, loss, at::kDouble);
       all_reduce_sum(l, dist.dp);
       loss = l.item<double>() / (double)dp;
     }
@@ -399,7 +405,7 @@ TrainResult train(const TrainOptions& o, Stage* stage, const std::string& resolv
     const bool stop_here = o.exit_after_steps > 0 && step - first_step >= o.exit_after_steps && step < o.train_steps;
     int64_t sig = g_signal.load();
     if (dist.world > 1) {  // a signal to any rank stops all of them at the same step
-      at::Tensor s = at::full({1}, sig, at::TensorOptions().dtype(at::kLong).device(dist.backend == "nccl" ? dev : at::Device(at::kCPU)));
+      at::Tensor s = at::full({1}, sig, at::kLong);
       all_reduce_max(s, dist.world_group);
       sig = s.item<int64_t>();
       if (sig) g_signal.store((int)sig);
