@@ -1,10 +1,13 @@
 // Worker for the distributed tests (tests/test_dist.cpp): one process of a tensor-parallel group (all ranks TP,
 // torchrun-style environment) runs a forward and backward of a small random Llama, vanilla or DMC (train mode with
 // fed noise), and rank 0 writes the whole logits, the loss and every gradient reassembled from the shards.
-//   dmc_dist_worker OUT.safetensors vanilla|dmc [recompute 0|1]
+//   dmc_dist_worker OUT.safetensors vanilla|dmc [recompute 0|1] [cpu|cuda]   (cuda: NCCL, GPU LOCAL_RANK)
 #include <torch/torch.h>
 
 #include <iostream>
+#ifdef DMC_WITH_CUDA
+#include <c10/cuda/CUDAFunctions.h>
+#endif
 
 #include "common/error.h"
 #include "dist/dist.h"
@@ -21,7 +24,13 @@ int main(int argc, char** argv) {
     const bool recompute = argc > 3 && std::string(argv[3]) == "1";
     const char* ws = std::getenv("WORLD_SIZE");
     const int64_t world = ws ? std::atoll(ws) : 1;
-    Dist d = Dist::from_env(world, at::kCPU);
+    const bool cuda = argc > 4 && std::string(argv[4]) == "cuda";
+    const char* lr = std::getenv("LOCAL_RANK");
+    const at::Device dev = cuda ? at::Device(at::kCUDA, (int8_t)(lr ? std::atoi(lr) : 0)) : at::Device(at::kCPU);
+#ifdef DMC_WITH_CUDA
+    if (cuda) c10::cuda::set_device(dev.index());  // NCCL works on the current device
+#endif
+    Dist d = Dist::from_env(world, dev);
     LlamaConfig c = LlamaConfig::preset("tiny");
     c.num_hidden_layers = 2;
     c.vocab_size = 64;
@@ -31,14 +40,15 @@ int main(int argc, char** argv) {
     c.head_dim = 16;
     c.intermediate_size = 96;
     c.max_position_embeddings = 64;
-    auto m = Llama::random(c, 11, at::kFloat, at::kCPU, 0.2);
+    auto m = Llama::random(c, 11, at::kFloat, dev, 0.2);
     m.activation_checkpointing = recompute;
     m.shard_tensor_parallel(d.tp);
     auto params = m.parameters();
     for (auto& p : params) p.second->requires_grad_(true);
     torch::manual_seed(3);
     const int64_t B = 2, T = 24;
-    at::Tensor ids = at::randint(0, c.vocab_size, {B, T}, at::kLong), tgt = at::randint(0, c.vocab_size, {B, T}, at::kLong);
+    at::Tensor ids = at::randint(0, c.vocab_size, {B, T}, at::kLong).to(dev),
+               tgt = at::randint(0, c.vocab_size, {B, T}, at::kLong).to(dev);
     AttentionRuntime rt;
     if (mode == "dmc") {
       rt.mode = AttentionRuntime::Mode::DmcTrain;
@@ -48,7 +58,7 @@ int main(int argc, char** argv) {
       const int64_t nkvl = m.local_kv_heads();
       for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
         at::Tensor full = at::randn({B, T, c.num_key_value_heads});  // the same on every rank (same seed)
-        rt.noise.push_back(full.narrow(2, d.tp.rank * nkvl, nkvl).contiguous());
+        rt.noise.push_back(full.narrow(2, d.tp.rank * nkvl, nkvl).contiguous().to(dev));
       }
       m.runtime = &rt;
     }
@@ -66,6 +76,7 @@ int main(int argc, char** argv) {
     outs.emplace_back("logits", lg.contiguous());
     outs.emplace_back("loss", loss.detach().reshape({1}));
     for (auto& [name, t] : params) outs.emplace_back("grad." + name, m.unshard(name, t->grad()).contiguous());
+    for (auto& o : outs) o.second = o.second.to(at::kCPU);
     if (d.is_main()) io::save_file(out, outs);
     barrier(d.world_group);
     return 0;
