@@ -173,3 +173,24 @@ TEST_CASE("DMC retrofit stages under TP=2 x DP=2: rows zeroed on every shard, ra
     for (auto& x : layer) CHECK(x.get<double>() >= 1.0);
   }
 }
+
+TEST_CASE("inference with TP=2 over Gloo: each rank its own page pool, the same greedy tokens as TP=1", "[dist][inference]") {
+#ifndef DMC_HAVE_GLOO
+  SKIP("built without Gloo headers (libgloo-dev)");
+#endif
+  const auto work = tmp_dir("distgen");
+  for (std::string mode : {"generate-vanilla", "generate-dmc"}) {
+    DYNAMIC_SECTION(mode) {
+      auto r1 = run_workers(1, work + "/g1.safetensors " + mode);
+      INFO(r1.output);
+      REQUIRE(r1.status == 0);
+      auto r2 = run_workers(2, work + "/g2.safetensors " + mode);
+      INFO(r2.output);
+      REQUIRE(r2.status == 0);
+      auto a = io::SafetensorsFile::open(work + "/g1.safetensors");
+      auto b = io::SafetensorsFile::open(work + "/g2.safetensors");
+      CHECK(at::equal(a->get("tokens"), b->get("tokens")));
+      CHECK(rel(b->get("prefill_logits"), a->get("prefill_logits")) < 1e-5);
+    }
+  }
+}

@@ -214,6 +214,11 @@ struct VocabParallelCE : public torch::autograd::Function<VocabParallelCE> {
 };
 }  // namespace
 
+at::Tensor gather_vocab(const at::Tensor& logits, const Group& g) {
+  if (g.size == 1) return logits;
+  return all_gather_cat(logits.t().contiguous(), g).t().contiguous();
+}
+
 at::Tensor vocab_parallel_cross_entropy(const at::Tensor& logits, const at::Tensor& target, const Group& g) {
   if (g.size == 1) return at::cross_entropy_loss(logits, target);
   return VocabParallelCE::apply(logits, target, reinterpret_cast<int64_t>(&g))[0];

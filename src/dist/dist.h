@@ -53,6 +53,9 @@ void barrier(const Group& g);
 at::Tensor copy_to_group(const at::Tensor& x, const Group& g);
 at::Tensor reduce_from_group(const at::Tensor& x, const Group& g);
 
+// Logits split by vocabulary [n, V / size] -> whole [n, V] on every rank (inference).
+at::Tensor gather_vocab(const at::Tensor& logits, const Group& g);
+
 // Mean cross entropy of logits split over the group by vocabulary: logits [N, V / size] (this rank's columns
 // [rank V/size, (rank+1) V/size)), target [N] global ids. fp32 softmax statistics: max and sum of exponentials
 // and the target's logit are reduced over the group; the gradient is (softmax - onehot) / N on the local columns.

@@ -13,14 +13,14 @@ PagedCacheOptions decoder_cache_options(const Llama& m, const DecoderOptions& o)
   const auto& cfg = m.config;
   c.n_layers = cfg.num_hidden_layers;
   c.max_seqs = o.max_seqs;
-  c.n_kv_heads = cfg.num_key_value_heads;
+  c.n_kv_heads = m.local_kv_heads();  // this rank's KV heads under tensor parallelism
   c.head_dim = cfg.head_dim;
   c.page_size = o.page_size;
   c.max_slots_per_row = cfg.max_position_embeddings + 1;  // baselines hold budget + 1 for a moment
   c.memory_budget_bytes = o.memory_budget_bytes;
   c.n_pages = o.n_pages;
   if (o.n_pages <= 0 && o.memory_budget_bytes <= 0)
-    c.n_pages = cfg.num_hidden_layers * o.max_seqs * cfg.num_key_value_heads *
+    c.n_pages = cfg.num_hidden_layers * o.max_seqs * m.local_kv_heads() *
                 ((cfg.max_position_embeddings + o.page_size - 1) / o.page_size);
   c.dtype = m.dtype();
   c.device = m.device();
@@ -51,7 +51,7 @@ Decoder::Decoder(const Llama& model, const DecoderOptions& o)
   const auto& c = model.config;
   DMC_CHECK(o.max_seqs >= 1, "decoder: max_seqs must be at least 1");
   pos_.assign(o.max_seqs, 0);
-  const int64_t R = c.num_hidden_layers * o.max_seqs * c.num_key_value_heads;
+  const int64_t R = c.num_hidden_layers * o.max_seqs * model.local_kv_heads();
   if (dmc_) st_ = DmcState::create(R, c.head_dim, c.dmc.window, model.dtype(), model.device());
   auto [cs, sn] = rope_cos_sin(m_.inv_freq, at::arange(c.max_position_embeddings, at::TensorOptions().dtype(at::kLong).device(model.device())));
   cos_ = cs.contiguous();
@@ -77,7 +77,7 @@ void Decoder::free(int64_t seq) {
 
 at::Tensor Decoder::slot_counts(int64_t seq) const {
   const auto& c = m_.config;
-  return cache_.lengths.view({c.num_hidden_layers, o_.max_seqs, c.num_key_value_heads})
+  return cache_.lengths.view({c.num_hidden_layers, o_.max_seqs, m_.local_kv_heads()})
       .select(1, seq)
       .to(at::kCPU, at::kLong);
 }
@@ -88,7 +88,7 @@ void Decoder::bench_fill(const std::vector<int64_t>& seqs, int64_t T) {
   DMC_CHECK(policy_ == "vanilla" || (policy_ == "dmc" && o_.force_cr > 0),
             "bench_fill: only vanilla or dmc with force_cr (slot counts must be known without running the model)");
   DMC_CHECK(T >= 1 && T < c.max_position_embeddings, "bench_fill: prompt_len ", T, " out of range");
-  const int64_t nkv = c.num_key_value_heads, D = c.head_dim, X = 2 * D + 1, W = std::max<int64_t>(1, c.dmc.window);
+  const int64_t nkv = m_.local_kv_heads(), D = c.head_dim, X = 2 * D + 1, W = std::max<int64_t>(1, c.dmc.window);
   const auto dev = m_.device();
   auto lopt = at::TensorOptions().dtype(at::kLong).device(dev);
   // slots per head and the decode state of the last group
@@ -143,7 +143,7 @@ std::pair<int64_t, int64_t> Decoder::step_need(const std::vector<int64_t>& seqs)
   const auto& c = m_.config;
   if (seqs.empty()) return {0, cache_.free_pages()};
   at::Tensor s = at::tensor(seqs, at::kLong).to(m_.device());
-  at::Tensor len = cache_.lengths.view({c.num_hidden_layers, o_.max_seqs, c.num_key_value_heads}).index_select(1, s);
+  at::Tensor len = cache_.lengths.view({c.num_hidden_layers, o_.max_seqs, m_.local_kv_heads()}).index_select(1, s);
   at::Tensor need = (len % o_.page_size == 0).sum().to(at::kInt).reshape({1});
   at::Tensor both = at::cat({need, cache_.alloc.narrow(0, 0, 1)}).to(at::kCPU);
   return {both[0].item<int64_t>(), both[1].item<int64_t>()};
@@ -159,13 +159,13 @@ int64_t Decoder::pages_for_prompt(int64_t prompt_len) const {
   const int64_t slots = policy_ == "tova" || policy_ == "h2o" || policy_ == "window"
                             ? std::min(prompt_len + 1, o_.budget + 1)
                             : prompt_len + 1;
-  return c.num_hidden_layers * c.num_key_value_heads * cache_.pages_for(slots);
+  return c.num_hidden_layers * m_.local_kv_heads() * cache_.pages_for(slots);
 }
 
 at::Tensor Decoder::prefill(int64_t seq, const std::vector<int64_t>& prompt) {
   at::NoGradGuard ng;
   const auto& c = m_.config;
-  const int64_t T = (int64_t)prompt.size(), nkv = c.num_key_value_heads, D = c.head_dim,
+  const int64_t T = (int64_t)prompt.size(), nkv = m_.local_kv_heads(), D = c.head_dim,
                 W = std::max<int64_t>(1, c.dmc.window), X = 2 * D + 1;
   DMC_CHECK(seq >= 0 && seq < o_.max_seqs, "prefill: sequence ", seq, " out of range");
   DMC_CHECK(pos_[seq] == 0, "prefill: sequence ", seq, " is not empty");
@@ -238,14 +238,14 @@ at::Tensor Decoder::prefill(int64_t seq, const std::vector<int64_t>& prompt) {
     st_.ring_w.view({-1}).index_copy_(0, ridx, om.narrow(1, t0, T - t0).reshape({-1}));
   }
   pos_[seq] = T;
-  return at::linear(h[0][T - 1], m_.lm_head);
+  return gather_vocab(at::linear(h[0][T - 1].unsqueeze(0), m_.lm_head), m_.tp)[0];
 }
 
 at::Tensor Decoder::step(const std::vector<int64_t>& seqs, const std::vector<int64_t>& ids,
                          const std::vector<bool>& doc_start) {
   at::NoGradGuard ng;
   const auto& c = m_.config;
-  const int64_t n = (int64_t)seqs.size(), nh = c.num_attention_heads, D = c.head_dim;
+  const int64_t n = (int64_t)seqs.size(), nh = m_.local_heads(), D = c.head_dim;
   DMC_CHECK(n >= 1, "decoder: a step needs at least one sequence");
   DMC_CHECK((int64_t)ids.size() == n, "decoder: ", ids.size(), " ids for ", n, " sequences");
   DMC_CHECK(doc_start.empty() || (int64_t)doc_start.size() == n, "decoder: doc_start needs ", n, " entries");
@@ -272,11 +272,11 @@ at::Tensor Decoder::step(const std::vector<int64_t>& seqs, const std::vector<int
   const auto dev = m_.device();
   at::Tensor seq_t = at::tensor(seqs, at::kLong).to(dev), pos_t = at::tensor(pos, at::kLong).to(dev);
   at::Tensor forced_t = at::tensor(forced, at::kLong).to(dev).to(at::kBool);
-  at::Tensor x = at::embedding(m_.embed, at::tensor(ids, at::kLong).to(dev));  // [n, H]
+  at::Tensor x = m_.embed_tokens(at::tensor(ids, at::kLong).to(dev));  // [n, H] (vocabulary-parallel under TP)
   const double scale = 1.0 / std::sqrt((double)D);
   DecodeUpdateParams p;
   p.n_heads = nh;
-  p.n_kv_heads = c.num_key_value_heads;
+  p.n_kv_heads = m_.local_kv_heads();
   p.head_dim = D;
   p.dmc = dmc_;
   p.init_val = c.dmc.init_val;
@@ -296,13 +296,13 @@ at::Tensor Decoder::step(const std::vector<int64_t>& seqs, const std::vector<int
     } else {
       o = paged_attention(qr, cache_, l, seq_t, max_len, scale, kernels_);
     }
-    x = x + at::linear(o.reshape({n, nh * D}), L.wo);
-    const int64_t F = c.intermediate_size;
+    x = x + reduce_from_group(at::linear(o.reshape({n, nh * D}), L.wo), m_.tp);
+    const int64_t F = c.intermediate_size / m_.tp.size;
     at::Tensor gu = at::linear(rms_norm(x, L.mlp_norm, c.rms_norm_eps), L.w_gate_up);
-    x = x + at::linear(at::silu(gu.narrow(-1, 0, F)) * gu.narrow(-1, F, F), L.w_down);
+    x = x + reduce_from_group(at::linear(at::silu(gu.narrow(-1, 0, F)) * gu.narrow(-1, F, F), L.w_down), m_.tp);
   }
   for (int64_t s : seqs) ++pos_[s];
-  return at::linear(rms_norm(x, m_.norm, c.rms_norm_eps), m_.lm_head);
+  return gather_vocab(at::linear(rms_norm(x, m_.norm, c.rms_norm_eps), m_.lm_head), m_.tp);
 }
 
 void Decoder::evict(int64_t layer, const at::Tensor& seq_t, const at::Tensor& pos_t, const at::Tensor& probs) {

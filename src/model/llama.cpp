@@ -358,6 +358,15 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
 };
 }  // namespace
 
+at::Tensor Llama::embed_tokens(const at::Tensor& ids) const {
+  if (tp.size == 1) return at::embedding(embed, ids);
+  // vocabulary-parallel: this rank looks up the ids in its slice, zeros elsewhere, the group sums
+  const int64_t Vl = embed.size(0), start = tp.rank * Vl;
+  at::Tensor local = ids - start;
+  at::Tensor mine = (local >= 0) & (local < Vl);
+  return reduce_from_group(at::embedding(embed, local.clamp(0, Vl - 1)) * mine.unsqueeze(-1).to(embed.scalar_type()), tp);
+}
+
 at::Tensor Llama::forward_hidden(const at::Tensor& ids, KVCache* cache) const {
   TORCH_CHECK(ids.dim() == 2, "ids must be [batch, seq]");
   const int64_t T = ids.size(1);
@@ -367,16 +376,7 @@ at::Tensor Llama::forward_hidden(const at::Tensor& ids, KVCache* cache) const {
     fail("kv cache: ", past + T, " tokens exceed its capacity of ", cache->max_len);
   at::Tensor pos = at::arange(past, past + T, at::TensorOptions().dtype(at::kLong).device(ids.device()));
   auto [cos, sin] = rope_cos_sin(inv_freq, pos);
-  at::Tensor x;
-  if (tp.size > 1) {
-    // vocabulary-parallel: this rank looks up the ids in its slice, zeros elsewhere, the group sums
-    const int64_t Vl = embed.size(0), start = tp.rank * Vl;
-    at::Tensor local = ids - start;
-    at::Tensor mine = (local >= 0) & (local < Vl);
-    x = reduce_from_group(at::embedding(embed, local.clamp(0, Vl - 1)) * mine.unsqueeze(-1).to(embed.scalar_type()), tp);
-  } else {
-    x = at::embedding(embed, ids);
-  }
+  at::Tensor x = embed_tokens(ids);
   const bool recompute = activation_checkpointing && !cache && at::GradMode::is_enabled();
   const bool dmc_mode = runtime && (runtime->mode == AttentionRuntime::Mode::DmcTrain ||
                                     runtime->mode == AttentionRuntime::Mode::DmcEval);

@@ -121,6 +121,8 @@ class Llama {
 
   // Logits [batch, seq, vocab]. With a cache, the tokens are placed after cache->length and the cache grows.
   at::Tensor forward(const at::Tensor& ids, KVCache* cache = nullptr) const;
+  // Token embeddings [..., hidden] of ids [...] (vocabulary-parallel lookup + sum over the group under TP).
+  at::Tensor embed_tokens(const at::Tensor& ids) const;
   // Final-norm hidden states [batch, seq, hidden] (before lm_head).
   at::Tensor forward_hidden(const at::Tensor& ids, KVCache* cache = nullptr) const;
 

@@ -2,6 +2,8 @@
 // torchrun-style environment) runs a forward and backward of a small random Llama, vanilla or DMC (train mode with
 // fed noise), and rank 0 writes the whole logits, the loss and every gradient reassembled from the shards.
 //   dmc_dist_worker OUT.safetensors vanilla|dmc [recompute 0|1] [cpu|cuda]   (cuda: NCCL, GPU LOCAL_RANK)
+//   dmc_dist_worker OUT.safetensors generate-vanilla|generate-dmc [0] [cpu|cuda]: greedy generation of three prompts
+//     through the decode engine with continuous batching (each rank its own page pool of its KV heads)
 #include <torch/torch.h>
 
 #include <iostream>
@@ -12,6 +14,7 @@
 #include "common/error.h"
 #include "dist/dist.h"
 #include "dmc/dmc.h"
+#include "inference/generate.h"
 #include "io/safetensors.h"
 #include "model/llama.h"
 
@@ -43,6 +46,34 @@ int main(int argc, char** argv) {
     auto m = Llama::random(c, 11, at::kFloat, dev, 0.2);
     m.activation_checkpointing = recompute;
     m.shard_tensor_parallel(d.tp);
+    if (mode.rfind("generate-", 0) == 0) {
+      if (mode == "generate-dmc") {
+        m.config.dmc.enabled = true;
+        m.config.dmc.init_val = 0.2;
+        m.config.dmc.window = 3;
+      }
+      torch::manual_seed(5);
+      std::vector<std::vector<int64_t>> prompts;
+      for (int64_t n : {7, 19, 12}) {
+        at::Tensor t = at::randint(0, c.vocab_size, {n}, at::kLong).contiguous();
+        prompts.emplace_back(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + n);
+      }
+      GenerateOptions go;
+      go.max_new_tokens = 10;
+      go.stop_at_eos = false;
+      go.sampling.temperature = 0;
+      go.max_batch = 2;
+      go.cache.page_size = 4;
+      auto res = generate(m, prompts, go);
+      at::Tensor toks = at::empty({3, 10}, at::kLong);
+      for (int i = 0; i < 3; ++i)
+        for (int j = 0; j < 10; ++j) toks[i][j] = res.tokens[i][j];
+      Decoder dec(m, DecoderOptions{});
+      at::Tensor first = dec.prefill(0, prompts[1]).to(at::kCPU);
+      if (d.is_main()) io::save_file(out, {{"tokens", toks}, {"prefill_logits", first.contiguous()}});
+      barrier(d.world_group);
+      return 0;
+    }
     auto params = m.parameters();
     for (auto& p : params) p.second->requires_grad_(true);
     torch::manual_seed(3);
