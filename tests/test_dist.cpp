@@ -87,7 +87,7 @@ TEST_CASE("tensor parallel over Gloo: TP=2 logits, loss and gradients equal TP=1
   }
 }
 
-TEST_CASE("data and tensor parallel training over Gloo equal the single process; checkpoints resume across layouts", "[dist][train]") {
+TEST_CASE("data and tensor parallel training over Gloo equal the single process, and checkpoints resume across layouts", "[dist][train]") {
 #ifndef DMC_HAVE_GLOO
   SKIP("built without Gloo headers (libgloo-dev)");
 #endif
