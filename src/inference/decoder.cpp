@@ -6,7 +6,24 @@
 #include "common/error.h"
 #include "dmc/dmc.h"
 
+#ifdef DMC_WITH_CUDA
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/cuda.h>
+#endif
+
 namespace dmc {
+
+#ifdef DMC_WITH_CUDA
+struct Decoder::Graph {
+  std::unique_ptr<at::cuda::CUDAGraph> graph;
+  at::Tensor ids, seq, pos, forced, out;  // static inputs and output of the captured step
+  bool warmed = false;
+};
+#else
+struct Decoder::Graph {};
+#endif
 
 PagedCacheOptions decoder_cache_options(const Llama& m, const DecoderOptions& o) {
   PagedCacheOptions c;
@@ -270,9 +287,67 @@ at::Tensor Decoder::step(const std::vector<int64_t>& seqs, const std::vector<int
   if (need > free) fail("kv cache exhausted: this step may need ", need, " pages, ", free, " are free");
 
   const auto dev = m_.device();
-  at::Tensor seq_t = at::tensor(seqs, at::kLong).to(dev), pos_t = at::tensor(pos, at::kLong).to(dev);
-  at::Tensor forced_t = at::tensor(forced, at::kLong).to(dev).to(at::kBool);
-  at::Tensor x = m_.embed_tokens(at::tensor(ids, at::kLong).to(dev));  // [n, H] (vocabulary-parallel under TP)
+  at::Tensor ids_h = at::tensor(ids, at::kLong), seq_h = at::tensor(seqs, at::kLong), pos_h = at::tensor(pos, at::kLong);
+  at::Tensor forced_h = at::tensor(forced, at::kLong).to(at::kBool);
+  at::Tensor logits;
+#ifdef DMC_WITH_CUDA
+  if (o_.cuda_graphs && kernels_ && m_.tp.size == 1 && !slot_pos_.defined() && n <= o_.graph_max_batch) {
+    auto& g = graphs_[n];
+    if (!g) {
+      g = std::make_shared<Graph>();
+      g->ids = ids_h.to(dev);
+      g->seq = seq_h.to(dev);
+      g->pos = pos_h.to(dev);
+      g->forced = forced_h.to(dev);
+    } else {
+      g->ids.copy_(ids_h);
+      g->seq.copy_(seq_h);
+      g->pos.copy_(pos_h);
+      g->forced.copy_(forced_h);
+    }
+    // a fixed attention bound (the split count must not change between replays); empty splits exit at once
+    const int64_t bound = c.max_position_embeddings;
+    if (g->graph) {
+      g->graph->replay();
+      logits = g->out;
+    } else if (!g->warmed) {
+      logits = run_layers(g->ids, g->seq, g->pos, g->forced, bound);  // eager warm-up (cuBLAS plans, allocator)
+      g->warmed = true;
+    } else {
+      torch::cuda::synchronize(dev.index());
+      auto graph = std::make_unique<at::cuda::CUDAGraph>();
+      {
+        c10::cuda::CUDAStreamGuard sg(c10::cuda::getStreamFromPool(false, dev.index()));
+        graph->capture_begin();
+        g->out = run_layers(g->ids, g->seq, g->pos, g->forced, bound);
+        graph->capture_end();
+      }
+      torch::cuda::synchronize(dev.index());
+      g->graph = std::move(graph);
+      g->graph->replay();
+      logits = g->out;
+    }
+  }
+#endif
+  if (!logits.defined())
+    logits = run_layers(ids_h.to(dev), seq_h.to(dev), pos_h.to(dev), forced_h.to(dev), max_len);
+  for (int64_t s : seqs) ++pos_[s];
+  return logits.clone();
+}
+
+int64_t Decoder::graphs_captured() const {
+  int64_t k = 0;
+#ifdef DMC_WITH_CUDA
+  for (const auto& [n, g] : graphs_) k += g && g->graph ? 1 : 0;
+#endif
+  return k;
+}
+
+at::Tensor Decoder::run_layers(const at::Tensor& ids_t, const at::Tensor& seq_t, const at::Tensor& pos_t,
+                               const at::Tensor& forced_t, int64_t max_len) {
+  const auto& c = m_.config;
+  const int64_t n = ids_t.size(0), nh = m_.local_heads(), D = c.head_dim;
+  at::Tensor x = m_.embed_tokens(ids_t);  // [n, H] (vocabulary-parallel under TP)
   const double scale = 1.0 / std::sqrt((double)D);
   DecodeUpdateParams p;
   p.n_heads = nh;
@@ -301,7 +376,6 @@ at::Tensor Decoder::step(const std::vector<int64_t>& seqs, const std::vector<int
     at::Tensor gu = at::linear(rms_norm(x, L.mlp_norm, c.rms_norm_eps), L.w_gate_up);
     x = x + reduce_from_group(at::linear(at::silu(gu.narrow(-1, 0, F)) * gu.narrow(-1, F, F), L.w_down), m_.tp);
   }
-  for (int64_t s : seqs) ++pos_[s];
   return gather_vocab(at::linear(rms_norm(x, m_.norm, c.rms_norm_eps), m_.lm_head), m_.tp);
 }
 

@@ -26,6 +26,8 @@
 #pragma once
 #include <torch/types.h>
 
+#include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -46,6 +48,11 @@ struct DecoderOptions {
   int64_t sinks = 4;                   // window: first positions never evicted
   int64_t force_cr = 0;                // dmc: benchmark-only decision policy (see DecodeUpdateParams)
   bool use_kernels = true;             // CUDA kernels when the model is on a GPU (else the reference ops)
+  // CUDA graphs of the whole step per batch size n <= graph_max_batch (kernels path, no TP, no eviction): the
+  // first step of a size runs eagerly, the second captures, later ones replay. Small batches are bound by ~500
+  // kernel launches a step; large ones gain nothing.
+  bool cuda_graphs = true;
+  int64_t graph_max_batch = 32;
 };
 
 class Decoder {
@@ -84,9 +91,15 @@ class Decoder {
   // Device bytes of the per-row state besides the pages (DMC sums and ring, tables, baseline slot metadata).
   int64_t state_bytes() const;
   bool using_kernels() const { return kernels_; }
+  int64_t graphs_captured() const;
 
  private:
   void evict(int64_t layer, const at::Tensor& seq_t, const at::Tensor& pos_t, const at::Tensor& probs);
+  // The device work of a step: ids, seq, pos [n] int64, forced [n] bool -> logits [n, vocab].
+  at::Tensor run_layers(const at::Tensor& ids_t, const at::Tensor& seq_t, const at::Tensor& pos_t,
+                        const at::Tensor& forced_t, int64_t max_len);
+  struct Graph;  // a captured step of one batch size
+  std::map<int64_t, std::shared_ptr<Graph>> graphs_;
 
   const Llama& m_;
   DecoderOptions o_;
