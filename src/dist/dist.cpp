@@ -142,6 +142,27 @@ at::Tensor all_gather_cat(const at::Tensor& t_in, const Group& g) {
   return at::cat(out[0], 0);
 }
 
+namespace {
+struct WorkHolder {
+  c10::intrusive_ptr<c10d::Work> w;
+};
+}  // namespace
+
+void PendingWork::wait() {
+  if (work) static_cast<WorkHolder*>(work.get())->w->wait();
+  work.reset();
+}
+
+PendingWork all_reduce_sum_async(at::Tensor& t, const Group& g) {
+  PendingWork p;
+  if (g.size == 1) return p;
+  std::vector<at::Tensor> v{t};
+  auto h = std::make_shared<WorkHolder>();
+  h->w = g.pg()->allreduce(v);
+  p.work = h;
+  return p;
+}
+
 void broadcast(at::Tensor& t, const Group& g, int64_t root) {
   if (g.size == 1) return;
   std::vector<at::Tensor> v{t};

@@ -46,6 +46,12 @@ void all_reduce_max(at::Tensor& t, const Group& g);
 // Concatenation of every rank's `t` (equal shapes) along dim 0 -> [size * t.size(0), ...].
 at::Tensor all_gather_cat(const at::Tensor& t, const Group& g);
 void broadcast(at::Tensor& t, const Group& g, int64_t root = 0);
+// An all-reduce (sum) started now and finished by wait(); a no-op on groups of size 1.
+struct PendingWork {
+  std::shared_ptr<void> work;
+  void wait();
+};
+PendingWork all_reduce_sum_async(at::Tensor& t, const Group& g);
 void barrier(const Group& g);
 
 // Megatron's f and g: copy_to_group is the identity forward and sums the gradient over the group backward;

@@ -77,36 +77,86 @@ at::Tensor lm_loss(const Llama& m, const at::Tensor& hidden, const at::Tensor& t
   return vocab_parallel_cross_entropy(logits.view({-1, logits.size(-1)}), target.reshape({-1}), m.tp);
 }
 
-// Averages the gradients over the data-parallel group: flattened into buckets of about 32 MB, all launched
-// before the first is waited for.
-void all_reduce_grads(std::vector<std::pair<std::string, at::Tensor*>>& params, const Group& dp) {
-  if (dp.size == 1) return;
-  std::vector<std::vector<at::Tensor>> buckets(1);
-  int64_t bytes = 0;
-  for (auto& p : params) {
-    at::Tensor g = p.second->grad();
-    if (!g.defined()) continue;
-    if (bytes > (32 << 20)) {
-      buckets.emplace_back();
-      bytes = 0;
+// Data-parallel gradient averaging overlapped with the backward of the last micro-batch: parameters are grouped
+// into buckets of about 32 MB in reverse order (the order backward produces their gradients); a gradient hook
+// collects each parameter's total (earlier micro-batches' sum + this one) and, when a bucket is complete, starts
+// its all-reduce while backward goes on. finish() waits and writes the averages into .grad.
+class GradSync {
+ public:
+  GradSync(std::vector<std::pair<std::string, at::Tensor*>>& params, const Group& dp) : params_(params), dp_(dp) {
+    if (dp.size == 1) return;
+    int64_t bytes = 0;
+    buckets_.emplace_back();
+    for (int64_t i = (int64_t)params.size() - 1; i >= 0; --i) {
+      const at::Tensor& p = *params[i].second;
+      if (bytes > (32 << 20)) {
+        buckets_.emplace_back();
+        bytes = 0;
+      }
+      bucket_of_.resize(params.size());
+      bucket_of_[i] = (int64_t)buckets_.size() - 1;
+      buckets_.back().push_back(i);
+      bytes += p.numel() * (int64_t)p.element_size();
     }
-    buckets.back().push_back(g);
-    bytes += g.numel() * (int64_t)g.element_size();
+    total_.resize(params.size());
+    for (size_t i = 0; i < params.size(); ++i)
+      params[i].second->register_hook([this, i](const at::Tensor& g) -> at::Tensor {
+        if (!active_) return at::Tensor();
+        const at::Tensor& acc = params_[i].second->grad();
+        total_[i] = acc.defined() ? acc + g : g.clone();
+        if (--pending_[bucket_of_[i]] == 0) launch(bucket_of_[i]);
+        return at::zeros_like(g);  // the average is written by finish()
+      });
   }
-  for (auto& b : buckets) {
-    if (b.empty()) continue;
-    std::vector<at::Tensor> flat;
-    for (auto& g : b) flat.push_back(g.reshape({-1}));
-    at::Tensor f = at::cat(flat);
-    all_reduce_sum(f, dp);
-    f.div_((double)dp.size);
-    int64_t off = 0;
-    for (auto& g : b) {
-      g.copy_(f.narrow(0, off, g.numel()).view_as(g));
-      off += g.numel();
+  // Before the backward of the last micro-batch of a step.
+  void arm() {
+    if (dp_.size == 1) return;
+    active_ = true;
+    pending_.clear();
+    for (auto& b : buckets_) pending_.push_back((int64_t)b.size());
+    flat_.assign(buckets_.size(), at::Tensor());
+    work_.assign(buckets_.size(), PendingWork{});
+  }
+  // After that backward: buckets whose parameters got no gradient go now (in the same order on every rank).
+  void finish() {
+    if (dp_.size == 1 || !active_) return;
+    for (size_t b = 0; b < buckets_.size(); ++b)
+      if (!flat_[b].defined()) launch((int64_t)b);
+    for (size_t b = 0; b < buckets_.size(); ++b) {
+      work_[b].wait();
+      flat_[b].div_((double)dp_.size);
+      int64_t off = 0;
+      for (int64_t i : buckets_[b]) {
+        at::Tensor& p = *params_[i].second;
+        const int64_t n = p.numel();
+        at::Tensor avg = flat_[b].narrow(0, off, n).view_as(p);
+        if (p.grad().defined()) p.mutable_grad().copy_(avg);
+        else p.mutable_grad() = avg.clone();
+        off += n;
+      }
     }
+    for (auto& t : total_) t = at::Tensor();
+    active_ = false;
   }
-}
+
+ private:
+  void launch(int64_t b) {
+    std::vector<at::Tensor> parts;
+    for (int64_t i : buckets_[b]) {
+      const at::Tensor& p = *params_[i].second;
+      parts.push_back(total_[i].defined() ? total_[i].reshape({-1}) : at::zeros({p.numel()}, p.options()));
+    }
+    flat_[b] = at::cat(parts);
+    work_[b] = all_reduce_sum_async(flat_[b], dp_);
+  }
+  std::vector<std::pair<std::string, at::Tensor*>>& params_;
+  const Group& dp_;
+  std::vector<std::vector<int64_t>> buckets_;
+  std::vector<int64_t> bucket_of_, pending_;
+  std::vector<at::Tensor> total_, flat_;
+  std::vector<PendingWork> work_;
+  bool active_ = false;
+};
 
 double peak_memory_bytes(const at::Device& d) {
 #ifdef DMC_WITH_CUDA
@@ -217,6 +267,7 @@ TrainResult train(const TrainOptions& o, Stage* stage, const std::string& resolv
   ao.weight_decay = o.weight_decay;
   ao.decay_norms_and_embeddings = o.decay_norms_and_embeddings;
   AdamW opt(params, ao);
+  GradSync grad_sync(params, dist.dp);
   if (dist.tp.size > 1) opt.set_tensor_parallel(&model.tp, [&](const std::string& n) { return model.is_sharded(n); });
   LrSchedule sched{o.lr, o.min_lr, o.warmup_steps, o.train_steps, o.lr_schedule};
   sched.at(0);  // validates the shape name
@@ -340,7 +391,9 @@ TrainResult train(const TrainOptions& o, Stage* stage, const std::string& resolv
         }
       }
       if (inject.count(step)) loss = loss * std::numeric_limits<double>::quiet_NaN();
+      if (mb == accum - 1) grad_sync.arm();
       (loss / (double)accum).backward();
+      if (mb == accum - 1) grad_sync.finish();
       loss_sum += loss.detach().item<double>();
     }
     loader.set_position(step_start + o.global_batch);
@@ -350,7 +403,6 @@ TrainResult train(const TrainOptions& o, Stage* stage, const std::string& resolv
       all_reduce_sum(l, dist.dp);
       loss = l.item<double>() / (double)dp;
     }
-    if (std::isfinite(loss)) all_reduce_grads(params, dist.dp);
     double gnorm = std::isfinite(loss) ? opt.clip_grad_norm(o.grad_clip) : NAN;
     if (!std::isfinite(loss) || !std::isfinite(gnorm)) {
       opt.zero_grad();
