@@ -129,6 +129,13 @@ void all_reduce(at::Tensor& t, const Group& g, c10d::ReduceOp op) {
 }
 }  // namespace
 
+void Dist::shutdown() {
+  if (world == 1) return;
+  barrier(world_group);
+  for (Group* g : {&tp, &dp, &world_group})
+    if (g->size > 1 && g->pg()) g->pg()->shutdown();
+}
+
 void all_reduce_sum(at::Tensor& t, const Group& g) { all_reduce(t, g, c10d::ReduceOp::SUM); }
 void all_reduce_max(at::Tensor& t, const Group& g) { all_reduce(t, g, c10d::ReduceOp::MAX); }
 

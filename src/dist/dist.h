@@ -38,6 +38,8 @@ struct Dist {
   // the caller's business), CPU selects Gloo.
   static Dist from_env(int64_t tp_size, const at::Device& device);
   bool is_main() const { return rank == 0; }
+  // End of a run: a barrier, then the backends stop (NCCL's watchdog no longer polls the store of rank 0).
+  void shutdown();
 };
 
 // Collectives (no-ops on groups of size 1). Tensors must live on the group's device kind.

@@ -468,6 +468,7 @@ TrainResult train(const TrainOptions& o, Stage* stage, const std::string& resolv
       save(step);
       res.interrupted = true;
       res.steps_done = step;
+      dist.shutdown();
       return res;
     }
     if (o.save_every > 0 && step % o.save_every == 0 && step < o.train_steps) save(step);
@@ -483,6 +484,7 @@ TrainResult train(const TrainOptions& o, Stage* stage, const std::string& resolv
   }
   log::info(cat("final model: ", res.final_dir));
   res.steps_done = step;
+  dist.shutdown();
   return res;
 }
 

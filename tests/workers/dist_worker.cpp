@@ -71,7 +71,7 @@ int main(int argc, char** argv) {
       Decoder dec(m, DecoderOptions{});
       at::Tensor first = dec.prefill(0, prompts[1]).to(at::kCPU);
       if (d.is_main()) io::save_file(out, {{"tokens", toks}, {"prefill_logits", first.contiguous()}});
-      barrier(d.world_group);
+      d.shutdown();
       return 0;
     }
     auto params = m.parameters();
@@ -109,7 +109,7 @@ int main(int argc, char** argv) {
     for (auto& [name, t] : params) outs.emplace_back("grad." + name, m.unshard(name, t->grad()).contiguous());
     for (auto& o : outs) o.second = o.second.to(at::kCPU);
     if (d.is_main()) io::save_file(out, outs);
-    barrier(d.world_group);
+    d.shutdown();
     return 0;
   } catch (const std::exception& e) {
     std::cerr << "dist_worker: " << e.what() << std::endl;
