@@ -230,12 +230,12 @@ at::Tensor Decoder::prefill(int64_t seq, const std::vector<int64_t>& prompt) {
     at::Tensor ends = at::cat({~b.narrow(1, 1, T - 1), at::ones({nkv, 1}, b.options())}, 1);  // [nkv, T]
     at::Tensor counts = ends.sum(1);                                                          // [nkv]
     at::Tensor slot = at::cumsum(ends.to(at::kLong), 1) - 1;                                  // [nkv, T]
-    at::Tensor src = (at::arange(nkv, lopt).unsqueeze(1) * T + t_idx.unsqueeze(0)).masked_select(ends);
-    at::Tensor dst = (at::arange(nkv, lopt).unsqueeze(1) * T + slot).masked_select(ends);
-    at::Tensor pk = at::zeros({nkv * T, D}, kr.options()), pv = at::zeros({nkv * T, D}, vh.options());
-    pk.index_copy_(0, dst, kr.reshape({nkv * T, D}).index_select(0, src));
-    pv.index_copy_(0, dst, vh.reshape({nkv * T, D}).index_select(0, src));
-    cache_.write_rows(rows, pk.view({nkv, T, D}), pv.view({nkv, T, D}), counts);
+    // each group's last token to its slot, the others to a trash row (index T of each head): no host round trip
+    at::Tensor dst = (at::arange(nkv, lopt).unsqueeze(1) * (T + 1) + at::where(ends, slot, at::full_like(slot, T))).flatten();
+    at::Tensor pk = at::zeros({nkv * (T + 1), D}, kr.options()), pv = at::zeros({nkv * (T + 1), D}, vh.options());
+    pk.index_put_({dst}, kr.reshape({nkv * T, D}));
+    pv.index_put_({dst}, vh.reshape({nkv * T, D}));
+    cache_.write_rows(rows, pk.view({nkv, T + 1, D}).narrow(1, 0, T), pv.view({nkv, T + 1, D}).narrow(1, 0, T), counts);
     // decode state after the prompt: group length, ring of the last W entries (by position mod W), sums over the
     // last min(group, W) of them
     at::Tensor kvr = rt.kv_raw[l][0].transpose(0, 1);                  // [nkv, T, 2D]

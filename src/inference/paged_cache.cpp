@@ -24,8 +24,9 @@ PagedKVCache::PagedKVCache(const PagedCacheOptions& o) : o_(o) {
   max_pages_ = pages_for(o.max_slots_per_row);
   auto opt = at::TensorOptions().dtype(o.dtype).device(o.device);
   auto i32 = at::TensorOptions().dtype(at::kInt).device(o.device);
-  k_pages = at::zeros({o_.n_pages, o.page_size, o.head_dim}, opt);
-  v_pages = at::zeros({o_.n_pages, o.page_size, o.head_dim}, opt);
+  // one more page than the pool: page n_pages is a never-allocated trash page that masked bulk writes aim at
+  k_pages = at::zeros({o_.n_pages + 1, o.page_size, o.head_dim}, opt);
+  v_pages = at::zeros({o_.n_pages + 1, o.page_size, o.head_dim}, opt);
   const int64_t rows = o.n_layers * o.max_seqs * o.n_kv_heads;
   table = at::zeros({rows, max_pages_}, i32);
   lengths = at::zeros({rows}, i32);
@@ -92,11 +93,11 @@ void PagedKVCache::write_rows(const at::Tensor& rows, const at::Tensor& k, const
   auto lopt = rows.options();
   at::Tensor cnt = counts.to(lopt);
   at::Tensor npg = (cnt + P - 1).div(P, "floor");  // [m]
-  const int64_t total = npg.sum().item<int64_t>();
-  const int64_t top = free_pages();
+  at::Tensor stats = at::stack({npg.sum(), npg.max(), alloc[0].to(at::kLong)}).to(at::kCPU);  // one read-back
+  const int64_t total = stats[0].item<int64_t>(), top = stats[2].item<int64_t>();
   if (total > top) fail("kv cache exhausted: ", total, " pages needed, ", top, " free");
-  DMC_CHECK(npg.max().item<int64_t>() <= max_pages_, "kv cache: a row of ", cnt.max().item<int64_t>(),
-            " slots exceeds max_slots_per_row ", o_.max_slots_per_row);
+  DMC_CHECK(stats[1].item<int64_t>() <= max_pages_, "kv cache: a row of more than ", o_.max_slots_per_row,
+            " slots (max_slots_per_row)");
   // the rows' pages come off the stack top in order: row i takes stack entries top-1-(start_i + j)
   at::Tensor start = at::cumsum(npg, 0) - npg;                                       // [m]
   at::Tensor j = at::arange(max_pages_, lopt).unsqueeze(0);                         // [1, maxp]
@@ -109,12 +110,10 @@ void PagedKVCache::write_rows(const at::Tensor& rows, const at::Tensor& k, const
   // slots: flat index of (row i, slot s) for s < counts[i]
   at::Tensor s = at::arange(T, lopt).unsqueeze(0);                                   // [1, T]
   at::Tensor valid = s < cnt.unsqueeze(1);                                           // [m, T]
-  at::Tensor flat = slot_index(rows, T);                                             // [m, T]
-  at::Tensor fv = flat.masked_select(valid);
-  at::Tensor kv = k.reshape({m * T, D}).index_select(0, valid.flatten().nonzero().squeeze(1));
-  at::Tensor vv = v.reshape({m * T, D}).index_select(0, valid.flatten().nonzero().squeeze(1));
-  k_pages.view({-1, D}).index_put_({fv}, kv.to(o_.dtype));
-  v_pages.view({-1, D}).index_put_({fv}, vv.to(o_.dtype));
+  // slots past a row's count go to the trash page (no host round trip to compact them)
+  at::Tensor flat = at::where(valid, slot_index(rows, T), at::full({1, 1}, o_.n_pages * P, lopt)).flatten();
+  k_pages.view({-1, D}).index_put_({flat}, k.reshape({m * T, D}).to(o_.dtype));
+  v_pages.view({-1, D}).index_put_({flat}, v.reshape({m * T, D}).to(o_.dtype));
   lengths.index_copy_(0, rows, cnt.to(at::kInt));
 }
 
