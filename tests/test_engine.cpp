@@ -11,6 +11,9 @@
 #include "inference/perplexity.h"
 #include "model/llama.h"
 
+#include <fstream>
+#include <nlohmann/json.hpp>
+
 using namespace dmc;
 using namespace dmc::test;
 
@@ -195,4 +198,31 @@ TEST_CASE("decoder: bad input is refused before anything changes", "[inference][
   CHECK(v.position(0) == 8);
   CHECK(v.cache().free_pages() == free);
   CHECK(!v.can_step({0}));
+}
+
+TEST_CASE("dmc bench decode on the CPU: equal-memory batches, forced ratio labelled, bad input refused", "[inference][engine][cli]") {
+  const auto w = tmp_dir("benchdec");
+  const std::string base = std::string(DMC_BINARY) +
+                           " bench decode --preset tiny --num-hidden-layers 2 --prompt-len 40 --new-tokens 8 --steps 4"
+                           " --memory-gib 0.004 --prefill-check 0 --device cpu";
+  auto r = run(base + " --policy vanilla,dmc --force-cr 4 --json " + w + "/out.jsonl");
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  std::ifstream in(w + "/out.jsonl");
+  std::vector<nlohmann::json> rows;
+  for (std::string line; std::getline(in, line);) rows.push_back(nlohmann::json::parse(line));
+  REQUIRE(rows.size() == 2);
+  CHECK(rows[0]["policy"] == "vanilla");
+  CHECK(rows[1]["decisions"].get<std::string>().find("FORCED cr 4") != std::string::npos);
+  CHECK(std::abs(rows[0]["achieved_cr"].get<double>() - 1.0) < 1e-9);
+  CHECK(rows[1]["achieved_cr"].get<double>() > 3.5);
+  // the same memory budget holds more compressed sequences
+  CHECK(rows[1]["batch"].get<int64_t>() > 2 * rows[0]["batch"].get<int64_t>());
+  CHECK(rows[1]["memory_budget_bytes"] == rows[0]["memory_budget_bytes"]);
+  r = run(base + " --policy dmc");
+  CHECK(r.status != 0);
+  CHECK(r.output.find("--force-cr") != std::string::npos);
+  r = run(base + " --policy vanilla --memory-gib 0.00001");
+  CHECK(r.status != 0);
+  CHECK(r.output.find("holds no sequence") != std::string::npos);
 }
