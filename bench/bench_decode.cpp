@@ -20,24 +20,6 @@
 
 using namespace dmc;
 
-static void sync(const at::Device& d) {
-  if (d.is_cuda()) torch::cuda::synchronize(d.index());
-}
-
-// Bytes per second of a large device-to-device copy (read + write counted).
-static double copy_bandwidth(at::Device dev) {
-  at::Tensor a = at::empty({int64_t(1) << 28}, at::TensorOptions().dtype(at::kFloat).device(dev));  // 1 GiB
-  at::Tensor b = at::empty_like(a);
-  b.copy_(a);
-  sync(dev);
-  auto t0 = std::chrono::steady_clock::now();
-  const int reps = 10;
-  for (int i = 0; i < reps; ++i) b.copy_(a);
-  sync(dev);
-  double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return 2.0 * a.numel() * 4 * reps / s;
-}
-
 int main(int argc, char** argv) {
   std::string preset = "llama2-7b", device = "auto", dtype = "bf16", json_path;
   std::vector<std::string> batches = {"1", "16"};

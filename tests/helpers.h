@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include <torch/types.h>
+
 #include "catch.h"
 #include "common/error.h"
 
@@ -23,6 +25,13 @@ inline std::string tmp_dir(const std::string& tag) {
   char* p = ::mkdtemp(tmpl.data());
   REQUIRE(p != nullptr);
   return tmpl;
+}
+
+// |a - b| / |b| in fp32 (|a - b| when b is zero).
+inline double rel_err(const at::Tensor& a, const at::Tensor& b) {
+  const double d = (a.to(at::kFloat) - b.to(at::kFloat)).norm().item<double>();
+  const double s = b.to(at::kFloat).norm().item<double>();
+  return s > 0 ? d / s : d;
 }
 
 struct RunResult {

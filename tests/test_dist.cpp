@@ -28,10 +28,6 @@ RunResult run_workers(int n, const std::string& args) {
   cmd += "wait)";
   return run(cmd);
 }
-double rel(const at::Tensor& a, const at::Tensor& b) {
-  const double s = b.norm().item<double>();
-  return (a - b).norm().item<double>() / (s > 0 ? s : 1.0);
-}
 // `dmc train` in n processes through scripts/launch.sh (n = 1: a plain single process)
 RunResult train_ranks(int n, const std::string& out, const std::string& extra) {
   if (n == 1) return run(train_cmd(out, extra));
@@ -45,7 +41,7 @@ double max_rel(const std::string& a, const std::string& b) {
   auto sa = io::TensorStore::open_dir(a), sb = io::TensorStore::open_dir(b);
   REQUIRE(sa.names() == sb.names());
   double worst = 0;
-  for (const auto& n : sa.names()) worst = std::max(worst, rel(sb.get(n), sa.get(n)));
+  for (const auto& n : sa.names()) worst = std::max(worst, rel_err(sb.get(n), sa.get(n)));
   return worst;
 }
 // the weights after training moved away from the initial ones (the comparison is not of two untouched models)
@@ -76,7 +72,7 @@ TEST_CASE("tensor parallel over Gloo: TP=2 logits, loss and gradients equal TP=1
           at::Tensor x = a->get(name), y = b->get(name);
           INFO(name);
           REQUIRE(x.sizes() == y.sizes());
-          CHECK(rel(y, x) < 1e-5);
+          CHECK(rel_err(y, x) < 1e-5);
           ++n;
         }
         CHECK(n >= 16);  // logits, loss and every parameter's gradient
@@ -190,7 +186,7 @@ TEST_CASE("inference with TP=2 over Gloo: each rank its own page pool, the same 
       auto a = io::SafetensorsFile::open(work + "/g1.safetensors");
       auto b = io::SafetensorsFile::open(work + "/g2.safetensors");
       CHECK(at::equal(a->get("tokens"), b->get("tokens")));
-      CHECK(rel(b->get("prefill_logits"), a->get("prefill_logits")) < 1e-5);
+      CHECK(rel_err(b->get("prefill_logits"), a->get("prefill_logits")) < 1e-5);
     }
   }
 }

@@ -19,10 +19,22 @@ using namespace dmc;
 using namespace dmc::test;
 
 namespace {
-double rel(const at::Tensor& a, const at::Tensor& b) {
-  const double d = (a.to(at::kFloat) - b.to(at::kFloat)).norm().item<double>();
-  const double s = b.to(at::kFloat).norm().item<double>();
-  return s > 0 ? d / s : d;
+// A 2-layer GQA model (8 heads, 2 KV heads, head_dim 64) in bf16 on the GPU; DMC when dmc_init > 0 (window 4).
+Llama gpu_model(uint64_t seed, double init_std, double dmc_init) {
+  LlamaConfig c = LlamaConfig::preset("tiny");
+  c.num_hidden_layers = 2;
+  c.vocab_size = 211;
+  c.num_attention_heads = 8;
+  c.num_key_value_heads = 2;
+  c.head_dim = 64;
+  c.hidden_size = 512;
+  auto m = Llama::random(c, seed, at::kBFloat16, at::kCUDA, init_std);
+  if (dmc_init > 0) {
+    m.config.dmc.enabled = true;
+    m.config.dmc.init_val = dmc_init;
+    m.config.dmc.window = 4;
+  }
+  return m;
 }
 }  // namespace
 
@@ -94,13 +106,13 @@ TEST_CASE("CUDA: decode_update and paged_attention kernels equal the reference o
           p.layer = l;
           at::Tensor qa = decode_update_ref(qkv, seq_t, pos_t, forced_t, cos, sin, p, sa, ca);
           at::Tensor qb = decode_update(qkv, seq_t, pos_t, forced_t, cos, sin, p, sb, cb, true);
-          worst_q = std::max(worst_q, rel(qb, qa));
+          worst_q = std::max(worst_q, rel_err(qb, qa));
           REQUIRE(at::equal(ca.lengths, cb.lengths));
           int64_t maxlen = 1;
           for (int64_t s : seqs) maxlen = std::max(maxlen, pos[s] + 1);
           at::Tensor oa = paged_attention_ref(qa, ca, l, seq_t, maxlen, 1.0 / std::sqrt((double)D));
           at::Tensor ob = paged_attention(qb, cb, l, seq_t, maxlen, 1.0 / std::sqrt((double)D), true);
-          worst_o = std::max(worst_o, rel(ob, oa));
+          worst_o = std::max(worst_o, rel_err(ob, oa));
         }
         for (int64_t s : seqs) ++pos[s];
         // a finished sequence: free it in both and start it over
@@ -118,7 +130,7 @@ TEST_CASE("CUDA: decode_update and paged_attention kernels equal the reference o
       CHECK(cb.exhaustion_count() == 0);
       if (cs.dmc) {
         CHECK(at::equal(sa.group, sb.group));
-        CHECK(rel(sb.acc, sa.acc) < 1e-5);
+        CHECK(rel_err(sb.acc, sa.acc) < 1e-5);
         CHECK(at::equal(sb.ring_kv, sa.ring_kv));
         CHECK(at::equal(sb.ring_w, sa.ring_w));
         // both merged and appended
@@ -133,8 +145,8 @@ TEST_CASE("CUDA: decode_update and paged_attention kernels equal the reference o
       auto [ka, va, na] = ca.gather(rows);
       auto [kb, vb, nb] = cb.gather(rows);
       CHECK(at::equal(na, nb));
-      CHECK(rel(kb, ka) <= ulp);
-      CHECK(rel(vb, va) <= ulp);
+      CHECK(rel_err(kb, ka) <= ulp);
+      CHECK(rel_err(vb, va) <= ulp);
       std::cout << "[gpu-decode-kernels] " << nh << "/" << nkv << " D" << D << " P" << cs.P << (cs.dmc ? " dmc " : " vanilla ")
                 << c10::toString(cs.dt) << ": q rel " << worst_q << ", attention rel " << worst_o << std::endl;
     }
@@ -145,19 +157,7 @@ TEST_CASE("CUDA: the engine with kernels equals the engine with reference ops, p
   if (!torch::cuda::is_available()) SKIP("no CUDA device");
   for (bool use_dmc : {false, true}) {
     DYNAMIC_SECTION((use_dmc ? "dmc" : "vanilla")) {
-      LlamaConfig c = LlamaConfig::preset("tiny");
-      c.num_hidden_layers = 2;
-      c.vocab_size = 211;
-      c.num_attention_heads = 8;
-      c.num_key_value_heads = 2;
-      c.head_dim = 64;
-      c.hidden_size = 512;
-      auto m = Llama::random(c, 21, at::kBFloat16, at::kCUDA, 0.2);
-      if (use_dmc) {
-        m.config.dmc.enabled = true;
-        m.config.dmc.init_val = 0.2;
-        m.config.dmc.window = 4;
-      }
+      auto m = gpu_model(21, 0.2, use_dmc ? 0.2 : 0.0);
       DecoderOptions o;
       o.max_seqs = 3;
       o.page_size = 8;
@@ -175,14 +175,14 @@ TEST_CASE("CUDA: the engine with kernels equals the engine with reference ops, p
       std::vector<int64_t> next;
       for (int s = 0; s < 3; ++s) {
         at::Tensor la = a.prefill(s, prompts[s]), lb = b.prefill(s, prompts[s]);
-        CHECK(rel(lb, la) < 1e-6);  // the prefill is the same code in both
+        CHECK(rel_err(lb, la) < 1e-6);  // the prefill is the same code in both
         next.push_back(la.argmax().item<int64_t>());
       }
       double worst = 0;
       int64_t agree = 0, total = 0;
       for (int step = 0; step < 30; ++step) {
         at::Tensor la = a.step({0, 1, 2}, next), lb = b.step({0, 1, 2}, next);
-        worst = std::max(worst, rel(lb.to(at::kFloat), la.to(at::kFloat)));
+        worst = std::max(worst, rel_err(lb.to(at::kFloat), la.to(at::kFloat)));
         at::Tensor ia = la.argmax(-1).cpu(), ib = lb.argmax(-1).cpu();
         agree += (ia == ib).sum().item<int64_t>();
         total += 3;
@@ -221,19 +221,19 @@ TEST_CASE("CUDA: fused DMC pooling kernels equal the ATen pooling, values and gr
         gw.push_back(ww.grad());
         gb.push_back(bb.grad().defined() ? bb.grad() : at::zeros_like(bb));  // W = 1: b takes no part
       }
-      INFO("out " << rel(outs[1], outs[0]) << " dx " << rel(gx[1], gx[0]) << " dw " << rel(gw[1], gw[0]) << " db "
-                  << rel(gb[1], gb[0]));
-      CHECK(rel(outs[1], outs[0]) < 1e-5);
-      CHECK(rel(gx[1], gx[0]) < 1e-5);
-      if (W > 1) CHECK(rel(gw[1], gw[0]) < 1e-4);
+      INFO("out " << rel_err(outs[1], outs[0]) << " dx " << rel_err(gx[1], gx[0]) << " dw " << rel_err(gw[1], gw[0]) << " db "
+                  << rel_err(gb[1], gb[0]));
+      CHECK(rel_err(outs[1], outs[0]) < 1e-5);
+      CHECK(rel_err(gx[1], gx[0]) < 1e-5);
+      if (W > 1) CHECK(rel_err(gw[1], gw[0]) < 1e-4);
       else {
         // W = 1: out = x and dw = (x.g - g.x) / w is 0 up to the rounding of the two cancelling terms
         const double scale = ((x * R).sum(-1).abs() / w).max().item<double>();
         CHECK(gw[1].abs().max().item<double>() < 1e-5 * scale);
       }
-      if (W > 1) CHECK(rel(gb[1], gb[0]) < 1e-4);
-      std::cout << "[gpu-dmc-pool] W " << W << ": out " << rel(outs[1], outs[0]) << " dx " << rel(gx[1], gx[0]) << " dw "
-                << rel(gw[1], gw[0]) << " db " << rel(gb[1], gb[0]) << std::endl;
+      if (W > 1) CHECK(rel_err(gb[1], gb[0]) < 1e-4);
+      std::cout << "[gpu-dmc-pool] W " << W << ": out " << rel_err(outs[1], outs[0]) << " dx " << rel_err(gx[1], gx[0]) << " dw "
+                << rel_err(gw[1], gw[0]) << " db " << rel_err(gb[1], gb[0]) << std::endl;
     }
   }
 }
@@ -247,19 +247,7 @@ TEST_CASE("CUDA bf16: eval ppl parallel and incremental agree within bf16 tolera
   if (!torch::cuda::is_available()) SKIP("no CUDA device");
   for (bool use_dmc : {false, true}) {
     DYNAMIC_SECTION((use_dmc ? "dmc" : "vanilla")) {
-      LlamaConfig c = LlamaConfig::preset("tiny");
-      c.num_hidden_layers = 2;
-      c.vocab_size = 211;
-      c.num_attention_heads = 8;
-      c.num_key_value_heads = 2;
-      c.head_dim = 64;
-      c.hidden_size = 512;
-      auto m = Llama::random(c, 23, at::kBFloat16, at::kCUDA, 0.05);
-      if (use_dmc) {
-        m.config.dmc.enabled = true;
-        m.config.dmc.init_val = 0.05;
-        m.config.dmc.window = 4;
-      }
+      auto m = gpu_model(23, 0.05, use_dmc ? 0.05 : 0.0);
       torch::manual_seed(3);
       at::Tensor t = at::randint(0, 211, {400}, at::TensorOptions().dtype(at::kLong)).contiguous();
       std::vector<int64_t> ids(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + 400);
@@ -284,17 +272,7 @@ TEST_CASE("CUDA bf16: eval ppl parallel and incremental agree within bf16 tolera
 
 TEST_CASE("CUDA graphs of the decode step replay the eager step, batch sizes changing", "[gpu][inference]") {
   if (!torch::cuda::is_available()) SKIP("no CUDA device");
-  LlamaConfig c = LlamaConfig::preset("tiny");
-  c.num_hidden_layers = 2;
-  c.vocab_size = 211;
-  c.num_attention_heads = 8;
-  c.num_key_value_heads = 2;
-  c.head_dim = 64;
-  c.hidden_size = 512;
-  auto m = Llama::random(c, 29, at::kBFloat16, at::kCUDA, 0.2);
-  m.config.dmc.enabled = true;
-  m.config.dmc.init_val = 0.2;
-  m.config.dmc.window = 4;
+  auto m = gpu_model(29, 0.2, 0.2);
   DecoderOptions o;
   o.max_seqs = 3;
   o.page_size = 8;
@@ -316,7 +294,7 @@ TEST_CASE("CUDA graphs of the decode step replay the eager step, batch sizes cha
     std::vector<int64_t> ids;
     for (int64_t s : seqs) ids.push_back(next[s]);
     at::Tensor la = a.step(seqs, ids), lb = b.step(seqs, ids);
-    worst = std::max(worst, rel(lb.to(at::kFloat), la.to(at::kFloat)));
+    worst = std::max(worst, rel_err(lb.to(at::kFloat), la.to(at::kFloat)));
     at::Tensor am = la.argmax(-1).cpu();
     CHECK(at::equal(am, lb.argmax(-1).cpu()));
     for (size_t i = 0; i < seqs.size(); ++i) next[seqs[i]] = am[(int64_t)i].item<int64_t>();

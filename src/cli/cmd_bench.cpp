@@ -26,33 +26,13 @@
 
 #ifdef DMC_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
-#include <torch/cuda.h>
 #endif
 
 namespace dmc::cli {
 
 namespace {
-void sync(const at::Device& d) {
-#ifdef DMC_WITH_CUDA
-  if (d.is_cuda()) torch::cuda::synchronize(d.index());
-#else
-  (void)d;
-#endif
-}
 double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-// Bytes moved per second (read + write) by a large device-to-device copy.
-double copy_bandwidth(at::Device dev) {
-  at::Tensor a = at::empty({int64_t(1) << 28}, at::TensorOptions().dtype(at::kFloat).device(dev));  // 1 GiB
-  at::Tensor b = at::empty_like(a);
-  b.copy_(a);
-  sync(dev);
-  const double t0 = now_s();
-  const int reps = 10;
-  for (int i = 0; i < reps; ++i) b.copy_(a);
-  sync(dev);
-  return 2.0 * a.numel() * 4 * reps / (now_s() - t0);
 }
 int64_t free_device_bytes(at::Device dev) {
 #ifdef DMC_WITH_CUDA
@@ -209,7 +189,7 @@ int cmd_bench(const Args& a) {
     } else {
       for (int64_t s : seqs) dec.prefill(s, random_ids(prompt_len, c.vocab_size));
     }
-    sync(dev);
+    sync_device(dev);
     const double fill_s = now_s() - tf0;
     std::vector<int64_t> ids = random_ids(B, c.vocab_size);
     for (int w = 0; w < 2; ++w) ids = [&] {  // warm-up: allocator, cuBLAS handles
@@ -218,13 +198,13 @@ int cmd_bench(const Args& a) {
     }();
     const int64_t timed = std::min<int64_t>(steps, new_tokens - 2);
     at::Tensor lens0 = dec.cache().lengths.sum().cpu();
-    sync(dev);
+    sync_device(dev);
     const double t0 = now_s();
     for (int64_t s = 0; s < timed; ++s) {
       at::Tensor am = dec.step(seqs, ids).argmax(-1).cpu();
       ids.assign(am.data_ptr<int64_t>(), am.data_ptr<int64_t>() + B);
     }
-    sync(dev);
+    sync_device(dev);
     const double dt_s = now_s() - t0;
     const double slots_end = dec.cache().lengths.sum().cpu().item<double>();
     const double slots_mid = (lens0.item<double>() + slots_end) / 2;
@@ -245,12 +225,12 @@ int cmd_bench(const Args& a) {
       }
       const double scale = 1.0 / std::sqrt((double)D);
       for (int64_t l = 0; l < L; ++l) paged_attention(q, dec.cache(), l, seq_t, maxlen, scale, true);
-      sync(dev);
+      sync_device(dev);
       const double ta = now_s();
       const int reps = 3;
       for (int rep = 0; rep < reps; ++rep)
         for (int64_t l = 0; l < L; ++l) paged_attention(q, dec.cache(), l, seq_t, maxlen, scale, true);
-      sync(dev);
+      sync_device(dev);
       attn_ms = 1e3 * (now_s() - ta) / reps;
     }
     // and the weight GEMMs of a step alone (the projections of every layer and the LM head, batch B)
@@ -271,10 +251,10 @@ int cmd_bench(const Args& a) {
         at::linear(x, model.lm_head);
       };
       run();
-      sync(dev);
+      sync_device(dev);
       const double tg = now_s();
       for (int rep = 0; rep < 3; ++rep) run();
-      sync(dev);
+      sync_device(dev);
       gemm_ms = 1e3 * (now_s() - tg) / 3;
     }
     j = {{"policy", pol},
@@ -317,16 +297,16 @@ int cmd_bench(const Args& a) {
       auto p = random_ids(prompt_len, c.vocab_size);
       pd.prefill(1, p);  // warm-up at the same shape (GEMM heuristics, attention workspace)
       pd.free(1);
-      sync(dev);
+      sync_device(dev);
       double t1 = now_s();
       pd.prefill(0, p);
-      sync(dev);
+      sync_device(dev);
       const double prefill_ms = 1e3 * (now_s() - t1);
       pd.free(1);
       const int64_t n_tbt = std::min(tbt_tokens, prompt_len);
       t1 = now_s();
       for (int64_t i = 0; i < n_tbt; ++i) pd.step({1}, {p[i]});
-      sync(dev);
+      sync_device(dev);
       const double tbt_ms = 1e3 * (now_s() - t1) * prompt_len / n_tbt;
       j["prefill_ms"] = prefill_ms;
       j["token_by_token_ms"] = tbt_ms;

@@ -11,6 +11,10 @@
 #include "common/error.h"
 #include "common/log.h"
 
+#ifdef DMC_WITH_CUDA
+#include <torch/cuda.h>
+#endif
+
 namespace dmc {
 
 bool file_exists(const std::string& path) {
@@ -153,6 +157,27 @@ void Progress::update(int64_t done, const std::string& extra) {
      << "%), elapsed " << elapsed << " s, ETA " << eta << " s";
   if (!extra.empty()) os << ", " << extra;
   log::info(os.str());
+}
+
+void sync_device(const at::Device& d) {
+#ifdef DMC_WITH_CUDA
+  if (d.is_cuda()) torch::cuda::synchronize(d.index());
+#else
+  (void)d;
+#endif
+}
+
+double copy_bandwidth(const at::Device& dev) {
+  at::Tensor a = at::empty({int64_t(1) << 28}, at::TensorOptions().dtype(at::kFloat).device(dev));  // 1 GiB
+  at::Tensor b = at::empty_like(a);
+  b.copy_(a);
+  sync_device(dev);
+  const auto t0 = std::chrono::steady_clock::now();
+  const int reps = 10;
+  for (int i = 0; i < reps; ++i) b.copy_(a);
+  sync_device(dev);
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return 2.0 * a.numel() * 4 * reps / s;
 }
 
 }  // namespace dmc

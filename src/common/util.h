@@ -34,6 +34,12 @@ std::string human_bytes(double bytes);
 // "5GB", "500MB", "1024" -> bytes.
 int64_t parse_bytes(const std::string& s, const std::string& field);
 
+// Waits for the device's queued work (a no-op on the CPU).
+void sync_device(const at::Device& d);
+// Bytes moved per second (read + write) by a large device-to-device copy: the bandwidth HBM floors are quoted
+// against (benchmarks).
+double copy_bandwidth(const at::Device& d);
+
 // Logs "what: i/n (x%), rate, ETA" at most every `interval_s` seconds and at the end.
 class Progress {
  public:

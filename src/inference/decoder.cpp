@@ -262,7 +262,7 @@ at::Tensor Decoder::step(const std::vector<int64_t>& seqs, const std::vector<int
                          const std::vector<bool>& doc_start) {
   at::NoGradGuard ng;
   const auto& c = m_.config;
-  const int64_t n = (int64_t)seqs.size(), nh = m_.local_heads(), D = c.head_dim;
+  const int64_t n = (int64_t)seqs.size();
   DMC_CHECK(n >= 1, "decoder: a step needs at least one sequence");
   DMC_CHECK((int64_t)ids.size() == n, "decoder: ", ids.size(), " ids for ", n, " sequences");
   DMC_CHECK(doc_start.empty() || (int64_t)doc_start.size() == n, "decoder: doc_start needs ", n, " entries");
@@ -429,10 +429,7 @@ void Decoder::evict(int64_t layer, const at::Tensor& seq_t, const at::Tensor& po
   at::Tensor dl = drop.to(at::kLong);
   at::Tensor top = cache_.alloc.narrow(0, 0, 1).to(at::kLong);
   at::Tensor at_ = top + at::cumsum(dl, 0) - 1;  // stack slots for the dropped pages
-  at::Tensor fl = cache_.free_list;
-  at::Tensor tgt = at::where(drop, at_, at::zeros_like(at_)).clamp(0, fl.numel() - 1);
-  // write only where dropped: read-modify-write through where
-  fl.index_copy_(0, tgt.masked_select(drop), pages.masked_select(drop));
+  cache_.free_list.index_copy_(0, at_.masked_select(drop), pages.masked_select(drop));
   cache_.alloc.narrow(0, 0, 1).add_(dl.sum().to(at::kInt));
   cache_.lengths.index_copy_(0, rows, (len - ev.to(at::kLong)).to(at::kInt));
 }

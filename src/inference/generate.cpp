@@ -5,21 +5,12 @@
 #include <deque>
 
 #include "common/error.h"
+#include "common/util.h"
 
-#ifdef DMC_WITH_CUDA
-#include <torch/cuda.h>
-#endif
 
 namespace dmc {
 
 namespace {
-void sync(const at::Device& d) {
-#ifdef DMC_WITH_CUDA
-  if (d.is_cuda()) torch::cuda::synchronize(d.index());
-#else
-  (void)d;
-#endif
-}
 double since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -121,7 +112,7 @@ GenerateResult generate(const Llama& model, const std::vector<std::vector<int64_
     auto t0 = std::chrono::steady_clock::now();
     at::Tensor logits = dec.step(seqs, ids);
     at::Tensor next = sampler.sample(logits).to(at::kCPU);
-    sync(dev);
+    sync_device(dev);
     res.decode_seconds += since(t0);
     ++res.decode_steps;
     res.decoded_tokens += (int64_t)active.size();
