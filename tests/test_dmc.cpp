@@ -420,10 +420,18 @@ TEST_CASE("token-by-token decoding through the paged cache equals the parallel e
       po.progress = false;
       auto par = perplexity(m, toks, po);
       po.mode = "incremental";
+      po.batch = 2;  // 3 windows: a group of 2 decoding together, then one alone
       auto inc = perplexity(m, toks, po);
-      INFO("parallel " << par.ppl() << " incremental " << inc.ppl() << " cr " << par.cr() << " / " << inc.cr());
+      po.batch = 1;
+      auto inc1 = perplexity(m, toks, po);
+      INFO("parallel " << par.ppl() << " incremental " << inc.ppl() << " (one window at a time " << inc1.ppl()
+                       << ") cr " << par.cr() << " / " << inc.cr());
+      CHECK(par.windows == 3);
       CHECK(par.tokens_scored == inc.tokens_scored);
+      CHECK(inc1.tokens_scored == inc.tokens_scored);
       CHECK(std::abs(par.ppl() - inc.ppl()) / par.ppl() < 1e-4);
+      CHECK(std::abs(inc1.ppl() - inc.ppl()) / inc.ppl() < 1e-5);
+      CHECK(inc1.head_slots == inc.head_slots);
       if (use_dmc) {
         // the same slot counts per (layer, head): 1 + appends
         CHECK(par.cr() > 1.2);

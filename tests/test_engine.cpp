@@ -10,6 +10,9 @@
 #include "inference/generate.h"
 #include "inference/perplexity.h"
 #include "model/llama.h"
+#include "tokenizer/tokenizer.h"
+#include "common/util.h"
+#include "train_fixture.h"
 
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -134,6 +137,23 @@ TEST_CASE("eviction baselines: window keeps sinks + recent, H2O keeps the recent
   CHECK(win.tokens_scored == van.tokens_scored);
   CHECK(std::abs(win.ppl() - van.ppl()) > 1e-6);  // eviction changed something
   CHECK(win.cr() > 5.0);                           // 59 tokens in 6 slots per head
+  // windows decoded together (a group of 3 windows, then 1) score the same as one at a time, for each baseline
+  for (const char* pol : {"tova", "h2o", "window"}) {
+    po.cache = pol;
+    po.seq_len = 30;
+    po.stride = 10;  // 60 tokens: windows at 0, 10, 20, 30
+    po.batch = 3;
+    auto together = perplexity(m, ids, po);
+    po.batch = 1;
+    auto alone = perplexity(m, ids, po);
+    INFO(pol << ": batch 3 " << together.ppl() << ", batch 1 " << alone.ppl());
+    CHECK(together.windows >= 4);
+    CHECK(std::abs(together.ppl() - alone.ppl()) / alone.ppl() < 1e-5);
+    CHECK(together.head_slots == alone.head_slots);
+  }
+  po.seq_len = 60;
+  po.stride = 0;
+  po.cache = "window";
   po.mode = "parallel";
   require_error([&] { perplexity(m, ids, po); }, {"--cache window", "incremental"});
   po.mode = "incremental";
@@ -225,4 +245,55 @@ TEST_CASE("dmc bench decode on the CPU: equal-memory batches, forced ratio label
   r = run(base + " --policy vanilla --memory-gib 0.00001");
   CHECK(r.status != 0);
   CHECK(r.output.find("holds no sequence") != std::string::npos);
+}
+
+TEST_CASE("trained DMC checkpoints: bench decode sizes the batch by calibration, eval ppl scores a prepared split", "[inference][engine][cli]") {
+  // a DMC model (random weights, its own decisions: ~half the tokens merge) saved as a checkpoint, with the
+  // fixture tokenizer's vocabulary, and the fixture's prepared validation split as the text
+  const auto w = tmp_dir("trained_dmc");
+  LlamaConfig c = LlamaConfig::preset("tiny");
+  c.num_hidden_layers = 2;
+  c.vocab_size = Tokenizer::load(fx().tok).vocab_size();
+  auto m = Llama::random(c, 5, at::kFloat, at::kCPU, 0.2);
+  m.config.dmc.enabled = true;
+  m.config.dmc.init_val = 0.2;
+  m.config.dmc.window = 4;
+  m.save(w + "/model", at::kFloat);
+  const std::string bench = std::string(DMC_BINARY) + " bench decode --model " + w + "/model --prompt-len 200 --new-tokens 8 --page-size 4"
+                            " --steps 4 --memory-gib 0.01 --prefill-check 0 --device cpu --calibrate 3";
+  auto r = run(bench + " --policy vanilla,dmc --data " + fx().data + " --tokenizer " + fx().tok + " --json " + w + "/b.jsonl");
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  std::ifstream in(w + "/b.jsonl");
+  std::vector<nlohmann::json> rows;
+  for (std::string line; std::getline(in, line);) rows.push_back(nlohmann::json::parse(line));
+  REQUIRE(rows.size() == 2);
+  CHECK(rows[1]["decisions"] == "trained");
+  CHECK(rows[1]["fill"] == "prefill");  // its slot counts come from its own decisions
+  CHECK(rows[1]["prompts"] == fx().data);
+  const double cal = rows[1]["calibrated_cr"].get<double>();
+  CHECK(cal > 1.3);
+  CHECK(rows[1]["achieved_cr"].get<double>() > 1.2);
+  // the calibrated batch is larger than vanilla's at the same budget, but no larger than the ratio allows
+  const double ratio = rows[1]["batch"].get<double>() / rows[0]["batch"].get<double>();
+  CHECK(ratio > 1.15);
+  CHECK(ratio < cal * 1.1);
+  r = run(bench + " --policy dmc --text " + w + "/missing.txt");
+  CHECK(r.status != 0);
+  CHECK(r.output.find("--tokenizer") != std::string::npos);
+  // eval ppl over the prepared validation split: parallel == incremental, and a tokenizer mismatch is refused
+  const std::string ppl = std::string(DMC_BINARY) + " eval ppl --model " + w + "/model --tokenizer " + fx().tok +
+                          " --data " + fx().data + " --seq-len 24 --max-tokens 200 --device cpu";
+  r = run(ppl + " --json " + w + "/p.json");
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  r = run(ppl + " --mode incremental --batch 3 --json " + w + "/i.json");
+  REQUIRE(r.status == 0);
+  auto par = nlohmann::json::parse(dmc::read_file(w + "/p.json")), inc = nlohmann::json::parse(dmc::read_file(w + "/i.json"));
+  CHECK(par["tokens_scored"] == inc["tokens_scored"]);
+  CHECK(std::abs(par["ppl"].get<double>() - inc["ppl"].get<double>()) / par["ppl"].get<double>() < 1e-4);
+  CHECK(par["dmc_cr"].get<double>() > 1.2);
+  r = run(ppl + " --text " + w + "/p.json");
+  CHECK(r.status != 0);
+  CHECK(r.output.find("one of --text") != std::string::npos);
 }

@@ -10,6 +10,12 @@
 // directly into the cache ("synthetic fill": random contents, the slot counts the policy would leave) instead of
 // prefilling hundreds of 4k prompts; --fill prefill runs the real prefill instead.
 //
+// A trained DMC checkpoint (--model, no --force-cr) decides for itself, so its slot counts are only known after a
+// prefill: its sequences are always prefilled for real, prompts taken from --text (tokenized with --tokenizer;
+// random tokens otherwise, which make an untypical ratio), and "the largest batch" is sized by calibration:
+// `calibrate` prompts of the full context (prompt + new tokens) are prefilled, and the most pages any of them
+// held, plus 10% and one page per (layer, head) of slack, is what each sequence of the run is given.
+//
 // Floor: a decode step must read every weight once plus the KV slots in use; bytes over the measured device copy
 // bandwidth (read + write bytes per second of a large copy) give the HBM floor printed beside each measurement.
 #include <chrono>
@@ -18,6 +24,8 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "data/dataset.h"
+#include "tokenizer/tokenizer.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -63,6 +71,8 @@ int cmd_bench(const Args& a) {
     fail("command line: expected 'dmc bench decode ...'");
   }
   std::string model_dir, preset = "llama2-7b", device = "auto", dtype = "auto", json_path, fill = "synthetic";
+  std::string text_path, tok_path, data_dir;
+  int64_t calibrate = 8;
   std::vector<std::string> policies = {"vanilla", "dmc"};
   std::string batch = "max";
   int64_t layers = 0, prompt_len = 3840, new_tokens = 256, steps = 0, page_size = 16, force_cr = 0, seed = 0,
@@ -86,6 +96,10 @@ int cmd_bench(const Args& a) {
   t.add("fill", &fill, "synthetic (random prompt state with the policy's slot counts) or prefill (real prefills)");
   t.add("prefill_check", &prefill_check, "1: also time one parallel prefill of prompt_len and token-by-token decoding");
   t.add("tbt_tokens", &tbt_tokens, "token-by-token tokens timed for the prefill comparison (extrapolated to prompt_len)");
+  t.add("text", &text_path, "prompts are windows of this UTF-8 text (with --tokenizer); else random tokens");
+  t.add("data", &data_dir, "prompts are windows of this `dmc data prepare` directory's valid split (with --tokenizer)");
+  t.add("tokenizer", &tok_path, "SentencePiece tokenizer.model for --text / --data");
+  t.add("calibrate", &calibrate, "trained DMC, --batch max: full-context prompts prefilled to size the batch");
   t.add("device", &device, "cuda, cpu or auto");
   t.add("dtype", &dtype, "bf16, fp16, fp32 or auto");
   t.add("seed", &seed, "weight and token seed");
@@ -107,6 +121,27 @@ int cmd_bench(const Args& a) {
   DMC_CHECK(ctx < c.max_position_embeddings, "prompt_len + new_tokens (", ctx, ") exceeds max_position_embeddings (",
             c.max_position_embeddings, ")");
   const bool random_weights = model_dir.empty();
+  DMC_CHECK(text_path.empty() || data_dir.empty(), "give --text or --data, not both");
+  const std::string prompt_src = !text_path.empty() ? text_path : data_dir;
+  DMC_CHECK(prompt_src.empty() == tok_path.empty(), "--text / --data and --tokenizer go together (prompts from a text)");
+  DMC_CHECK(fill == "synthetic" || fill == "prefill", "fill: expected synthetic or prefill, got '", fill, "'");
+  DMC_CHECK(calibrate >= 1, "calibrate: must be at least 1, got ", calibrate);
+  std::vector<int64_t> text_ids;
+  if (!prompt_src.empty()) {
+    auto tok = Tokenizer::load(tok_path);
+    tok.check_model_vocab(c.vocab_size, model_dir.empty() ? "--preset " + preset : model_dir + "/config.json");
+    text_ids = !text_path.empty() ? tok.encode(read_file(text_path, "text"), false)
+                                  : data::read_split_tokens(data_dir, "valid", tok.fingerprint(), c.vocab_size);
+    DMC_CHECK((int64_t)text_ids.size() > ctx, prompt_src, ": ", text_ids.size(),
+              " tokens, need more than the context (prompt_len + new_tokens = ", ctx, ")");
+  }
+  // prompt i: a window of the text (consecutive windows, wrapping), or random tokens
+  auto prompt = [&](int64_t i, int64_t len) {
+    if (text_ids.empty()) return random_ids(len, c.vocab_size);
+    const int64_t n_win = std::max<int64_t>(1, ((int64_t)text_ids.size() - len) / len);
+    const int64_t b = (i % n_win) * len;
+    return std::vector<int64_t>(text_ids.begin() + b, text_ids.begin() + b + len);
+  };
   at::NoGradGuard ng;
   const double bw = dev.is_cuda() ? copy_bandwidth(dev) : 0;
   const int64_t budget_bytes = memory_gib > 0 ? (int64_t)(memory_gib * (1LL << 30))
@@ -129,6 +164,7 @@ int cmd_bench(const Args& a) {
       o.force_cr = force_cr;
     }
     const bool evicting = pol == "tova" || pol == "h2o" || pol == "window";
+    const bool trained_dmc = pol == "dmc" && o.force_cr == 0;  // its own decisions: real prefills, calibrated batch
     if (evicting) {
       DMC_CHECK(budget_slots > 0 || force_cr > 0, "policy ", pol, " needs --budget or --force-cr (budget = context / R)");
       o.budget = budget_slots > 0 ? budget_slots : (ctx + force_cr - 1) / force_cr;
@@ -168,7 +204,26 @@ int cmd_bench(const Args& a) {
     const int64_t max_pages_row = (c.max_position_embeddings + 1 + page_size - 1) / page_size;
     const int64_t state_row = (pol == "dmc" ? DmcState::bytes_per_row(D, std::max<int64_t>(1, c.dmc.window), dt) : 0) +
                               max_pages_row * 4 + 4 + (evicting ? (o.budget + 1) * 12 : 0);
-    const int64_t pages_seq = L * nkv * ((slots_per_row + page_size - 1) / page_size);
+    int64_t pages_seq = L * nkv * ((slots_per_row + page_size - 1) / page_size);
+    double calibrated_cr = 0;
+    if (trained_dmc) {
+      DecoderOptions co = o;
+      co.max_seqs = calibrate;
+      co.n_pages = calibrate * L * nkv * ((ctx + 2 + page_size - 1) / page_size);
+      Decoder cd(model, co);
+      int64_t most = 0;
+      double slots = 0;
+      for (int64_t s = 0; s < calibrate; ++s) {
+        cd.prefill(s, prompt(1000003 + s, ctx));
+        at::Tensor sc = cd.slot_counts(s).to(at::kCPU, at::kLong);  // [L, nkv]
+        slots += (double)sc.sum().item<int64_t>();
+        most = std::max(most, ((sc + page_size - 1) / page_size).sum().item<int64_t>());
+      }
+      calibrated_cr = (double)calibrate * ctx * L * nkv / slots;
+      pages_seq = (int64_t)std::ceil(most * 1.1) + L * nkv;
+      log::info(cat("calibration (", pol, ", trained decisions): ", calibrate, " prompts of ", ctx, " tokens, ratio ",
+                    calibrated_cr, ", at most ", most, " pages a sequence; sized at ", pages_seq));
+    }
     const int64_t bytes_seq = pages_seq * page_bytes + L * nkv * state_row;
     int64_t B = batch == "max" ? budget_bytes / bytes_seq : std::stoll(batch);
     DMC_CHECK(B >= 1, "memory budget of ", budget_bytes, " bytes holds no sequence of ", bytes_seq, " bytes");
@@ -184,10 +239,11 @@ int cmd_bench(const Args& a) {
     for (int64_t i = 0; i < B; ++i) seqs[i] = i;
     torch::manual_seed(seed + 2);
     const double tf0 = now_s();
-    if (fill == "synthetic" && !evicting) {
+    const bool synthetic = fill == "synthetic" && !evicting && !trained_dmc;
+    if (synthetic) {
       dec.bench_fill(seqs, prompt_len);
     } else {
-      for (int64_t s : seqs) dec.prefill(s, random_ids(prompt_len, c.vocab_size));
+      for (int64_t s : seqs) dec.prefill(s, prompt(s, prompt_len));
     }
     sync_device(dev);
     const double fill_s = now_s() - tf0;
@@ -264,7 +320,8 @@ int cmd_bench(const Args& a) {
                         {"prompt_len", prompt_len},
                         {"new_tokens", new_tokens},
                         {"timed_steps", timed},
-                        {"fill", fill == "synthetic" && !evicting ? "synthetic" : "prefill"},
+                        {"fill", synthetic ? "synthetic" : "prefill"},
+                        {"prompts", text_ids.empty() ? "random tokens" : prompt_src},
                         {"fill_s", fill_s},
                         {"ms_per_step", step_ms},
                         {"tokens_per_s", B / (dt_s / timed)},
@@ -288,13 +345,14 @@ int cmd_bench(const Args& a) {
     if (dev.is_cuda()) c10::cuda::CUDACachingAllocator::emptyCache();
 #endif
     if (evicting) j["budget_slots"] = o.budget;
+    if (trained_dmc) j["calibrated_cr"] = calibrated_cr;
     // ---- one prompt: parallel prefill against token by token ------------------------------------------------
     if (prefill_check > 0) {
       DecoderOptions po = o;
       po.max_seqs = 2;
       po.n_pages = 2 * L * nkv * ((ctx + 2 + page_size - 1) / page_size);
       Decoder pd(model, po);
-      auto p = random_ids(prompt_len, c.vocab_size);
+      auto p = prompt(7, prompt_len);
       pd.prefill(1, p);  // warm-up at the same shape (GEMM heuristics, attention workspace)
       pd.free(1);
       sync_device(dev);

@@ -9,6 +9,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "config/options.h"
+#include "data/dataset.h"
 #include "inference/generate.h"
 #include "inference/perplexity.h"
 #include "tokenizer/tokenizer.h"
@@ -69,16 +70,18 @@ int cmd_eval(const Args& a) {
     }
     fail("command line: expected 'dmc eval ppl ...'");
   }
-  std::string model_dir, tok_path, text_path, device = "auto", dtype = "auto", json_path;
+  std::string model_dir, tok_path, text_path, data_dir, split = "valid", device = "auto", dtype = "auto", json_path;
   int64_t seq_len = 1024, stride = 0, max_tokens = 0;
   bool add_bos = true;
   std::string mode = "parallel", cache = "auto";
-  int64_t budget = 0, sinks = 4;
+  int64_t budget = 0, sinks = 4, batch = 16;
   double cr = 0;
   OptionTable t("eval ppl", "dmc eval ppl --model DIR --tokenizer FILE --text FILE [--seq-len N] [--stride N] [--json OUT]");
   t.add("model", &model_dir, "model directory", true);
   t.add("tokenizer", &tok_path, "SentencePiece tokenizer.model", true);
-  t.add("text", &text_path, "UTF-8 text file to score", true);
+  t.add("text", &text_path, "UTF-8 text file to score (or --data)");
+  t.add("data", &data_dir, "a `dmc data prepare` directory to score instead of --text (its documents concatenated)");
+  t.add("split", &split, "--data: the split to score (valid or train)");
   t.add("seq_len", &seq_len, "window length in tokens");
   t.add("stride", &stride, "window step in tokens (0 = seq_len)");
   t.add("max_tokens", &max_tokens, "score only the first N tokens (0 = all)");
@@ -87,6 +90,7 @@ int cmd_eval(const Args& a) {
   t.add("budget", &budget, "tova/h2o/window: KV slots per (layer, head)");
   t.add("cr", &cr, "tova/h2o/window: budget = ceil(seq_len / cr) when --budget is 0 (the cache of a DMC model at cr)");
   t.add("sinks", &sinks, "window: first positions never evicted");
+  t.add("batch", &batch, "incremental: windows decoded together, one sequence each (the result does not depend on it)");
   t.add("add_bos", &add_bos, "prepend the BOS token to the text");
   t.add("device", &device, "cpu, cuda, cuda:N or auto");
   t.add("dtype", &dtype, "bf16, fp16, fp32 or auto (bf16 on CUDA, fp32 on CPU)");
@@ -95,12 +99,18 @@ int cmd_eval(const Args& a) {
   log::info(t.to_yaml());
   auto [dev, dt] = resolve_runtime(device, dtype);
   auto tok = Tokenizer::load(tok_path);
-  const std::string text = read_file(text_path, "text");
+  DMC_CHECK(text_path.empty() != data_dir.empty(), "give one of --text FILE or --data DIR (what to score)");
   auto model = Llama::load(model_dir, dt, dev);
   tok.check_model_vocab(model.config.vocab_size, model_dir + "/config.json");
-  auto ids = tok.encode(text, add_bos);
-  if (max_tokens > 0 && (int64_t)ids.size() > max_tokens) ids.resize(max_tokens);
-  log::info(cat("scoring ", ids.size(), " tokens of ", text_path, " with windows of ", seq_len, ", stride ",
+  std::vector<int64_t> ids;
+  if (!text_path.empty()) {
+    ids = tok.encode(read_file(text_path, "text"), add_bos);
+    if (max_tokens > 0 && (int64_t)ids.size() > max_tokens) ids.resize(max_tokens);
+  } else {
+    ids = data::read_split_tokens(data_dir, split, tok.fingerprint(), model.config.vocab_size, max_tokens);
+  }
+  const std::string source = text_path.empty() ? data_dir + " (" + split + ")" : text_path;
+  log::info(cat("scoring ", ids.size(), " tokens of ", source, " with windows of ", seq_len, ", stride ",
                 stride ? stride : seq_len));
   PplOptions po;
   po.seq_len = seq_len;
@@ -110,6 +120,7 @@ int cmd_eval(const Args& a) {
   po.budget = budget;
   po.cr = cr;
   po.sinks = sinks;
+  po.batch = batch;
   auto r = perplexity(model, ids, po);
   std::cout << "perplexity: " << std::setprecision(8) << r.ppl() << "  (nll " << r.nll() << ", " << r.tokens_scored
             << " tokens, " << r.windows << " windows, " << r.seconds << " s)\n";
@@ -130,7 +141,7 @@ int cmd_eval(const Args& a) {
   if (!json_path.empty()) {
     nlohmann::json j = {{"ppl", r.ppl()},         {"nll", r.nll()},         {"tokens_scored", r.tokens_scored},
                         {"windows", r.windows},   {"seq_len", seq_len},     {"stride", stride ? stride : seq_len},
-                        {"model", model_dir},     {"text", text_path},      {"dtype", dtype_name(dt)},
+                        {"model", model_dir},     {"text", source},      {"dtype", dtype_name(dt)},
                         {"device", dev.str()},    {"seconds", r.seconds},  {"mode", mode},
                         {"cache", cache}};
     if (ratios) {

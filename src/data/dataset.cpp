@@ -185,4 +185,15 @@ Batch Loader::next(int64_t batch) {
   return {tok.narrow(1, 0, T).contiguous(), tok.narrow(1, 1, T).contiguous(), ds};
 }
 
+std::vector<int64_t> read_split_tokens(const std::string& dir, const std::string& split,
+                                       const std::string& tokenizer_fingerprint, int64_t vocab_size,
+                                       int64_t max_tokens) {
+  auto sp = TokenSplit::open(dir, split, tokenizer_fingerprint, vocab_size);
+  const int64_t n = max_tokens > 0 ? std::min(max_tokens, sp->num_tokens()) : sp->num_tokens();
+  DMC_CHECK(n > 0, dir, ": split '", split, "' holds no tokens");
+  std::vector<int64_t> out((size_t)n);
+  sp->read(0, n, out.data());
+  return out;
+}
+
 }  // namespace dmc::data

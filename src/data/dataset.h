@@ -46,6 +46,12 @@ class TokenSplit {
   int64_t total_ = 0;
 };
 
+// The first max_tokens (0 = all) tokens of one split of a prepared directory, its documents concatenated as
+// prepared (each begins with its BOS): the input of evaluation tools (`dmc eval ppl --data`, `dmc bench decode`).
+std::vector<int64_t> read_split_tokens(const std::string& dir, const std::string& split,
+                                       const std::string& tokenizer_fingerprint, int64_t vocab_size,
+                                       int64_t max_tokens = 0);
+
 struct Batch {
   at::Tensor input;      // [B, T] int64
   at::Tensor target;     // [B, T] int64

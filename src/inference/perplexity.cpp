@@ -46,6 +46,7 @@ PplResult perplexity(const Llama& model, const std::vector<int64_t>& tokens, con
   int64_t n_windows = 1;
   for (int64_t b = 0; b + S < L; b += stride) ++n_windows;
   Progress prog("eval ppl", n_windows, 5.0);
+  DMC_CHECK(o.batch >= 1, "batch: must be at least 1, got ", o.batch);
   const auto& c = model.config;
   AttentionRuntime rt;
   DecoderOptions dopt;
@@ -78,55 +79,91 @@ PplResult perplexity(const Llama& model, const std::vector<int64_t>& tokens, con
     r.head_slots = r.head_tokens;
   }
   if (c.dmc.enabled) const_cast<Llama&>(model).runtime = &rt;
-  int64_t prev_end = 0;
-  for (int64_t begin = 0; begin < L; begin += stride) {
+  // the windows: [begin, end) of the stream, scoring positions first..end-1
+  struct Window {
+    int64_t begin, end, first;
+  };
+  std::vector<Window> wins;
+  for (int64_t begin = 0, prev_end = 0; begin < L; begin += stride) {
     const int64_t end = std::min(begin + S, L);
-    const int64_t first = std::max(prev_end, begin + 1);  // first scored absolute position
-    if (end > first && o.mode == "incremental") {
-      Decoder dec(model, dopt);
-      std::vector<at::Tensor> rows;
-      for (int64_t p = begin; p < end - 1; ++p) {
-        at::Tensor lg = dec.step({0}, {tokens[p]});
-        if (p + 1 >= first) rows.push_back(lg[0]);
-      }
-      at::Tensor logits = at::stack(rows).to(at::kFloat);
-      at::Tensor target = all.slice(0, first, end).to(model.device());
-      r.nll_sum += at::cross_entropy_loss(logits, target, {}, at::Reduction::Sum).item<double>();
-      r.tokens_scored += end - first;
-      if (dmc) {
-        const int64_t T = end - 1 - begin;  // tokens the decoder consumed
-        at::Tensor slots = dec.slot_counts(0);  // [layers, kv heads]
-        for (int64_t l = 0; l < model.config.num_hidden_layers; ++l)
-          for (int64_t g = 0; g < model.config.num_key_value_heads; ++g) {
-            r.head_tokens[l][g] += (double)T;
-            r.head_slots[l][g] += slots[l][g].item<double>();
-          }
-      }
-    } else if (end > first) {
-      at::Tensor ids = all.slice(0, begin, end).unsqueeze(0).to(model.device());
-      at::Tensor h = model.forward_hidden(ids).squeeze(0);  // [T, H]
-      if (dmc) {
-        const int64_t T = end - begin;
-        for (size_t l = 0; l < rt.boundaries.size(); ++l) {
-          at::Tensor merges = rt.boundaries[l].to(at::kFloat).sum(at::IntArrayRef{0, 1}).to(at::kCPU);  // [nkv]
-          for (int64_t g = 0; g < merges.size(0); ++g) {
-            r.head_tokens[l][g] += (double)T;
-            r.head_slots[l][g] += (double)T - merges[g].item<double>();
-          }
-        }
-      }
-      // positions first..end-1 are predicted from hidden states first-1..end-2
-      at::Tensor hs = h.slice(0, first - 1 - begin, end - 1 - begin);
-      at::Tensor logits = at::linear(hs, model.lm_head).to(at::kFloat);
-      at::Tensor target = all.slice(0, first, end).to(model.device());
-      at::Tensor nll = at::cross_entropy_loss(logits, target, {}, at::Reduction::Sum);
-      r.nll_sum += nll.item<double>();
-      r.tokens_scored += end - first;
-    }
-    ++r.windows;
-    if (o.progress) prog.update(r.windows, cat("ppl so far ", std::exp(r.nll())));
+    wins.push_back({begin, end, std::max(prev_end, begin + 1)});
     prev_end = end;
     if (end == L) break;
+  }
+  if (o.mode == "incremental") {
+    // groups of up to o.batch windows decode together, one sequence each, a token of every window per step
+    const int64_t per_seq_pages = dopt.n_pages;
+    for (size_t g0 = 0; g0 < wins.size(); g0 += (size_t)std::max<int64_t>(1, o.batch)) {
+      const size_t n = std::min(wins.size() - g0, (size_t)std::max<int64_t>(1, o.batch));
+      DecoderOptions d = dopt;
+      d.max_seqs = (int64_t)n;
+      d.n_pages = per_seq_pages * (int64_t)n;
+      Decoder dec(model, d);
+      int64_t steps = 0;
+      for (size_t i = 0; i < n; ++i) steps = std::max(steps, wins[g0 + i].end - 1 - wins[g0 + i].begin);
+      at::Tensor nll = at::zeros({}, at::TensorOptions().dtype(at::kDouble).device(model.device()));
+      for (int64_t t = 0; t < steps; ++t) {
+        std::vector<int64_t> seqs, ids, rows, targets;
+        for (size_t i = 0; i < n; ++i) {
+          const Window& w = wins[g0 + i];
+          const int64_t p = w.begin + t;
+          if (p >= w.end - 1) continue;
+          if (p + 1 >= w.first) {
+            rows.push_back((int64_t)seqs.size());
+            targets.push_back(tokens[p + 1]);
+          }
+          seqs.push_back((int64_t)i);
+          ids.push_back(tokens[p]);
+        }
+        at::Tensor lg = dec.step(seqs, ids);  // [n_active, vocab]
+        if (rows.empty()) continue;
+        at::Tensor sel = lg.index_select(0, at::tensor(rows, at::kLong).to(lg.device())).to(at::kFloat);
+        at::Tensor tg = at::tensor(targets, at::kLong).to(lg.device());
+        nll += at::cross_entropy_loss(sel, tg, {}, at::Reduction::Sum).to(at::kDouble);
+      }
+      r.nll_sum += nll.item<double>();
+      for (size_t i = 0; i < n; ++i) {
+        const Window& w = wins[g0 + i];
+        r.tokens_scored += w.end - w.first;
+        if (!dmc) continue;
+        const int64_t T = w.end - 1 - w.begin;  // tokens the decoder consumed
+        at::Tensor slots = dec.slot_counts((int64_t)i).to(at::kCPU, at::kDouble);  // [layers, kv heads]
+        for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+          for (int64_t h = 0; h < c.num_key_value_heads; ++h) {
+            r.head_tokens[l][h] += (double)T;
+            r.head_slots[l][h] += slots[l][h].item<double>();
+          }
+      }
+      r.windows += (int64_t)n;
+      if (o.progress) prog.update(r.windows, cat("ppl so far ", std::exp(r.nll())));
+    }
+  } else {
+    for (const Window& w : wins) {
+      const int64_t begin = w.begin, end = w.end, first = w.first;
+      if (end > first) {
+        at::Tensor ids = all.slice(0, begin, end).unsqueeze(0).to(model.device());
+        at::Tensor h = model.forward_hidden(ids).squeeze(0);  // [T, H]
+        if (dmc) {
+          const int64_t T = end - begin;
+          for (size_t l = 0; l < rt.boundaries.size(); ++l) {
+            at::Tensor merges = rt.boundaries[l].to(at::kFloat).sum(at::IntArrayRef{0, 1}).to(at::kCPU);  // [nkv]
+            for (int64_t g = 0; g < merges.size(0); ++g) {
+              r.head_tokens[l][g] += (double)T;
+              r.head_slots[l][g] += (double)T - merges[g].item<double>();
+            }
+          }
+        }
+        // positions first..end-1 are predicted from hidden states first-1..end-2
+        at::Tensor hs = h.slice(0, first - 1 - begin, end - 1 - begin);
+        at::Tensor logits = at::linear(hs, model.lm_head).to(at::kFloat);
+        at::Tensor target = all.slice(0, first, end).to(model.device());
+        at::Tensor nll = at::cross_entropy_loss(logits, target, {}, at::Reduction::Sum);
+        r.nll_sum += nll.item<double>();
+        r.tokens_scored += end - first;
+      }
+      ++r.windows;
+      if (o.progress) prog.update(r.windows, cat("ppl so far ", std::exp(r.nll())));
+    }
   }
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return r;

@@ -24,6 +24,7 @@ struct PplOptions {
   double cr = 0;
   int64_t sinks = 4;
   int64_t force_cr = 0;  // dmc: benchmark-only forced decisions (random weights)
+  int64_t batch = 16;    // incremental: windows decoded together (one sequence each); the result does not depend on it
 };
 
 struct PplResult {
