@@ -21,6 +21,7 @@
 #include "common/util.h"
 #include "config/options.h"
 #include "dmc/stages.h"
+#include "model/fused_ops.h"
 #include "model/llama.h"
 #include "train/autocast.h"
 #include "train/optimizer.h"
@@ -28,6 +29,10 @@
 #ifdef DMC_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
 #endif
+#include <torch/csrc/autograd/profiler_kineto.h>
+
+#include <algorithm>
+#include <map>
 
 using namespace dmc;
 
@@ -35,7 +40,8 @@ using namespace dmc;
 int main(int argc, char** argv) {
   std::string preset = "llama-1b", mode = "vanilla", device = "auto", json_path, attn_impl = "flash";
   int64_t seq_len = 4096, micro_batch = 4, steps = 10, warmup = 3, layers = 0;
-  bool ckpt = false;
+  bool ckpt = false, fused = true;
+  int64_t profile = 0;
   double peak = 989.0, target_cr = 4.0;
   OptionTable t("bench_train", "bench_train [--preset llama-1b] [--seq-len 4096] [--micro-batch 4] [--mode vanilla|dmc]");
   t.add("preset", &preset, "model shape (random weights)");
@@ -49,12 +55,15 @@ int main(int argc, char** argv) {
   t.add("target_cr", &target_cr, "DMC target ratio (dmc mode)");
   t.add("dmc_attn_impl", &attn_impl, "dmc mode: DMC attention implementation (flash | blocks)");
   t.add("peak_tflops", &peak, "peak dense bf16 TFLOP/s for MFU");
+  t.add("fused_ops", &fused, "fused RMSNorm / SwiGLU kernels on CUDA (false: the ATen forms)");
+  t.add("profile", &profile, "then profile this many steps and print the GPU kernels' total time by name");
   t.add("device", &device, "cuda or cpu");
   t.add("json", &json_path, "append the result as one JSON line");
   try {
     t.parse(std::vector<std::string>(argv + 1, argv + argc));
     log::info(t.to_yaml());
     auto [dev, dt] = resolve_runtime(device, "auto");
+    set_fused_ops(fused);
     const bool ac = dev.is_cuda();
     LlamaConfig c = LlamaConfig::preset(preset);
     if (layers) c.num_hidden_layers = layers;
@@ -144,6 +153,35 @@ int main(int argc, char** argv) {
                         {"seq_len", seq_len}, {"micro_batch", micro_batch}, {"activation_checkpointing", ckpt},
                         {"step_ms", 1e3 * secs / steps}, {"tokens_per_s", tps}, {"mfu", tps * fpt / (peak * 1e12)},
                         {"peak_memory_GiB", mem / (1 << 30)}, {"last_loss", last}, {"device", dev.str()}};
+    if (profile > 0) {
+      // kernels of `profile` steps by total device time: what the step spends its time on
+      namespace pr = torch::profiler::impl;
+      torch::autograd::profiler::prepareProfiler(pr::ProfilerConfig(pr::ProfilerState::KINETO),
+                                                 {pr::ActivityType::CPU, pr::ActivityType::CUDA});
+      torch::autograd::profiler::enableProfiler(pr::ProfilerConfig(pr::ProfilerState::KINETO),
+                                                {pr::ActivityType::CPU, pr::ActivityType::CUDA});
+      for (int64_t i = 0; i < profile; ++i) step(warmup + steps + i).item<double>();
+      if (dev.is_cuda()) torch::cuda::synchronize(dev.index());
+      auto result = torch::autograd::profiler::disableProfiler();
+      std::map<std::string, std::pair<double, int64_t>> by_name;
+      double total = 0;
+      for (const auto& e : result->events()) {
+        if (e.activityType() != 5) continue;  // libkineto::ActivityType::CONCURRENT_KERNEL: device kernels
+        auto& slot = by_name[e.name().substr(0, 90)];
+        slot.first += e.durationNs() / 1e6;
+        slot.second += 1;
+        total += e.durationNs() / 1e6;
+      }
+      std::vector<std::pair<std::string, std::pair<double, int64_t>>> rows(by_name.begin(), by_name.end());
+      std::sort(rows.begin(), rows.end(), [](auto& a, auto& b) { return a.second.first > b.second.first; });
+      std::cout << "profile: GPU kernel time per step " << total / profile << " ms (wall " << 1e3 * secs / steps
+                << " ms); top kernels, ms per step:\n";
+      for (size_t i = 0; i < rows.size() && i < 30; ++i)
+        std::cout << "  " << rows[i].second.first / profile << " ms  x" << rows[i].second.second / profile << "  "
+                  << rows[i].first << "\n";
+      j["profile_kernel_ms_per_step"] = total / profile;
+    }
+    j["fused_ops"] = fused;
     std::cout << j.dump() << std::endl;
     if (!json_path.empty()) std::ofstream(json_path, std::ios::app) << j.dump() << "\n";
     return 0;

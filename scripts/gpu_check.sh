@@ -6,7 +6,8 @@
 #     gpu     the [gpu] test cases: kernels vs reference ops, bf16 vs HF, flash DMC attention
 #     decode  dmc bench decode: Llama 2 7B shape, vanilla vs DMC (forced CR 4 and 8) at equal memory, 4k context
 #     hf      the engine's vanilla generate against HF generate() (bench_decode + bench/hf_generate.py)
-#     train   1B training step vs HF eager; DMC vs vanilla step (blockwise and flash DMC attention)
+#     train   DMC vs vanilla training step (1B, recompute; blockwise and flash DMC attention)
+#     trainhf 1B training step (no recompute) vs HF eager: fused ops off and on, each with a kernel profile
 # With the device tool, carry .carry (a copy of ../shared/tokenizers) so the tokenizer-vector test runs too.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +49,16 @@ if has hf; then
   python3 bench/hf_generate.py --preset llama2-7b --batch 1,16 --prompt-len 128 --new-tokens 256 \
     --json "$OUT/bench_hf.jsonl" >> "$OUT/bench_hf.log" 2>&1; echo "hf_generate rc=$?"
   python3 scripts/results_table.py "$OUT/bench_hf.jsonl" | tee "$OUT/hf_results.md"
+fi
+if has trainhf; then
+  J="$OUT/bench_train_hf.jsonl"; rm -f "$J"
+  common="--preset llama-1b --seq-len 4096 --micro-batch 4 --steps 8 --warmup 3 --json $J"
+  for f in ${FUSED_SETTINGS:-false true}; do
+    "$B/bench_train" $common --mode vanilla --fused-ops $f --profile 2 > "$OUT/bench_train_fused_$f.log" 2>&1
+    echo "dmc fused_ops=$f rc=$?"; grep -A14 "^profile" "$OUT/bench_train_fused_$f.log" | cut -c1-150
+  done
+  python3 bench/hf_train.py $common > "$OUT/hf_train.log" 2>&1; echo "hf rc=$?"
+  python3 scripts/train_table.py "$J" | tee "$OUT/train_hf_results.md"
 fi
 if has train; then
   J="$OUT/bench_train.jsonl"; rm -f "$J"

@@ -372,9 +372,8 @@ at::Tensor Decoder::run_layers(const at::Tensor& ids_t, const at::Tensor& seq_t,
       o = paged_attention(qr, cache_, l, seq_t, max_len, scale, kernels_);
     }
     x = x + reduce_from_group(at::linear(o.reshape({n, nh * D}), L.wo), m_.tp);
-    const int64_t F = c.intermediate_size / m_.tp.size;
     at::Tensor gu = at::linear(rms_norm(x, L.mlp_norm, c.rms_norm_eps), L.w_gate_up);
-    x = x + reduce_from_group(at::linear(at::silu(gu.narrow(-1, 0, F)) * gu.narrow(-1, F, F), L.w_down), m_.tp);
+    x = x + reduce_from_group(at::linear(swiglu(gu), L.w_down), m_.tp);
   }
   return gather_vocab(at::linear(rms_norm(x, m_.norm, c.rms_norm_eps), m_.lm_head), m_.tp);
 }

@@ -1,4 +1,5 @@
 #include "model/llama.h"
+#include "model/fused_ops.h"
 
 #include <ATen/autocast_mode.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -30,11 +31,14 @@ KVCache KVCache::create(const LlamaConfig& c, int64_t batch, int64_t max_len, at
 }
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  at::Tensor xf = x.to(at::kFloat);
-  at::Tensor var = xf.pow(2).mean(-1, /*keepdim=*/true);
-  xf = xf * at::rsqrt(var + eps);
-  return weight * xf.to(x.scalar_type());
+  // Under CUDA autocast the consumer is a GEMM that casts to the autocast dtype: produce that dtype directly.
+  const at::ScalarType out = x.is_cuda() && at::autocast::is_autocast_enabled(at::kCUDA)
+                                 ? at::autocast::get_autocast_dtype(at::kCUDA)
+                                 : at::promote_types(weight.scalar_type(), x.scalar_type());
+  return rms_norm_fused(x, weight, eps, out);
 }
+
+at::Tensor swiglu(const at::Tensor& gu) { return swiglu_fused(gu); }
 
 at::Tensor rope_inv_freq(const LlamaConfig& c, at::Device device) {
   const int64_t d = c.head_dim;
@@ -278,12 +282,10 @@ std::vector<std::pair<std::string, at::Tensor*>> Llama::parameters() {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> Llama::layer_forward(const LlamaLayer& L, int64_t l, const at::Tensor& x,
                                                                     const at::Tensor& cos, const at::Tensor& sin,
                                                                     KVCache* cache) const {
-  const int64_t F = config.intermediate_size / tp.size;
   auto [attn, dmean, bnd] = attention(L, l, rms_norm(x, L.attn_norm, config.rms_norm_eps), cos, sin, cache);
   at::Tensor h = x + attn;
   at::Tensor gu = at::linear(copy_to_group(rms_norm(h, L.mlp_norm, config.rms_norm_eps), tp), L.w_gate_up);
-  return {h + reduce_from_group(at::linear(at::silu(gu.narrow(-1, 0, F)) * gu.narrow(-1, F, F), L.w_down), tp), dmean,
-          bnd};
+  return {h + reduce_from_group(at::linear(swiglu(gu), L.w_down), tp), dmean, bnd};
 }
 
 namespace {

@@ -65,6 +65,8 @@ struct KVCache {
 
 // RMSNorm as HF computes it: normalise in fp32, cast back, then scale.   x [..., hidden]
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+// silu(gu[.., :F]) * gu[.., F:] of the fused gate/up projection output [.., 2F] (model/fused_ops.h on CUDA)
+at::Tensor swiglu(const at::Tensor& gu);
 // inv_freq [head_dim / 2] fp32 with the config's RoPE scaling applied.
 at::Tensor rope_inv_freq(const LlamaConfig& c, at::Device device);
 // cos, sin [seq, head_dim] (fp32) for the given positions [seq] int64.

@@ -1,0 +1,265 @@
+// Fused elementwise pieces of the Llama training step (model/fused_ops.h), forward and backward, sm_90.
+// The ATen forms (model/llama.cpp rms_norm, silu(g) * u) make several passes over fp32 activations each (square,
+// mean, rsqrt, two products, the autocast cast to bf16; silu, product) and save their intermediates; these
+// kernels read each input once and write each output once, and save only what the backward needs.
+//
+// RMSNorm   x [N, H] (fp32 | bf16 | fp16), w [H] (fp32 or x's type) -> y [N, H] (out dtype), rstd [N] fp32
+//           y = w * (x * rstd), rstd = 1 / sqrt(mean(x^2) + eps), arithmetic in fp32; as HF (and rms_norm_ref),
+//           x * rstd is rounded to x's dtype before the product with w (a no-op for fp32 x).
+//   backward with g = w * dy, xh = x * rstd:  dx = rstd * (g - xh * mean(g * xh)),  dw = sum over rows of dy * xh
+//           (per-block partial sums [blocks, H] fp32, then one reduction).
+// SwiGLU    gu [N, 2F] (gate | up, as the fused gate_up projection writes them) -> out [N, F] = silu(gate) * up
+//   backward: dgate = dout * up * s * (1 + gate * (1 - s)), dup = dout * silu(gate), s = sigmoid(gate).
+// One block per row for the norms (rows of up to 16384), grid-stride loops for the elementwise kernels.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "common/error.h"
+#include "model/fused_ops.h"
+
+namespace dmc {
+namespace {
+
+__device__ __forceinline__ float ld(float v) { return v; }
+__device__ __forceinline__ float ld(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float ld(__half v) { return __half2float(v); }
+template <typename T> __device__ __forceinline__ T st(float v);
+template <> __device__ __forceinline__ float st<float>(float v) { return v; }
+template <> __device__ __forceinline__ __nv_bfloat16 st<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
+template <> __device__ __forceinline__ __half st<__half>(float v) { return __float2half(v); }
+
+constexpr int kMaxPer = 16;  // columns per thread held in registers by the norm kernels
+
+__device__ __forceinline__ float block_sum(float v, float* shared) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+  __syncthreads();  // shared is reused between calls
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  float t = lane < nw ? shared[lane] : 0.f;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+  return t;
+}
+
+template <typename TX, typename TW, typename TO>
+__global__ void rms_fwd_kernel(const TX* __restrict__ x, const TW* __restrict__ w, int64_t N, int H, float eps,
+                               TO* __restrict__ y, float* __restrict__ rstd) {
+  __shared__ float shared[32];
+  const int64_t row = blockIdx.x;
+  const TX* xr = x + row * H;
+  float v[kMaxPer];
+  float ss = 0.f;
+#pragma unroll
+  for (int k = 0; k < kMaxPer; ++k) {
+    const int c = threadIdx.x + k * blockDim.x;
+    v[k] = c < H ? ld(xr[c]) : 0.f;
+    ss += v[k] * v[k];
+  }
+  const float r = rsqrtf(block_sum(ss, shared) / (float)H + eps);
+  TO* yr = y + row * H;
+#pragma unroll
+  for (int k = 0; k < kMaxPer; ++k) {
+    const int c = threadIdx.x + k * blockDim.x;
+    if (c < H) yr[c] = st<TO>(ld(w[c]) * ld(st<TX>(v[k] * r)));  // x * rstd rounded to x's dtype first, as HF
+  }
+  if (threadIdx.x == 0) rstd[row] = r;
+}
+
+template <typename TX, typename TW, typename TO>
+__global__ void rms_bwd_kernel(const TO* __restrict__ dy, const TX* __restrict__ x, const TW* __restrict__ w,
+                               const float* __restrict__ rstd, int64_t N, int H, TX* __restrict__ dx,
+                               float* __restrict__ dw_part) {
+  __shared__ float shared[32];
+  float dw[kMaxPer], wv[kMaxPer];
+#pragma unroll
+  for (int k = 0; k < kMaxPer; ++k) {
+    const int c = threadIdx.x + k * blockDim.x;
+    dw[k] = 0.f;
+    wv[k] = c < H ? ld(w[c]) : 0.f;
+  }
+  for (int64_t row = blockIdx.x; row < N; row += gridDim.x) {
+    const float r = rstd[row];
+    float g[kMaxPer], xh[kMaxPer];
+    float dot = 0.f;
+#pragma unroll
+    for (int k = 0; k < kMaxPer; ++k) {
+      const int c = threadIdx.x + k * blockDim.x;
+      const float d = c < H ? ld(dy[row * H + c]) : 0.f;
+      xh[k] = c < H ? ld(x[row * H + c]) * r : 0.f;
+      g[k] = d * wv[k];
+      dw[k] += d * xh[k];
+      dot += g[k] * xh[k];
+    }
+    const float mean = block_sum(dot, shared) / (float)H;
+#pragma unroll
+    for (int k = 0; k < kMaxPer; ++k) {
+      const int c = threadIdx.x + k * blockDim.x;
+      if (c < H) dx[row * H + c] = st<TX>(r * (g[k] - xh[k] * mean));
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < kMaxPer; ++k) {
+    const int c = threadIdx.x + k * blockDim.x;
+    if (c < H) dw_part[(int64_t)blockIdx.x * H + c] = dw[k];
+  }
+}
+
+template <typename T>
+__global__ void swiglu_fwd_kernel(const T* __restrict__ gu, int64_t N, int64_t F, T* __restrict__ out) {
+  const int64_t n = N * F;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t row = i / F, col = i - row * F;
+    const float g = ld(gu[row * 2 * F + col]), u = ld(gu[row * 2 * F + F + col]);
+    out[i] = st<T>(g / (1.f + __expf(-g)) * u);
+  }
+}
+
+template <typename T>
+__global__ void swiglu_bwd_kernel(const T* __restrict__ dout, const T* __restrict__ gu, int64_t N, int64_t F,
+                                  T* __restrict__ dgu) {
+  const int64_t n = N * F;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t row = i / F, col = i - row * F;
+    const float g = ld(gu[row * 2 * F + col]), u = ld(gu[row * 2 * F + F + col]), d = ld(dout[i]);
+    const float s = 1.f / (1.f + __expf(-g));
+    dgu[row * 2 * F + col] = st<T>(d * u * s * (1.f + g * (1.f - s)));
+    dgu[row * 2 * F + F + col] = st<T>(d * g * s);
+  }
+}
+
+int norm_threads(int64_t H) {
+  DMC_CHECK(H <= 1024 * kMaxPer, "fused rms_norm: hidden size ", H, " exceeds ", 1024 * kMaxPer);
+  int t = 128;
+  while (t * kMaxPer < H) t *= 2;
+  return t;
+}
+
+// dispatch over (x, w, out) dtypes: w is fp32 or x's type
+template <typename F>
+void dispatch3(at::ScalarType tx, at::ScalarType tw, at::ScalarType to, F&& f) {
+  auto with_out = [&](auto xv, auto wv) {
+    switch (to) {
+      case at::kFloat: f(xv, wv, float{}); return;
+      case at::kBFloat16: f(xv, wv, __nv_bfloat16{}); return;
+      case at::kHalf: f(xv, wv, __half{}); return;
+      default: fail("fused rms_norm: unsupported output dtype ", to);
+    }
+  };
+  auto with_w = [&](auto xv) {
+    using TXv = decltype(xv);
+    if (tw == at::kFloat) with_out(xv, float{});
+    else if (tw == tx) with_out(xv, TXv{});
+    else fail("fused rms_norm: weight dtype ", tw, " must be fp32 or the input's ", tx);
+  };
+  switch (tx) {
+    case at::kFloat: with_w(float{}); return;
+    case at::kBFloat16: with_w(__nv_bfloat16{}); return;
+    case at::kHalf: with_w(__half{}); return;
+    default: fail("fused rms_norm: unsupported input dtype ", tx);
+  }
+}
+template <typename T> T* ptr(const at::Tensor& t) { return reinterpret_cast<T*>(t.data_ptr()); }
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> rms_norm_forward_cuda(const at::Tensor& x, const at::Tensor& w, double eps,
+                                                         at::ScalarType out_dtype) {
+  DMC_CHECK(x.is_contiguous() && w.is_contiguous(), "fused rms_norm: contiguous inputs expected");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t H = x.size(-1), N = x.numel() / H;
+  at::Tensor y = at::empty(x.sizes(), x.options().dtype(out_dtype));
+  at::Tensor rstd = at::empty({N}, x.options().dtype(at::kFloat));
+  if (N == 0) return {y, rstd};
+  const int threads = norm_threads(H);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  dispatch3(x.scalar_type(), w.scalar_type(), out_dtype, [&](auto xv, auto wv, auto ov) {
+    using TX = decltype(xv);
+    using TW = decltype(wv);
+    using TO = decltype(ov);
+    rms_fwd_kernel<TX, TW, TO><<<(unsigned)N, threads, 0, stream>>>(ptr<TX>(x), ptr<TW>(w), N, (int)H, (float)eps,
+                                                                    ptr<TO>(y), rstd.data_ptr<float>());
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {y, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor> rms_norm_backward_cuda(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w,
+                                                          const at::Tensor& rstd) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor g = dy.contiguous();
+  const int64_t H = x.size(-1), N = x.numel() / H;
+  at::Tensor dx = at::empty_like(x);
+  const int threads = norm_threads(H);
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t)sms * 4));
+  at::Tensor part = at::empty({blocks, H}, x.options().dtype(at::kFloat));
+  if (N > 0) {
+    auto stream = at::cuda::getCurrentCUDAStream();
+    dispatch3(x.scalar_type(), w.scalar_type(), g.scalar_type(), [&](auto xv, auto wv, auto ov) {
+      using TX = decltype(xv);
+      using TW = decltype(wv);
+      using TO = decltype(ov);
+      rms_bwd_kernel<TX, TW, TO><<<(unsigned)blocks, threads, 0, stream>>>(
+          ptr<TO>(g), ptr<TX>(x), ptr<TW>(w), rstd.data_ptr<float>(), N, (int)H, ptr<TX>(dx), part.data_ptr<float>());
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  } else {
+    part.zero_();
+  }
+  return {dx, part.sum(0).to(w.scalar_type())};
+}
+
+namespace {
+template <typename F>
+void dispatch1(at::ScalarType t, F&& f) {
+  switch (t) {
+    case at::kFloat: f(float{}); return;
+    case at::kBFloat16: f(__nv_bfloat16{}); return;
+    case at::kHalf: f(__half{}); return;
+    default: fail("fused swiglu: unsupported dtype ", t);
+  }
+}
+unsigned elementwise_blocks(int64_t n) {
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  return (unsigned)std::max<int64_t>(1, std::min<int64_t>((n + 255) / 256, (int64_t)sms * 16));
+}
+}  // namespace
+
+at::Tensor swiglu_forward_cuda(const at::Tensor& gu) {
+  DMC_CHECK(gu.is_contiguous() && gu.size(-1) % 2 == 0, "fused swiglu: contiguous [.., 2F] input expected");
+  const c10::cuda::CUDAGuard guard(gu.device());
+  const int64_t F = gu.size(-1) / 2, N = gu.numel() / (2 * F);
+  auto sizes = gu.sizes().vec();
+  sizes.back() = F;
+  at::Tensor out = at::empty(sizes, gu.options());
+  if (N * F == 0) return out;
+  dispatch1(gu.scalar_type(), [&](auto v) {
+    using T = decltype(v);
+    swiglu_fwd_kernel<T><<<elementwise_blocks(N * F), 256, 0, at::cuda::getCurrentCUDAStream()>>>(ptr<T>(gu), N, F,
+                                                                                                  ptr<T>(out));
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+at::Tensor swiglu_backward_cuda(const at::Tensor& dout, const at::Tensor& gu) {
+  const c10::cuda::CUDAGuard guard(gu.device());
+  at::Tensor d = dout.to(gu.scalar_type()).contiguous();
+  const int64_t F = gu.size(-1) / 2, N = gu.numel() / (2 * F);
+  at::Tensor dgu = at::empty_like(gu);
+  if (N * F == 0) return dgu;
+  dispatch1(gu.scalar_type(), [&](auto v) {
+    using T = decltype(v);
+    swiglu_bwd_kernel<T><<<elementwise_blocks(N * F), 256, 0, at::cuda::getCurrentCUDAStream()>>>(
+        ptr<T>(d), ptr<T>(gu), N, F, ptr<T>(dgu));
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return dgu;
+}
+
+}  // namespace dmc

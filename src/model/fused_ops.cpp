@@ -1,0 +1,87 @@
+#include "model/fused_ops.h"
+
+#include <torch/torch.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+
+#include "common/error.h"
+
+namespace dmc {
+
+namespace {
+std::atomic<int> g_fused{-1};  // -1: not read from the environment yet
+}
+
+void set_fused_ops(bool on) { g_fused.store(on ? 1 : 0); }
+
+bool use_fused_ops(const at::Tensor& t) {
+#ifdef DMC_WITH_CUDA
+  if (g_fused.load() < 0) {
+    const char* e = std::getenv("DMC_FUSED_OPS");
+    g_fused.store(e && std::strcmp(e, "0") == 0 ? 0 : 1);
+  }
+  return t.is_cuda() && g_fused.load() == 1;
+#else
+  (void)t;
+  return false;
+#endif
+}
+
+at::Tensor rms_norm_ref(const at::Tensor& x, const at::Tensor& w, double eps, at::ScalarType out_dtype) {
+  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor var = xf.pow(2).mean(-1, /*keepdim=*/true);
+  xf = xf * at::rsqrt(var + eps);
+  return (w * xf.to(x.scalar_type())).to(out_dtype);
+}
+
+at::Tensor swiglu_ref(const at::Tensor& gu) {
+  const int64_t F = gu.size(-1) / 2;
+  return at::silu(gu.narrow(-1, 0, F)) * gu.narrow(-1, F, F);
+}
+
+#ifdef DMC_WITH_CUDA
+namespace {
+struct RmsNormFn : public torch::autograd::Function<RmsNormFn> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                                                const at::Tensor& w, double eps, int64_t out_dtype) {
+    auto [y, rstd] = rms_norm_forward_cuda(x, w, eps, (at::ScalarType)out_dtype);
+    ctx->save_for_backward({x, w, rstd});
+    return {y};
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list g) {
+    auto s = ctx->get_saved_variables();
+    auto [dx, dw] = rms_norm_backward_cuda(g[0], s[0], s[1], s[2]);
+    return {dx, dw, at::Tensor(), at::Tensor()};
+  }
+};
+struct SwigluFn : public torch::autograd::Function<SwigluFn> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& gu) {
+    ctx->save_for_backward({gu});
+    return {swiglu_forward_cuda(gu)};
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list g) {
+    return {swiglu_backward_cuda(g[0], ctx->get_saved_variables()[0])};
+  }
+};
+}  // namespace
+#endif
+
+at::Tensor rms_norm_fused(const at::Tensor& x, const at::Tensor& w, double eps, at::ScalarType out_dtype) {
+#ifdef DMC_WITH_CUDA
+  if (use_fused_ops(x)) return RmsNormFn::apply(x.contiguous(), w.contiguous(), eps, (int64_t)out_dtype)[0];
+#endif
+  return rms_norm_ref(x, w, eps, out_dtype);
+}
+
+at::Tensor swiglu_fused(const at::Tensor& gu) {
+#ifdef DMC_WITH_CUDA
+  if (use_fused_ops(gu)) return SwigluFn::apply(gu.contiguous())[0];
+#endif
+  return swiglu_ref(gu);
+}
+
+}  // namespace dmc

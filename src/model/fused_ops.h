@@ -1,0 +1,33 @@
+// Fused RMSNorm and SwiGLU for the training step on CUDA (kernels/fused_ops.cu), with autograd, and the plain
+// ATen forms they replace (the references: CPU, fp32 runs, and the kernels' oracle in the GPU tests).
+//
+//   rms_norm(x [.., H], w [H], eps, out_dtype)   y = w * x / sqrt(mean(x^2) + eps), arithmetic in fp32.
+//       out_dtype: the dtype of y. Under bf16 autocast the next op is a GEMM that would cast y to bf16 anyway,
+//       so the layer asks for bf16 directly (one rounding of the same fp32 value); else the ATen result type.
+//   swiglu(gu [.., 2F])                           silu(gu[.., :F]) * gu[.., F:], in gu's dtype.
+// use_fused_ops(t): CUDA tensor, kernels built, and not switched off (DMC_FUSED_OPS=0 in the environment, or
+// set_fused_ops(false), e.g. for an A/B benchmark).
+#pragma once
+#include <torch/types.h>
+
+namespace dmc {
+
+at::Tensor rms_norm_fused(const at::Tensor& x, const at::Tensor& w, double eps, at::ScalarType out_dtype);
+at::Tensor rms_norm_ref(const at::Tensor& x, const at::Tensor& w, double eps, at::ScalarType out_dtype);
+at::Tensor swiglu_fused(const at::Tensor& gu);
+at::Tensor swiglu_ref(const at::Tensor& gu);
+
+bool use_fused_ops(const at::Tensor& t);
+void set_fused_ops(bool on);
+
+#ifdef DMC_WITH_CUDA
+// kernels/fused_ops.cu (contiguous inputs): forward -> (y, rstd [N] fp32); backward -> (dx, dw)
+std::tuple<at::Tensor, at::Tensor> rms_norm_forward_cuda(const at::Tensor& x, const at::Tensor& w, double eps,
+                                                         at::ScalarType out_dtype);
+std::tuple<at::Tensor, at::Tensor> rms_norm_backward_cuda(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w,
+                                                          const at::Tensor& rstd);
+at::Tensor swiglu_forward_cuda(const at::Tensor& gu);
+at::Tensor swiglu_backward_cuda(const at::Tensor& dout, const at::Tensor& gu);
+#endif
+
+}  // namespace dmc
