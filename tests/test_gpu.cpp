@@ -51,11 +51,18 @@ TEST_CASE("bf16 logits on CUDA match HF transformers within bf16 rounding", "[gp
   const double diff = (ours - hf16).abs().max().item<double>();
   INFO("scale " << scale << " err_hf " << err_hf << " err_ours " << err_ours << " ours-vs-hf " << diff);
   CHECK(err_ours <= 1.5 * err_hf + 0.005 * scale);
-  // and the argmax agrees almost everywhere
-  const double agree = (ours.argmax(-1) == hf16.argmax(-1)).to(at::kFloat).mean().item<double>();
-  CHECK(agree > 0.97);
+  // and the argmax: ours agrees with the fp32 reference's at least as often as HF's bf16 does (less 2 points); two
+  // bf16 implementations that round in different places split near-ties differently, so ours against HF's is
+  // printed, not required
+  auto agreement = [](const at::Tensor& a, const at::Tensor& b) {
+    return (a.argmax(-1) == b.argmax(-1)).to(at::kFloat).mean().item<double>();
+  };
+  const double agree = agreement(ours, hf16), ours_ref = agreement(ours, ref32), hf_ref = agreement(hf16, ref32);
+  INFO("argmax agreement with fp32: ours " << ours_ref << ", HF bf16 " << hf_ref);
+  CHECK(ours_ref >= hf_ref - 0.02);
+  CHECK(ours_ref > 0.9);
   std::cout << "[gpu-hf-bf16] scale " << scale << " err_hf " << err_hf << " err_dmc " << err_ours << " dmc_vs_hf " << diff
-            << " argmax_agree " << agree << std::endl;
+            << " argmax_agree " << agree << " (with fp32: dmc " << ours_ref << ", HF " << hf_ref << ")" << std::endl;
 }
 
 TEST_CASE("CUDA: flash-kernel DMC attention equals the blockwise twin in bf16, values and gradients", "[gpu][dmc]") {

@@ -1,4 +1,4 @@
-// CUDA: the fused RMSNorm and SwiGLU kernels (model/fused_ops.h) against their ATen references on fresh random
+// CUDA: the fused RMSNorm, SwiGLU and RoPE kernels (model/fused_ops.h) against their ATen references on fresh random
 // inputs, values and gradients, for the dtype combinations training and inference use; then a whole bf16-autocast
 // training loss and its gradients with the fused ops on and off.
 #include <torch/torch.h>
@@ -68,6 +68,46 @@ TEST_CASE("CUDA: fused RMSNorm and SwiGLU equal the ATen forms, values and gradi
       CHECK(rel_err(g[1], g[0]) < tol);
       std::cout << "[gpu-fused] swiglu " << c10::toString(dt) << ": y " << rel_err(y[1], y[0]) << " dgu "
                 << rel_err(g[1], g[0]) << std::endl;
+    }
+  }
+}
+
+TEST_CASE("CUDA: fused RoPE on the QKV projection equals the ATen form, values and the qkv gradient", "[gpu][fused]") {
+  if (!torch::cuda::is_available()) SKIP("no CUDA device");
+  torch::manual_seed(12);
+  const auto dev = at::Device(at::kCUDA, 0);
+  for (at::ScalarType dt : {at::kBFloat16, at::kFloat}) {
+    DYNAMIC_SECTION("rope " << c10::toString(dt)) {
+      const int64_t B = 2, T = 300, nh = 8, nkv = 2, hd = 128;
+      LlamaConfig c = LlamaConfig::preset("tiny");
+      c.head_dim = hd;
+      at::Tensor pos = at::arange(7, 7 + T, at::TensorOptions().dtype(at::kLong).device(dev));
+      auto [cos, sin] = rope_cos_sin(rope_inv_freq(c, dev), pos);
+      at::Tensor qkv = at::randn({B, T, (nh + 2 * nkv) * hd}, at::TensorOptions().device(dev)).to(dt);
+      std::vector<at::Tensor> R;
+      for (int64_t n : {nh, nkv, nkv}) R.push_back(at::randn({B, T, n, hd}, at::TensorOptions().device(dev)).to(dt));
+      std::vector<std::vector<at::Tensor>> outs(2);
+      std::vector<at::Tensor> grads;
+      for (int k = 0; k < 2; ++k) {
+        at::Tensor a = qkv.clone().requires_grad_(true);
+        auto o = k == 0 ? rope_qkv_ref(a, cos, sin, nh, nkv, hd) : rope_qkv_fused(a, cos, sin, nh, nkv, hd);
+        at::Tensor l = at::zeros({}, at::TensorOptions().device(dev));
+        for (int i = 0; i < 3; ++i) {
+          l = l + (o[i].to(at::kFloat) * R[i].to(at::kFloat)).sum();
+          outs[k].push_back(o[i].detach().to(at::kFloat));
+        }
+        l.backward();
+        grads.push_back(a.grad().to(at::kFloat));
+      }
+      const double tol = dt == at::kFloat ? 1e-6 : 8e-3;
+      for (int i = 0; i < 3; ++i) {
+        INFO("output " << i << " rel err " << rel_err(outs[1][i], outs[0][i]));
+        CHECK(rel_err(outs[1][i], outs[0][i]) < tol);
+      }
+      INFO("dqkv rel err " << rel_err(grads[1], grads[0]));
+      CHECK(rel_err(grads[1], grads[0]) < tol);
+      std::cout << "[gpu-fused] rope " << c10::toString(dt) << ": q " << rel_err(outs[1][0], outs[0][0]) << " k "
+                << rel_err(outs[1][1], outs[0][1]) << " dqkv " << rel_err(grads[1], grads[0]) << std::endl;
     }
   }
 }

@@ -10,7 +10,13 @@
 //           (per-block partial sums [blocks, H] fp32, then one reduction).
 // SwiGLU    gu [N, 2F] (gate | up, as the fused gate_up projection writes them) -> out [N, F] = silu(gate) * up
 //   backward: dgate = dout * up * s * (1 + gate * (1 - s)), dup = dout * silu(gate), s = sigmoid(gate).
-// One block per row for the norms (rows of up to 16384), grid-stride loops for the elementwise kernels.
+// RoPE      qkv [B, T, (nh + 2 nkv) hd] (the fused QKV projection, contiguous), cos, sin [T, hd] fp32 (HF's
+//           emb = cat(freqs, freqs)) -> q [B, T, nh, hd], k [B, T, nkv, hd] rotated, v [B, T, nkv, hd] copied, each
+//           contiguous in qkv's dtype: with h = hd / 2, out_i = x_i c_i - x_{i+h} s_i, out_{i+h} = x_{i+h} c_i + x_i s_i.
+//   backward: one kernel writes d qkv whole: R^T dq | R^T dk | dv, R^T: d_i c_i + d_{i+h} s_i, d_{i+h} c_i - d_i s_i
+//           (the ATen form's narrow/cat/neg passes and the zero-fill + adds of three view gradients go away).
+// Norm forward: one block per row (rows of up to 16384); backward: a few blocks per SM, each a strided set of
+// rows (hidden size up to 12288). Grid-stride loops for the elementwise kernels.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -70,43 +76,29 @@ __global__ void rms_fwd_kernel(const TX* __restrict__ x, const TW* __restrict__ 
   if (threadIdx.x == 0) rstd[row] = r;
 }
 
+// dw accumulates in shared memory (dynamic, H floats; thread-owned columns, no atomics): per-thread register
+// arrays of 4 x H / threads values exceed the register file at H = 8192.
 template <typename TX, typename TW, typename TO>
 __global__ void rms_bwd_kernel(const TO* __restrict__ dy, const TX* __restrict__ x, const TW* __restrict__ w,
                                const float* __restrict__ rstd, int64_t N, int H, TX* __restrict__ dx,
                                float* __restrict__ dw_part) {
   __shared__ float shared[32];
-  float dw[kMaxPer], wv[kMaxPer];
-#pragma unroll
-  for (int k = 0; k < kMaxPer; ++k) {
-    const int c = threadIdx.x + k * blockDim.x;
-    dw[k] = 0.f;
-    wv[k] = c < H ? ld(w[c]) : 0.f;
-  }
+  extern __shared__ float dw[];  // [H]
+  for (int c = threadIdx.x; c < H; c += blockDim.x) dw[c] = 0.f;
   for (int64_t row = blockIdx.x; row < N; row += gridDim.x) {
     const float r = rstd[row];
-    float g[kMaxPer], xh[kMaxPer];
+    const TO* dyr = dy + row * H;
+    const TX* xr = x + row * H;
     float dot = 0.f;
-#pragma unroll
-    for (int k = 0; k < kMaxPer; ++k) {
-      const int c = threadIdx.x + k * blockDim.x;
-      const float d = c < H ? ld(dy[row * H + c]) : 0.f;
-      xh[k] = c < H ? ld(x[row * H + c]) * r : 0.f;
-      g[k] = d * wv[k];
-      dw[k] += d * xh[k];
-      dot += g[k] * xh[k];
-    }
-    const float mean = block_sum(dot, shared) / (float)H;
-#pragma unroll
-    for (int k = 0; k < kMaxPer; ++k) {
-      const int c = threadIdx.x + k * blockDim.x;
-      if (c < H) dx[row * H + c] = st<TX>(r * (g[k] - xh[k] * mean));
+    for (int c = threadIdx.x; c < H; c += blockDim.x) dot += ld(dyr[c]) * ld(w[c]) * ld(xr[c]);
+    const float mean = block_sum(dot, shared) * r / (float)H;  // mean(g * xh)
+    for (int c = threadIdx.x; c < H; c += blockDim.x) {
+      const float d = ld(dyr[c]), xh = ld(xr[c]) * r;
+      dx[row * H + c] = st<TX>(r * (d * ld(w[c]) - xh * mean));
+      dw[c] += d * xh;
     }
   }
-#pragma unroll
-  for (int k = 0; k < kMaxPer; ++k) {
-    const int c = threadIdx.x + k * blockDim.x;
-    if (c < H) dw_part[(int64_t)blockIdx.x * H + c] = dw[k];
-  }
+  for (int c = threadIdx.x; c < H; c += blockDim.x) dw_part[(int64_t)blockIdx.x * H + c] = dw[c];
 }
 
 template <typename T>
@@ -129,6 +121,63 @@ __global__ void swiglu_bwd_kernel(const T* __restrict__ dout, const T* __restric
     const float s = 1.f / (1.f + __expf(-g));
     dgu[row * 2 * F + col] = st<T>(d * u * s * (1.f + g * (1.f - s)));
     dgu[row * 2 * F + F + col] = st<T>(d * g * s);
+  }
+}
+
+template <typename T>
+__global__ void rope_fwd_kernel(const T* __restrict__ qkv, const float* __restrict__ cos, const float* __restrict__ sin,
+                                int64_t BT, int T_, int nh, int nkv, int hd, T* __restrict__ q, T* __restrict__ k,
+                                T* __restrict__ v) {
+  const int h = hd / 2, heads = nh + 2 * nkv;
+  const int64_t n = BT * heads * h;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    const int d = (int)(i % h);
+    const int j = (int)((i / h) % heads);
+    const int64_t bt = i / ((int64_t)h * heads);
+    const int t = (int)(bt % T_);
+    const T* src = qkv + (bt * heads + j) * hd;
+    const float a = ld(src[d]), b = ld(src[d + h]);
+    if (j >= nh + nkv) {
+      T* dst = v + (bt * nkv + (j - nh - nkv)) * hd;
+      dst[d] = src[d];
+      dst[d + h] = src[d + h];
+      continue;
+    }
+    const float c = cos[(int64_t)t * hd + d], s = sin[(int64_t)t * hd + d];
+    T* dst = j < nh ? q + (bt * nh + j) * hd : k + (bt * nkv + (j - nh)) * hd;
+    dst[d] = st<T>(a * c - b * s);
+    dst[d + h] = st<T>(b * c + a * s);
+  }
+}
+
+template <typename T>
+__global__ void rope_bwd_kernel(const T* __restrict__ dq, const T* __restrict__ dk, const T* __restrict__ dv,
+                                const float* __restrict__ cos, const float* __restrict__ sin, int64_t BT, int T_, int nh,
+                                int nkv, int hd, T* __restrict__ dqkv) {
+  const int h = hd / 2, heads = nh + 2 * nkv;
+  const int64_t n = BT * heads * h;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    const int d = (int)(i % h);
+    const int j = (int)((i / h) % heads);
+    const int64_t bt = i / ((int64_t)h * heads);
+    const int t = (int)(bt % T_);
+    T* dst = dqkv + (bt * heads + j) * hd;
+    if (j >= nh + nkv) {
+      const T* src = dv + (bt * nkv + (j - nh - nkv)) * hd;
+      dst[d] = dv ? src[d] : st<T>(0.f);
+      dst[d + h] = dv ? src[d + h] : st<T>(0.f);
+      continue;
+    }
+    const T* src = j < nh ? (dq ? dq + (bt * nh + j) * hd : nullptr) : (dk ? dk + (bt * nkv + (j - nh)) * hd : nullptr);
+    if (!src) {
+      dst[d] = st<T>(0.f);
+      dst[d + h] = st<T>(0.f);
+      continue;
+    }
+    const float a = ld(src[d]), b = ld(src[d + h]);
+    const float c = cos[(int64_t)t * hd + d], s = sin[(int64_t)t * hd + d];
+    dst[d] = st<T>(a * c + b * s);
+    dst[d + h] = st<T>(b * c - a * s);
   }
 }
 
@@ -194,7 +243,8 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_backward_cuda(const at::Tensor& dy, 
   at::Tensor g = dy.contiguous();
   const int64_t H = x.size(-1), N = x.numel() / H;
   at::Tensor dx = at::empty_like(x);
-  const int threads = norm_threads(H);
+  DMC_CHECK(H <= 12288, "fused rms_norm backward: hidden size ", H, " exceeds 12288 (48 KiB of shared memory)");
+  const int threads = 256;
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t)sms * 4));
   at::Tensor part = at::empty({blocks, H}, x.options().dtype(at::kFloat));
@@ -204,7 +254,7 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_backward_cuda(const at::Tensor& dy, 
       using TX = decltype(xv);
       using TW = decltype(wv);
       using TO = decltype(ov);
-      rms_bwd_kernel<TX, TW, TO><<<(unsigned)blocks, threads, 0, stream>>>(
+      rms_bwd_kernel<TX, TW, TO><<<(unsigned)blocks, threads, H * sizeof(float), stream>>>(
           ptr<TO>(g), ptr<TX>(x), ptr<TW>(w), rstd.data_ptr<float>(), N, (int)H, ptr<TX>(dx), part.data_ptr<float>());
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -260,6 +310,50 @@ at::Tensor swiglu_backward_cuda(const at::Tensor& dout, const at::Tensor& gu) {
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return dgu;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rope_qkv_forward_cuda(const at::Tensor& qkv, const at::Tensor& cos,
+                                                                     const at::Tensor& sin, int64_t nh, int64_t nkv,
+                                                                     int64_t hd) {
+  DMC_CHECK(qkv.dim() == 3 && qkv.is_contiguous() && qkv.size(2) == (nh + 2 * nkv) * hd && hd % 2 == 0,
+            "fused rope: qkv [B, T, (nh + 2 nkv) hd] contiguous expected");
+  const int64_t B = qkv.size(0), T = qkv.size(1);
+  DMC_CHECK(cos.scalar_type() == at::kFloat && cos.is_contiguous() && sin.is_contiguous() && cos.size(0) == T &&
+                cos.size(1) == hd,
+            "fused rope: cos/sin [T, hd] fp32 expected");
+  const c10::cuda::CUDAGuard guard(qkv.device());
+  at::Tensor q = at::empty({B, T, nh, hd}, qkv.options()), k = at::empty({B, T, nkv, hd}, qkv.options()),
+             v = at::empty({B, T, nkv, hd}, qkv.options());
+  const int64_t n = B * T * (nh + 2 * nkv) * (hd / 2);
+  if (n == 0) return {q, k, v};
+  dispatch1(qkv.scalar_type(), [&](auto tv) {
+    using TT = decltype(tv);
+    rope_fwd_kernel<TT><<<elementwise_blocks(n), 256, 0, at::cuda::getCurrentCUDAStream()>>>(
+        ptr<TT>(qkv), cos.data_ptr<float>(), sin.data_ptr<float>(), B * T, (int)T, (int)nh, (int)nkv, (int)hd,
+        ptr<TT>(q), ptr<TT>(k), ptr<TT>(v));
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {q, k, v};
+}
+
+at::Tensor rope_qkv_backward_cuda(const at::Tensor& dq, const at::Tensor& dk, const at::Tensor& dv, const at::Tensor& cos,
+                                  const at::Tensor& sin, int64_t B, int64_t T, int64_t nh, int64_t nkv, int64_t hd,
+                                  at::ScalarType dtype) {
+  const c10::cuda::CUDAGuard guard(cos.device());
+  auto prep = [&](const at::Tensor& g) { return g.defined() ? g.to(dtype).contiguous() : g; };
+  at::Tensor q = prep(dq), k = prep(dk), v = prep(dv);
+  at::Tensor dqkv = at::empty({B, T, (nh + 2 * nkv) * hd}, cos.options().dtype(dtype));
+  const int64_t n = B * T * (nh + 2 * nkv) * (hd / 2);
+  if (n == 0) return dqkv;
+  dispatch1(dtype, [&](auto tv) {
+    using TT = decltype(tv);
+    auto p = [](const at::Tensor& g) { return g.defined() ? ptr<TT>(g) : (TT*)nullptr; };
+    rope_bwd_kernel<TT><<<elementwise_blocks(n), 256, 0, at::cuda::getCurrentCUDAStream()>>>(
+        p(q), p(k), p(v), cos.data_ptr<float>(), sin.data_ptr<float>(), B * T, (int)T, (int)nh, (int)nkv, (int)hd,
+        ptr<TT>(dqkv));
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return dqkv;
 }
 
 }  // namespace dmc

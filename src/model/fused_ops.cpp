@@ -41,8 +41,41 @@ at::Tensor swiglu_ref(const at::Tensor& gu) {
   return at::silu(gu.narrow(-1, 0, F)) * gu.narrow(-1, F, F);
 }
 
+std::vector<at::Tensor> rope_qkv_ref(const at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& sin, int64_t nh,
+                                     int64_t nkv, int64_t hd) {
+  const int64_t B = qkv.size(0), T = qkv.size(1);
+  at::Tensor q = qkv.narrow(-1, 0, nh * hd).view({B, T, nh, hd});
+  at::Tensor k = qkv.narrow(-1, nh * hd, nkv * hd).view({B, T, nkv, hd});
+  at::Tensor v = qkv.narrow(-1, (nh + nkv) * hd, nkv * hd).view({B, T, nkv, hd});
+  auto rope = [&](const at::Tensor& x) {  // x [B, T, n, hd]; cos/sin [T, hd] -> [T, 1, hd]
+    const int64_t h = hd / 2;
+    at::Tensor c = cos.to(x.scalar_type()).unsqueeze(1), s = sin.to(x.scalar_type()).unsqueeze(1);
+    at::Tensor rot = at::cat({-x.narrow(-1, h, h), x.narrow(-1, 0, h)}, -1);
+    return x * c + rot * s;
+  };
+  return {rope(q), rope(k), v};
+}
+
 #ifdef DMC_WITH_CUDA
 namespace {
+struct RopeQkvFn : public torch::autograd::Function<RopeQkvFn> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& qkv,
+                                                const at::Tensor& cos, const at::Tensor& sin, int64_t nh, int64_t nkv,
+                                                int64_t hd) {
+    auto [q, k, v] = rope_qkv_forward_cuda(qkv, cos, sin, nh, nkv, hd);
+    ctx->save_for_backward({cos, sin});
+    ctx->saved_data["shape"] = std::vector<int64_t>{qkv.size(0), qkv.size(1), nh, nkv, hd, (int64_t)qkv.scalar_type()};
+    return {q, k, v};
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list g) {
+    auto s = ctx->get_saved_variables();
+    auto sh = ctx->saved_data["shape"].toIntVector();
+    at::Tensor d = rope_qkv_backward_cuda(g[0], g[1], g[2], s[0], s[1], sh[0], sh[1], sh[2], sh[3], sh[4],
+                                          (at::ScalarType)sh[5]);
+    return {d, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
 struct RmsNormFn : public torch::autograd::Function<RmsNormFn> {
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
                                                 const at::Tensor& w, double eps, int64_t out_dtype) {
@@ -75,6 +108,15 @@ at::Tensor rms_norm_fused(const at::Tensor& x, const at::Tensor& w, double eps, 
   if (use_fused_ops(x)) return RmsNormFn::apply(x.contiguous(), w.contiguous(), eps, (int64_t)out_dtype)[0];
 #endif
   return rms_norm_ref(x, w, eps, out_dtype);
+}
+
+std::vector<at::Tensor> rope_qkv_fused(const at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& sin, int64_t nh,
+                                       int64_t nkv, int64_t hd) {
+#ifdef DMC_WITH_CUDA
+  if (use_fused_ops(qkv) && cos.dim() == 2 && cos.size(0) == qkv.size(1) && cos.scalar_type() == at::kFloat)
+    return RopeQkvFn::apply(qkv.contiguous(), cos.contiguous(), sin.contiguous(), nh, nkv, hd);
+#endif
+  return rope_qkv_ref(qkv, cos, sin, nh, nkv, hd);
 }
 
 at::Tensor swiglu_fused(const at::Tensor& gu) {

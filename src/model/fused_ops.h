@@ -5,6 +5,8 @@
 //       out_dtype: the dtype of y. Under bf16 autocast the next op is a GEMM that would cast y to bf16 anyway,
 //       so the layer asks for bf16 directly (one rounding of the same fp32 value); else the ATen result type.
 //   swiglu(gu [.., 2F])                           silu(gu[.., :F]) * gu[.., F:], in gu's dtype.
+//   rope_qkv(qkv [B, T, (nh + 2 nkv) hd], cos, sin [T, hd] fp32, nh, nkv, hd)
+//       -> {q [B, T, nh, hd], k [B, T, nkv, hd] with RoPE (HF's rotate_half form), v [B, T, nkv, hd]}, contiguous.
 // use_fused_ops(t): CUDA tensor, kernels built, and not switched off (DMC_FUSED_OPS=0 in the environment, or
 // set_fused_ops(false), e.g. for an A/B benchmark).
 #pragma once
@@ -16,6 +18,10 @@ at::Tensor rms_norm_fused(const at::Tensor& x, const at::Tensor& w, double eps, 
 at::Tensor rms_norm_ref(const at::Tensor& x, const at::Tensor& w, double eps, at::ScalarType out_dtype);
 at::Tensor swiglu_fused(const at::Tensor& gu);
 at::Tensor swiglu_ref(const at::Tensor& gu);
+std::vector<at::Tensor> rope_qkv_fused(const at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& sin, int64_t nh,
+                                       int64_t nkv, int64_t hd);
+std::vector<at::Tensor> rope_qkv_ref(const at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& sin, int64_t nh,
+                                     int64_t nkv, int64_t hd);
 
 bool use_fused_ops(const at::Tensor& t);
 void set_fused_ops(bool on);
@@ -28,6 +34,12 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_backward_cuda(const at::Tensor& dy, 
                                                           const at::Tensor& rstd);
 at::Tensor swiglu_forward_cuda(const at::Tensor& gu);
 at::Tensor swiglu_backward_cuda(const at::Tensor& dout, const at::Tensor& gu);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rope_qkv_forward_cuda(const at::Tensor& qkv, const at::Tensor& cos,
+                                                                     const at::Tensor& sin, int64_t nh, int64_t nkv,
+                                                                     int64_t hd);
+at::Tensor rope_qkv_backward_cuda(const at::Tensor& dq, const at::Tensor& dk, const at::Tensor& dv, const at::Tensor& cos,
+                                  const at::Tensor& sin, int64_t B, int64_t T, int64_t nh, int64_t nkv, int64_t hd,
+                                  at::ScalarType dtype);
 #endif
 
 }  // namespace dmc

@@ -221,18 +221,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> Llama::attention(const LlamaLayer
     }
     return {reduce_from_group(at::linear(r.out.reshape({B, T, nh * hd}), L.wo), tp), r.decision_mean, r.hard};
   }
-  at::Tensor q = qkv.narrow(-1, 0, nh * hd).view({B, T, nh, hd}).transpose(1, 2);
-  at::Tensor k = qkv.narrow(-1, nh * hd, nkv * hd).view({B, T, nkv, hd}).transpose(1, 2);
-  at::Tensor v = qkv.narrow(-1, (nh + nkv) * hd, nkv * hd).view({B, T, nkv, hd}).transpose(1, 2);
+  at::Tensor q, k, v;  // [B, heads, T, hd] (transposed views of [B, T, heads, hd])
   if (mode == Mode::ZeroOut) {
+    q = qkv.narrow(-1, 0, nh * hd).view({B, T, nh, hd}).transpose(1, 2);
+    k = qkv.narrow(-1, nh * hd, nkv * hd).view({B, T, nkv, hd}).transpose(1, 2);
+    v = qkv.narrow(-1, (nh + nkv) * hd, nkv * hd).view({B, T, nkv, hd}).transpose(1, 2);
     // stage 1: the last q/k dimension scaled by mult before and after RoPE (RoPE leaks D/2-1 into D-1)
     at::Tensor scale = at::ones({hd}, q.options());
     scale.index_put_({hd - 1}, runtime->zero_out_mult);
     q = apply_rope(q * scale, cos, sin) * scale;
     k = apply_rope(k * scale, cos, sin) * scale;
   } else {
-    q = apply_rope(q, cos, sin);
-    k = apply_rope(k, cos, sin);
+    // RoPE on q and k straight from the fused projection (one kernel each way on CUDA, model/fused_ops.h)
+    auto r = rope_qkv_fused(qkv, cos, sin, nh, nkv, hd);
+    q = r[0].transpose(1, 2);
+    k = r[1].transpose(1, 2);
+    v = r[2].transpose(1, 2);
   }
   if (runtime && runtime->capture) {
     runtime->k_rot[layer] = k;
