@@ -112,6 +112,42 @@ TEST_CASE("CUDA: fused RoPE on the QKV projection equals the ATen form, values a
   }
 }
 
+TEST_CASE("CUDA: fused row RoPE (DMC's drop-last form too) equals the ATen form on strided inputs, values and gradient", "[gpu][fused]") {
+  if (!torch::cuda::is_available()) SKIP("no CUDA device");
+  torch::manual_seed(13);
+  const auto dev = at::Device(at::kCUDA, 0);
+  for (at::ScalarType dt : {at::kBFloat16, at::kFloat})
+    for (bool drop : {true, false}) {
+      DYNAMIC_SECTION("rope rows " << c10::toString(dt) << (drop ? " drop-last" : "")) {
+        const int64_t B = 2, T = 257, n = 4, D = 128;
+        LlamaConfig c = LlamaConfig::preset("tiny");
+        c.head_dim = D;
+        auto [cos, sin] = rope_cos_sin(rope_inv_freq(c, dev),
+                                       at::arange(T, at::TensorOptions().dtype(at::kLong).device(dev)));
+        // like DMC's pooled keys: a narrow of [B, T, n, 2D], seen as [B, n, T, D]
+        at::Tensor base = at::randn({B, T, n, 2 * D}, at::TensorOptions().device(dev)).to(dt);
+        at::Tensor R = at::randn({B, n, T, D}, at::TensorOptions().device(dev)).to(dt);
+        std::vector<at::Tensor> y, g;
+        for (int k = 0; k < 2; ++k) {
+          set_fused_ops(k == 1);
+          at::Tensor a = base.clone().requires_grad_(true);
+          at::Tensor o = rope_rows_fused(a.narrow(-1, 0, D).transpose(1, 2), cos, sin, drop);
+          (o.to(at::kFloat) * R.to(at::kFloat)).sum().backward();
+          y.push_back(o.detach().to(at::kFloat));
+          g.push_back(a.grad().to(at::kFloat));
+        }
+        set_fused_ops(true);
+        const double tol = dt == at::kFloat ? 1e-6 : 8e-3;
+        INFO("y " << rel_err(y[1], y[0]) << " dx " << rel_err(g[1], g[0]));
+        CHECK(rel_err(y[1], y[0]) < tol);
+        CHECK(rel_err(g[1], g[0]) < tol);
+        if (drop) CHECK(y[1].select(-1, D - 1).abs().max().item<double>() == 0.0);
+        std::cout << "[gpu-fused] rope rows " << c10::toString(dt) << (drop ? " drop-last" : "") << ": y "
+                  << rel_err(y[1], y[0]) << " dx " << rel_err(g[1], g[0]) << std::endl;
+      }
+    }
+}
+
 TEST_CASE("CUDA bf16 autocast: a training loss and its gradients with fused ops equal the unfused step", "[gpu][fused]") {
   if (!torch::cuda::is_available()) SKIP("no CUDA device");
   LlamaConfig c = LlamaConfig::preset("tiny");

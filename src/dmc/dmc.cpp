@@ -1,4 +1,5 @@
 #include "dmc/dmc.h"
+#include "model/fused_ops.h"
 
 #include <cmath>
 #include <limits>
@@ -197,10 +198,8 @@ at::Tensor biased_causal_attention_flash(const at::Tensor& q, const at::Tensor& 
 }
 
 at::Tensor rope_drop_last(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  const int64_t D = x.size(-1);
-  at::Tensor keep = at::ones({D}, x.options());
-  keep.index_put_({D - 1}, 0);
-  return apply_rope(x * keep, cos, sin) * keep;
+  // one kernel each way on CUDA for [B, n, T, D] with cos/sin [T, D]; else the ATen form
+  return rope_rows_fused(x, cos, sin, /*drop_last=*/true);
 }
 
 DmcAttention dmc_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cos,

@@ -181,6 +181,35 @@ __global__ void rope_bwd_kernel(const T* __restrict__ dq, const T* __restrict__ 
   }
 }
 
+// RoPE of [B, n, T, D] rows with arbitrary strides (inner dimension contiguous) into a [B, T, n, D] buffer; with
+// drop_last the input's dimension D-1 counts as 0 and the output's D-1 is 0 (DMC: the decision neuron never
+// rotates into dimension D/2-1). inverse = true applies R^T (the backward), with the same drop.
+template <typename T>
+__global__ void rope_rows_kernel(const T* __restrict__ x, int64_t sb, int64_t sn, int64_t st_, int B, int n, int T_,
+                                 int D, const float* __restrict__ cos, const float* __restrict__ sin, bool drop_last,
+                                 bool inverse, T* __restrict__ out) {
+  const int h = D / 2;
+  const int64_t total = (int64_t)B * T_ * n * h;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    const int d = (int)(i % h);
+    const int j = (int)((i / h) % n);
+    const int t = (int)((i / ((int64_t)h * n)) % T_);
+    const int b = (int)(i / ((int64_t)h * n * T_));
+    const T* src = x + b * sb + j * sn + t * st_;
+    const bool last = drop_last && d == h - 1;  // the pair (D/2-1, D-1)
+    const float a = ld(src[d]), bb = last ? 0.f : ld(src[d + h]);
+    const float c = cos[(int64_t)t * D + d], s = sin[(int64_t)t * D + d];
+    T* dst = out + (((int64_t)b * T_ + t) * n + j) * D;
+    if (!inverse) {
+      dst[d] = st<T>(a * c - bb * s);
+      dst[d + h] = st<T>(last ? 0.f : bb * c + a * s);
+    } else {
+      dst[d] = st<T>(a * c + bb * s);
+      dst[d + h] = st<T>(last ? 0.f : bb * c - a * s);
+    }
+  }
+}
+
 int norm_threads(int64_t H) {
   DMC_CHECK(H <= 1024 * kMaxPer, "fused rms_norm: hidden size ", H, " exceeds ", 1024 * kMaxPer);
   int t = 128;
@@ -354,6 +383,27 @@ at::Tensor rope_qkv_backward_cuda(const at::Tensor& dq, const at::Tensor& dk, co
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return dqkv;
+}
+
+at::Tensor rope_rows_cuda(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, bool drop_last,
+                          bool inverse) {
+  DMC_CHECK(x.dim() == 4 && x.stride(3) == 1 && x.size(3) % 2 == 0, "fused rope rows: [B, n, T, D], inner stride 1");
+  const int64_t B = x.size(0), n = x.size(1), T = x.size(2), D = x.size(3);
+  DMC_CHECK(cos.scalar_type() == at::kFloat && cos.is_contiguous() && sin.is_contiguous() && cos.size(0) == T &&
+                cos.size(1) == D,
+            "fused rope rows: cos/sin [T, D] fp32 expected");
+  const c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor out = at::empty({B, T, n, D}, x.options());
+  const int64_t total = B * T * n * (D / 2);
+  if (total == 0) return out.transpose(1, 2);
+  dispatch1(x.scalar_type(), [&](auto tv) {
+    using TT = decltype(tv);
+    rope_rows_kernel<TT><<<elementwise_blocks(total), 256, 0, at::cuda::getCurrentCUDAStream()>>>(
+        ptr<TT>(x), x.stride(0), x.stride(1), x.stride(2), (int)B, (int)n, (int)T, (int)D, cos.data_ptr<float>(),
+        sin.data_ptr<float>(), drop_last, inverse, ptr<TT>(out));
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out.transpose(1, 2);  // [B, n, T, D] view
 }
 
 }  // namespace dmc

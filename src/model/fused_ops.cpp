@@ -76,6 +76,22 @@ struct RopeQkvFn : public torch::autograd::Function<RopeQkvFn> {
     return {d, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
+struct RopeRowsFn : public torch::autograd::Function<RopeRowsFn> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                                                const at::Tensor& cos, const at::Tensor& sin, bool drop_last) {
+    ctx->save_for_backward({cos, sin});
+    ctx->saved_data["drop"] = drop_last;
+    return {rope_rows_cuda(x, cos, sin, drop_last, false)};
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list g) {
+    auto s = ctx->get_saved_variables();
+    at::Tensor d = g[0];
+    if (d.stride(3) != 1) d = d.contiguous();
+    return {rope_rows_cuda(d, s[0], s[1], ctx->saved_data["drop"].toBool(), true), at::Tensor(), at::Tensor(),
+            at::Tensor()};
+  }
+};
 struct RmsNormFn : public torch::autograd::Function<RmsNormFn> {
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
                                                 const at::Tensor& w, double eps, int64_t out_dtype) {
@@ -117,6 +133,24 @@ std::vector<at::Tensor> rope_qkv_fused(const at::Tensor& qkv, const at::Tensor& 
     return RopeQkvFn::apply(qkv.contiguous(), cos.contiguous(), sin.contiguous(), nh, nkv, hd);
 #endif
   return rope_qkv_ref(qkv, cos, sin, nh, nkv, hd);
+}
+
+at::Tensor rope_rows_fused(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, bool drop_last) {
+#ifdef DMC_WITH_CUDA
+  if (use_fused_ops(x) && x.dim() == 4 && x.stride(3) == 1 && cos.dim() == 2 && cos.size(0) == x.size(2) &&
+      cos.size(1) == x.size(3) && cos.scalar_type() == at::kFloat)
+    return RopeRowsFn::apply(x, cos.contiguous(), sin.contiguous(), drop_last)[0];
+#endif
+  const int64_t D = x.size(-1), h = D / 2;
+  at::Tensor xin = x, c = cos.to(x.scalar_type()), s = sin.to(x.scalar_type());
+  at::Tensor keep;
+  if (drop_last) {
+    keep = at::ones({D}, x.options());
+    keep.index_put_({D - 1}, 0);
+    xin = x * keep;
+  }
+  at::Tensor out = xin * c + at::cat({-xin.narrow(-1, h, h), xin.narrow(-1, 0, h)}, -1) * s;
+  return drop_last ? out * keep : out;
 }
 
 at::Tensor swiglu_fused(const at::Tensor& gu) {

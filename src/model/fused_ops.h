@@ -20,6 +20,9 @@ at::Tensor swiglu_fused(const at::Tensor& gu);
 at::Tensor swiglu_ref(const at::Tensor& gu);
 std::vector<at::Tensor> rope_qkv_fused(const at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& sin, int64_t nh,
                                        int64_t nkv, int64_t hd);
+// x [B, n, T, D] (any strides, inner contiguous), cos/sin [T, D] fp32 -> RoPE(x) [B, n, T, D] (a transposed view of
+// a contiguous [B, T, n, D]); drop_last: dimension D-1 zeroed before and after (DMC). Falls back to the ATen form.
+at::Tensor rope_rows_fused(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, bool drop_last);
 std::vector<at::Tensor> rope_qkv_ref(const at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& sin, int64_t nh,
                                      int64_t nkv, int64_t hd);
 
@@ -37,6 +40,8 @@ at::Tensor swiglu_backward_cuda(const at::Tensor& dout, const at::Tensor& gu);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rope_qkv_forward_cuda(const at::Tensor& qkv, const at::Tensor& cos,
                                                                      const at::Tensor& sin, int64_t nh, int64_t nkv,
                                                                      int64_t hd);
+at::Tensor rope_rows_cuda(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, bool drop_last,
+                          bool inverse);
 at::Tensor rope_qkv_backward_cuda(const at::Tensor& dq, const at::Tensor& dk, const at::Tensor& dv, const at::Tensor& cos,
                                   const at::Tensor& sin, int64_t B, int64_t T, int64_t nh, int64_t nkv, int64_t hd,
                                   at::ScalarType dtype);
