@@ -29,10 +29,7 @@
 #ifdef DMC_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
 #endif
-#include <torch/csrc/autograd/profiler_kineto.h>
 
-#include <algorithm>
-#include <map>
 
 using namespace dmc;
 
@@ -153,33 +150,11 @@ int main(int argc, char** argv) {
                         {"seq_len", seq_len}, {"micro_batch", micro_batch}, {"activation_checkpointing", ckpt},
                         {"step_ms", 1e3 * secs / steps}, {"tokens_per_s", tps}, {"mfu", tps * fpt / (peak * 1e12)},
                         {"peak_memory_GiB", mem / (1 << 30)}, {"last_loss", last}, {"device", dev.str()}};
-    if (profile > 0) {
-      // kernels of `profile` steps by total device time: what the step spends its time on
-      namespace pr = torch::profiler::impl;
-      torch::autograd::profiler::prepareProfiler(pr::ProfilerConfig(pr::ProfilerState::KINETO),
-                                                 {pr::ActivityType::CPU, pr::ActivityType::CUDA});
-      torch::autograd::profiler::enableProfiler(pr::ProfilerConfig(pr::ProfilerState::KINETO),
-                                                {pr::ActivityType::CPU, pr::ActivityType::CUDA});
-      for (int64_t i = 0; i < profile; ++i) step(warmup + steps + i).item<double>();
-      if (dev.is_cuda()) torch::cuda::synchronize(dev.index());
-      auto result = torch::autograd::profiler::disableProfiler();
-      std::map<std::string, std::pair<double, int64_t>> by_name;
+    if (profile > 0) {  // kernels of `profile` steps by total device time: what the step spends its time on
       double total = 0;
-      for (const auto& e : result->events()) {
-        if (e.activityType() != 5) continue;  // libkineto::ActivityType::CONCURRENT_KERNEL: device kernels
-        auto& slot = by_name[e.name().substr(0, 90)];
-        slot.first += e.durationNs() / 1e6;
-        slot.second += 1;
-        total += e.durationNs() / 1e6;
-      }
-      std::vector<std::pair<std::string, std::pair<double, int64_t>>> rows(by_name.begin(), by_name.end());
-      std::sort(rows.begin(), rows.end(), [](auto& a, auto& b) { return a.second.first > b.second.first; });
-      std::cout << "profile: GPU kernel time per step " << total / profile << " ms (wall " << 1e3 * secs / steps
-                << " ms); top kernels, ms per step:\n";
-      for (size_t i = 0; i < rows.size() && i < 30; ++i)
-        std::cout << "  " << rows[i].second.first / profile << " ms  x" << rows[i].second.second / profile << "  "
-                  << rows[i].first << "\n";
-      j["profile_kernel_ms_per_step"] = total / profile;
+      const std::string table = kernel_profile([&] { step(warmup + steps).item<double>(); }, (int)profile, 30, &total);
+      std::cout << "profile (wall " << 1e3 * secs / steps << " ms a step): " << table;
+      j["profile_kernel_ms_per_step"] = total;
     }
     j["fused_ops"] = fused;
     std::cout << j.dump() << std::endl;

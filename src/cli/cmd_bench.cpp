@@ -78,7 +78,7 @@ int cmd_bench(const Args& a) {
   int64_t layers = 0, prompt_len = 3840, new_tokens = 256, steps = 0, page_size = 16, force_cr = 0, seed = 0,
           budget_slots = 0;
   double memory_gib = 0, reserve_gib = 6, prefill_check = 1;
-  int64_t tbt_tokens = 256;
+  int64_t tbt_tokens = 256, profile_prefill = 0;
   OptionTable t("bench decode", "dmc bench decode [--model DIR | --preset NAME] [--policy vanilla,dmc] [--force-cr R] ...");
   t.add("model", &model_dir, "model directory (else --preset with random weights)");
   t.add("preset", &preset, "model shape with random weights when no --model is given");
@@ -95,6 +95,7 @@ int cmd_bench(const Args& a) {
   t.add("reserve_gib", &reserve_gib, "device memory left for activations and logits when memory_gib is 0");
   t.add("fill", &fill, "synthetic (random prompt state with the policy's slot counts) or prefill (real prefills)");
   t.add("prefill_check", &prefill_check, "1: also time one parallel prefill of prompt_len and token-by-token decoding");
+  t.add("profile_prefill", &profile_prefill, "1: print the GPU kernels of one prefill by total time (kineto)");
   t.add("tbt_tokens", &tbt_tokens, "token-by-token tokens timed for the prefill comparison (extrapolated to prompt_len)");
   t.add("text", &text_path, "prompts are windows of this UTF-8 text (with --tokenizer); else random tokens");
   t.add("data", &data_dir, "prompts are windows of this `dmc data prepare` directory's valid split (with --tokenizer)");
@@ -367,6 +368,11 @@ int cmd_bench(const Args& a) {
       pd.prefill(0, p);
       sync_device(dev);
       const double prefill_ms = 1e3 * (now_s() - t1);
+      if (profile_prefill > 0 && dev.is_cuda()) {
+        pd.free(0);
+        std::cout << "profile of one prefill (" << pol << "): "
+                  << kernel_profile([&] { pd.prefill(0, p); sync_device(dev); }, 1, 20);
+      }
       pd.free(1);
       const int64_t n_tbt = std::min(tbt_tokens, prompt_len);
       t1 = now_s();

@@ -1,5 +1,11 @@
 #include "common/util.h"
 
+#include <torch/csrc/autograd/profiler_kineto.h>
+
+#include <algorithm>
+#include <map>
+#include <sstream>
+
 #include <ftw.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -178,6 +184,33 @@ double copy_bandwidth(const at::Device& dev) {
   sync_device(dev);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return 2.0 * a.numel() * 4 * reps / s;
+}
+
+std::string kernel_profile(const std::function<void()>& fn, int reps, int top, double* total_ms) {
+  namespace pr = torch::profiler::impl;
+  const pr::ProfilerConfig cfg(pr::ProfilerState::KINETO);
+  const std::set<pr::ActivityType> acts = {pr::ActivityType::CPU, pr::ActivityType::CUDA};
+  torch::autograd::profiler::prepareProfiler(cfg, acts);
+  torch::autograd::profiler::enableProfiler(cfg, acts);
+  for (int i = 0; i < reps; ++i) fn();
+  auto result = torch::autograd::profiler::disableProfiler();
+  std::map<std::string, std::pair<double, int64_t>> by_name;
+  double total = 0;
+  for (const auto& e : result->events()) {
+    if (e.activityType() != 5) continue;  // libkineto::ActivityType::CONCURRENT_KERNEL: device kernels
+    auto& slot = by_name[e.name().substr(0, 90)];
+    slot.first += e.durationNs() / 1e6;
+    slot.second += 1;
+    total += e.durationNs() / 1e6;
+  }
+  std::vector<std::pair<std::string, std::pair<double, int64_t>>> rows(by_name.begin(), by_name.end());
+  std::sort(rows.begin(), rows.end(), [](auto& a, auto& b) { return a.second.first > b.second.first; });
+  std::ostringstream os;
+  os << "GPU kernel time per call " << total / reps << " ms; top kernels, ms per call:\n";
+  for (size_t i = 0; i < rows.size() && (int)i < top; ++i)
+    os << "  " << rows[i].second.first / reps << " ms  x" << rows[i].second.second / reps << "  " << rows[i].first << "\n";
+  if (total_ms) *total_ms = total / reps;
+  return os.str();
 }
 
 }  // namespace dmc

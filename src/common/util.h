@@ -1,6 +1,7 @@
 // Small shared helpers: reading files with clear errors, dtype/device names, closest-name suggestions,
 // human-readable sizes, a progress reporter with ETA.
 #pragma once
+#include <functional>
 #include <torch/types.h>
 
 #include <chrono>
@@ -38,6 +39,9 @@ int64_t parse_bytes(const std::string& s, const std::string& field);
 void sync_device(const at::Device& d);
 // Bytes moved per second (read + write) by a large device-to-device copy: the bandwidth HBM floors are quoted
 // against (benchmarks).
+// GPU kernels of reps calls of fn by total device time (kineto): "ms per call  xlaunches  name" lines, the top
+// `top`, after a total line. Returns the total kernel ms per call in *total_ms when given.
+std::string kernel_profile(const std::function<void()>& fn, int reps, int top, double* total_ms = nullptr);
 double copy_bandwidth(const at::Device& d);
 
 // Logs "what: i/n (x%), rate, ETA" at most every `interval_s` seconds and at the end.
