@@ -229,26 +229,28 @@ at::Tensor Decoder::prefill(int64_t seq, const std::vector<int64_t>& prompt) {
     at::Tensor b = rt.boundaries[l][0].to(at::kBool).t();  // [nkv, T]: merge into the previous token
     at::Tensor ends = at::cat({~b.narrow(1, 1, T - 1), at::ones({nkv, 1}, b.options())}, 1);  // [nkv, T]
     at::Tensor counts = ends.sum(1);                                                          // [nkv]
-    at::Tensor slot = at::cumsum(ends.to(at::kLong), 1) - 1;                                  // [nkv, T]
-    // each group's last token to its slot, the others to a trash row (index T of each head): no host round trip
-    at::Tensor dst = (at::arange(nkv, lopt).unsqueeze(1) * (T + 1) + at::where(ends, slot, at::full_like(slot, T))).flatten();
-    at::Tensor pk = at::zeros({nkv * (T + 1), D}, kr.options()), pv = at::zeros({nkv * (T + 1), D}, vh.options());
-    pk.index_put_({dst}, kr.reshape({nkv * T, D}));
-    pv.index_put_({dst}, vh.reshape({nkv * T, D}));
-    cache_.write_rows(rows, pk.view({nkv, T + 1, D}).narrow(1, 0, T), pv.view({nkv, T + 1, D}).narrow(1, 0, T), counts);
+    // slot s of a head takes the token that ends its (s+1)-th group: the first t whose running count of group
+    // ends reaches s + 1 (a gather: no host round trip, no scattered writes; slots past the count are not written)
+    at::Tensor cs = at::cumsum(ends.to(at::kLong), 1);                                       // [nkv, T]
+    at::Tensor src = at::searchsorted(cs, at::arange(1, T + 1, lopt).unsqueeze(0).expand({nkv, T}).contiguous())
+                         .clamp_max(T - 1);                                                  // [nkv, T]
+    at::Tensor gi = src.unsqueeze(-1).expand({nkv, T, D});
+    cache_.write_rows(rows, kr.gather(1, gi), vh.gather(1, gi), counts);
     // decode state after the prompt: group length, ring of the last W entries (by position mod W), sums over the
     // last min(group, W) of them
     at::Tensor kvr = rt.kv_raw[l][0].transpose(0, 1);                  // [nkv, T, 2D]
     at::Tensor om = rt.omega[l][0].to(at::kFloat).t().unsqueeze(-1);   // [nkv, T, 1]
-    at::Tensor e = at::cat({om * kvr.to(at::kFloat), om}, -1);          // [nkv, T, X]
     at::Tensor last_append = (t_idx.unsqueeze(0) * (~b).to(at::kLong)).amax(1);  // [nkv]
     at::Tensor group = T - last_append;
     st_.group.index_copy_(0, rows, group.to(at::kInt));
-    at::Tensor inwin = t_idx.unsqueeze(0) >= (T - at::minimum(group, at::full_like(group, W))).unsqueeze(1);
+    // the sums run over the last min(group, W) tokens: only the last W tokens can take part
+    const int64_t t0 = std::max<int64_t>(0, T - W);
+    at::Tensor kw = kvr.narrow(1, t0, T - t0), ow = om.narrow(1, t0, T - t0);    // [nkv, <= W, 2D | 1]
+    at::Tensor e = at::cat({ow * kw.to(at::kFloat), ow}, -1);                     // [nkv, <= W, X]
+    at::Tensor inwin = t_idx.narrow(0, t0, T - t0).unsqueeze(0) >= (T - at::minimum(group, at::full_like(group, W))).unsqueeze(1);
     st_.acc.index_copy_(0, rows, (e * inwin.unsqueeze(-1)).sum(1));
     st_.ring_kv.index_fill_(0, rows, 0.0);
     st_.ring_w.index_fill_(0, rows, 0.0);
-    const int64_t t0 = std::max<int64_t>(0, T - W);
     at::Tensor ts = at::arange(t0, T, lopt);
     at::Tensor ridx = (rows.unsqueeze(1) * W + (ts % W).unsqueeze(0)).flatten();
     st_.ring_kv.view({-1, 2 * D}).index_copy_(0, ridx, kvr.narrow(1, t0, T - t0).reshape({-1, 2 * D}).to(st_.ring_kv.scalar_type()));

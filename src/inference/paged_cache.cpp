@@ -107,13 +107,19 @@ void PagedKVCache::write_rows(const at::Tensor& rows, const at::Tensor& k, const
   at::Tensor old = table.index_select(0, rows);
   table.index_copy_(0, rows, at::where(used, pages, old));
   alloc.narrow(0, 0, 1).sub_(total);
-  // slots: flat index of (row i, slot s) for s < counts[i]
-  at::Tensor s = at::arange(T, lopt).unsqueeze(0);                                   // [1, T]
-  at::Tensor valid = s < cnt.unsqueeze(1);                                           // [m, T]
-  // slots past a row's count go to the trash page (no host round trip to compact them)
-  at::Tensor flat = at::where(valid, slot_index(rows, T), at::full({1, 1}, o_.n_pages * P, lopt)).flatten();
-  k_pages.view({-1, D}).index_put_({flat}, k.reshape({m * T, D}).to(o_.dtype));
-  v_pages.view({-1, D}).index_put_({flat}, v.reshape({m * T, D}).to(o_.dtype));
+  // slots: flat index of (row i, slot s) for s < counts[i]; only the first Tw = min(T, most pages x P) slots are
+  // looked at (a compressed prompt's k/v [m, T, D] hold far fewer slots than T: the rest is never written)
+  const int64_t Tw = std::min<int64_t>(T, stats[1].item<int64_t>() * P);
+  if (Tw == 0) {
+    lengths.index_copy_(0, rows, cnt.to(at::kInt));
+    return;
+  }
+  at::Tensor s = at::arange(Tw, lopt).unsqueeze(0);                                  // [1, Tw]
+  at::Tensor valid = s < cnt.unsqueeze(1);                                           // [m, Tw]
+  // slots past a row's count (at most a page's worth of them less one, per row) go to the trash page
+  at::Tensor flat = at::where(valid, slot_index(rows, Tw), at::full({1, 1}, o_.n_pages * P, lopt)).flatten();
+  k_pages.view({-1, D}).index_put_({flat}, k.narrow(1, 0, Tw).reshape({m * Tw, D}).to(o_.dtype));
+  v_pages.view({-1, D}).index_put_({flat}, v.narrow(1, 0, Tw).reshape({m * Tw, D}).to(o_.dtype));
   lengths.index_copy_(0, rows, cnt.to(at::kInt));
 }
 
