@@ -64,6 +64,28 @@ TEST_CASE("bf16 logits on CUDA match HF transformers within bf16 rounding", "[gp
             << " argmax_agree " << agree << " (with fp32: dmc " << ours_ref << ", HF " << hf_ref << ")" << std::endl;
 }
 
+TEST_CASE("CUDA: the inference form of the biased flash attention (cuDNN, no gradient) equals the training form", "[gpu][dmc]") {
+  if (!torch::cuda::is_available()) SKIP("no CUDA device");
+  torch::manual_seed(21);
+  auto f = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+  const int64_t B = 2, nh = 8, nkv = 2, T = 700, D = 128;
+  at::Tensor q = at::randn({B, nh, T, D}, f), k = at::randn({B, nkv, T, D}, f), v = at::randn({B, nkv, T, D}, f);
+  // DMC's q/k carry a zero in dimension D-1 (the bias rides there)
+  q.select(-1, D - 1).zero_();
+  k.select(-1, D - 1).zero_();
+  at::Tensor m = -5.0 * at::rand({B, nkv, T}, f.dtype(at::kFloat));
+  at::Tensor train = biased_causal_attention_flash(q.clone().requires_grad_(true), k, v, m, 1.0 / std::sqrt((double)D));
+  at::Tensor infer;
+  {
+    at::NoGradGuard ng;
+    infer = biased_causal_attention_flash(q, k, v, m, 1.0 / std::sqrt((double)D));
+  }
+  const double e = rel_err(infer.to(at::kFloat), train.detach().to(at::kFloat));
+  INFO("no-grad (cuDNN) vs training (FA2) form: rel err " << e);
+  CHECK(e < 1e-2);
+  std::cout << "[gpu-dmc-flash-infer] cudnn vs fa2 rel err " << e << std::endl;
+}
+
 TEST_CASE("CUDA: flash-kernel DMC attention equals the blockwise twin in bf16, values and gradients", "[gpu][dmc]") {
   if (!torch::cuda::is_available()) SKIP("no CUDA device");
   const int64_t B = 2, nh = 8, nkv = 2, T = 300, D = 128;

@@ -185,13 +185,35 @@ at::Tensor biased_causal_attention_flash(const at::Tensor& q, const at::Tensor& 
   // bias in the spare dimension, keys shifted right behind a dummy (score -30000: weight 0 unless alone)
   at::Tensor spare = at::zeros({D}, q.options());
   spare.index_put_({D - 1}, 1.0);
-  at::Tensor qs = q + spare * (1.0 / scale);
-  at::Tensor kb = ke + me.unsqueeze(-1).to(q.scalar_type()) * spare;
+  at::Tensor qs = (q + spare * (1.0 / scale)).contiguous();
   at::Tensor dummy_k = (spare * -30000.0).expand({B, nh, 1, D});
-  at::Tensor ks = at::cat({dummy_k, kb.narrow(2, 0, T - 1)}, 2);
-  at::Tensor vs = at::cat({at::zeros({B, nh, 1, D}, v.options()), ve.narrow(2, 0, T - 1)}, 2);
-  auto r = FlashLse::apply(qs.contiguous(), ks.contiguous(), vs.contiguous(), scale);
-  at::Tensor past = r[0], lse = r[1].to(acc);  // [B, nh, T, D], [B, nh, T]
+  at::Tensor ks, vs;
+  if (at::GradMode::is_enabled()) {
+    at::Tensor kb = ke + me.unsqueeze(-1).to(q.scalar_type()) * spare;
+    ks = at::cat({dummy_k, kb.narrow(2, 0, T - 1)}, 2);
+    vs = at::cat({at::zeros({B, nh, 1, D}, v.options()), ve.narrow(2, 0, T - 1)}, 2);
+  } else {  // inference (prefill, eval): write the shifted keys/values straight into their buffers, one pass each
+    ks = at::empty({B, nh, T, D}, k.options());
+    vs = at::empty({B, nh, T, D}, v.options());
+    ks.narrow(2, 0, 1).copy_(dummy_k);
+    vs.narrow(2, 0, 1).zero_();
+    at::Tensor ks_tail = ks.narrow(2, 1, T - 1);
+    at::add_out(ks_tail, ke.narrow(2, 0, T - 1),
+                me.narrow(2, 0, T - 1).unsqueeze(-1).to(q.scalar_type()) * spare);
+    vs.narrow(2, 1, T - 1).copy_(ve.narrow(2, 0, T - 1));
+  }
+  at::Tensor past, lse;  // [B, nh, T, D], [B, nh, T]
+  if (!at::GradMode::is_enabled() && q.is_cuda()) {
+    // no gradient: cuDNN's fused attention (faster than FA2 on sm_90) also returns the row log-sum-exp
+    auto r = at::_scaled_dot_product_cudnn_attention(qs, ks, vs, std::nullopt, /*compute_log_sumexp=*/true, 0.0,
+                                                     /*is_causal=*/true, false, scale);
+    past = std::get<0>(r);
+    lse = std::get<1>(r).reshape({B, nh, T}).to(acc);
+  } else {
+    auto r = FlashLse::apply(qs, ks.contiguous(), vs.contiguous(), scale);
+    past = r[0];
+    lse = r[1].to(acc);
+  }
   at::Tensor w_past = at::sigmoid(lse - s_diag).unsqueeze(-1);
   at::Tensor out = w_past * past.to(acc) + (1 - w_past) * ve.to(acc);
   return out.to(q.scalar_type());
@@ -236,7 +258,8 @@ DmcAttention dmc_attention(const at::Tensor& q, const at::Tensor& k, const at::T
   // merging in fp32 (fp64 when the activations are fp64)
   const auto acc = dt == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor w = dmc_importance(q, nkv, o.init_val);  // [B, T, nkv]
-  at::Tensor x = at::cat({k, v}, -1).to(acc);         // [B, T, nkv, 2D]
+  at::Tensor kv = at::cat({k, v}, -1);                // [B, T, nkv, 2D]
+  at::Tensor x = kv.to(acc);
   at::Tensor pooled = dmc_pool(x, w.to(acc), bnd.to(acc), o.window).to(dt);
   at::Tensor k_hat = pooled.narrow(-1, 0, D), v_hat = pooled.narrow(-1, D, D);
 
@@ -263,7 +286,7 @@ DmcAttention dmc_attention(const at::Tensor& q, const at::Tensor& k, const at::T
   if (!at::GradMode::is_enabled()) {
     res.k_rot = kr;
     res.v_hat = v_hat.transpose(1, 2);
-    res.kv_raw = at::cat({k, v}, -1);
+    res.kv_raw = kv;
     res.omega = w.to(acc);
   }
   return res;
