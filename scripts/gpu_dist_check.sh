@@ -2,7 +2,8 @@
 # Several-GPU checks (device tool, a 2-GPU kind), results under $OUT:
 #   1. tensor parallel over NCCL: TP=2 logits, loss and gradients equal one GPU (fp32, vanilla and DMC layers);
 #   2. training throughput of a ~1B Llama (seq 4096, bf16 autocast): 1 GPU, DP=2, TP=2, same global batch;
-#   3. a DMC retrofit stage (finetune at CR 2) over NCCL with TP=2 and with DP=2.
+#   3. a DMC retrofit stage (finetune at CR 2) over NCCL with TP=2 and with DP=2;
+#   4. inference with TP=2 (KV heads split, each rank its own page pool): greedy tokens equal one GPU's.
 # Needs .carry/shared/tokenizers (the Llama 2 tokenizer) for the data.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,13 @@ from safetensors.torch import load_file as L; a=L('$W/tp1_$mode.st'); b=L('$W/tp
 w=max(((b[k]-a[k]).norm()/a[k].norm().clamp_min(1e-30)).item() for k in a)
 print('[nccl-tp2-vs-1gpu] $mode: %d tensors, worst relative difference %.2e' % (len(a), w))" | tee -a "$OUT/dist_results.txt"
 done
+for mode in generate-vanilla generate-dmc; do
+  $B/dmc_dist_worker $W/g1_$mode.st $mode 0 cuda > "$OUT/$mode.log" 2>&1 && two $B/dmc_dist_worker $W/g2_$mode.st $mode 0 cuda >> "$OUT/$mode.log" 2>&1
+  python3 -c "
+from safetensors.torch import load_file as L; a=L('$W/g1_$mode.st'); b=L('$W/g2_$mode.st')
+same=bool((a['tokens']==b['tokens']).all()); r=((b['prefill_logits']-a['prefill_logits']).norm()/a['prefill_logits'].norm()).item()
+print('[nccl-tp2-generate] $mode: %d tokens, equal to one GPU: %s, prefill logits rel. diff %.2e' % (a['tokens'].numel(), same, r))" | tee -a "$OUT/dist_results.txt"
+done
 TOK=.carry/shared/tokenizers/llama2/tokenizer.model
 $B/dmc data prepare --input '/usr/share/common-licenses/*' --tokenizer $TOK --out $W/data --threads 16 > "$OUT/prepare.log" 2>&1
 common="--tokenizer $TOK --data $W/data --preset llama-1b --seq-len 4096 --micro-batch 4 --global-batch 8 --log-every 2
@@ -34,8 +42,10 @@ run g1 $B/dmc train $common --train-steps 6 --out $W/g1
 run dp2 env DMC_BIN=$B/dmc scripts/launch.sh 2 - $common --train-steps 6 --out $W/dp2
 run tp2 env DMC_BIN=$B/dmc scripts/launch.sh 2 - $common --train-steps 6 --out $W/tp2 --tensor-parallel 2
 dmc="--stage finetune --target-cr 2 --init-from $W/g1/final --train-steps 4 --activation-checkpointing true"
+if [ -z "${DIST_SKIP_DMC:-}" ]; then  # DIST_SKIP_DMC=1: skip the two retrofit runs
 run dmc_tp2 env DMC_COMMAND=retrofit DMC_BIN=$B/dmc scripts/launch.sh 2 - $common $dmc --out $W/dmc_tp2 --tensor-parallel 2
 run dmc_dp2 env DMC_COMMAND=retrofit DMC_BIN=$B/dmc scripts/launch.sh 2 - $common $dmc --out $W/dmc_dp2
+fi
 for r in g1 dp2 tp2 dmc_tp2 dmc_dp2; do
   [ -f $W/$r/metrics.jsonl ] && python3 -c "
 import json; rows=[json.loads(l) for l in open('$W/$r/metrics.jsonl') if 'tokens_per_s' in l]
