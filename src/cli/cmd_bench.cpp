@@ -171,7 +171,7 @@ int cmd_bench(const Args& a) {
       o.budget = budget_slots > 0 ? budget_slots : (ctx + force_cr - 1) / force_cr;
     }
     // ---- verify: kernels against the reference ops on this model ----------------------------------------------
-    if (decode_kernels_available(dev) && !evicting) {
+    if (decode_kernels_available(dev, c.head_dim) && !evicting) {
       DecoderOptions vo = o;
       vo.max_seqs = 2;
       vo.n_pages = L * 2 * nkv * ((160 + page_size) / page_size);

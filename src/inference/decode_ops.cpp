@@ -17,11 +17,13 @@ DmcState DmcState::create(int64_t rows, int64_t head_dim, int64_t window, at::Sc
           at::zeros({rows}, at::TensorOptions().dtype(at::kInt).device(device))};
 }
 
-bool decode_kernels_available(const at::Device& device) {
+bool decode_kernels_available(const at::Device& device, int64_t head_dim) {
 #ifdef DMC_WITH_CUDA
-  return device.is_cuda();
+  // the paged attention kernel is compiled for head dims 64, 128 and 256 (others take the reference ops)
+  return device.is_cuda() && (head_dim == 0 || head_dim == 64 || head_dim == 128 || head_dim == 256);
 #else
   (void)device;
+  (void)head_dim;
   return false;
 #endif
 }
@@ -123,7 +125,7 @@ at::Tensor decode_update(const at::Tensor& qkv, const at::Tensor& seq, const at:
                          const at::Tensor& cos, const at::Tensor& sin, const DecodeUpdateParams& p, DmcState& st,
                          PagedKVCache& cache, bool use_kernel) {
 #ifdef DMC_WITH_CUDA
-  if (use_kernel && decode_kernels_available(qkv.device())) {
+  if (use_kernel && decode_kernels_available(qkv.device(), p.head_dim)) {
     check_step(qkv, seq, pos, forced, p, cache);
     at::Tensor q_out = at::empty({qkv.size(0), p.n_heads, p.head_dim}, qkv.options());
     decode_update_cuda(qkv, seq, pos, forced, cos, sin, p, st, cache, q_out);
@@ -156,7 +158,7 @@ at::Tensor paged_attention_ref(const at::Tensor& q, const PagedKVCache& cache, i
 at::Tensor paged_attention(const at::Tensor& q, const PagedKVCache& cache, int64_t layer, const at::Tensor& seq,
                            int64_t max_len, double scale, bool use_kernel) {
 #ifdef DMC_WITH_CUDA
-  if (use_kernel && decode_kernels_available(q.device())) {
+  if (use_kernel && decode_kernels_available(q.device(), q.size(-1))) {
     at::Tensor out = at::empty_like(q);
     paged_attention_cuda(q, cache, layer, seq, max_len, scale, out);
     return out;

@@ -50,7 +50,8 @@ struct DecodeUpdateParams {
 };
 
 // Whether the CUDA kernels were compiled in and apply to tensors on `device`.
-bool decode_kernels_available(const at::Device& device);
+// The CUDA decode kernels serve this device and head_dim (0: any supported one); otherwise the reference ops run.
+bool decode_kernels_available(const at::Device& device, int64_t head_dim = 0);
 
 at::Tensor decode_update(const at::Tensor& qkv, const at::Tensor& seq, const at::Tensor& pos, const at::Tensor& forced,
                          const at::Tensor& cos, const at::Tensor& sin, const DecodeUpdateParams& p, DmcState& st,

@@ -63,7 +63,7 @@ Decoder::Decoder(const Llama& model, const DecoderOptions& o)
       o_(o),
       policy_(resolve_policy(model, o)),
       dmc_(policy_ == "dmc"),
-      kernels_(o.use_kernels && decode_kernels_available(model.device())),
+      kernels_(o.use_kernels && decode_kernels_available(model.device(), model.config.head_dim)),
       cache_(decoder_cache_options(model, o)) {
   const auto& c = model.config;
   DMC_CHECK(o.max_seqs >= 1, "decoder: max_seqs must be at least 1");
