@@ -16,6 +16,13 @@ std::atomic<int> g_fused{-1};  // -1: not read from the environment yet
 
 void set_fused_ops(bool on) { g_fused.store(on ? 1 : 0); }
 
+namespace {
+// dtypes the kernels are built for (others, fp64 say, take the ATen forms)
+[[maybe_unused]] bool kernel_dtype(const at::Tensor& t) {
+  return t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf;
+}
+}  // namespace
+
 bool use_fused_ops(const at::Tensor& t) {
 #ifdef DMC_WITH_CUDA
   if (g_fused.load() < 0) {
@@ -121,7 +128,9 @@ struct SwigluFn : public torch::autograd::Function<SwigluFn> {
 
 at::Tensor rms_norm_fused(const at::Tensor& x, const at::Tensor& w, double eps, at::ScalarType out_dtype) {
 #ifdef DMC_WITH_CUDA
-  if (use_fused_ops(x)) return RmsNormFn::apply(x.contiguous(), w.contiguous(), eps, (int64_t)out_dtype)[0];
+  if (use_fused_ops(x) && kernel_dtype(x) && (w.scalar_type() == at::kFloat || w.scalar_type() == x.scalar_type()) &&
+      (out_dtype == at::kFloat || out_dtype == at::kBFloat16 || out_dtype == at::kHalf) && x.size(-1) <= 12288)
+    return RmsNormFn::apply(x.contiguous(), w.contiguous(), eps, (int64_t)out_dtype)[0];
 #endif
   return rms_norm_ref(x, w, eps, out_dtype);
 }
@@ -129,7 +138,7 @@ at::Tensor rms_norm_fused(const at::Tensor& x, const at::Tensor& w, double eps, 
 std::vector<at::Tensor> rope_qkv_fused(const at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& sin, int64_t nh,
                                        int64_t nkv, int64_t hd) {
 #ifdef DMC_WITH_CUDA
-  if (use_fused_ops(qkv) && cos.dim() == 2 && cos.size(0) == qkv.size(1) && cos.scalar_type() == at::kFloat)
+  if (use_fused_ops(qkv) && kernel_dtype(qkv) && qkv.dim() == 3 && cos.dim() == 2 && cos.size(0) == qkv.size(1) && cos.scalar_type() == at::kFloat)
     return RopeQkvFn::apply(qkv.contiguous(), cos.contiguous(), sin.contiguous(), nh, nkv, hd);
 #endif
   return rope_qkv_ref(qkv, cos, sin, nh, nkv, hd);
@@ -137,7 +146,7 @@ std::vector<at::Tensor> rope_qkv_fused(const at::Tensor& qkv, const at::Tensor& 
 
 at::Tensor rope_rows_fused(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, bool drop_last) {
 #ifdef DMC_WITH_CUDA
-  if (use_fused_ops(x) && x.dim() == 4 && x.stride(3) == 1 && cos.dim() == 2 && cos.size(0) == x.size(2) &&
+  if (use_fused_ops(x) && kernel_dtype(x) && x.dim() == 4 && x.stride(3) == 1 && cos.dim() == 2 && cos.size(0) == x.size(2) &&
       cos.size(1) == x.size(3) && cos.scalar_type() == at::kFloat)
     return RopeRowsFn::apply(x, cos.contiguous(), sin.contiguous(), drop_last)[0];
 #endif
@@ -155,7 +164,7 @@ at::Tensor rope_rows_fused(const at::Tensor& x, const at::Tensor& cos, const at:
 
 at::Tensor swiglu_fused(const at::Tensor& gu) {
 #ifdef DMC_WITH_CUDA
-  if (use_fused_ops(gu)) return SwigluFn::apply(gu.contiguous())[0];
+  if (use_fused_ops(gu) && kernel_dtype(gu)) return SwigluFn::apply(gu.contiguous())[0];
 #endif
   return swiglu_ref(gu);
 }
