@@ -88,9 +88,13 @@ def main():
     md.append("Llama 2 weights cannot be had here, so this is a small replication: a 60M-parameter Llama with the Llama 2 "
               "tokenizer, pretrained by dmc on ~35M tokens of public-domain and permissive English, then retrofitted. "
               "The numbers say how the pieces behave together at this scale, not what DMC does to Llama 2 7B.\n")
-    md.append("Reproduce (one GPU, ~25 minutes): `scripts/build.sh && DMC_BUILD=build scripts/replicate.sh` "
-              "(needs ../shared or `CORPORA=` and `TOKENIZER=`), then "
-              "`python3 scripts/replication_report.py runs/replication/replication.tar.gz`.\n")
+    md.append("Reproduce (one GPU, ~20 minutes on an H200): `scripts/build.sh && DMC_BUILD=build scripts/replicate.sh` "
+              "(defaults BASE_STEPS=1500 CONT_STEPS=500 RATIOS='2 4 8', the run below; needs ../shared or `CORPORA=` "
+              "and `TOKENIZER=`), then `python3 scripts/replication_report.py runs/replication/replication.tar.gz "
+              "--notes docs/results/notes.md`. The run below was made on the device tool's H200 with "
+              "`BASE_STEPS=1500 CONT_STEPS=500 RUN=runs/replication scripts/replicate.sh` (in the background of a "
+              "warm machine, `setsid`), the probe before it with `BASE_STEPS=150 CONT_STEPS=200 RATIOS=8 "
+              "PHASES='base dmc' RUN=runs/probe`.\n")
     if machine:  # date, card, (commit of the machine's checkout), sizes
         md.append("Run: " + "; ".join(l for l in machine if not re.fullmatch(r"[0-9a-f]{40}", l)) + "\n")
     # ---- recipe
