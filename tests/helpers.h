@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
 #include <torch/types.h>
 
 #include "catch.h"
@@ -32,6 +33,14 @@ inline double rel_err(const at::Tensor& a, const at::Tensor& b) {
   const double d = (a.to(at::kFloat) - b.to(at::kFloat)).norm().item<double>();
   const double s = b.to(at::kFloat).norm().item<double>();
   return s > 0 ? d / s : d;
+}
+
+// The JSON objects of a JSON-lines file (metrics.jsonl, `--json` outputs), in order.
+inline std::vector<nlohmann::json> read_jsonl(const std::string& path) {
+  std::vector<nlohmann::json> rows;
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) rows.push_back(nlohmann::json::parse(line));
+  return rows;
 }
 
 struct RunResult {

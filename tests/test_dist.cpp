@@ -156,12 +156,9 @@ TEST_CASE("DMC retrofit stages under TP=2 x DP=2: rows zeroed on every shard, ra
   INFO(s2.output);
   REQUIRE(s2.status == 0);
   // the last per-head ratios (in the metrics) cover both KV heads of both layers: the shards' counts were summed
-  std::ifstream in(w + "/s2/metrics.jsonl");
   nlohmann::json last;
-  for (std::string line; std::getline(in, line);) {
-    auto j = nlohmann::json::parse(line);
+  for (const auto& j : read_jsonl(w + "/s2/metrics.jsonl"))
     if (j.contains("cr_per_head")) last = j["cr_per_head"];
-  }
   REQUIRE(last.is_array());
   REQUIRE(last.size() == 2);
   for (auto& layer : last) {

@@ -268,9 +268,7 @@ TEST_CASE("retrofit stages: zero_out zeroes the rows, retrofit ramps and logs ra
   REQUIRE(r.status == 0);
   std::vector<double> targets;
   bool has_heads = false;
-  std::ifstream in(w + "/s2/metrics.jsonl");
-  for (std::string line; std::getline(in, line);) {
-    auto j = nlohmann::json::parse(line);
+  for (const auto& j : read_jsonl(w + "/s2/metrics.jsonl")) {
     if (j.contains("target_cr")) {
       targets.push_back(j["target_cr"].get<double>());
       CHECK(j.contains("cr"));

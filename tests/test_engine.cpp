@@ -228,9 +228,7 @@ TEST_CASE("dmc bench decode on the CPU: equal-memory batches, forced ratio label
   auto r = run(base + " --policy vanilla,dmc --force-cr 4 --json " + w + "/out.jsonl");
   INFO(r.output);
   REQUIRE(r.status == 0);
-  std::ifstream in(w + "/out.jsonl");
-  std::vector<nlohmann::json> rows;
-  for (std::string line; std::getline(in, line);) rows.push_back(nlohmann::json::parse(line));
+  auto rows = read_jsonl(w + "/out.jsonl");
   REQUIRE(rows.size() == 2);
   CHECK(rows[0]["policy"] == "vanilla");
   CHECK(rows[1]["decisions"].get<std::string>().find("FORCED cr 4") != std::string::npos);
@@ -264,9 +262,7 @@ TEST_CASE("trained DMC checkpoints: bench decode sizes the batch by calibration,
   auto r = run(bench + " --policy vanilla,dmc --data " + fx().data + " --tokenizer " + fx().tok + " --json " + w + "/b.jsonl");
   INFO(r.output);
   REQUIRE(r.status == 0);
-  std::ifstream in(w + "/b.jsonl");
-  std::vector<nlohmann::json> rows;
-  for (std::string line; std::getline(in, line);) rows.push_back(nlohmann::json::parse(line));
+  auto rows = read_jsonl(w + "/b.jsonl");
   REQUIRE(rows.size() == 2);
   CHECK(rows[1]["decisions"] == "trained");
   CHECK(rows[1]["fill"] == "prefill");  // its slot counts come from its own decisions

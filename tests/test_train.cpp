@@ -47,11 +47,8 @@ train::TrainOptions tiny_opts(const std::string& out) {
 }
 std::vector<double> losses(const std::string& run) {
   std::vector<double> v;
-  std::ifstream in(run + "/metrics.jsonl");
-  for (std::string line; std::getline(in, line);) {
-    auto j = json::parse(line);
+  for (const auto& j : read_jsonl(run + "/metrics.jsonl"))
     if (j.contains("loss")) v.push_back(j["loss"].get<double>());
-  }
   return v;
 }
 }  // namespace

@@ -43,9 +43,6 @@ PplResult perplexity(const Llama& model, const std::vector<int64_t>& tokens, con
   DMC_CHECK(o.mode == "parallel" || o.mode == "incremental", "mode: expected parallel or incremental, got '", o.mode, "'");
   PplResult r;
   auto t0 = std::chrono::steady_clock::now();
-  int64_t n_windows = 1;
-  for (int64_t b = 0; b + S < L; b += stride) ++n_windows;
-  Progress prog("eval ppl", n_windows, 5.0);
   DMC_CHECK(o.batch >= 1, "batch: must be at least 1, got ", o.batch);
   const auto& c = model.config;
   AttentionRuntime rt;
@@ -90,11 +87,12 @@ PplResult perplexity(const Llama& model, const std::vector<int64_t>& tokens, con
     prev_end = end;
     if (end == L) break;
   }
+  Progress prog("eval ppl", (int64_t)wins.size(), 5.0);
   if (o.mode == "incremental") {
     // groups of up to o.batch windows decode together, one sequence each, a token of every window per step
     const int64_t per_seq_pages = dopt.n_pages;
-    for (size_t g0 = 0; g0 < wins.size(); g0 += (size_t)std::max<int64_t>(1, o.batch)) {
-      const size_t n = std::min(wins.size() - g0, (size_t)std::max<int64_t>(1, o.batch));
+    for (size_t g0 = 0; g0 < wins.size(); g0 += (size_t)o.batch) {
+      const size_t n = std::min(wins.size() - g0, (size_t)o.batch);
       DecoderOptions d = dopt;
       d.max_seqs = (int64_t)n;
       d.n_pages = per_seq_pages * (int64_t)n;

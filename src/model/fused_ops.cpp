@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "common/error.h"
+#include "model/llama.h"
 
 namespace dmc {
 
@@ -54,13 +55,9 @@ std::vector<at::Tensor> rope_qkv_ref(const at::Tensor& qkv, const at::Tensor& co
   at::Tensor q = qkv.narrow(-1, 0, nh * hd).view({B, T, nh, hd});
   at::Tensor k = qkv.narrow(-1, nh * hd, nkv * hd).view({B, T, nkv, hd});
   at::Tensor v = qkv.narrow(-1, (nh + nkv) * hd, nkv * hd).view({B, T, nkv, hd});
-  auto rope = [&](const at::Tensor& x) {  // x [B, T, n, hd]; cos/sin [T, hd] -> [T, 1, hd]
-    const int64_t h = hd / 2;
-    at::Tensor c = cos.to(x.scalar_type()).unsqueeze(1), s = sin.to(x.scalar_type()).unsqueeze(1);
-    at::Tensor rot = at::cat({-x.narrow(-1, h, h), x.narrow(-1, 0, h)}, -1);
-    return x * c + rot * s;
-  };
-  return {rope(q), rope(k), v};
+  // x [B, T, n, hd] against cos/sin [T, 1, hd]
+  const at::Tensor c = cos.unsqueeze(1), s = sin.unsqueeze(1);
+  return {apply_rope(q, c, s), apply_rope(k, c, s), v};
 }
 
 #ifdef DMC_WITH_CUDA
@@ -150,16 +147,10 @@ at::Tensor rope_rows_fused(const at::Tensor& x, const at::Tensor& cos, const at:
       cos.size(1) == x.size(3) && cos.scalar_type() == at::kFloat)
     return RopeRowsFn::apply(x, cos.contiguous(), sin.contiguous(), drop_last)[0];
 #endif
-  const int64_t D = x.size(-1), h = D / 2;
-  at::Tensor xin = x, c = cos.to(x.scalar_type()), s = sin.to(x.scalar_type());
-  at::Tensor keep;
-  if (drop_last) {
-    keep = at::ones({D}, x.options());
-    keep.index_put_({D - 1}, 0);
-    xin = x * keep;
-  }
-  at::Tensor out = xin * c + at::cat({-xin.narrow(-1, h, h), xin.narrow(-1, 0, h)}, -1) * s;
-  return drop_last ? out * keep : out;
+  if (!drop_last) return apply_rope(x, cos, sin);
+  at::Tensor keep = at::ones({x.size(-1)}, x.options());
+  keep.index_put_({x.size(-1) - 1}, 0);
+  return apply_rope(x * keep, cos, sin) * keep;
 }
 
 at::Tensor swiglu_fused(const at::Tensor& gu) {
