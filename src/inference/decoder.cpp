@@ -183,7 +183,7 @@ at::Tensor Decoder::prefill(int64_t seq, const std::vector<int64_t>& prompt) {
   at::NoGradGuard ng;
   const auto& c = m_.config;
   const int64_t T = (int64_t)prompt.size(), nkv = m_.local_kv_heads(), D = c.head_dim,
-                W = std::max<int64_t>(1, c.dmc.window), X = 2 * D + 1;
+                W = std::max<int64_t>(1, c.dmc.window);
   DMC_CHECK(seq >= 0 && seq < o_.max_seqs, "prefill: sequence ", seq, " out of range");
   DMC_CHECK(pos_[seq] == 0, "prefill: sequence ", seq, " is not empty");
   DMC_CHECK(T >= 1 && T <= c.max_position_embeddings, "prefill: prompt of ", T, " tokens (max ",
@@ -246,7 +246,7 @@ at::Tensor Decoder::prefill(int64_t seq, const std::vector<int64_t>& prompt) {
     // the sums run over the last min(group, W) tokens: only the last W tokens can take part
     const int64_t t0 = std::max<int64_t>(0, T - W);
     at::Tensor kw = kvr.narrow(1, t0, T - t0), ow = om.narrow(1, t0, T - t0);    // [nkv, <= W, 2D | 1]
-    at::Tensor e = at::cat({ow * kw.to(at::kFloat), ow}, -1);                     // [nkv, <= W, X]
+    at::Tensor e = at::cat({ow * kw.to(at::kFloat), ow}, -1);                     // [nkv, <= W, 2D + 1]
     at::Tensor inwin = t_idx.narrow(0, t0, T - t0).unsqueeze(0) >= (T - at::minimum(group, at::full_like(group, W))).unsqueeze(1);
     st_.acc.index_copy_(0, rows, (e * inwin.unsqueeze(-1)).sum(1));
     st_.ring_kv.index_fill_(0, rows, 0.0);
