@@ -1,5 +1,6 @@
 // Tensor parallelism on the CPU over Gloo, several real processes with torchrun-style variables: the TP=2 forward
-// and backward (vanilla and DMC layers, with and without activation recompute) give the TP=1 logits, loss and
+// and backward (vanilla and DMC layers, with and without activation recompute, with and without sequence
+// parallelism) give the TP=1 logits, loss and
 // gradients (reassembled from the shards) within fp32 tolerance.
 #include <torch/torch.h>
 
@@ -58,11 +59,12 @@ TEST_CASE("tensor parallel over Gloo: TP=2 logits, loss and gradients equal TP=1
   const auto work = tmp_dir("dist");
   for (std::string mode : {"vanilla", "dmc"}) {
     for (std::string rc : {"0", "1"}) {
-      DYNAMIC_SECTION(mode << (rc == "1" ? " with recompute" : "")) {
+      for (std::string sp : {"0", "1"}) {
+      DYNAMIC_SECTION(mode << (rc == "1" ? " with recompute" : "") << (sp == "1" ? " sequence parallel" : "")) {
         auto r1 = run_workers(1, work + "/tp1.safetensors " + mode + " " + rc);
         INFO(r1.output);
         REQUIRE(r1.status == 0);
-        auto r2 = run_workers(2, work + "/tp2.safetensors " + mode + " " + rc);
+        auto r2 = run_workers(2, work + "/tp2.safetensors " + mode + " " + rc + " cpu " + sp);
         INFO(r2.output);
         REQUIRE(r2.status == 0);
         auto a = io::SafetensorsFile::open(work + "/tp1.safetensors");
@@ -78,6 +80,8 @@ TEST_CASE("tensor parallel over Gloo: TP=2 logits, loss and gradients equal TP=1
         CHECK(n >= 16);  // logits, loss and every parameter's gradient
         // the gradients are not trivially zero
         CHECK(a->get("grad.layers.0.wqkv").abs().max().item<double>() > 0);
+        CHECK(a->get("grad.layers.1.mlp_norm").abs().max().item<double>() > 0);
+      }
       }
     }
   }
@@ -98,6 +102,12 @@ TEST_CASE("data and tensor parallel training over Gloo equal the single process,
     REQUIRE(r.status == 0);
     CHECK(max_rel(w + "/one/final", w + "/dp2/final") < 1e-5);
     CHECK(moved(w + "/dp2") > 0);
+  }
+  SECTION("DP=2 with two micro-batches of 1 per rank (gradients accumulate in the bucket buffers)") {
+    auto r = train_ranks(2, w + "/dp2acc", steps + "--micro-batch 1");
+    INFO(r.output);
+    REQUIRE(r.status == 0);
+    CHECK(max_rel(w + "/one/final", w + "/dp2acc/final") < 1e-5);
   }
   SECTION("TP=2") {
     auto r = train_ranks(2, w + "/tp2", steps + "--tensor-parallel 2");

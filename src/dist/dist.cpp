@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 
+#include <ATen/autocast_mode.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
@@ -152,6 +153,7 @@ at::Tensor all_gather_cat(const at::Tensor& t_in, const Group& g) {
 namespace {
 struct WorkHolder {
   c10::intrusive_ptr<c10d::Work> w;
+  std::vector<at::Tensor> keep;  // inputs the collective reads until it ends
 };
 }  // namespace
 
@@ -168,6 +170,43 @@ PendingWork all_reduce_sum_async(at::Tensor& t, const Group& g) {
   h->w = g.pg()->allreduce(v);
   p.work = h;
   return p;
+}
+
+at::Tensor all_gather_rows(const at::Tensor& t_in, const Group& g) {
+  if (g.size == 1) return t_in;
+  at::Tensor t = t_in.contiguous();
+  std::vector<int64_t> shape = t.sizes().vec();
+  shape[0] *= g.size;
+  at::Tensor out = at::empty(shape, t.options());
+  g.pg()->_allgather_base(out, t)->wait();
+  return out;
+}
+
+PendingWork reduce_scatter_rows_async(const at::Tensor& t_in, at::Tensor& out, const Group& g) {
+  PendingWork p;
+  if (g.size == 1) {
+    out = t_in;
+    return p;
+  }
+  DMC_CHECK(t_in.dim() >= 1 && t_in.size(0) % g.size == 0, "reduce_scatter_rows: ", t_in.size(0),
+            " rows do not split over ", g.size, " ranks");
+  at::Tensor t = t_in.contiguous();
+  std::vector<int64_t> shape = t.sizes().vec();
+  shape[0] /= g.size;
+  out = at::empty(shape, t.options());
+  c10d::ReduceScatterOptions o;
+  o.reduceOp = c10d::ReduceOp::SUM;
+  auto h = std::make_shared<WorkHolder>();
+  h->w = g.pg()->_reduce_scatter_base(out, t, o);
+  h->keep = {t, out};
+  p.work = h;
+  return p;
+}
+
+at::Tensor reduce_scatter_rows(const at::Tensor& t, const Group& g) {
+  at::Tensor out;
+  reduce_scatter_rows_async(t, out, g).wait();
+  return out;
 }
 
 void broadcast(at::Tensor& t, const Group& g, int64_t root) {
@@ -209,6 +248,74 @@ struct ReduceFromGroup : public torch::autograd::Function<ReduceFromGroup> {
     return {g[0], at::Tensor()};
   }
 };
+struct GatherTokens : public torch::autograd::Function<GatherTokens> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, int64_t gptr) {
+    ctx->saved_data["g"] = gptr;
+    return {all_gather_rows(x, *reinterpret_cast<const Group*>(gptr))};
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list g) {
+    return {reduce_scatter_rows(g[0], *reinterpret_cast<const Group*>(ctx->saved_data["g"].toInt())), at::Tensor()};
+  }
+};
+struct ReduceScatterTokens : public torch::autograd::Function<ReduceScatterTokens> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, int64_t gptr) {
+    ctx->saved_data["g"] = gptr;
+    return {reduce_scatter_rows(x, *reinterpret_cast<const Group*>(gptr))};
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list g) {
+    return {all_gather_rows(g[0], *reinterpret_cast<const Group*>(ctx->saved_data["g"].toInt())), at::Tensor()};
+  }
+};
+
+// the dtype a linear layer computes in: autocast's when it is on for x's device, else x's own
+at::ScalarType compute_dtype(const at::Tensor& x) {
+  const auto dt = x.device().type();
+  return at::autocast::is_autocast_enabled(dt) ? at::autocast::get_autocast_dtype(dt) : x.scalar_type();
+}
+
+struct ColumnParallelLinear : public torch::autograd::Function<ColumnParallelLinear> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                                                const at::Tensor& w, int64_t gptr, bool sp) {
+    const Group& g = *reinterpret_cast<const Group*>(gptr);
+    const at::ScalarType cd = compute_dtype(x);
+    const auto devt = x.device().type();
+    // the weight through autocast's cache (one cast per weight per autocast region, shared with recompute)
+    at::Tensor wc = at::autocast::is_autocast_enabled(devt) ? at::autocast::cached_cast(cd, w, devt) : w.to(cd);
+    at::Tensor X = sp ? all_gather_rows(x.to(cd), g) : x.to(cd);
+    at::Tensor y = at::matmul(X, wc.t());
+    ctx->save_for_backward({X, wc});
+    ctx->saved_data["g"] = gptr;
+    ctx->saved_data["sp"] = sp;
+    ctx->saved_data["x_dtype"] = (int64_t)x.scalar_type();
+    ctx->saved_data["w_dtype"] = (int64_t)w.scalar_type();
+    return {y};
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list go) {
+    auto s = ctx->get_saved_variables();
+    const at::Tensor &X = s[0], &wc = s[1];
+    const Group& g = *reinterpret_cast<const Group*>(ctx->saved_data["g"].toInt());
+    const bool sp = ctx->saved_data["sp"].toBool();
+    const int64_t H = X.size(-1), out = wc.size(0);
+    at::Tensor gy = go[0].to(wc.scalar_type());
+    at::Tensor gx;
+    PendingWork comm;
+    if (ctx->needs_input_grad(0)) {
+      at::Tensor dX = at::matmul(gy, wc).contiguous();  // [..., H] over the whole input
+      if (sp) comm = reduce_scatter_rows_async(dX.view({-1, H}), gx, g);
+      else {
+        comm = all_reduce_sum_async(dX, g);
+        gx = dX;
+      }
+    }
+    at::Tensor gw;
+    if (ctx->needs_input_grad(1))  // while the input gradient's communication runs
+      gw = gy.reshape({-1, out}).t().mm(X.reshape({-1, H})).to((at::ScalarType)ctx->saved_data["w_dtype"].toInt());
+    comm.wait();
+    if (gx.defined()) gx = gx.to((at::ScalarType)ctx->saved_data["x_dtype"].toInt());
+    return {gx, gw, at::Tensor(), at::Tensor()};
+  }
+};
+
 struct VocabParallelCE : public torch::autograd::Function<VocabParallelCE> {
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& logits,
                                                 const at::Tensor& target, int64_t gptr) {
@@ -261,6 +368,27 @@ at::Tensor copy_to_group(const at::Tensor& x, const Group& g) {
 at::Tensor reduce_from_group(const at::Tensor& x, const Group& g) {
   if (g.size == 1) return x;
   return ReduceFromGroup::apply(x, reinterpret_cast<int64_t>(&g))[0];
+}
+
+at::Tensor gather_tokens(const at::Tensor& x_local, const Group& g) {
+  if (g.size == 1) return x_local;
+  return GatherTokens::apply(x_local, reinterpret_cast<int64_t>(&g))[0];
+}
+
+at::Tensor reduce_scatter_tokens(const at::Tensor& x, const Group& g) {
+  if (g.size == 1) return x;
+  return ReduceScatterTokens::apply(x, reinterpret_cast<int64_t>(&g))[0];
+}
+
+at::Tensor column_parallel_linear(const at::Tensor& x, const at::Tensor& w, const Group& g, bool sequence_parallel) {
+  if (g.size == 1) return at::linear(x, w);
+  return ColumnParallelLinear::apply(x, w, reinterpret_cast<int64_t>(&g), sequence_parallel)[0];
+}
+
+at::Tensor row_parallel_linear(const at::Tensor& x, const at::Tensor& w, const Group& g, bool sequence_parallel) {
+  if (g.size == 1) return at::linear(x, w);
+  at::Tensor y = at::linear(x, w);
+  return sequence_parallel ? reduce_scatter_tokens(y.reshape({-1, y.size(-1)}), g) : reduce_from_group(y, g);
 }
 
 }  // namespace dmc

@@ -54,12 +54,38 @@ struct PendingWork {
   void wait();
 };
 PendingWork all_reduce_sum_async(at::Tensor& t, const Group& g);
+// Row blocks: all_gather_rows  t [n, ...] -> [size * n, ...] (rank r's rows at [r n, (r+1) n));
+// reduce_scatter_rows  t [size * n, ...] -> the sum over ranks of rows [rank n, (rank+1) n)  -> [n, ...].
+at::Tensor all_gather_rows(const at::Tensor& t, const Group& g);
+at::Tensor reduce_scatter_rows(const at::Tensor& t, const Group& g);
+// Started now, `out` [n, ...] valid after wait().
+PendingWork reduce_scatter_rows_async(const at::Tensor& t, at::Tensor& out, const Group& g);
 void barrier(const Group& g);
 
 // Megatron's f and g: copy_to_group is the identity forward and sums the gradient over the group backward;
 // reduce_from_group sums over the group forward and passes the gradient through backward.
 at::Tensor copy_to_group(const at::Tensor& x, const Group& g);
 at::Tensor reduce_from_group(const at::Tensor& x, const Group& g);
+
+// ---- sequence parallelism (Megatron-LM's) --------------------------------------------------------------------
+// Outside the tensor-parallel regions (norms, residual adds, the DMC-free parts of a layer) activations are split by
+// token: a [batch, seq, H] tensor is flattened to [N = batch * seq, H] and rank r holds rows [r N/size, (r+1) N/size).
+// These are autograd functions; the group must outlive the graph.
+//   gather_tokens          x_local [N/size, ...] -> [N, ...]            forward all-gather, backward reduce-scatter (sum)
+//   reduce_scatter_tokens  x [N, ...] (partial sums) -> [N/size, ...]   forward reduce-scatter (sum), backward all-gather
+at::Tensor gather_tokens(const at::Tensor& x_local, const Group& g);
+at::Tensor reduce_scatter_tokens(const at::Tensor& x, const Group& g);
+
+// Column-parallel linear (Megatron's f + GEMM):  y = X w^T, X the whole input: x itself when !sequence_parallel
+// (replicated over the group), else the all-gather of x's token rows.
+//   x [..., H] (sequence parallel: [N/size, H]);  w [out_local, H];  y [..., out_local] (sequence parallel: [N, out_local])
+// In the autocast dtype when autocast is on (w cast through autocast's weight cache), else x's dtype. Backward
+// computes dX = dy w, starts its all-reduce (sequence parallel: reduce-scatter) and computes dw = dy^T X while the
+// communication runs (Megatron's asynchronous gradient communication), then waits.
+at::Tensor column_parallel_linear(const at::Tensor& x, const at::Tensor& w, const Group& g, bool sequence_parallel);
+// Row-parallel linear (GEMM + Megatron's g): y = x w^T summed over the group; under sequence parallelism the sum is
+// reduce-scattered by token.  x [..., in_local] (sequence parallel: [N, in_local]);  y [..., H] (sp: [N/size, H]).
+at::Tensor row_parallel_linear(const at::Tensor& x, const at::Tensor& w, const Group& g, bool sequence_parallel);
 
 // Logits split by vocabulary [n, V / size] -> whole [n, V] on every rank (inference).
 at::Tensor gather_vocab(const at::Tensor& logits, const Group& g);

@@ -198,12 +198,14 @@ void Llama::save(const std::string& dir, at::ScalarType dtype, int64_t max_shard
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> Llama::attention(const LlamaLayer& L, int64_t layer, const at::Tensor& h,
                                                                 const at::Tensor& cos, const at::Tensor& sin,
-                                                                KVCache* cache) const {
+                                                                KVCache* cache, bool sp) const {
   const auto& c = config;
-  const int64_t B = h.size(0), T = h.size(1), nh = local_heads(), nkv = local_kv_heads(), hd = c.head_dim;
+  const int64_t nh = local_heads(), nkv = local_kv_heads(), hd = c.head_dim;
+  const int64_t T = cos.size(0), B = sp ? h.size(0) * tp.size / T : h.size(0);
   using Mode = AttentionRuntime::Mode;
   const Mode mode = runtime ? runtime->mode : Mode::Vanilla;
-  at::Tensor qkv = at::linear(copy_to_group(h, tp), L.wqkv);  // [B, T, (nh + 2 nkv) hd], this rank's heads
+  // [B, T, (nh + 2 nkv) hd], this rank's heads over every token (sequence parallel: gathered from the token shards)
+  at::Tensor qkv = column_parallel_linear(h, L.wqkv, tp, sp).view({B, T, (nh + 2 * nkv) * hd});
   if (mode == Mode::DmcTrain || mode == Mode::DmcEval) {
     TORCH_CHECK(!cache, "DMC attention does not use the plain KV cache");
     at::Tensor q = qkv.narrow(-1, 0, nh * hd).view({B, T, nh, hd});
@@ -219,7 +221,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> Llama::attention(const LlamaLayer
       runtime->kv_raw[layer] = r.kv_raw;
       runtime->omega[layer] = r.omega;
     }
-    return {reduce_from_group(at::linear(r.out.reshape({B, T, nh * hd}), L.wo), tp), r.decision_mean, r.hard};
+    return {row_parallel_linear(r.out.reshape({B, T, nh * hd}), L.wo, tp, sp), r.decision_mean, r.hard};
   }
   at::Tensor q, k, v;  // [B, heads, T, hd] (transposed views of [B, T, heads, hd])
   if (mode == Mode::ZeroOut) {
@@ -262,7 +264,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> Llama::attention(const LlamaLayer
   }
   at::Tensor o = at::scaled_dot_product_attention(q, k, v, mask, 0.0, causal, std::nullopt, /*enable_gqa=*/nkv != nh);
   o = o.transpose(1, 2).reshape({B, T, nh * hd});
-  return {reduce_from_group(at::linear(o, L.wo), tp), at::Tensor(), at::Tensor()};
+  return {row_parallel_linear(o, L.wo, tp, sp), at::Tensor(), at::Tensor()};
 }
 
 std::vector<std::pair<std::string, at::Tensor*>> Llama::parameters() {
@@ -285,11 +287,14 @@ std::vector<std::pair<std::string, at::Tensor*>> Llama::parameters() {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> Llama::layer_forward(const LlamaLayer& L, int64_t l, const at::Tensor& x,
                                                                     const at::Tensor& cos, const at::Tensor& sin,
-                                                                    KVCache* cache) const {
-  auto [attn, dmean, bnd] = attention(L, l, rms_norm(x, L.attn_norm, config.rms_norm_eps), cos, sin, cache);
+                                                                    KVCache* cache, bool sp) const {
+  // sequence parallel: each rank normalises its own tokens, so the replicated norm weights' gradients are partial
+  // sums, added over the group by copy_to_group's backward
+  auto nw = [&](const at::Tensor& w) { return sp ? copy_to_group(w, tp) : w; };
+  auto [attn, dmean, bnd] = attention(L, l, rms_norm(x, nw(L.attn_norm), config.rms_norm_eps), cos, sin, cache, sp);
   at::Tensor h = x + attn;
-  at::Tensor gu = at::linear(copy_to_group(rms_norm(h, L.mlp_norm, config.rms_norm_eps), tp), L.w_gate_up);
-  return {h + reduce_from_group(at::linear(swiglu(gu), L.w_down), tp), dmean, bnd};
+  at::Tensor gu = column_parallel_linear(rms_norm(h, nw(L.mlp_norm), config.rms_norm_eps), L.w_gate_up, tp, sp);
+  return {h + row_parallel_linear(swiglu(gu), L.w_down, tp, sp), dmean, bnd};
 }
 
 namespace {
@@ -303,17 +308,18 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
                                                 const at::Tensor& attn_norm, const at::Tensor& wqkv, const at::Tensor& wo,
                                                 const at::Tensor& mlp_norm, const at::Tensor& w_gate_up,
                                                 const at::Tensor& w_down, const at::Tensor& cos, const at::Tensor& sin,
-                                                int64_t model_ptr, int64_t l) {
+                                                int64_t model_ptr, int64_t l, bool sp) {
     const Llama* m = reinterpret_cast<const Llama*>(model_ptr);
     std::vector<at::Tensor> saved{x, cos, sin, attn_norm, wqkv, wo, mlp_norm, w_gate_up, w_down};
     ctx->save_for_backward(saved);
     ctx->saved_data["m"] = model_ptr;
     ctx->saved_data["l"] = l;
+    ctx->saved_data["sp"] = sp;
     const bool ac = at::autocast::is_autocast_enabled(at::kCUDA);
     ctx->saved_data["autocast"] = ac;
     ctx->saved_data["autocast_dtype"] = (int64_t)at::autocast::get_autocast_dtype(at::kCUDA);
     const LlamaLayer& L = m->layers[l];
-    auto [y, dmean, bnd] = m->layer_forward(L, l, x, cos, sin, nullptr);
+    auto [y, dmean, bnd] = m->layer_forward(L, l, x, cos, sin, nullptr, sp);
     if (m->runtime && bnd.defined()) m->runtime->boundaries[l] = bnd;
     if (!dmean.defined()) dmean = at::zeros({x.size(0)}, x.options().dtype(at::kFloat));
     return {y, dmean};
@@ -335,7 +341,7 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
       const auto prev_dt = at::autocast::get_autocast_dtype(at::kCUDA);
       at::autocast::set_autocast_enabled(at::kCUDA, ac);
       at::autocast::set_autocast_dtype(at::kCUDA, (at::ScalarType)ctx->saved_data["autocast_dtype"].toInt());
-      auto outs = m->layer_forward(L, l, x, saved[1], saved[2], nullptr);
+      auto outs = m->layer_forward(L, l, x, saved[1], saved[2], nullptr, ctx->saved_data["sp"].toBool());
       y = std::get<0>(outs);
       dm = std::get<1>(outs);
       at::autocast::set_autocast_enabled(at::kCUDA, prev);
@@ -359,18 +365,29 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
     out.push_back(at::Tensor());  // sin
     out.push_back(at::Tensor());  // model_ptr
     out.push_back(at::Tensor());  // l
+    out.push_back(at::Tensor());  // sp
     return out;
   }
 };
 }  // namespace
 
-at::Tensor Llama::embed_tokens(const at::Tensor& ids) const {
-  if (tp.size == 1) return at::embedding(embed, ids);
-  // vocabulary-parallel: this rank looks up the ids in its slice, zeros elsewhere, the group sums
+at::Tensor Llama::embed_local(const at::Tensor& ids) const {
   const int64_t Vl = embed.size(0), start = tp.rank * Vl;
   at::Tensor local = ids - start;
   at::Tensor mine = (local >= 0) & (local < Vl);
-  return reduce_from_group(at::embedding(embed, local.clamp(0, Vl - 1)) * mine.unsqueeze(-1).to(embed.scalar_type()), tp);
+  return at::embedding(embed, local.clamp(0, Vl - 1)) * mine.unsqueeze(-1).to(embed.scalar_type());
+}
+
+at::Tensor Llama::embed_tokens(const at::Tensor& ids) const {
+  if (tp.size == 1) return at::embedding(embed, ids);
+  // vocabulary-parallel: this rank looks up the ids in its slice, zeros elsewhere, the group sums
+  return reduce_from_group(embed_local(ids), tp);
+}
+
+at::Tensor Llama::lm_logits(const at::Tensor& hidden) const {
+  // under sequence parallelism forward_hidden's all-gather already sums the gradient over the group in backward
+  const bool sp = sequence_parallel && tp.size > 1 && at::GradMode::is_enabled();  // as forward_hidden decides
+  return at::linear(sp ? hidden : copy_to_group(hidden, tp), lm_head);
 }
 
 at::Tensor Llama::forward_hidden(const at::Tensor& ids, KVCache* cache) const {
@@ -382,8 +399,14 @@ at::Tensor Llama::forward_hidden(const at::Tensor& ids, KVCache* cache) const {
     fail("kv cache: ", past + T, " tokens exceed its capacity of ", cache->max_len);
   at::Tensor pos = at::arange(past, past + T, at::TensorOptions().dtype(at::kLong).device(ids.device()));
   auto [cos, sin] = rope_cos_sin(inv_freq, pos);
-  at::Tensor x = embed_tokens(ids);
   const bool recompute = activation_checkpointing && !cache && at::GradMode::is_enabled();
+  const bool sp = sequence_parallel && tp.size > 1 && !cache && at::GradMode::is_enabled();
+  const int64_t B = ids.size(0), H = config.hidden_size;
+  if (sp)
+    DMC_CHECK((B * T) % tp.size == 0, "sequence parallelism: batch x seq = ", B * T,
+              " tokens do not split over tensor_parallel = ", tp.size);
+  // sequence parallel: x is this rank's token rows [B T / tp, H]; else [B, T, H]
+  at::Tensor x = sp ? reduce_scatter_tokens(embed_local(ids).reshape({B * T, H}), tp) : embed_tokens(ids);
   const bool dmc_mode = runtime && (runtime->mode == AttentionRuntime::Mode::DmcTrain ||
                                     runtime->mode == AttentionRuntime::Mode::DmcEval);
   if (runtime && runtime->capture) {
@@ -402,11 +425,11 @@ at::Tensor Llama::forward_hidden(const at::Tensor& ids, KVCache* cache) const {
     const auto& L = layers[l];
     if (recompute) {
       auto outs = CheckpointedLayer::apply(x, L.attn_norm, L.wqkv, L.wo, L.mlp_norm, L.w_gate_up, L.w_down, cos, sin,
-                                           reinterpret_cast<int64_t>(this), (int64_t)l);
+                                           reinterpret_cast<int64_t>(this), (int64_t)l, sp);
       x = outs[0];
       if (dmc_mode) runtime->decision_mean[l] = outs[1];
     } else {
-      auto [y, dmean, bnd] = layer_forward(L, (int64_t)l, x, cos, sin, cache);
+      auto [y, dmean, bnd] = layer_forward(L, (int64_t)l, x, cos, sin, cache, sp);
       x = y;
       if (dmc_mode) {
         runtime->decision_mean[l] = dmean;
@@ -415,11 +438,12 @@ at::Tensor Llama::forward_hidden(const at::Tensor& ids, KVCache* cache) const {
     }
   }
   if (cache) cache->length += T;
-  return rms_norm(x, norm, config.rms_norm_eps);
+  if (!sp) return rms_norm(x, norm, config.rms_norm_eps);
+  return gather_tokens(rms_norm(x, copy_to_group(norm, tp), config.rms_norm_eps), tp).view({B, T, H});
 }
 
 at::Tensor Llama::forward(const at::Tensor& ids, KVCache* cache) const {
-  return at::linear(copy_to_group(forward_hidden(ids, cache), tp), lm_head);
+  return lm_logits(forward_hidden(ids, cache));
 }
 
 // ---- tensor parallelism ----------------------------------------------------------------------------------

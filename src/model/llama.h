@@ -93,6 +93,12 @@ class Llama {
   // [r V/tp, (r+1) V/tp) of embed and lm_head (vocabulary-parallel); norms are replicated. forward() then returns
   // this rank's vocabulary slice of the logits [batch, seq, V/tp]; vocab_parallel_cross_entropy takes them.
   Group tp;
+  // Sequence parallelism under TP (Megatron-LM's; training forwards with gradient only): the residual stream, the
+  // norms and the embedding output are split by token over the tp group ([batch * seq / tp, hidden] per rank), the
+  // column-parallel GEMMs all-gather their input and the row-parallel ones reduce-scatter their output (the same
+  // bytes as the all-reduces they replace); the replicated norm weights' gradients are summed over the group.
+  // Needs batch * seq divisible by tp. forward_hidden still returns the whole [batch, seq, hidden].
+  bool sequence_parallel = false;
   void shard_tensor_parallel(const Group& g);
   // Parameter `name` (of parameters()) whole again from every rank's shard (collective over tp).
   at::Tensor unshard(const std::string& name, const at::Tensor& local) const;
@@ -127,18 +133,24 @@ class Llama {
   at::Tensor embed_tokens(const at::Tensor& ids) const;
   // Final-norm hidden states [batch, seq, hidden] (before lm_head).
   at::Tensor forward_hidden(const at::Tensor& ids, KVCache* cache = nullptr) const;
+  // Logits of forward_hidden's output: [.., vocab] (under TP this rank's vocabulary slice [.., vocab / tp]; the
+  // gradient reaches the hidden states summed over the group).
+  at::Tensor lm_logits(const at::Tensor& hidden) const;
 
   // One decoder layer: x [batch, seq, hidden] -> x + attn + mlp. `L` may hold other tensors than layers[l]
-  // (the recompute in backward passes detached copies).
+  // (the recompute in backward passes detached copies). sp: sequence parallel, x is this rank's token rows
+  // [batch * seq / tp, hidden] (seq = cos.size(0)).
   // Returns {x_out, dmc decision mean [batch] (undefined unless a DMC mode), dmc boundaries (detached)}.
   std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_forward(const LlamaLayer& L, int64_t l, const at::Tensor& x,
                                                                const at::Tensor& cos, const at::Tensor& sin,
-                                                               KVCache* cache) const;
+                                                               KVCache* cache, bool sp = false) const;
 
  private:
   std::tuple<at::Tensor, at::Tensor, at::Tensor> attention(const LlamaLayer& L, int64_t layer, const at::Tensor& h,
                                                            const at::Tensor& cos, const at::Tensor& sin,
-                                                           KVCache* cache) const;
+                                                           KVCache* cache, bool sp) const;
+  // embedding rows of ids found in this rank's vocabulary slice, zeros elsewhere [..., hidden]
+  at::Tensor embed_local(const at::Tensor& ids) const;
 };
 
 }  // namespace dmc

@@ -1,6 +1,8 @@
 #include "train/trainer.h"
 
 #include <ATen/autocast_mode.h>
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
 
 #include <atomic>
 #include <chrono>
@@ -53,6 +55,8 @@ void TrainOptions::add_to(OptionTable& t) {
   t.add("dtype", &dtype, "compute dtype: auto (bf16 autocast on CUDA, fp32 on CPU), bf16, fp32");
   t.add("activation_checkpointing", &activation_checkpointing, "recompute each layer in backward");
   t.add("tensor_parallel", &tensor_parallel, "tensor-parallel size (data parallel = WORLD_SIZE / tensor_parallel)");
+  t.add("sequence_parallel", &sequence_parallel, "under tensor parallelism, split norms and residuals by token (saves memory)");
+  t.add("grad_bucket_mb", &grad_bucket_mb, "data parallel: MB of gradients per bucketed all-reduce");
   t.add("seed", &seed, "seed for init and data order");
   t.add("log_every", &log_every, "steps between log lines");
   t.add("eval_every", &eval_every, "steps between validation runs (0 = only at the end)");
@@ -73,87 +77,104 @@ void on_signal(int sig) { g_signal.store(sig); }
 
 
 at::Tensor lm_loss(const Llama& m, const at::Tensor& hidden, const at::Tensor& target) {
-  at::Tensor logits = at::linear(copy_to_group(hidden, m.tp), m.lm_head).to(at::kFloat);  // [.., V / tp]
+  at::Tensor logits = m.lm_logits(hidden).to(at::kFloat);  // [.., V / tp]
   return vocab_parallel_cross_entropy(logits.view({-1, logits.size(-1)}), target.reshape({-1}), m.tp);
 }
 
-// Data-parallel gradient averaging overlapped with the backward of the last micro-batch: parameters are grouped
-// into buckets of about 32 MB in reverse order (the order backward produces their gradients); a gradient hook
-// collects each parameter's total (earlier micro-batches' sum + this one) and, when a bucket is complete, starts
-// its all-reduce while backward goes on. finish() waits and writes the averages into .grad.
+// Data-parallel gradient averaging overlapped with the backward of the last micro-batch (the design of PyTorch DDP's
+// reducer with gradient_as_bucket_view): parameters are grouped into buckets of about bucket_mb in reverse order (the
+// order backward produces their gradients); each bucket is one flat buffer and every parameter's .grad is a view
+// into it, so autograd accumulates micro-batches straight into the buffer. A post-accumulate hook counts the
+// parameters of a bucket in the last micro-batch and, when the bucket is complete, starts its all-reduce (sum) on the
+// buffer in place while backward goes on. The loss is scaled by 1 / dp beforehand, so the sum is the average.
+// finish() launches what backward did not reach and waits. zero() clears the buffers (the grads stay views).
+//   flat_[b]  [sum of numel of bucket b's parameters]  fp32, parameter order within the bucket reversed
 class GradSync {
  public:
-  GradSync(std::vector<std::pair<std::string, at::Tensor*>>& params, const Group& dp) : params_(params), dp_(dp) {
+  GradSync(std::vector<std::pair<std::string, at::Tensor*>>& params, const Group& dp, double bucket_mb)
+      : params_(params), dp_(dp) {
     if (dp.size == 1) return;
+    const int64_t cap = (int64_t)(bucket_mb * (1 << 20));
     int64_t bytes = 0;
     buckets_.emplace_back();
+    bucket_of_.assign(params.size(), 0);
     for (int64_t i = (int64_t)params.size() - 1; i >= 0; --i) {
       const at::Tensor& p = *params[i].second;
-      if (bytes > (32 << 20)) {
+      if (bytes > 0 && bytes + p.numel() * (int64_t)p.element_size() > cap) {
         buckets_.emplace_back();
         bytes = 0;
       }
-      bucket_of_.resize(params.size());
       bucket_of_[i] = (int64_t)buckets_.size() - 1;
       buckets_.back().push_back(i);
       bytes += p.numel() * (int64_t)p.element_size();
     }
-    total_.resize(params.size());
+    seen_.assign(params.size(), 0);
+    for (const auto& b : buckets_) {
+      int64_t n = 0;
+      for (int64_t i : b) n += params[i].second->numel();
+      const at::Tensor& p0 = *params[b[0]].second;
+      at::Tensor flat = at::zeros({n}, p0.options().requires_grad(false));
+      int64_t off = 0;
+      for (int64_t i : b) {
+        at::Tensor& p = *params[i].second;
+        DMC_CHECK(p.scalar_type() == p0.scalar_type(), "data parallel: parameters of one bucket differ in dtype");
+        p.mutable_grad() = flat.narrow(0, off, p.numel()).view_as(p);
+        off += p.numel();
+      }
+      flat_.push_back(flat);
+    }
+    struct Hook : torch::autograd::PostAccumulateGradHook {
+      GradSync* s;
+      int64_t i;
+      Hook(GradSync* s_, int64_t i_) : s(s_), i(i_) {}
+      void operator()(const torch::autograd::Variable&) override { s->ready(i); }
+    };
     for (size_t i = 0; i < params.size(); ++i)
-      params[i].second->register_hook([this, i](const at::Tensor& g) -> at::Tensor {
-        if (!active_) return at::Tensor();
-        const at::Tensor& acc = params_[i].second->grad();
-        total_[i] = acc.defined() ? acc + g : g.clone();
-        if (--pending_[bucket_of_[i]] == 0) launch(bucket_of_[i]);
-        return at::zeros_like(g);  // the average is written by finish()
-      });
+      torch::autograd::impl::set_post_acc_grad_hooks(*params[i].second, std::make_unique<Hook>(this, (int64_t)i));
   }
+  bool enabled() const { return dp_.size > 1; }
   // Before the backward of the last micro-batch of a step.
   void arm() {
     if (dp_.size == 1) return;
     active_ = true;
     pending_.clear();
     for (auto& b : buckets_) pending_.push_back((int64_t)b.size());
-    flat_.assign(buckets_.size(), at::Tensor());
+    std::fill(seen_.begin(), seen_.end(), 0);
     work_.assign(buckets_.size(), PendingWork{});
+    launched_.assign(buckets_.size(), 0);
   }
-  // After that backward: buckets whose parameters got no gradient go now (in the same order on every rank).
+  // After that backward: buckets with parameters that got no gradient go now (in the same order on every rank).
   void finish() {
     if (dp_.size == 1 || !active_) return;
     for (size_t b = 0; b < buckets_.size(); ++b)
-      if (!flat_[b].defined()) launch((int64_t)b);
-    for (size_t b = 0; b < buckets_.size(); ++b) {
-      work_[b].wait();
-      flat_[b].div_((double)dp_.size);
-      int64_t off = 0;
-      for (int64_t i : buckets_[b]) {
-        at::Tensor& p = *params_[i].second;
-        const int64_t n = p.numel();
-        at::Tensor avg = flat_[b].narrow(0, off, n).view_as(p);
-        if (p.grad().defined()) p.mutable_grad().copy_(avg);
-        else p.mutable_grad() = avg.clone();
-        off += n;
-      }
-    }
-    for (auto& t : total_) t = at::Tensor();
+      if (!launched_[b]) launch((int64_t)b);
+    for (auto& w : work_) w.wait();
     active_ = false;
+  }
+  void zero() {
+    for (auto& f : flat_) f.zero_();
   }
 
  private:
+  void ready(int64_t i) {
+    if (!active_) return;
+    DMC_CHECK(!seen_[i], "data parallel: parameter ", params_[i].first, " received two gradients in one backward");
+    seen_[i] = 1;
+    if (--pending_[bucket_of_[i]] == 0) launch(bucket_of_[i]);
+  }
   void launch(int64_t b) {
-    std::vector<at::Tensor> parts;
-    for (int64_t i : buckets_[b]) {
-      const at::Tensor& p = *params_[i].second;
-      parts.push_back(total_[i].defined() ? total_[i].reshape({-1}) : at::zeros({p.numel()}, p.options()));
-    }
-    flat_[b] = at::cat(parts);
+    for (int64_t i : buckets_[b])  // a parameter's .grad must still be the view into the bucket
+      DMC_CHECK(params_[i].second->grad().is_alias_of(flat_[b]),
+                "data parallel: the gradient of ", params_[i].first, " was replaced (no longer a bucket view)");
+    launched_[b] = 1;
     work_[b] = all_reduce_sum_async(flat_[b], dp_);
   }
   std::vector<std::pair<std::string, at::Tensor*>>& params_;
   const Group& dp_;
   std::vector<std::vector<int64_t>> buckets_;
   std::vector<int64_t> bucket_of_, pending_;
-  std::vector<at::Tensor> total_, flat_;
+  std::vector<char> seen_, launched_;
+  std::vector<at::Tensor> flat_;
   std::vector<PendingWork> work_;
   bool active_ = false;
 };
@@ -267,7 +288,16 @@ TrainResult train(const TrainOptions& o, Stage* stage, const std::string& resolv
   ao.weight_decay = o.weight_decay;
   ao.decay_norms_and_embeddings = o.decay_norms_and_embeddings;
   AdamW opt(params, ao);
-  GradSync grad_sync(params, dist.dp);
+  GradSync grad_sync(params, dist.dp, o.grad_bucket_mb);
+  model.sequence_parallel = o.sequence_parallel && dist.tp.size > 1;
+  if (model.sequence_parallel)
+    DMC_CHECK((o.micro_batch * o.seq_len) % dist.tp.size == 0, "sequence_parallel: micro_batch x seq_len = ",
+              o.micro_batch * o.seq_len, " tokens do not split over tensor_parallel = ", dist.tp.size,
+              " (set sequence_parallel: false)");
+  auto zero_grads = [&]() {  // data parallel: the grads are views of the bucket buffers and stay so
+    if (grad_sync.enabled()) grad_sync.zero();
+    else opt.zero_grad();
+  };
   if (dist.tp.size > 1) opt.set_tensor_parallel(&model.tp, [&](const std::string& n) { return model.is_sharded(n); });
   LrSchedule sched{o.lr, o.min_lr, o.warmup_steps, o.train_steps, o.lr_schedule};
   sched.at(0);  // validates the shape name
@@ -392,7 +422,7 @@ TrainResult train(const TrainOptions& o, Stage* stage, const std::string& resolv
       }
       if (inject.count(step)) loss = loss * std::numeric_limits<double>::quiet_NaN();
       if (mb == accum - 1) grad_sync.arm();
-      (loss / (double)accum).backward();
+      (loss / (double)(accum * dp)).backward();  // the data-parallel sum of these is the mean gradient
       if (mb == accum - 1) grad_sync.finish();
       loss_sum += loss.detach().item<double>();
     }
@@ -405,7 +435,7 @@ TrainResult train(const TrainOptions& o, Stage* stage, const std::string& resolv
     }
     double gnorm = std::isfinite(loss) ? opt.clip_grad_norm(o.grad_clip) : NAN;
     if (!std::isfinite(loss) || !std::isfinite(gnorm)) {
-      opt.zero_grad();
+      zero_grads();
       ++skipped;
       ++nonfinite_run;
       log::warn(cat("step ", step + 1, ": non-finite loss/grad (loss ", loss, ", grad norm ", gnorm, "); step skipped (",
@@ -415,7 +445,7 @@ TrainResult train(const TrainOptions& o, Stage* stage, const std::string& resolv
              " (max_nonfinite = ", o.max_nonfinite, "); lower lr or check the data");
     } else {
       opt.step(lr);
-      opt.zero_grad();
+      zero_grads();
       nonfinite_run = 0;
       loss_acc_log += loss;
     }

@@ -62,6 +62,10 @@ struct TrainOptions {
   bool activation_checkpointing = false;
   // Tensor-parallel size; the data-parallel size is WORLD_SIZE / tensor_parallel (processes launched like torchrun)
   int64_t tensor_parallel = 1;
+  // Under tensor parallelism: split the residual stream, norms and embedding output by token (Llama::sequence_parallel)
+  bool sequence_parallel = true;
+  // Data parallel: gradient bucket size (MB of fp32 gradients per all-reduce)
+  double grad_bucket_mb = 32;
   int64_t seed = 1234, log_every = 10, eval_every = 0, eval_batches = 8, save_every = 0, keep_last = 3;
   std::string resume = "auto";  // auto | none | a checkpoint directory
   int64_t exit_after_steps = 0;  // stop (with a checkpoint) after this many steps in this invocation; 0 = off

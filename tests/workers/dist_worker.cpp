@@ -1,7 +1,8 @@
 // Worker for the distributed tests (tests/test_dist.cpp): one process of a tensor-parallel group (all ranks TP,
 // torchrun-style environment) runs a forward and backward of a small random Llama, vanilla or DMC (train mode with
 // fed noise), and rank 0 writes the whole logits, the loss and every gradient reassembled from the shards.
-//   dmc_dist_worker OUT.safetensors vanilla|dmc [recompute 0|1] [cpu|cuda]   (cuda: NCCL, GPU LOCAL_RANK)
+//   dmc_dist_worker OUT.safetensors vanilla|dmc [recompute 0|1] [cpu|cuda] [sp 0|1]   (cuda: NCCL, GPU LOCAL_RANK;
+//     sp: sequence parallelism)
 //   dmc_dist_worker OUT.safetensors generate-vanilla|generate-dmc [0] [cpu|cuda]: greedy generation of three prompts
 //     through the decode engine with continuous batching (each rank its own page pool of its KV heads)
 #include <torch/torch.h>
@@ -28,6 +29,7 @@ int main(int argc, char** argv) {
     const char* ws = std::getenv("WORLD_SIZE");
     const int64_t world = ws ? std::atoll(ws) : 1;
     const bool cuda = argc > 4 && std::string(argv[4]) == "cuda";
+    const bool sp = argc > 5 && std::string(argv[5]) == "1";
     const char* lr = std::getenv("LOCAL_RANK");
     const at::Device dev = cuda ? at::Device(at::kCUDA, (int8_t)(lr ? std::atoi(lr) : 0)) : at::Device(at::kCPU);
 #ifdef DMC_WITH_CUDA
@@ -46,6 +48,7 @@ int main(int argc, char** argv) {
     auto m = Llama::random(c, 11, at::kFloat, dev, 0.2);
     m.activation_checkpointing = recompute;
     m.shard_tensor_parallel(d.tp);
+    m.sequence_parallel = sp;
     if (mode.rfind("generate-", 0) == 0) {
       if (mode == "generate-dmc") {
         m.config.dmc.enabled = true;
@@ -94,7 +97,7 @@ int main(int argc, char** argv) {
       m.runtime = &rt;
     }
     at::Tensor h = m.forward_hidden(ids);
-    at::Tensor logits = at::linear(copy_to_group(h, m.tp), m.lm_head);  // [B, T, V / tp]
+    at::Tensor logits = m.lm_logits(h);  // [B, T, V / tp]
     at::Tensor loss = vocab_parallel_cross_entropy(logits.reshape({B * T, -1}), tgt.reshape({-1}), m.tp);
     if (mode == "dmc") {
       // the compression loss with the global semantics: decision means over all heads of all ranks
