@@ -218,24 +218,47 @@ at::Tensor Decoder::prefill(int64_t seq, const std::vector<int64_t>& prompt) {
   const auto dev = m_.device();
   auto lopt = at::TensorOptions().dtype(at::kLong).device(dev);
   at::Tensor t_idx = at::arange(T, lopt);
+  const int64_t L = c.num_hidden_layers;
+  // slots per (layer, head): T, or under DMC one per group: a group ends at the token before the next append (or at
+  // T - 1). All layers' counts and the free pages come back to the host in one read, so the cache writes below
+  // need no synchronisation each.
+  std::vector<at::Tensor> ends(L);
+  at::Tensor counts_all;  // [L, nkv] int64 on the device
+  if (dmc_) {
+    std::vector<at::Tensor> cs;
+    for (int64_t l = 0; l < L; ++l) {
+      at::Tensor b = rt.boundaries[l][0].to(at::kBool).t();  // [nkv, T]: merge into the previous token
+      ends[l] = at::cat({~b.narrow(1, 1, T - 1), at::ones({nkv, 1}, b.options())}, 1);  // [nkv, T]
+      cs.push_back(ends[l].sum(1));
+    }
+    counts_all = at::stack(cs);
+  } else {
+    counts_all = at::full({L, nkv}, T, lopt);
+  }
+  at::Tensor host = at::cat({counts_all.flatten(), cache_.alloc.narrow(0, 0, 1).to(at::kLong)}).to(at::kCPU);
+  const int64_t* hc = host.data_ptr<int64_t>();
+  int64_t free_top = hc[L * nkv];
+  const int64_t total = cache_.plan_rows(hc, L * nkv, free_top).total_pages;  // before any layer is written
+  if (total > free_top) fail("kv cache exhausted: the prompt needs ", total, " pages, ", free_top, " are free");
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     at::Tensor rows = cache_rows(cache_, l, at::full({1}, seq, lopt)).flatten();  // [nkv]
     at::Tensor kr = rt.k_rot[l][0], vh = rt.v_hat[l][0];                          // [nkv, T, D]
+    const PagedKVCache::RowsPlan plan = cache_.plan_rows(hc + l * nkv, nkv, free_top);
+    free_top -= plan.total_pages;
+    at::Tensor counts = counts_all[l];  // [nkv]
     if (!dmc_) {
-      cache_.write_rows(rows, kr, vh, at::full({nkv}, T, lopt));
+      cache_.write_rows(rows, kr, vh, counts, &plan);
       continue;
     }
-    // one slot per group: the group's state at its last token (the token before the next append, or T - 1)
-    at::Tensor b = rt.boundaries[l][0].to(at::kBool).t();  // [nkv, T]: merge into the previous token
-    at::Tensor ends = at::cat({~b.narrow(1, 1, T - 1), at::ones({nkv, 1}, b.options())}, 1);  // [nkv, T]
-    at::Tensor counts = ends.sum(1);                                                          // [nkv]
+    // one slot per group: the group's state at its last token
+    at::Tensor b = rt.boundaries[l][0].to(at::kBool).t();  // [nkv, T]
     // slot s of a head takes the token that ends its (s+1)-th group: the first t whose running count of group
     // ends reaches s + 1 (a gather: no host round trip, no scattered writes; slots past the count are not written)
-    at::Tensor cs = at::cumsum(ends.to(at::kLong), 1);                                       // [nkv, T]
+    at::Tensor cs = at::cumsum(ends[l].to(at::kLong), 1);                                    // [nkv, T]
     at::Tensor src = at::searchsorted(cs, at::arange(1, T + 1, lopt).unsqueeze(0).expand({nkv, T}).contiguous())
                          .clamp_max(T - 1);                                                  // [nkv, T]
     at::Tensor gi = src.unsqueeze(-1).expand({nkv, T, D});
-    cache_.write_rows(rows, kr.gather(1, gi), vh.gather(1, gi), counts);
+    cache_.write_rows(rows, kr.gather(1, gi), vh.gather(1, gi), counts, &plan);
     // decode state after the prompt: group length, ring of the last W entries (by position mod W), sums over the
     // last min(group, W) of them
     at::Tensor kvr = rt.kv_raw[l][0].transpose(0, 1);                  // [nkv, T, 2D]

@@ -87,16 +87,34 @@ void PagedKVCache::free_rows(const at::Tensor& rows) {
   lengths.index_fill_(0, rows, 0);
 }
 
+PagedKVCache::RowsPlan PagedKVCache::plan_rows(const int64_t* counts, int64_t m, int64_t free_top) const {
+  RowsPlan p;
+  p.free_top = free_top;
+  for (int64_t i = 0; i < m; ++i) {
+    const int64_t n = (counts[i] + o_.page_size - 1) / o_.page_size;
+    p.total_pages += n;
+    p.max_pages = std::max(p.max_pages, n);
+  }
+  return p;
+}
+
 void PagedKVCache::write_rows(const at::Tensor& rows, const at::Tensor& k, const at::Tensor& v,
-                              const at::Tensor& counts) {
+                              const at::Tensor& counts, const RowsPlan* plan) {
   const int64_t m = rows.numel(), T = k.size(1), D = o_.head_dim, P = o_.page_size;
   auto lopt = rows.options();
   at::Tensor cnt = counts.to(lopt);
   at::Tensor npg = (cnt + P - 1).div(P, "floor");  // [m]
-  at::Tensor stats = at::stack({npg.sum(), npg.max(), alloc[0].to(at::kLong)}).to(at::kCPU);  // one read-back
-  const int64_t total = stats[0].item<int64_t>(), top = stats[2].item<int64_t>();
+  RowsPlan pl;
+  if (plan) pl = *plan;
+  else {
+    at::Tensor stats = at::stack({npg.sum(), npg.max(), alloc[0].to(at::kLong)}).to(at::kCPU);  // one read-back
+    pl.total_pages = stats[0].item<int64_t>();
+    pl.max_pages = stats[1].item<int64_t>();
+    pl.free_top = stats[2].item<int64_t>();
+  }
+  const int64_t total = pl.total_pages, top = pl.free_top;
   if (total > top) fail("kv cache exhausted: ", total, " pages needed, ", top, " free");
-  DMC_CHECK(stats[1].item<int64_t>() <= max_pages_, "kv cache: a row of more than ", o_.max_slots_per_row,
+  DMC_CHECK(pl.max_pages <= max_pages_, "kv cache: a row of more than ", o_.max_slots_per_row,
             " slots (max_slots_per_row)");
   // the rows' pages come off the stack top in order: row i takes stack entries top-1-(start_i + j)
   at::Tensor start = at::cumsum(npg, 0) - npg;                                       // [m]
@@ -109,7 +127,7 @@ void PagedKVCache::write_rows(const at::Tensor& rows, const at::Tensor& k, const
   alloc.narrow(0, 0, 1).sub_(total);
   // slots: flat index of (row i, slot s) for s < counts[i]; only the first Tw = min(T, most pages x P) slots are
   // looked at (a compressed prompt's k/v [m, T, D] hold far fewer slots than T: the rest is never written)
-  const int64_t Tw = std::min<int64_t>(T, stats[1].item<int64_t>() * P);
+  const int64_t Tw = std::min<int64_t>(T, pl.max_pages * P);
   if (Tw == 0) {
     lengths.index_copy_(0, rows, cnt.to(at::kInt));
     return;

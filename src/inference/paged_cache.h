@@ -65,8 +65,15 @@ class PagedKVCache {
   // Returns the pages of the given rows to the pool and empties them.   rows [m] int64 on the cache's device
   void free_rows(const at::Tensor& rows);
   // Appends counts[i] slots to empty rows: k, v [m, T, head_dim], counts [m] int64, rows [m] int64 (device).
-  // Throws dmc::Error when the pool is too small (nothing changed then).
-  void write_rows(const at::Tensor& rows, const at::Tensor& k, const at::Tensor& v, const at::Tensor& counts);
+  // Throws dmc::Error when the pool is too small (nothing changed then). Without a plan it reads the page totals
+  // back from the device (one synchronisation); a caller that knows them (plan_rows over host counts, the free
+  // pages tracked across several writes) passes them and the write runs without any.
+  struct RowsPlan {
+    int64_t total_pages = 0, max_pages = 0, free_top = 0;  // pages the rows take in all, the most of one row, free now
+  };
+  RowsPlan plan_rows(const int64_t* counts, int64_t m, int64_t free_top) const;
+  void write_rows(const at::Tensor& rows, const at::Tensor& k, const at::Tensor& v, const at::Tensor& counts,
+                  const RowsPlan* plan = nullptr);
   // Slots of the given rows, padded: k, v [rows, max_len, head_dim] and lengths [rows] (int64, CPU).
   std::tuple<at::Tensor, at::Tensor, at::Tensor> gather(const std::vector<int64_t>& rows) const;
   // Flat slot index (page * page_size + offset) of slots [0, n_slots) of each row, for reading
