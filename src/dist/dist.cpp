@@ -182,6 +182,23 @@ at::Tensor all_gather_rows(const at::Tensor& t_in, const Group& g) {
   return out;
 }
 
+PendingWork all_gather_rows_async(const at::Tensor& t_in, at::Tensor& out, const Group& g) {
+  PendingWork p;
+  if (g.size == 1) {
+    out = t_in;
+    return p;
+  }
+  at::Tensor t = t_in.contiguous();
+  std::vector<int64_t> shape = t.sizes().vec();
+  shape[0] *= g.size;
+  out = at::empty(shape, t.options());
+  auto h = std::make_shared<WorkHolder>();
+  h->w = g.pg()->_allgather_base(out, t);
+  h->keep = {t, out};
+  p.work = h;
+  return p;
+}
+
 PendingWork reduce_scatter_rows_async(const at::Tensor& t_in, at::Tensor& out, const Group& g) {
   PendingWork p;
   if (g.size == 1) {
@@ -273,16 +290,43 @@ at::ScalarType compute_dtype(const at::Tensor& x) {
   return at::autocast::is_autocast_enabled(dt) ? at::autocast::get_autocast_dtype(dt) : x.scalar_type();
 }
 
+// the weight in the compute dtype, through autocast's cache (one cast per weight per autocast region, shared with
+// the recompute of activation checkpointing)
+at::Tensor compute_weight(const at::Tensor& w, at::ScalarType cd, c10::DeviceType devt) {
+  return at::autocast::is_autocast_enabled(devt) ? at::autocast::cached_cast(cd, w, devt) : w.to(cd);
+}
+
+// all_gather_rows(x_local) @ b with the all-gather overlapped with the GEMM of this rank's own rows (the other
+// ranks' rows are multiplied once they arrive).   x_local [n, K], b [K, M] -> [size n, M]; *gathered = [size n, K]
+at::Tensor gather_rows_mm(const at::Tensor& x_local, const at::Tensor& b, const Group& g, at::Tensor* gathered) {
+  const int64_t n = x_local.size(0), s = g.size, r = g.rank;
+  at::Tensor X;
+  PendingWork ag = all_gather_rows_async(x_local, X, g);
+  at::Tensor Y = at::empty({s * n, b.size(1)}, x_local.options());
+  auto rows_mm = [&](const at::Tensor& a, int64_t start, int64_t len) {
+    at::Tensor y = Y.narrow(0, start, len);  // contiguous block of rows: the GEMM writes in place
+    at::mm_out(y, a, b);
+  };
+  rows_mm(x_local, r * n, n);  // while the other ranks' rows travel
+  ag.wait();
+  if (r > 0) rows_mm(X.narrow(0, 0, r * n), 0, r * n);
+  if (r < s - 1) rows_mm(X.narrow(0, (r + 1) * n, (s - r - 1) * n), (r + 1) * n, (s - r - 1) * n);
+  if (gathered) *gathered = X;
+  return Y;
+}
+
 struct ColumnParallelLinear : public torch::autograd::Function<ColumnParallelLinear> {
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
                                                 const at::Tensor& w, int64_t gptr, bool sp) {
     const Group& g = *reinterpret_cast<const Group*>(gptr);
     const at::ScalarType cd = compute_dtype(x);
-    const auto devt = x.device().type();
-    // the weight through autocast's cache (one cast per weight per autocast region, shared with recompute)
-    at::Tensor wc = at::autocast::is_autocast_enabled(devt) ? at::autocast::cached_cast(cd, w, devt) : w.to(cd);
-    at::Tensor X = sp ? all_gather_rows(x.to(cd), g) : x.to(cd);
-    at::Tensor y = at::matmul(X, wc.t());
+    at::Tensor wc = compute_weight(w, cd, x.device().type());
+    at::Tensor X, y;
+    if (sp) y = gather_rows_mm(x.to(cd).contiguous(), wc.t(), g, &X);  // [N, out_local]
+    else {
+      X = x.to(cd);
+      y = at::matmul(X, wc.t());
+    }
     ctx->save_for_backward({X, wc});
     ctx->saved_data["g"] = gptr;
     ctx->saved_data["sp"] = sp;
@@ -313,6 +357,34 @@ struct ColumnParallelLinear : public torch::autograd::Function<ColumnParallelLin
     comm.wait();
     if (gx.defined()) gx = gx.to((at::ScalarType)ctx->saved_data["x_dtype"].toInt());
     return {gx, gw, at::Tensor(), at::Tensor()};
+  }
+};
+
+// Row-parallel linear under sequence parallelism: y = reduce_scatter_rows(x w^T). Backward all-gathers dy by token,
+// overlapped with the input-gradient GEMM of this rank's own rows.   x [N, in_local], w [H, in_local] -> [N/size, H]
+struct RowParallelLinearSP : public torch::autograd::Function<RowParallelLinearSP> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                                                const at::Tensor& w, int64_t gptr) {
+    const Group& g = *reinterpret_cast<const Group*>(gptr);
+    const at::ScalarType cd = compute_dtype(x);
+    at::Tensor wc = compute_weight(w, cd, x.device().type());
+    at::Tensor xc = x.to(cd).reshape({-1, x.size(-1)});
+    at::Tensor y = reduce_scatter_rows(xc.mm(wc.t()), g);
+    ctx->save_for_backward({xc, wc});
+    ctx->saved_data["g"] = gptr;
+    ctx->saved_data["x_dtype"] = (int64_t)x.scalar_type();
+    ctx->saved_data["w_dtype"] = (int64_t)w.scalar_type();
+    return {y};
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list go) {
+    auto s = ctx->get_saved_variables();
+    const at::Tensor &xc = s[0], &wc = s[1];
+    const Group& g = *reinterpret_cast<const Group*>(ctx->saved_data["g"].toInt());
+    at::Tensor G;  // [N, H] whole output gradient
+    at::Tensor gx = gather_rows_mm(go[0].to(wc.scalar_type()).contiguous(), wc, g, &G);  // [N, in_local]
+    at::Tensor gw;
+    if (ctx->needs_input_grad(1)) gw = G.t().mm(xc).to((at::ScalarType)ctx->saved_data["w_dtype"].toInt());
+    return {gx.to((at::ScalarType)ctx->saved_data["x_dtype"].toInt()), gw, at::Tensor()};
   }
 };
 
@@ -387,8 +459,8 @@ at::Tensor column_parallel_linear(const at::Tensor& x, const at::Tensor& w, cons
 
 at::Tensor row_parallel_linear(const at::Tensor& x, const at::Tensor& w, const Group& g, bool sequence_parallel) {
   if (g.size == 1) return at::linear(x, w);
-  at::Tensor y = at::linear(x, w);
-  return sequence_parallel ? reduce_scatter_tokens(y.reshape({-1, y.size(-1)}), g) : reduce_from_group(y, g);
+  if (sequence_parallel) return RowParallelLinearSP::apply(x.reshape({-1, x.size(-1)}), w, reinterpret_cast<int64_t>(&g))[0];
+  return reduce_from_group(at::linear(x, w), g);
 }
 
 }  // namespace dmc

@@ -58,7 +58,8 @@ PendingWork all_reduce_sum_async(at::Tensor& t, const Group& g);
 // reduce_scatter_rows  t [size * n, ...] -> the sum over ranks of rows [rank n, (rank+1) n)  -> [n, ...].
 at::Tensor all_gather_rows(const at::Tensor& t, const Group& g);
 at::Tensor reduce_scatter_rows(const at::Tensor& t, const Group& g);
-// Started now, `out` [n, ...] valid after wait().
+// Started now, `out` valid after wait().
+PendingWork all_gather_rows_async(const at::Tensor& t, at::Tensor& out, const Group& g);
 PendingWork reduce_scatter_rows_async(const at::Tensor& t, at::Tensor& out, const Group& g);
 void barrier(const Group& g);
 
@@ -85,6 +86,8 @@ at::Tensor reduce_scatter_tokens(const at::Tensor& x, const Group& g);
 at::Tensor column_parallel_linear(const at::Tensor& x, const at::Tensor& w, const Group& g, bool sequence_parallel);
 // Row-parallel linear (GEMM + Megatron's g): y = x w^T summed over the group; under sequence parallelism the sum is
 // reduce-scattered by token.  x [..., in_local] (sequence parallel: [N, in_local]);  y [..., H] (sp: [N/size, H]).
+// Under sequence parallelism the forward's all-gather (column) and the backward's all-gather of dy (row) run while
+// the GEMM of this rank's own token rows does.
 at::Tensor row_parallel_linear(const at::Tensor& x, const at::Tensor& w, const Group& g, bool sequence_parallel);
 
 // Logits split by vocabulary [n, V / size] -> whole [n, V] on every rank (inference).
