@@ -8,7 +8,7 @@ from safetensors.torch import load_file as L; a=L('$W/a.st'); b=L('$W/b.st')
 print('$m sp', max(((b[k]-a[k]).norm()/a[k].norm()).item() for k in a))"; done
 $B/dmc data prepare --input '/usr/share/common-licenses/*' --tokenizer $TOK --out $W/data --threads 16 > /dev/null 2>&1
 common="--tokenizer $TOK --data $W/data --preset llama-1b --seq-len 4096 --global-batch 8 --log-every 4 --eval-every 0 --eval-batches 1 --device cuda --dtype bf16 --lr 1e-4 --warmup-steps 0 --keep-last 1 --train-steps 12"
-r() { n=$1; shift; env "$@" DMC_BIN=$B/dmc timeout 120 scripts/launch.sh 2 - $common --out $W/$n > $OUT/$n.log 2>&1; echo "$n rc=$? $(grep 'step 12/12' $OUT/$n.log | grep -o '[0-9]* tok/s.*')"; }
+r() { n=$1; e=$2; shift 2; env $e DMC_BIN=$B/dmc timeout 120 scripts/launch.sh 2 - $common "$@" --out $W/$n > $OUT/$n.log 2>&1; echo "$n rc=$? $(grep 'step 12/12' $OUT/$n.log | grep -o '[0-9]* tok/s.*')"; }
 timeout 120 $B/dmc train $common --micro-batch 4 --out $W/g1 > $OUT/g1.log 2>&1; echo "g1 $(grep 'step 12/12' $OUT/g1.log | grep -o '[0-9]* tok/s.*')"
 r tp X=1 --micro-batch 4 --tensor-parallel 2
 r tp_cdm1 CUDA_DEVICE_MAX_CONNECTIONS=1 --micro-batch 4 --tensor-parallel 2
