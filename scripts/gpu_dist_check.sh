@@ -2,7 +2,7 @@
 # Several-GPU checks (device tool, a 2-GPU kind), results under $OUT:
 #   1. tensor parallel over NCCL: TP=2 logits, loss and gradients equal one GPU (fp32, vanilla and DMC layers);
 #   2. training throughput of a ~1B Llama (seq 4096, bf16 autocast): 1 GPU, DP=2, TP=2 (with and without sequence
-#      parallelism), same global batch;
+#      parallelism; and with micro-batch 8, which TP's smaller per-GPU memory allows), same global batch;
 #   3. a DMC retrofit stage (finetune at CR 2) over NCCL with TP=2 and with DP=2;
 #   4. inference with TP=2 (KV heads split, each rank its own page pool): greedy tokens equal one GPU's.
 # Needs .carry/shared/tokenizers (the Llama 2 tokenizer) for the data.
@@ -46,13 +46,14 @@ run() { local name=$1; shift; timeout 240 "$@" > "$OUT/$name.log" 2>&1; echo "$n
 run g1 $B/dmc train $common --train-steps 12 --out $W/g1
 run dp2 env DMC_BIN=$B/dmc scripts/launch.sh 2 - $common --train-steps 12 --out $W/dp2
 run tp2 env DMC_BIN=$B/dmc scripts/launch.sh 2 - $common --train-steps 12 --out $W/tp2 --tensor-parallel 2
+run tp2_mb8 env DMC_BIN=$B/dmc scripts/launch.sh 2 - $common --train-steps 12 --out $W/tp2_mb8 --tensor-parallel 2 --micro-batch 8
 run tp2_nosp env DMC_BIN=$B/dmc scripts/launch.sh 2 - $common --train-steps 12 --out $W/tp2_nosp --tensor-parallel 2 --sequence-parallel false
 dmc="--stage finetune --target-cr 2 --init-from $W/g1/final --train-steps 4 --activation-checkpointing true"
 if [ -z "${DIST_SKIP_DMC:-}" ]; then  # DIST_SKIP_DMC=1: skip the two retrofit runs
 run dmc_tp2 env DMC_COMMAND=retrofit DMC_BIN=$B/dmc scripts/launch.sh 2 - $common $dmc --out $W/dmc_tp2 --tensor-parallel 2
 run dmc_dp2 env DMC_COMMAND=retrofit DMC_BIN=$B/dmc scripts/launch.sh 2 - $common $dmc --out $W/dmc_dp2
 fi
-for r in g1 dp2 tp2 tp2_nosp dmc_tp2 dmc_dp2; do
+for r in g1 dp2 tp2 tp2_mb8 tp2_nosp dmc_tp2 dmc_dp2; do
   [ -f $W/$r/metrics.jsonl ] && python3 -c "
 import json; rows=[json.loads(l) for l in open('$W/$r/metrics.jsonl') if 'tokens_per_s' in l]
 r=rows[-1]; print('[train] $r: step %d loss %.4f tokens/s %.0f mfu %.3f mem %.1f GiB cr %s' % (r['step'], r['loss'], r['tokens_per_s'], r['mfu'], r['peak_memory_bytes']/2**30, r.get('cr','-')))" | tee -a "$OUT/dist_results.txt"
