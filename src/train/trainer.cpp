@@ -132,6 +132,12 @@ class GradSync {
     for (size_t i = 0; i < params.size(); ++i)
       torch::autograd::impl::set_post_acc_grad_hooks(*params[i].second, std::make_unique<Hook>(this, (int64_t)i));
   }
+  ~GradSync() {  // the hooks point at this object: none may outlive it
+    if (dp_.size > 1)
+      for (auto& p : params_) torch::autograd::impl::set_post_acc_grad_hooks(*p.second, nullptr);
+  }
+  GradSync(const GradSync&) = delete;
+  GradSync& operator=(const GradSync&) = delete;
   bool enabled() const { return dp_.size > 1; }
   // Before the backward of the last micro-batch of a step.
   void arm() {
