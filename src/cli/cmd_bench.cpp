@@ -78,7 +78,7 @@ int cmd_bench(const Args& a) {
   int64_t layers = 0, prompt_len = 3840, new_tokens = 256, steps = 0, page_size = 16, force_cr = 0, seed = 0,
           budget_slots = 0;
   double memory_gib = 0, reserve_gib = 6, prefill_check = 1;
-  int64_t tbt_tokens = 256, profile_prefill = 0;
+  int64_t tbt_tokens = 256, profile_prefill = 0, profile_steps = 0;
   OptionTable t("bench decode", "dmc bench decode [--model DIR | --preset NAME] [--policy vanilla,dmc] [--force-cr R] ...");
   t.add("model", &model_dir, "model directory (else --preset with random weights)");
   t.add("preset", &preset, "model shape with random weights when no --model is given");
@@ -96,6 +96,7 @@ int cmd_bench(const Args& a) {
   t.add("fill", &fill, "synthetic (random prompt state with the policy's slot counts) or prefill (real prefills)");
   t.add("prefill_check", &prefill_check, "1: also time one parallel prefill of prompt_len and token-by-token decoding");
   t.add("profile_prefill", &profile_prefill, "1: print the GPU kernels of one prefill by total time (kineto)");
+  t.add("profile_steps", &profile_steps, "N > 0: print the GPU kernels of N timed-batch decode steps by total time (kineto)");
   t.add("tbt_tokens", &tbt_tokens, "token-by-token tokens timed for the prefill comparison (extrapolated to prompt_len)");
   t.add("text", &text_path, "prompts are windows of this UTF-8 text (with --tokenizer); else random tokens");
   t.add("data", &data_dir, "prompts are windows of this `dmc data prepare` directory's valid split (with --tokenizer)");
@@ -270,6 +271,17 @@ int cmd_bench(const Args& a) {
     }
     sync_device(dev);
     const double dt_s = now_s() - t0;
+    if (profile_steps > 0 && dev.is_cuda()) {  // after the timing, at the same batch (a few more steps of context)
+      double total = 0;
+      std::string prof = kernel_profile([&] {
+        for (int64_t s = 0; s < profile_steps; ++s) {
+          at::Tensor am = dec.step(seqs, ids).argmax(-1).cpu();
+          ids.assign(am.data_ptr<int64_t>(), am.data_ptr<int64_t>() + B);
+        }
+      }, 1, 25, &total);
+      std::cout << "profile of " << profile_steps << " decode steps (" << pol << ", batch " << B
+                << "): GPU kernel time per step " << total / profile_steps << " ms\n" << prof;
+    }
     const double slots_end = dec.cache().lengths.sum().cpu().item<double>();
     const double slots_mid = (lens0.item<double>() + slots_end) / 2;
     const double tokens_end = (double)B * L * nkv * (prompt_len + 2 + timed);
