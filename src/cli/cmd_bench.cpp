@@ -78,7 +78,7 @@ int cmd_bench(const Args& a) {
   int64_t layers = 0, prompt_len = 3840, new_tokens = 256, steps = 0, page_size = 16, force_cr = 0, seed = 0,
           budget_slots = 0;
   double memory_gib = 0, reserve_gib = 6, prefill_check = 1;
-  int64_t tbt_tokens = 256, profile_prefill = 0, profile_steps = 0;
+  int64_t tbt_tokens = 256, profile_prefill = 0, profile_steps = 0, graph_max_batch = DecoderOptions{}.graph_max_batch;
   OptionTable t("bench decode", "dmc bench decode [--model DIR | --preset NAME] [--policy vanilla,dmc] [--force-cr R] ...");
   t.add("model", &model_dir, "model directory (else --preset with random weights)");
   t.add("preset", &preset, "model shape with random weights when no --model is given");
@@ -96,6 +96,7 @@ int cmd_bench(const Args& a) {
   t.add("fill", &fill, "synthetic (random prompt state with the policy's slot counts) or prefill (real prefills)");
   t.add("prefill_check", &prefill_check, "1: also time one parallel prefill of prompt_len and token-by-token decoding");
   t.add("profile_prefill", &profile_prefill, "1: print the GPU kernels of one prefill by total time (kineto)");
+  t.add("graph_max_batch", &graph_max_batch, "decode steps of up to this many sequences run as CUDA graphs");
   t.add("profile_steps", &profile_steps, "N > 0: print the GPU kernels of N timed-batch decode steps by total time (kineto)");
   t.add("tbt_tokens", &tbt_tokens, "token-by-token tokens timed for the prefill comparison (extrapolated to prompt_len)");
   t.add("text", &text_path, "prompts are windows of this UTF-8 text (with --tokenizer); else random tokens");
@@ -159,6 +160,7 @@ int cmd_bench(const Args& a) {
     DecoderOptions o;
     o.policy = pol;
     o.page_size = page_size;
+    o.graph_max_batch = graph_max_batch;
     if (pol == "dmc" && random_weights) {
       DMC_CHECK(force_cr > 0, "policy dmc with random weights needs --force-cr R (no trained decisions exist)");
       o.force_cr = force_cr;

@@ -343,9 +343,10 @@ at::Tensor Decoder::step(const std::vector<int64_t>& seqs, const std::vector<int
       auto graph = std::make_unique<at::cuda::CUDAGraph>();
       {
         c10::cuda::CUDAStreamGuard sg(c10::cuda::getStreamFromPool(false, dev.index()));
-        graph->capture_begin();
+        graph->capture_begin(graph_pool_);
         g->out = run_layers(g->ids, g->seq, g->pos, g->forced, bound);
         graph->capture_end();
+        if (graph_pool_.first == 0 && graph_pool_.second == 0) graph_pool_ = graph->pool();
       }
       torch::cuda::synchronize(dev.index());
       g->graph = std::move(graph);

@@ -50,7 +50,7 @@ struct DecoderOptions {
   bool use_kernels = true;             // CUDA kernels when the model is on a GPU (else the reference ops)
   // CUDA graphs of the whole step per batch size n <= graph_max_batch (kernels path, no TP, no eviction): the
   // first step of a size runs eagerly, the second captures, later ones replay. Small batches are bound by ~500
-  // kernel launches a step; large ones gain nothing.
+  // kernel launches a step; large ones lose the gaps between kernels. All graphs share one memory pool.
   bool cuda_graphs = true;
   int64_t graph_max_batch = 32;
 };
@@ -100,6 +100,8 @@ class Decoder {
                         const at::Tensor& forced_t, int64_t max_len);
   struct Graph;  // a captured step of one batch size
   std::map<int64_t, std::shared_ptr<Graph>> graphs_;
+  // the memory pool every captured step shares (replays run one at a time and their logits are copied out at once)
+  std::pair<unsigned long long, unsigned long long> graph_pool_{0, 0};
 
   const Llama& m_;
   DecoderOptions o_;

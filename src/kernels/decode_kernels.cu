@@ -32,14 +32,18 @@ __device__ __forceinline__ float rnd(float x) {  // store as T, read back: the r
 }
 __device__ __forceinline__ float sigmoidf(float x) { return 1.f / (1.f + expf(-x)); }
 
+// RoPE of the pair (d0, d0 + D/2) = (x0, x1): each product and the sum rounded to T, as apply_rope in T
 template <typename T>
-__device__ __forceinline__ float rope_at(const float* x, int d, int D, const float* cs, const float* sn) {
-  // out = x * c + rotate_half(x) * s, each product and the sum rounded to T (apply_rope in T)
-  const int half = D / 2;
-  const float rot = d < half ? -x[d + half] : x[d - half];
-  return rnd<T>(rnd<T>(x[d] * rnd<T>(cs[d])) + rnd<T>(rot * rnd<T>(sn[d])));
+__device__ __forceinline__ void rope_pair(float x0, float x1, int d0, int d1, const float* cs, const float* sn,
+                                          float& o0, float& o1) {
+  o0 = rnd<T>(rnd<T>(x0 * rnd<T>(cs[d0])) + rnd<T>(-x1 * rnd<T>(sn[d0])));
+  o1 = rnd<T>(rnd<T>(x1 * rnd<T>(cs[d1])) + rnd<T>(x0 * rnd<T>(sn[d1])));
 }
 
+// One block per (KV head h, token i) with D/2 threads: thread j owns dims j and j + D/2 of k, v, the sums and the
+// queries, so RoPE needs no exchange between threads. Every thread loads its inputs and state and works out the
+// decision itself (the same arithmetic, the same result); thread 0 alone does the page accounting. One barrier:
+// the slot thread 0 found, and the group length it then writes (every thread has read the old one by then).
 template <typename T>
 __global__ void decode_update_kernel(const T* __restrict__ qkv, int64_t qkv_stride, const int64_t* __restrict__ seq,
                                      const int64_t* __restrict__ pos, const bool* __restrict__ forced,
@@ -51,8 +55,9 @@ __global__ void decode_update_kernel(const T* __restrict__ qkv, int64_t qkv_stri
                                      int* __restrict__ table, int max_pages, int* __restrict__ lengths,
                                      const int* __restrict__ free_list, int* __restrict__ alloc, int P,
                                      T* __restrict__ q_out) {
-  const int h = blockIdx.x, i = blockIdx.y, tid = threadIdx.x, nt = blockDim.x;
-  const int G = nh / nkv, X = 2 * D + 1;
+  const int h = blockIdx.x, i = blockIdx.y, tid = threadIdx.x;
+  const int half = D / 2, G = nh / nkv, X = 2 * D + 1;
+  const int d0 = tid, d1 = tid + half;
   const int64_t t = pos[i];
   const int64_t r = ((int64_t)layer * max_seqs + seq[i]) * nkv + h;
   const T* q = qkv + (int64_t)i * qkv_stride;
@@ -60,36 +65,42 @@ __global__ void decode_update_kernel(const T* __restrict__ qkv, int64_t qkv_stri
   const T* v = q + (int64_t)(nh + nkv) * D + (int64_t)h * D;
   const float* cs = cos_tab + t * D;
   const float* sn = sin_tab + t * D;
-  extern __shared__ float sm[];  // [X] new sums, [D] key before RoPE, [D] query before RoPE
-  float* s_acc = sm;
-  float* s_k = sm + X;
-  float* s_q = s_k + D;
-  __shared__ float s_alpha, s_omega, s_over;
   __shared__ int64_t s_flat;
 
-  if (tid == 0) {
-    // independent loads first, so their latencies overlap
-    const int len = lengths[r];
-    const int g_old = dmc ? group[r] : 0;
-    const bool is_forced = forced[i];
-    const float k_last = static_cast<float>(k[D - 1]);
-    float alpha = 0.f, omega = 0.f, over = 0.f;
-    if (dmc) {
-      if (force_cr > 0) {
-        alpha = ((t + h) % force_cr) != 0 ? 1.f : 0.f;
-      } else {
-        const float a = rnd<T>(k_last - init_val);
-        alpha = rnd<T>(sigmoidf(a)) > 0.5f ? 1.f : 0.f;
-      }
-      if (is_forced) alpha = 0.f;
-      float s = 0.f;
-      for (int g = 0; g < G; ++g) s += static_cast<float>(q[(int64_t)(h * G + g) * D + D - 1]);
-      const float z = rnd<T>(rnd<T>(s / G) + init_val);
-      omega = rnd<T>(rnd<T>(sigmoidf(z)) + eps);
-      const int gn = alpha > 0.f ? g_old + 1 : 1;
-      group[r] = gn;
-      over = gn > W ? 1.f : 0.f;
+  // independent loads first, so their latencies overlap
+  const T kt0 = k[d0], kt1 = k[d1], vt0 = v[d0], vt1 = v[d1];
+  float alpha = 0.f, omega = 0.f, over = 0.f;
+  int gn = 0;
+  float* ap = nullptr;
+  T* rkv = nullptr;
+  float* rw = nullptr;
+  float a_k0 = 0.f, a_k1 = 0.f, a_v0 = 0.f, a_v1 = 0.f, a_w = 0.f, w_old = 0.f;
+  float o_k0 = 0.f, o_k1 = 0.f, o_v0 = 0.f, o_v1 = 0.f;
+  if (dmc) {
+    ap = acc + r * X;
+    rkv = ring_kv + (r * W + t % W) * (2 * D);
+    rw = ring_w + r * W + t % W;
+    a_k0 = ap[d0], a_k1 = ap[d1], a_v0 = ap[D + d0], a_v1 = ap[D + d1], a_w = ap[2 * D];
+    o_k0 = static_cast<float>(rkv[d0]), o_k1 = static_cast<float>(rkv[d1]);
+    o_v0 = static_cast<float>(rkv[D + d0]), o_v1 = static_cast<float>(rkv[D + d1]);
+    w_old = *rw;
+    const int g_old = group[r];
+    if (force_cr > 0) {
+      alpha = ((t + h) % force_cr) != 0 ? 1.f : 0.f;
+    } else {
+      const float a = rnd<T>(static_cast<float>(k[D - 1]) - init_val);
+      alpha = rnd<T>(sigmoidf(a)) > 0.5f ? 1.f : 0.f;
     }
+    if (forced[i]) alpha = 0.f;
+    float s = 0.f;
+    for (int g = 0; g < G; ++g) s += static_cast<float>(q[(int64_t)(h * G + g) * D + D - 1]);
+    const float z = rnd<T>(rnd<T>(s / G) + init_val);
+    omega = rnd<T>(rnd<T>(sigmoidf(z)) + eps);
+    gn = alpha > 0.f ? g_old + 1 : 1;
+    over = gn > W ? 1.f : 0.f;
+  }
+  if (tid == 0) {
+    const int len = lengths[r];
     const bool merge = alpha > 0.f && len > 0;
     const int slot = merge ? len - 1 : len;
     bool ok = true;
@@ -109,55 +120,55 @@ __global__ void decode_update_kernel(const T* __restrict__ qkv, int64_t qkv_stri
     } else {
       s_flat = -1;
     }
-    s_alpha = alpha;
-    s_omega = omega;
-    s_over = over;
   }
   __syncthreads();
   const int64_t flat = s_flat;
+  float kk0, kk1;  // the key before RoPE
   if (dmc) {
-    const float alpha = s_alpha, omega = s_omega, over = s_over;
-    float* ap = acc + r * X;
-    T* rkv = ring_kv + (r * W + t % W) * (2 * D);
-    float* rw = ring_w + r * W + t % W;
-    const float w_old = *rw;
-    for (int d = tid; d < X; d += nt) {
-      const T xt = d < D ? k[d] : (d < 2 * D ? v[d - D] : static_cast<T>(1.f));
-      const float x = d < 2 * D ? static_cast<float>(xt) : 1.f;
-      const float e = __fmul_rn(omega, x);
-      const float old = d < 2 * D ? __fmul_rn(w_old, static_cast<float>(rkv[d])) : w_old;
-      const float a = __fadd_rn(__fsub_rn(__fmul_rn(alpha, ap[d]), __fmul_rn(over, old)), e);
-      ap[d] = a;
-      s_acc[d] = a;
+    if (tid == 0) group[r] = gn;
+    // new sums: alpha * old - over * (the entry leaving the window) + omega * (k, v, 1)
+    auto upd = [&](float a_old, float x, float leaving) {
+      return __fadd_rn(__fsub_rn(__fmul_rn(alpha, a_old), __fmul_rn(over, leaving)), __fmul_rn(omega, x));
+    };
+    a_k0 = upd(a_k0, static_cast<float>(kt0), __fmul_rn(w_old, o_k0));
+    a_k1 = upd(a_k1, static_cast<float>(kt1), __fmul_rn(w_old, o_k1));
+    a_v0 = upd(a_v0, static_cast<float>(vt0), __fmul_rn(w_old, o_v0));
+    a_v1 = upd(a_v1, static_cast<float>(vt1), __fmul_rn(w_old, o_v1));
+    const float wsum = upd(a_w, 1.f, w_old);
+    ap[d0] = a_k0, ap[d1] = a_k1, ap[D + d0] = a_v0, ap[D + d1] = a_v1;
+    rkv[d0] = kt0, rkv[d1] = kt1, rkv[D + d0] = vt0, rkv[D + d1] = vt1;
+    if (tid == 0) {
+      ap[2 * D] = wsum;
+      *rw = omega;
     }
-    __syncthreads();  // every thread has read the old ring entry
-    for (int d = tid; d < 2 * D; d += nt) rkv[d] = d < D ? k[d] : v[d - D];
-    if (tid == 0) *rw = omega;
-    __syncthreads();
-    const float wsum = s_acc[2 * D];
-    for (int d = tid; d < D; d += nt) {
-      s_k[d] = d == D - 1 ? 0.f : rnd<T>(s_acc[d] / wsum);
-      if (flat >= 0) v_pages[flat * D + d] = static_cast<T>(s_acc[D + d] / wsum);
+    kk0 = d0 == D - 1 ? 0.f : rnd<T>(a_k0 / wsum);
+    kk1 = d1 == D - 1 ? 0.f : rnd<T>(a_k1 / wsum);
+    if (flat >= 0) {
+      v_pages[flat * D + d0] = static_cast<T>(a_v0 / wsum);
+      v_pages[flat * D + d1] = static_cast<T>(a_v1 / wsum);
     }
   } else {
-    for (int d = tid; d < D; d += nt) {
-      s_k[d] = static_cast<float>(k[d]);
-      if (flat >= 0) v_pages[flat * D + d] = v[d];
+    kk0 = static_cast<float>(kt0);
+    kk1 = static_cast<float>(kt1);
+    if (flat >= 0) {
+      v_pages[flat * D + d0] = vt0;
+      v_pages[flat * D + d1] = vt1;
     }
   }
-  __syncthreads();
-  if (flat >= 0)
-    for (int d = tid; d < D; d += nt)
-      k_pages[flat * D + d] = static_cast<T>(dmc && d == D - 1 ? 0.f : rope_at<T>(s_k, d, D, cs, sn));
-  // the group's queries
+  float r0, r1;
+  if (flat >= 0) {
+    rope_pair<T>(kk0, kk1, d0, d1, cs, sn, r0, r1);
+    k_pages[flat * D + d0] = static_cast<T>(dmc && d0 == D - 1 ? 0.f : r0);
+    k_pages[flat * D + d1] = static_cast<T>(dmc && d1 == D - 1 ? 0.f : r1);
+  }
+  // the group's queries (DMC: dim D-1 zeroed before and after RoPE)
   for (int g = 0; g < G; ++g) {
-    const int qh = h * G + g;
-    __syncthreads();
-    for (int d = tid; d < D; d += nt)
-      s_q[d] = dmc && d == D - 1 ? 0.f : static_cast<float>(q[(int64_t)qh * D + d]);
-    __syncthreads();
-    for (int d = tid; d < D; d += nt)
-      q_out[((int64_t)i * nh + qh) * D + d] = static_cast<T>(dmc && d == D - 1 ? 0.f : rope_at<T>(s_q, d, D, cs, sn));
+    const int64_t qo = (int64_t)(h * G + g) * D;
+    const float x0 = dmc && d0 == D - 1 ? 0.f : static_cast<float>(q[qo + d0]);
+    const float x1 = dmc && d1 == D - 1 ? 0.f : static_cast<float>(q[qo + d1]);
+    rope_pair<T>(x0, x1, d0, d1, cs, sn, r0, r1);
+    q_out[(int64_t)i * nh * D + qo + d0] = static_cast<T>(dmc && d0 == D - 1 ? 0.f : r0);
+    q_out[(int64_t)i * nh * D + qo + d1] = static_cast<T>(dmc && d1 == D - 1 ? 0.f : r1);
   }
 }
 
@@ -317,21 +328,21 @@ void decode_update_cuda(const at::Tensor& qkv_in, const at::Tensor& seq_in, cons
              forced = forced_in.to(at::kBool).contiguous();
   DMC_CHECK(cos.scalar_type() == at::kFloat && cos.is_contiguous() && sin.is_contiguous(), "decode_update: cos/sin must be contiguous fp32");
   DMC_CHECK(qkv.scalar_type() == cache.k_pages.scalar_type(), "decode_update kernel: qkv and cache dtypes differ");
-  const int n = (int)qkv.size(0), D = (int)p.head_dim, X = 2 * D + 1, W = (int)std::max<int64_t>(1, p.window);
+  const int n = (int)qkv.size(0), D = (int)p.head_dim, W = (int)std::max<int64_t>(1, p.window);
   DMC_CHECK(D % 2 == 0 && D <= 1024, "decode_update kernel: head_dim ", D);
   if (p.dmc)
     DMC_CHECK(st.acc.defined() && st.ring_kv.size(1) == W && st.ring_kv.scalar_type() == qkv.scalar_type(),
               "decode_update kernel: DMC state missing, of another window or of another dtype");
-  const size_t shmem = (size_t)(X + 2 * D) * sizeof(float);
+  DMC_CHECK(D / 2 <= 1024, "decode_update kernel: head_dim ", D, " above 2048");
   dim3 grid((unsigned)p.n_kv_heads, (unsigned)n);
-  const int threads = std::max(32, std::min(D / 2, 256));  // small blocks: more of them resident per SM
+  const int threads = D / 2;  // thread j: dims j and j + D/2
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, qkv.scalar_type(), "decode_update", [&] {
     const float eps = qkv.scalar_type() == at::kBFloat16 ? 0.0078125f
                       : qkv.scalar_type() == at::kHalf   ? 0.0009765625f
                       : qkv.scalar_type() == at::kDouble ? 2.220446049250313e-16f
                                                          : 1.1920928955078125e-07f;
-    decode_update_kernel<scalar_t><<<grid, threads, shmem, stream>>>(
+    decode_update_kernel<scalar_t><<<grid, threads, 0, stream>>>(
         qkv.data_ptr<scalar_t>(), qkv.stride(0), seq.data_ptr<int64_t>(), pos.data_ptr<int64_t>(),
         forced.data_ptr<bool>(), cos.data_ptr<float>(), sin.data_ptr<float>(), (int)p.n_heads, (int)p.n_kv_heads, D,
         (int)p.layer, (int)cache.options().max_seqs, p.dmc ? 1 : 0, (float)p.init_val, eps, W, (int)p.force_cr,
