@@ -52,7 +52,7 @@ struct DecoderOptions {
   // first step of a size runs eagerly, the second captures, later ones replay. Small batches are bound by ~500
   // kernel launches a step; large ones lose the gaps between kernels. All graphs share one memory pool.
   bool cuda_graphs = true;
-  int64_t graph_max_batch = 32;
+  int64_t graph_max_batch = 512;
 };
 
 class Decoder {
