@@ -1,6 +1,7 @@
 #include "inference/decoder.h"
 
 #include <cmath>
+#include <algorithm>
 #include <limits>
 
 #include "common/error.h"
@@ -219,65 +220,70 @@ at::Tensor Decoder::prefill(int64_t seq, const std::vector<int64_t>& prompt) {
   auto lopt = at::TensorOptions().dtype(at::kLong).device(dev);
   at::Tensor t_idx = at::arange(T, lopt);
   const int64_t L = c.num_hidden_layers;
-  // slots per (layer, head): T, or under DMC one per group: a group ends at the token before the next append (or at
-  // T - 1). All layers' counts and the free pages come back to the host in one read, so the cache writes below
-  // need no synchronisation each.
-  std::vector<at::Tensor> ends(L);
-  at::Tensor counts_all;  // [L, nkv] int64 on the device
+  // the cache build works on all layers at once wherever the tensors are small (page accounting, decode state), so
+  // that the host launches a few dozen operations, not a few dozen a layer; only the k/v payload goes layer by layer
+  at::Tensor rows_all = (at::arange(L, lopt).unsqueeze(1) * o_.max_seqs + seq) * nkv +
+                        at::arange(nkv, lopt).unsqueeze(0);  // [L, nkv] = cache rows (layer, seq, head)
+  rows_all = rows_all.flatten();                            // [L nkv]
+  // slots per (layer, head): T, or under DMC one per group: a group ends at the token before the next append (or
+  // at T - 1). The counts and the free pages come back to the host in one read.
+  at::Tensor b_all, ends_all, counts_all;  // [L, nkv, T] bool, [L, nkv, T] bool, [L, nkv] int64
   if (dmc_) {
-    std::vector<at::Tensor> cs;
-    for (int64_t l = 0; l < L; ++l) {
-      at::Tensor b = rt.boundaries[l][0].to(at::kBool).t();  // [nkv, T]: merge into the previous token
-      ends[l] = at::cat({~b.narrow(1, 1, T - 1), at::ones({nkv, 1}, b.options())}, 1);  // [nkv, T]
-      cs.push_back(ends[l].sum(1));
-    }
-    counts_all = at::stack(cs);
+    std::vector<at::Tensor> bs;
+    for (int64_t l = 0; l < L; ++l) bs.push_back(rt.boundaries[l][0]);  // [T, nkv]: merge into the previous token
+    b_all = at::stack(bs).to(at::kBool).transpose(1, 2);
+    ends_all = at::cat({~b_all.narrow(2, 1, T - 1), at::ones({L, nkv, 1}, b_all.options())}, 2);
+    counts_all = ends_all.sum(2);
   } else {
     counts_all = at::full({L, nkv}, T, lopt);
   }
   at::Tensor host = at::cat({counts_all.flatten(), cache_.alloc.narrow(0, 0, 1).to(at::kLong)}).to(at::kCPU);
   const int64_t* hc = host.data_ptr<int64_t>();
-  int64_t free_top = hc[L * nkv];
-  const int64_t total = cache_.plan_rows(hc, L * nkv, free_top).total_pages;  // before any layer is written
-  if (total > free_top) fail("kv cache exhausted: the prompt needs ", total, " pages, ", free_top, " are free");
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    at::Tensor rows = cache_rows(cache_, l, at::full({1}, seq, lopt)).flatten();  // [nkv]
-    at::Tensor kr = rt.k_rot[l][0], vh = rt.v_hat[l][0];                          // [nkv, T, D]
-    const PagedKVCache::RowsPlan plan = cache_.plan_rows(hc + l * nkv, nkv, free_top);
-    free_top -= plan.total_pages;
-    at::Tensor counts = counts_all[l];  // [nkv]
+  const PagedKVCache::RowsPlan plan = cache_.plan_rows(hc, L * nkv, hc[L * nkv]);
+  if (plan.total_pages > plan.free_top)  // before anything is written
+    fail("kv cache exhausted: the prompt needs ", plan.total_pages, " pages, ", plan.free_top, " are free");
+  cache_.allocate_rows(rows_all, counts_all.flatten(), plan);
+  for (int64_t l = 0; l < L; ++l) {
+    at::Tensor rows = rows_all.narrow(0, l * nkv, nkv);
+    at::Tensor kr = rt.k_rot[l][0], vh = rt.v_hat[l][0];  // [nkv, T, D]
+    at::Tensor counts = counts_all[l];                     // [nkv]
+    const int64_t most = *std::max_element(hc + l * nkv, hc + (l + 1) * nkv);
     if (!dmc_) {
-      cache_.write_rows(rows, kr, vh, counts, &plan);
+      cache_.write_slots(rows, kr, vh, counts, most);
       continue;
     }
-    // one slot per group: the group's state at its last token
-    at::Tensor b = rt.boundaries[l][0].to(at::kBool).t();  // [nkv, T]
     // slot s of a head takes the token that ends its (s+1)-th group: the first t whose running count of group
-    // ends reaches s + 1 (a gather: no host round trip, no scattered writes; slots past the count are not written)
-    at::Tensor cs = at::cumsum(ends[l].to(at::kLong), 1);                                    // [nkv, T]
-    at::Tensor src = at::searchsorted(cs, at::arange(1, T + 1, lopt).unsqueeze(0).expand({nkv, T}).contiguous())
-                         .clamp_max(T - 1);                                                  // [nkv, T]
-    at::Tensor gi = src.unsqueeze(-1).expand({nkv, T, D});
-    cache_.write_rows(rows, kr.gather(1, gi), vh.gather(1, gi), counts, &plan);
-    // decode state after the prompt: group length, ring of the last W entries (by position mod W), sums over the
-    // last min(group, W) of them
-    at::Tensor kvr = rt.kv_raw[l][0].transpose(0, 1);                  // [nkv, T, 2D]
-    at::Tensor om = rt.omega[l][0].to(at::kFloat).t().unsqueeze(-1);   // [nkv, T, 1]
-    at::Tensor last_append = (t_idx.unsqueeze(0) * (~b).to(at::kLong)).amax(1);  // [nkv]
+    // ends reaches s + 1 (a gather over the first `most` slots: no host round trip, no scattered writes)
+    at::Tensor cs = at::cumsum(ends_all[l].to(at::kLong), 1);                                  // [nkv, T]
+    at::Tensor src = at::searchsorted(cs, at::arange(1, most + 1, lopt).unsqueeze(0).expand({nkv, most}).contiguous())
+                         .clamp_max(T - 1);                                                    // [nkv, most]
+    at::Tensor gi = src.unsqueeze(-1).expand({nkv, most, D});
+    cache_.write_slots(rows, kr.gather(1, gi), vh.gather(1, gi), counts, most);
+  }
+  if (dmc_) {
+    // decode state after the prompt, every layer at once: group length, ring of the last W entries (by position
+    // mod W), sums over the last min(group, W) of them (only the last W tokens can take part)
+    const int64_t t0 = std::max<int64_t>(0, T - W), Tn = T - t0;
+    std::vector<at::Tensor> kvs, oms;
+    for (int64_t l = 0; l < L; ++l) {
+      kvs.push_back(rt.kv_raw[l][0].narrow(0, t0, Tn));  // [Tn, nkv, 2D]
+      oms.push_back(rt.omega[l][0].narrow(0, t0, Tn));   // [Tn, nkv]
+    }
+    at::Tensor kw = at::stack(kvs).permute({0, 2, 1, 3});                             // [L, nkv, Tn, 2D]
+    at::Tensor ow = at::stack(oms).to(at::kFloat).permute({0, 2, 1}).unsqueeze(-1);  // [L, nkv, Tn, 1]
+    at::Tensor last_append = (t_idx.view({1, 1, T}) * (~b_all).to(at::kLong)).amax(2);  // [L, nkv]
     at::Tensor group = T - last_append;
-    st_.group.index_copy_(0, rows, group.to(at::kInt));
-    // the sums run over the last min(group, W) tokens: only the last W tokens can take part
-    const int64_t t0 = std::max<int64_t>(0, T - W);
-    at::Tensor kw = kvr.narrow(1, t0, T - t0), ow = om.narrow(1, t0, T - t0);    // [nkv, <= W, 2D | 1]
-    at::Tensor e = at::cat({ow * kw.to(at::kFloat), ow}, -1);                     // [nkv, <= W, 2D + 1]
-    at::Tensor inwin = t_idx.narrow(0, t0, T - t0).unsqueeze(0) >= (T - at::minimum(group, at::full_like(group, W))).unsqueeze(1);
-    st_.acc.index_copy_(0, rows, (e * inwin.unsqueeze(-1)).sum(1));
-    st_.ring_kv.index_fill_(0, rows, 0.0);
-    st_.ring_w.index_fill_(0, rows, 0.0);
+    st_.group.index_copy_(0, rows_all, group.flatten().to(at::kInt));
+    at::Tensor e = at::cat({ow * kw.to(at::kFloat), ow}, -1);  // [L, nkv, Tn, 2D + 1]
+    at::Tensor inwin = t_idx.narrow(0, t0, Tn).view({1, 1, Tn}) >=
+                       (T - at::minimum(group, at::full_like(group, W))).unsqueeze(-1);  // [L, nkv, Tn]
+    st_.acc.index_copy_(0, rows_all, (e * inwin.unsqueeze(-1)).sum(2).view({L * nkv, 2 * D + 1}));
+    st_.ring_kv.index_fill_(0, rows_all, 0.0);
+    st_.ring_w.index_fill_(0, rows_all, 0.0);
     at::Tensor ts = at::arange(t0, T, lopt);
-    at::Tensor ridx = (rows.unsqueeze(1) * W + (ts % W).unsqueeze(0)).flatten();
-    st_.ring_kv.view({-1, 2 * D}).index_copy_(0, ridx, kvr.narrow(1, t0, T - t0).reshape({-1, 2 * D}).to(st_.ring_kv.scalar_type()));
-    st_.ring_w.view({-1}).index_copy_(0, ridx, om.narrow(1, t0, T - t0).reshape({-1}));
+    at::Tensor ridx = (rows_all.unsqueeze(1) * W + (ts % W).unsqueeze(0)).flatten();  // [L nkv Tn]
+    st_.ring_kv.view({-1, 2 * D}).index_copy_(0, ridx, kw.reshape({-1, 2 * D}).to(st_.ring_kv.scalar_type()));
+    st_.ring_w.view({-1}).index_copy_(0, ridx, ow.reshape({-1}));
   }
   pos_[seq] = T;
   return gather_vocab(at::linear(h[0][T - 1].unsqueeze(0), m_.lm_head), m_.tp)[0];

@@ -100,18 +100,25 @@ PagedKVCache::RowsPlan PagedKVCache::plan_rows(const int64_t* counts, int64_t m,
 
 void PagedKVCache::write_rows(const at::Tensor& rows, const at::Tensor& k, const at::Tensor& v,
                               const at::Tensor& counts, const RowsPlan* plan) {
-  const int64_t m = rows.numel(), T = k.size(1), D = o_.head_dim, P = o_.page_size;
-  auto lopt = rows.options();
-  at::Tensor cnt = counts.to(lopt);
-  at::Tensor npg = (cnt + P - 1).div(P, "floor");  // [m]
   RowsPlan pl;
   if (plan) pl = *plan;
   else {
+    at::Tensor npg = (counts.to(rows.options()) + o_.page_size - 1).div(o_.page_size, "floor");
     at::Tensor stats = at::stack({npg.sum(), npg.max(), alloc[0].to(at::kLong)}).to(at::kCPU);  // one read-back
     pl.total_pages = stats[0].item<int64_t>();
     pl.max_pages = stats[1].item<int64_t>();
     pl.free_top = stats[2].item<int64_t>();
   }
+  allocate_rows(rows, counts, pl);
+  // a compressed prompt's k/v [m, T, D] hold far fewer slots than T: only the first most-pages x P are looked at
+  write_slots(rows, k, v, counts, std::min<int64_t>(k.size(1), pl.max_pages * o_.page_size));
+}
+
+void PagedKVCache::allocate_rows(const at::Tensor& rows, const at::Tensor& counts, const RowsPlan& pl) {
+  const int64_t m = rows.numel(), P = o_.page_size;
+  auto lopt = rows.options();
+  at::Tensor cnt = counts.to(lopt);
+  at::Tensor npg = (cnt + P - 1).div(P, "floor");  // [m]
   const int64_t total = pl.total_pages, top = pl.free_top;
   if (total > top) fail("kv cache exhausted: ", total, " pages needed, ", top, " free");
   DMC_CHECK(pl.max_pages <= max_pages_, "kv cache: a row of more than ", o_.max_slots_per_row,
@@ -125,20 +132,21 @@ void PagedKVCache::write_rows(const at::Tensor& rows, const at::Tensor& k, const
   at::Tensor old = table.index_select(0, rows);
   table.index_copy_(0, rows, at::where(used, pages, old));
   alloc.narrow(0, 0, 1).sub_(total);
-  // slots: flat index of (row i, slot s) for s < counts[i]; only the first Tw = min(T, most pages x P) slots are
-  // looked at (a compressed prompt's k/v [m, T, D] hold far fewer slots than T: the rest is never written)
-  const int64_t Tw = std::min<int64_t>(T, pl.max_pages * P);
-  if (Tw == 0) {
-    lengths.index_copy_(0, rows, cnt.to(at::kInt));
-    return;
-  }
+  lengths.index_copy_(0, rows, cnt.to(at::kInt));
+}
+
+void PagedKVCache::write_slots(const at::Tensor& rows, const at::Tensor& k, const at::Tensor& v,
+                               const at::Tensor& counts, int64_t max_count) {
+  const int64_t m = rows.numel(), D = o_.head_dim, P = o_.page_size;
+  const int64_t Tw = std::min<int64_t>(k.size(1), max_count);
+  if (Tw <= 0) return;
+  auto lopt = rows.options();
   at::Tensor s = at::arange(Tw, lopt).unsqueeze(0);                                  // [1, Tw]
-  at::Tensor valid = s < cnt.unsqueeze(1);                                           // [m, Tw]
-  // slots past a row's count (at most a page's worth of them less one, per row) go to the trash page
+  at::Tensor valid = s < counts.to(lopt).unsqueeze(1);                               // [m, Tw]
+  // slots past a row's count (fewer than Tw - count of them) go to the trash page
   at::Tensor flat = at::where(valid, slot_index(rows, Tw), at::full({1, 1}, o_.n_pages * P, lopt)).flatten();
   k_pages.view({-1, D}).index_put_({flat}, k.narrow(1, 0, Tw).reshape({m * Tw, D}).to(o_.dtype));
   v_pages.view({-1, D}).index_put_({flat}, v.narrow(1, 0, Tw).reshape({m * Tw, D}).to(o_.dtype));
-  lengths.index_copy_(0, rows, cnt.to(at::kInt));
 }
 
 at::Tensor PagedKVCache::slot_index(const at::Tensor& rows, int64_t n_slots) const {

@@ -74,6 +74,13 @@ class PagedKVCache {
   RowsPlan plan_rows(const int64_t* counts, int64_t m, int64_t free_top) const;
   void write_rows(const at::Tensor& rows, const at::Tensor& k, const at::Tensor& v, const at::Tensor& counts,
                   const RowsPlan* plan = nullptr);
+  // write_rows in two parts, for callers that allocate many rows at once and fill them in pieces:
+  //   allocate_rows: pages and lengths for counts[i] slots of each empty row (no contents);
+  //   write_slots:   the contents of slots [0, counts[i]) of allocated rows from k, v [m, >= max_count, D];
+  //                  max_count (host) bounds the counts: only that many slots a row are looked at.
+  void allocate_rows(const at::Tensor& rows, const at::Tensor& counts, const RowsPlan& plan);
+  void write_slots(const at::Tensor& rows, const at::Tensor& k, const at::Tensor& v, const at::Tensor& counts,
+                   int64_t max_count);
   // Slots of the given rows, padded: k, v [rows, max_len, head_dim] and lengths [rows] (int64, CPU).
   std::tuple<at::Tensor, at::Tensor, at::Tensor> gather(const std::vector<int64_t>& rows) const;
   // Flat slot index (page * page_size + offset) of slots [0, n_slots) of each row, for reading
