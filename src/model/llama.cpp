@@ -321,7 +321,8 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
     const LlamaLayer& L = m->layers[l];
     auto [y, dmean, bnd] = m->layer_forward(L, l, x, cos, sin, nullptr, sp);
     if (m->runtime && bnd.defined()) m->runtime->boundaries[l] = bnd;
-    if (!dmean.defined()) dmean = at::zeros({x.size(0)}, x.options().dtype(at::kFloat));
+    const int64_t B = sp ? x.size(0) * m->tp.size / cos.size(0) : x.size(0);  // sp: x is [B T / tp, H]
+    if (!dmean.defined()) dmean = at::zeros({B}, x.options().dtype(at::kFloat));
     return {y, dmean};
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,

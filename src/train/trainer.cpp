@@ -235,6 +235,7 @@ TrainResult train(const TrainOptions& o, Stage* stage, const std::string& resolv
   DMC_CHECK(o.micro_batch > 0 && o.global_batch % o.micro_batch == 0, "global_batch (", o.global_batch,
             ") must be a positive multiple of micro_batch (", o.micro_batch, ")");
   DMC_CHECK(o.train_steps > 0, "train_steps: must be positive");
+  DMC_CHECK(o.grad_bucket_mb > 0, "grad_bucket_mb: must be positive, got ", o.grad_bucket_mb);
   auto [dev, dt] = resolve_runtime(o.device, o.dtype);
   const bool autocast = dev.is_cuda() && dt == at::kBFloat16;
   DMC_CHECK(dt == at::kFloat || autocast, "dtype: bf16 training needs CUDA (on CPU use fp32)");
