@@ -135,6 +135,10 @@ TEST_CASE("data and tensor parallel training over Gloo equal the single process,
     auto r = train_ranks(2, w + "/bad", steps + "--tensor-parallel 2 --num-key-value-heads 1");
     CHECK(r.status != 0);
     CHECK(r.output.find("num_key_value_heads") != std::string::npos);
+    // sequence parallelism splits micro_batch x seq_len tokens over the TP ranks: 1 x 31 does not split in two
+    auto sp = train_ranks(2, w + "/badsp", steps + "--tensor-parallel 2 --seq-len 31 --micro-batch 1 --global-batch 2");
+    CHECK(sp.status != 0);
+    CHECK(sp.output.find("sequence_parallel") != std::string::npos);
   }
 }
 
