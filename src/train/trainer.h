@@ -3,9 +3,10 @@
 // AdamW + LR schedule + global-norm clipping, periodic validation, logging (text + JSONL metrics),
 // atomic checkpoints (every N steps, at the end, and on SIGTERM/SIGINT) and exact resume.
 //
-// Parallel runs (WORLD_SIZE > 1, see dist/dist.h): tensor parallel inside groups of tensor_parallel ranks, data
-// parallel across them. Each data-parallel rank takes its own contiguous block of every global batch (so a step
-// sees the same samples for any layout), gradients are averaged over data-parallel ranks in buckets, clipping uses
+// Parallel runs (WORLD_SIZE > 1, see dist/dist.h): tensor parallel inside groups of tensor_parallel ranks (with
+// sequence parallelism unless sequence_parallel is off), data parallel across them. Each data-parallel rank takes
+// its own contiguous block of every global batch (so a step sees the same samples for any layout), gradients are
+// averaged over data-parallel ranks in buckets overlapped with backward (.grad views of the buckets), clipping uses
 // the norm over all shards, and checkpoints hold whole HF tensors (model and optimizer state), written by rank 0,
 // so a run resumes under any layout. Rank 0 alone writes logs, metrics and checkpoints.
 //
