@@ -259,27 +259,22 @@ int cmd_bench(const Args& a) {
     sync_device(dev);
     const double fill_s = now_s() - tf0;
     std::vector<int64_t> ids = random_ids(B, c.vocab_size);
-    for (int w = 0; w < 2; ++w) ids = [&] {  // warm-up: allocator, cuBLAS handles
+    auto step_greedy = [&] {  // one decode step of the batch, its greedy tokens fed to the next
       at::Tensor am = dec.step(seqs, ids).argmax(-1).cpu();
-      return std::vector<int64_t>(am.data_ptr<int64_t>(), am.data_ptr<int64_t>() + B);
-    }();
+      ids.assign(am.data_ptr<int64_t>(), am.data_ptr<int64_t>() + B);
+    };
+    for (int w = 0; w < 2; ++w) step_greedy();  // warm-up: allocator, cuBLAS handles
     const int64_t timed = std::min<int64_t>(steps, new_tokens - 2);
     at::Tensor lens0 = dec.cache().lengths.sum().cpu();
     sync_device(dev);
     const double t0 = now_s();
-    for (int64_t s = 0; s < timed; ++s) {
-      at::Tensor am = dec.step(seqs, ids).argmax(-1).cpu();
-      ids.assign(am.data_ptr<int64_t>(), am.data_ptr<int64_t>() + B);
-    }
+    for (int64_t s = 0; s < timed; ++s) step_greedy();
     sync_device(dev);
     const double dt_s = now_s() - t0;
     if (profile_steps > 0 && dev.is_cuda()) {  // after the timing, at the same batch (a few more steps of context)
       double total = 0;
       std::string prof = kernel_profile([&] {
-        for (int64_t s = 0; s < profile_steps; ++s) {
-          at::Tensor am = dec.step(seqs, ids).argmax(-1).cpu();
-          ids.assign(am.data_ptr<int64_t>(), am.data_ptr<int64_t>() + B);
-        }
+        for (int64_t s = 0; s < profile_steps; ++s) step_greedy();
       }, 1, 25, &total);
       std::cout << "profile of " << profile_steps << " decode steps (" << pol << ", batch " << B
                 << "): GPU kernel time per step " << total / profile_steps << " ms\n" << prof;

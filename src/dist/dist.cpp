@@ -140,14 +140,10 @@ void Dist::shutdown() {
 void all_reduce_sum(at::Tensor& t, const Group& g) { all_reduce(t, g, c10d::ReduceOp::SUM); }
 void all_reduce_max(at::Tensor& t, const Group& g) { all_reduce(t, g, c10d::ReduceOp::MAX); }
 
-at::Tensor all_gather_cat(const at::Tensor& t_in, const Group& g) {
-  if (g.size == 1) return t_in;
-  at::Tensor t = t_in.contiguous();
-  std::vector<at::Tensor> in{t};
-  std::vector<std::vector<at::Tensor>> out(1);
-  for (int64_t r = 0; r < g.size; ++r) out[0].push_back(at::empty_like(t));
-  g.pg()->allgather(out, in)->wait();
-  return at::cat(out[0], 0);
+at::Tensor all_gather_cat(const at::Tensor& t, const Group& g) {
+  at::Tensor out;
+  all_gather_rows_async(t, out, g).wait();
+  return out;
 }
 
 namespace {
@@ -170,16 +166,6 @@ PendingWork all_reduce_sum_async(at::Tensor& t, const Group& g) {
   h->w = g.pg()->allreduce(v);
   p.work = h;
   return p;
-}
-
-at::Tensor all_gather_rows(const at::Tensor& t_in, const Group& g) {
-  if (g.size == 1) return t_in;
-  at::Tensor t = t_in.contiguous();
-  std::vector<int64_t> shape = t.sizes().vec();
-  shape[0] *= g.size;
-  at::Tensor out = at::empty(shape, t.options());
-  g.pg()->_allgather_base(out, t)->wait();
-  return out;
 }
 
 PendingWork all_gather_rows_async(const at::Tensor& t_in, at::Tensor& out, const Group& g) {
@@ -268,7 +254,7 @@ struct ReduceFromGroup : public torch::autograd::Function<ReduceFromGroup> {
 struct GatherTokens : public torch::autograd::Function<GatherTokens> {
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, int64_t gptr) {
     ctx->saved_data["g"] = gptr;
-    return {all_gather_rows(x, *reinterpret_cast<const Group*>(gptr))};
+    return {all_gather_cat(x, *reinterpret_cast<const Group*>(gptr))};
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list g) {
     return {reduce_scatter_rows(g[0], *reinterpret_cast<const Group*>(ctx->saved_data["g"].toInt())), at::Tensor()};
@@ -280,7 +266,7 @@ struct ReduceScatterTokens : public torch::autograd::Function<ReduceScatterToken
     return {reduce_scatter_rows(x, *reinterpret_cast<const Group*>(gptr))};
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list g) {
-    return {all_gather_rows(g[0], *reinterpret_cast<const Group*>(ctx->saved_data["g"].toInt())), at::Tensor()};
+    return {all_gather_cat(g[0], *reinterpret_cast<const Group*>(ctx->saved_data["g"].toInt())), at::Tensor()};
   }
 };
 
@@ -296,7 +282,7 @@ at::Tensor compute_weight(const at::Tensor& w, at::ScalarType cd, c10::DeviceTyp
   return at::autocast::is_autocast_enabled(devt) ? at::autocast::cached_cast(cd, w, devt) : w.to(cd);
 }
 
-// all_gather_rows(x_local) @ b with the all-gather overlapped with the GEMM of this rank's own rows (the other
+// all_gather_cat(x_local) @ b with the all-gather overlapped with the GEMM of this rank's own rows (the other
 // ranks' rows are multiplied once they arrive).   x_local [n, K], b [K, M] -> [size n, M]; *gathered = [size n, K]
 at::Tensor gather_rows_mm(const at::Tensor& x_local, const at::Tensor& b, const Group& g, at::Tensor* gathered) {
   const int64_t n = x_local.size(0), s = g.size, r = g.rank;

@@ -54,11 +54,9 @@ struct PendingWork {
   void wait();
 };
 PendingWork all_reduce_sum_async(at::Tensor& t, const Group& g);
-// Row blocks: all_gather_rows  t [n, ...] -> [size * n, ...] (rank r's rows at [r n, (r+1) n));
 // reduce_scatter_rows  t [size * n, ...] -> the sum over ranks of rows [rank n, (rank+1) n)  -> [n, ...].
-at::Tensor all_gather_rows(const at::Tensor& t, const Group& g);
 at::Tensor reduce_scatter_rows(const at::Tensor& t, const Group& g);
-// Started now, `out` valid after wait().
+// Started now, `out` valid after wait(): all_gather_cat's and reduce_scatter_rows' results.
 PendingWork all_gather_rows_async(const at::Tensor& t, at::Tensor& out, const Group& g);
 PendingWork reduce_scatter_rows_async(const at::Tensor& t, at::Tensor& out, const Group& g);
 void barrier(const Group& g);

@@ -222,9 +222,9 @@ at::Tensor Decoder::prefill(int64_t seq, const std::vector<int64_t>& prompt) {
   const int64_t L = c.num_hidden_layers;
   // the cache build works on all layers at once wherever the tensors are small (page accounting, decode state), so
   // that the host launches a few dozen operations, not a few dozen a layer; only the k/v payload goes layer by layer
-  at::Tensor rows_all = (at::arange(L, lopt).unsqueeze(1) * o_.max_seqs + seq) * nkv +
-                        at::arange(nkv, lopt).unsqueeze(0);  // [L, nkv] = cache rows (layer, seq, head)
-  rows_all = rows_all.flatten();                            // [L nkv]
+  const int64_t layer_stride = cache_.row(1, 0, 0) - cache_.row(0, 0, 0);
+  at::Tensor rows_all = (cache_rows(cache_, 0, at::full({1}, seq, lopt)) +
+                         at::arange(L, lopt).unsqueeze(1) * layer_stride).flatten();  // [L nkv] rows (layer, seq, head)
   // slots per (layer, head): T, or under DMC one per group: a group ends at the token before the next append (or
   // at T - 1). The counts and the free pages come back to the host in one read.
   at::Tensor b_all, ends_all, counts_all;  // [L, nkv, T] bool, [L, nkv, T] bool, [L, nkv] int64
@@ -239,10 +239,8 @@ at::Tensor Decoder::prefill(int64_t seq, const std::vector<int64_t>& prompt) {
   }
   at::Tensor host = at::cat({counts_all.flatten(), cache_.alloc.narrow(0, 0, 1).to(at::kLong)}).to(at::kCPU);
   const int64_t* hc = host.data_ptr<int64_t>();
-  const PagedKVCache::RowsPlan plan = cache_.plan_rows(hc, L * nkv, hc[L * nkv]);
-  if (plan.total_pages > plan.free_top)  // before anything is written
-    fail("kv cache exhausted: the prompt needs ", plan.total_pages, " pages, ", plan.free_top, " are free");
-  cache_.allocate_rows(rows_all, counts_all.flatten(), plan);
+  // every layer's pages at once: an exhausted pool fails here, before anything is written
+  cache_.allocate_rows(rows_all, counts_all.flatten(), cache_.plan_rows(hc, L * nkv, hc[L * nkv]));
   for (int64_t l = 0; l < L; ++l) {
     at::Tensor rows = rows_all.narrow(0, l * nkv, nkv);
     at::Tensor kr = rt.k_rot[l][0], vh = rt.v_hat[l][0];  // [nkv, T, D]

@@ -387,8 +387,7 @@ at::Tensor Llama::embed_tokens(const at::Tensor& ids) const {
 
 at::Tensor Llama::lm_logits(const at::Tensor& hidden) const {
   // under sequence parallelism forward_hidden's all-gather already sums the gradient over the group in backward
-  const bool sp = sequence_parallel && tp.size > 1 && at::GradMode::is_enabled();  // as forward_hidden decides
-  return at::linear(sp ? hidden : copy_to_group(hidden, tp), lm_head);
+  return at::linear(sequence_parallel_now() ? hidden : copy_to_group(hidden, tp), lm_head);
 }
 
 at::Tensor Llama::forward_hidden(const at::Tensor& ids, KVCache* cache) const {
@@ -401,7 +400,7 @@ at::Tensor Llama::forward_hidden(const at::Tensor& ids, KVCache* cache) const {
   at::Tensor pos = at::arange(past, past + T, at::TensorOptions().dtype(at::kLong).device(ids.device()));
   auto [cos, sin] = rope_cos_sin(inv_freq, pos);
   const bool recompute = activation_checkpointing && !cache && at::GradMode::is_enabled();
-  const bool sp = sequence_parallel && tp.size > 1 && !cache && at::GradMode::is_enabled();
+  const bool sp = !cache && sequence_parallel_now();
   const int64_t B = ids.size(0), H = config.hidden_size;
   if (sp)
     DMC_CHECK((B * T) % tp.size == 0, "sequence parallelism: batch x seq = ", B * T,

@@ -99,6 +99,8 @@ class Llama {
   // bytes as the all-reduces they replace); the replicated norm weights' gradients are summed over the group.
   // Needs batch * seq divisible by tp. forward_hidden still returns the whole [batch, seq, hidden].
   bool sequence_parallel = false;
+  // Whether a forward now splits tokens: sequence_parallel, TP, and gradient on (no-grad forwards run plain TP).
+  bool sequence_parallel_now() const { return sequence_parallel && tp.size > 1 && at::GradMode::is_enabled(); }
   void shard_tensor_parallel(const Group& g);
   // Parameter `name` (of parameters()) whole again from every rank's shard (collective over tp).
   at::Tensor unshard(const std::string& name, const at::Tensor& local) const;

@@ -147,13 +147,12 @@ class GradSync {
     for (auto& b : buckets_) pending_.push_back((int64_t)b.size());
     std::fill(seen_.begin(), seen_.end(), 0);
     work_.assign(buckets_.size(), PendingWork{});
-    launched_.assign(buckets_.size(), 0);
   }
   // After that backward: buckets with parameters that got no gradient go now (in the same order on every rank).
   void finish() {
     if (dp_.size == 1 || !active_) return;
     for (size_t b = 0; b < buckets_.size(); ++b)
-      if (!launched_[b]) launch((int64_t)b);
+      if (!work_[b].work) launch((int64_t)b);
     for (auto& w : work_) w.wait();
     active_ = false;
   }
@@ -172,14 +171,13 @@ class GradSync {
     for (int64_t i : buckets_[b])  // a parameter's .grad must still be the view into the bucket
       DMC_CHECK(params_[i].second->grad().is_alias_of(flat_[b]),
                 "data parallel: the gradient of ", params_[i].first, " was replaced (no longer a bucket view)");
-    launched_[b] = 1;
     work_[b] = all_reduce_sum_async(flat_[b], dp_);
   }
   std::vector<std::pair<std::string, at::Tensor*>>& params_;
   const Group& dp_;
   std::vector<std::vector<int64_t>> buckets_;
   std::vector<int64_t> bucket_of_, pending_;
-  std::vector<char> seen_, launched_;
+  std::vector<char> seen_;
   std::vector<at::Tensor> flat_;
   std::vector<PendingWork> work_;
   bool active_ = false;
