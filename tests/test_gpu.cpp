@@ -126,3 +126,118 @@ TEST_CASE("CUDA: flash-kernel DMC attention equals the blockwise twin in bf16, v
   }
   std::cout << "[gpu-dmc-flash] out rel err " << e_out << std::endl;
 }
+
+// The inference-time kernels of DMC attention (kernels/dmc_eval.cu) against their ATen oracles. Inputs are bf16; the
+// oracles compute in fp32 from the same bf16 values, so the only difference is the kernels' bf16 output rounding
+// (2^-9 relative at most, ~2^-10 on average) and fp32 summation order.
+TEST_CASE("CUDA: DMC inference pooling and diagonal blend kernels equal their ATen forms", "[gpu][dmc]") {
+  if (!torch::cuda::is_available()) SKIP("no CUDA device");
+  auto f = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
+  for (int64_t D : {64, 128}) {
+    for (int64_t W : {1, 5, 12, 32}) {
+      DYNAMIC_SECTION("pool D " << D << " W " << W) {
+        torch::manual_seed(40 + W + D);
+        const int64_t B = 2, T = 301, nh = 4, nkv = 2;
+        // k and v as views into a fused projection, as the model hands them over
+        at::Tensor qkv = at::randn({B, T, (nh + 2 * nkv) * D}, f).to(at::kBFloat16);
+        at::Tensor k = qkv.narrow(-1, nh * D, nkv * D).view({B, T, nkv, D});
+        at::Tensor v = qkv.narrow(-1, (nh + nkv) * D, nkv * D).view({B, T, nkv, D});
+        at::Tensor w = at::rand({B, T, nkv}, f) + 0.05;
+        at::Tensor b = (at::rand({B, T, nkv}, f) < 0.85).to(at::kFloat);  // long groups too: W matters
+        b.narrow(1, 0, 1).zero_();
+        b.narrow(1, 150, 1).zero_();  // a document start
+        REQUIRE(dmc_eval_kernels_apply(k, v, W));
+        at::Tensor ko = at::empty({B, T, nkv, D}, k.options()), vo = at::empty({B, T, nkv, D}, v.options());
+        dmc_pool_eval_cuda(k, v, w, b, W, ko, vo);
+        at::Tensor ref = dmc_pool_ref(at::cat({k, v}, -1).to(at::kFloat), w, b, W);
+        const double ek = rel_err(ko, ref.narrow(-1, 0, D)), ev = rel_err(vo, ref.narrow(-1, D, D));
+        INFO("k " << ek << " v " << ev);
+        CHECK(ek < 4e-3);
+        CHECK(ev < 4e-3);
+        // a window the kernel does not take is left to the general form
+        CHECK_FALSE(dmc_eval_kernels_apply(k, v, 33));
+        CHECK_FALSE(dmc_eval_kernels_apply(k.to(at::kFloat), v.to(at::kFloat), W));
+        std::cout << "[gpu-dmc-pool-eval] D " << D << " W " << W << ": k " << ek << " v " << ev << std::endl;
+      }
+    }
+  }
+  SECTION("blend, GQA, strided") {
+    torch::manual_seed(77);
+    const int64_t B = 2, T = 257, nh = 8, nkv = 2, D = 128;
+    const double scale = 1.0 / std::sqrt((double)D);
+    // q and past in [B, T, nh, D] memory (as the RoPE kernel and cuDNN write them), k and v contiguous
+    at::Tensor q = at::randn({B, T, nh, D}, f).to(at::kBFloat16).transpose(1, 2);
+    at::Tensor past = at::randn({B, T, nh, D}, f).to(at::kBFloat16).transpose(1, 2);
+    at::Tensor k = at::randn({B, nkv, T, D}, f).to(at::kBFloat16), v = at::randn({B, nkv, T, D}, f).to(at::kBFloat16);
+    q.select(-1, D - 1).fill_(1.0 / scale);  // the bias scale, which the diagonal score must leave out
+    at::Tensor lse = at::randn({B, nh, T}, f) * 2;
+    at::Tensor out = dmc_blend_cuda(q, k, past, v, lse, scale);
+    REQUIRE(out.defined());
+    // fp32 oracle
+    at::Tensor ke = k.to(at::kFloat).repeat_interleave(nh / nkv, 1), ve = v.to(at::kFloat).repeat_interleave(nh / nkv, 1);
+    at::Tensor s = (q.to(at::kFloat).narrow(-1, 0, D - 1) * ke.narrow(-1, 0, D - 1)).sum(-1) * scale;
+    at::Tensor a = at::sigmoid(lse - s).unsqueeze(-1);
+    at::Tensor ref = a * past.to(at::kFloat) + (1 - a) * ve;
+    const double e = rel_err(out, ref);
+    INFO("blend rel err " << e);
+    CHECK(e < 4e-3);
+    // both terms take part (neither weight saturates everywhere)
+    CHECK(a.min().item<double>() < 0.2);
+    CHECK(a.max().item<double>() > 0.8);
+    // an fp32 input is not the kernel's: the caller falls back
+    CHECK_FALSE(dmc_blend_cuda(q.to(at::kFloat), k.to(at::kFloat), past.to(at::kFloat), v.to(at::kFloat), lse, scale).defined());
+    std::cout << "[gpu-dmc-blend] rel err " << e << std::endl;
+  }
+}
+
+// The whole eval-mode DMC attention of a layer through the inference kernels (bf16, no gradient) against the
+// blockwise form in fp32 on the same inputs: output, the merged keys and values the prefill caches, the last
+// window of raw (k, v) and the weights.
+TEST_CASE("CUDA: eval-mode DMC attention through the inference kernels equals the fp32 blockwise form", "[gpu][dmc]") {
+  if (!torch::cuda::is_available()) SKIP("no CUDA device");
+  at::NoGradGuard ng;
+  torch::manual_seed(91);
+  auto f = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
+  const int64_t B = 2, T = 400, nh = 8, nkv = 4, D = 128;
+  at::Tensor qkv = at::randn({B, T, (nh + 2 * nkv) * D}, f);
+  // q[D-1] sets the weights; the decision logits k[D-1] - 5 lie on both sides of the threshold but at least 1 away
+  // from it, where bf16 and fp32 decide alike
+  qkv.view({B, T, nh + 2 * nkv, D}).select(-1, D - 1).mul_(3.0).add_(5.0);
+  at::Tensor z = at::randn({B, T, nkv}, f);
+  qkv.narrow(-1, nh * D, nkv * D).view({B, T, nkv, D}).select(-1, D - 1).copy_(z + z.sign() + 5.0);
+  qkv = qkv.to(at::kBFloat16);
+  auto split = [&](const at::Tensor& x) {
+    return std::vector<at::Tensor>{x.narrow(-1, 0, nh * D).view({B, T, nh, D}),
+                                   x.narrow(-1, nh * D, nkv * D).view({B, T, nkv, D}),
+                                   x.narrow(-1, (nh + nkv) * D, nkv * D).view({B, T, nkv, D})};
+  };
+  at::Tensor doc = at::zeros({B, T}, f.dtype(at::kBool));
+  doc.index_put_({1, 200}, true);
+  LlamaConfig c;
+  c.head_dim = D;
+  auto [cos, sin] = rope_cos_sin(rope_inv_freq(c, at::kCUDA), at::arange(T, f.dtype(at::kLong)));
+  DmcOptions o;
+  auto fast_parts = split(qkv);
+  REQUIRE(dmc_eval_kernels_apply(fast_parts[1], fast_parts[2], o.window));
+  DmcAttention fast = dmc_attention(fast_parts[0], fast_parts[1], fast_parts[2], cos, sin, o, DmcMode::Eval, doc);
+  DmcOptions ob = o;
+  ob.attn_impl = "blocks";
+  auto ref_parts = split(qkv.to(at::kFloat));
+  DmcAttention ref = dmc_attention(ref_parts[0], ref_parts[1], ref_parts[2], cos, sin, ob, DmcMode::Eval, doc);
+  const double frac = ref.hard.mean().item<double>();
+  INFO("merge fraction " << frac);
+  REQUIRE(frac > 0.2);
+  REQUIRE(frac < 0.8);
+  CHECK(at::equal(fast.hard.to(at::kFloat), ref.hard.to(at::kFloat)));
+  const double eo = rel_err(fast.out, ref.out), ek = rel_err(fast.k_rot, ref.k_rot), ev = rel_err(fast.v_hat, ref.v_hat);
+  INFO("out " << eo << " k_rot " << ek << " v_hat " << ev);
+  CHECK(eo < 2e-2);  // bf16 flash attention against fp32, as in the flash-vs-blocks case above
+  CHECK(ek < 5e-3);
+  CHECK(ev < 5e-3);
+  // dimension D-1 of the cached keys is zero (the decision neuron is not part of attention)
+  CHECK(fast.k_rot.select(-1, D - 1).abs().max().item<double>() == 0.0);
+  REQUIRE(fast.kv_raw.sizes() == at::IntArrayRef({B, o.window, nkv, 2 * D}));
+  CHECK(rel_err(fast.kv_raw, ref.kv_raw) < 1e-6);
+  CHECK(rel_err(fast.omega, ref.omega) < 1e-2);
+  std::cout << "[gpu-dmc-eval-attn] out " << eo << " k_rot " << ek << " v_hat " << ev << std::endl;
+}

@@ -173,50 +173,72 @@ struct FlashLse : public torch::autograd::Function<FlashLse> {
 };
 }  // namespace
 
-at::Tensor biased_causal_attention_flash(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                         const at::Tensor& m, double scale) {
-  const int64_t B = q.size(0), nh = q.size(1), T = q.size(2), D = q.size(3), nkv = k.size(1), G = nh / nkv;
+namespace {
+// out = sigmoid(lse - s_ii) past + sigmoid(s_ii - lse) v, s_ii = scale q.k over dims < D-1 (the ATen form, any dtype)
+//   q, past [B, nh, T, D]; k, v [B, nkv, T, D]; lse [B, nh, T]
+at::Tensor blend_diag_ref(const at::Tensor& q, const at::Tensor& k, const at::Tensor& past, const at::Tensor& v,
+                          const at::Tensor& lse, double scale) {
+  const int64_t nh = q.size(1), D = q.size(3), G = nh / k.size(1);
   const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor ke = G > 1 ? k.repeat_interleave(G, 1) : k, ve = G > 1 ? v.repeat_interleave(G, 1) : v;
+  at::Tensor s_diag = (q.narrow(-1, 0, D - 1).to(acc) * ke.narrow(-1, 0, D - 1).to(acc)).sum(-1) * scale;
+  at::Tensor w_past = at::sigmoid(lse.to(acc) - s_diag).unsqueeze(-1);
+  return (w_past * past.to(acc) + (1 - w_past) * ve.to(acc)).to(q.scalar_type());
+}
+
+#ifdef DMC_WITH_CUDA
+// The inference form on CUDA (no gradient): cuDNN's fused attention (faster than FA2 on sm_90; it also returns the
+// row log-sum-exp) over the keys shifted one step right behind a dummy, then the diagonal blend (dmc_blend_cuda).
+//   qs [B, nh, T, D] with 1/scale in dimension D-1; k (dimension D-1 zero), v [B, nkv, T, D]; m [B, nkv, T].
+// The shifted keys / values are written once each into [B, T, nh, D] memory, the layout of the queries the RoPE
+// kernel writes.
+at::Tensor biased_attention_infer_cuda(const at::Tensor& qs, const at::Tensor& k, const at::Tensor& v,
+                                       const at::Tensor& m, double scale) {
+  const int64_t B = qs.size(0), nh = qs.size(1), T = qs.size(2), D = qs.size(3), nkv = k.size(1), G = nh / nkv;
   at::Tensor ke = G > 1 ? k.repeat_interleave(G, 1) : k;  // [B, nh, T, D]
   at::Tensor ve = G > 1 ? v.repeat_interleave(G, 1) : v;
   at::Tensor me = G > 1 ? m.repeat_interleave(G, 1) : m;  // [B, nh, T]
-  // diagonal scores without the bias
-  at::Tensor s_diag = (q.to(acc) * ke.to(acc)).sum(-1) * scale;  // [B, nh, T]
-  // bias in the spare dimension, keys shifted right behind a dummy (score -30000: weight 0 unless alone)
+  at::Tensor ks = at::empty({B, T, nh, D}, k.options()).transpose(1, 2);
+  at::Tensor vs = at::empty({B, T, nh, D}, v.options()).transpose(1, 2);
+  // key 0 is the dummy (score -30000 through the spare dimension: weight 0 unless alone), key t is k_{t-1} with
+  // its bias m_{t-1} in dimension D-1
+  ks.narrow(2, 0, 1).zero_();
+  ks.narrow(2, 0, 1).select(-1, D - 1).fill_(-30000.0);
+  ks.narrow(2, 1, T - 1).copy_(ke.narrow(2, 0, T - 1));
+  ks.narrow(2, 1, T - 1).select(-1, D - 1).copy_(me.narrow(2, 0, T - 1));
+  vs.narrow(2, 0, 1).zero_();
+  vs.narrow(2, 1, T - 1).copy_(ve.narrow(2, 0, T - 1));
+  auto r = at::_scaled_dot_product_cudnn_attention(qs, ks, vs, std::nullopt, /*compute_log_sumexp=*/true, 0.0,
+                                                   /*is_causal=*/true, false, scale);
+  const at::Tensor& past = std::get<0>(r);                            // [B, nh, T, D]
+  at::Tensor lse = std::get<1>(r).reshape({B, nh, T});                // fp32
+  at::Tensor out = dmc_blend_cuda(qs, k, past, v, lse, scale);        // fused when the layouts suit it
+  return out.defined() ? out : blend_diag_ref(qs, k, past, v, lse, scale);
+}
+#endif
+}  // namespace
+
+at::Tensor biased_causal_attention_flash(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                         const at::Tensor& m, double scale) {
+  const int64_t B = q.size(0), nh = q.size(1), T = q.size(2), D = q.size(3), nkv = k.size(1), G = nh / nkv;
+  // the bias rides in the spare dimension: q[D-1] = 1/scale
   at::Tensor spare = at::zeros({D}, q.options());
   spare.index_put_({D - 1}, 1.0);
   at::Tensor qs = (q + spare * (1.0 / scale)).contiguous();
+#ifdef DMC_WITH_CUDA
+  if (!at::GradMode::is_enabled() && q.is_cuda()) return biased_attention_infer_cuda(qs, k, v, m, scale);
+#endif
+  at::Tensor ke = G > 1 ? k.repeat_interleave(G, 1) : k;  // [B, nh, T, D]
+  at::Tensor ve = G > 1 ? v.repeat_interleave(G, 1) : v;
+  at::Tensor me = G > 1 ? m.repeat_interleave(G, 1) : m;  // [B, nh, T]
+  // keys shifted right behind a dummy (score -30000: weight 0 unless alone), each with its bias in dimension D-1
   at::Tensor dummy_k = (spare * -30000.0).expand({B, nh, 1, D});
-  at::Tensor ks, vs;
-  if (at::GradMode::is_enabled()) {
-    at::Tensor kb = ke + me.unsqueeze(-1).to(q.scalar_type()) * spare;
-    ks = at::cat({dummy_k, kb.narrow(2, 0, T - 1)}, 2);
-    vs = at::cat({at::zeros({B, nh, 1, D}, v.options()), ve.narrow(2, 0, T - 1)}, 2);
-  } else {  // inference (prefill, eval): write the shifted keys/values straight into their buffers, one pass each
-    ks = at::empty({B, nh, T, D}, k.options());
-    vs = at::empty({B, nh, T, D}, v.options());
-    ks.narrow(2, 0, 1).copy_(dummy_k);
-    vs.narrow(2, 0, 1).zero_();
-    at::Tensor ks_tail = ks.narrow(2, 1, T - 1);
-    at::add_out(ks_tail, ke.narrow(2, 0, T - 1),
-                me.narrow(2, 0, T - 1).unsqueeze(-1).to(q.scalar_type()) * spare);
-    vs.narrow(2, 1, T - 1).copy_(ve.narrow(2, 0, T - 1));
-  }
-  at::Tensor past, lse;  // [B, nh, T, D], [B, nh, T]
-  if (!at::GradMode::is_enabled() && q.is_cuda()) {
-    // no gradient: cuDNN's fused attention (faster than FA2 on sm_90) also returns the row log-sum-exp
-    auto r = at::_scaled_dot_product_cudnn_attention(qs, ks, vs, std::nullopt, /*compute_log_sumexp=*/true, 0.0,
-                                                     /*is_causal=*/true, false, scale);
-    past = std::get<0>(r);
-    lse = std::get<1>(r).reshape({B, nh, T}).to(acc);
-  } else {
-    auto r = FlashLse::apply(qs, ks.contiguous(), vs.contiguous(), scale);
-    past = r[0];
-    lse = r[1].to(acc);
-  }
-  at::Tensor w_past = at::sigmoid(lse - s_diag).unsqueeze(-1);
-  at::Tensor out = w_past * past.to(acc) + (1 - w_past) * ve.to(acc);
-  return out.to(q.scalar_type());
+  at::Tensor kb = ke + me.unsqueeze(-1).to(q.scalar_type()) * spare;
+  at::Tensor ks = at::cat({dummy_k, kb.narrow(2, 0, T - 1)}, 2);
+  at::Tensor vs = at::cat({at::zeros({B, nh, 1, D}, v.options()), ve.narrow(2, 0, T - 1)}, 2);
+  auto r = FlashLse::apply(qs, ks.contiguous(), vs.contiguous(), scale);  // past [B, nh, T, D], lse [B, nh, T]
+  // the diagonal scores without the bias (k's dimension D-1 is zero; q's carries 1/scale, left out)
+  return blend_diag_ref(qs, k, r[0], v, r[1], scale);
 }
 
 at::Tensor rope_drop_last(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
@@ -255,14 +277,6 @@ DmcAttention dmc_attention(const at::Tensor& q, const at::Tensor& k, const at::T
     allow = allow * (~doc_start).to(dt).unsqueeze(-1);
   at::Tensor bnd = (mode == DmcMode::Train ? p : p) * allow;  // Eval: p is already hard (STE)
 
-  // merging in fp32 (fp64 when the activations are fp64)
-  const auto acc = dt == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor w = dmc_importance(q, nkv, o.init_val);  // [B, T, nkv]
-  at::Tensor kv = at::cat({k, v}, -1);                // [B, T, nkv, 2D]
-  at::Tensor x = kv.to(acc);
-  at::Tensor pooled = dmc_pool(x, w.to(acc), bnd.to(acc), o.window).to(dt);
-  at::Tensor k_hat = pooled.narrow(-1, 0, D), v_hat = pooled.narrow(-1, D, D);
-
   // bias on key column j from the decision at j + 1; the last column has none
   at::Tensor m_next;
   if (mode == DmcMode::Train) m_next = at::log_sigmoid(-ell.narrow(1, 1, T - 1));
@@ -271,22 +285,46 @@ DmcAttention dmc_attention(const at::Tensor& q, const at::Tensor& k, const at::T
     m_next = m_next * (~doc_start.narrow(1, 1, T - 1)).to(dt).unsqueeze(-1);
   at::Tensor m = at::cat({m_next, at::zeros({B, 1, nkv}, m_next.options())}, 1);  // [B, T, nkv]
 
-  at::Tensor qr = rope_drop_last(q.transpose(1, 2), cos, sin);      // [B, nh, T, D]
-  at::Tensor kr = rope_drop_last(k_hat.transpose(1, 2), cos, sin);  // [B, nkv, T, D]
+  // merging in fp32 (fp64 when the activations are fp64)
+  const auto acc = dt == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor w = dmc_importance(q, nkv, o.init_val);  // [B, T, nkv]
   const double scale = 1.0 / std::sqrt((double)D);
-  // The CUDA flash kernel takes fp16/bf16 only: fp32 on CUDA (a verification pass, say) takes the blockwise twin.
-  // Both are checked against each other on the GPU (tests/test_gpu.cpp).
-  const bool flash_ok = !q.is_cuda() || dt == at::kBFloat16 || dt == at::kHalf;
   DMC_CHECK(o.attn_impl == "flash" || o.attn_impl == "blocks", "dmc_attn_impl: expected flash or blocks, got '",
             o.attn_impl, "'");
-  at::Tensor out = o.attn_impl == "blocks" || !flash_ok
-                       ? biased_causal_attention(qr, kr, v_hat.transpose(1, 2), m.transpose(1, 2), scale, o.attn_block)
-                       : biased_causal_attention_flash(qr, kr, v_hat.transpose(1, 2), m.transpose(1, 2), scale);
+  const bool no_grad = !at::GradMode::is_enabled();
+  at::Tensor out, kr, v_hat;  // out [B, nh, T, D]; kr, v_hat [B, nkv, T, D]
+#ifdef DMC_WITH_CUDA
+  if (no_grad && o.attn_impl == "flash" && dmc_eval_kernels_apply(k, v, o.window)) {
+    // inference on the GPU (prefill, evaluation): pooling straight from the projection's k and v into the
+    // activation dtype, the queries rotated with the bias scale 1/scale already in dimension D-1, the fused blend
+    at::Tensor k_hat = at::empty({B, T, nkv, D}, k.options()), vh = at::empty({B, T, nkv, D}, v.options());
+    dmc_pool_eval_cuda(k, v, w.to(at::kFloat), bnd.to(at::kFloat), o.window, k_hat, vh);
+    v_hat = vh.transpose(1, 2);
+    kr = rope_rows_cuda(k_hat.transpose(1, 2), cos, sin, /*drop_last=*/true, /*inverse=*/false);
+    at::Tensor qs = rope_rows_cuda(q.transpose(1, 2), cos, sin, /*drop_last=*/true, /*inverse=*/false, 1.0 / scale);
+    out = biased_attention_infer_cuda(qs, kr, v_hat, m.transpose(1, 2), scale);
+  }
+#endif
+  if (!out.defined()) {
+    at::Tensor x = at::cat({k, v}, -1).to(acc);  // [B, T, nkv, 2D]
+    at::Tensor pooled = dmc_pool(x, w.to(acc), bnd.to(acc), o.window).to(dt);
+    at::Tensor k_hat = pooled.narrow(-1, 0, D);
+    v_hat = pooled.narrow(-1, D, D).transpose(1, 2);
+    at::Tensor qr = rope_drop_last(q.transpose(1, 2), cos, sin);  // [B, nh, T, D]
+    kr = rope_drop_last(k_hat.transpose(1, 2), cos, sin);
+    // The CUDA flash kernel takes fp16/bf16 only: fp32 on CUDA (a verification pass, say) takes the blockwise twin.
+    // Both are checked against each other on the GPU (tests/test_gpu.cpp).
+    const bool flash_ok = !q.is_cuda() || dt == at::kBFloat16 || dt == at::kHalf;
+    out = o.attn_impl == "blocks" || !flash_ok
+              ? biased_causal_attention(qr, kr, v_hat, m.transpose(1, 2), scale, o.attn_block)
+              : biased_causal_attention_flash(qr, kr, v_hat, m.transpose(1, 2), scale);
+  }
   DmcAttention res{out.transpose(1, 2), decision_mean, (hard_p * allow).detach()};
-  if (!at::GradMode::is_enabled()) {
+  if (no_grad) {
     res.k_rot = kr;
-    res.v_hat = v_hat.transpose(1, 2);
-    res.kv_raw = kv;
+    res.v_hat = v_hat;
+    const int64_t n = std::min<int64_t>(T, std::max<int64_t>(1, o.window));  // the decode state's ring
+    res.kv_raw = at::cat({k.narrow(1, T - n, n), v.narrow(1, T - n, n)}, -1);
     res.omega = w.to(acc);
   }
   return res;

@@ -39,7 +39,8 @@ struct DmcAttention {
   // for building a decode cache from a parallel prefill (no grad):
   at::Tensor k_rot;          // [batch, n_kv_heads, seq, head_dim] merged keys, RoPE at their position, dim D-1 dropped
   at::Tensor v_hat;          // [batch, n_kv_heads, seq, head_dim] merged values
-  at::Tensor kv_raw;         // [batch, seq, n_kv_heads, 2 head_dim] (k, v) before merging, activation dtype
+  at::Tensor kv_raw;         // [batch, min(seq, window), n_kv_heads, 2 head_dim] (k, v) of the last tokens before
+                             // merging, activation dtype (all a decode state needs)
   at::Tensor omega;          // [batch, seq, n_kv_heads] fp32 importance weights
 };
 
@@ -61,6 +62,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dmc_pool_backward_cuda(const at::
                                                                       const at::Tensor& w, const at::Tensor& b,
                                                                       const at::Tensor& out, const at::Tensor& den,
                                                                       int64_t window);
+// kernels/dmc_eval.cu, the no-gradient forms for fp16/bf16 (see there):
+//   dmc_eval_kernels_apply: whether they take these k, v [B, T, H, D] views and window (else the general forms run)
+//   dmc_pool_eval_cuda: pooled k, v into k_out, v_out [B, T, H, D] (k's dtype) from k, v views and w, b [B, T, H]
+//   dmc_blend_cuda: out = sigmoid(lse - s) past + sigmoid(s - lse) v, s = scale q.k over dims < D-1; q, past
+//                   [B, nh, T, D], k, v [B, nkv, T, D], lse [B, nh, T]; returns [B, nh, T, D] (a view of
+//                   [B, T, nh, D] memory), or an undefined tensor when a layout does not suit the kernel
+bool dmc_eval_kernels_apply(const at::Tensor& k, const at::Tensor& v, int64_t window);
+void dmc_pool_eval_cuda(const at::Tensor& k, const at::Tensor& v, const at::Tensor& w, const at::Tensor& b,
+                        int64_t window, at::Tensor& k_out, at::Tensor& v_out);
+at::Tensor dmc_blend_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& past, const at::Tensor& v,
+                          const at::Tensor& lse, double scale);
 #endif
 // Attention with an additive per-key-column bias m [B, nkv, T] applied to keys j < i (the diagonal exempt),
 // causal, GQA; q [B, nh, T, D], k, v [B, nkv, T, D]; computed in query blocks, never as a full T x T bias.

@@ -264,7 +264,7 @@ at::Tensor Decoder::prefill(int64_t seq, const std::vector<int64_t>& prompt) {
     const int64_t t0 = std::max<int64_t>(0, T - W), Tn = T - t0;
     std::vector<at::Tensor> kvs, oms;
     for (int64_t l = 0; l < L; ++l) {
-      kvs.push_back(rt.kv_raw[l][0].narrow(0, t0, Tn));  // [Tn, nkv, 2D]
+      kvs.push_back(rt.kv_raw[l][0]);                    // [Tn, nkv, 2D]: the last min(T, W) tokens
       oms.push_back(rt.omega[l][0].narrow(0, t0, Tn));   // [Tn, nkv]
     }
     at::Tensor kw = at::stack(kvs).permute({0, 2, 1, 3});                             // [L, nkv, Tn, 2D]

@@ -182,12 +182,12 @@ __global__ void rope_bwd_kernel(const T* __restrict__ dq, const T* __restrict__ 
 }
 
 // RoPE of [B, n, T, D] rows with arbitrary strides (inner dimension contiguous) into a [B, T, n, D] buffer; with
-// drop_last the input's dimension D-1 counts as 0 and the output's D-1 is 0 (DMC: the decision neuron never
-// rotates into dimension D/2-1). inverse = true applies R^T (the backward), with the same drop.
+// drop_last the input's dimension D-1 counts as 0 and the output's D-1 is last_value, normally 0 (DMC: the decision
+// neuron never rotates into dimension D/2-1). inverse = true applies R^T (the backward), with the same drop.
 template <typename T>
 __global__ void rope_rows_kernel(const T* __restrict__ x, int64_t sb, int64_t sn, int64_t st_, int B, int n, int T_,
                                  int D, const float* __restrict__ cos, const float* __restrict__ sin, bool drop_last,
-                                 bool inverse, T* __restrict__ out) {
+                                 bool inverse, float last_value, T* __restrict__ out) {
   const int h = D / 2;
   const int64_t total = (int64_t)B * T_ * n * h;
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
@@ -202,10 +202,10 @@ __global__ void rope_rows_kernel(const T* __restrict__ x, int64_t sb, int64_t sn
     T* dst = out + (((int64_t)b * T_ + t) * n + j) * D;
     if (!inverse) {
       dst[d] = st<T>(a * c - bb * s);
-      dst[d + h] = st<T>(last ? 0.f : bb * c + a * s);
+      dst[d + h] = st<T>(last ? last_value : bb * c + a * s);
     } else {
       dst[d] = st<T>(a * c + bb * s);
-      dst[d + h] = st<T>(last ? 0.f : bb * c - a * s);
+      dst[d + h] = st<T>(last ? last_value : bb * c - a * s);
     }
   }
 }
@@ -386,7 +386,7 @@ at::Tensor rope_qkv_backward_cuda(const at::Tensor& dq, const at::Tensor& dk, co
 }
 
 at::Tensor rope_rows_cuda(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, bool drop_last,
-                          bool inverse) {
+                          bool inverse, double last_value) {
   DMC_CHECK(x.dim() == 4 && x.stride(3) == 1 && x.size(3) % 2 == 0, "fused rope rows: [B, n, T, D], inner stride 1");
   const int64_t B = x.size(0), n = x.size(1), T = x.size(2), D = x.size(3);
   DMC_CHECK(cos.scalar_type() == at::kFloat && cos.is_contiguous() && sin.is_contiguous() && cos.size(0) == T &&
@@ -400,7 +400,7 @@ at::Tensor rope_rows_cuda(const at::Tensor& x, const at::Tensor& cos, const at::
     using TT = decltype(tv);
     rope_rows_kernel<TT><<<elementwise_blocks(total), 256, 0, at::cuda::getCurrentCUDAStream()>>>(
         ptr<TT>(x), x.stride(0), x.stride(1), x.stride(2), (int)B, (int)n, (int)T, (int)D, cos.data_ptr<float>(),
-        sin.data_ptr<float>(), drop_last, inverse, ptr<TT>(out));
+        sin.data_ptr<float>(), drop_last, inverse, (float)last_value, ptr<TT>(out));
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out.transpose(1, 2);  // [B, n, T, D] view

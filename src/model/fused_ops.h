@@ -40,8 +40,10 @@ at::Tensor swiglu_backward_cuda(const at::Tensor& dout, const at::Tensor& gu);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rope_qkv_forward_cuda(const at::Tensor& qkv, const at::Tensor& cos,
                                                                      const at::Tensor& sin, int64_t nh, int64_t nkv,
                                                                      int64_t hd);
+// drop_last: the output's dimension D-1 is last_value (0 but for DMC's inference attention, which puts the bias
+// scale there)
 at::Tensor rope_rows_cuda(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, bool drop_last,
-                          bool inverse);
+                          bool inverse, double last_value = 0.0);
 at::Tensor rope_qkv_backward_cuda(const at::Tensor& dq, const at::Tensor& dk, const at::Tensor& dv, const at::Tensor& cos,
                                   const at::Tensor& sin, int64_t B, int64_t T, int64_t nh, int64_t nkv, int64_t hd,
                                   at::ScalarType dtype);

@@ -52,7 +52,7 @@ struct AttentionRuntime {
   // capture (no-grad forwards only): per layer the cache contents a prefill needs
   bool capture = false;
   std::vector<at::Tensor> k_rot, v_hat;   // [batch, n_kv, seq, head_dim]
-  std::vector<at::Tensor> kv_raw;         // DMC: [batch, seq, n_kv, 2 head_dim] (k, v) before merging
+  std::vector<at::Tensor> kv_raw;         // DMC: [batch, min(seq, window), n_kv, 2 head_dim] last (k, v) before merging
   std::vector<at::Tensor> omega;          // DMC: [batch, seq, n_kv] fp32 importance weights
 };
 
