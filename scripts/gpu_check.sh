@@ -5,6 +5,10 @@
 #     ctest   the whole CTest suite (CPU cases too)
 #     gpu     the [gpu] test cases: kernels vs reference ops, bf16 vs HF, flash DMC attention
 #     decode  dmc bench decode: Llama 2 7B shape, vanilla vs DMC (forced CR 4 and 8) at equal memory, 4k context
+#     cr4     the CR 4 half of decode alone (vanilla and DMC, with the prefill timings)
+#     cr8     vanilla and DMC at forced CR 8 in one invocation, REPEATS times (default 1); with BLASLT=1 each
+#             repeat runs once more with TORCH_BLAS_PREFER_CUBLASLT=1 (cuBLASLt for every GEMM)
+#     prefill kernel profiles of one 4k prefill, vanilla and DMC (batch 4 decode after it)
 #     hf      the engine's vanilla generate against HF generate() (bench_decode + bench/hf_generate.py)
 #     train   DMC vs vanilla training step (1B, recompute; blockwise and flash DMC attention)
 #     trainhf 1B training step (no recompute) vs HF eager: fused ops off and on, each with a kernel profile
@@ -41,6 +45,35 @@ if has decode; then
   timeout 200 "$B/dmc" bench decode $common --policy dmc --force-cr 8 --prefill-check 0 >> "$OUT/decode.log" 2>&1; echo "bench decode cr8 rc=$?"
   grep -E "verif|error" "$OUT/decode.log" | tail -6
   python3 scripts/decode_table.py "$J" | tee "$OUT/decode_results.md"
+fi
+dcommon="--preset llama2-7b --prompt-len 3840 --new-tokens 256 --steps 64 --batch max"
+if has cr4; then
+  J="$OUT/bench_cr4.jsonl"; rm -f "$J"; t1=$(date +%s)
+  timeout 300 "$B/dmc" bench decode $dcommon --json "$J" --policy vanilla,dmc --force-cr 4 > "$OUT/cr4.log" 2>&1
+  echo "bench decode cr4 rc=$? ($(( $(date +%s) - t1 )) s)"
+  grep -E "verif|error" "$OUT/cr4.log" | tail -4
+  python3 scripts/decode_table.py "$J" | tee "$OUT/cr4_results.md"
+fi
+if has cr8; then
+  J="$OUT/bench_cr8.jsonl"; rm -f "$J"
+  for r in $(seq 1 "${REPEATS:-1}"); do
+    for lt in 0 ${BLASLT:+1}; do
+      t1=$(date +%s)
+      TORCH_BLAS_PREFER_CUBLASLT=$lt timeout 200 "$B/dmc" bench decode $dcommon --json "$J" --policy vanilla,dmc \
+        --force-cr 8 --prefill-check 0 >> "$OUT/cr8.log" 2>&1
+      echo "bench decode cr8 (repeat $r, cublaslt $lt) rc=$? ($(( $(date +%s) - t1 )) s)"
+      python3 scripts/decode_table.py "$J" | tail -2
+    done
+  done
+  grep -E "verif|error" "$OUT/cr8.log" | tail -4
+fi
+if has prefill; then
+  t1=$(date +%s)
+  timeout 200 "$B/dmc" bench decode --preset llama2-7b --prompt-len 3840 --new-tokens 8 --steps 4 --batch 4 \
+    --policy vanilla,dmc --force-cr 4 --profile-prefill 1 > "$OUT/prefill_profile.log" 2>&1
+  echo "prefill profile rc=$? ($(( $(date +%s) - t1 )) s)"
+  grep -E -A14 "^profile of one prefill" "$OUT/prefill_profile.log" | cut -c1-160
+  grep -E "prefill" "$OUT/prefill_profile.log" | grep -v "^profile" | tail -6
 fi
 if has hf; then
   rm -f "$OUT/bench_hf.jsonl"
