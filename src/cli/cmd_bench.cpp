@@ -18,6 +18,7 @@
 //
 // Floor: a decode step must read every weight once plus the KV slots in use; bytes over the measured device copy
 // bandwidth (read + write bytes per second of a large copy) give the HBM floor printed beside each measurement.
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <iostream>
@@ -78,7 +79,7 @@ int cmd_bench(const Args& a) {
   int64_t layers = 0, prompt_len = 3840, new_tokens = 256, steps = 0, page_size = 16, force_cr = 0, seed = 0,
           budget_slots = 0;
   double memory_gib = 0, reserve_gib = 6, prefill_check = 1;
-  int64_t tbt_tokens = 256, profile_prefill = 0, profile_steps = 0, graph_max_batch = DecoderOptions{}.graph_max_batch;
+  int64_t tbt_tokens = 256, prefill_repeats = 3, profile_prefill = 0, profile_steps = 0, graph_max_batch = DecoderOptions{}.graph_max_batch;
   OptionTable t("bench decode", "dmc bench decode [--model DIR | --preset NAME] [--policy vanilla,dmc] [--force-cr R] ...");
   t.add("model", &model_dir, "model directory (else --preset with random weights)");
   t.add("preset", &preset, "model shape with random weights when no --model is given");
@@ -94,7 +95,8 @@ int cmd_bench(const Args& a) {
   t.add("memory_gib", &memory_gib, "cache memory budget in GiB, equal for every policy (0 = free memory - reserve)");
   t.add("reserve_gib", &reserve_gib, "device memory left for activations and logits when memory_gib is 0");
   t.add("fill", &fill, "synthetic (random prompt state with the policy's slot counts) or prefill (real prefills)");
-  t.add("prefill_check", &prefill_check, "1: also time one parallel prefill of prompt_len and token-by-token decoding");
+  t.add("prefill_check", &prefill_check, "1: also time the parallel prefill of one prompt_len prompt against token-by-token decoding");
+  t.add("prefill_repeats", &prefill_repeats, "timed prefills of the prefill check (the median is reported)");
   t.add("profile_prefill", &profile_prefill, "1: print the GPU kernels of one prefill by total time (kineto)");
   t.add("graph_max_batch", &graph_max_batch, "decode steps of up to this many sequences run as CUDA graphs");
   t.add("profile_steps", &profile_steps, "N > 0: print the GPU kernels of N timed-batch decode steps by total time (kineto)");
@@ -372,11 +374,22 @@ int cmd_bench(const Args& a) {
       auto p = prompt(7, prompt_len);
       pd.prefill(1, p);  // warm-up at the same shape (GEMM heuristics, attention workspace)
       pd.free(1);
-      sync_device(dev);
-      double t1 = now_s();
-      pd.prefill(0, p);
-      sync_device(dev);
-      const double prefill_ms = 1e3 * (now_s() - t1);
+      // the median of prefill_repeats timed prefills (one alone varies by ~10% on a GPU)
+      std::vector<double> times;
+      double t1 = 0;
+      for (int64_t rep = 0; rep < std::max<int64_t>(1, prefill_repeats); ++rep) {
+        if (rep > 0) pd.free(0);
+        sync_device(dev);
+        t1 = now_s();
+        pd.prefill(0, p);
+        sync_device(dev);
+        times.push_back(1e3 * (now_s() - t1));
+      }
+      std::sort(times.begin(), times.end());
+      const double prefill_ms = times[times.size() / 2];
+      j["prefill_ms_min"] = times.front();
+      j["prefill_ms_max"] = times.back();
+      j["prefill_repeats"] = (int64_t)times.size();
       if (profile_prefill > 0 && dev.is_cuda()) {
         pd.free(0);
         std::cout << "profile of one prefill (" << pol << "): "

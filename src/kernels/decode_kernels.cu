@@ -1,6 +1,6 @@
 // CUDA kernels of the decode step (sm_90), the fast twins of the ATen references in inference/decode_ops.cpp:
 //
-//   decode_update_kernel   one block per (KV head, sequence), head_dim threads: DMC decision and importance (with
+//   decode_update_kernel   one warp per (sequence, KV head), D/64 dim pairs a lane: DMC decision and importance (with
 //                          the same bf16/fp16 roundings ATen applies), the fp32 windowed sums and ring, the cache
 //                          write (merge overwrites the last slot, append pops a page from the device free stack
 //                          with an atomic when the row crosses a page), RoPE of the slot with dim D-1 dropped, and
@@ -19,6 +19,7 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include <cmath>
+#include <type_traits>
 
 #include "common/error.h"
 #include "inference/decode_ops.h"
@@ -40,24 +41,29 @@ __device__ __forceinline__ void rope_pair(float x0, float x1, int d0, int d1, co
   o1 = rnd<T>(rnd<T>(x1 * rnd<T>(cs[d1])) + rnd<T>(x0 * rnd<T>(sn[d1])));
 }
 
-// One block per (KV head h, token i) with D/2 threads: thread j owns dims j and j + D/2 of k, v, the sums and the
-// queries, so RoPE needs no exchange between threads. Every thread loads its inputs and state and works out the
-// decision itself (the same arithmetic, the same result); thread 0 alone does the page accounting. One barrier:
-// the slot thread 0 found, and the group length it then writes (every thread has read the old one by then).
-template <typename T>
-__global__ void decode_update_kernel(const T* __restrict__ qkv, int64_t qkv_stride, const int64_t* __restrict__ seq,
-                                     const int64_t* __restrict__ pos, const bool* __restrict__ forced,
-                                     const float* __restrict__ cos_tab, const float* __restrict__ sin_tab, int nh,
-                                     int nkv, int D, int layer, int max_seqs, int dmc, float init_val, float eps,
-                                     int W, int force_cr, float* __restrict__ acc, T* __restrict__ ring_kv,
-                                     float* __restrict__ ring_w,
-                                     int* __restrict__ group, T* __restrict__ k_pages, T* __restrict__ v_pages,
-                                     int* __restrict__ table, int max_pages, int* __restrict__ lengths,
-                                     const int* __restrict__ free_list, int* __restrict__ alloc, int P,
-                                     T* __restrict__ q_out) {
-  const int h = blockIdx.x, i = blockIdx.y, tid = threadIdx.x;
-  const int half = D / 2, G = nh / nkv, X = 2 * D + 1;
-  const int d0 = tid, d1 = tid + half;
+// One warp per (token i, KV head h), PPL = D / 64 dimension pairs a lane: lane l owns dims d0 = l + 32 c and
+// d0 + D/2 (c < PPL) of k, v, the sums and the queries, so RoPE needs no exchange between lanes. Every lane loads
+// its inputs and state and works out the decision itself (the same arithmetic, the same result). The page
+// accounting needs no barrier: every lane reads the row's length and, when the slot's page exists, its table
+// entry; only a new page (the row crosses one) is popped by lane 0 and handed round with a shuffle. Lane 0 writes
+// the row's length, group length and ring weight after a __syncwarp (every lane has read the old values by then).
+// The entry leaving the window is read only when the group outgrows it (g > W).
+constexpr int kUpdWarps = 4;  // (token, KV head) warps per block
+
+template <typename T, int PPL>
+__global__ void __launch_bounds__(kUpdWarps * 32)
+    decode_update_kernel(const T* __restrict__ qkv, int64_t qkv_stride, const int64_t* __restrict__ seq,
+                         const int64_t* __restrict__ pos, const bool* __restrict__ forced,
+                         const float* __restrict__ cos_tab, const float* __restrict__ sin_tab, int n, int nh, int nkv,
+                         int layer, int max_seqs, int dmc, float init_val, float eps, int W, int force_cr,
+                         float* __restrict__ acc, T* __restrict__ ring_kv, float* __restrict__ ring_w,
+                         int* __restrict__ group, T* __restrict__ k_pages, T* __restrict__ v_pages,
+                         int* __restrict__ table, int max_pages, int* __restrict__ lengths,
+                         const int* __restrict__ free_list, int* __restrict__ alloc, int P, T* __restrict__ q_out) {
+  constexpr int D = 64 * PPL, half = D / 2, X = 2 * D + 1;
+  const int wid = blockIdx.x * kUpdWarps + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (wid >= n * nkv) return;  // whole warps
+  const int i = wid / nkv, h = wid % nkv, G = nh / nkv;
   const int64_t t = pos[i];
   const int64_t r = ((int64_t)layer * max_seqs + seq[i]) * nkv + h;
   const T* q = qkv + (int64_t)i * qkv_stride;
@@ -65,25 +71,31 @@ __global__ void decode_update_kernel(const T* __restrict__ qkv, int64_t qkv_stri
   const T* v = q + (int64_t)(nh + nkv) * D + (int64_t)h * D;
   const float* cs = cos_tab + t * D;
   const float* sn = sin_tab + t * D;
-  __shared__ int64_t s_flat;
 
   // independent loads first, so their latencies overlap
-  const T kt0 = k[d0], kt1 = k[d1], vt0 = v[d0], vt1 = v[d1];
+  T kt0[PPL], kt1[PPL], vt0[PPL], vt1[PPL];
+#pragma unroll
+  for (int c = 0; c < PPL; ++c) {
+    const int d0 = lane + 32 * c;
+    kt0[c] = k[d0], kt1[c] = k[d0 + half], vt0[c] = v[d0], vt1[c] = v[d0 + half];
+  }
+  const int len = lengths[r];
   float alpha = 0.f, omega = 0.f, over = 0.f;
   int gn = 0;
   float* ap = nullptr;
   T* rkv = nullptr;
   float* rw = nullptr;
-  float a_k0 = 0.f, a_k1 = 0.f, a_v0 = 0.f, a_v1 = 0.f, a_w = 0.f, w_old = 0.f;
-  float o_k0 = 0.f, o_k1 = 0.f, o_v0 = 0.f, o_v1 = 0.f;
+  float a_k0[PPL], a_k1[PPL], a_v0[PPL], a_v1[PPL], a_w = 0.f;
   if (dmc) {
     ap = acc + r * X;
     rkv = ring_kv + (r * W + t % W) * (2 * D);
     rw = ring_w + r * W + t % W;
-    a_k0 = ap[d0], a_k1 = ap[d1], a_v0 = ap[D + d0], a_v1 = ap[D + d1], a_w = ap[2 * D];
-    o_k0 = static_cast<float>(rkv[d0]), o_k1 = static_cast<float>(rkv[d1]);
-    o_v0 = static_cast<float>(rkv[D + d0]), o_v1 = static_cast<float>(rkv[D + d1]);
-    w_old = *rw;
+#pragma unroll
+    for (int c = 0; c < PPL; ++c) {
+      const int d0 = lane + 32 * c;
+      a_k0[c] = ap[d0], a_k1[c] = ap[d0 + half], a_v0[c] = ap[D + d0], a_v1[c] = ap[D + d0 + half];
+    }
+    a_w = ap[2 * D];
     const int g_old = group[r];
     if (force_cr > 0) {
       alpha = ((t + h) % force_cr) != 0 ? 1.f : 0.f;
@@ -99,76 +111,106 @@ __global__ void decode_update_kernel(const T* __restrict__ qkv, int64_t qkv_stri
     gn = alpha > 0.f ? g_old + 1 : 1;
     over = gn > W ? 1.f : 0.f;
   }
-  if (tid == 0) {
-    const int len = lengths[r];
-    const bool merge = alpha > 0.f && len > 0;
-    const int slot = merge ? len - 1 : len;
-    bool ok = true;
-    if (!merge && len % P == 0) {
+  // the slot: a merge rewrites the last one, an append opens one (a new page when the row crosses one)
+  const bool merge = alpha > 0.f && len > 0;
+  const int slot = merge ? len - 1 : len;
+  int64_t flat = -1;
+  if (!merge && len % P == 0) {
+    int page = -1;
+    if (lane == 0) {
       const int p = atomicSub(&alloc[0], 1) - 1;
       if (p < 0 || len / P >= max_pages) {
         atomicAdd(&alloc[0], 1);
         atomicAdd(&alloc[1], 1);
-        ok = false;
       } else {
-        table[r * max_pages + len / P] = free_list[p];
+        page = free_list[p];
+        table[r * max_pages + len / P] = page;
       }
     }
-    if (ok) {
-      lengths[r] = slot + 1;
-      s_flat = (int64_t)table[r * max_pages + slot / P] * P + slot % P;
-    } else {
-      s_flat = -1;
-    }
+    page = __shfl_sync(0xffffffffu, page, 0);
+    if (page >= 0) flat = (int64_t)page * P + slot % P;
+  } else {
+    flat = (int64_t)table[r * max_pages + slot / P] * P + slot % P;
   }
-  __syncthreads();
-  const int64_t flat = s_flat;
-  float kk0, kk1;  // the key before RoPE
+  float kk0[PPL], kk1[PPL];  // the keys before RoPE
   if (dmc) {
-    if (tid == 0) group[r] = gn;
+    float w_old = 0.f;
+    float o_k0[PPL], o_k1[PPL], o_v0[PPL], o_v1[PPL];
+#pragma unroll
+    for (int c = 0; c < PPL; ++c) o_k0[c] = o_k1[c] = o_v0[c] = o_v1[c] = 0.f;
+    if (over > 0.f) {  // the entry written W tokens ago leaves the window
+      w_old = *rw;
+#pragma unroll
+      for (int c = 0; c < PPL; ++c) {
+        const int d0 = lane + 32 * c;
+        o_k0[c] = static_cast<float>(rkv[d0]), o_k1[c] = static_cast<float>(rkv[d0 + half]);
+        o_v0[c] = static_cast<float>(rkv[D + d0]), o_v1[c] = static_cast<float>(rkv[D + d0 + half]);
+      }
+    }
     // new sums: alpha * old - over * (the entry leaving the window) + omega * (k, v, 1)
     auto upd = [&](float a_old, float x, float leaving) {
       return __fadd_rn(__fsub_rn(__fmul_rn(alpha, a_old), __fmul_rn(over, leaving)), __fmul_rn(omega, x));
     };
-    a_k0 = upd(a_k0, static_cast<float>(kt0), __fmul_rn(w_old, o_k0));
-    a_k1 = upd(a_k1, static_cast<float>(kt1), __fmul_rn(w_old, o_k1));
-    a_v0 = upd(a_v0, static_cast<float>(vt0), __fmul_rn(w_old, o_v0));
-    a_v1 = upd(a_v1, static_cast<float>(vt1), __fmul_rn(w_old, o_v1));
     const float wsum = upd(a_w, 1.f, w_old);
-    ap[d0] = a_k0, ap[d1] = a_k1, ap[D + d0] = a_v0, ap[D + d1] = a_v1;
-    rkv[d0] = kt0, rkv[d1] = kt1, rkv[D + d0] = vt0, rkv[D + d1] = vt1;
-    if (tid == 0) {
+    __syncwarp();  // every lane has read the length, the group, the sums' weight and the old ring entry
+#pragma unroll
+    for (int c = 0; c < PPL; ++c) {
+      const int d0 = lane + 32 * c, d1 = d0 + half;
+      a_k0[c] = upd(a_k0[c], static_cast<float>(kt0[c]), __fmul_rn(w_old, o_k0[c]));
+      a_k1[c] = upd(a_k1[c], static_cast<float>(kt1[c]), __fmul_rn(w_old, o_k1[c]));
+      a_v0[c] = upd(a_v0[c], static_cast<float>(vt0[c]), __fmul_rn(w_old, o_v0[c]));
+      a_v1[c] = upd(a_v1[c], static_cast<float>(vt1[c]), __fmul_rn(w_old, o_v1[c]));
+      ap[d0] = a_k0[c], ap[d1] = a_k1[c], ap[D + d0] = a_v0[c], ap[D + d1] = a_v1[c];
+      rkv[d0] = kt0[c], rkv[d1] = kt1[c], rkv[D + d0] = vt0[c], rkv[D + d1] = vt1[c];
+      kk0[c] = rnd<T>(a_k0[c] / wsum);
+      kk1[c] = d1 == D - 1 ? 0.f : rnd<T>(a_k1[c] / wsum);
+      if (flat >= 0) {
+        v_pages[flat * D + d0] = static_cast<T>(a_v0[c] / wsum);
+        v_pages[flat * D + d1] = static_cast<T>(a_v1[c] / wsum);
+      }
+    }
+    if (lane == 0) {
+      if (flat >= 0) lengths[r] = slot + 1;
+      group[r] = gn;
       ap[2 * D] = wsum;
       *rw = omega;
     }
-    kk0 = d0 == D - 1 ? 0.f : rnd<T>(a_k0 / wsum);
-    kk1 = d1 == D - 1 ? 0.f : rnd<T>(a_k1 / wsum);
-    if (flat >= 0) {
-      v_pages[flat * D + d0] = static_cast<T>(a_v0 / wsum);
-      v_pages[flat * D + d1] = static_cast<T>(a_v1 / wsum);
-    }
   } else {
-    kk0 = static_cast<float>(kt0);
-    kk1 = static_cast<float>(kt1);
-    if (flat >= 0) {
-      v_pages[flat * D + d0] = vt0;
-      v_pages[flat * D + d1] = vt1;
+    __syncwarp();  // every lane has read the length
+    if (lane == 0 && flat >= 0) lengths[r] = slot + 1;
+#pragma unroll
+    for (int c = 0; c < PPL; ++c) {
+      const int d0 = lane + 32 * c;
+      kk0[c] = static_cast<float>(kt0[c]);
+      kk1[c] = static_cast<float>(kt1[c]);
+      if (flat >= 0) {
+        v_pages[flat * D + d0] = vt0[c];
+        v_pages[flat * D + d0 + half] = vt1[c];
+      }
     }
   }
   float r0, r1;
-  if (flat >= 0) {
-    rope_pair<T>(kk0, kk1, d0, d1, cs, sn, r0, r1);
-    k_pages[flat * D + d0] = static_cast<T>(dmc && d0 == D - 1 ? 0.f : r0);
-    k_pages[flat * D + d1] = static_cast<T>(dmc && d1 == D - 1 ? 0.f : r1);
+#pragma unroll
+  for (int c = 0; c < PPL; ++c) {
+    const int d0 = lane + 32 * c, d1 = d0 + half;
+    if (flat >= 0) {
+      rope_pair<T>(kk0[c], kk1[c], d0, d1, cs, sn, r0, r1);
+      k_pages[flat * D + d0] = static_cast<T>(r0);
+      k_pages[flat * D + d1] = static_cast<T>(dmc && d1 == D - 1 ? 0.f : r1);
+    }
   }
   // the group's queries (DMC: dim D-1 zeroed before and after RoPE)
   for (int g = 0; g < G; ++g) {
     const int64_t qo = (int64_t)(h * G + g) * D;
-    const float x0 = dmc && d0 == D - 1 ? 0.f : static_cast<float>(q[qo + d0]);
-    const float x1 = dmc && d1 == D - 1 ? 0.f : static_cast<float>(q[qo + d1]);
-    rope_pair<T>(x0, x1, d0, d1, cs, sn, r0, r1);
-    q_out[(int64_t)i * nh * D + qo + d0] = static_cast<T>(dmc && d0 == D - 1 ? 0.f : r0);
-    q_out[(int64_t)i * nh * D + qo + d1] = static_cast<T>(dmc && d1 == D - 1 ? 0.f : r1);
+#pragma unroll
+    for (int c = 0; c < PPL; ++c) {
+      const int d0 = lane + 32 * c, d1 = d0 + half;
+      const float x0 = static_cast<float>(q[qo + d0]);
+      const float x1 = dmc && d1 == D - 1 ? 0.f : static_cast<float>(q[qo + d1]);
+      rope_pair<T>(x0, x1, d0, d1, cs, sn, r0, r1);
+      q_out[(int64_t)i * nh * D + qo + d0] = static_cast<T>(r0);
+      q_out[(int64_t)i * nh * D + qo + d1] = static_cast<T>(dmc && d1 == D - 1 ? 0.f : r1);
+    }
   }
 }
 
@@ -329,29 +371,34 @@ void decode_update_cuda(const at::Tensor& qkv_in, const at::Tensor& seq_in, cons
   DMC_CHECK(cos.scalar_type() == at::kFloat && cos.is_contiguous() && sin.is_contiguous(), "decode_update: cos/sin must be contiguous fp32");
   DMC_CHECK(qkv.scalar_type() == cache.k_pages.scalar_type(), "decode_update kernel: qkv and cache dtypes differ");
   const int n = (int)qkv.size(0), D = (int)p.head_dim, W = (int)std::max<int64_t>(1, p.window);
-  DMC_CHECK(D % 2 == 0 && D <= 1024, "decode_update kernel: head_dim ", D);
   if (p.dmc)
     DMC_CHECK(st.acc.defined() && st.ring_kv.size(1) == W && st.ring_kv.scalar_type() == qkv.scalar_type(),
               "decode_update kernel: DMC state missing, of another window or of another dtype");
-  DMC_CHECK(D / 2 <= 1024, "decode_update kernel: head_dim ", D, " above 2048");
-  dim3 grid((unsigned)p.n_kv_heads, (unsigned)n);
-  const int threads = D / 2;  // thread j: dims j and j + D/2
+  DMC_CHECK(D == 64 || D == 128 || D == 256, "decode_update kernel: head_dim ", D, " (supported: 64, 128, 256)");
+  const int64_t warps = (int64_t)n * p.n_kv_heads;  // one per (token, KV head)
+  if (warps == 0) return;
+  const unsigned blocks = (unsigned)((warps + kUpdWarps - 1) / kUpdWarps);
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, qkv.scalar_type(), "decode_update", [&] {
     const float eps = qkv.scalar_type() == at::kBFloat16 ? 0.0078125f
                       : qkv.scalar_type() == at::kHalf   ? 0.0009765625f
                       : qkv.scalar_type() == at::kDouble ? 2.220446049250313e-16f
                                                          : 1.1920928955078125e-07f;
-    decode_update_kernel<scalar_t><<<grid, threads, 0, stream>>>(
-        qkv.data_ptr<scalar_t>(), qkv.stride(0), seq.data_ptr<int64_t>(), pos.data_ptr<int64_t>(),
-        forced.data_ptr<bool>(), cos.data_ptr<float>(), sin.data_ptr<float>(), (int)p.n_heads, (int)p.n_kv_heads, D,
-        (int)p.layer, (int)cache.options().max_seqs, p.dmc ? 1 : 0, (float)p.init_val, eps, W, (int)p.force_cr,
-        p.dmc ? st.acc.data_ptr<float>() : nullptr, p.dmc ? st.ring_kv.data_ptr<scalar_t>() : nullptr,
-        p.dmc ? st.ring_w.data_ptr<float>() : nullptr,
-        p.dmc ? st.group.data_ptr<int>() : nullptr, cache.k_pages.data_ptr<scalar_t>(),
-        cache.v_pages.data_ptr<scalar_t>(), cache.table.data_ptr<int>(), (int)cache.max_pages_per_row(),
-        cache.lengths.data_ptr<int>(), cache.free_list.data_ptr<int>(), cache.alloc.data_ptr<int>(),
-        (int)cache.options().page_size, q_out.data_ptr<scalar_t>());
+    auto launch = [&](auto ppl) {
+      decode_update_kernel<scalar_t, decltype(ppl)::value><<<blocks, kUpdWarps * 32, 0, stream>>>(
+          qkv.data_ptr<scalar_t>(), qkv.stride(0), seq.data_ptr<int64_t>(), pos.data_ptr<int64_t>(),
+          forced.data_ptr<bool>(), cos.data_ptr<float>(), sin.data_ptr<float>(), n, (int)p.n_heads,
+          (int)p.n_kv_heads, (int)p.layer, (int)cache.options().max_seqs, p.dmc ? 1 : 0, (float)p.init_val, eps, W,
+          (int)p.force_cr, p.dmc ? st.acc.data_ptr<float>() : nullptr,
+          p.dmc ? st.ring_kv.data_ptr<scalar_t>() : nullptr, p.dmc ? st.ring_w.data_ptr<float>() : nullptr,
+          p.dmc ? st.group.data_ptr<int>() : nullptr, cache.k_pages.data_ptr<scalar_t>(),
+          cache.v_pages.data_ptr<scalar_t>(), cache.table.data_ptr<int>(), (int)cache.max_pages_per_row(),
+          cache.lengths.data_ptr<int>(), cache.free_list.data_ptr<int>(), cache.alloc.data_ptr<int>(),
+          (int)cache.options().page_size, q_out.data_ptr<scalar_t>());
+    };
+    if (D == 64) launch(std::integral_constant<int, 1>{});
+    else if (D == 128) launch(std::integral_constant<int, 2>{});
+    else launch(std::integral_constant<int, 4>{});
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
