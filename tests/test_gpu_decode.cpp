@@ -304,3 +304,36 @@ TEST_CASE("CUDA graphs of the decode step replay the eager step, batch sizes cha
   CHECK(worst < 1e-3);  // the graphed step bounds attention by max_position (other split sizes): fp32 sums reorder
   std::cout << "[gpu-graphs] logits rel " << worst << ", graphs " << b.graphs_captured() << std::endl;
 }
+
+TEST_CASE("CUDA: the decode GEMM row padding gives at::linear's rows and keeps its timed choice", "[gpu][inference]") {
+  if (!torch::cuda::is_available()) SKIP("no CUDA device");
+  torch::manual_seed(17);
+  auto f = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
+  const int64_t N = 1000, K = 512;
+  at::Tensor w = at::randn({N, K}, f);
+  for (int64_t M : {1, 28, 100, 216}) {
+    DYNAMIC_SECTION("rows " << M) {
+      at::Tensor x = at::randn({M, K}, f);
+      const at::Tensor ref = at::linear(x.to(at::kFloat), w.to(at::kFloat));
+      GemmRows g;
+      at::Tensor y = g.linear(x, w);
+      const int64_t Mp = g.chosen(M, N, K, at::kBFloat16);
+      INFO("chosen rows " << Mp);
+      CHECK((Mp == M || Mp == (M + 31) / 32 * 32 || Mp == (M + 63) / 64 * 64 || Mp == (M + 127) / 128 * 128));
+      REQUIRE(y.sizes() == at::IntArrayRef({M, N}));
+      CHECK(rel_err(y, ref) < 1e-2);
+      CHECK(at::equal(g.linear(x, w), y));  // the same choice, the same kernel
+      // the padded path itself, whatever the timing picked
+      GemmRows p;
+      p.set_choice(M, N, K, at::kBFloat16, (M + 127) / 128 * 128 + 128);
+      at::Tensor yp = p.linear(x, w);
+      REQUIRE(yp.sizes() == at::IntArrayRef({M, N}));
+      CHECK(yp.is_contiguous());
+      CHECK(rel_err(yp, ref) < 1e-2);
+      // off: at::linear as is
+      GemmRows off(false);
+      CHECK(at::equal(off.linear(x, w), at::linear(x, w)));
+      CHECK(off.chosen(M, N, K, at::kBFloat16) == 0);
+    }
+  }
+}

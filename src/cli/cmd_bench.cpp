@@ -79,7 +79,8 @@ int cmd_bench(const Args& a) {
   int64_t layers = 0, prompt_len = 3840, new_tokens = 256, steps = 0, page_size = 16, force_cr = 0, seed = 0,
           budget_slots = 0;
   double memory_gib = 0, reserve_gib = 6, prefill_check = 1;
-  int64_t tbt_tokens = 256, prefill_repeats = 3, profile_prefill = 0, profile_steps = 0, graph_max_batch = DecoderOptions{}.graph_max_batch;
+  int64_t tbt_tokens = 256, prefill_repeats = 3, profile_prefill = 0, profile_steps = 0, graph_max_batch = DecoderOptions{}.graph_max_batch,
+          gemm_row_tuning = 1;
   OptionTable t("bench decode", "dmc bench decode [--model DIR | --preset NAME] [--policy vanilla,dmc] [--force-cr R] ...");
   t.add("model", &model_dir, "model directory (else --preset with random weights)");
   t.add("preset", &preset, "model shape with random weights when no --model is given");
@@ -99,6 +100,7 @@ int cmd_bench(const Args& a) {
   t.add("prefill_repeats", &prefill_repeats, "timed prefills of the prefill check (the median is reported)");
   t.add("profile_prefill", &profile_prefill, "1: print the GPU kernels of one prefill by total time (kineto)");
   t.add("graph_max_batch", &graph_max_batch, "decode steps of up to this many sequences run as CUDA graphs");
+  t.add("gemm_row_tuning", &gemm_row_tuning, "1: pad the decode GEMMs' rows to the fastest timed size (0: as is)");
   t.add("profile_steps", &profile_steps, "N > 0: print the GPU kernels of N timed-batch decode steps by total time (kineto)");
   t.add("tbt_tokens", &tbt_tokens, "token-by-token tokens timed for the prefill comparison (extrapolated to prompt_len)");
   t.add("text", &text_path, "prompts are windows of this UTF-8 text (with --tokenizer); else random tokens");
@@ -163,6 +165,7 @@ int cmd_bench(const Args& a) {
     o.policy = pol;
     o.page_size = page_size;
     o.graph_max_batch = graph_max_batch;
+    o.gemm_row_tuning = gemm_row_tuning != 0;
     if (pol == "dmc" && random_weights) {
       DMC_CHECK(force_cr > 0, "policy dmc with random weights needs --force-cr R (no trained decisions exist)");
       o.force_cr = force_cr;
@@ -308,9 +311,11 @@ int cmd_bench(const Args& a) {
       sync_device(dev);
       attn_ms = 1e3 * (now_s() - ta) / reps;
     }
-    // and the weight GEMMs of a step alone (the projections of every layer and the LM head, batch B)
+    // and the weight GEMMs of a step alone (the projections of every layer and the LM head, batch B), with the
+    // engine's row padding
     double gemm_ms = 0;
     {
+      GemmRows g(o.gemm_row_tuning);
       auto wopt = at::TensorOptions().dtype(dt).device(dev);
       at::Tensor x = at::randn({B, c.hidden_size}, wopt);
       at::Tensor mid = at::randn({B, c.intermediate_size}, wopt);
@@ -318,12 +323,12 @@ int cmd_bench(const Args& a) {
       auto run = [&] {
         for (int64_t l = 0; l < L; ++l) {
           const auto& Ly = model.layers[l];
-          at::linear(x, Ly.wqkv);
-          at::linear(att, Ly.wo);
-          at::linear(x, Ly.w_gate_up);
-          at::linear(mid, Ly.w_down);
+          g.linear(x, Ly.wqkv);
+          g.linear(att, Ly.wo);
+          g.linear(x, Ly.w_gate_up);
+          g.linear(mid, Ly.w_down);
         }
-        at::linear(x, model.lm_head);
+        g.linear(x, model.lm_head);
       };
       run();
       sync_device(dev);
@@ -352,6 +357,7 @@ int cmd_bench(const Args& a) {
                         {"achieved_cr", tokens_end / slots_end},
                         {"page_size", page_size},
                         {"kernels", dec.using_kernels()},
+                        {"gemm_row_tuning", o.gemm_row_tuning},
                         {"dtype", dtype_name(dt)},
                         {"copy_bandwidth_GBps", bw / 1e9},
                         {"device", dev.str()}};

@@ -62,6 +62,7 @@ std::string resolve_policy(const Llama& m, const DecoderOptions& o) {
 Decoder::Decoder(const Llama& model, const DecoderOptions& o)
     : m_(model),
       o_(o),
+      gemm_(o.gemm_row_tuning),
       policy_(resolve_policy(model, o)),
       dmc_(policy_ == "dmc"),
       kernels_(o.use_kernels && decode_kernels_available(model.device(), model.config.head_dim)),
@@ -391,7 +392,7 @@ at::Tensor Decoder::run_layers(const at::Tensor& ids_t, const at::Tensor& seq_t,
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const auto& L = m_.layers[l];
     p.layer = l;
-    at::Tensor qkv = at::linear(rms_norm(x, L.attn_norm, c.rms_norm_eps), L.wqkv);
+    at::Tensor qkv = gemm_.linear(rms_norm(x, L.attn_norm, c.rms_norm_eps), L.wqkv);
     at::Tensor qr = decode_update(qkv, seq_t, pos_t, forced_t, cos_, sin_, p, st_, cache_, kernels_);
     at::Tensor o;
     if (evicting) {
@@ -401,11 +402,11 @@ at::Tensor Decoder::run_layers(const at::Tensor& ids_t, const at::Tensor& seq_t,
     } else {
       o = paged_attention(qr, cache_, l, seq_t, max_len, scale, kernels_);
     }
-    x = x + reduce_from_group(at::linear(o.reshape({n, nh * D}), L.wo), m_.tp);
-    at::Tensor gu = at::linear(rms_norm(x, L.mlp_norm, c.rms_norm_eps), L.w_gate_up);
-    x = x + reduce_from_group(at::linear(swiglu(gu), L.w_down), m_.tp);
+    x = x + reduce_from_group(gemm_.linear(o.reshape({n, nh * D}), L.wo), m_.tp);
+    at::Tensor gu = gemm_.linear(rms_norm(x, L.mlp_norm, c.rms_norm_eps), L.w_gate_up);
+    x = x + reduce_from_group(gemm_.linear(swiglu(gu), L.w_down), m_.tp);
   }
-  return gather_vocab(at::linear(rms_norm(x, m_.norm, c.rms_norm_eps), m_.lm_head), m_.tp);
+  return gather_vocab(gemm_.linear(rms_norm(x, m_.norm, c.rms_norm_eps), m_.lm_head), m_.tp);
 }
 
 void Decoder::evict(int64_t layer, const at::Tensor& seq_t, const at::Tensor& pos_t, const at::Tensor& probs) {

@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "inference/decode_ops.h"
+#include "inference/gemm_rows.h"
 #include "inference/paged_cache.h"
 #include "model/llama.h"
 
@@ -53,6 +54,9 @@ struct DecoderOptions {
   // kernel launches a step; large ones lose the gaps between kernels. All graphs share one memory pool.
   bool cuda_graphs = true;
   int64_t graph_max_batch = 512;
+  // pad the step's GEMM rows to the fastest of n and n rounded up to 32 / 64 / 128, timed once per batch size and
+  // weight shape on the GPU (inference/gemm_rows.h)
+  bool gemm_row_tuning = true;
 };
 
 class Decoder {
@@ -105,6 +109,7 @@ class Decoder {
 
   const Llama& m_;
   DecoderOptions o_;
+  GemmRows gemm_;
   std::string policy_;
   bool dmc_, kernels_;
   PagedKVCache cache_;
