@@ -88,6 +88,13 @@ TEST_CASE("dmc CLI: bad input exits 1 with a message naming the file", "[cli][ba
     CHECK(r.status == 1);
     for (const auto& e : cs.expect) CHECK(r.output.find(e) != std::string::npos);
   }
+  {  // a log level that spdlog would silently read as "off"
+    auto r = run("DMC_LOG_LEVEL=loud " + dmc_bin() + " info " + work + "/m");
+    INFO(r.output);
+    CHECK(r.status == 1);
+    CHECK(r.output.find("DMC_LOG_LEVEL") != std::string::npos);
+    CHECK(r.output.find("loud") != std::string::npos);
+  }
   // corrupt the weights of a copy: truncated file
   fs::copy(work + "/m", work + "/trunc", fs::copy_options::recursive);
   fs::resize_file(work + "/trunc/model.safetensors", 1000);

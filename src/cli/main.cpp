@@ -27,6 +27,8 @@ commands:
   retrofit              one DMC retrofit stage: --stage zero_out | retrofit | finetune
   report RUN_DIR...     loss and compression-ratio curves, per-layer/head ratio heatmap, summary
   bench decode          decode throughput at equal memory: vanilla vs DMC (and TOVA/H2O/window), HBM floor
+
+environment: DMC_LOG_LEVEL=trace|debug|info|warn|error|off (default info)
 )";
 }
 
@@ -43,6 +45,14 @@ int main(int argc, char** argv) {
   const std::string cmd = args[0];
   args.erase(args.begin());
   try {
+    // DMC_LOG_LEVEL=debug shows, among others, the decode GEMM row choices (a training config's log_level wins)
+    if (const char* lv = std::getenv("DMC_LOG_LEVEL")) {
+      const std::string level = lv;
+      DMC_CHECK(level == "trace" || level == "debug" || level == "info" || level == "warn" || level == "error" ||
+                    level == "off",
+                "environment DMC_LOG_LEVEL: expected trace, debug, info, warn, error or off, got '", level, "'");
+      dmc::log::set_level(level);
+    }
     if (cmd == "info") return dmc::cli::cmd_info(args);
     if (cmd == "init") return dmc::cli::cmd_init(args);
     if (cmd == "convert") return dmc::cli::cmd_convert(args);
