@@ -42,7 +42,7 @@ if has decode; then
   J="$OUT/bench_decode.jsonl"; rm -f "$J"
   common="--preset llama2-7b --prompt-len 3840 --new-tokens 256 --steps 64 --batch max --json $J"
   timeout 300 "$B/dmc" bench decode $common --policy vanilla,dmc --force-cr 4 > "$OUT/decode.log" 2>&1; echo "bench decode cr4 rc=$?"
-  timeout 200 "$B/dmc" bench decode $common --policy dmc --force-cr 8 --prefill-check 0 >> "$OUT/decode.log" 2>&1; echo "bench decode cr8 rc=$?"
+  timeout 200 "$B/dmc" bench decode $common --policy vanilla,dmc --force-cr 8 --prefill-check 0 >> "$OUT/decode.log" 2>&1; echo "bench decode cr8 rc=$?"
   grep -E "verif|error" "$OUT/decode.log" | tail -6
   python3 scripts/decode_table.py "$J" | tee "$OUT/decode_results.md"
 fi
