@@ -16,7 +16,8 @@
 //   backward: one kernel writes d qkv whole: R^T dq | R^T dk | dv, R^T: d_i c_i + d_{i+h} s_i, d_{i+h} c_i - d_i s_i
 //           (the ATen form's narrow/cat/neg passes and the zero-fill + adds of three view gradients go away).
 // Norm forward: one block per row (rows of up to 16384); backward: a few blocks per SM, each a strided set of
-// rows (hidden size up to 12288). Grid-stride loops for the elementwise kernels.
+// rows (hidden size up to 12288). RoPE: one warp per head vector (rope_row, shared by all three RoPE kernels).
+// Grid-stride loops for SwiGLU.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -124,90 +125,91 @@ __global__ void swiglu_bwd_kernel(const T* __restrict__ dout, const T* __restric
   }
 }
 
+// RoPE of one head vector (D = 2h values) at one position, the piece all three RoPE kernels share: with cs, sn the
+// position's cos / sin rows, out_i = x_i c_i - x_{i+h} s_i, out_{i+h} = x_{i+h} c_i + x_i s_i (inverse = R^T:
+// x_i c_i + x_{i+h} s_i, x_{i+h} c_i - x_i s_i); kCopy copies, kZero writes zeros (a missing gradient). drop_last:
+// x_{D-1} counts as 0 and out_{D-1} = last_value (DMC: the decision neuron never rotates into dimension D/2-1).
+// One warp per row, lane l takes the pairs (i, i + h), i = l + 32 k: the kernels decode a row's indices once, not
+// once per element.
+enum RopeMode { kRotate = 0, kInverse = 1, kCopy = 2, kZero = 3 };
 template <typename T>
-__global__ void rope_fwd_kernel(const T* __restrict__ qkv, const float* __restrict__ cos, const float* __restrict__ sin,
-                                int64_t BT, int T_, int nh, int nkv, int hd, T* __restrict__ q, T* __restrict__ k,
-                                T* __restrict__ v) {
-  const int h = hd / 2, heads = nh + 2 * nkv;
-  const int64_t n = BT * heads * h;
-  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    const int d = (int)(i % h);
-    const int j = (int)((i / h) % heads);
-    const int64_t bt = i / ((int64_t)h * heads);
-    const int t = (int)(bt % T_);
-    const T* src = qkv + (bt * heads + j) * hd;
-    const float a = ld(src[d]), b = ld(src[d + h]);
-    if (j >= nh + nkv) {
-      T* dst = v + (bt * nkv + (j - nh - nkv)) * hd;
-      dst[d] = src[d];
-      dst[d + h] = src[d + h];
-      continue;
-    }
-    const float c = cos[(int64_t)t * hd + d], s = sin[(int64_t)t * hd + d];
-    T* dst = j < nh ? q + (bt * nh + j) * hd : k + (bt * nkv + (j - nh)) * hd;
-    dst[d] = st<T>(a * c - b * s);
-    dst[d + h] = st<T>(b * c + a * s);
-  }
-}
-
-template <typename T>
-__global__ void rope_bwd_kernel(const T* __restrict__ dq, const T* __restrict__ dk, const T* __restrict__ dv,
-                                const float* __restrict__ cos, const float* __restrict__ sin, int64_t BT, int T_, int nh,
-                                int nkv, int hd, T* __restrict__ dqkv) {
-  const int h = hd / 2, heads = nh + 2 * nkv;
-  const int64_t n = BT * heads * h;
-  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    const int d = (int)(i % h);
-    const int j = (int)((i / h) % heads);
-    const int64_t bt = i / ((int64_t)h * heads);
-    const int t = (int)(bt % T_);
-    T* dst = dqkv + (bt * heads + j) * hd;
-    if (j >= nh + nkv) {
-      const T* src = dv + (bt * nkv + (j - nh - nkv)) * hd;
-      dst[d] = dv ? src[d] : st<T>(0.f);
-      dst[d + h] = dv ? src[d + h] : st<T>(0.f);
-      continue;
-    }
-    const T* src = j < nh ? (dq ? dq + (bt * nh + j) * hd : nullptr) : (dk ? dk + (bt * nkv + (j - nh)) * hd : nullptr);
-    if (!src) {
+__device__ __forceinline__ void rope_row(const T* __restrict__ src, T* __restrict__ dst, const float* __restrict__ cs,
+                                         const float* __restrict__ sn, int D, int mode, bool drop_last,
+                                         float last_value, int lane) {
+  const int h = D / 2;
+  for (int d = lane; d < h; d += 32) {
+    if (mode == kZero) {
       dst[d] = st<T>(0.f);
       dst[d + h] = st<T>(0.f);
       continue;
     }
-    const float a = ld(src[d]), b = ld(src[d + h]);
-    const float c = cos[(int64_t)t * hd + d], s = sin[(int64_t)t * hd + d];
-    dst[d] = st<T>(a * c + b * s);
-    dst[d + h] = st<T>(b * c - a * s);
+    if (mode == kCopy) {
+      dst[d] = src[d];
+      dst[d + h] = src[d + h];
+      continue;
+    }
+    const bool last = drop_last && d == h - 1;  // the pair (D/2-1, D-1)
+    const float a = ld(src[d]), b = last ? 0.f : ld(src[d + h]);
+    const float c = cs[d], s = sn[d];
+    if (mode == kRotate) {
+      dst[d] = st<T>(a * c - b * s);
+      dst[d + h] = st<T>(last ? last_value : b * c + a * s);
+    } else {
+      dst[d] = st<T>(a * c + b * s);
+      dst[d + h] = st<T>(last ? last_value : b * c - a * s);
+    }
   }
 }
+constexpr int kRopeWarps = 8;  // rows per block
 
-// RoPE of [B, n, T, D] rows with arbitrary strides (inner dimension contiguous) into a [B, T, n, D] buffer; with
-// drop_last the input's dimension D-1 counts as 0 and the output's D-1 is last_value, normally 0 (DMC: the decision
-// neuron never rotates into dimension D/2-1). inverse = true applies R^T (the backward), with the same drop.
+// qkv [BT, heads = nh + 2 nkv, hd] -> q [BT, nh, hd], k [BT, nkv, hd] rotated, v [BT, nkv, hd] copied
+template <typename T>
+__global__ void rope_fwd_kernel(const T* __restrict__ qkv, const float* __restrict__ cos, const float* __restrict__ sin,
+                                int64_t BT, int T_, int nh, int nkv, int hd, T* __restrict__ q, T* __restrict__ k,
+                                T* __restrict__ v) {
+  const int heads = nh + 2 * nkv, lane = threadIdx.x % 32;
+  const int64_t row = (int64_t)blockIdx.x * kRopeWarps + threadIdx.x / 32;  // (bt, j)
+  if (row >= BT * heads) return;
+  const int j = (int)(row % heads);
+  const int64_t bt = row / heads;
+  const int t = (int)(bt % T_);
+  T* dst = j < nh ? q + (bt * nh + j) * hd
+                  : j < nh + nkv ? k + (bt * nkv + (j - nh)) * hd : v + (bt * nkv + (j - nh - nkv)) * hd;
+  rope_row<T>(qkv + row * hd, dst, cos + (int64_t)t * hd, sin + (int64_t)t * hd, hd,
+              j < nh + nkv ? kRotate : kCopy, false, 0.f, lane);
+}
+
+// d qkv [BT, heads, hd] = R^T dq | R^T dk | dv (zeros for a missing gradient)
+template <typename T>
+__global__ void rope_bwd_kernel(const T* __restrict__ dq, const T* __restrict__ dk, const T* __restrict__ dv,
+                                const float* __restrict__ cos, const float* __restrict__ sin, int64_t BT, int T_, int nh,
+                                int nkv, int hd, T* __restrict__ dqkv) {
+  const int heads = nh + 2 * nkv, lane = threadIdx.x % 32;
+  const int64_t row = (int64_t)blockIdx.x * kRopeWarps + threadIdx.x / 32;
+  if (row >= BT * heads) return;
+  const int j = (int)(row % heads);
+  const int64_t bt = row / heads;
+  const int t = (int)(bt % T_);
+  const T* src = j < nh ? (dq ? dq + (bt * nh + j) * hd : nullptr)
+                 : j < nh + nkv ? (dk ? dk + (bt * nkv + (j - nh)) * hd : nullptr)
+                                : (dv ? dv + (bt * nkv + (j - nh - nkv)) * hd : nullptr);
+  const int mode = !src ? kZero : j < nh + nkv ? kInverse : kCopy;
+  rope_row<T>(src, dqkv + row * hd, cos + (int64_t)t * hd, sin + (int64_t)t * hd, hd, mode, false, 0.f, lane);
+}
+
+// RoPE of [B, n, T, D] rows with arbitrary strides (inner dimension contiguous) into a [B, T, n, D] buffer, with
+// rope_row's drop_last / last_value; inverse = true applies R^T (the backward), with the same drop.
 template <typename T>
 __global__ void rope_rows_kernel(const T* __restrict__ x, int64_t sb, int64_t sn, int64_t st_, int B, int n, int T_,
                                  int D, const float* __restrict__ cos, const float* __restrict__ sin, bool drop_last,
                                  bool inverse, float last_value, T* __restrict__ out) {
-  const int h = D / 2;
-  const int64_t total = (int64_t)B * T_ * n * h;
-  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
-    const int d = (int)(i % h);
-    const int j = (int)((i / h) % n);
-    const int t = (int)((i / ((int64_t)h * n)) % T_);
-    const int b = (int)(i / ((int64_t)h * n * T_));
-    const T* src = x + b * sb + j * sn + t * st_;
-    const bool last = drop_last && d == h - 1;  // the pair (D/2-1, D-1)
-    const float a = ld(src[d]), bb = last ? 0.f : ld(src[d + h]);
-    const float c = cos[(int64_t)t * D + d], s = sin[(int64_t)t * D + d];
-    T* dst = out + (((int64_t)b * T_ + t) * n + j) * D;
-    if (!inverse) {
-      dst[d] = st<T>(a * c - bb * s);
-      dst[d + h] = st<T>(last ? last_value : bb * c + a * s);
-    } else {
-      dst[d] = st<T>(a * c + bb * s);
-      dst[d + h] = st<T>(last ? last_value : bb * c - a * s);
-    }
-  }
+  const int lane = threadIdx.x % 32;
+  const int64_t row = (int64_t)blockIdx.x * kRopeWarps + threadIdx.x / 32;  // (b, t, j) of the output
+  if (row >= (int64_t)B * T_ * n) return;
+  const int j = (int)(row % n), t = (int)((row / n) % T_);
+  const int64_t b = row / ((int64_t)n * T_);
+  rope_row<T>(x + b * sb + j * sn + t * st_, out + row * D, cos + (int64_t)t * D, sin + (int64_t)t * D, D,
+              inverse ? kInverse : kRotate, drop_last, last_value, lane);
 }
 
 int norm_threads(int64_t H) {
@@ -303,6 +305,7 @@ void dispatch1(at::ScalarType t, F&& f) {
     default: fail("fused swiglu: unsupported dtype ", t);
   }
 }
+unsigned rope_blocks(int64_t rows) { return (unsigned)((rows + kRopeWarps - 1) / kRopeWarps); }
 unsigned elementwise_blocks(int64_t n) {
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   return (unsigned)std::max<int64_t>(1, std::min<int64_t>((n + 255) / 256, (int64_t)sms * 16));
@@ -357,7 +360,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rope_qkv_forward_cuda(const at::T
   if (n == 0) return {q, k, v};
   dispatch1(qkv.scalar_type(), [&](auto tv) {
     using TT = decltype(tv);
-    rope_fwd_kernel<TT><<<elementwise_blocks(n), 256, 0, at::cuda::getCurrentCUDAStream()>>>(
+    rope_fwd_kernel<TT><<<rope_blocks(B * T * (nh + 2 * nkv)), kRopeWarps * 32, 0, at::cuda::getCurrentCUDAStream()>>>(
         ptr<TT>(qkv), cos.data_ptr<float>(), sin.data_ptr<float>(), B * T, (int)T, (int)nh, (int)nkv, (int)hd,
         ptr<TT>(q), ptr<TT>(k), ptr<TT>(v));
   });
@@ -377,7 +380,7 @@ at::Tensor rope_qkv_backward_cuda(const at::Tensor& dq, const at::Tensor& dk, co
   dispatch1(dtype, [&](auto tv) {
     using TT = decltype(tv);
     auto p = [](const at::Tensor& g) { return g.defined() ? ptr<TT>(g) : (TT*)nullptr; };
-    rope_bwd_kernel<TT><<<elementwise_blocks(n), 256, 0, at::cuda::getCurrentCUDAStream()>>>(
+    rope_bwd_kernel<TT><<<rope_blocks(B * T * (nh + 2 * nkv)), kRopeWarps * 32, 0, at::cuda::getCurrentCUDAStream()>>>(
         p(q), p(k), p(v), cos.data_ptr<float>(), sin.data_ptr<float>(), B * T, (int)T, (int)nh, (int)nkv, (int)hd,
         ptr<TT>(dqkv));
   });
@@ -398,7 +401,7 @@ at::Tensor rope_rows_cuda(const at::Tensor& x, const at::Tensor& cos, const at::
   if (total == 0) return out.transpose(1, 2);
   dispatch1(x.scalar_type(), [&](auto tv) {
     using TT = decltype(tv);
-    rope_rows_kernel<TT><<<elementwise_blocks(total), 256, 0, at::cuda::getCurrentCUDAStream()>>>(
+    rope_rows_kernel<TT><<<rope_blocks(B * T * n), kRopeWarps * 32, 0, at::cuda::getCurrentCUDAStream()>>>(
         ptr<TT>(x), x.stride(0), x.stride(1), x.stride(2), (int)B, (int)n, (int)T, (int)D, cos.data_ptr<float>(),
         sin.data_ptr<float>(), drop_last, inverse, (float)last_value, ptr<TT>(out));
   });
