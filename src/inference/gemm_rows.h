@@ -30,7 +30,6 @@ class GemmRows {
   int64_t tune(const at::Tensor& x, const at::Tensor& w);
   bool enabled_;
   std::map<std::tuple<int64_t, int64_t, int64_t, int>, int64_t> best_;
-  at::Tensor flush_;  // written between timed calls so that the weight is read from HBM, as in a decode step
 };
 
 }  // namespace dmc
