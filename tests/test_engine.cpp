@@ -293,3 +293,17 @@ TEST_CASE("trained DMC checkpoints: bench decode sizes the batch by calibration,
   CHECK(r.status != 0);
   CHECK(r.output.find("one of --text") != std::string::npos);
 }
+
+TEST_CASE("decode CUDA-graph batch buckets: powers of two below the step, then its multiples, capped", "[inference]") {
+  const std::vector<std::pair<int64_t, int64_t>> with8 = {{1, 1}, {2, 2}, {3, 4}, {4, 4}, {5, 8}, {8, 8},
+                                                         {9, 16}, {111, 112}, {216, 216}, {217, 224}, {512, 512}};
+  for (auto [n, b] : with8) {
+    INFO("n " << n);
+    CHECK(graph_bucket(n, 8, 512) == b);
+  }
+  CHECK(graph_bucket(497, 8, 500) == 500);  // capped by graph_max_batch, never below n
+  CHECK(graph_bucket(500, 8, 500) == 500);
+  CHECK(graph_bucket(3, 1, 512) == 3);      // step 1: exact sizes
+  CHECK(graph_bucket(17, 16, 512) == 32);
+  CHECK(graph_bucket(9, 16, 512) == 16);
+}

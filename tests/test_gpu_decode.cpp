@@ -274,35 +274,48 @@ TEST_CASE("CUDA graphs of the decode step replay the eager step, batch sizes cha
   if (!torch::cuda::is_available()) SKIP("no CUDA device");
   auto m = gpu_model(29, 0.2, 0.2);
   DecoderOptions o;
-  o.max_seqs = 3;
+  o.max_seqs = 6;
   o.page_size = 8;
-  DecoderOptions og = o;
+  DecoderOptions og = o, oe = o;  // graphs per bucket (1, 2, 4, 8, 16, ...) and per exact size
+  oe.graph_batch_step = 1;
   o.cuda_graphs = false;
-  Decoder a(m, o), b(m, og);
+  Decoder a(m, o), b(m, og), e(m, oe);
   torch::manual_seed(9);
   std::vector<int64_t> next;
-  for (int s = 0; s < 3; ++s) {
+  for (int s = 0; s < 5; ++s) {
     std::vector<int64_t> p;
     for (int i = 0; i < 10 + 9 * s; ++i) p.push_back(torch::randint(0, 211, {1}).item<int64_t>());
     next.push_back(a.prefill(s, p).argmax().item<int64_t>());
     b.prefill(s, p);
+    e.prefill(s, p);
   }
+  // 3 sequences, 4, 5, then 2: buckets 4 (shared by 3 and 4, with a padding row for 3), 8 (three padding rows)
+  // and 2; each warmed, captured and replayed
+  const std::vector<std::vector<int64_t>> phases = {{0, 1, 2}, {0, 1, 2, 3}, {0, 1, 2, 3, 4}, {0, 2}};
   double worst = 0;
-  for (int step = 0; step < 24; ++step) {
-    // three sequences, then two, then three again: graphs of two sizes, each warmed, captured, replayed
-    std::vector<int64_t> seqs = step >= 8 && step < 16 ? std::vector<int64_t>{0, 2} : std::vector<int64_t>{0, 1, 2};
+  for (int step = 0; step < 32; ++step) {
+    const auto& seqs = phases[step / 8];
     std::vector<int64_t> ids;
     for (int64_t s : seqs) ids.push_back(next[s]);
-    at::Tensor la = a.step(seqs, ids), lb = b.step(seqs, ids);
-    worst = std::max(worst, rel_err(lb.to(at::kFloat), la.to(at::kFloat)));
+    at::Tensor la = a.step(seqs, ids), lb = b.step(seqs, ids), le = e.step(seqs, ids);
+    REQUIRE(lb.size(0) == (int64_t)seqs.size());
+    worst = std::max({worst, rel_err(lb.to(at::kFloat), la.to(at::kFloat)), rel_err(le.to(at::kFloat), la.to(at::kFloat))});
     at::Tensor am = la.argmax(-1).cpu();
     CHECK(at::equal(am, lb.argmax(-1).cpu()));
+    CHECK(at::equal(am, le.argmax(-1).cpu()));
     for (size_t i = 0; i < seqs.size(); ++i) next[seqs[i]] = am[(int64_t)i].item<int64_t>();
   }
-  for (int s = 0; s < 3; ++s) CHECK(at::equal(a.slot_counts(s), b.slot_counts(s)));
-  CHECK(b.graphs_captured() == 2);
+  // the padding rows left the cache and the DMC state alone
+  for (int s = 0; s < 5; ++s) {
+    CHECK(at::equal(a.slot_counts(s), b.slot_counts(s)));
+    CHECK(at::equal(a.slot_counts(s), e.slot_counts(s)));
+  }
+  CHECK(b.slot_counts(5).sum().item<int64_t>() == 0);
+  CHECK(b.graphs_captured() == 3);
+  CHECK(e.graphs_captured() == 4);
   CHECK(worst < 1e-3);  // the graphed step bounds attention by max_position (other split sizes): fp32 sums reorder
-  std::cout << "[gpu-graphs] logits rel " << worst << ", graphs " << b.graphs_captured() << std::endl;
+  std::cout << "[gpu-graphs] logits rel " << worst << ", graphs " << b.graphs_captured() << " (buckets) / "
+            << e.graphs_captured() << " (exact sizes)" << std::endl;
 }
 
 TEST_CASE("CUDA: the decode GEMM row padding gives at::linear's rows and keeps its timed choice", "[gpu][inference]") {

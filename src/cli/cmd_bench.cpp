@@ -80,7 +80,7 @@ int cmd_bench(const Args& a) {
           budget_slots = 0;
   double memory_gib = 0, reserve_gib = 6, prefill_check = 1;
   int64_t tbt_tokens = 256, prefill_repeats = 3, profile_prefill = 0, profile_steps = 0, graph_max_batch = DecoderOptions{}.graph_max_batch,
-          gemm_row_tuning = 1;
+          gemm_row_tuning = 1, graph_batch_step = DecoderOptions{}.graph_batch_step;
   OptionTable t("bench decode", "dmc bench decode [--model DIR | --preset NAME] [--policy vanilla,dmc] [--force-cr R] ...");
   t.add("model", &model_dir, "model directory (else --preset with random weights)");
   t.add("preset", &preset, "model shape with random weights when no --model is given");
@@ -100,6 +100,7 @@ int cmd_bench(const Args& a) {
   t.add("prefill_repeats", &prefill_repeats, "timed prefills of the prefill check (the median is reported)");
   t.add("profile_prefill", &profile_prefill, "1: print the GPU kernels of one prefill by total time (kineto)");
   t.add("graph_max_batch", &graph_max_batch, "decode steps of up to this many sequences run as CUDA graphs");
+  t.add("graph_batch_step", &graph_batch_step, "graphs per batch bucket: 1, 2, 4, ... then multiples of this (1: exact sizes)");
   t.add("gemm_row_tuning", &gemm_row_tuning, "1: pad the decode GEMMs' rows to the fastest timed size (0: as is)");
   t.add("profile_steps", &profile_steps, "N > 0: print the GPU kernels of N timed-batch decode steps by total time (kineto)");
   t.add("tbt_tokens", &tbt_tokens, "token-by-token tokens timed for the prefill comparison (extrapolated to prompt_len)");
@@ -165,6 +166,7 @@ int cmd_bench(const Args& a) {
     o.policy = pol;
     o.page_size = page_size;
     o.graph_max_batch = graph_max_batch;
+    o.graph_batch_step = graph_batch_step;
     o.gemm_row_tuning = gemm_row_tuning != 0;
     if (pol == "dmc" && random_weights) {
       DMC_CHECK(force_cr > 0, "policy dmc with random weights needs --force-cr R (no trained decisions exist)");

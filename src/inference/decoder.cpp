@@ -26,6 +26,14 @@ struct Decoder::Graph {
 struct Decoder::Graph {};
 #endif
 
+int64_t graph_bucket(int64_t n, int64_t step, int64_t max_batch) {
+  if (step <= 1) return n;
+  int64_t b = 1;
+  while (b < n && b < step) b *= 2;             // 1, 2, 4, ... below the step
+  if (b < n) b = (n + step - 1) / step * step;  // then multiples of the step
+  return std::max(n, std::min(b, max_batch));
+}
+
 PagedCacheOptions decoder_cache_options(const Llama& m, const DecoderOptions& o) {
   PagedCacheOptions c;
   const auto& cfg = m.config;
@@ -322,7 +330,17 @@ at::Tensor Decoder::step(const std::vector<int64_t>& seqs, const std::vector<int
   at::Tensor logits;
 #ifdef DMC_WITH_CUDA
   if (o_.cuda_graphs && kernels_ && m_.tp.size == 1 && !slot_pos_.defined() && n <= o_.graph_max_batch) {
-    auto& g = graphs_[n];
+    // the step runs as the graph of its batch bucket; rows past n are padding (sequence -1: the kernels leave the
+    // cache and the state alone and attend to nothing; their logits are dropped)
+    const int64_t nb = graph_bucket(n, o_.graph_batch_step, o_.graph_max_batch);
+    if (nb > n) {
+      const int64_t pad = nb - n;
+      ids_h = at::cat({ids_h, at::zeros({pad}, at::kLong)});
+      seq_h = at::cat({seq_h, at::full({pad}, -1, at::kLong)});
+      pos_h = at::cat({pos_h, at::zeros({pad}, at::kLong)});
+      forced_h = at::cat({forced_h, at::ones({pad}, at::kBool)});
+    }
+    auto& g = graphs_[nb];
     if (!g) {
       g = std::make_shared<Graph>();
       g->ids = ids_h.to(dev);
@@ -358,6 +376,7 @@ at::Tensor Decoder::step(const std::vector<int64_t>& seqs, const std::vector<int
       g->graph->replay();
       logits = g->out;
     }
+    logits = logits.narrow(0, 0, n);
   }
 #endif
   if (!logits.defined())

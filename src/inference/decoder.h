@@ -49,11 +49,15 @@ struct DecoderOptions {
   int64_t sinks = 4;                   // window: first positions never evicted
   int64_t force_cr = 0;                // dmc: benchmark-only decision policy (see DecodeUpdateParams)
   bool use_kernels = true;             // CUDA kernels when the model is on a GPU (else the reference ops)
-  // CUDA graphs of the whole step per batch size n <= graph_max_batch (kernels path, no TP, no eviction): the
-  // first step of a size runs eagerly, the second captures, later ones replay. Small batches are bound by ~500
+  // CUDA graphs of the whole step per batch bucket <= graph_max_batch (kernels path, no TP, no eviction): the
+  // first step of a bucket runs eagerly, the second captures, later ones replay. Small batches are bound by ~500
   // kernel launches a step; large ones lose the gaps between kernels. All graphs share one memory pool.
   bool cuda_graphs = true;
   int64_t graph_max_batch = 512;
+  // graphs are captured for batch buckets, as vLLM's capture sizes: 1, 2, 4, ... below graph_batch_step, then its
+  // multiples (up to graph_max_batch); a step of n sequences replays the smallest bucket >= n with padding rows.
+  // 1 = a graph per exact batch size.
+  int64_t graph_batch_step = 8;
   // pad the step's GEMM rows to the fastest of n and n rounded up to 32 / 64 / 128, timed once per batch size and
   // weight shape on the GPU (inference/gemm_rows.h)
   bool gemm_row_tuning = true;
@@ -118,6 +122,9 @@ class Decoder {
   at::Tensor slot_pos_, slot_score_;  // baselines: [R, budget + 1] int64 position / fp32 accumulated weight
   std::vector<int64_t> pos_;
 };
+
+// The CUDA-graph batch bucket of a step of n sequences (see DecoderOptions::graph_batch_step).
+int64_t graph_bucket(int64_t n, int64_t step, int64_t max_batch);
 
 // Model rows of the KV cache and how many pages the pool gets when DecoderOptions leaves it open.
 PagedCacheOptions decoder_cache_options(const Llama& m, const DecoderOptions& o);

@@ -10,6 +10,7 @@
 //                          heads with a warp reduction and keeps an online softmax; the warps are merged in shared
 //                          memory; the block writes an unnormalised partial (o, max, sum) for its split.
 //   paged_attn_combine_kernel  log-sum-exp merge of the splits: one block per (query head, sequence).
+// A row whose sequence is -1 (padding of a CUDA-graph batch bucket) is skipped by the update and attends to nothing.
 //
 // Layouts: see decode_ops.h and paged_cache.h. k_pages, v_pages [n_pages, P, D]; table [R, max_pages] int32;
 // lengths [R] int32; partials o_part [n, nh, n_split, D] fp32, ml_part [n, nh, n_split, 2] fp32.
@@ -64,6 +65,7 @@ __global__ void __launch_bounds__(kUpdWarps * 32)
   const int wid = blockIdx.x * kUpdWarps + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (wid >= n * nkv) return;  // whole warps
   const int i = wid / nkv, h = wid % nkv, G = nh / nkv;
+  if (seq[i] < 0) return;  // a padding row of a graph bucket: no cache or state to touch
   const int64_t t = pos[i];
   const int64_t r = ((int64_t)layer * max_seqs + seq[i]) * nkv + h;
   const T* q = qkv + (int64_t)i * qkv_stride;
@@ -238,7 +240,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, sub = lane / KL, sl = lane % KL;
   const int G = nh / nkv;
   const int64_t r = ((int64_t)layer * max_seqs + seq[i]) * nkv + h;
-  const int len = lengths[r];
+  const int len = seq[i] < 0 ? 0 : lengths[r];  // a padding row attends to nothing (its output is 0)
   const int start = split * chunk, end = min(len, start + chunk);
 
   float qr[GM][VE], o[GM][VE], m[GM], l[GM];
@@ -336,7 +338,7 @@ __global__ void paged_attn_combine_kernel(const float* __restrict__ o_part, cons
       L += ml_part[(base * n_split + s) * 2 + 1] * f;
       O += o_part[(base * n_split + s) * D + d] * f;
     }
-    out[base * D + d] = static_cast<T>(O / L);
+    out[base * D + d] = static_cast<T>(L > 0.f ? O / L : 0.f);  // L = 0: a padding row, no slots
   }
 }
 
