@@ -279,6 +279,10 @@ TEST_CASE("CUDA graphs of the decode step replay the eager step, batch sizes cha
   DecoderOptions og = o, oe = o;  // graphs per bucket (1, 2, 4, 8, 16, ...) and per exact size
   oe.graph_batch_step = 1;
   o.cuda_graphs = false;
+  // the eager engine and the exact-size graphs run the same GEMM shapes (no row padding): equal up to the attention
+  // split order. The bucketed graphs run their GEMMs at the bucket's rows, where cuBLAS may take another kernel and
+  // round the bf16 outputs differently: equal up to about one bf16 rounding (2^-8 = 3.9e-3).
+  o.gemm_row_tuning = oe.gemm_row_tuning = false;
   Decoder a(m, o), b(m, og), e(m, oe);
   torch::manual_seed(9);
   std::vector<int64_t> next;
@@ -292,14 +296,15 @@ TEST_CASE("CUDA graphs of the decode step replay the eager step, batch sizes cha
   // 3 sequences, 4, 5, then 2: buckets 4 (shared by 3 and 4, with a padding row for 3), 8 (three padding rows)
   // and 2; each warmed, captured and replayed
   const std::vector<std::vector<int64_t>> phases = {{0, 1, 2}, {0, 1, 2, 3}, {0, 1, 2, 3, 4}, {0, 2}};
-  double worst = 0;
+  double worst = 0, worst_exact = 0;
   for (int step = 0; step < 32; ++step) {
     const auto& seqs = phases[step / 8];
     std::vector<int64_t> ids;
     for (int64_t s : seqs) ids.push_back(next[s]);
     at::Tensor la = a.step(seqs, ids), lb = b.step(seqs, ids), le = e.step(seqs, ids);
     REQUIRE(lb.size(0) == (int64_t)seqs.size());
-    worst = std::max({worst, rel_err(lb.to(at::kFloat), la.to(at::kFloat)), rel_err(le.to(at::kFloat), la.to(at::kFloat))});
+    worst = std::max(worst, rel_err(lb.to(at::kFloat), la.to(at::kFloat)));
+    worst_exact = std::max(worst_exact, rel_err(le.to(at::kFloat), la.to(at::kFloat)));
     at::Tensor am = la.argmax(-1).cpu();
     CHECK(at::equal(am, lb.argmax(-1).cpu()));
     CHECK(at::equal(am, le.argmax(-1).cpu()));
@@ -313,9 +318,10 @@ TEST_CASE("CUDA graphs of the decode step replay the eager step, batch sizes cha
   CHECK(b.slot_counts(5).sum().item<int64_t>() == 0);
   CHECK(b.graphs_captured() == 3);
   CHECK(e.graphs_captured() == 4);
-  CHECK(worst < 1e-3);  // the graphed step bounds attention by max_position (other split sizes): fp32 sums reorder
-  std::cout << "[gpu-graphs] logits rel " << worst << ", graphs " << b.graphs_captured() << " (buckets) / "
-            << e.graphs_captured() << " (exact sizes)" << std::endl;
+  CHECK(worst_exact < 1e-3);  // the graphed step bounds attention by max_position (other split sizes): fp32 sums reorder
+  CHECK(worst < 1e-2);
+  std::cout << "[gpu-graphs] logits rel " << worst << " (buckets), " << worst_exact << " (exact sizes); graphs "
+            << b.graphs_captured() << " / " << e.graphs_captured() << std::endl;
 }
 
 TEST_CASE("CUDA: the decode GEMM row padding gives at::linear's rows and keeps its timed choice", "[gpu][inference]") {
