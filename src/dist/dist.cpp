@@ -168,7 +168,11 @@ PendingWork all_reduce_sum_async(at::Tensor& t, const Group& g) {
   return p;
 }
 
-PendingWork all_gather_rows_async(const at::Tensor& t_in, at::Tensor& out, const Group& g) {
+namespace {
+// The frame of the row collectives: on one rank out = t (rows unused); else t made contiguous, out allocated with
+// `rows` rows (the rest of t's shape), the collective started by start(out, t), and both kept alive until it ends.
+template <typename Start>
+PendingWork rows_collective(const at::Tensor& t_in, at::Tensor& out, const Group& g, int64_t rows, Start start) {
   PendingWork p;
   if (g.size == 1) {
     out = t_in;
@@ -176,34 +180,29 @@ PendingWork all_gather_rows_async(const at::Tensor& t_in, at::Tensor& out, const
   }
   at::Tensor t = t_in.contiguous();
   std::vector<int64_t> shape = t.sizes().vec();
-  shape[0] *= g.size;
+  shape[0] = rows;
   out = at::empty(shape, t.options());
   auto h = std::make_shared<WorkHolder>();
-  h->w = g.pg()->_allgather_base(out, t);
+  h->w = start(out, t);
   h->keep = {t, out};
   p.work = h;
   return p;
 }
+}  // namespace
 
-PendingWork reduce_scatter_rows_async(const at::Tensor& t_in, at::Tensor& out, const Group& g) {
-  PendingWork p;
-  if (g.size == 1) {
-    out = t_in;
-    return p;
-  }
-  DMC_CHECK(t_in.dim() >= 1 && t_in.size(0) % g.size == 0, "reduce_scatter_rows: ", t_in.size(0),
+PendingWork all_gather_rows_async(const at::Tensor& t, at::Tensor& out, const Group& g) {
+  return rows_collective(t, out, g, g.size == 1 ? 0 : t.size(0) * g.size,
+                         [&](at::Tensor& o, at::Tensor& in) { return g.pg()->_allgather_base(o, in); });
+}
+
+PendingWork reduce_scatter_rows_async(const at::Tensor& t, at::Tensor& out, const Group& g) {
+  DMC_CHECK(g.size == 1 || (t.dim() >= 1 && t.size(0) % g.size == 0), "reduce_scatter_rows: ", t.size(0),
             " rows do not split over ", g.size, " ranks");
-  at::Tensor t = t_in.contiguous();
-  std::vector<int64_t> shape = t.sizes().vec();
-  shape[0] /= g.size;
-  out = at::empty(shape, t.options());
-  c10d::ReduceScatterOptions o;
-  o.reduceOp = c10d::ReduceOp::SUM;
-  auto h = std::make_shared<WorkHolder>();
-  h->w = g.pg()->_reduce_scatter_base(out, t, o);
-  h->keep = {t, out};
-  p.work = h;
-  return p;
+  return rows_collective(t, out, g, g.size == 1 ? 0 : t.size(0) / g.size, [&](at::Tensor& o, at::Tensor& in) {
+    c10d::ReduceScatterOptions opt;
+    opt.reduceOp = c10d::ReduceOp::SUM;
+    return g.pg()->_reduce_scatter_base(o, in, opt);
+  });
 }
 
 at::Tensor reduce_scatter_rows(const at::Tensor& t, const Group& g) {
