@@ -99,16 +99,13 @@ PagedKVCache::RowsPlan PagedKVCache::plan_rows(const int64_t* counts, int64_t m,
 }
 
 void PagedKVCache::write_rows(const at::Tensor& rows, const at::Tensor& k, const at::Tensor& v,
-                              const at::Tensor& counts, const RowsPlan* plan) {
+                              const at::Tensor& counts) {
+  at::Tensor npg = (counts.to(rows.options()) + o_.page_size - 1).div(o_.page_size, "floor");
+  at::Tensor stats = at::stack({npg.sum(), npg.max(), alloc[0].to(at::kLong)}).to(at::kCPU);  // one read-back
   RowsPlan pl;
-  if (plan) pl = *plan;
-  else {
-    at::Tensor npg = (counts.to(rows.options()) + o_.page_size - 1).div(o_.page_size, "floor");
-    at::Tensor stats = at::stack({npg.sum(), npg.max(), alloc[0].to(at::kLong)}).to(at::kCPU);  // one read-back
-    pl.total_pages = stats[0].item<int64_t>();
-    pl.max_pages = stats[1].item<int64_t>();
-    pl.free_top = stats[2].item<int64_t>();
-  }
+  pl.total_pages = stats[0].item<int64_t>();
+  pl.max_pages = stats[1].item<int64_t>();
+  pl.free_top = stats[2].item<int64_t>();
   allocate_rows(rows, counts, pl);
   // a compressed prompt's k/v [m, T, D] hold far fewer slots than T: only the first most-pages x P are looked at
   write_slots(rows, k, v, counts, std::min<int64_t>(k.size(1), pl.max_pages * o_.page_size));

@@ -65,16 +65,15 @@ class PagedKVCache {
   // Returns the pages of the given rows to the pool and empties them.   rows [m] int64 on the cache's device
   void free_rows(const at::Tensor& rows);
   // Appends counts[i] slots to empty rows: k, v [m, T, head_dim], counts [m] int64, rows [m] int64 (device).
-  // Throws dmc::Error when the pool is too small (nothing changed then). Without a plan it reads the page totals
-  // back from the device (one synchronisation); a caller that knows them (plan_rows over host counts, the free
-  // pages tracked across several writes) passes them and the write runs without any.
+  // Throws dmc::Error when the pool is too small (nothing changed then). Reads the page totals back from the device
+  // (one synchronisation).
+  void write_rows(const at::Tensor& rows, const at::Tensor& k, const at::Tensor& v, const at::Tensor& counts);
+  // write_rows in two parts, for callers that allocate many rows at once and fill them in pieces, and that know the
+  // page totals on the host (plan_rows over host counts and the free pages: no synchronisation):
   struct RowsPlan {
     int64_t total_pages = 0, max_pages = 0, free_top = 0;  // pages the rows take in all, the most of one row, free now
   };
   RowsPlan plan_rows(const int64_t* counts, int64_t m, int64_t free_top) const;
-  void write_rows(const at::Tensor& rows, const at::Tensor& k, const at::Tensor& v, const at::Tensor& counts,
-                  const RowsPlan* plan = nullptr);
-  // write_rows in two parts, for callers that allocate many rows at once and fill them in pieces:
   //   allocate_rows: pages and lengths for counts[i] slots of each empty row (no contents);
   //   write_slots:   the contents of slots [0, counts[i]) of allocated rows from k, v [m, >= max_count, D];
   //                  max_count (host) bounds the counts: only that many slots a row are looked at.
