@@ -314,10 +314,10 @@ int cmd_bench(const Args& a) {
       attn_ms = 1e3 * (now_s() - ta) / reps;
     }
     // and the weight GEMMs of a step alone (the projections of every layer and the LM head, batch B), with the
-    // engine's row padding
+    // engine's row padding choices
     double gemm_ms = 0;
     {
-      GemmRows g(o.gemm_row_tuning);
+      GemmRows& g = dec.gemm_rows();
       auto wopt = at::TensorOptions().dtype(dt).device(dev);
       at::Tensor x = at::randn({B, c.hidden_size}, wopt);
       at::Tensor mid = at::randn({B, c.intermediate_size}, wopt);

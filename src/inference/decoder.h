@@ -99,6 +99,8 @@ class Decoder {
   // Device bytes of the per-row state besides the pages (DMC sums and ring, tables, baseline slot metadata).
   int64_t state_bytes() const;
   bool using_kernels() const { return kernels_; }
+  // The step's GEMMs with their row choices (benchmarks time the projections alone through it).
+  GemmRows& gemm_rows() { return gemm_; }
   int64_t graphs_captured() const;
 
  private:
