@@ -300,7 +300,7 @@ DmcAttention dmc_attention(const at::Tensor& q, const at::Tensor& k, const at::T
     at::Tensor k_hat = at::empty({B, T, nkv, D}, k.options()), vh = at::empty({B, T, nkv, D}, v.options());
     dmc_pool_eval_cuda(k, v, w.to(at::kFloat), bnd.to(at::kFloat), o.window, k_hat, vh);
     v_hat = vh.transpose(1, 2);
-    kr = rope_rows_cuda(k_hat.transpose(1, 2), cos, sin, /*drop_last=*/true, /*inverse=*/false);
+    kr = rope_drop_last(k_hat.transpose(1, 2), cos, sin);
     at::Tensor qs = rope_rows_cuda(q.transpose(1, 2), cos, sin, /*drop_last=*/true, /*inverse=*/false, 1.0 / scale);
     out = biased_attention_infer_cuda(qs, kr, v_hat, m.transpose(1, 2), scale);
   }

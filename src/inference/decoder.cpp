@@ -1,7 +1,7 @@
 #include "inference/decoder.h"
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <limits>
 
 #include "common/error.h"
