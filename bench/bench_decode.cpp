@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/files.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "config/options.h"
@@ -74,8 +75,8 @@ int main(int argc, char** argv) {
 
     const double bw = dev.is_cuda() ? copy_bandwidth(dev) : 0;
     const double weight_bytes = (double)c.num_parameters() * c10::elementSize(dt);
-    std::ofstream jout;
-    if (!json_path.empty()) jout.open(json_path, std::ios::app);
+    dmc::AppendFile jout;
+    if (!json_path.empty()) jout.open(json_path);
     for (const std::string& bstr : batches) {
       const int64_t B = std::stoll(bstr);
       torch::manual_seed(2);
@@ -101,7 +102,7 @@ int main(int argc, char** argv) {
                           {"decode_tokens_per_s", tps}, {"hbm_floor_ms", floor_ms},
                           {"copy_bandwidth_GBps", bw / 1e9}, {"device", dev.str()}};
       std::cout << j.dump() << std::endl;
-      if (jout) jout << j.dump() << "\n";
+      jout.append(j.dump() + "\n");
     }
     return 0;
   } catch (const HelpRequested& h) {

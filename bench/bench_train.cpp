@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/files.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "config/options.h"
@@ -158,7 +159,11 @@ int main(int argc, char** argv) {
     }
     j["fused_ops"] = fused;
     std::cout << j.dump() << std::endl;
-    if (!json_path.empty()) std::ofstream(json_path, std::ios::app) << j.dump() << "\n";
+    if (!json_path.empty()) {
+      AppendFile out;
+      out.open(json_path);
+      out.append(j.dump() + "\n");
+    }
     return 0;
   } catch (const HelpRequested& h) {
     std::cout << h.text;

@@ -11,7 +11,7 @@ VENV=${DMC_VENV:-$HOME/.local/share/dmc/venv}
 
 if [ "${DMC_SKIP_APT:-0}" != 1 ] && command -v apt-get >/dev/null; then
   pkgs="build-essential cmake ninja-build ccache pkg-config python3-venv libsentencepiece-dev sentencepiece libgloo-dev
-        libyaml-cpp-dev libspdlog-dev nlohmann-json3-dev catch2"
+        libyaml-cpp-dev libspdlog-dev nlohmann-json3-dev catch2 liblzma-dev zlib1g-dev"
   missing=$(for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
   if [ -n "$missing" ]; then
     SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo

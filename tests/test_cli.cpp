@@ -76,10 +76,11 @@ TEST_CASE("dmc CLI: bad input exits 1 with a message naming the file", "[cli][ba
       {"eval ppl --model " + work + "/m --tokenizer " + work + "/tok.model --text " + work + "/missing.txt",
        {"missing.txt", "does not exist"}},
       {"eval ppl --model " + work + "/m --tokenizer " + work + "/tok.model --text " + work + "/t.txt --seq-len 1",
-       {"seq_len", "at least 2"}},
+       {"seq_len", ">= 2"}},
       {"eval ppl --model " + work + "/m --tokenizer " + work + "/tok.model --text " + work + "/t.txt --dtype fp8",
        {"dtype", "fp8"}},
-      {"convert --model " + work + "/m --out " + work + "/m", {"already exists"}},
+      {"convert --model " + work + "/m --out " + work + "/m", {"is the input"}},
+      {"convert --model " + work + "/m --out " + work + "/t.txt", {"already exists"}},
       {"convert --model " + work + "/m --out " + work + "/c --max-shard-size 5XB", {"max_shard_size", "XB"}},
   };
   for (const auto& cs : cases) {

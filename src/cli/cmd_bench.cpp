@@ -20,7 +20,6 @@
 // bandwidth (read + write bytes per second of a large copy) give the HBM floor printed beside each measurement.
 #include <algorithm>
 #include <chrono>
-#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
@@ -28,6 +27,7 @@
 #include "data/dataset.h"
 #include "tokenizer/tokenizer.h"
 #include "common/error.h"
+#include "common/files.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "config/options.h"
@@ -84,36 +84,38 @@ int cmd_bench(const Args& a) {
   OptionTable t("bench decode", "dmc bench decode [--model DIR | --preset NAME] [--policy vanilla,dmc] [--force-cr R] ...");
   t.add("model", &model_dir, "model directory (else --preset with random weights)");
   t.add("preset", &preset, "model shape with random weights when no --model is given");
-  t.add("num_hidden_layers", &layers, "override the layer count (0 = as the model/preset has it)");
-  t.add("policy", &policies, "comma-separated cache policies: vanilla, dmc, tova, h2o, window");
-  t.add("force_cr", &force_cr, "dmc with random weights: forced decisions at this compression ratio (benchmark only)");
-  t.add("budget", &budget_slots, "tova/h2o/window: slots per head (0 = context / force_cr)");
+  t.add("num_hidden_layers", &layers, "override the layer count (0 = as the model/preset has it)").min(0);
+  t.add("policy", &policies, "comma-separated cache policies: vanilla, dmc, tova, h2o, window").one_of({"vanilla", "dmc", "tova", "h2o", "window"});
+  t.add("force_cr", &force_cr, "dmc with random weights: forced decisions at this compression ratio (benchmark only)").min(0);
+  t.add("budget", &budget_slots, "tova/h2o/window: slots per head (0 = context / force_cr)").min(0);
   t.add("batch", &batch, "sequences decoding together, or 'max' = the largest batch the memory budget holds");
-  t.add("prompt_len", &prompt_len, "prompt tokens per sequence");
-  t.add("new_tokens", &new_tokens, "tokens generated per sequence (the context is prompt_len + new_tokens)");
-  t.add("steps", &steps, "timed decode steps (0 = new_tokens)");
-  t.add("page_size", &page_size, "tokens per cache page");
-  t.add("memory_gib", &memory_gib, "cache memory budget in GiB, equal for every policy (0 = free memory - reserve)");
-  t.add("reserve_gib", &reserve_gib, "device memory left for activations and logits when memory_gib is 0");
-  t.add("fill", &fill, "synthetic (random prompt state with the policy's slot counts) or prefill (real prefills)");
-  t.add("prefill_check", &prefill_check, "1: also time the parallel prefill of one prompt_len prompt against token-by-token decoding");
-  t.add("prefill_repeats", &prefill_repeats, "timed prefills of the prefill check (the median is reported)");
+  t.add("prompt_len", &prompt_len, "prompt tokens per sequence").min(1);
+  t.add("new_tokens", &new_tokens, "tokens generated per sequence (the context is prompt_len + new_tokens)").min(1);
+  t.add("steps", &steps, "timed decode steps (0 = new_tokens)").min(0);
+  t.add("page_size", &page_size, "tokens per cache page").min(1);
+  t.add("memory_gib", &memory_gib, "cache memory budget in GiB, equal for every policy (0 = free memory - reserve)").min(0);
+  t.add("reserve_gib", &reserve_gib, "device memory left for activations and logits when memory_gib is 0").min(0);
+  t.add("fill", &fill, "synthetic (random prompt state with the policy's slot counts) or prefill (real prefills)").one_of({"synthetic", "prefill"});
+  t.add("prefill_check", &prefill_check, "1: also time the parallel prefill of one prompt_len prompt against token-by-token decoding").min(0).max(1);
+  t.add("prefill_repeats", &prefill_repeats, "timed prefills of the prefill check (the median is reported)").min(1);
   t.add("profile_prefill", &profile_prefill, "1: print the GPU kernels of one prefill by total time (kineto)");
-  t.add("graph_max_batch", &graph_max_batch, "decode steps of up to this many sequences run as CUDA graphs");
-  t.add("graph_batch_step", &graph_batch_step, "graphs per batch bucket: 1, 2, 4, ... then multiples of this (1: exact sizes)");
+  t.add("graph_max_batch", &graph_max_batch, "decode steps of up to this many sequences run as CUDA graphs").min(0);
+  t.add("graph_batch_step", &graph_batch_step, "graphs per batch bucket: 1, 2, 4, ... then multiples of this (1: exact sizes)").min(1);
   t.add("gemm_row_tuning", &gemm_row_tuning, "1: pad the decode GEMMs' rows to the fastest timed size (0: as is)");
-  t.add("profile_steps", &profile_steps, "N > 0: print the GPU kernels of N timed-batch decode steps by total time (kineto)");
-  t.add("tbt_tokens", &tbt_tokens, "token-by-token tokens timed for the prefill comparison (extrapolated to prompt_len)");
+  t.add("profile_steps", &profile_steps, "N > 0: print the GPU kernels of N timed-batch decode steps by total time (kineto)").min(0);
+  t.add("tbt_tokens", &tbt_tokens, "token-by-token tokens timed for the prefill comparison (extrapolated to prompt_len)").min(1);
   t.add("text", &text_path, "prompts are windows of this UTF-8 text (with --tokenizer); else random tokens");
   t.add("data", &data_dir, "prompts are windows of this `dmc data prepare` directory's valid split (with --tokenizer)");
   t.add("tokenizer", &tok_path, "SentencePiece tokenizer.model for --text / --data");
-  t.add("calibrate", &calibrate, "trained DMC, --batch max: full-context prompts prefilled to size the batch");
+  t.add("calibrate", &calibrate, "trained DMC, --batch max: full-context prompts prefilled to size the batch").min(1);
   t.add("device", &device, "cuda, cpu or auto");
   t.add("dtype", &dtype, "bf16, fp16, fp32 or auto");
   t.add("seed", &seed, "weight and token seed");
   t.add("json", &json_path, "append one JSON line per policy to this file");
   t.parse(Args(a.begin() + 1, a.end()));
   log::info(t.to_yaml());
+  if (batch != "max")
+    DMC_CHECK(parse_int(batch, "batch") >= 1, "batch: expected a positive integer or 'max', got '", batch, "'");
   auto [dev, dt] = resolve_runtime(device, dtype);
   const int64_t ctx = prompt_len + new_tokens;
   if (steps <= 0) steps = new_tokens;
@@ -126,7 +128,8 @@ int cmd_bench(const Args& a) {
     return Llama::random(c, (uint64_t)seed, dt, dev);
   }();
   const auto& c = model.config;
-  DMC_CHECK(ctx < c.max_position_embeddings, "prompt_len + new_tokens (", ctx, ") exceeds max_position_embeddings (",
+  // the positions fed are 0 .. ctx - 2 (the last new token is sampled, never fed): ctx tokens fit when ctx <= max
+  DMC_CHECK(ctx <= c.max_position_embeddings, "prompt_len + new_tokens (", ctx, ") exceeds max_position_embeddings (",
             c.max_position_embeddings, ")");
   const bool random_weights = model_dir.empty();
   DMC_CHECK(text_path.empty() || data_dir.empty(), "give --text or --data, not both");
@@ -158,8 +161,8 @@ int cmd_bench(const Args& a) {
   const int64_t L = c.num_hidden_layers, nkv = c.num_key_value_heads, D = c.head_dim;
   const int64_t page_bytes = PagedKVCache::page_bytes(page_size, D, dt);
   const double weight_bytes = (double)c.num_parameters() * c10::elementSize(dt);
-  std::ofstream jout;
-  if (!json_path.empty()) jout.open(json_path, std::ios::app);
+  AppendFile jout;
+  if (!json_path.empty()) jout.open(json_path);
 
   for (const std::string& pol : policies) {
     DecoderOptions o;
@@ -243,7 +246,7 @@ int cmd_bench(const Args& a) {
                     calibrated_cr, ", at most ", most, " pages a sequence; sized at ", pages_seq));
     }
     const int64_t bytes_seq = pages_seq * page_bytes + L * nkv * state_row;
-    int64_t B = batch == "max" ? budget_bytes / bytes_seq : std::stoll(batch);
+    int64_t B = batch == "max" ? budget_bytes / bytes_seq : parse_int(batch, "batch");
     DMC_CHECK(B >= 1, "memory budget of ", budget_bytes, " bytes holds no sequence of ", bytes_seq, " bytes");
     o.max_seqs = B;
 #ifdef DMC_WITH_CUDA
@@ -415,7 +418,7 @@ int cmd_bench(const Args& a) {
       j["prefill_speedup"] = tbt_ms / prefill_ms;
     }
     std::cout << j.dump() << std::endl;
-    if (jout) jout << j.dump() << "\n";
+    jout.append(j.dump() + "\n");
   }
   return 0;
 }

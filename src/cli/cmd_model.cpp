@@ -5,6 +5,7 @@
 #include "cli/commands.h"
 #include "common/error.h"
 #include "common/log.h"
+#include "common/files.h"
 #include "common/util.h"
 #include "config/model_shape.h"
 #include "config/options.h"
@@ -77,7 +78,7 @@ int cmd_init(const Args& a) {
   t.add("out", &out, "output model directory", true);
   t.add("tokenizer", &tokenizer, "take vocab_size, bos and eos from this SentencePiece model");
   shape.add_to(t);
-  t.add("init_std", &init_std, "standard deviation of the normal init of matrices");
+  t.add("init_std", &init_std, "standard deviation of the normal init of matrices").above(0);
   t.add("seed", &seed, "random seed");
   t.add("dtype", &dtype, "stored dtype: fp32, bf16, fp16");
   t.add("overwrite", &overwrite, "replace --out if it exists");
@@ -85,7 +86,7 @@ int cmd_init(const Args& a) {
   log::info(t.to_yaml());
   const LlamaConfig c = shape.resolve(tokenizer);
   auto model = Llama::random(c, (uint64_t)seed, at::kFloat, at::kCPU, init_std);
-  model.save(out, parse_dtype(dtype), 5000000000LL, overwrite);
+  model.save(out, parse_dtype(dtype), 5000000000LL, overwrite, {tokenizer});
   log::info(cat("wrote ", out, ": ", c.num_parameters(), " parameters (", shape.preset, ")"));
   return 0;
 }
@@ -103,9 +104,10 @@ int cmd_convert(const Args& a) {
   log::info(t.to_yaml());
   const at::ScalarType dt = parse_dtype(dtype, "dtype");
   const int64_t shard = parse_bytes(max_shard, "max_shard_size");
+  check_output_target(out, overwrite, {model}, "output model directory");  // before the (long) load
   // Loading in the target dtype converts tensor by tensor from the mapping.
   auto m = Llama::load(model, dt, at::kCPU);
-  m.save(out, dt, shard, overwrite);
+  m.save(out, dt, shard, overwrite, {model});
   log::info(cat("wrote ", out, " (", dtype, ", shards of at most ", max_shard, ")"));
   return 0;
 }
@@ -122,8 +124,9 @@ int cmd_tokenizer(const Args& a) {
   OptionTable t("tokenizer train", "dmc tokenizer train --input F1,F2,... --out PREFIX [--vocab-size N]");
   t.add("input", &o.inputs, "comma-separated text files", true);
   t.add("out", &o.model_prefix, "output prefix: writes PREFIX.model and PREFIX.vocab", true);
-  t.add("vocab_size", &o.vocab_size, "vocabulary size");
-  t.add("max_sentences", &o.max_sentences, "lines sampled for training");
+  t.add("vocab_size", &o.vocab_size, "vocabulary size").min(8);
+  t.add("max_sentences", &o.max_sentences, "lines sampled for training").min(1);
+  t.add("overwrite", &o.overwrite, "replace PREFIX.model / PREFIX.vocab if they exist");
   t.parse(Args(a.begin() + 1, a.end()));
   log::info(t.to_yaml());
   Tokenizer::train(o);

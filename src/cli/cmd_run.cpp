@@ -1,11 +1,11 @@
 // dmc generate / eval ppl: commands that run a model.
-#include <fstream>
 #include <iomanip>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
 #include "common/error.h"
+#include "common/files.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "config/options.h"
@@ -25,10 +25,10 @@ int cmd_generate(const Args& a) {
   t.add("model", &model_dir, "model directory (HF safetensors + config.json)", true);
   t.add("tokenizer", &tok_path, "SentencePiece tokenizer.model", true);
   t.add("prompt", &prompt, "prompt text", true);
-  t.add("max_new_tokens", &max_new, "tokens to generate");
-  t.add("temperature", &temperature, "sampling temperature (0 = greedy)");
-  t.add("top_k", &top_k, "keep the k most likely tokens (0 = off)");
-  t.add("top_p", &top_p, "nucleus sampling mass (1 = off)");
+  t.add("max_new_tokens", &max_new, "tokens to generate").min(0);
+  t.add("temperature", &temperature, "sampling temperature (0 = greedy)").min(0);
+  t.add("top_k", &top_k, "keep the k most likely tokens (0 = off)").min(0);
+  t.add("top_p", &top_p, "nucleus sampling mass (1 = off)").above(0).max(1);
   t.add("seed", &seed, "sampling seed");
   t.add("add_bos", &add_bos, "prepend the BOS token");
   t.add("device", &device, "cpu, cuda, cuda:N or auto");
@@ -44,18 +44,12 @@ int cmd_generate(const Args& a) {
   go.sampling = {temperature, top_k, top_p, (uint64_t)seed};
   auto ids = tok.encode(prompt, add_bos);
   std::cout << prompt << std::flush;
-  std::vector<int64_t> so_far;
-  std::string printed;
+  StreamDecoder stream(tok, ids);  // prompt + generated ids decoded together: the first piece keeps its space
   auto res = generate(model, {ids}, go, [&](int64_t, int64_t id) {
     if (id == tok.eos_id()) return;
-    so_far.push_back(id);
-    std::string text = tok.decode(so_far);  // decode the whole suffix: SentencePiece spacing is contextual
-    if (text.size() > printed.size() && text.compare(0, printed.size(), printed) == 0) {
-      std::cout << text.substr(printed.size()) << std::flush;
-      printed = text;
-    }
+    std::cout << stream.push(id) << std::flush;
   });
-  std::cout << "\n";
+  std::cout << std::endl;  // flushed before the closing log line (stderr)
   const double tps = res.decode_seconds > 0 ? res.decode_steps / res.decode_seconds : 0;
   log::info(cat("generated ", res.tokens[0].size(), " tokens; prefill ", res.prefill_seconds * 1e3, " ms, decode ",
                 tps, " tokens/s"));
@@ -81,16 +75,16 @@ int cmd_eval(const Args& a) {
   t.add("tokenizer", &tok_path, "SentencePiece tokenizer.model", true);
   t.add("text", &text_path, "UTF-8 text file to score (or --data)");
   t.add("data", &data_dir, "a `dmc data prepare` directory to score instead of --text (its documents concatenated)");
-  t.add("split", &split, "--data: the split to score (valid or train)");
-  t.add("seq_len", &seq_len, "window length in tokens");
-  t.add("stride", &stride, "window step in tokens (0 = seq_len)");
-  t.add("max_tokens", &max_tokens, "score only the first N tokens (0 = all)");
-  t.add("mode", &mode, "parallel (one forward per window) or incremental (token by token through the paged cache)");
-  t.add("cache", &cache, "incremental: auto | vanilla | dmc | tova | h2o | window (eviction baselines need a budget)");
-  t.add("budget", &budget, "tova/h2o/window: KV slots per (layer, head)");
-  t.add("cr", &cr, "tova/h2o/window: budget = ceil(seq_len / cr) when --budget is 0 (the cache of a DMC model at cr)");
-  t.add("sinks", &sinks, "window: first positions never evicted");
-  t.add("batch", &batch, "incremental: windows decoded together, one sequence each (the result does not depend on it)");
+  t.add("split", &split, "--data: the split to score (valid or train)").one_of({"train", "valid"});
+  t.add("seq_len", &seq_len, "window length in tokens").min(2);
+  t.add("stride", &stride, "window step in tokens (0 = seq_len)").min(0);
+  t.add("max_tokens", &max_tokens, "score only the first N tokens (0 = all)").min(0);
+  t.add("mode", &mode, "parallel (one forward per window) or incremental (token by token through the paged cache)").one_of({"parallel", "incremental"});
+  t.add("cache", &cache, "incremental: auto | vanilla | dmc | tova | h2o | window (eviction baselines need a budget)").one_of({"auto", "vanilla", "dmc", "tova", "h2o", "window"});
+  t.add("budget", &budget, "tova/h2o/window: KV slots per (layer, head)").min(0);
+  t.add("cr", &cr, "tova/h2o/window: budget = ceil(seq_len / cr) when --budget is 0 (the cache of a DMC model at cr)").min(0);
+  t.add("sinks", &sinks, "window: first positions never evicted").min(0);
+  t.add("batch", &batch, "incremental: windows decoded together, one sequence each (the result does not depend on it)").min(1);
   t.add("add_bos", &add_bos, "prepend the BOS token to the text");
   t.add("device", &device, "cpu, cuda, cuda:N or auto");
   t.add("dtype", &dtype, "bf16, fp16, fp32 or auto (bf16 on CUDA, fp32 on CPU)");
@@ -153,9 +147,7 @@ int cmd_eval(const Args& a) {
       j["dmc_cr_per_head"] = r.cr_per_head();
       j["dmc_target_cr"] = model.config.dmc.target_cr;
     }
-    std::ofstream out(json_path);
-    out << j.dump(2) << "\n";
-    if (!out) fail(json_path, ": write failed");
+    write_file_atomic(json_path, j.dump(2) + "\n");
   }
   return 0;
 }

@@ -13,6 +13,13 @@
 
 namespace dmc::cli {
 
+namespace {
+// A run stopped by SIGTERM / SIGINT has saved its checkpoint, but it is not finished: it exits 128 + the signal
+// (143, 130), as a shell reports a process the signal ended, so a scheduler can tell it from a completed run (0).
+// exit_after_steps is a requested stop and exits 0.
+int exit_status(const train::TrainResult& r) { return r.signal ? 128 + r.signal : 0; }
+}  // namespace
+
 int cmd_data(const Args& a) {
   if (a.empty() || a[0] != "prepare") {
     if (!a.empty() && (a[0] == "-h" || a[0] == "--help")) {
@@ -26,13 +33,13 @@ int cmd_data(const Args& a) {
   t.add("input", &o.inputs, "text (.txt, optionally .xz/.gz) or JSONL (.jsonl) files or globs", true);
   t.add("tokenizer", &o.tokenizer, "SentencePiece model", true);
   t.add("out", &o.out, "output directory", true);
-  t.add("doc_split", &o.doc_split, "text documents: file (one per file), blank (blank-line paragraphs), chunk");
-  t.add("chunk_chars", &o.chunk_chars, "chunk: paragraphs gathered into documents of at least this many characters");
+  t.add("doc_split", &o.doc_split, "text documents: file (one per file), blank (blank-line paragraphs), chunk").one_of({"file", "blank", "chunk"});
+  t.add("chunk_chars", &o.chunk_chars, "chunk: paragraphs gathered into documents of at least this many characters").min(1);
   t.add("jsonl_field", &o.jsonl_field, "JSONL: the string field holding the text");
-  t.add("valid_fraction", &o.valid_fraction, "fraction of documents held out for validation");
+  t.add("valid_fraction", &o.valid_fraction, "fraction of documents held out for validation").min(0).below(1);
   t.add("seed", &o.seed, "seed of the document split");
-  t.add("threads", &o.threads, "encoding threads (0 = all cores)");
-  t.add("shard_tokens", &o.shard_tokens, "tokens per shard file");
+  t.add("threads", &o.threads, "encoding threads (0 = all cores)").min(0);
+  t.add("shard_tokens", &o.shard_tokens, "tokens per shard file").min(1);
   t.add("overwrite", &o.overwrite, "replace --out if it exists");
   t.parse(Args(a.begin() + 1, a.end()));
   log::info(t.to_yaml());
@@ -45,9 +52,7 @@ int cmd_train(const Args& a) {
   OptionTable t("train", "dmc train --config FILE [key=value ...]");
   o.add_to(t);
   t.parse(a);
-  auto r = train::train(o, nullptr, t.to_yaml());
-  (void)r;  // an interrupted run saved its checkpoint: a clean exit
-  return 0;
+  return exit_status(train::train(o, nullptr, t.to_yaml()));
 }
 
 int cmd_retrofit(const Args& a) {
@@ -62,8 +67,7 @@ int cmd_retrofit(const Args& a) {
     fail("command line: 'dmc retrofit' needs --init-from (the base model for zero_out, the previous stage's final "
          "model otherwise)");
   DmcStage stage(r);
-  train::train(o, &stage, t.to_yaml());
-  return 0;
+  return exit_status(train::train(o, &stage, t.to_yaml()));
 }
 
 int cmd_report(const Args& a) {

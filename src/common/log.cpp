@@ -2,6 +2,8 @@
 // optionally, to a file.
 #include "common/log.h"
 
+#include "common/error.h"
+
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -25,7 +27,12 @@ void info(const std::string& msg) { logger()->info(msg); }
 void warn(const std::string& msg) { logger()->warn(msg); }
 void error(const std::string& msg) { logger()->error(msg); }
 void debug(const std::string& msg) { logger()->debug(msg); }
-void set_level(const std::string& level) { logger()->set_level(spdlog::level::from_str(level)); }
+void set_level(const std::string& level) {
+  // spdlog maps an unknown name to "off", which would silence everything: refuse it instead
+  if (level != "trace" && level != "debug" && level != "info" && level != "warn" && level != "error" && level != "off")
+    fail("log_level: expected trace, debug, info, warn, error or off, got '", level, "'");
+  logger()->set_level(spdlog::level::from_str(level));
+}
 void set_file(const std::string& path) {
   auto sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(path, false);
   sink->set_pattern("[%Y-%m-%d %H:%M:%S.%e] [%l] %v");

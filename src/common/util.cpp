@@ -126,6 +126,18 @@ std::string human_bytes(double b) {
   return os.str();
 }
 
+int64_t parse_int(const std::string& text, const std::string& field) {
+  size_t pos = 0;
+  long long v = 0;
+  try {
+    v = std::stoll(text, &pos);
+  } catch (...) {
+    pos = 0;
+  }
+  if (pos == 0 || pos != text.size()) fail(field, ": expected an integer, got '", text, "'");
+  return v;
+}
+
 int64_t parse_bytes(const std::string& s, const std::string& field) {
   size_t pos = 0;
   double v = 0;

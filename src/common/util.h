@@ -32,6 +32,8 @@ std::pair<at::Device, at::ScalarType> resolve_runtime(const std::string& device,
 // The candidate with the smallest edit distance to `word` (empty if none is close enough).
 std::string closest(const std::string& word, const std::vector<std::string>& candidates);
 std::string human_bytes(double bytes);
+// A whole decimal integer (no trailing text), or dmc::Error "field: expected an integer, got 'text'".
+int64_t parse_int(const std::string& text, const std::string& field);
 // "5GB", "500MB", "1024" -> bytes.
 int64_t parse_bytes(const std::string& s, const std::string& field);
 

@@ -5,15 +5,15 @@
 namespace dmc {
 
 void ModelShapeOptions::add_to(OptionTable& t) {
-  t.add("preset", &preset, "base shape for a new model: tiny, llama-1b, llama2-7b, llama2-13b");
-  t.add("vocab_size", &vocab_size, "override (0 = preset or tokenizer)");
-  t.add("hidden_size", &hidden_size, "override (0 = preset)");
-  t.add("intermediate_size", &intermediate_size, "override (0 = preset)");
-  t.add("num_hidden_layers", &num_hidden_layers, "override (0 = preset)");
-  t.add("num_attention_heads", &num_attention_heads, "override (0 = preset)");
-  t.add("num_key_value_heads", &num_key_value_heads, "override (0 = preset)");
-  t.add("head_dim", &head_dim, "override (0 = hidden_size / num_attention_heads when either is overridden)");
-  t.add("max_position_embeddings", &max_position_embeddings, "override (0 = preset)");
+  t.add("preset", &preset, "base shape for a new model: tiny, llama-1b, llama2-7b, llama2-13b").one_of({"tiny", "llama-1b", "llama2-7b", "llama2-13b"});
+  t.add("vocab_size", &vocab_size, "override (0 = preset or tokenizer)").min(0);
+  t.add("hidden_size", &hidden_size, "override (0 = preset)").min(0);
+  t.add("intermediate_size", &intermediate_size, "override (0 = preset)").min(0);
+  t.add("num_hidden_layers", &num_hidden_layers, "override (0 = preset)").min(0);
+  t.add("num_attention_heads", &num_attention_heads, "override (0 = preset)").min(0);
+  t.add("num_key_value_heads", &num_key_value_heads, "override (0 = preset)").min(0);
+  t.add("head_dim", &head_dim, "override (0 = hidden_size / num_attention_heads when either is overridden)").min(0);
+  t.add("max_position_embeddings", &max_position_embeddings, "override (0 = preset)").min(0);
   t.add("tie_word_embeddings", &tie_word_embeddings, "share the embedding and output matrices");
 }
 

@@ -41,14 +41,58 @@ std::vector<std::string> split_list(const std::string& v) {
 
 OptionTable::OptionTable(std::string command, std::string usage) : command_(std::move(command)), usage_(std::move(usage)) {}
 
-void OptionTable::add_entry(Entry e) {
+Option OptionTable::add_entry(Entry e) {
   for (const auto& x : entries_)
     if (x.key == e.key) throw std::logic_error("duplicate option " + e.key);
   entries_.push_back(std::move(e));
+  return Option(this, entries_.size() - 1);
 }
 
-void OptionTable::add(const std::string& key, int64_t* f, const std::string& help, bool required) {
-  add_entry({key, help, Type::Int, required, false,
+Option& Option::min(double v) { return bound(v, false, false); }
+Option& Option::above(double v) { return bound(v, false, true); }
+Option& Option::max(double v) { return bound(v, true, false); }
+Option& Option::below(double v) { return bound(v, true, true); }
+Option& Option::bound(double v, bool upper, bool open) {
+  auto& e = t_->entries_[i_];
+  (upper ? e.hi : e.lo) = v;
+  (upper ? e.hi_open : e.lo_open) = open;
+  return *this;
+}
+Option& Option::one_of(const std::vector<std::string>& values) {
+  t_->entries_[i_].choices = values;
+  return *this;
+}
+
+std::string OptionTable::range_text(const Entry& e) {
+  if (!e.choices.empty()) {
+    std::string s;
+    for (size_t i = 0; i < e.choices.size(); ++i)
+      s += (i == 0 ? "" : i + 1 == e.choices.size() ? " or " : ", ") + e.choices[i];
+    return "one of " + s;
+  }
+  const bool has_lo = e.lo > -HUGE_VAL, has_hi = e.hi < HUGE_VAL;
+  if (has_lo && has_hi)
+    return cat("a value in ", e.lo_open ? "(" : "[", fmt_double(e.lo), ", ", fmt_double(e.hi), e.hi_open ? ")" : "]");
+  if (has_lo) return cat("a value ", e.lo_open ? "> " : ">= ", fmt_double(e.lo));
+  return cat("a value ", e.hi_open ? "< " : "<= ", fmt_double(e.hi));
+}
+
+void OptionTable::check_value(const Entry& e, const std::string& value, const std::string& source) const {
+  if (!e.choices.empty()) {
+    const auto items = e.type == Type::List ? split_list(value) : std::vector<std::string>{value};
+    for (const auto& it : items)
+      if (std::find(e.choices.begin(), e.choices.end(), it) == e.choices.end())
+        fail(source, ": key '", e.key, "': '", it, "' is not valid, expected ", range_text(e));
+    return;
+  }
+  if (!e.number) return;
+  const double v = e.number();
+  const bool ok = std::isfinite(v) && (e.lo_open ? v > e.lo : v >= e.lo) && (e.hi_open ? v < e.hi : v <= e.hi);
+  if (!ok) fail(source, ": key '", e.key, "': ", value, " is out of range, expected ", range_text(e));
+}
+
+Option OptionTable::add(const std::string& key, int64_t* f, const std::string& help, bool required) {
+  return add_entry({key, help, Type::Int, required, false,
              [f, key](const std::string& v, const std::string& src) {
                size_t pos = 0;
                long long x = 0;
@@ -56,11 +100,11 @@ void OptionTable::add(const std::string& key, int64_t* f, const std::string& hel
                if (pos == 0 || pos != v.size()) fail(src, ": key '", key, "': expected an integer, got '", v, "'");
                *f = x;
              },
-             [f] { return std::to_string(*f); }});
+             [f] { return std::to_string(*f); }, [f] { return (double)*f; }});
 }
 
-void OptionTable::add(const std::string& key, double* f, const std::string& help, bool required) {
-  add_entry({key, help, Type::Float, required, false,
+Option OptionTable::add(const std::string& key, double* f, const std::string& help, bool required) {
+  return add_entry({key, help, Type::Float, required, false,
              [f, key](const std::string& v, const std::string& src) {
                size_t pos = 0;
                double x = 0;
@@ -68,24 +112,24 @@ void OptionTable::add(const std::string& key, double* f, const std::string& help
                if (pos == 0 || pos != v.size()) fail(src, ": key '", key, "': expected a number, got '", v, "'");
                *f = x;
              },
-             [f] { return fmt_double(*f); }});
+             [f] { return fmt_double(*f); }, [f] { return *f; }});
 }
 
-void OptionTable::add(const std::string& key, bool* f, const std::string& help, bool required) {
-  add_entry({key, help, Type::Bool, required, false,
+Option OptionTable::add(const std::string& key, bool* f, const std::string& help, bool required) {
+  return add_entry({key, help, Type::Bool, required, false,
              [f, key](const std::string& v, const std::string& src) {
                if (!parse_bool(v, f)) fail(src, ": key '", key, "': expected true or false, got '", v, "'");
              },
              [f] { return std::string(*f ? "true" : "false"); }});
 }
 
-void OptionTable::add(const std::string& key, std::string* f, const std::string& help, bool required) {
-  add_entry({key, help, Type::String, required, false, [f](const std::string& v, const std::string&) { *f = v; },
+Option OptionTable::add(const std::string& key, std::string* f, const std::string& help, bool required) {
+  return add_entry({key, help, Type::String, required, false, [f](const std::string& v, const std::string&) { *f = v; },
              [f] { return *f; }});
 }
 
-void OptionTable::add(const std::string& key, std::vector<std::string>* f, const std::string& help, bool required) {
-  add_entry({key, help, Type::List, required, false,
+Option OptionTable::add(const std::string& key, std::vector<std::string>* f, const std::string& help, bool required) {
+  return add_entry({key, help, Type::List, required, false,
              [f](const std::string& v, const std::string&) { *f = split_list(v); },
              [f] {
                std::string s;
@@ -118,6 +162,7 @@ bool OptionTable::is_set(const std::string& key) const {
 void OptionTable::set(const std::string& key, const std::string& value, const std::string& source) {
   Entry& e = find(key, source);
   e.assign(value, source);
+  check_value(e, value, source);
   e.set = true;
 }
 
@@ -134,7 +179,7 @@ void OptionTable::load_yaml(const std::string& path) {
   std::function<void(const YAML::Node&, const std::string&)> walk = [&](const YAML::Node& n, const std::string& prefix) {
     for (auto it = n.begin(); it != n.end(); ++it) {
       const std::string key = prefix + it->first.as<std::string>();
-      const YAML::Node& v = it->second;
+      const YAML::Node v = it->second;  // a copy: it->second is a temporary of the iterator
       if (v.IsMap()) {
         walk(v, key + ".");
       } else if (v.IsSequence()) {
@@ -195,6 +240,7 @@ void OptionTable::parse(const std::vector<std::string>& args) {
   }
   for (const auto& e : entries_)
     if (e.required && !e.set) fail("command line: 'dmc ", command_, "' needs --", e.key, " (", e.help, ")");
+  for (const auto& fn : checks_) fn();
 }
 
 std::string OptionTable::to_yaml() const {
@@ -231,9 +277,12 @@ std::string OptionTable::help() const {
     std::string flag = "--" + e.key;
     for (auto& ch : flag) if (ch == '_') ch = '-';
     std::string def = e.show();
-    os << "  " << std::left << std::setw(26) << flag << e.help;
+    // a flag as wide as the column gets its text on the next line, never run into it
+    if (flag.size() + 1 >= 28) os << "  " << flag << "\n" << std::string(30, ' ') << e.help;
+    else os << "  " << std::left << std::setw(28) << flag << e.help;
     if (e.required) os << " (required)";
     else if (!def.empty()) os << " [default: " << def << "]";
+    if (!e.choices.empty() || e.lo > -HUGE_VAL || e.hi < HUGE_VAL) os << " {" << range_text(e) << "}";
     os << "\n";
   }
   return os.str();

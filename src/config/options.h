@@ -13,6 +13,7 @@
 // in the order given. Unknown keys and values of the wrong type raise dmc::Error naming the source (file or
 // "command line"), the key, what was expected and the closest valid key.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -25,15 +26,40 @@ struct HelpRequested {
   std::string text;
 };
 
+class OptionTable;
+
+// The valid values of one option, declared where it is added and checked whenever it is set (YAML or command line):
+//   t.add("lr", &o.lr, "peak learning rate").above(0);
+//   t.add("beta1", &o.beta1, "AdamW beta1").min(0).below(1);
+//   t.add("lr_schedule", &o.lr_schedule, "...").one_of({"constant", "cosine", "linear"});
+// A value outside is a dmc::Error naming the source, the key, the value and the range, e.g.
+//   command line: key 'lr': -0.001 is out of range, expected a value > 0
+class Option {
+ public:
+  Option(OptionTable* t, size_t i) : t_(t), i_(i) {}
+  Option& min(double v);    // value >= v
+  Option& above(double v);  // value > v
+  Option& max(double v);    // value <= v
+  Option& below(double v);  // value < v
+  Option& one_of(const std::vector<std::string>& values);  // strings, and every item of a list
+
+ private:
+  Option& bound(double v, bool upper, bool open);
+  OptionTable* t_;
+  size_t i_;
+};
+
 class OptionTable {
  public:
   OptionTable(std::string command, std::string usage);
 
-  void add(const std::string& key, int64_t* field, const std::string& help, bool required = false);
-  void add(const std::string& key, double* field, const std::string& help, bool required = false);
-  void add(const std::string& key, bool* field, const std::string& help, bool required = false);
-  void add(const std::string& key, std::string* field, const std::string& help, bool required = false);
-  void add(const std::string& key, std::vector<std::string>* field, const std::string& help, bool required = false);
+  Option add(const std::string& key, int64_t* field, const std::string& help, bool required = false);
+  Option add(const std::string& key, double* field, const std::string& help, bool required = false);
+  Option add(const std::string& key, bool* field, const std::string& help, bool required = false);
+  Option add(const std::string& key, std::string* field, const std::string& help, bool required = false);
+  Option add(const std::string& key, std::vector<std::string>* field, const std::string& help, bool required = false);
+  // A check across options (e.g. min_lr <= lr), run once at the end of parse(); it throws dmc::Error itself.
+  void check(std::function<void()> fn) { checks_.push_back(std::move(fn)); }
   // Bare arguments fill these keys in order (e.g. `dmc info DIR` -> model).
   void positional(const std::vector<std::string>& keys) { positional_ = keys; }
 
@@ -48,6 +74,7 @@ class OptionTable {
   std::vector<std::string> keys() const;
 
  private:
+  friend class Option;
   enum class Type { Int, Float, Bool, String, List };
   struct Entry {
     std::string key, help;
@@ -55,13 +82,20 @@ class OptionTable {
     bool required = false, set = false;
     std::function<void(const std::string&, const std::string&)> assign;  // (value, source)
     std::function<std::string()> show;
+    std::function<double()> number;  // Int / Float: the current value
+    double lo = -HUGE_VAL, hi = HUGE_VAL;
+    bool lo_open = false, hi_open = false;
+    std::vector<std::string> choices;
   };
   Entry& find(const std::string& key, const std::string& source);
-  void add_entry(Entry e);
+  Option add_entry(Entry e);
+  void check_value(const Entry& e, const std::string& value, const std::string& source) const;
+  static std::string range_text(const Entry& e);
 
   std::string command_, usage_;
   std::vector<Entry> entries_;
   std::vector<std::string> positional_;
+  std::vector<std::function<void()>> checks_;
 };
 
 }  // namespace dmc

@@ -21,6 +21,7 @@ std::shared_ptr<TokenSplit> TokenSplit::open(const std::string& dir, const std::
                                              const std::string& fingerprint, int64_t vocab_size) {
   auto s = std::make_shared<TokenSplit>();
   s->dir_ = dir;
+  s->vocab_size_ = vocab_size;
   const std::string mpath = dir + "/meta.json";
   json meta;
   try {
@@ -53,6 +54,7 @@ std::shared_ptr<TokenSplit> TokenSplit::open(const std::string& dir, const std::
     const std::string bin = base + ".bin";
     if (::stat(bin.c_str(), &st) != 0) fail(bin, ": shard does not exist");
     sh.bytes = (size_t)st.st_size;
+    sh.path = bin;
     if (sh.bytes % s->elem_) fail(bin, ": corrupt shard (size ", sh.bytes, " is not a multiple of ", s->elem_, ")");
     sh.tokens = (int64_t)(sh.bytes / s->elem_);
     if ((int64_t)idx.back() != sh.tokens)
@@ -71,7 +73,7 @@ std::shared_ptr<TokenSplit> TokenSplit::open(const std::string& dir, const std::
     s->total_ += sh.tokens;
     s->shards_.push_back(sh);
   }
-  // token ids beyond the vocabulary would index out of the embedding: check the declared maximum cheaply
+  // token ids beyond the vocabulary would index out of the embedding: read() checks every token it hands out
   return s;
 }
 
@@ -95,6 +97,11 @@ void TokenSplit::read(int64_t start, int64_t n, int64_t* out) const {
       const uint32_t* p = static_cast<const uint32_t*>(sh.map) + off;
       for (int64_t i = 0; i < take; ++i) out[i] = p[i];
     }
+    if (vocab_size_ > 0)
+      for (int64_t i = 0; i < take; ++i)
+        if (out[i] >= vocab_size_)
+          fail(sh.path, ": token ", off + i, " has id ", out[i], ", beyond the model's vocabulary (", vocab_size_,
+               " ids): a corrupt shard, or data prepared with another tokenizer");
     out += take;
     start += take;
     n -= take;

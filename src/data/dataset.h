@@ -38,8 +38,10 @@ class TokenSplit {
     void* map = nullptr;
     size_t bytes = 0;
     int64_t begin = 0, tokens = 0;  // global offset, token count
+    std::string path;               // the .bin file, for errors
   };
   std::string dir_;
+  int64_t vocab_size_ = 0;  // > 0: every token read is checked against it
   int elem_ = 2;
   std::vector<Shard> shards_;
   std::vector<int64_t> doc_starts_;  // global, sorted

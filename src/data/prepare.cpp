@@ -5,18 +5,17 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
-#include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <thread>
 
 #include "common/error.h"
 #include "common/log.h"
+#include "common/files.h"
 #include "common/util.h"
+#include "data/decompress.h"
 #include "tokenizer/tokenizer.h"
 
 namespace dmc::data {
-namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 std::vector<std::string> expand_inputs(const std::vector<std::string>& patterns) {
@@ -39,20 +38,12 @@ bool ends_with(const std::string& s, const std::string& suf) {
   return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
 }
 
-// Whole (decompressed) content of an input file.
+// Whole (decompressed) content of an input file: .xz through liblzma, .gz through zlib, in process (no shell ever
+// sees a path). Several concatenated streams are read as one, as xz -dc and gzip -dc do.
 std::string read_input(const std::string& path) {
   if (!ends_with(path, ".xz") && !ends_with(path, ".gz")) return read_file(path, "input");
-  if (!file_exists(path)) fail("input '", path, "' does not exist");
-  const std::string cmd = std::string(ends_with(path, ".xz") ? "xz" : "gzip") + " -dc '" + path + "'";
-  FILE* f = ::popen(cmd.c_str(), "r");
-  if (!f) fail("input '", path, "': cannot run ", cmd);
-  std::string s;
-  char buf[1 << 16];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) s.append(buf, n);
-  int st = ::pclose(f);
-  if (st != 0) fail("input '", path, "': decompression failed (", cmd, ")");
-  return s;
+  const std::string packed = read_file(path, "input");
+  return ends_with(path, ".xz") ? decompress_xz(packed, path) : decompress_gz(packed, path);
 }
 
 // Splits text into paragraphs at blank lines (lines holding only whitespace).
@@ -110,7 +101,7 @@ struct ShardWriter {
   int64_t shard_tokens;
   bool u16;
   int shard = -1;
-  std::ofstream bin;
+  std::unique_ptr<AtomicFile> bin;
   std::vector<uint64_t> idx;
   uint64_t in_shard = 0;
   std::vector<std::string> files;
@@ -120,8 +111,7 @@ struct ShardWriter {
     char name[64];
     std::snprintf(name, sizeof name, "%s-%05d", split.c_str(), shard);
     files.push_back(name);
-    bin.open(dir + "/" + name + ".bin", std::ios::binary);
-    if (!bin) fail(dir, "/", name, ".bin: cannot open for writing");
+    bin = std::make_unique<AtomicFile>(dir + "/" + name + ".bin");
     in_shard = 0;
   }
   void add(const std::vector<int64_t>& doc) {
@@ -129,21 +119,21 @@ struct ShardWriter {
     idx.push_back(in_shard);
     if (u16) {
       std::vector<uint16_t> v(doc.begin(), doc.end());
-      bin.write(reinterpret_cast<const char*>(v.data()), v.size() * 2);
+      bin->write(v.data(), v.size() * 2);
     } else {
       std::vector<uint32_t> v(doc.begin(), doc.end());
-      bin.write(reinterpret_cast<const char*>(v.data()), v.size() * 4);
+      bin->write(v.data(), v.size() * 4);
     }
     in_shard += doc.size();
   }
   void close() {
-    if (shard < 0 || !bin.is_open()) return;
-    bin.close();
-    if (!bin) fail(dir, "/", files.back(), ".bin: write failed");
+    if (shard < 0 || !bin) return;
+    bin->commit();
+    bin.reset();
     idx.push_back(in_shard);
-    std::ofstream ix(dir + "/" + files.back() + ".idx", std::ios::binary);
-    ix.write(reinterpret_cast<const char*>(idx.data()), idx.size() * 8);
-    if (!ix) fail(dir, "/", files.back(), ".idx: write failed");
+    AtomicFile ix(dir + "/" + files.back() + ".idx");
+    ix.write(idx.data(), idx.size() * 8);
+    ix.commit();
     idx.clear();
   }
 };
@@ -157,7 +147,10 @@ PrepareStats prepare(const PrepareOptions& o) {
             o.valid_fraction);
   auto tok = Tokenizer::load(o.tokenizer);
   const auto files = expand_inputs(o.inputs);
-  if (fs::exists(o.out) && !o.overwrite) fail(o.out, ": already exists (pass --overwrite to replace it)");
+  std::vector<std::string> inputs = files;
+  inputs.push_back(o.tokenizer);
+  // checked before the (long) encoding; the staging directory beside the target is made here too
+  OutputDir out(o.out, o.overwrite, inputs, "data prepare: --out");
 
   // 1. documents
   std::vector<std::string> docs;
@@ -210,9 +203,7 @@ PrepareStats prepare(const PrepareOptions& o) {
   prog.update((int64_t)docs.size());
 
   // 3. split by document and write
-  const std::string tmp = o.out + ".tmp";
-  remove_tree(tmp);
-  fs::create_directories(tmp);
+  const std::string& tmp = out.staging();
   const bool u16 = tok.vocab_size() <= 65536;
   ShardWriter w[2] = {{tmp, "train", o.shard_tokens, u16}, {tmp, "valid", o.shard_tokens, u16}};
   PrepareStats st;
@@ -244,9 +235,8 @@ PrepareStats prepare(const PrepareOptions& o) {
     meta["splits"][s == 0 ? "train" : "valid"] = {
         {"documents", st.documents[s]}, {"tokens", st.tokens[s]}, {"shards", w[s].files}};
   }
-  std::ofstream(tmp + "/meta.json") << meta.dump(2) << "\n";
-  if (fs::exists(o.out)) remove_tree(o.out);
-  fs::rename(tmp, o.out);
+  write_file_atomic(tmp + "/meta.json", meta.dump(2) + "\n");
+  out.commit();
   st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   log::info(cat("data prepare: wrote ", o.out, ": train ", st.documents[0], " docs / ", st.tokens[0], " tokens, valid ",
                 st.documents[1], " docs / ", st.tokens[1], " tokens, in ", st.seconds, " s"));

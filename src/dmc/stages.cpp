@@ -13,16 +13,16 @@ namespace dmc {
 using json = nlohmann::json;
 
 void RetrofitOptions::add_to(OptionTable& t) {
-  t.add("stage", &stage, "zero_out | retrofit | finetune", true);
-  t.add("target_cr", &target_cr, "target KV-cache compression ratio (retrofit ramps to it, finetune holds it)");
+  t.add("stage", &stage, "zero_out | retrofit | finetune", true).one_of({"zero_out", "retrofit", "finetune"});
+  t.add("target_cr", &target_cr, "target KV-cache compression ratio (retrofit ramps to it, finetune holds it)").min(1);
   t.add("dmc_init_val", &dmc.init_val, "c: decision logit offset and importance-weight offset");
-  t.add("dmc_window", &dmc.window, "merging window W (tokens)");
-  t.add("dmc_temperature", &dmc.temperature, "Gumbel-sigmoid temperature");
+  t.add("dmc_window", &dmc.window, "merging window W (tokens)").min(1);
+  t.add("dmc_temperature", &dmc.temperature, "Gumbel-sigmoid temperature").above(0);
   t.add("dmc_doc_boundaries", &dmc.doc_boundaries, "force an append at document starts; no merge or bias across them");
-  t.add("dmc_attn_block", &dmc.attn_block, "query block of the blockwise DMC attention");
-  t.add("dmc_attn_impl", &dmc.attn_impl, "flash (fused kernel; fp32 on CUDA falls back to blocks) | blocks (plain query-block twin)");
-  t.add("head_stats_every", &head_stats_every, "steps between per-layer/per-head ratio logs");
-  t.add("dmc_loss_scope", &dmc_loss_scope, "tensor parallel: shard (per-rank hinge, as the reference code) | global");
+  t.add("dmc_attn_block", &dmc.attn_block, "query block of the blockwise DMC attention").min(1);
+  t.add("dmc_attn_impl", &dmc.attn_impl, "flash (fused kernel; fp32 on CUDA falls back to blocks) | blocks (plain query-block twin)").one_of({"flash", "blocks"});
+  t.add("head_stats_every", &head_stats_every, "steps between per-layer/per-head ratio logs").min(0);
+  t.add("dmc_loss_scope", &dmc_loss_scope, "tensor parallel: shard (per-rank hinge, as the reference code) | global").one_of({"shard", "global"});
 }
 
 DmcStage::DmcStage(const RetrofitOptions& o) : o_(o) {

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/files.h"
 
 namespace dmc::io {
 using json = nlohmann::json;
@@ -96,11 +97,15 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
     TensorInfo ti;
     ti.dtype = dtype_from_safetensors(e["dtype"].get<std::string>(), where);
     int64_t numel = 1;
+    bool overflow = false;  // checked arithmetic: a crafted shape must not wrap around to a few bytes
     for (const auto& d : e["shape"]) {
       if (!d.is_number_integer() || d.get<int64_t>() < 0) fail(where, ": field 'shape' must hold non-negative integers");
       ti.shape.push_back(d.get<int64_t>());
-      numel *= ti.shape.back();
+      overflow = __builtin_mul_overflow(numel, ti.shape.back(), &numel) || overflow;
     }
+    int64_t want = 0;
+    if (overflow || __builtin_mul_overflow(numel, (int64_t)c10::elementSize(ti.dtype), &want))
+      fail(where, ": field 'shape' ", e["shape"].dump(), " is too large (its byte size overflows 64 bits)");
     for (const auto& o : e["data_offsets"])
       if (!o.is_number_integer() || o.get<int64_t>() < 0) fail(where, ": field 'data_offsets' must hold non-negative integers");
     ti.begin = e["data_offsets"][0].get<int64_t>();
@@ -109,7 +114,6 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
     if (ti.end > data_size)
       fail(where, ": data_offsets [", ti.begin, ", ", ti.end, "] out of range, the data section has ", data_size,
            " bytes (truncated file?)");
-    const int64_t want = numel * (int64_t)c10::elementSize(ti.dtype);
     if (ti.end - ti.begin != want)
       fail(where, ": data_offsets span ", ti.end - ti.begin, " bytes but dtype ", e["dtype"].get<std::string>(),
            " and shape need ", want);
@@ -233,25 +237,16 @@ void save_file(const std::string& path, const NamedTensors& tensors, const std::
   }
   std::string h = header.dump();
   while ((8 + h.size()) % 8) h.push_back(' ');
-  const std::string tmp = path + ".tmp";
-  FILE* fp = std::fopen(tmp.c_str(), "wb");
-  if (!fp) fail(tmp, ": cannot open for writing (", std::strerror(errno), ")");
+  AtomicFile out(path);
   uint64_t n = h.size();
-  bool ok = std::fwrite(&n, 8, 1, fp) == 1 && std::fwrite(h.data(), 1, h.size(), fp) == h.size();
+  out.write(&n, 8);
+  out.write(h);
   for (const auto& [name, t] : tensors) {
-    if (!ok) break;
     at::Tensor c = t.detach().to(at::kCPU).contiguous();
     const size_t bytes = (size_t)tensor_bytes(c);
-    ok = bytes == 0 || std::fwrite(c.data_ptr(), 1, bytes, fp) == bytes;
+    if (bytes) out.write(c.data_ptr(), bytes);
   }
-  ok = (std::fflush(fp) == 0) && ok;
-  ok = (::fsync(fileno(fp)) == 0) && ok;
-  ok = (std::fclose(fp) == 0) && ok;
-  if (!ok) {
-    std::remove(tmp.c_str());
-    fail(path, ": write failed (", std::strerror(errno), ")");
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) fail(path, ": rename failed (", std::strerror(errno), ")");
+  out.commit();
 }
 
 void save_dir(const std::string& dir, const NamedTensors& tensors, int64_t max_shard_bytes,
@@ -284,11 +279,7 @@ void save_dir(const std::string& dir, const NamedTensors& tensors, int64_t max_s
     for (const auto& nt : shards[i]) index["weight_map"][nt.first] = name;
   }
   const std::string ipath = dir + "/model.safetensors.index.json";
-  std::ofstream out(ipath + ".tmp");
-  out << index.dump(2) << "\n";
-  out.close();
-  if (!out) fail(ipath, ": write failed");
-  if (std::rename((ipath + ".tmp").c_str(), ipath.c_str()) != 0) fail(ipath, ": rename failed");
+  write_file_atomic(ipath, index.dump(2) + "\n");
 }
 
 }  // namespace dmc::io

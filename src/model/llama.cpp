@@ -13,6 +13,7 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "common/files.h"
 #include "common/util.h"
 #include "io/safetensors.h"
 
@@ -88,6 +89,46 @@ at::Tensor fetch(const io::TensorStore& st, const std::string& name, std::vector
     fail(st.file_of(name), ": tensor '", name, "' has dtype ", c10::toString(info.dtype), ", expected a float type");
   return st.get(name).to(device, dtype);
 }
+// Tensors in the files that the model does not read: layers beyond num_hidden_layers are an error (the config and
+// the weights disagree: a silently truncated model otherwise), anything else is named in a warning.
+void check_unused_tensors(const io::TensorStore& st, const std::string& dir, const LlamaConfig& c) {
+  std::vector<std::string> unused;
+  int64_t max_layer = -1;
+  std::string example;
+  for (const auto& n : st.names()) {
+    if (n.rfind("model.layers.", 0) == 0) {
+      const size_t dot = n.find('.', 13);
+      int64_t l = -1;
+      try {
+        l = std::stoll(n.substr(13, dot == std::string::npos ? std::string::npos : dot - 13));
+      } catch (...) {
+      }
+      if (l >= c.num_hidden_layers) {
+        if (l > max_layer) { max_layer = l; example = n; }
+        continue;
+      }
+    }
+    static const std::vector<std::string> layer_keys = {
+        "input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+        "self_attn.o_proj.weight", "post_attention_layernorm.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight",
+        "mlp.down_proj.weight"};
+    bool used = n == "model.embed_tokens.weight" || n == "model.norm.weight" ||
+                (n == "lm_head.weight" && !c.tie_word_embeddings);
+    for (int64_t l = 0; !used && l < c.num_hidden_layers && n.rfind("model.layers.", 0) == 0; ++l)
+      for (const auto& k : layer_keys)
+        if (n == lname(l, k.c_str())) { used = true; break; }
+    if (!used) unused.push_back(n);
+  }
+  if (max_layer >= 0)
+    fail(dir, "/config.json: field 'num_hidden_layers' is ", c.num_hidden_layers, " but the weights hold ",
+         max_layer + 1, " layers (e.g. '", example, "' in ", st.file_of(example), ")");
+  if (!unused.empty()) {
+    std::string names;
+    for (size_t i = 0; i < unused.size() && i < 5; ++i) names += (i ? ", " : "") + unused[i];
+    if (unused.size() > 5) names += cat(", ... (", unused.size(), " in all)");
+    log::warn(cat(dir, ": ", unused.size(), " tensor(s) in the files are not used by the model: ", names));
+  }
+}
 }  // namespace
 
 Llama Llama::load(const std::string& dir, at::ScalarType dtype, at::Device device) {
@@ -117,6 +158,7 @@ Llama Llama::load(const std::string& dir, at::ScalarType dtype, at::Device devic
   } else {
     m.lm_head = fetch(st, "lm_head.weight", {c.vocab_size, H}, dtype, device);
   }
+  check_unused_tensors(st, dir, c);
   // A fetch() of a same-dtype CPU tensor aliases the read-only-backed mapping: own the memory instead, so
   // that in-place updates (training) never touch the mapping and the files can be replaced safely.
   if (device.is_cpu()) {
@@ -177,21 +219,16 @@ std::vector<std::pair<std::string, at::Tensor>> Llama::hf_tensors() const {
   return out;
 }
 
-void Llama::save(const std::string& dir, at::ScalarType dtype, int64_t max_shard_bytes, bool overwrite) const {
-  fs::path target(dir);
-  if (fs::exists(target) && !overwrite) fail(dir, ": already exists (pass overwrite to replace it)");
-  if (target.has_parent_path() && !target.parent_path().empty()) fs::create_directories(target.parent_path());
-  const fs::path tmp = cat(dir, ".tmp-", ::getpid());
-  remove_tree(tmp.string());
-  fs::create_directories(tmp);
+void Llama::save(const std::string& dir, at::ScalarType dtype, int64_t max_shard_bytes, bool overwrite,
+                 const std::vector<std::string>& inputs) const {
+  OutputDir out(dir, overwrite, inputs, "output model directory");
   LlamaConfig c = config;
   c.torch_dtype = dtype == at::kBFloat16 ? "bfloat16" : dtype == at::kHalf ? "float16" : "float32";
-  c.save((tmp / "config.json").string());
+  c.save(out.staging() + "/config.json");
   auto tensors = hf_tensors();
   for (auto& nt : tensors) nt.second = nt.second.detach().to(at::kCPU, dtype);
-  io::save_dir(tmp.string(), tensors, max_shard_bytes, {{"format", "pt"}});
-  if (fs::exists(target)) remove_tree(dir);
-  fs::rename(tmp, target);
+  io::save_dir(out.staging(), tensors, max_shard_bytes, {{"format", "pt"}});
+  out.commit();
 }
 
 // ---- forward ------------------------------------------------------------------------------------------

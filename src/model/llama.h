@@ -111,15 +111,18 @@ class Llama {
   int64_t local_heads() const { return config.num_attention_heads / tp.size; }
   int64_t local_kv_heads() const { return config.num_key_value_heads / tp.size; }
 
-  // Reads DIR/config.json and DIR's safetensors; checks every tensor's presence and shape.
+  // Reads DIR/config.json and DIR's safetensors; checks every tensor's presence and shape. Layers in the files
+  // beyond config.json's num_hidden_layers are an error (a silently truncated model otherwise); other tensors the
+  // model does not use are named in a warning.
   static Llama load(const std::string& dir, at::ScalarType dtype, at::Device device);
   // Random init like HF (normal(0, init_std) for matrices, ones for norms), seeded.
   static Llama random(const LlamaConfig& config, uint64_t seed, at::ScalarType dtype, at::Device device,
                       double init_std = 0.02);
-  // Writes config.json + safetensors (sharded above max_shard_bytes) into `dir` atomically (a temporary
-  // directory renamed into place). Fails if `dir` exists unless overwrite.
+  // Writes config.json + safetensors (sharded above max_shard_bytes) into `dir` atomically (common/files.h
+  // OutputDir: built beside `dir`, swapped in when complete). Fails if `dir` exists unless overwrite, and if `dir`
+  // is, contains or lies inside one of `inputs` (e.g. the directory the model was loaded from).
   void save(const std::string& dir, at::ScalarType dtype, int64_t max_shard_bytes = 5000000000LL,
-            bool overwrite = false) const;
+            bool overwrite = false, const std::vector<std::string>& inputs = {}) const;
   // Weights under their HF names (fused tensors split into views).
   std::vector<std::pair<std::string, at::Tensor>> hf_tensors() const;
 

@@ -1,8 +1,9 @@
 #include "model/llama_config.h"
 
-#include <fstream>
+#include <cmath>
 
 #include "common/error.h"
+#include "common/files.h"
 #include "common/util.h"
 
 namespace dmc {
@@ -144,6 +145,23 @@ void LlamaConfig::validate(const std::string& file) const {
          num_attention_heads, ")");
   if (!(rms_norm_eps > 0)) fail(file, ": field 'rms_norm_eps' must be positive");
   if (!(rope_theta > 0)) fail(file, ": field 'rope_theta' must be positive");
+  if (rope_scaling.type != "none") {
+    if (!(rope_scaling.factor > 0) || !std::isfinite(rope_scaling.factor))
+      fail(file, ": field 'rope_scaling.factor' must be positive, got ", rope_scaling.factor);
+    if (rope_scaling.type == "llama3") {
+      if (!(rope_scaling.low_freq_factor > 0) || !(rope_scaling.high_freq_factor > rope_scaling.low_freq_factor))
+        fail(file, ": fields 'rope_scaling.low_freq_factor' (", rope_scaling.low_freq_factor, ") and ",
+             "'rope_scaling.high_freq_factor' (", rope_scaling.high_freq_factor, ") must satisfy 0 < low < high");
+      if (rope_scaling.original_max_position_embeddings <= 0)
+        fail(file, ": field 'rope_scaling.original_max_position_embeddings' must be positive, got ",
+             rope_scaling.original_max_position_embeddings);
+    }
+  }
+  // the product that sizes the embedding must not overflow (a crafted config would pass as a small model)
+  if (vocab_size > (int64_t(1) << 40) / hidden_size || num_hidden_layers > (int64_t(1) << 20) ||
+      intermediate_size > (int64_t(1) << 40) / hidden_size || head_dim * num_attention_heads > (int64_t(1) << 24))
+    fail(file, ": the model shape (vocab_size ", vocab_size, ", hidden_size ", hidden_size, ", intermediate_size ",
+         intermediate_size, ", num_hidden_layers ", num_hidden_layers, ") is beyond any model dmc can hold");
 }
 
 json LlamaConfig::to_json() const {
@@ -187,12 +205,7 @@ json LlamaConfig::to_json() const {
   return j;
 }
 
-void LlamaConfig::save(const std::string& path) const {
-  std::ofstream out(path);
-  out << to_json().dump(2) << "\n";
-  out.close();
-  if (!out) fail(path, ": write failed");
-}
+void LlamaConfig::save(const std::string& path) const { write_file_atomic(path, to_json().dump(2) + "\n"); }
 
 int64_t LlamaConfig::num_parameters() const {
   const int64_t attn = hidden_size * (q_size() + 2 * kv_size()) + q_size() * hidden_size;

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "common/files.h"
 #include "common/util.h"
 
 namespace dmc::report {
@@ -124,7 +125,7 @@ std::string heatmap_svg(const std::string& title, const std::vector<std::vector<
 
 std::string make_report(const ReportOptions& o) {
   DMC_CHECK(!o.runs.empty(), "report: no run directories given");
-  fs::create_directories(o.out);
+  make_dirs(o.out);
   Series loss{"train loss", "#1f77b4", {}, {}}, eval{"validation loss", "#d62728", {}, {}};
   Series cr{"achieved CR", "#2ca02c", {}, {}}, target{"target CR", "#7f7f7f", {}, {}};
   std::vector<std::vector<double>> heat;
@@ -161,14 +162,15 @@ std::string make_report(const ReportOptions& o) {
   }
   std::vector<Series> ls{loss};
   if (!eval.x.empty()) ls.push_back(eval);
-  std::ofstream(o.out + "/loss.svg") << line_chart_svg("loss", "cross-entropy", ls);
-  if (!cr.x.empty()) std::ofstream(o.out + "/ratio.svg") << line_chart_svg("KV-cache compression ratio", "CR", {target, cr});
+  write_file_atomic(o.out + "/loss.svg", line_chart_svg("loss", "cross-entropy", ls));
+  if (!cr.x.empty())
+    write_file_atomic(o.out + "/ratio.svg", line_chart_svg("KV-cache compression ratio", "CR", {target, cr}));
   if (!heat.empty()) {
-    std::ofstream(o.out + "/heatmap.svg") << heatmap_svg("achieved compression ratio per layer and KV head", heat);
+    write_file_atomic(o.out + "/heatmap.svg", heatmap_svg("achieved compression ratio per layer and KV head", heat));
     sum << "\nPer-layer x per-head achieved ratios (last logged): heatmap.svg\n";
   }
   sum << "\nPictures: loss.svg" << (cr.x.empty() ? "" : ", ratio.svg") << (heat.empty() ? "" : ", heatmap.svg") << "\n";
-  std::ofstream(o.out + "/summary.md") << sum.str();
+  write_file_atomic(o.out + "/summary.md", sum.str());
   return sum.str();
 }
 

@@ -44,12 +44,32 @@ class Tokenizer {
     std::string model_prefix;  // writes PREFIX.model and PREFIX.vocab
     int64_t vocab_size = 512;
     int64_t max_sentences = 200000;
+    bool overwrite = false;  // replace an existing PREFIX.model / PREFIX.vocab
   };
+  // Trains in memory and writes both files atomically (common/files.h); refuses existing files without overwrite
+  // and a prefix whose files would be one of the inputs.
   static void train(const TrainOptions& o);
 
  private:
   std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
   std::string path_, fingerprint_;
+};
+
+// Streaming detokenization, as llama.cpp and HF's TextStreamer do it: the running sequence (prompt + generated ids)
+// is decoded and the text past what was already shown is returned. Decoding the generated ids alone would lose the
+// space of the first piece (SentencePiece drops the leading space of a sequence) and split UTF-8 sequences that
+// span tokens; text that does not yet extend what was shown waits for the next token.
+//   StreamDecoder s(tok, prompt_ids);  for each new id: std::cout << s.push(id);
+class StreamDecoder {
+ public:
+  StreamDecoder(const Tokenizer& tok, std::vector<int64_t> prompt);
+  std::string push(int64_t id);
+  const std::string& text() const { return shown_; }  // decode(prompt + pushed ids), as far as shown
+
+ private:
+  const Tokenizer& tok_;
+  std::vector<int64_t> ids_;
+  std::string shown_;
 };
 
 std::string fnv1a_hex(const std::string& bytes);

@@ -7,10 +7,10 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <thread>
 
 #include "common/error.h"
+#include "common/files.h"
 #include "common/log.h"
 #include "common/util.h"
 
@@ -19,22 +19,6 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 namespace {
-void fsync_path(const std::string& p) {
-  int fd = ::open(p.c_str(), O_RDONLY);
-  if (fd >= 0) {
-    ::fsync(fd);
-    ::close(fd);
-  }
-}
-void write_text_file(const std::string& path, const std::string& text) {
-  FILE* f = std::fopen(path.c_str(), "wb");
-  if (!f) fail(path, ": cannot open for writing (", std::strerror(errno), ")");
-  bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
-  ok = std::fflush(f) == 0 && ok;
-  ok = ::fsync(fileno(f)) == 0 && ok;
-  ok = std::fclose(f) == 0 && ok;
-  if (!ok) fail(path, ": write failed (", std::strerror(errno), ")");
-}
 // Test hook: DMC_CKPT_WRITE_DELAY_MS slows each file of a checkpoint write, so that tests can kill a process
 // in the middle of one.
 void test_delay() {
@@ -90,13 +74,13 @@ std::string save_checkpoint(const std::string& run_dir, int64_t step, const Chec
     io::NamedTensors rng;
     for (const auto& nt : d.rng) rng.emplace_back(nt.first, nt.second.detach().to(at::kCPU));
     io::save_file((tmp / "rng.safetensors").string(), rng);
-    write_text_file((tmp / "trainer_state.json").string(), d.trainer_state.dump(2) + "\n");
+    write_file_atomic((tmp / "trainer_state.json").string(), d.trainer_state.dump(2) + "\n");
     test_delay();
-    fsync_path(tmp.string());
-    if (fs::exists(final_dir)) remove_tree(final_dir.string());
-    fs::rename(tmp, final_dir);
-    write_text_file((final_dir / "COMPLETE").string(), cat("step ", step, "\n"));
-    fsync_path(root.string());
+    // the marker goes in before the directory appears under its final name: the rename is atomic, so a
+    // step-XXXXXXXX directory is either absent or complete (an older one at the same step is exchanged, not
+    // deleted first)
+    write_file_atomic((tmp / "COMPLETE").string(), cat("step ", step, "\n"));
+    move_into_place(tmp.string(), final_dir.string());
   } catch (const std::exception& e) {
     remove_tree(tmp.string());
     auto prev = latest_checkpoint(run_dir);
@@ -112,6 +96,12 @@ std::string save_checkpoint(const std::string& run_dir, int64_t step, const Chec
     for (size_t i = 0; i + (size_t)keep_last < complete.size(); ++i) remove_tree(complete[i]);
   }
   return final_dir.string();
+}
+
+std::vector<std::string> checkpoint_dirs(const std::string& run_dir) {
+  std::vector<std::string> v;
+  for (auto& s : list_steps(run_dir)) v.push_back(s.second);
+  return v;
 }
 
 json read_trainer_state(const std::string& dir) {

@@ -4,10 +4,10 @@
 //   optimizer.safetensors                                 AdamW state (exp_avg., exp_avg_sq., step. + name)
 //   rng.safetensors                                       CPU (and CUDA) generator states
 //   trainer_state.json                                    step, loader position, counters, stage state, config
-//   COMPLETE                                              written last
-// A checkpoint is written into step-XXXXXXXX.tmp-PID, every file fsynced, the directory renamed into place, and
-// the COMPLETE marker written last; an interrupted write (crash, SIGKILL, full disk) never touches the previous
-// checkpoint. `--resume auto` takes the newest complete checkpoint that opens cleanly.
+//   COMPLETE                                              written last, before the rename
+// A checkpoint is written into step-XXXXXXXX.tmp-PID, every file fsynced, the COMPLETE marker written last, and the
+// directory renamed into place (exchanged with an older one of the same step, never deleted first); an interrupted
+// write (crash, SIGKILL, full disk) never touches the previous checkpoint. `--resume auto` takes the newest complete checkpoint that opens cleanly.
 #pragma once
 #include <functional>
 #include <nlohmann/json.hpp>
@@ -38,5 +38,8 @@ void validate_checkpoint(const std::string& dir);
 std::optional<std::string> latest_checkpoint(const std::string& run_dir);
 
 nlohmann::json read_trainer_state(const std::string& dir);
+
+// Checkpoint directories under RUN/checkpoints (complete or not, interrupted .tmp writes excluded), oldest first.
+std::vector<std::string> checkpoint_dirs(const std::string& run_dir);
 
 }  // namespace dmc::train

@@ -8,11 +8,13 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
 
 #include "common/error.h"
+#include "common/files.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "tokenizer/tokenizer.h"
@@ -33,42 +35,48 @@ void TrainOptions::add_to(OptionTable& t) {
   t.add("out", &out, "run directory (config, log, metrics, checkpoints, final model)");
   t.add("init_from", &init_from, "HF model directory to continue training from (empty = random init)");
   shape.add_to(t);
-  t.add("init_std", &init_std, "normal init std of matrices for a random init");
+  t.add("init_std", &init_std, "normal init std of matrices for a random init").above(0);
   t.add("tokenizer", &tokenizer, "SentencePiece model the data was prepared with", true);
   t.add("data", &data, "prepared dataset directories (dmc data prepare)", true);
   t.add("data_weights", &data_weights, "blend weights, one per dataset (empty = equal)");
-  t.add("seq_len", &seq_len, "tokens per sample");
-  t.add("micro_batch", &micro_batch, "samples per forward/backward");
-  t.add("global_batch", &global_batch, "samples per optimizer step (a multiple of micro_batch)");
-  t.add("train_steps", &train_steps, "optimizer steps");
-  t.add("lr", &lr, "peak learning rate");
-  t.add("min_lr", &min_lr, "final learning rate of the decay");
-  t.add("warmup_steps", &warmup_steps, "linear warmup steps");
-  t.add("lr_schedule", &lr_schedule, "constant | cosine | linear (after warmup)");
-  t.add("beta1", &beta1, "AdamW beta1");
-  t.add("beta2", &beta2, "AdamW beta2");
-  t.add("adam_eps", &adam_eps, "AdamW epsilon");
-  t.add("weight_decay", &weight_decay, "decoupled weight decay");
+  t.add("seq_len", &seq_len, "tokens per sample").min(1);
+  t.add("micro_batch", &micro_batch, "samples per forward/backward").min(1);
+  t.add("global_batch", &global_batch, "samples per optimizer step (a multiple of micro_batch)").min(1);
+  t.add("train_steps", &train_steps, "optimizer steps").min(1);
+  t.add("lr", &lr, "peak learning rate").above(0);
+  t.add("min_lr", &min_lr, "final learning rate of the decay").min(0);
+  t.add("warmup_steps", &warmup_steps, "linear warmup steps").min(0);
+  t.add("lr_schedule", &lr_schedule, "constant | cosine | linear (after warmup)").one_of({"constant", "cosine", "linear"});
+  t.add("beta1", &beta1, "AdamW beta1").min(0).below(1);
+  t.add("beta2", &beta2, "AdamW beta2").min(0).below(1);
+  t.add("adam_eps", &adam_eps, "AdamW epsilon").above(0);
+  t.add("weight_decay", &weight_decay, "decoupled weight decay").min(0);
   t.add("decay_norms_and_embeddings", &decay_norms_and_embeddings, "also decay norm weights and the embedding");
-  t.add("grad_clip", &grad_clip, "global gradient-norm clip (0 = off)");
+  t.add("grad_clip", &grad_clip, "global gradient-norm clip (0 = off)").min(0);
   t.add("device", &device, "cpu, cuda, cuda:N or auto");
-  t.add("dtype", &dtype, "compute dtype: auto (bf16 autocast on CUDA, fp32 on CPU), bf16, fp32");
+  t.add("dtype", &dtype, "compute dtype: auto (bf16 autocast on CUDA, fp32 on CPU), bf16, fp32").one_of({"auto", "bf16", "fp32"});
   t.add("activation_checkpointing", &activation_checkpointing, "recompute each layer in backward");
-  t.add("tensor_parallel", &tensor_parallel, "tensor-parallel size (data parallel = WORLD_SIZE / tensor_parallel)");
+  t.add("tensor_parallel", &tensor_parallel, "tensor-parallel size (data parallel = WORLD_SIZE / tensor_parallel)").min(1);
   t.add("sequence_parallel", &sequence_parallel, "under tensor parallelism, split norms and residuals by token (saves memory)");
-  t.add("grad_bucket_mb", &grad_bucket_mb, "data parallel: MB of gradients per bucketed all-reduce");
+  t.add("grad_bucket_mb", &grad_bucket_mb, "data parallel: MB of gradients per bucketed all-reduce").above(0);
   t.add("seed", &seed, "seed for init and data order");
-  t.add("log_every", &log_every, "steps between log lines");
-  t.add("eval_every", &eval_every, "steps between validation runs (0 = only at the end)");
-  t.add("eval_batches", &eval_batches, "validation micro-batches per evaluation");
-  t.add("save_every", &save_every, "steps between checkpoints (0 = only at the end)");
-  t.add("keep_last", &keep_last, "checkpoints to keep");
+  t.add("log_every", &log_every, "steps between log lines").min(1);
+  t.add("eval_every", &eval_every, "steps between validation runs (0 = only at the end)").min(0);
+  t.add("eval_batches", &eval_batches, "validation micro-batches per evaluation").min(1);
+  t.add("save_every", &save_every, "steps between checkpoints (0 = only at the end)").min(0);
+  t.add("keep_last", &keep_last, "checkpoints to keep").min(0);
   t.add("resume", &resume, "auto (newest complete checkpoint in out), none, or a checkpoint directory");
-  t.add("exit_after_steps", &exit_after_steps, "stop with a checkpoint after this many steps of this invocation (0 = off)");
-  t.add("max_nonfinite", &max_nonfinite, "stop after this many non-finite losses in a row");
+  t.add("overwrite", &overwrite, "start afresh in a run directory that holds an earlier run (its contents are removed)");
+  t.add("exit_after_steps", &exit_after_steps, "stop with a checkpoint after this many steps of this invocation (0 = off)").min(0);
+  t.add("max_nonfinite", &max_nonfinite, "stop after this many non-finite losses in a row").min(1);
   t.add("inject_nonfinite_steps", &inject_nonfinite_steps, "test hook: steps whose loss is made NaN");
-  t.add("peak_tflops", &peak_tflops, "device peak dense bf16 TFLOP/s for MFU (H100 SXM: 989)");
-  t.add("log_level", &log_level, "trace, debug, info, warn, error");
+  t.add("peak_tflops", &peak_tflops, "device peak dense bf16 TFLOP/s for MFU (H100 SXM: 989)").above(0);
+  t.check([this] {
+    if (min_lr > lr) fail("min_lr (", min_lr, ") must not exceed lr (", lr, ")");
+    if (global_batch % micro_batch != 0)
+      fail("global_batch (", global_batch, ") must be a multiple of micro_batch (", micro_batch, ")");
+  });
+  t.add("log_level", &log_level, "trace, debug, info, warn, error").one_of({"trace", "debug", "info", "warn", "error", "off"});
 }
 
 namespace {
@@ -210,6 +218,78 @@ void set_rng_state(const std::string& dir, const at::Device& dev) {
     g.set_state(f->get("cuda").clone());
   }
 }
+
+// The checkpoint to resume from, or none for a fresh start; refuses a fresh start that would mix with (or silently
+// discard) an earlier run in the same directory.
+std::optional<std::string> choose_resume(const TrainOptions& o) {
+  if (o.resume != "auto" && o.resume != "none") {
+    validate_checkpoint(o.resume);
+    return o.resume;
+  }
+  const auto ckpts = checkpoint_dirs(o.out);
+  const bool has_final = file_exists(o.out + "/final");
+  if (o.resume == "auto") {
+    if (auto latest = latest_checkpoint(o.out)) return latest;
+    if (!ckpts.empty() && !o.overwrite)
+      fail("resume: auto: none of the ", ckpts.size(), " checkpoint(s) in ", o.out,
+           "/checkpoints is valid (see the warnings above); not starting afresh over them. Pass --overwrite to remove "
+           "the earlier run and start afresh, or --resume DIR to name a checkpoint");
+  }
+  if ((!ckpts.empty() || has_final) && !o.overwrite)
+    fail("run directory ", o.out, " holds an earlier run (", ckpts.size(), " checkpoint(s)",
+         has_final ? ", a final model" : "", "); ", o.resume == "none" ? "resume: none would mix the two runs. " : "",
+         "Pass --overwrite to remove it and start afresh, --resume auto to continue it, or use another --out");
+  return std::nullopt;
+}
+
+// A fresh start: with overwrite, everything of an earlier run goes (wholly, before anything new is written); without
+// it only a run that never saved a checkpoint can be there, and its metrics are kept aside, not appended to.
+void clear_previous_run(const TrainOptions& o) {
+  if (o.overwrite) {
+    for (const char* n : {"checkpoints", "final", "metrics.jsonl", "log.txt", "config.yaml"}) {
+      const std::string p = o.out + "/" + n;
+      if (file_exists(p)) {
+        log::warn(cat("overwrite: removing ", p, " of the earlier run"));
+        remove_tree(p);
+      }
+    }
+    return;
+  }
+  const std::string m = o.out + "/metrics.jsonl";
+  if (file_exists(m)) {
+    const std::string aside = cat(o.out, "/metrics.jsonl.before-", (int64_t)std::time(nullptr));
+    rename_path(m, aside);
+    log::warn(cat(o.out, ": an earlier run left metrics but no checkpoint; its metrics were moved to ", aside));
+  }
+}
+
+// On resume the model comes from the checkpoint: a shape in the config that differs from it would be printed as
+// the run's config while not being what runs, so it is refused, naming the field.
+void check_resumed_shape(const TrainOptions& o, const LlamaConfig& got, const std::string& dir) {
+  LlamaConfig want;
+  std::string source;
+  if (!o.init_from.empty()) {
+    want = LlamaConfig::load(o.init_from + "/config.json");
+    source = "init_from " + o.init_from;
+  } else {
+    want = o.shape.resolve(o.tokenizer);
+    source = "the configured shape";
+  }
+  const std::pair<const char*, std::pair<int64_t, int64_t>> fields[] = {
+      {"vocab_size", {want.vocab_size, got.vocab_size}},
+      {"hidden_size", {want.hidden_size, got.hidden_size}},
+      {"intermediate_size", {want.intermediate_size, got.intermediate_size}},
+      {"num_hidden_layers", {want.num_hidden_layers, got.num_hidden_layers}},
+      {"num_attention_heads", {want.num_attention_heads, got.num_attention_heads}},
+      {"num_key_value_heads", {want.num_key_value_heads, got.num_key_value_heads}},
+      {"head_dim", {want.head_dim, got.head_dim}},
+      {"max_position_embeddings", {want.max_position_embeddings, got.max_position_embeddings}},
+      {"tie_word_embeddings", {want.tie_word_embeddings, got.tie_word_embeddings}}};
+  for (const auto& [name, v] : fields)
+    if (v.first != v.second)
+      fail("resume: ", source, " has ", name, " = ", v.first, " but the checkpoint ", dir, " has ", v.second,
+           " (a changed model shape cannot resume; use another --out, or --overwrite to start afresh)");
+}
 }  // namespace
 
 double evaluate(Llama& model, Stage* stage, data::Loader& valid, int64_t batches, int64_t micro_batch, bool autocast) {
@@ -251,11 +331,15 @@ TrainResult train(const TrainOptions& o, Stage* stage, const std::string& resolv
   const int64_t accum = o.global_batch / (o.micro_batch * dp);
   if (!main_rank) log::set_level("error");
 
+  // ---- the run directory: one trainer at a time, never two runs mixed ----
+  std::unique_ptr<DirLock> lock;
+  if (main_rank) lock = std::make_unique<DirLock>(o.out, "run directory");
+  std::optional<std::string> resume_dir = choose_resume(o);
+  if (main_rank && !resume_dir) clear_previous_run(o);
+  if (dist.world > 1) barrier(dist.world_group);
   if (main_rank) {
-    fs::create_directories(o.out);
     log::set_file(o.out + "/log.txt");
-    std::ofstream cy(o.out + "/config.yaml");
-    cy << resolved_yaml;
+    write_file_atomic(o.out + "/config.yaml", resolved_yaml);
   }
   log::info(cat("resolved config (saved to ", o.out, "/config.yaml):\n", resolved_yaml));
   if (dist.world > 1)
@@ -263,16 +347,11 @@ TrainResult train(const TrainOptions& o, Stage* stage, const std::string& resolv
 
   auto tok = Tokenizer::load(o.tokenizer);
   // ---- model: resume > init_from > random ----
-  std::optional<std::string> resume_dir;
-  if (o.resume == "auto") resume_dir = latest_checkpoint(o.out);
-  else if (o.resume != "none" && !o.resume.empty()) {
-    validate_checkpoint(o.resume);
-    resume_dir = o.resume;
-  }
   Llama model;
   if (resume_dir) {
     log::info(cat("resuming from ", *resume_dir));
     model = Llama::load(*resume_dir, at::kFloat, dev);
+    check_resumed_shape(o, model.config, *resume_dir);
   } else if (!o.init_from.empty()) {
     model = Llama::load(o.init_from, at::kFloat, dev);
   } else {
@@ -353,12 +432,12 @@ TrainResult train(const TrainOptions& o, Stage* stage, const std::string& resolv
     torch::manual_seed((uint64_t)o.seed + 1 + 104729 * (uint64_t)dist.dp.rank);
   }
   std::set<int64_t> inject;
-  for (const auto& s : o.inject_nonfinite_steps) inject.insert(std::stoll(s));
+  for (const auto& s : o.inject_nonfinite_steps) inject.insert(parse_int(s, "inject_nonfinite_steps"));
 
   const double n_params = (double)model.config.num_parameters() - (double)model.config.vocab_size * model.config.hidden_size;
   const double flops_per_token = 6.0 * n_params + 12.0 * model.config.num_hidden_layers * model.config.q_size() * o.seq_len;
-  std::ofstream metrics;
-  if (main_rank) metrics.open(o.out + "/metrics.jsonl", std::ios::app);
+  AppendFile metrics;
+  if (main_rank) metrics.open(o.out + "/metrics.jsonl");
   g_signal.store(0);
   auto prev_term = std::signal(SIGTERM, on_signal);
   auto prev_int = std::signal(SIGINT, on_signal);
@@ -479,7 +558,7 @@ TrainResult train(const TrainOptions& o, Stage* stage, const std::string& resolv
       for (auto it = sm.begin(); it != sm.end(); ++it) line << " | " << it.key() << " " << it.value().dump();
       log::info(line.str());
       eta.update(step);
-      metrics << m.dump() << "\n" << std::flush;
+      metrics.append(m.dump() + "\n");
       steps_since_log = 0;
       loss_acc_log = 0;
     }
@@ -487,7 +566,7 @@ TrainResult train(const TrainOptions& o, Stage* stage, const std::string& resolv
       const double vl = evaluate(model, stage, *valid, o.eval_batches, o.micro_batch, autocast);
       res.last_eval_loss = vl;
       log::info(cat("eval at step ", step, ": loss ", vl, ", ppl ", std::exp(vl)));
-      metrics << json{{"step", step}, {"eval_loss", vl}, {"eval_ppl", std::exp(vl)}}.dump() << "\n" << std::flush;
+      metrics.append(json{{"step", step}, {"eval_loss", vl}, {"eval_ppl", std::exp(vl)}}.dump() + "\n");
     }
     const bool stop_here = o.exit_after_steps > 0 && step - first_step >= o.exit_after_steps && step < o.train_steps;
     int64_t sig = g_signal.load();
@@ -502,6 +581,7 @@ TrainResult train(const TrainOptions& o, Stage* stage, const std::string& resolv
       else log::warn(cat("signal ", g_signal.load(), " received: saving a checkpoint at step ", step, " and exiting"));
       save(step);
       res.interrupted = true;
+      res.signal = stop_here ? 0 : (int)sig;
       res.steps_done = step;
       dist.shutdown();
       return res;

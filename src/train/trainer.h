@@ -15,6 +15,7 @@
 //   RUN/config.yaml      the fully resolved config        RUN/metrics.jsonl   one JSON object per logged step
 //   RUN/log.txt          the log                          RUN/checkpoints/    see train/checkpoint.h
 //   RUN/final/           the final model (HF format) when the run completes
+//   RUN/.lock            flock held by the running trainer: a second trainer in the same directory is refused
 #pragma once
 #include <nlohmann/json.hpp>
 #include <string>
@@ -69,6 +70,9 @@ struct TrainOptions {
   double grad_bucket_mb = 32;
   int64_t seed = 1234, log_every = 10, eval_every = 0, eval_batches = 8, save_every = 0, keep_last = 3;
   std::string resume = "auto";  // auto | none | a checkpoint directory
+  // Start afresh in a run directory that holds an earlier run (checkpoints, final model, metrics): its contents are
+  // removed first, wholly. Without it such a start is refused, as is `resume: auto` when no checkpoint is valid.
+  bool overwrite = false;
   int64_t exit_after_steps = 0;  // stop (with a checkpoint) after this many steps in this invocation; 0 = off
   int64_t max_nonfinite = 5;
   std::vector<std::string> inject_nonfinite_steps;  // test hook: make these steps' loss NaN
@@ -82,6 +86,7 @@ struct TrainResult {
   int64_t steps_done = 0;
   double last_loss = 0, last_eval_loss = 0;
   bool interrupted = false;
+  int signal = 0;  // the signal that interrupted the run (SIGTERM, SIGINT), 0 if none
   std::string final_dir;
 };
 
