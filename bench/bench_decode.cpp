@@ -1,7 +1,7 @@
-// bench_decode: greedy decode throughput of dmc's vanilla engine (plain KV cache) for a Llama shape with
-// random weights, at the batch sizes given. Before timing it checks, on the same model, that the cached
-// prefill + token-by-token decode reproduces the logits of a full forward of the same tokens (bf16
-// tolerance) and refuses to print speeds otherwise.
+// bench_decode: greedy decode throughput of dmc's vanilla engine (generate(): the paged cache with continuous
+// batching) for a Llama shape with random weights, at the batch sizes given. Before timing it checks, on the same
+// model, that the same engine's prefill + token-by-token decode reproduces the logits of a full forward of the same
+// tokens (bf16 tolerance) and refuses to print speeds otherwise.
 //
 // Floor: a decode step must read every weight once (2 bytes/param in bf16) plus the KV cache so far; divided
 // by the measured device copy bandwidth this gives the HBM floor printed beside each measurement.
@@ -17,6 +17,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "config/options.h"
+#include "inference/decoder.h"
 #include "inference/generate.h"
 
 using namespace dmc;
@@ -51,20 +52,32 @@ int main(int argc, char** argv) {
     //     paths use GEMMs and attention kernels of different shapes, so their roundings differ and compound
     //     over the layers; a relative RMS error of 5% still catches any real cache or position bug (those give
     //     O(1) errors), while rounding stays around 1%.
+    // the path generate() times: the decode engine (paged cache, parallel prefill, then one token per step)
     auto check = [&](const Llama& m, double rel_tol, const char* what) {
       const int64_t P = 32, N = 8;
       torch::manual_seed(1);
-      at::Tensor ids = at::randint(0, c.vocab_size, {2, P + N}, at::TensorOptions().dtype(at::kLong)).to(dev);
-      at::Tensor full = m.forward(ids).to(at::kFloat);
-      KVCache cache = KVCache::create(m.config, 2, P + N, m.dtype(), dev);
-      std::vector<at::Tensor> parts{m.forward(ids.slice(1, 0, P), &cache)};
-      for (int64_t i = P; i < P + N; ++i) parts.push_back(m.forward(ids.slice(1, i, i + 1), &cache));
-      at::Tensor inc = at::cat(parts, 1).to(at::kFloat);
-      const double rel = ((inc - full).pow(2).mean().sqrt() / full.pow(2).mean().sqrt()).item<double>();
-      const double maxd = (inc - full).abs().max().item<double>();
-      log::info(cat("verify (", what, "): cached decode vs full forward: relative RMS error ", rel, ", max |diff| ", maxd,
-                    " (tolerance ", rel_tol, ")"));
-      if (!(rel <= rel_tol)) fail("verification failed (", what, "): cached decode differs from the full forward");
+      at::Tensor ids = at::randint(0, c.vocab_size, {2, P + N}, at::TensorOptions().dtype(at::kLong));
+      at::Tensor full = m.forward(ids.to(dev)).to(at::kFloat);  // [2, P + N, vocab]
+      DecoderOptions o;
+      o.max_seqs = 2;
+      o.policy = "vanilla";
+      Decoder d(m, o);
+      std::vector<at::Tensor> rows[2];
+      for (int64_t s = 0; s < 2; ++s) {
+        std::vector<int64_t> prompt(ids[s].data_ptr<int64_t>(), ids[s].data_ptr<int64_t>() + P);
+        rows[s].push_back(d.prefill(s, prompt).to(at::kFloat).unsqueeze(0));
+      }
+      for (int64_t i = P; i < P + N - 1; ++i) {
+        at::Tensor lg = d.step({0, 1}, {ids[0][i].item<int64_t>(), ids[1][i].item<int64_t>()}).to(at::kFloat);
+        for (int64_t s = 0; s < 2; ++s) rows[s].push_back(lg[s].unsqueeze(0));
+      }
+      at::Tensor inc = at::stack({at::cat(rows[0]), at::cat(rows[1])});  // positions P-1 .. P+N-2
+      at::Tensor ref = full.narrow(1, P - 1, N);
+      const double rel = ((inc - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt()).item<double>();
+      const double maxd = (inc - ref).abs().max().item<double>();
+      log::info(cat("verify (", what, "): decode engine vs full forward: relative RMS error ", rel, ", max |diff| ",
+                    maxd, " (tolerance ", rel_tol, ")"));
+      if (!(rel <= rel_tol)) fail("verification failed (", what, "): the decode engine differs from the full forward");
     };
     {
       LlamaConfig c2 = c;
@@ -78,7 +91,8 @@ int main(int argc, char** argv) {
     dmc::AppendFile jout;
     if (!json_path.empty()) jout.open(json_path);
     for (const std::string& bstr : batches) {
-      const int64_t B = std::stoll(bstr);
+      const int64_t B = parse_int(bstr, "batch");
+      DMC_CHECK(B >= 1, "batch: expected positive sizes, got ", B);
       torch::manual_seed(2);
       at::Tensor pr = at::randint(3, c.vocab_size, {B, prompt_len}, at::TensorOptions().dtype(at::kLong));
       std::vector<std::vector<int64_t>> prompts(B);

@@ -125,15 +125,12 @@ TEST_CASE("after stage 1 with every decision 0, DMC equals the zeroed-last-dim v
   torch::manual_seed(1);
   at::Tensor ids = torch::randint(0, c.vocab_size, {2, 40}, at::kLong);
   at::NoGradGuard ng;
-  AttentionRuntime rt;
-  rt.mode = AttentionRuntime::Mode::DmcEval;
-  m.runtime = &rt;
-  at::Tensor dmc_logits = m.forward(ids);
-  for (const auto& b : rt.boundaries) CHECK(b.sum().item<double>() == 0);  // a = -c everywhere: all appends
-  rt.mode = AttentionRuntime::Mode::ZeroOut;
-  rt.zero_out_mult = 0.0;
-  at::Tensor zero_logits = m.forward(ids);
-  m.runtime = nullptr;
+  DmcLayerAttention dmc_attn(DmcMode::Eval, DmcOptions{});
+  at::Tensor dmc_logits = m.forward(ids, dmc_attn);
+  REQUIRE(dmc_attn.boundaries.size() == 2);
+  for (const auto& b : dmc_attn.boundaries) CHECK(b.sum().item<double>() == 0);  // a = -c everywhere: all appends
+  ZeroOutAttention zero_attn(0.0);
+  at::Tensor zero_logits = m.forward(ids, zero_attn);
   at::Tensor vanilla = m.forward(ids);
   const double diff = (dmc_logits - zero_logits).abs().max().item<double>();
   INFO("dmc vs zero-out(0) " << diff);
@@ -340,22 +337,23 @@ TEST_CASE("activation checkpointing gives the same loss and gradients, vanilla a
         auto m = Llama::random(c, 5, at::kFloat, at::kCPU, 0.1);
         m.activation_checkpointing = ckpt;
         for (auto& p : m.parameters()) p.second->requires_grad_(true);
-        AttentionRuntime rt;
+        std::unique_ptr<Attention> attn = std::make_unique<VanillaAttention>();
         if (use_dmc) {
           for (auto& L : m.layers) {
             at::NoGradGuard ng;
             L.wqkv.mul_(3.0);  // livelier decisions
           }
-          rt.mode = AttentionRuntime::Mode::DmcTrain;
-          rt.dmc.init_val = 0.5;
-          rt.dmc.temperature = 0.5;
+          DmcOptions o;
+          o.init_val = 0.5;
+          o.temperature = 0.5;
           torch::manual_seed(9);
-          for (int l = 0; l < 2; ++l) rt.noise.push_back(at::randn({2, 24, c.num_key_value_heads}));
-          m.runtime = &rt;
+          std::vector<at::Tensor> noise;
+          for (int l = 0; l < 2; ++l) noise.push_back(at::randn({2, 24, c.num_key_value_heads}));
+          attn = std::make_unique<DmcLayerAttention>(DmcMode::Train, o, at::Tensor(), noise);
         }
-        at::Tensor h = m.forward_hidden(ids);
+        at::Tensor h = m.forward_hidden(ids, *attn);  // attn lives past the backward (the recompute runs it)
         at::Tensor loss = at::linear(h, m.lm_head).pow(2).mean();
-        if (use_dmc) loss = loss + dmc_loss(at::stack(rt.decision_mean), 3.0);
+        if (use_dmc) loss = loss + dmc_loss(at::stack(attn->aux), 3.0);
         loss.backward();
         losses.push_back(loss.item<double>());
         std::vector<at::Tensor> g;
@@ -497,18 +495,16 @@ TEST_CASE("dmc generate on a DMC model decodes through the paged cache, greedy =
   auto res = generate(m, {prompt}, go);
   REQUIRE(res.tokens[0].size() == 10);
   // reference: the eval-mode parallel forward over the growing sequence
-  AttentionRuntime rt;
-  rt.mode = AttentionRuntime::Mode::DmcEval;
-  rt.dmc.init_val = 0.2;
-  rt.dmc.window = 4;
-  m.runtime = &rt;
+  DmcOptions o;
+  o.init_val = 0.2;
+  o.window = 4;
+  DmcLayerAttention attn(DmcMode::Eval, o);
   std::vector<int64_t> seq = prompt;
   at::NoGradGuard ng;
   for (int i = 0; i < 10; ++i) {
-    at::Tensor logits = m.forward(at::tensor(seq, at::kLong).unsqueeze(0));
+    at::Tensor logits = m.forward(at::tensor(seq, at::kLong).unsqueeze(0), attn);
     seq.push_back(logits[0][-1].argmax().item<int64_t>());
   }
-  m.runtime = nullptr;
   CHECK(std::vector<int64_t>(seq.begin() + 7, seq.end()) == res.tokens[0]);
 }
 

@@ -307,3 +307,29 @@ TEST_CASE("decode CUDA-graph batch buckets: powers of two below the step, then i
   CHECK(graph_bucket(17, 16, 512) == 32);
   CHECK(graph_bucket(9, 16, 512) == 16);
 }
+
+// The one per-row state formula (what bench decode sizes equal-memory batches with) against what a Decoder
+// actually allocates, for every policy.
+TEST_CASE("decoder state bytes: rows x state_bytes_per_row + the free-page stack, every policy", "[inference][engine]") {
+  LlamaConfig c = LlamaConfig::preset("tiny");
+  c.num_hidden_layers = 2;
+  c.max_position_embeddings = 100;
+  c.dmc.window = 5;
+  auto m = Llama::random(c, 1, at::kFloat, at::kCPU);
+  for (const std::string pol : {"vanilla", "dmc", "tova", "h2o", "window"}) {
+    for (int64_t page_size : {1, 16}) {
+      DecoderOptions o;
+      o.policy = pol;
+      o.max_seqs = 3;
+      o.page_size = page_size;
+      o.budget = 7;
+      o.force_cr = pol == "dmc" ? 2 : 0;
+      o.n_pages = 40;
+      Decoder d(m, o);
+      const int64_t rows = c.num_hidden_layers * o.max_seqs * c.num_key_value_heads;
+      INFO(pol << " page_size " << page_size);
+      CHECK(d.state_bytes() ==
+            rows * Decoder::state_bytes_per_row(c, pol, o.budget, page_size, m.dtype()) + o.n_pages * 4);
+    }
+  }
+}

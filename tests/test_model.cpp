@@ -10,6 +10,7 @@
 #include "inference/generate.h"
 #include "inference/perplexity.h"
 #include "io/safetensors.h"
+#include "inference/decoder.h"
 #include "model/llama.h"
 #include "tokenizer/tokenizer.h"
 
@@ -89,23 +90,38 @@ TEST_CASE("a checkpoint written by dmc loads in transformers with the same logit
   CHECK((mb.forward(ids) - ref_b).abs().max().item<double>() < 1e-4);
 }
 
-TEST_CASE("KV-cache decode equals the full forward", "[model]") {
+TEST_CASE("paged-cache decode (prefill, then token by token) equals the full forward", "[model]") {
   LlamaConfig c = LlamaConfig::preset("tiny");
   c.num_hidden_layers = 2;
   auto m = Llama::random(c, 4, at::kFloat, at::kCPU, 0.1);
   at::Tensor ids = random_ids(3, 24, c.vocab_size, 8);
   at::NoGradGuard ng;
-  at::Tensor full = m.forward(ids);
-  KVCache cache = KVCache::create(c, 3, 32, at::kFloat, at::kCPU);
-  std::vector<at::Tensor> parts;
-  parts.push_back(m.forward(ids.slice(1, 0, 10), &cache));   // prefill 10
-  parts.push_back(m.forward(ids.slice(1, 10, 15), &cache));  // a chunk of 5 after a past (masked path)
-  for (int64_t t = 15; t < 24; ++t) parts.push_back(m.forward(ids.slice(1, t, t + 1), &cache));
-  at::Tensor inc = at::cat(parts, 1);
-  CHECK(cache.length == 24);
-  CHECK((inc - full).abs().max().item<double>() < 1e-4);
-  // the cache refuses to overflow
-  require_error([&] { m.forward(random_ids(3, 9, c.vocab_size, 1), &cache); }, {"exceed its capacity"});
+  at::Tensor full = m.forward(ids);  // [3, 24, vocab]
+  DecoderOptions o;
+  o.max_seqs = 3;
+  o.policy = "vanilla";
+  Decoder d(m, o);
+  double worst = 0;
+  for (int64_t s = 0; s < 3; ++s) {  // prefills of different lengths: the sequences sit at different positions
+    const int64_t P = 8 + s;
+    std::vector<int64_t> prompt(ids[s].data_ptr<int64_t>(), ids[s].data_ptr<int64_t>() + P);
+    worst = std::max(worst, (d.prefill(s, prompt) - full[s][P - 1]).abs().max().item<double>());
+  }
+  for (int64_t t = 8; t < 24; ++t) {
+    std::vector<int64_t> seqs, next, pos;
+    for (int64_t s = 0; s < 3; ++s)
+      if (t + s < 24) {
+        seqs.push_back(s);
+        next.push_back(ids[s][t + s].item<int64_t>());
+        pos.push_back(t + s);
+      }
+    at::Tensor lg = d.step(seqs, next);
+    for (size_t i = 0; i < seqs.size(); ++i)
+      worst = std::max(worst, (lg[(int64_t)i] - full[seqs[i]][pos[i]]).abs().max().item<double>());
+  }
+  INFO("max |decode - full| " << worst);
+  CHECK(worst < 1e-4);
+  CHECK(d.position(0) == 24);
 }
 
 TEST_CASE("greedy generation is the argmax chain of the full forward", "[model]") {

@@ -10,7 +10,9 @@
 #include "common/util.h"
 #include "data/dataset.h"
 #include "data/prepare.h"
+#include "dmc/stages.h"
 #include "helpers.h"
+#include "model/llama.h"
 #include "train_fixture.h"
 #include "io/safetensors.h"
 #include "tokenizer/tokenizer.h"
@@ -339,4 +341,36 @@ TEST_CASE("data prepare: JSONL, splits by document, uint16 shards, several threa
   p.inputs = {w + "/bad.jsonl"};
   p.out = w + "/e";
   require_error([&] { data::prepare(p); }, {"bad.jsonl:1", "'text'"});
+}
+
+// The attention object of a forward lives until its backward: a DMC retrofit step with activation checkpointing
+// recomputes the same DMC layer (same noise) in backward, so it trains exactly like the step without it. (Before
+// the one-forward redesign the recompute ran with no attention mode set, i.e. vanilla attention.)
+TEST_CASE("a DMC retrofit stage with activation checkpointing trains like one without", "[train][dmc]") {
+  const auto root = tmp_dir("ckptdmc");
+  auto base = tiny_opts(root + "/base");
+  base.train_steps = 2;
+  train::train(base, nullptr, "x");
+  std::vector<std::vector<double>> runs;
+  for (bool ckpt : {false, true}) {
+    auto o = tiny_opts(root + (ckpt ? "/ckpt" : "/plain"));
+    o.init_from = root + "/base/final";
+    o.train_steps = 3;
+    o.activation_checkpointing = ckpt;
+    RetrofitOptions r;
+    r.stage = "retrofit";
+    r.target_cr = 3;
+    r.dmc.init_val = 0.5;  // decisions on both sides from the start: the DMC path matters
+    DmcStage stage(r);
+    train::train(o, &stage, "x");
+    runs.push_back(losses(o.out));
+  }
+  REQUIRE(runs[0].size() == 3);
+  for (size_t i = 0; i < runs[0].size(); ++i) CHECK(runs[1][i] == Approx(runs[0][i]).epsilon(1e-5));
+  auto a = Llama::load(root + "/plain/final", at::kFloat, at::kCPU), b = Llama::load(root + "/ckpt/final", at::kFloat, at::kCPU);
+  double worst = 0;
+  auto pa = a.parameters(), pb = b.parameters();
+  for (size_t i = 0; i < pa.size(); ++i) worst = std::max(worst, (*pa[i].second - *pb[i].second).abs().max().item<double>());
+  INFO("max |weights (checkpointing) - weights (plain)| " << worst);
+  CHECK(worst < 1e-5);
 }

@@ -187,7 +187,7 @@ int cmd_bench(const Args& a) {
     if (decode_kernels_available(dev, c.head_dim) && !evicting) {
       DecoderOptions vo = o;
       vo.max_seqs = 2;
-      vo.n_pages = L * 2 * nkv * ((160 + page_size) / page_size);
+      vo.n_pages = L * 2 * nkv * PagedKVCache::pages_for(161, page_size);
       DecoderOptions vr = vo;
       vr.use_kernels = false;
       Decoder kd(model, vo), rd(model, vr);
@@ -222,15 +222,13 @@ int cmd_bench(const Args& a) {
     int64_t slots_per_row = ctx + 1;
     if (pol == "dmc" && o.force_cr > 0) slots_per_row = 2 + (ctx + o.force_cr - 1) / o.force_cr;
     if (evicting) slots_per_row = o.budget + 1;
-    const int64_t max_pages_row = (c.max_position_embeddings + 1 + page_size - 1) / page_size;
-    const int64_t state_row = (pol == "dmc" ? DmcState::bytes_per_row(D, std::max<int64_t>(1, c.dmc.window), dt) : 0) +
-                              max_pages_row * 4 + 4 + (evicting ? (o.budget + 1) * 12 : 0);
-    int64_t pages_seq = L * nkv * ((slots_per_row + page_size - 1) / page_size);
+    const int64_t state_row = Decoder::state_bytes_per_row(c, pol, o.budget, page_size, dt);
+    int64_t pages_seq = L * nkv * PagedKVCache::pages_for(slots_per_row, page_size);
     double calibrated_cr = 0;
     if (trained_dmc) {
       DecoderOptions co = o;
       co.max_seqs = calibrate;
-      co.n_pages = calibrate * L * nkv * ((ctx + 2 + page_size - 1) / page_size);
+      co.n_pages = calibrate * L * nkv * PagedKVCache::pages_for(ctx + 2, page_size);
       Decoder cd(model, co);
       int64_t most = 0;
       double slots = 0;
@@ -238,7 +236,7 @@ int cmd_bench(const Args& a) {
         cd.prefill(s, prompt(1000003 + s, ctx));
         at::Tensor sc = cd.slot_counts(s).to(at::kCPU, at::kLong);  // [L, nkv]
         slots += (double)sc.sum().item<int64_t>();
-        most = std::max(most, ((sc + page_size - 1) / page_size).sum().item<int64_t>());
+        most = std::max(most, PagedKVCache::pages_for(sc, page_size).sum().item<int64_t>());
       }
       calibrated_cr = (double)calibrate * ctx * L * nkv / slots;
       pages_seq = (int64_t)std::ceil(most * 1.1) + L * nkv;
@@ -380,7 +378,7 @@ int cmd_bench(const Args& a) {
     if (prefill_check > 0) {
       DecoderOptions po = o;
       po.max_seqs = 2;
-      po.n_pages = 2 * L * nkv * ((ctx + 2 + page_size - 1) / page_size);
+      po.n_pages = 2 * L * nkv * PagedKVCache::pages_for(ctx + 2, page_size);
       Decoder pd(model, po);
       auto p = prompt(7, prompt_len);
       pd.prefill(1, p);  // warm-up at the same shape (GEMM heuristics, attention workspace)

@@ -31,7 +31,6 @@ DmcStage::DmcStage(const RetrofitOptions& o) : o_(o) {
   DMC_CHECK(o.target_cr >= 1.0, "target_cr: must be >= 1, got ", o.target_cr);
   DMC_CHECK(o.dmc_loss_scope == "shard" || o.dmc_loss_scope == "global", "dmc_loss_scope: expected shard or global, got '",
             o.dmc_loss_scope, "'");
-  rt_.dmc = o.dmc;
 }
 
 void zero_decision_rows(Llama& model) {
@@ -48,7 +47,7 @@ void DmcStage::begin_step(int64_t step, int64_t total, Llama& model) {
   total_ = total;
   if (o_.stage == "retrofit") target_ = 1.0 + (o_.target_cr - 1.0) * std::min(1.0, (double)step / (double)total);
   else if (o_.stage == "finetune") target_ = o_.target_cr;
-  rt_.zero_out_mult = std::max(0.0, 1.0 - (double)step / (0.8 * (double)total));
+  zero_out_mult_ = std::max(0.0, 1.0 - (double)step / (0.8 * (double)total));
   step_dsum_ = step_dn_ = step_loss_sum_ = step_loss_n_ = 0;
   const auto& c = model.config;
   tp_ = &model.tp;
@@ -61,38 +60,36 @@ void DmcStage::begin_step(int64_t step, int64_t total, Llama& model) {
 
 at::Tensor DmcStage::forward_hidden(Llama& model, const data::Batch& b) {
   const bool training = at::GradMode::is_enabled();
-  using Mode = AttentionRuntime::Mode;
-  if (o_.stage == "zero_out") rt_.mode = training ? Mode::ZeroOut : Mode::ZeroOut;
-  else rt_.mode = training ? Mode::DmcTrain : Mode::DmcEval;
-  rt_.doc_start = o_.dmc.doc_boundaries ? b.doc_start : at::Tensor();
-  rt_.noise.clear();
-  if (rt_.mode == Mode::DmcTrain) {
+  if (o_.stage == "zero_out") {
+    attn_ = std::make_unique<ZeroOutAttention>(zero_out_mult_);
+    return model.forward_hidden(b.input, *attn_);
+  }
+  // training: relaxed decisions with noise drawn here, one tensor per layer, so that a recompute (activation
+  // checkpointing) sees the same draw; validation: hard decisions
+  std::vector<at::Tensor> noise;
+  if (training) {
     const auto& c = model.config;
     const int64_t B = b.input.size(0), T = b.input.size(1);
     const bool ac = model.device().is_cuda() && at::autocast::is_autocast_enabled(at::kCUDA);
     const auto dt = ac ? at::autocast::get_autocast_dtype(at::kCUDA) : model.dtype();
     for (int64_t l = 0; l < c.num_hidden_layers; ++l)
-      rt_.noise.push_back(dmc_logistic_noise(B, T, model.local_kv_heads(), dt, model.device()));
+      noise.push_back(dmc_logistic_noise(B, T, model.local_kv_heads(), dt, model.device()));
   }
-  model.runtime = &rt_;
-  at::Tensor h;
-  try {
-    h = model.forward_hidden(b.input);
-  } catch (...) {
-    model.runtime = nullptr;
-    throw;
-  }
-  model.runtime = nullptr;
-  if (rt_.mode == Mode::DmcTrain || rt_.mode == Mode::DmcEval) {
-    decisions_ = at::stack(rt_.decision_mean).to(at::kFloat);  // [L, B], over this rank's KV heads
+  auto owned = std::make_unique<DmcLayerAttention>(training ? DmcMode::Train : DmcMode::Eval, o_.dmc,
+                                                   o_.dmc.doc_boundaries ? b.doc_start : at::Tensor(), std::move(noise));
+  DmcLayerAttention& attn = *owned;
+  attn_ = std::move(owned);
+  at::Tensor h = model.forward_hidden(b.input, attn);
+  {
+    decisions_ = at::stack(attn.aux).to(at::kFloat);  // [L, B], over this rank's KV heads
     if (o_.dmc_loss_scope == "global" && model.tp.size > 1)
       decisions_ = reduce_from_group(decisions_, model.tp) / (double)model.tp.size;
     if (training) {
       step_dsum_ += decisions_.detach().mean().item<double>();
       step_dn_ += 1;
       const int64_t nkvl = model.local_kv_heads(), off = model.tp.rank * nkvl;
-      for (size_t l = 0; l < rt_.boundaries.size(); ++l) {
-        at::Tensor bnd = rt_.boundaries[l].to(at::kFloat);  // [B, T, nkv local]
+      for (size_t l = 0; l < attn.boundaries.size(); ++l) {
+        at::Tensor bnd = attn.boundaries[l].to(at::kFloat);  // [B, T, nkv local]
         at::Tensor per_head = bnd.sum(at::IntArrayRef{0, 1}).to(at::kCPU, at::kDouble);
         step_counts_[0][(int64_t)l].narrow(0, off, nkvl).add_(per_head);
         step_counts_[1][(int64_t)l].narrow(0, off, nkvl).add_((double)(bnd.size(0) * bnd.size(1)));
@@ -124,7 +121,7 @@ std::vector<std::vector<double>> DmcStage::head_ratios() const {
 json DmcStage::metrics() {
   json m;
   if (o_.stage == "zero_out") {
-    m["qk_last_dim_mult"] = rt_.zero_out_mult;
+    m["qk_last_dim_mult"] = zero_out_mult_;
     return m;
   }
   double d = step_dn_ > 0 ? step_dsum_ / step_dn_ : 0.0;

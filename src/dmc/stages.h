@@ -8,6 +8,7 @@
 // achieved compression ratio; per-layer/per-head achieved ratios are logged every head_stats_every steps and kept
 // in the stage state of each checkpoint.
 #pragma once
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -46,7 +47,10 @@ class DmcStage : public train::Stage {
 
  private:
   RetrofitOptions o_;
-  AttentionRuntime rt_;
+  double zero_out_mult_ = 1.0;  // zero_out: the factor on q/k[D-1] at the current step
+  // the attention of the micro-batch just forwarded: it lives until the next forward, past its backward (activation
+  // checkpointing runs it again there)
+  std::unique_ptr<Attention> attn_;
   int64_t step_ = 0, total_ = 1;
   double target_ = 1.0;
   at::Tensor decisions_;  // [layers, batch] of the micro-batch just forwarded

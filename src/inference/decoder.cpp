@@ -47,7 +47,7 @@ PagedCacheOptions decoder_cache_options(const Llama& m, const DecoderOptions& o)
   c.n_pages = o.n_pages;
   if (o.n_pages <= 0 && o.memory_budget_bytes <= 0)
     c.n_pages = cfg.num_hidden_layers * o.max_seqs * m.local_kv_heads() *
-                ((cfg.max_position_embeddings + o.page_size - 1) / o.page_size);
+                PagedKVCache::pages_for(cfg.max_position_embeddings, o.page_size);
   c.dtype = m.dtype();
   c.device = m.device();
   return c;
@@ -94,6 +94,14 @@ int64_t Decoder::state_bytes() const {
   auto b = [](const at::Tensor& t) { return t.defined() ? t.numel() * (int64_t)t.element_size() : 0; };
   return b(st_.acc) + b(st_.ring_kv) + b(st_.ring_w) + b(st_.group) + b(cache_.table) + b(cache_.lengths) + b(cache_.free_list) +
          b(slot_pos_) + b(slot_score_);
+}
+
+int64_t Decoder::state_bytes_per_row(const LlamaConfig& c, const std::string& policy, int64_t budget,
+                                     int64_t page_size, at::ScalarType dtype) {
+  const bool evicting = policy == "tova" || policy == "h2o" || policy == "window";
+  const int64_t table_row = PagedKVCache::pages_for(c.max_position_embeddings + 1, page_size) * 4 + 4;  // int32 table, length
+  return (policy == "dmc" ? DmcState::bytes_per_row(c.head_dim, c.dmc.window, dtype) : 0) + table_row +
+         (evicting ? (budget + 1) * (8 + 4) : 0);  // int64 position + fp32 score per slot
 }
 
 void Decoder::free(int64_t seq) {
@@ -207,24 +215,17 @@ at::Tensor Decoder::prefill(int64_t seq, const std::vector<int64_t>& prompt) {
   const int64_t need = c.num_hidden_layers * nkv * cache_.pages_for(T);
   if (need > cache_.free_pages())
     fail("kv cache exhausted: the prompt may need ", need, " pages, ", cache_.free_pages(), " are free");
-  AttentionRuntime rt;
-  rt.capture = true;
-  if (dmc_) {
-    rt.mode = AttentionRuntime::Mode::DmcEval;
-    rt.dmc.init_val = c.dmc.init_val;
-    rt.dmc.window = c.dmc.window;
-    rt.dmc.force_cr = o_.force_cr;
-  }
-  Llama& m = const_cast<Llama&>(m_);
-  m.runtime = &rt;
-  at::Tensor h;
-  try {
-    h = m.forward_hidden(at::tensor(prompt, at::kLong).unsqueeze(0).to(m.device()));
-  } catch (...) {
-    m.runtime = nullptr;
-    throw;
-  }
-  m.runtime = nullptr;
+  // the prompt through the model's one forward, its attention capturing what the cache needs
+  DmcOptions dopt;
+  dopt.init_val = c.dmc.init_val;
+  dopt.window = c.dmc.window;
+  dopt.force_cr = o_.force_cr;
+  VanillaAttention va(/*capture=*/true);
+  DmcLayerAttention da(DmcMode::Eval, dopt, {}, {}, /*capture=*/true);
+  Attention& attn = dmc_ ? static_cast<Attention&>(da) : va;
+  const at::Tensor h = m_.forward_hidden(at::tensor(prompt, at::kLong).unsqueeze(0).to(m_.device()), {}, attn);
+  const std::vector<at::Tensor>& k_rot = dmc_ ? da.k_rot : va.k_rot;
+  const std::vector<at::Tensor>& v_hat = dmc_ ? da.v_hat : va.v;
   const auto dev = m_.device();
   auto lopt = at::TensorOptions().dtype(at::kLong).device(dev);
   at::Tensor t_idx = at::arange(T, lopt);
@@ -239,7 +240,7 @@ at::Tensor Decoder::prefill(int64_t seq, const std::vector<int64_t>& prompt) {
   at::Tensor b_all, ends_all, counts_all;  // [L, nkv, T] bool, [L, nkv, T] bool, [L, nkv] int64
   if (dmc_) {
     std::vector<at::Tensor> bs;
-    for (int64_t l = 0; l < L; ++l) bs.push_back(rt.boundaries[l][0]);  // [T, nkv]: merge into the previous token
+    for (int64_t l = 0; l < L; ++l) bs.push_back(da.boundaries[l][0]);  // [T, nkv]: merge into the previous token
     b_all = at::stack(bs).to(at::kBool).transpose(1, 2);
     ends_all = at::cat({~b_all.narrow(2, 1, T - 1), at::ones({L, nkv, 1}, b_all.options())}, 2);
     counts_all = ends_all.sum(2);
@@ -252,7 +253,7 @@ at::Tensor Decoder::prefill(int64_t seq, const std::vector<int64_t>& prompt) {
   cache_.allocate_rows(rows_all, counts_all.flatten(), cache_.plan_rows(hc, L * nkv, hc[L * nkv]));
   for (int64_t l = 0; l < L; ++l) {
     at::Tensor rows = rows_all.narrow(0, l * nkv, nkv);
-    at::Tensor kr = rt.k_rot[l][0], vh = rt.v_hat[l][0];  // [nkv, T, D]
+    at::Tensor kr = k_rot[l][0], vh = v_hat[l][0];  // [nkv, T, D]
     at::Tensor counts = counts_all[l];                     // [nkv]
     const int64_t most = *std::max_element(hc + l * nkv, hc + (l + 1) * nkv);
     if (!dmc_) {
@@ -273,8 +274,8 @@ at::Tensor Decoder::prefill(int64_t seq, const std::vector<int64_t>& prompt) {
     const int64_t t0 = std::max<int64_t>(0, T - W), Tn = T - t0;
     std::vector<at::Tensor> kvs, oms;
     for (int64_t l = 0; l < L; ++l) {
-      kvs.push_back(rt.kv_raw[l][0]);                    // [Tn, nkv, 2D]: the last min(T, W) tokens
-      oms.push_back(rt.omega[l][0].narrow(0, t0, Tn));   // [Tn, nkv]
+      kvs.push_back(da.kv_raw[l][0]);                    // [Tn, nkv, 2D]: the last min(T, W) tokens
+      oms.push_back(da.omega[l][0].narrow(0, t0, Tn));   // [Tn, nkv]
     }
     at::Tensor kw = at::stack(kvs).permute({0, 2, 1, 3});                             // [L, nkv, Tn, 2D]
     at::Tensor ow = at::stack(oms).to(at::kFloat).permute({0, 2, 1}).unsqueeze(-1);  // [L, nkv, Tn, 1]
@@ -359,7 +360,7 @@ at::Tensor Decoder::step(const std::vector<int64_t>& seqs, const std::vector<int
       g->graph->replay();
       logits = g->out;
     } else if (!g->warmed) {
-      logits = run_layers(g->ids, g->seq, g->pos, g->forced, bound);  // eager warm-up (cuBLAS plans, allocator)
+      logits = run_step(g->ids, g->seq, g->pos, g->forced, bound);  // eager warm-up (cuBLAS plans, allocator)
       g->warmed = true;
     } else {
       torch::cuda::synchronize(dev.index());
@@ -367,7 +368,7 @@ at::Tensor Decoder::step(const std::vector<int64_t>& seqs, const std::vector<int
       {
         c10::cuda::CUDAStreamGuard sg(c10::cuda::getStreamFromPool(false, dev.index()));
         graph->capture_begin(graph_pool_);
-        g->out = run_layers(g->ids, g->seq, g->pos, g->forced, bound);
+        g->out = run_step(g->ids, g->seq, g->pos, g->forced, bound);
         graph->capture_end();
         if (graph_pool_.first == 0 && graph_pool_.second == 0) graph_pool_ = graph->pool();
       }
@@ -380,7 +381,7 @@ at::Tensor Decoder::step(const std::vector<int64_t>& seqs, const std::vector<int
   }
 #endif
   if (!logits.defined())
-    logits = run_layers(ids_h.to(dev), seq_h.to(dev), pos_h.to(dev), forced_h.to(dev), max_len);
+    logits = run_step(ids_h.to(dev), seq_h.to(dev), pos_h.to(dev), forced_h.to(dev), max_len);
   for (int64_t s : seqs) ++pos_[s];
   return logits.clone();
 }
@@ -393,39 +394,59 @@ int64_t Decoder::graphs_captured() const {
   return k;
 }
 
-at::Tensor Decoder::run_layers(const at::Tensor& ids_t, const at::Tensor& seq_t, const at::Tensor& pos_t,
-                               const at::Tensor& forced_t, int64_t max_len) {
-  const auto& c = m_.config;
-  const int64_t n = ids_t.size(0), nh = m_.local_heads(), D = c.head_dim;
-  at::Tensor x = m_.embed_tokens(ids_t);  // [n, H] (vocabulary-parallel under TP)
-  const double scale = 1.0 / std::sqrt((double)D);
-  DecodeUpdateParams p;
-  p.n_heads = nh;
-  p.n_kv_heads = m_.local_kv_heads();
-  p.head_dim = D;
-  p.dmc = dmc_;
-  p.init_val = c.dmc.init_val;
-  p.window = c.dmc.window;
-  p.force_cr = o_.force_cr;
-  const bool evicting = slot_pos_.defined();
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    const auto& L = m_.layers[l];
-    p.layer = l;
-    at::Tensor qkv = gemm_.linear(rms_norm(x, L.attn_norm, c.rms_norm_eps), L.wqkv);
-    at::Tensor qr = decode_update(qkv, seq_t, pos_t, forced_t, cos_, sin_, p, st_, cache_, kernels_);
-    at::Tensor o;
-    if (evicting) {
-      at::Tensor probs;
-      o = paged_attention_ref(qr, cache_, l, seq_t, max_len, scale, &probs);
-      evict(l, seq_t, pos_t, probs);
-    } else {
-      o = paged_attention(qr, cache_, l, seq_t, max_len, scale, kernels_);
-    }
-    x = x + reduce_from_group(gemm_.linear(o.reshape({n, nh * D}), L.wo), m_.tp);
-    at::Tensor gu = gemm_.linear(rms_norm(x, L.mlp_norm, c.rms_norm_eps), L.w_gate_up);
-    x = x + reduce_from_group(gemm_.linear(swiglu(gu), L.w_down), m_.tp);
+// The attention of a decode step: every listed sequence's next token through the paged cache (the fused DMC state
+// update + cache write, then the paged attention; eviction baselines take the reference attention, which yields
+// the weights they evict by). Positions are per sequence (pos_t), so the model's RoPE tables are not used.
+//   qkv [n, 1, (nh + 2 nkv) D] -> [n, 1, nh D]
+class PagedDecodeAttention : public Attention {
+ public:
+  PagedDecodeAttention(Decoder& d, const at::Tensor& seq_t, const at::Tensor& pos_t, const at::Tensor& forced_t,
+                       int64_t max_len)
+      : d_(d), seq_t_(seq_t), pos_t_(pos_t), forced_t_(forced_t), max_len_(max_len) {}
+  void begin(const Llama& m, const at::Tensor& ids, const at::Tensor& positions) override {
+    (void)positions;
+    begin_shapes(m, ids);
+    const auto& c = m.config;
+    p_.n_heads = nh_;
+    p_.n_kv_heads = nkv_;
+    p_.head_dim = hd_;
+    p_.dmc = d_.dmc_;
+    p_.init_val = c.dmc.init_val;
+    p_.window = c.dmc.window;
+    p_.force_cr = d_.o_.force_cr;
   }
-  return gather_vocab(gemm_.linear(rms_norm(x, m_.norm, c.rms_norm_eps), m_.lm_head), m_.tp);
+  Out layer(int64_t l, const at::Tensor& qkv, bool recompute) override {
+    (void)recompute;
+    const int64_t n = qkv.size(0);
+    const double scale = 1.0 / std::sqrt((double)hd_);
+    p_.layer = l;
+    at::Tensor qr = decode_update(qkv.view({n, -1}), seq_t_, pos_t_, forced_t_, d_.cos_, d_.sin_, p_, d_.st_,
+                                  d_.cache_, d_.kernels_);
+    at::Tensor o;
+    if (d_.slot_pos_.defined()) {  // eviction baselines
+      at::Tensor probs;
+      o = paged_attention_ref(qr, d_.cache_, l, seq_t_, max_len_, scale, &probs);
+      d_.evict(l, seq_t_, pos_t_, probs);
+    } else {
+      o = paged_attention(qr, d_.cache_, l, seq_t_, max_len_, scale, d_.kernels_);
+    }
+    return {o.reshape({n, 1, nh_ * hd_}), {}};
+  }
+
+ private:
+  Decoder& d_;
+  const at::Tensor &seq_t_, &pos_t_, &forced_t_;
+  int64_t max_len_;
+  DecodeUpdateParams p_;
+};
+
+at::Tensor Decoder::run_step(const at::Tensor& ids_t, const at::Tensor& seq_t, const at::Tensor& pos_t,
+                             const at::Tensor& forced_t, int64_t max_len) {
+  const int64_t n = ids_t.size(0), H = m_.config.hidden_size;
+  PagedDecodeAttention attn(*this, seq_t, pos_t, forced_t, max_len);
+  const Llama::Gemm gemm = [this](const at::Tensor& x, const at::Tensor& w) { return gemm_.linear(x, w); };
+  at::Tensor h = m_.forward_hidden(ids_t.view({n, 1}), pos_t, attn, &gemm);  // [n, 1, H]
+  return gather_vocab(gemm_.linear(h.view({n, H}), m_.lm_head), m_.tp);
 }
 
 void Decoder::evict(int64_t layer, const at::Tensor& seq_t, const at::Tensor& pos_t, const at::Tensor& probs) {

@@ -97,17 +97,24 @@ class Decoder {
   PagedKVCache& cache() { return cache_; }
   const std::string& policy() const { return policy_; }
   // Device bytes of the per-row state besides the pages (DMC sums and ring, tables, baseline slot metadata).
+  // Equals rows x state_bytes_per_row(...) + 4 bytes per page of the free-page stack.
   int64_t state_bytes() const;
+  // The state one (layer, sequence, KV head) row takes besides its pages, for a model of config c under `policy`
+  // (budget: the eviction baselines' slots): the one formula benchmarks size equal-memory batches with.
+  static int64_t state_bytes_per_row(const LlamaConfig& c, const std::string& policy, int64_t budget,
+                                     int64_t page_size, at::ScalarType dtype);
   bool using_kernels() const { return kernels_; }
   // The step's GEMMs with their row choices (benchmarks time the projections alone through it).
   GemmRows& gemm_rows() { return gemm_; }
   int64_t graphs_captured() const;
 
  private:
+  friend class PagedDecodeAttention;  // the step's attention (decoder.cpp) works on the cache and state below
   void evict(int64_t layer, const at::Tensor& seq_t, const at::Tensor& pos_t, const at::Tensor& probs);
-  // The device work of a step: ids, seq, pos [n] int64, forced [n] bool -> logits [n, vocab].
-  at::Tensor run_layers(const at::Tensor& ids_t, const at::Tensor& seq_t, const at::Tensor& pos_t,
-                        const at::Tensor& forced_t, int64_t max_len);
+  // The device work of a step, the model's forward with the paged attention: ids, seq, pos [n] int64, forced [n]
+  // bool -> logits [n, vocab].
+  at::Tensor run_step(const at::Tensor& ids_t, const at::Tensor& seq_t, const at::Tensor& pos_t,
+                      const at::Tensor& forced_t, int64_t max_len);
   struct Graph;  // a captured step of one batch size
   std::map<int64_t, std::shared_ptr<Graph>> graphs_;
   // the memory pool every captured step shares (replays run one at a time and their logits are copied out at once)

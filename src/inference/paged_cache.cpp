@@ -74,7 +74,7 @@ void PagedKVCache::free_seq(int64_t seq) {
 void PagedKVCache::free_rows(const at::Tensor& rows) {
   // pages in use per row, pushed onto the stack in row order
   at::Tensor len = lengths.index_select(0, rows).to(at::kLong);                 // [m]
-  at::Tensor npg = (len + o_.page_size - 1).div(o_.page_size, "floor");        // [m]
+  at::Tensor npg = pages_for(len, o_.page_size);                               // [m]
   at::Tensor used = at::arange(max_pages_, rows.options()).unsqueeze(0) < npg.unsqueeze(1);  // [m, maxp]
   at::Tensor pages = table.index_select(0, rows).masked_select(used);           // [sum npg] (syncs)
   const int64_t m = pages.numel();
@@ -91,7 +91,7 @@ PagedKVCache::RowsPlan PagedKVCache::plan_rows(const int64_t* counts, int64_t m,
   RowsPlan p;
   p.free_top = free_top;
   for (int64_t i = 0; i < m; ++i) {
-    const int64_t n = (counts[i] + o_.page_size - 1) / o_.page_size;
+    const int64_t n = pages_for(counts[i]);
     p.total_pages += n;
     p.max_pages = std::max(p.max_pages, n);
   }
@@ -100,7 +100,7 @@ PagedKVCache::RowsPlan PagedKVCache::plan_rows(const int64_t* counts, int64_t m,
 
 void PagedKVCache::write_rows(const at::Tensor& rows, const at::Tensor& k, const at::Tensor& v,
                               const at::Tensor& counts) {
-  at::Tensor npg = (counts.to(rows.options()) + o_.page_size - 1).div(o_.page_size, "floor");
+  at::Tensor npg = pages_for(counts.to(rows.options()), o_.page_size);
   at::Tensor stats = at::stack({npg.sum(), npg.max(), alloc[0].to(at::kLong)}).to(at::kCPU);  // one read-back
   RowsPlan pl;
   pl.total_pages = stats[0].item<int64_t>();

@@ -49,7 +49,12 @@ class PagedKVCache {
   int64_t max_pages_per_row() const { return max_pages_; }
   const PagedCacheOptions& options() const { return o_; }
   int64_t n_pages() const { return o_.n_pages; }
-  int64_t pages_for(int64_t slots_per_head) const { return (slots_per_head + o_.page_size - 1) / o_.page_size; }
+  // Pages that hold `slots` slots of one row: the one page-count formula (a tensor of counts too).
+  static int64_t pages_for(int64_t slots, int64_t page_size) { return (slots + page_size - 1) / page_size; }
+  static at::Tensor pages_for(const at::Tensor& slots, int64_t page_size) {
+    return (slots + (page_size - 1)).div(page_size, "floor");
+  }
+  int64_t pages_for(int64_t slots_per_head) const { return pages_for(slots_per_head, o_.page_size); }
 
   // Host reads (each syncs with the device).
   int64_t length(int64_t row) const;

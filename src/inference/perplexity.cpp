@@ -45,10 +45,9 @@ PplResult perplexity(const Llama& model, const std::vector<int64_t>& tokens, con
   auto t0 = std::chrono::steady_clock::now();
   DMC_CHECK(o.batch >= 1, "batch: must be at least 1, got ", o.batch);
   const auto& c = model.config;
-  AttentionRuntime rt;
   DecoderOptions dopt;
   dopt.max_seqs = 1;
-  dopt.n_pages = c.num_hidden_layers * c.num_key_value_heads * ((S + 1 + dopt.page_size - 1) / dopt.page_size);
+  dopt.n_pages = c.num_hidden_layers * model.local_kv_heads() * PagedKVCache::pages_for(S + 1, dopt.page_size);
   dopt.policy = o.cache;
   dopt.sinks = o.sinks;
   dopt.force_cr = o.force_cr;
@@ -60,22 +59,17 @@ PplResult perplexity(const Llama& model, const std::vector<int64_t>& tokens, con
   DMC_CHECK(o.mode == "incremental" || o.cache == "auto" || o.cache == (c.dmc.enabled ? "dmc" : "vanilla"),
             "--cache ", o.cache, " needs --mode incremental (the parallel forward runs the model's own attention)");
   const bool dmc = c.dmc.enabled || evicting || o.force_cr > 0;
-  if (c.dmc.enabled) {
-    rt.mode = AttentionRuntime::Mode::DmcEval;
-    rt.dmc.init_val = c.dmc.init_val;
-    rt.dmc.window = c.dmc.window;
-    r.head_tokens.assign(c.num_hidden_layers, std::vector<double>(c.num_key_value_heads, 0.0));
-    r.head_slots = r.head_tokens;
-  }
-  struct Unset {
-    const Llama& m;
-    ~Unset() { const_cast<Llama&>(m).runtime = nullptr; }
-  } unset{model};
+  // the parallel forward's attention: the model's own (DMC in eval mode for a DMC model)
+  DmcOptions dmo;
+  dmo.init_val = c.dmc.init_val;
+  dmo.window = c.dmc.window;
+  DmcLayerAttention dmc_attn(DmcMode::Eval, dmo);
+  VanillaAttention vanilla_attn;
+  Attention& attn = c.dmc.enabled ? static_cast<Attention&>(dmc_attn) : vanilla_attn;
   if (dmc) {
     r.head_tokens.assign(c.num_hidden_layers, std::vector<double>(c.num_key_value_heads, 0.0));
     r.head_slots = r.head_tokens;
   }
-  if (c.dmc.enabled) const_cast<Llama&>(model).runtime = &rt;
   // the windows: [begin, end) of the stream, scoring positions first..end-1
   struct Window {
     int64_t begin, end, first;
@@ -140,11 +134,11 @@ PplResult perplexity(const Llama& model, const std::vector<int64_t>& tokens, con
       const int64_t begin = w.begin, end = w.end, first = w.first;
       if (end > first) {
         at::Tensor ids = all.slice(0, begin, end).unsqueeze(0).to(model.device());
-        at::Tensor h = model.forward_hidden(ids).squeeze(0);  // [T, H]
-        if (dmc) {
+        at::Tensor h = model.forward_hidden(ids, attn).squeeze(0);  // [T, H]
+        if (c.dmc.enabled) {
           const int64_t T = end - begin;
-          for (size_t l = 0; l < rt.boundaries.size(); ++l) {
-            at::Tensor merges = rt.boundaries[l].to(at::kFloat).sum(at::IntArrayRef{0, 1}).to(at::kCPU);  // [nkv]
+          for (size_t l = 0; l < dmc_attn.boundaries.size(); ++l) {
+            at::Tensor merges = dmc_attn.boundaries[l].to(at::kFloat).sum(at::IntArrayRef{0, 1}).to(at::kCPU);  // [nkv]
             for (int64_t g = 0; g < merges.size(0); ++g) {
               r.head_tokens[l][g] += (double)T;
               r.head_slots[l][g] += (double)T - merges[g].item<double>();

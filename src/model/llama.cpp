@@ -20,16 +20,6 @@
 namespace dmc {
 namespace fs = std::filesystem;
 
-KVCache KVCache::create(const LlamaConfig& c, int64_t batch, int64_t max_len, at::ScalarType dtype, at::Device device) {
-  KVCache kv;
-  kv.max_len = max_len;
-  auto opt = at::TensorOptions().dtype(dtype).device(device);
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    kv.k.push_back(at::zeros({batch, c.num_key_value_heads, max_len, c.head_dim}, opt));
-    kv.v.push_back(at::zeros({batch, c.num_key_value_heads, max_len, c.head_dim}, opt));
-  }
-  return kv;
-}
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   // Under CUDA autocast the consumer is a GEMM that casts to the autocast dtype: produce that dtype directly.
@@ -233,77 +223,6 @@ void Llama::save(const std::string& dir, at::ScalarType dtype, int64_t max_shard
 
 // ---- forward ------------------------------------------------------------------------------------------
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> Llama::attention(const LlamaLayer& L, int64_t layer, const at::Tensor& h,
-                                                                const at::Tensor& cos, const at::Tensor& sin,
-                                                                KVCache* cache, bool sp) const {
-  const auto& c = config;
-  const int64_t nh = local_heads(), nkv = local_kv_heads(), hd = c.head_dim;
-  const int64_t T = cos.size(0), B = sp ? h.size(0) * tp.size / T : h.size(0);
-  using Mode = AttentionRuntime::Mode;
-  const Mode mode = runtime ? runtime->mode : Mode::Vanilla;
-  // [B, T, (nh + 2 nkv) hd], this rank's heads over every token (sequence parallel: gathered from the token shards)
-  at::Tensor qkv = column_parallel_linear(h, L.wqkv, tp, sp).view({B, T, (nh + 2 * nkv) * hd});
-  if (mode == Mode::DmcTrain || mode == Mode::DmcEval) {
-    TORCH_CHECK(!cache, "DMC attention does not use the plain KV cache");
-    at::Tensor q = qkv.narrow(-1, 0, nh * hd).view({B, T, nh, hd});
-    at::Tensor k = qkv.narrow(-1, nh * hd, nkv * hd).view({B, T, nkv, hd});
-    at::Tensor v = qkv.narrow(-1, (nh + nkv) * hd, nkv * hd).view({B, T, nkv, hd});
-    at::Tensor noise;
-    if (mode == Mode::DmcTrain && (int64_t)runtime->noise.size() > layer) noise = runtime->noise[layer];
-    DmcAttention r = dmc_attention(q, k, v, cos, sin, runtime->dmc,
-                                   mode == Mode::DmcTrain ? DmcMode::Train : DmcMode::Eval, runtime->doc_start, noise);
-    if (runtime->capture) {
-      runtime->k_rot[layer] = r.k_rot;
-      runtime->v_hat[layer] = r.v_hat;
-      runtime->kv_raw[layer] = r.kv_raw;
-      runtime->omega[layer] = r.omega;
-    }
-    return {row_parallel_linear(r.out.reshape({B, T, nh * hd}), L.wo, tp, sp), r.decision_mean, r.hard};
-  }
-  at::Tensor q, k, v;  // [B, heads, T, hd] (transposed views of [B, T, heads, hd])
-  if (mode == Mode::ZeroOut) {
-    q = qkv.narrow(-1, 0, nh * hd).view({B, T, nh, hd}).transpose(1, 2);
-    k = qkv.narrow(-1, nh * hd, nkv * hd).view({B, T, nkv, hd}).transpose(1, 2);
-    v = qkv.narrow(-1, (nh + nkv) * hd, nkv * hd).view({B, T, nkv, hd}).transpose(1, 2);
-    // stage 1: the last q/k dimension scaled by mult before and after RoPE (RoPE leaks D/2-1 into D-1)
-    at::Tensor scale = at::ones({hd}, q.options());
-    scale.index_put_({hd - 1}, runtime->zero_out_mult);
-    q = apply_rope(q * scale, cos, sin) * scale;
-    k = apply_rope(k * scale, cos, sin) * scale;
-  } else {
-    // RoPE on q and k straight from the fused projection (one kernel each way on CUDA, model/fused_ops.h)
-    auto r = rope_qkv_fused(qkv, cos, sin, nh, nkv, hd);
-    q = r[0].transpose(1, 2);
-    k = r[1].transpose(1, 2);
-    v = r[2].transpose(1, 2);
-  }
-  if (runtime && runtime->capture) {
-    runtime->k_rot[layer] = k;
-    runtime->v_hat[layer] = v;
-  }
-  std::optional<at::Tensor> mask;
-  bool causal = T > 1;
-  if (cache) {
-    const int64_t past = cache->length;
-    cache->k[layer].narrow(2, past, T).copy_(k);
-    cache->v[layer].narrow(2, past, T).copy_(v);
-    k = cache->k[layer].narrow(2, 0, past + T);
-    v = cache->v[layer].narrow(2, 0, past + T);
-    if (past > 0 && T > 1) {
-      // query i (absolute past + i) sees keys j <= past + i
-      at::Tensor qi = at::arange(past, past + T, at::TensorOptions().dtype(at::kLong).device(h.device()));
-      at::Tensor kj = at::arange(0, past + T, at::TensorOptions().dtype(at::kLong).device(h.device()));
-      mask = kj.unsqueeze(0) <= qi.unsqueeze(1);  // [T, past + T] bool
-      causal = false;
-    } else if (past > 0) {
-      causal = false;
-    }
-  }
-  at::Tensor o = at::scaled_dot_product_attention(q, k, v, mask, 0.0, causal, std::nullopt, /*enable_gqa=*/nkv != nh);
-  o = o.transpose(1, 2).reshape({B, T, nh * hd});
-  return {row_parallel_linear(o, L.wo, tp, sp), at::Tensor(), at::Tensor()};
-}
-
 std::vector<std::pair<std::string, at::Tensor*>> Llama::parameters() {
   std::vector<std::pair<std::string, at::Tensor*>> p;
   p.emplace_back("embed", &embed);
@@ -322,54 +241,71 @@ std::vector<std::pair<std::string, at::Tensor*>> Llama::parameters() {
   return p;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> Llama::layer_forward(const LlamaLayer& L, int64_t l, const at::Tensor& x,
-                                                                    const at::Tensor& cos, const at::Tensor& sin,
-                                                                    KVCache* cache, bool sp) const {
+std::pair<at::Tensor, at::Tensor> Llama::layer_forward(const LlamaLayer& L, int64_t l, const at::Tensor& x,
+                                                       Attention& attn, bool recompute, bool sp, const Gemm* gemm) const {
   // sequence parallel: each rank normalises its own tokens, so the replicated norm weights' gradients are partial
   // sums, added over the group by copy_to_group's backward
   auto nw = [&](const at::Tensor& w) { return sp ? copy_to_group(w, tp) : w; };
-  auto [attn, dmean, bnd] = attention(L, l, rms_norm(x, nw(L.attn_norm), config.rms_norm_eps), cos, sin, cache, sp);
-  at::Tensor h = x + attn;
-  at::Tensor gu = column_parallel_linear(rms_norm(h, nw(L.mlp_norm), config.rms_norm_eps), L.w_gate_up, tp, sp);
-  return {h + row_parallel_linear(swiglu(gu), L.w_down, tp, sp), dmean, bnd};
+  // the projections: Megatron's column / row parallel forms, or the caller's GEMM (no grad, no sequence parallel)
+  auto gemm_rows = [&](const at::Tensor& in, const at::Tensor& w) {
+    return (*gemm)(in.reshape({-1, in.size(-1)}), w).view([&] {
+      auto s = in.sizes().vec();
+      s.back() = w.size(0);
+      return s;
+    }());
+  };
+  auto column = [&](const at::Tensor& in, const at::Tensor& w) {
+    return gemm ? gemm_rows(in, w) : column_parallel_linear(in, w, tp, sp);
+  };
+  auto row = [&](const at::Tensor& in, const at::Tensor& w) {
+    return gemm ? reduce_from_group(gemm_rows(in, w), tp) : row_parallel_linear(in, w, tp, sp);
+  };
+  const int64_t nh = local_heads(), nkv = local_kv_heads(), hd = config.head_dim;
+  const int64_t B = attn.batch(), T = attn.seq_len();
+  // [B, T, (nh + 2 nkv) hd], this rank's heads over every token (sequence parallel: gathered from the token shards)
+  at::Tensor qkv = column(rms_norm(x, nw(L.attn_norm), config.rms_norm_eps), L.wqkv).view({B, T, (nh + 2 * nkv) * hd});
+  Attention::Out a = attn.layer(l, qkv, recompute);  // [B, T, nh hd]
+  at::Tensor h = x + row(a.o, L.wo);
+  at::Tensor gu = column(rms_norm(h, nw(L.mlp_norm), config.rms_norm_eps), L.w_gate_up);
+  return {h + row(swiglu(gu), L.w_down), a.aux};
 }
 
 namespace {
 // Activation checkpointing of one layer: forward keeps only the layer input; backward recomputes the layer
 // with grad enabled (and the forward's autocast state) and differentiates it.
 struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
-  // Returns {x_out, decision_mean} (decision_mean is a [batch] of zeros outside DMC modes); the DMC boundaries
-  // are stored into the runtime directly. DMC noise must come from runtime->noise so the recompute sees it too.
+  // Returns {x_out, aux} (aux: the attention's per-layer output, a [batch] of zeros when it has none). The attention
+  // runs again in backward (recompute = true): whatever it draws must come from its own state (DMC: fed noise).
   // The six layer weights are separate arguments (a TensorList argument gets a single gradient slot).
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
                                                 const at::Tensor& attn_norm, const at::Tensor& wqkv, const at::Tensor& wo,
                                                 const at::Tensor& mlp_norm, const at::Tensor& w_gate_up,
-                                                const at::Tensor& w_down, const at::Tensor& cos, const at::Tensor& sin,
-                                                int64_t model_ptr, int64_t l, bool sp) {
+                                                const at::Tensor& w_down, int64_t model_ptr, int64_t attn_ptr, int64_t l,
+                                                bool sp) {
     const Llama* m = reinterpret_cast<const Llama*>(model_ptr);
-    std::vector<at::Tensor> saved{x, cos, sin, attn_norm, wqkv, wo, mlp_norm, w_gate_up, w_down};
+    Attention* attn = reinterpret_cast<Attention*>(attn_ptr);
+    std::vector<at::Tensor> saved{x, attn_norm, wqkv, wo, mlp_norm, w_gate_up, w_down};
     ctx->save_for_backward(saved);
     ctx->saved_data["m"] = model_ptr;
+    ctx->saved_data["a"] = attn_ptr;
     ctx->saved_data["l"] = l;
     ctx->saved_data["sp"] = sp;
     const bool ac = at::autocast::is_autocast_enabled(at::kCUDA);
     ctx->saved_data["autocast"] = ac;
     ctx->saved_data["autocast_dtype"] = (int64_t)at::autocast::get_autocast_dtype(at::kCUDA);
-    const LlamaLayer& L = m->layers[l];
-    auto [y, dmean, bnd] = m->layer_forward(L, l, x, cos, sin, nullptr, sp);
-    if (m->runtime && bnd.defined()) m->runtime->boundaries[l] = bnd;
-    const int64_t B = sp ? x.size(0) * m->tp.size / cos.size(0) : x.size(0);  // sp: x is [B T / tp, H]
-    if (!dmean.defined()) dmean = at::zeros({B}, x.options().dtype(at::kFloat));
-    return {y, dmean};
+    auto [y, aux] = m->layer_forward(m->layers[l], l, x, *attn, /*recompute=*/false, sp);
+    if (!aux.defined()) aux = at::zeros({attn->batch()}, x.options().dtype(at::kFloat));
+    return {y, aux};
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grad_out) {
     auto saved = ctx->get_saved_variables();
     const Llama* m = reinterpret_cast<const Llama*>(ctx->saved_data["m"].toInt());
+    Attention* attn = reinterpret_cast<Attention*>(ctx->saved_data["a"].toInt());
     const int64_t l = ctx->saved_data["l"].toInt();
     at::Tensor x = saved[0].detach().requires_grad_(true);
     std::vector<at::Tensor> p;
-    for (size_t i = 3; i < saved.size(); ++i) p.push_back(saved[i].detach().requires_grad_(saved[i].requires_grad()));
+    for (size_t i = 1; i < saved.size(); ++i) p.push_back(saved[i].detach().requires_grad_(saved[i].requires_grad()));
     LlamaLayer L{p[0], p[1], p[2], p[3], p[4], p[5]};
     at::Tensor y, dm;
     {
@@ -379,9 +315,7 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
       const auto prev_dt = at::autocast::get_autocast_dtype(at::kCUDA);
       at::autocast::set_autocast_enabled(at::kCUDA, ac);
       at::autocast::set_autocast_dtype(at::kCUDA, (at::ScalarType)ctx->saved_data["autocast_dtype"].toInt());
-      auto outs = m->layer_forward(L, l, x, saved[1], saved[2], nullptr, ctx->saved_data["sp"].toBool());
-      y = std::get<0>(outs);
-      dm = std::get<1>(outs);
+      std::tie(y, dm) = m->layer_forward(L, l, x, *attn, /*recompute=*/true, ctx->saved_data["sp"].toBool());
       at::autocast::set_autocast_enabled(at::kCUDA, prev);
       at::autocast::set_autocast_dtype(at::kCUDA, prev_dt);
       at::autocast::clear_cache();
@@ -399,9 +333,8 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
     torch::autograd::variable_list out{grads[0]};
     size_t gi = 1;
     for (auto& t : p) out.push_back(t.requires_grad() ? grads[gi++] : at::Tensor());
-    out.push_back(at::Tensor());  // cos
-    out.push_back(at::Tensor());  // sin
     out.push_back(at::Tensor());  // model_ptr
+    out.push_back(at::Tensor());  // attn_ptr
     out.push_back(at::Tensor());  // l
     out.push_back(at::Tensor());  // sp
     return out;
@@ -427,60 +360,45 @@ at::Tensor Llama::lm_logits(const at::Tensor& hidden) const {
   return at::linear(sequence_parallel_now() ? hidden : copy_to_group(hidden, tp), lm_head);
 }
 
-at::Tensor Llama::forward_hidden(const at::Tensor& ids, KVCache* cache) const {
+at::Tensor Llama::forward_hidden(const at::Tensor& ids) const {
+  if (!vanilla_) vanilla_ = std::make_shared<VanillaAttention>();
+  return forward_hidden(ids, {}, *vanilla_);
+}
+
+at::Tensor Llama::forward_hidden(const at::Tensor& ids, const at::Tensor& positions, Attention& attn,
+                                 const Gemm* gemm) const {
   TORCH_CHECK(ids.dim() == 2, "ids must be [batch, seq]");
-  const int64_t T = ids.size(1);
-  const int64_t past = cache ? cache->length : 0;
-  DMC_CHECK(!cache || tp.size == 1, "the contiguous KV cache does not support tensor parallelism");
-  if (cache && past + T > cache->max_len)
-    fail("kv cache: ", past + T, " tokens exceed its capacity of ", cache->max_len);
-  at::Tensor pos = at::arange(past, past + T, at::TensorOptions().dtype(at::kLong).device(ids.device()));
-  auto [cos, sin] = rope_cos_sin(inv_freq, pos);
-  const bool recompute = activation_checkpointing && !cache && at::GradMode::is_enabled();
-  const bool sp = !cache && sequence_parallel_now();
-  const int64_t B = ids.size(0), H = config.hidden_size;
+  const int64_t B = ids.size(0), T = ids.size(1), H = config.hidden_size;
+  const at::Tensor pos =
+      positions.defined() ? positions : at::arange(T, at::TensorOptions().dtype(at::kLong).device(ids.device()));
+  attn.begin(*this, ids, pos);
+  attn.aux.assign(layers.size(), at::Tensor());
+  const bool grad = at::GradMode::is_enabled();
+  DMC_CHECK(!gemm || !grad, "forward_hidden: a custom GEMM is for no-grad forwards only");
+  const bool recompute = activation_checkpointing && grad;
+  if (recompute)
+    DMC_CHECK(attn.checkpointable(), "activation checkpointing: this attention cannot run twice alike (DMC training "
+                                     "needs pre-drawn noise)");
+  const bool sp = sequence_parallel_now();
   if (sp)
     DMC_CHECK((B * T) % tp.size == 0, "sequence parallelism: batch x seq = ", B * T,
               " tokens do not split over tensor_parallel = ", tp.size);
   // sequence parallel: x is this rank's token rows [B T / tp, H]; else [B, T, H]
   at::Tensor x = sp ? reduce_scatter_tokens(embed_local(ids).reshape({B * T, H}), tp) : embed_tokens(ids);
-  const bool dmc_mode = runtime && (runtime->mode == AttentionRuntime::Mode::DmcTrain ||
-                                    runtime->mode == AttentionRuntime::Mode::DmcEval);
-  if (runtime && runtime->capture) {
-    runtime->k_rot.assign(layers.size(), at::Tensor());
-    runtime->v_hat.assign(layers.size(), at::Tensor());
-    runtime->kv_raw.assign(layers.size(), at::Tensor());
-    runtime->omega.assign(layers.size(), at::Tensor());
-  }
-  if (dmc_mode) {
-    runtime->decision_mean.assign(layers.size(), at::Tensor());
-    runtime->boundaries.assign(layers.size(), at::Tensor());
-    if (runtime->mode == AttentionRuntime::Mode::DmcTrain && recompute && runtime->noise.size() < layers.size())
-      fail("DMC training with activation checkpointing needs pre-drawn noise (AttentionRuntime::noise)");
-  }
   for (size_t l = 0; l < layers.size(); ++l) {
     const auto& L = layers[l];
     if (recompute) {
-      auto outs = CheckpointedLayer::apply(x, L.attn_norm, L.wqkv, L.wo, L.mlp_norm, L.w_gate_up, L.w_down, cos, sin,
-                                           reinterpret_cast<int64_t>(this), (int64_t)l, sp);
+      auto outs = CheckpointedLayer::apply(x, L.attn_norm, L.wqkv, L.wo, L.mlp_norm, L.w_gate_up, L.w_down,
+                                           reinterpret_cast<int64_t>(this), reinterpret_cast<int64_t>(&attn),
+                                           (int64_t)l, sp);
       x = outs[0];
-      if (dmc_mode) runtime->decision_mean[l] = outs[1];
+      attn.aux[l] = outs[1];
     } else {
-      auto [y, dmean, bnd] = layer_forward(L, (int64_t)l, x, cos, sin, cache, sp);
-      x = y;
-      if (dmc_mode) {
-        runtime->decision_mean[l] = dmean;
-        runtime->boundaries[l] = bnd;
-      }
+      std::tie(x, attn.aux[l]) = layer_forward(L, (int64_t)l, x, attn, /*recompute=*/false, sp, gemm);
     }
   }
-  if (cache) cache->length += T;
   if (!sp) return rms_norm(x, norm, config.rms_norm_eps);
   return gather_tokens(rms_norm(x, copy_to_group(norm, tp), config.rms_norm_eps), tp).view({B, T, H});
-}
-
-at::Tensor Llama::forward(const at::Tensor& ids, KVCache* cache) const {
-  return lm_logits(forward_hidden(ids, cache));
 }
 
 // ---- tensor parallelism ----------------------------------------------------------------------------------

@@ -7,14 +7,17 @@
 //   q            [batch, n_heads, seq, head_dim]      k, v  [batch, n_kv_heads, seq, head_dim]
 //   wqkv         [(n_heads + 2 * n_kv_heads) * head_dim, hidden_size]   rows: q heads, k heads, v heads
 //   w_gate_up    [2 * intermediate_size, hidden_size]                   rows: gate, then up
-//   KVCache.k[l] [batch, n_kv_heads, max_len, head_dim]  (plain contiguous cache for vanilla generation)
 //   logits       [batch, seq, vocab_size]  in the model dtype
 //
 // The q/k/v and gate/up projections are stored fused for speed and split back into HF tensor names
 // (model.layers.N.self_attn.q_proj.weight, ...) on save, so checkpoints load in transformers unchanged.
 //
+// One forward serves training, evaluation, prefill and decode: forward_hidden(ids, positions, attention) runs the
+// block code, and the Attention object the caller passes (model/attention.h) decides what attention is.
+//
 //   auto model = dmc::Llama::load("ckpt/", at::kBFloat16, at::kCUDA);
-//   at::Tensor logits = model.forward(ids);
+//   at::Tensor logits = model.forward(ids);                       // vanilla causal attention, positions 0..T-1
+//   DmcLayerAttention a(DmcMode::Eval, opts);  model.forward(ids, a);   // a.boundaries: the decisions taken
 #pragma once
 #include <torch/types.h>
 
@@ -22,8 +25,11 @@
 #include <utility>
 #include <vector>
 
+#include <functional>
+#include <memory>
+
 #include "dist/dist.h"
-#include "dmc/dmc.h"
+#include "model/attention.h"
 #include "model/llama_config.h"
 
 namespace dmc {
@@ -35,32 +41,6 @@ struct LlamaLayer {
   at::Tensor mlp_norm;   // [hidden]
   at::Tensor w_gate_up;  // [2 ffn, hidden]
   at::Tensor w_down;     // [hidden, ffn]
-};
-
-// How attention runs in a forward, and what DMC layers report back. Owned by the caller (a training stage or
-// an evaluator); the model only reads the settings and fills the outputs.
-struct AttentionRuntime {
-  enum class Mode { Vanilla, ZeroOut, DmcTrain, DmcEval };
-  Mode mode = Mode::Vanilla;
-  DmcOptions dmc;
-  double zero_out_mult = 1.0;       // ZeroOut: factor on q/k[D-1] before and after RoPE
-  at::Tensor doc_start;             // [batch, seq] bool, optional
-  std::vector<at::Tensor> noise;    // DmcTrain: per layer [batch, seq, n_kv] logistic noise (drawn when empty)
-  // outputs of the last forward (DMC modes), per layer:
-  std::vector<at::Tensor> decision_mean;  // [batch], differentiable (STE)
-  std::vector<at::Tensor> boundaries;     // [batch, seq, n_kv] 0/1, detached
-  // capture (no-grad forwards only): per layer the cache contents a prefill needs
-  bool capture = false;
-  std::vector<at::Tensor> k_rot, v_hat;   // [batch, n_kv, seq, head_dim]
-  std::vector<at::Tensor> kv_raw;         // DMC: [batch, min(seq, window), n_kv, 2 head_dim] last (k, v) before merging
-  std::vector<at::Tensor> omega;          // DMC: [batch, seq, n_kv] fp32 importance weights
-};
-
-struct KVCache {
-  std::vector<at::Tensor> k, v;  // per layer [batch, n_kv_heads, max_len, head_dim]
-  int64_t length = 0;            // tokens stored (same for every sequence of the batch)
-  int64_t max_len = 0;
-  static KVCache create(const LlamaConfig& c, int64_t batch, int64_t max_len, at::ScalarType dtype, at::Device device);
 };
 
 // RMSNorm as HF computes it: normalise in fp32, cast back, then scale.   x [..., hidden]
@@ -84,8 +64,6 @@ class Llama {
   at::Tensor inv_freq;  // [head_dim / 2] fp32
   // Training: recompute each layer's activations in backward instead of storing them.
   bool activation_checkpointing = false;
-  // Attention mode (vanilla when null).
-  AttentionRuntime* runtime = nullptr;
 
   // Tensor parallelism (Megatron style; size 1 = none). After shard_tensor_parallel(g) this rank holds: wqkv rows of
   // its whole KV-head groups (q heads [r nh/tp, (r+1) nh/tp), their k and v heads), wo columns of those q heads,
@@ -132,28 +110,36 @@ class Llama {
   at::ScalarType dtype() const { return embed.scalar_type(); }
   at::Device device() const { return embed.device(); }
 
-  // Logits [batch, seq, vocab]. With a cache, the tokens are placed after cache->length and the cache grows.
-  at::Tensor forward(const at::Tensor& ids, KVCache* cache = nullptr) const;
+  // A GEMM in place of at::linear for the block's projections (no-grad forwards only; the decode engine's row
+  // padding): x [M, K], w [N, K] -> [M, N].
+  using Gemm = std::function<at::Tensor(const at::Tensor& x, const at::Tensor& w)>;
+
+  // Final-norm hidden states [batch, seq, hidden] of ids [batch, seq] at positions [seq] (int64; undefined =
+  // 0..seq-1; the decode engine passes each row's own position [batch] with seq = 1), attention as `attn` runs it.
+  // The one forward of every path. With activation checkpointing `attn` must live until backward has run.
+  at::Tensor forward_hidden(const at::Tensor& ids, const at::Tensor& positions, Attention& attn,
+                            const Gemm* gemm = nullptr) const;
+  at::Tensor forward_hidden(const at::Tensor& ids, Attention& attn) const { return forward_hidden(ids, {}, attn); }
+  // Vanilla causal attention (the model's own VanillaAttention, which lives as long as the model: a backward with
+  // activation checkpointing runs it again).
+  at::Tensor forward_hidden(const at::Tensor& ids) const;
+  // Logits [batch, seq, vocab] (under TP this rank's vocabulary slice).
+  at::Tensor forward(const at::Tensor& ids, Attention& attn) const { return lm_logits(forward_hidden(ids, attn)); }
+  at::Tensor forward(const at::Tensor& ids) const { return lm_logits(forward_hidden(ids)); }
   // Token embeddings [..., hidden] of ids [...] (vocabulary-parallel lookup + sum over the group under TP).
   at::Tensor embed_tokens(const at::Tensor& ids) const;
-  // Final-norm hidden states [batch, seq, hidden] (before lm_head).
-  at::Tensor forward_hidden(const at::Tensor& ids, KVCache* cache = nullptr) const;
   // Logits of forward_hidden's output: [.., vocab] (under TP this rank's vocabulary slice [.., vocab / tp]; the
   // gradient reaches the hidden states summed over the group).
   at::Tensor lm_logits(const at::Tensor& hidden) const;
 
-  // One decoder layer: x [batch, seq, hidden] -> x + attn + mlp. `L` may hold other tensors than layers[l]
-  // (the recompute in backward passes detached copies). sp: sequence parallel, x is this rank's token rows
-  // [batch * seq / tp, hidden] (seq = cos.size(0)).
-  // Returns {x_out, dmc decision mean [batch] (undefined unless a DMC mode), dmc boundaries (detached)}.
-  std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_forward(const LlamaLayer& L, int64_t l, const at::Tensor& x,
-                                                               const at::Tensor& cos, const at::Tensor& sin,
-                                                               KVCache* cache, bool sp = false) const;
+  // One decoder layer: x [batch, seq, hidden] -> {x + attn + mlp, the attention's aux output}. `L` may hold other
+  // tensors than layers[l] (the recompute in backward passes detached copies). sp: sequence parallel, x is this
+  // rank's token rows [batch * seq / tp, hidden] (seq = attn.cos().size(0)).
+  std::pair<at::Tensor, at::Tensor> layer_forward(const LlamaLayer& L, int64_t l, const at::Tensor& x, Attention& attn,
+                                                  bool recompute, bool sp, const Gemm* gemm = nullptr) const;
 
  private:
-  std::tuple<at::Tensor, at::Tensor, at::Tensor> attention(const LlamaLayer& L, int64_t layer, const at::Tensor& h,
-                                                           const at::Tensor& cos, const at::Tensor& sin,
-                                                           KVCache* cache, bool sp) const;
+  mutable std::shared_ptr<VanillaAttention> vanilla_;  // forward_hidden(ids)'s attention
   // embedding rows of ids found in this rank's vocabulary slice, zeros elsewhere [..., hidden]
   at::Tensor embed_local(const at::Tensor& ids) const;
 };

@@ -83,25 +83,26 @@ int main(int argc, char** argv) {
     const int64_t B = 2, T = 24;
     at::Tensor ids = at::randint(0, c.vocab_size, {B, T}, at::kLong).to(dev),
                tgt = at::randint(0, c.vocab_size, {B, T}, at::kLong).to(dev);
-    AttentionRuntime rt;
+    std::unique_ptr<Attention> attn = std::make_unique<VanillaAttention>();
     if (mode == "dmc") {
-      rt.mode = AttentionRuntime::Mode::DmcTrain;
-      rt.dmc.init_val = 0.3;
-      rt.dmc.window = 3;
-      rt.dmc.temperature = 0.5;
+      DmcOptions o;
+      o.init_val = 0.3;
+      o.window = 3;
+      o.temperature = 0.5;
       const int64_t nkvl = m.local_kv_heads();
+      std::vector<at::Tensor> noise;
       for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
         at::Tensor full = at::randn({B, T, c.num_key_value_heads});  // the same on every rank (same seed)
-        rt.noise.push_back(full.narrow(2, d.tp.rank * nkvl, nkvl).contiguous().to(dev));
+        noise.push_back(full.narrow(2, d.tp.rank * nkvl, nkvl).contiguous().to(dev));
       }
-      m.runtime = &rt;
+      attn = std::make_unique<DmcLayerAttention>(DmcMode::Train, o, at::Tensor(), noise);
     }
-    at::Tensor h = m.forward_hidden(ids);
+    at::Tensor h = m.forward_hidden(ids, *attn);
     at::Tensor logits = m.lm_logits(h);  // [B, T, V / tp]
     at::Tensor loss = vocab_parallel_cross_entropy(logits.reshape({B * T, -1}), tgt.reshape({-1}), m.tp);
     if (mode == "dmc") {
       // the compression loss with the global semantics: decision means over all heads of all ranks
-      at::Tensor dm = reduce_from_group(at::stack(rt.decision_mean), m.tp) / (double)m.tp.size;  // [L, B]
+      at::Tensor dm = reduce_from_group(at::stack(attn->aux), m.tp) / (double)m.tp.size;  // [L, B]
       loss = loss + dmc_loss(dm, 3.0);
     }
     loss.backward();
