@@ -12,7 +12,8 @@
 #     hf      the engine's vanilla generate against HF generate() (bench_decode + bench/hf_generate.py)
 #     train   DMC vs vanilla training step (1B, recompute; blockwise and flash DMC attention)
 #     trainhf 1B training step (no recompute) vs HF eager: fused ops off and on, each with a kernel profile
-# With the device tool, carry .carry (a copy of ../shared/tokenizers) so the tokenizer-vector test runs too.
+# With the device tool, carry .carry (a copy of ../shared/tokenizers, and .carry/lzma: liblzma's headers from Debian's
+# liblzma-dev, which the GPU machine lacks) so that the build and the tokenizer-vector test run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 sections=${*:-gpu decode train}
@@ -24,7 +25,14 @@ export PATH="$DMC_VENV/bin:$PATH"
 export DMC_BUILD=${DMC_BUILD:-build-gpu} TORCH_CUDA_ARCH_LIST=9.0 DMC_JOBS=${DMC_JOBS:-16}
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; date -u; } > "$OUT/machine.txt" 2>&1
 t0=$(date +%s)
-if ! scripts/build.sh -DCMAKE_CUDA_ARCHITECTURES=90 > "$OUT/build.log" 2>&1; then
+# the GPU machine has liblzma's runtime but not its headers: carry them (.carry/lzma, from Debian's liblzma-dev) and
+# link the installed runtime (or the carried static library)
+lzma=()
+if [ -f .carry/lzma/include/lzma.h ] && [ ! -f /usr/include/lzma.h ]; then
+  lib=$(ls /usr/lib/x86_64-linux-gnu/liblzma.so.5 2>/dev/null || echo "$PWD/.carry/lzma/lib/liblzma.a")
+  lzma=(-DLIBLZMA_INCLUDE_DIR="$PWD/.carry/lzma/include" -DLIBLZMA_LIBRARY="$lib")
+fi
+if ! scripts/build.sh -DCMAKE_CUDA_ARCHITECTURES=90 "${lzma[@]}" > "$OUT/build.log" 2>&1; then
   tail -50 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
 fi
 echo "build: $(( $(date +%s) - t0 )) s"
