@@ -17,7 +17,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${RUN:-runs/demo}
-rm -rf "$RUN"   # the demo owns this directory: start clean, never resume a stale run
+# the demo owns this directory and starts clean (never resumes a stale run); it removes only a directory that is
+# absent, empty or an earlier demo run (it holds corpus.txt), never the repository, the home directory or /
+abs=$(realpath -m "$RUN"); repo=$(pwd -P)
+if [ "$abs" = / ] || [ "$abs" = "$(realpath -m "$HOME")" ] || [ "$abs" = "$repo" ] || [[ "$repo/" == "$abs/"* ]]; then
+  echo "demo: refusing RUN=$RUN (it would remove $abs)"; exit 1
+fi
+if [ -d "$RUN" ] && [ -n "$(ls -A "$RUN")" ] && [ ! -f "$RUN/corpus.txt" ]; then
+  echo "demo: $RUN exists and is not an earlier demo run; choose another RUN"; exit 1
+fi
+rm -rf "$RUN"
 DMC=${DMC_BUILD:-build}/dmc
 scripts/build.sh   # incremental: a no-op when the build is current
 mkdir -p "$RUN"
@@ -62,9 +71,10 @@ field() { sed -n "s/.*\"$2\": *\([0-9.e+-]*\).*/\1/p" "$1" | head -1; }
 {
   echo "| model | continued steps | held-out ppl | KV compression (achieved / target) |"
   echo "|---|---|---|---|"
-  echo "| base | 0 | $(field "$RUN/ppl_base.json" ppl) | 1 / 1 |"
-  echo "| vanilla continued | $CONT | $(field "$RUN/ppl_vanilla.json" ppl) | 1 / 1 |"
-  echo "| DMC 2x | $CONT | $(field "$RUN/ppl_dmc-3-finetune.json" ppl) | $(field "$RUN/ppl_dmc-3-finetune.json" dmc_cr) / $(field "$RUN/ppl_dmc-3-finetune.json" dmc_target_cr) |"
+  p2() { printf '%.2f' "$1"; }   # perplexities and ratios to 2 decimals
+  echo "| base | 0 | $(p2 "$(field "$RUN/ppl_base.json" ppl)") | 1 / 1 |"
+  echo "| vanilla continued | $CONT | $(p2 "$(field "$RUN/ppl_vanilla.json" ppl)") | 1 / 1 |"
+  echo "| DMC 2x | $CONT | $(p2 "$(field "$RUN/ppl_dmc-3-finetune.json" ppl)") | $(p2 "$(field "$RUN/ppl_dmc-3-finetune.json" dmc_cr)") / $(field "$RUN/ppl_dmc-3-finetune.json" dmc_target_cr) |"
 } | tee "$RUN/results.md"
 echo
 echo "report: $RUN/report/{loss.svg,ratio.svg,heatmap.svg,summary.md}"

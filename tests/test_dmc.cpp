@@ -5,12 +5,12 @@
 #include <nlohmann/json.hpp>
 
 #include "common/util.h"
-#include "dmc/dmc.h"
-#include "dmc/stages.h"
+#include "ops/dmc.h"
+#include "train/stages.h"
 #include "helpers.h"
 #include "inference/decoder.h"
 #include "inference/generate.h"
-#include "inference/paged_cache.h"
+#include "ops/paged_cache.h"
 #include "inference/perplexity.h"
 #include "io/safetensors.h"
 #include <random>

@@ -11,7 +11,7 @@
 
 #include "helpers.h"
 #include "io/safetensors.h"
-#include "dmc/dmc.h"
+#include "ops/dmc.h"
 #include "model/llama.h"
 
 using namespace dmc;

@@ -9,8 +9,8 @@
 #include <torch/torch.h>
 
 #include "helpers.h"
-#include "dmc/dmc.h"
-#include "inference/decode_ops.h"
+#include "ops/dmc.h"
+#include "ops/decode_ops.h"
 #include "inference/decoder.h"
 #include "inference/perplexity.h"
 #include "model/llama.h"

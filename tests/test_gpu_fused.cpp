@@ -6,7 +6,7 @@
 #include <iostream>
 
 #include "helpers.h"
-#include "model/fused_ops.h"
+#include "ops/fused_ops.h"
 #include "model/llama.h"
 #include "train/autocast.h"
 

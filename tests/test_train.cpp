@@ -10,7 +10,7 @@
 #include "common/util.h"
 #include "data/dataset.h"
 #include "data/prepare.h"
-#include "dmc/stages.h"
+#include "train/stages.h"
 #include "helpers.h"
 #include "model/llama.h"
 #include "train_fixture.h"

@@ -7,7 +7,7 @@
 #include "common/log.h"
 #include "common/files.h"
 #include "common/util.h"
-#include "config/model_shape.h"
+#include "train/model_shape.h"
 #include "config/options.h"
 #include "io/safetensors.h"
 #include "model/llama.h"

@@ -6,7 +6,7 @@
 #include "common/log.h"
 #include "config/options.h"
 #include "data/prepare.h"
-#include "dmc/stages.h"
+#include "train/stages.h"
 #include "report/report.h"
 #include "train/checkpoint.h"
 #include "train/trainer.h"

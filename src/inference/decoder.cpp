@@ -5,7 +5,7 @@
 #include <limits>
 
 #include "common/error.h"
-#include "dmc/dmc.h"
+#include "ops/dmc.h"
 
 #ifdef DMC_WITH_CUDA
 #include <ATen/cuda/CUDAGraph.h>

@@ -31,9 +31,9 @@
 #include <string>
 #include <vector>
 
-#include "inference/decode_ops.h"
+#include "ops/decode_ops.h"
 #include "inference/gemm_rows.h"
-#include "inference/paged_cache.h"
+#include "ops/paged_cache.h"
 #include "model/llama.h"
 
 namespace dmc {

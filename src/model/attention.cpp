@@ -1,7 +1,7 @@
 #include "model/attention.h"
 
 #include "common/error.h"
-#include "model/fused_ops.h"
+#include "ops/fused_ops.h"
 #include "model/llama.h"
 
 namespace dmc {

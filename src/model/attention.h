@@ -22,7 +22,7 @@
 
 #include <vector>
 
-#include "dmc/dmc.h"
+#include "ops/dmc.h"
 
 namespace dmc {
 

@@ -1,5 +1,5 @@
 #include "model/llama.h"
-#include "model/fused_ops.h"
+#include "ops/fused_ops.h"
 
 #include <ATen/autocast_mode.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -21,16 +21,6 @@ namespace dmc {
 namespace fs = std::filesystem;
 
 
-at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  // Under CUDA autocast the consumer is a GEMM that casts to the autocast dtype: produce that dtype directly.
-  const at::ScalarType out = x.is_cuda() && at::autocast::is_autocast_enabled(at::kCUDA)
-                                 ? at::autocast::get_autocast_dtype(at::kCUDA)
-                                 : at::promote_types(weight.scalar_type(), x.scalar_type());
-  return rms_norm_fused(x, weight, eps, out);
-}
-
-at::Tensor swiglu(const at::Tensor& gu) { return swiglu_fused(gu); }
-
 at::Tensor rope_inv_freq(const LlamaConfig& c, at::Device device) {
   const int64_t d = c.head_dim;
   at::Tensor idx = at::arange(0, d, 2, at::kLong).to(at::kFloat);
@@ -49,19 +39,6 @@ at::Tensor rope_inv_freq(const LlamaConfig& c, at::Device device) {
     inv = at::where(medium, smoothed, scaled);
   }
   return inv.to(device);
-}
-
-std::pair<at::Tensor, at::Tensor> rope_cos_sin(const at::Tensor& inv_freq, const at::Tensor& positions) {
-  at::Tensor freqs = at::outer(positions.to(inv_freq.scalar_type()), inv_freq);  // [seq, hd/2]
-  at::Tensor emb = at::cat({freqs, freqs}, -1);                       // [seq, hd]
-  return {emb.cos(), emb.sin()};
-}
-
-at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  const int64_t half = x.size(-1) / 2;
-  at::Tensor c = cos.to(x.scalar_type()), s = sin.to(x.scalar_type());
-  at::Tensor rot = at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
-  return x * c + rot * s;
 }
 
 // ---- load / save / init ------------------------------------------------------------------------------

@@ -31,6 +31,7 @@
 #include "dist/dist.h"
 #include "model/attention.h"
 #include "model/llama_config.h"
+#include "ops/fused_ops.h"
 
 namespace dmc {
 
@@ -43,17 +44,8 @@ struct LlamaLayer {
   at::Tensor w_down;     // [hidden, ffn]
 };
 
-// RMSNorm as HF computes it: normalise in fp32, cast back, then scale.   x [..., hidden]
-at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
-// silu(gu[.., :F]) * gu[.., F:] of the fused gate/up projection output [.., 2F] (model/fused_ops.h on CUDA)
-at::Tensor swiglu(const at::Tensor& gu);
 // inv_freq [head_dim / 2] fp32 with the config's RoPE scaling applied.
 at::Tensor rope_inv_freq(const LlamaConfig& c, at::Device device);
-// cos, sin [seq, head_dim] (fp32) for the given positions [seq] int64.
-std::pair<at::Tensor, at::Tensor> rope_cos_sin(const at::Tensor& inv_freq, const at::Tensor& positions);
-// x [batch, heads, seq, head_dim]; cos/sin [seq, head_dim] fp32, cast to x's dtype first (as HF does).
-at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
-
 class Llama {
  public:
   LlamaConfig config;

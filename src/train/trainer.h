@@ -21,7 +21,7 @@
 #include <string>
 #include <vector>
 
-#include "config/model_shape.h"
+#include "train/model_shape.h"
 #include "config/options.h"
 #include "data/dataset.h"
 #include "model/llama.h"

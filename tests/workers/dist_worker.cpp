@@ -14,7 +14,7 @@
 
 #include "common/error.h"
 #include "dist/dist.h"
-#include "dmc/dmc.h"
+#include "ops/dmc.h"
 #include "inference/generate.h"
 #include "io/safetensors.h"
 #include "model/llama.h"

@@ -23,7 +23,7 @@
 #include <type_traits>
 
 #include "common/error.h"
-#include "inference/decode_ops.h"
+#include "ops/decode_ops.h"
 
 namespace dmc {
 namespace {

@@ -1,12 +1,12 @@
 // Reference implementations of the decode-step operations (see decode_ops.h) in plain ATen, vectorised over the
 // step's (sequence, KV head) pairs; they run on any device and are the oracle the CUDA kernels are tested against.
-#include "inference/decode_ops.h"
+#include "ops/decode_ops.h"
 
 #include <limits>
 
 #include "common/error.h"
-#include "dmc/dmc.h"
-#include "model/llama.h"
+#include "ops/dmc.h"
+#include "ops/fused_ops.h"
 
 namespace dmc {
 

@@ -26,6 +26,16 @@ at::Tensor rope_rows_fused(const at::Tensor& x, const at::Tensor& cos, const at:
 std::vector<at::Tensor> rope_qkv_ref(const at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& sin, int64_t nh,
                                      int64_t nkv, int64_t hd);
 
+// The layer-level forms the model and the attention call (each dispatches to the fused op where it applies):
+// RMSNorm as HF computes it: normalise in fp32, cast back, then scale.   x [..., hidden]
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+// silu(gu[.., :F]) * gu[.., F:] of the fused gate/up projection output [.., 2F]
+at::Tensor swiglu(const at::Tensor& gu);
+// cos, sin [seq, head_dim] (fp32) for positions [seq] int64 and inv_freq [head_dim / 2] fp32.
+std::pair<at::Tensor, at::Tensor> rope_cos_sin(const at::Tensor& inv_freq, const at::Tensor& positions);
+// x [batch, heads, seq, head_dim]; cos/sin [seq, head_dim] fp32, cast to x's dtype first (as HF does).
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+
 bool use_fused_ops(const at::Tensor& t);
 void set_fused_ops(bool on);
 

@@ -1,4 +1,4 @@
-#include "inference/paged_cache.h"
+#include "ops/paged_cache.h"
 
 #include "common/error.h"
 

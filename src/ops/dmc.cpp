@@ -1,11 +1,10 @@
-#include "dmc/dmc.h"
-#include "model/fused_ops.h"
+#include "ops/dmc.h"
+#include "ops/fused_ops.h"
 
 #include <cmath>
 #include <limits>
 
 #include "common/error.h"
-#include "model/llama.h"
 
 #include <torch/csrc/autograd/custom_function.h>
 

@@ -25,7 +25,7 @@
 #include <cuda_fp16.h>
 
 #include "common/error.h"
-#include "model/fused_ops.h"
+#include "ops/fused_ops.h"
 
 namespace dmc {
 namespace {

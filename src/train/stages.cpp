@@ -1,4 +1,4 @@
-#include "dmc/stages.h"
+#include "train/stages.h"
 
 #include <ATen/autocast_mode.h>
 

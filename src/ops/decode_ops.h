@@ -23,7 +23,7 @@
 #pragma once
 #include <torch/types.h>
 
-#include "inference/paged_cache.h"
+#include "ops/paged_cache.h"
 
 namespace dmc {
 

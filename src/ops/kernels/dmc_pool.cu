@@ -17,7 +17,7 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include "common/error.h"
-#include "dmc/dmc.h"
+#include "ops/dmc.h"
 
 namespace dmc {
 namespace {

@@ -1,4 +1,4 @@
-#include "config/model_shape.h"
+#include "train/model_shape.h"
 
 #include "tokenizer/tokenizer.h"
 

@@ -25,7 +25,7 @@
 #include <cuda_fp16.h>
 
 #include "common/error.h"
-#include "dmc/dmc.h"
+#include "ops/dmc.h"
 
 namespace dmc {
 namespace {
