@@ -16,4 +16,5 @@ if [ ! -f "$BUILD/build.ninja" ]; then
   cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=${DMC_BUILD_TYPE:-Release} \
     -DCMAKE_PREFIX_PATH="$prefix" -DDMC_PYTHON="$PY" -DCMAKE_CUDA_ARCHITECTURES=90 "${launcher[@]}" "$@"
 fi
-cmake --build "$BUILD" -j "${DMC_JOBS:-$(nproc)}"
+# DMC_TARGETS: build only these targets (e.g. the fuzz programs)
+cmake --build "$BUILD" -j "${DMC_JOBS:-$(nproc)}" ${DMC_TARGETS:+--target $DMC_TARGETS}

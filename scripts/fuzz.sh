@@ -19,7 +19,8 @@ if ! command -v clang++ >/dev/null || ! ls /usr/lib/llvm-*/lib/clang/*/lib/linux
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq clang libclang-rt-14-dev >/dev/null
 fi
 BUILD=${DMC_FUZZ_BUILD:-build-fuzz}
-CC=clang CXX=clang++ DMC_BUILD=$BUILD DMC_BUILD_TYPE=RelWithDebInfo scripts/build.sh -DDMC_FUZZ=ON \
+DMC_TARGETS=$(printf 'fuzz_%s ' $TARGETS) CC=clang CXX=clang++ DMC_BUILD=$BUILD DMC_BUILD_TYPE=RelWithDebInfo \
+  scripts/build.sh -DDMC_FUZZ=ON \
   -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DDMC_BUILD_TESTS=OFF
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:detect_odr_violation=0}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}

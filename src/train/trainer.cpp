@@ -308,299 +308,388 @@ double evaluate(Llama& model, Stage* stage, data::Loader& valid, int64_t batches
   return sum / std::max<int64_t>(1, batches);
 }
 
-TrainResult train(const TrainOptions& o, Stage* stage, const std::string& resolved_yaml) {
-  log::set_level(o.log_level);
-  DMC_CHECK(o.micro_batch > 0 && o.global_batch % o.micro_batch == 0, "global_batch (", o.global_batch,
-            ") must be a positive multiple of micro_batch (", o.micro_batch, ")");
-  DMC_CHECK(o.train_steps > 0, "train_steps: must be positive");
-  DMC_CHECK(o.grad_bucket_mb > 0, "grad_bucket_mb: must be positive, got ", o.grad_bucket_mb);
-  auto [dev, dt] = resolve_runtime(o.device, o.dtype);
-  const bool autocast = dev.is_cuda() && dt == at::kBFloat16;
-  DMC_CHECK(dt == at::kFloat || autocast, "dtype: bf16 training needs CUDA (on CPU use fp32)");
-  Dist dist = Dist::from_env(o.tensor_parallel, dev);
-  if (dev.is_cuda() && dist.world > 1) {
-    dev = at::Device(at::kCUDA, (int8_t)dist.local_rank);
-#ifdef DMC_WITH_CUDA
-    c10::cuda::set_device((c10::DeviceIndex)dist.local_rank);
-#endif
-  }
-  const bool main_rank = dist.is_main();
-  const int64_t dp = dist.dp.size;
-  DMC_CHECK(o.global_batch % (dp * o.micro_batch) == 0, "global_batch (", o.global_batch, ") must be a multiple of ",
-            "micro_batch (", o.micro_batch, ") x data-parallel size (", dp, ")");
-  const int64_t accum = o.global_batch / (o.micro_batch * dp);
-  if (!main_rank) log::set_level("error");
+namespace {
+// One training run. run() is the loop; it delegates to the pieces: setup() (runtime, parallel groups, run directory,
+// model, optimizer, data), resume() (state of a checkpoint), step() (micro-batches, gradient sync, clipping, the
+// optimizer), log_step() (log line and metrics), validate(), save() (a checkpoint) and finish() (the final model).
+class Trainer {
+ public:
+  Trainer(const TrainOptions& o, Stage* stage, const std::string& resolved_yaml)
+      : o_(o), stage_(stage), yaml_(resolved_yaml) {}
 
-  // ---- the run directory: one trainer at a time, never two runs mixed ----
-  std::unique_ptr<DirLock> lock;
-  if (main_rank) lock = std::make_unique<DirLock>(o.out, "run directory");
-  std::optional<std::string> resume_dir = choose_resume(o);
-  if (main_rank && !resume_dir) clear_previous_run(o);
-  if (dist.world > 1) barrier(dist.world_group);
-  if (main_rank) {
-    log::set_file(o.out + "/log.txt");
-    write_file_atomic(o.out + "/config.yaml", resolved_yaml);
-  }
-  log::info(cat("resolved config (saved to ", o.out, "/config.yaml):\n", resolved_yaml));
-  if (dist.world > 1)
-    log::info(cat("parallel: world ", dist.world, " = tensor ", dist.tp.size, " x data ", dp, " (", dist.backend, ")"));
-
-  auto tok = Tokenizer::load(o.tokenizer);
-  // ---- model: resume > init_from > random ----
-  Llama model;
-  if (resume_dir) {
-    log::info(cat("resuming from ", *resume_dir));
-    model = Llama::load(*resume_dir, at::kFloat, dev);
-    check_resumed_shape(o, model.config, *resume_dir);
-  } else if (!o.init_from.empty()) {
-    model = Llama::load(o.init_from, at::kFloat, dev);
-  } else {
-    model = Llama::random(o.shape.resolve(o.tokenizer), (uint64_t)o.seed, at::kFloat, dev, o.init_std);
-  }
-  tok.check_model_vocab(model.config.vocab_size, o.init_from.empty() ? "the model config" : o.init_from + "/config.json");
-  DMC_CHECK(o.seq_len <= model.config.max_position_embeddings, "seq_len: ", o.seq_len,
-            " exceeds the model's max_position_embeddings (", model.config.max_position_embeddings, ")");
-  model.activation_checkpointing = o.activation_checkpointing;
-  if (dist.tp.size > 1) model.shard_tensor_parallel(dist.tp);
-  auto params = model.parameters();
-  for (auto& p : params) p.second->requires_grad_(true);
-
-  AdamWOptions ao;
-  ao.beta1 = o.beta1;
-  ao.beta2 = o.beta2;
-  ao.eps = o.adam_eps;
-  ao.weight_decay = o.weight_decay;
-  ao.decay_norms_and_embeddings = o.decay_norms_and_embeddings;
-  AdamW opt(params, ao);
-  GradSync grad_sync(params, dist.dp, o.grad_bucket_mb);
-  model.sequence_parallel = o.sequence_parallel && dist.tp.size > 1;
-  if (model.sequence_parallel)
-    DMC_CHECK((o.micro_batch * o.seq_len) % dist.tp.size == 0, "sequence_parallel: micro_batch x seq_len = ",
-              o.micro_batch * o.seq_len, " tokens do not split over tensor_parallel = ", dist.tp.size,
-              " (set sequence_parallel: false)");
-  auto zero_grads = [&]() {  // data parallel: the grads are views of the bucket buffers and stay so
-    if (grad_sync.enabled()) grad_sync.zero();
-    else opt.zero_grad();
-  };
-  if (dist.tp.size > 1) opt.set_tensor_parallel(&model.tp, [&](const std::string& n) { return model.is_sharded(n); });
-  LrSchedule sched{o.lr, o.min_lr, o.warmup_steps, o.train_steps, o.lr_schedule};
-  sched.at(0);  // validates the shape name
-
-  data::LoaderOptions lo;
-  lo.datasets = o.data;
-  for (const auto& w : o.data_weights) {
-    try {
-      lo.weights.push_back(std::stod(w));
-    } catch (...) {
-      fail("data_weights: expected numbers, got '", w, "'");
+  TrainResult run() {
+    setup();
+    const bool already_done = step_ >= o_.train_steps;
+    const int64_t first_step = step_;
+    Progress eta("train", o_.train_steps, 0.0);
+    t_last_ = std::chrono::steady_clock::now();
+    while (step_ < o_.train_steps) {
+      const StepResult r = step();
+      res_.last_loss = r.loss;
+      const json sm = stage_ ? stage_->metrics() : json::object();
+      if (step_ % std::max<int64_t>(1, o_.log_every) == 0 || step_ == o_.train_steps) {
+        log_step(r, sm);
+        eta.update(step_);
+      }
+      if (valid_ && ((o_.eval_every > 0 && step_ % o_.eval_every == 0) || step_ == o_.train_steps)) validate();
+      const bool stop_here = o_.exit_after_steps > 0 && step_ - first_step >= o_.exit_after_steps && step_ < o_.train_steps;
+      const int sig = pending_signal();
+      if (sig || stop_here) {
+        if (stop_here) log::info(cat("exit_after_steps reached: saving a checkpoint at step ", step_, " and exiting"));
+        else log::warn(cat("signal ", sig, " received: saving a checkpoint at step ", step_, " and exiting"));
+        save(step_);
+        res_.interrupted = true;
+        res_.signal = stop_here ? 0 : sig;
+        res_.steps_done = step_;
+        dist_.shutdown();
+        return res_;
+      }
+      if (o_.save_every > 0 && step_ % o_.save_every == 0 && step_ < o_.train_steps) save(step_);
     }
-  }
-  lo.seq_len = o.seq_len;
-  lo.seed = o.seed;
-  lo.tokenizer_fingerprint = tok.fingerprint();
-  lo.vocab_size = model.config.vocab_size;
-  data::Loader loader(lo);
-  lo.split = "valid";
-  lo.shuffle = false;
-  std::unique_ptr<data::Loader> valid;
-  try {
-    valid = std::make_unique<data::Loader>(lo);
-  } catch (const Error& e) {
-    log::warn(cat("no validation: ", e.what()));
+    if (stage_) stage_->finish(model_);
+    if (!already_done) save(step_);
+    finish();
+    return res_;
   }
 
-  int64_t step = 0, skipped = 0, nonfinite_run = 0;
-  double tokens_seen = 0;
-  if (resume_dir) {
-    json st = read_trainer_state(*resume_dir);
-    if (st.contains("tokenizer_fingerprint") && st["tokenizer_fingerprint"] != tok.fingerprint())
-      fail(*resume_dir, "/trainer_state.json: field 'tokenizer_fingerprint' is ", st["tokenizer_fingerprint"].dump(),
-           " but the configured tokenizer ", o.tokenizer, " has ", tok.fingerprint(),
+ private:
+  struct StepResult {
+    double loss = 0, gnorm = 0, lr = 0;
+  };
+
+  // ---- setup: runtime, parallel groups, the run directory, model, optimizer, data; then resume or seed ----
+  void setup() {
+    log::set_level(o_.log_level);
+    DMC_CHECK(o_.micro_batch > 0 && o_.global_batch % o_.micro_batch == 0, "global_batch (", o_.global_batch,
+              ") must be a positive multiple of micro_batch (", o_.micro_batch, ")");
+    DMC_CHECK(o_.train_steps > 0, "train_steps: must be positive");
+    DMC_CHECK(o_.grad_bucket_mb > 0, "grad_bucket_mb: must be positive, got ", o_.grad_bucket_mb);
+    auto [dev, dt] = resolve_runtime(o_.device, o_.dtype);
+    dev_ = dev;
+    autocast_ = dev_.is_cuda() && dt == at::kBFloat16;
+    DMC_CHECK(dt == at::kFloat || autocast_, "dtype: bf16 training needs CUDA (on CPU use fp32)");
+    dist_ = Dist::from_env(o_.tensor_parallel, dev_);
+    if (dev_.is_cuda() && dist_.world > 1) {
+      dev_ = at::Device(at::kCUDA, (int8_t)dist_.local_rank);
+#ifdef DMC_WITH_CUDA
+      c10::cuda::set_device((c10::DeviceIndex)dist_.local_rank);
+#endif
+    }
+    main_rank_ = dist_.is_main();
+    dp_ = dist_.dp.size;
+    DMC_CHECK(o_.global_batch % (dp_ * o_.micro_batch) == 0, "global_batch (", o_.global_batch,
+              ") must be a multiple of micro_batch (", o_.micro_batch, ") x data-parallel size (", dp_, ")");
+    accum_ = o_.global_batch / (o_.micro_batch * dp_);
+    if (!main_rank_) log::set_level("error");
+
+    // the run directory: one trainer at a time, never two runs mixed
+    if (main_rank_) lock_ = std::make_unique<DirLock>(o_.out, "run directory");
+    const std::optional<std::string> resume_dir = choose_resume(o_);
+    if (main_rank_ && !resume_dir) clear_previous_run(o_);
+    if (dist_.world > 1) barrier(dist_.world_group);
+    if (main_rank_) {
+      log::set_file(o_.out + "/log.txt");
+      write_file_atomic(o_.out + "/config.yaml", yaml_);
+    }
+    log::info(cat("resolved config (saved to ", o_.out, "/config.yaml):\n", yaml_));
+    if (dist_.world > 1)
+      log::info(cat("parallel: world ", dist_.world, " = tensor ", dist_.tp.size, " x data ", dp_, " (", dist_.backend,
+                    ")"));
+
+    tok_ = Tokenizer::load(o_.tokenizer);
+    // model: resume > init_from > random
+    if (resume_dir) {
+      log::info(cat("resuming from ", *resume_dir));
+      model_ = Llama::load(*resume_dir, at::kFloat, dev_);
+      check_resumed_shape(o_, model_.config, *resume_dir);
+    } else if (!o_.init_from.empty()) {
+      model_ = Llama::load(o_.init_from, at::kFloat, dev_);
+    } else {
+      model_ = Llama::random(o_.shape.resolve(o_.tokenizer), (uint64_t)o_.seed, at::kFloat, dev_, o_.init_std);
+    }
+    tok_.check_model_vocab(model_.config.vocab_size,
+                           o_.init_from.empty() ? "the model config" : o_.init_from + "/config.json");
+    DMC_CHECK(o_.seq_len <= model_.config.max_position_embeddings, "seq_len: ", o_.seq_len,
+              " exceeds the model's max_position_embeddings (", model_.config.max_position_embeddings, ")");
+    model_.activation_checkpointing = o_.activation_checkpointing;
+    if (dist_.tp.size > 1) model_.shard_tensor_parallel(dist_.tp);
+    params_ = model_.parameters();
+    for (auto& p : params_) p.second->requires_grad_(true);
+
+    AdamWOptions ao;
+    ao.beta1 = o_.beta1;
+    ao.beta2 = o_.beta2;
+    ao.eps = o_.adam_eps;
+    ao.weight_decay = o_.weight_decay;
+    ao.decay_norms_and_embeddings = o_.decay_norms_and_embeddings;
+    opt_ = std::make_unique<AdamW>(params_, ao);
+    grad_sync_ = std::make_unique<GradSync>(params_, dist_.dp, o_.grad_bucket_mb);
+    model_.sequence_parallel = o_.sequence_parallel && dist_.tp.size > 1;
+    if (model_.sequence_parallel)
+      DMC_CHECK((o_.micro_batch * o_.seq_len) % dist_.tp.size == 0, "sequence_parallel: micro_batch x seq_len = ",
+                o_.micro_batch * o_.seq_len, " tokens do not split over tensor_parallel = ", dist_.tp.size,
+                " (set sequence_parallel: false)");
+    if (dist_.tp.size > 1)
+      opt_->set_tensor_parallel(&model_.tp, [this](const std::string& n) { return model_.is_sharded(n); });
+    sched_ = LrSchedule{o_.lr, o_.min_lr, o_.warmup_steps, o_.train_steps, o_.lr_schedule};
+    sched_.at(0);  // validates the shape name
+
+    data::LoaderOptions lo;
+    lo.datasets = o_.data;
+    for (const auto& w : o_.data_weights) {
+      try {
+        lo.weights.push_back(std::stod(w));
+      } catch (...) {
+        fail("data_weights: expected numbers, got '", w, "'");
+      }
+    }
+    lo.seq_len = o_.seq_len;
+    lo.seed = o_.seed;
+    lo.tokenizer_fingerprint = tok_.fingerprint();
+    lo.vocab_size = model_.config.vocab_size;
+    loader_ = std::make_unique<data::Loader>(lo);
+    lo.split = "valid";
+    lo.shuffle = false;
+    try {
+      valid_ = std::make_unique<data::Loader>(lo);
+    } catch (const Error& e) {
+      log::warn(cat("no validation: ", e.what()));
+    }
+
+    if (resume_dir) resume(*resume_dir);
+    else torch::manual_seed((uint64_t)o_.seed + 1 + 104729 * (uint64_t)dist_.dp.rank);
+    for (const auto& s : o_.inject_nonfinite_steps) inject_.insert(parse_int(s, "inject_nonfinite_steps"));
+
+    const auto& c = model_.config;
+    const double n_params = (double)c.num_parameters() - (double)c.vocab_size * c.hidden_size;
+    flops_per_token_ = 6.0 * n_params + 12.0 * c.num_hidden_layers * c.q_size() * o_.seq_len;
+    if (main_rank_) metrics_.open(o_.out + "/metrics.jsonl");
+    g_signal.store(0);
+    prev_term_ = std::signal(SIGTERM, on_signal);
+    prev_int_ = std::signal(SIGINT, on_signal);
+    signals_set_ = true;
+  }
+
+  // ---- resume: counters, data position, optimizer, RNG and stage state of a checkpoint ----
+  void resume(const std::string& dir) {
+    json st = read_trainer_state(dir);
+    if (st.contains("tokenizer_fingerprint") && st["tokenizer_fingerprint"] != tok_.fingerprint())
+      fail(dir, "/trainer_state.json: field 'tokenizer_fingerprint' is ", st["tokenizer_fingerprint"].dump(),
+           " but the configured tokenizer ", o_.tokenizer, " has ", tok_.fingerprint(),
            " (a stale run directory? use another --out or --resume none)");
-    step = st["step"].get<int64_t>();
-    loader.set_position(st["loader_position"].get<int64_t>());
-    skipped = st.value("skipped_steps", (int64_t)0);
-    tokens_seen = st.value("tokens_seen", 0.0);
-    opt.load_state(*io::SafetensorsFile::open(*resume_dir + "/optimizer.safetensors"), [&](const std::string& n, const at::Tensor& full) {
-      return dist.tp.size > 1 ? model.shard_of(n, full, dist.tp.rank, dist.tp.size) : full;
-    });
-    if (dist.world == 1) set_rng_state(*resume_dir, dev);
-    else torch::manual_seed((uint64_t)o.seed + 1 + 7919 * (uint64_t)step + 104729 * (uint64_t)dist.dp.rank);
-    if (stage && st.contains("stage")) stage->load_state(st["stage"]);
-    log::info(cat("resumed at step ", step, ", loader position ", loader.position()));
-  } else {
-    torch::manual_seed((uint64_t)o.seed + 1 + 104729 * (uint64_t)dist.dp.rank);
+    step_ = st["step"].get<int64_t>();
+    loader_->set_position(st["loader_position"].get<int64_t>());
+    skipped_ = st.value("skipped_steps", (int64_t)0);
+    tokens_seen_ = st.value("tokens_seen", 0.0);
+    opt_->load_state(*io::SafetensorsFile::open(dir + "/optimizer.safetensors"),
+                     [this](const std::string& n, const at::Tensor& full) {
+                       return dist_.tp.size > 1 ? model_.shard_of(n, full, dist_.tp.rank, dist_.tp.size) : full;
+                     });
+    if (dist_.world == 1) set_rng_state(dir, dev_);
+    else torch::manual_seed((uint64_t)o_.seed + 1 + 7919 * (uint64_t)step_ + 104729 * (uint64_t)dist_.dp.rank);
+    if (stage_ && st.contains("stage")) stage_->load_state(st["stage"]);
+    log::info(cat("resumed at step ", step_, ", loader position ", loader_->position()));
   }
-  std::set<int64_t> inject;
-  for (const auto& s : o.inject_nonfinite_steps) inject.insert(parse_int(s, "inject_nonfinite_steps"));
 
-  const double n_params = (double)model.config.num_parameters() - (double)model.config.vocab_size * model.config.hidden_size;
-  const double flops_per_token = 6.0 * n_params + 12.0 * model.config.num_hidden_layers * model.config.q_size() * o.seq_len;
-  AppendFile metrics;
-  if (main_rank) metrics.open(o.out + "/metrics.jsonl");
-  g_signal.store(0);
-  auto prev_term = std::signal(SIGTERM, on_signal);
-  auto prev_int = std::signal(SIGINT, on_signal);
-  struct Restore {
-    decltype(prev_term) t, i;
-    ~Restore() { std::signal(SIGTERM, t); std::signal(SIGINT, i); }
-  } restore{prev_term, prev_int};
+  // ---- step: this rank's micro-batches of the global batch, gradient sync, clipping, the optimizer ----
+  StepResult step() {
+    StepResult r;
+    if (stage_) stage_->begin_step(step_, o_.train_steps, model_);
+    r.lr = sched_.at(step_);
+    double loss_sum = 0;
+    const int64_t step_start = loader_->position();
+    loader_->set_position(step_start + dist_.dp.rank * (o_.global_batch / dp_));  // this rank's block of the batch
+    for (int64_t mb = 0; mb < accum_; ++mb) {
+      data::Batch b = loader_->next(o_.micro_batch);
+      b.input = b.input.to(dev_);
+      b.target = b.target.to(dev_);
+      b.doc_start = b.doc_start.to(dev_);
+      at::Tensor loss;
+      {
+        AutocastScope ac(autocast_);
+        at::Tensor h = stage_ ? stage_->forward_hidden(model_, b) : model_.forward_hidden(b.input);
+        loss = lm_loss(model_, h, b.target);
+        if (stage_) {
+          at::Tensor extra = stage_->extra_loss(model_);
+          if (extra.defined()) loss = loss + extra;
+        }
+      }
+      if (inject_.count(step_)) loss = loss * std::numeric_limits<double>::quiet_NaN();
+      if (mb == accum_ - 1) grad_sync_->arm();
+      (loss / (double)(accum_ * dp_)).backward();  // the data-parallel sum of these is the mean gradient
+      if (mb == accum_ - 1) grad_sync_->finish();
+      loss_sum += loss.detach().item<double>();
+    }
+    loader_->set_position(step_start + o_.global_batch);
+    r.loss = loss_sum / accum_;
+    if (dp_ > 1) {
+      at::Tensor l = at::full({1}, r.loss, at::kDouble);
+      all_reduce_sum(l, dist_.dp);
+      r.loss = l.item<double>() / (double)dp_;
+    }
+    r.gnorm = std::isfinite(r.loss) ? opt_->clip_grad_norm(o_.grad_clip) : NAN;
+    if (!std::isfinite(r.loss) || !std::isfinite(r.gnorm)) {
+      zero_grads();
+      ++skipped_;
+      ++nonfinite_run_;
+      log::warn(cat("step ", step_ + 1, ": non-finite loss/grad (loss ", r.loss, ", grad norm ", r.gnorm,
+                    "); step skipped (", nonfinite_run_, " in a row, ", skipped_, " in total)"));
+      if (nonfinite_run_ >= o_.max_nonfinite)
+        fail("training stopped: ", nonfinite_run_, " non-finite losses in a row at step ", step_ + 1,
+             " (max_nonfinite = ", o_.max_nonfinite, "); lower lr or check the data");
+    } else {
+      opt_->step(r.lr);
+      zero_grads();
+      nonfinite_run_ = 0;
+      loss_acc_log_ += r.loss;
+    }
+    ++step_;
+    ++steps_since_log_;
+    tokens_seen_ += (double)o_.global_batch * o_.seq_len;
+    return r;
+  }
+
+  void zero_grads() {  // data parallel: the grads are views of the bucket buffers and stay so
+    if (grad_sync_->enabled()) grad_sync_->zero();
+    else opt_->zero_grad();
+  }
+
+  // ---- log: one line and one metrics record for the steps since the last one ----
+  void log_step(const StepResult& r, const json& stage_metrics) {
+    if (dev_.is_cuda()) torch::cuda::synchronize(dev_.index());
+    const auto now = std::chrono::steady_clock::now();
+    const double secs = std::chrono::duration<double>(now - t_last_).count();
+    t_last_ = now;
+    const double tps = steps_since_log_ * (double)o_.global_batch * o_.seq_len / secs;
+    const double mfu = tps * flops_per_token_ / (o_.peak_tflops * 1e12 * (double)dist_.world);  // per GPU
+    const double mem = peak_memory_bytes(dev_);
+    const double mean_loss = loss_acc_log_ / std::max<int64_t>(1, steps_since_log_);
+    json m = {{"step", step_},        {"loss", mean_loss}, {"lr", r.lr},         {"grad_norm", r.gnorm},
+              {"tokens_per_s", tps},  {"mfu", mfu},        {"peak_memory_bytes", mem},
+              {"tokens_seen", tokens_seen_}, {"skipped_steps", skipped_}};
+    for (auto it = stage_metrics.begin(); it != stage_metrics.end(); ++it) m[it.key()] = it.value();
+    std::ostringstream line;
+    line << std::fixed << std::setprecision(4) << "step " << step_ << "/" << o_.train_steps << " | loss " << mean_loss
+         << " | lr " << std::scientific << std::setprecision(2) << r.lr << std::fixed << " | gnorm "
+         << std::setprecision(3) << r.gnorm << " | " << std::setprecision(0) << tps << " tok/s | MFU "
+         << std::setprecision(1) << 100 * mfu << "% | mem " << human_bytes(mem);
+    for (auto it = stage_metrics.begin(); it != stage_metrics.end(); ++it)
+      line << " | " << it.key() << " " << it.value().dump();
+    log::info(line.str());
+    metrics_.append(m.dump() + "\n");
+    steps_since_log_ = 0;
+    loss_acc_log_ = 0;
+  }
+
+  // ---- validate: the held-out loss, logged and recorded ----
+  void validate() {
+    const double vl = evaluate(model_, stage_, *valid_, o_.eval_batches, o_.micro_batch, autocast_);
+    res_.last_eval_loss = vl;
+    log::info(cat("eval at step ", step_, ": loss ", vl, ", ppl ", std::exp(vl)));
+    metrics_.append(json{{"step", step_}, {"eval_loss", vl}, {"eval_ppl", std::exp(vl)}}.dump() + "\n");
+  }
+
+  // a signal to any rank stops all of them at the same step
+  int pending_signal() {
+    int64_t sig = g_signal.load();
+    if (dist_.world > 1) {
+      at::Tensor s = at::full({1}, sig, at::kLong);
+      all_reduce_max(s, dist_.world_group);
+      sig = s.item<int64_t>();
+      if (sig) g_signal.store((int)sig);
+    }
+    return (int)sig;
+  }
 
   // whole tensors from the shards (collective over tp; every rank takes part, rank 0 writes)
-  auto full_model = [&]() {
-    Llama full = model;
-    if (dist.tp.size > 1) {
-      for (auto& [name, t] : full.parameters()) *t = model.unshard(name, t->detach());
+  Llama full_model() {
+    Llama full = model_;
+    if (dist_.tp.size > 1) {
+      for (auto& [name, t] : full.parameters()) *t = model_.unshard(name, t->detach());
       if (full.config.tie_word_embeddings) full.lm_head = full.embed;
       full.tp = Group{};
     }
     return full;
-  };
-  auto save = [&](int64_t at_step) {
+  }
+
+  // ---- save: a checkpoint of model, optimizer, RNG, counters and stage state (rank 0 writes) ----
+  void save(int64_t at_step) {
     Llama full = full_model();
-    io::NamedTensors ost = opt.state([&](const std::string& n, const at::Tensor& local) { return model.unshard(n, local); });
-    if (!main_rank) {
-      barrier(dist.world_group);
+    io::NamedTensors ost =
+        opt_->state([this](const std::string& n, const at::Tensor& local) { return model_.unshard(n, local); });
+    if (!main_rank_) {
+      barrier(dist_.world_group);
       return;
     }
     CheckpointData d;
     d.model = &full;
     d.optimizer = ost;
-    d.rng = rng_state(dev);
-    d.trainer_state = {{"step", at_step},          {"loader_position", loader.position()}, {"skipped_steps", skipped},
-                       {"tokens_seen", tokens_seen}, {"config", resolved_yaml},
-                       {"tokenizer_fingerprint", tok.fingerprint()},
-                       {"stage", stage ? stage->state() : json::object()}, {"stage_name", stage ? stage->name() : "train"}};
-    auto dir = save_checkpoint(o.out, at_step, d, o.keep_last);
+    d.rng = rng_state(dev_);
+    d.trainer_state = {{"step", at_step},
+                       {"loader_position", loader_->position()},
+                       {"skipped_steps", skipped_},
+                       {"tokens_seen", tokens_seen_},
+                       {"config", yaml_},
+                       {"tokenizer_fingerprint", tok_.fingerprint()},
+                       {"stage", stage_ ? stage_->state() : json::object()},
+                       {"stage_name", stage_ ? stage_->name() : "train"}};
+    auto dir = save_checkpoint(o_.out, at_step, d, o_.keep_last);
     log::info(cat("checkpoint saved: ", dir));
-    barrier(dist.world_group);
-  };
+    barrier(dist_.world_group);
+  }
 
-  TrainResult res;
-  const bool already_done = step >= o.train_steps;
-  const int64_t first_step = step;
-  Progress eta("train", o.train_steps, 0.0);
-  auto t_last = std::chrono::steady_clock::now();
-  int64_t steps_since_log = 0;
-  double loss_acc_log = 0;
-  while (step < o.train_steps) {
-    if (stage) stage->begin_step(step, o.train_steps, model);
-    const double lr = sched.at(step);
-    double loss_sum = 0;
-    const int64_t step_start = loader.position();
-    loader.set_position(step_start + dist.dp.rank * (o.global_batch / dp));  // this rank's block of the batch
-    for (int64_t mb = 0; mb < accum; ++mb) {
-      data::Batch b = loader.next(o.micro_batch);
-      b.input = b.input.to(dev);
-      b.target = b.target.to(dev);
-      b.doc_start = b.doc_start.to(dev);
-      at::Tensor loss;
-      {
-        AutocastScope ac(autocast);
-        at::Tensor h = stage ? stage->forward_hidden(model, b) : model.forward_hidden(b.input);
-        loss = lm_loss(model, h, b.target);
-        if (stage) {
-          at::Tensor extra = stage->extra_loss(model);
-          if (extra.defined()) loss = loss + extra;
-        }
-      }
-      if (inject.count(step)) loss = loss * std::numeric_limits<double>::quiet_NaN();
-      if (mb == accum - 1) grad_sync.arm();
-      (loss / (double)(accum * dp)).backward();  // the data-parallel sum of these is the mean gradient
-      if (mb == accum - 1) grad_sync.finish();
-      loss_sum += loss.detach().item<double>();
+  // ---- finish: the final model in HF format ----
+  void finish() {
+    res_.final_dir = o_.out + "/final";
+    for (auto& p : params_) p.second->requires_grad_(false);
+    {
+      Llama full = full_model();
+      if (main_rank_) full.save(res_.final_dir, at::kFloat, int64_t(5) << 30, /*overwrite=*/true);
+      barrier(dist_.world_group);
     }
-    loader.set_position(step_start + o.global_batch);
-    double loss = loss_sum / accum;
-    if (dp > 1) {
-      at::Tensor l = at::full({1}, loss, at::kDouble);
-      all_reduce_sum(l, dist.dp);
-      loss = l.item<double>() / (double)dp;
-    }
-    double gnorm = std::isfinite(loss) ? opt.clip_grad_norm(o.grad_clip) : NAN;
-    if (!std::isfinite(loss) || !std::isfinite(gnorm)) {
-      zero_grads();
-      ++skipped;
-      ++nonfinite_run;
-      log::warn(cat("step ", step + 1, ": non-finite loss/grad (loss ", loss, ", grad norm ", gnorm, "); step skipped (",
-                    nonfinite_run, " in a row, ", skipped, " in total)"));
-      if (nonfinite_run >= o.max_nonfinite)
-        fail("training stopped: ", nonfinite_run, " non-finite losses in a row at step ", step + 1,
-             " (max_nonfinite = ", o.max_nonfinite, "); lower lr or check the data");
-    } else {
-      opt.step(lr);
-      zero_grads();
-      nonfinite_run = 0;
-      loss_acc_log += loss;
-    }
-    ++step;
-    ++steps_since_log;
-    tokens_seen += (double)o.global_batch * o.seq_len;
-    res.last_loss = loss;
-    json sm = stage ? stage->metrics() : json::object();
-    if (step % std::max<int64_t>(1, o.log_every) == 0 || step == o.train_steps) {
-      if (dev.is_cuda()) torch::cuda::synchronize(dev.index());
-      auto now = std::chrono::steady_clock::now();
-      const double secs = std::chrono::duration<double>(now - t_last).count();
-      t_last = now;
-      const double tps = steps_since_log * (double)o.global_batch * o.seq_len / secs;
-      const double mfu = tps * flops_per_token / (o.peak_tflops * 1e12 * (double)dist.world);  // per GPU
-      const double mem = peak_memory_bytes(dev);
-      const double mean_loss = loss_acc_log / std::max<int64_t>(1, steps_since_log);
-      json m = {{"step", step}, {"loss", mean_loss}, {"lr", lr}, {"grad_norm", gnorm}, {"tokens_per_s", tps},
-                {"mfu", mfu}, {"peak_memory_bytes", mem}, {"tokens_seen", tokens_seen}, {"skipped_steps", skipped}};
-      for (auto it = sm.begin(); it != sm.end(); ++it) m[it.key()] = it.value();
-      std::ostringstream line;
-      line << std::fixed << std::setprecision(4) << "step " << step << "/" << o.train_steps << " | loss " << mean_loss
-           << " | lr " << std::scientific << std::setprecision(2) << lr << std::fixed << " | gnorm " << std::setprecision(3)
-           << gnorm << " | " << std::setprecision(0) << tps << " tok/s | MFU " << std::setprecision(1) << 100 * mfu
-           << "% | mem " << human_bytes(mem);
-      for (auto it = sm.begin(); it != sm.end(); ++it) line << " | " << it.key() << " " << it.value().dump();
-      log::info(line.str());
-      eta.update(step);
-      metrics.append(m.dump() + "\n");
-      steps_since_log = 0;
-      loss_acc_log = 0;
-    }
-    if (valid && ((o.eval_every > 0 && step % o.eval_every == 0) || step == o.train_steps)) {
-      const double vl = evaluate(model, stage, *valid, o.eval_batches, o.micro_batch, autocast);
-      res.last_eval_loss = vl;
-      log::info(cat("eval at step ", step, ": loss ", vl, ", ppl ", std::exp(vl)));
-      metrics.append(json{{"step", step}, {"eval_loss", vl}, {"eval_ppl", std::exp(vl)}}.dump() + "\n");
-    }
-    const bool stop_here = o.exit_after_steps > 0 && step - first_step >= o.exit_after_steps && step < o.train_steps;
-    int64_t sig = g_signal.load();
-    if (dist.world > 1) {  // a signal to any rank stops all of them at the same step
-      at::Tensor s = at::full({1}, sig, at::kLong);
-      all_reduce_max(s, dist.world_group);
-      sig = s.item<int64_t>();
-      if (sig) g_signal.store((int)sig);
-    }
-    if (sig || stop_here) {
-      if (stop_here) log::info(cat("exit_after_steps reached: saving a checkpoint at step ", step, " and exiting"));
-      else log::warn(cat("signal ", g_signal.load(), " received: saving a checkpoint at step ", step, " and exiting"));
-      save(step);
-      res.interrupted = true;
-      res.signal = stop_here ? 0 : (int)sig;
-      res.steps_done = step;
-      dist.shutdown();
-      return res;
-    }
-    if (o.save_every > 0 && step % o.save_every == 0 && step < o.train_steps) save(step);
+    log::info(cat("final model: ", res_.final_dir));
+    res_.steps_done = step_;
+    dist_.shutdown();
   }
-  if (stage) stage->finish(model);
-  if (!already_done) save(step);
-  res.final_dir = o.out + "/final";
-  for (auto& p : params) p.second->requires_grad_(false);
-  {
-    Llama full = full_model();
-    if (main_rank) full.save(res.final_dir, at::kFloat, int64_t(5) << 30, /*overwrite=*/true);
-    barrier(dist.world_group);
+
+ public:
+  ~Trainer() {
+    if (signals_set_) {
+      std::signal(SIGTERM, prev_term_);
+      std::signal(SIGINT, prev_int_);
+    }
   }
-  log::info(cat("final model: ", res.final_dir));
-  res.steps_done = step;
-  dist.shutdown();
-  return res;
+
+ private:
+  const TrainOptions& o_;
+  Stage* stage_;
+  const std::string& yaml_;
+  at::Device dev_{at::kCPU};
+  bool autocast_ = false, main_rank_ = true, signals_set_ = false;
+  Dist dist_;
+  int64_t dp_ = 1, accum_ = 1;
+  std::unique_ptr<DirLock> lock_;
+  Tokenizer tok_;
+  Llama model_;
+  std::vector<std::pair<std::string, at::Tensor*>> params_;
+  std::unique_ptr<AdamW> opt_;
+  std::unique_ptr<GradSync> grad_sync_;
+  LrSchedule sched_;
+  std::unique_ptr<data::Loader> loader_, valid_;
+  int64_t step_ = 0, skipped_ = 0, nonfinite_run_ = 0, steps_since_log_ = 0;
+  double tokens_seen_ = 0, flops_per_token_ = 0, loss_acc_log_ = 0;
+  std::set<int64_t> inject_;
+  AppendFile metrics_;
+  std::chrono::steady_clock::time_point t_last_;
+  void (*prev_term_)(int) = SIG_DFL;
+  void (*prev_int_)(int) = SIG_DFL;
+  TrainResult res_;
+};
+}  // namespace
+
+TrainResult train(const TrainOptions& o, Stage* stage, const std::string& resolved_yaml) {
+  Trainer t(o, stage, resolved_yaml);
+  return t.run();
 }
 
 }  // namespace dmc::train
