@@ -107,14 +107,22 @@ int main(int argc, char** argv) {
       auto r = generate(model, prompts, go);
       const double step_ms = 1e3 * r.decode_seconds / r.decode_steps;
       const double tps = B * r.decode_steps / r.decode_seconds;
-      const double kv_bytes_mid = 2.0 * c.num_hidden_layers * B * c.kv_size() * (prompt_len + new_tokens / 2.0) *
-                                  c10::elementSize(dt);
-      const double floor_ms = bw > 0 ? 1e3 * (weight_bytes + kv_bytes_mid) / bw : 0;  // bw: read + write bytes/s of a copy
-      nlohmann::json j = {{"engine", "dmc"},           {"preset", preset},        {"batch", B},
-                          {"prompt_len", prompt_len},  {"new_tokens", new_tokens}, {"dtype", dtype_name(dt)},
-                          {"prefill_ms", r.prefill_seconds * 1e3}, {"decode_ms_per_step", step_ms},
-                          {"decode_tokens_per_s", tps}, {"hbm_floor_ms", floor_ms},
-                          {"copy_bandwidth_GBps", bw / 1e9}, {"device", dev.str()}};
+      const double kv_bytes_mid =
+          2.0 * c.num_hidden_layers * B * c.kv_size() * (prompt_len + new_tokens / 2.0) * c10::elementSize(dt);
+      const double floor_ms =
+          bw > 0 ? 1e3 * (weight_bytes + kv_bytes_mid) / bw : 0;  // bw: read + write bytes/s of a copy
+      nlohmann::json j = {{"engine", "dmc"},
+                          {"preset", preset},
+                          {"batch", B},
+                          {"prompt_len", prompt_len},
+                          {"new_tokens", new_tokens},
+                          {"dtype", dtype_name(dt)},
+                          {"prefill_ms", r.prefill_seconds * 1e3},
+                          {"decode_ms_per_step", step_ms},
+                          {"decode_tokens_per_s", tps},
+                          {"hbm_floor_ms", floor_ms},
+                          {"copy_bandwidth_GBps", bw / 1e9},
+                          {"device", dev.str()}};
       std::cout << j.dump() << std::endl;
       jout.append(j.dump() + "\n");
     }

@@ -31,9 +31,7 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #endif
 
-
 using namespace dmc;
-
 
 int main(int argc, char** argv) {
   std::string preset = "llama-1b", mode = "vanilla", device = "auto", json_path, attn_impl = "flash";
@@ -41,7 +39,8 @@ int main(int argc, char** argv) {
   bool ckpt = false, fused = true;
   int64_t profile = 0;
   double peak = 989.0, target_cr = 4.0;
-  OptionTable t("bench_train", "bench_train [--preset llama-1b] [--seq-len 4096] [--micro-batch 4] [--mode vanilla|dmc]");
+  OptionTable t("bench_train",
+                "bench_train [--preset llama-1b] [--seq-len 4096] [--micro-batch 4] [--mode vanilla|dmc]");
   t.add("preset", &preset, "model shape (random weights)");
   t.add("num_hidden_layers", &layers, "override the preset's layer count (0 = preset)");
   t.add("mode", &mode, "vanilla | dmc (retrofit stage)");
@@ -84,8 +83,10 @@ int main(int argc, char** argv) {
     }
     auto batch = [&](int64_t seed) {
       torch::manual_seed(seed);
-      at::Tensor tok = at::randint(3, c.vocab_size, {micro_batch, seq_len + 1}, at::TensorOptions().dtype(at::kLong)).to(dev);
-      data::Batch b{tok.narrow(1, 0, seq_len), tok.narrow(1, 1, seq_len), at::zeros({micro_batch, seq_len}, at::kBool).to(dev)};
+      at::Tensor tok =
+          at::randint(3, c.vocab_size, {micro_batch, seq_len + 1}, at::TensorOptions().dtype(at::kLong)).to(dev);
+      data::Batch b{tok.narrow(1, 0, seq_len), tok.narrow(1, 1, seq_len),
+                    at::zeros({micro_batch, seq_len}, at::kBool).to(dev)};
       return b;
     };
     auto loss_of = [&](const data::Batch& b) {
@@ -112,9 +113,11 @@ int main(int argc, char** argv) {
         l16 = loss_of(b).item<double>();
       }
       l32 = loss_of(b).item<double>();
-      log::info(cat("verify: loss bf16-autocast ", l16, ", fp32 ", l32, ", ln(vocab) ", std::log((double)c.vocab_size)));
+      log::info(
+          cat("verify: loss bf16-autocast ", l16, ", fp32 ", l32, ", ln(vocab) ", std::log((double)c.vocab_size)));
       if (!(std::abs(l16 - l32) <= 0.01 * l32)) fail("verification failed: autocast and fp32 losses disagree");
-      if (!(std::abs(l32 - std::log((double)c.vocab_size)) < 0.5)) fail("verification failed: initial loss far from ln(vocab)");
+      if (!(std::abs(l32 - std::log((double)c.vocab_size)) < 0.5))
+        fail("verification failed: initial loss far from ln(vocab)");
     }
     auto step = [&](int64_t i) {
       if (stage) stage->begin_step(i, 1000, model);
@@ -142,15 +145,25 @@ int main(int argc, char** argv) {
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     double mem = 0;
 #ifdef DMC_WITH_CUDA
-    if (dev.is_cuda()) mem = (double)c10::cuda::CUDACachingAllocator::getDeviceStats(dev.index()).allocated_bytes[0].peak;
+    if (dev.is_cuda())
+      mem = (double)c10::cuda::CUDACachingAllocator::getDeviceStats(dev.index()).allocated_bytes[0].peak;
 #endif
     const double n = (double)c.num_parameters() - (double)c.vocab_size * c.hidden_size;
     const double fpt = 6.0 * n + 12.0 * c.num_hidden_layers * c.q_size() * seq_len;
     const double tps = steps * micro_batch * seq_len / secs;
-    nlohmann::json j = {{"engine", "dmc"}, {"mode", mode == "dmc" ? "dmc/" + attn_impl : mode}, {"preset", preset}, {"layers", c.num_hidden_layers},
-                        {"seq_len", seq_len}, {"micro_batch", micro_batch}, {"activation_checkpointing", ckpt},
-                        {"step_ms", 1e3 * secs / steps}, {"tokens_per_s", tps}, {"mfu", tps * fpt / (peak * 1e12)},
-                        {"peak_memory_GiB", mem / (1 << 30)}, {"last_loss", last}, {"device", dev.str()}};
+    nlohmann::json j = {{"engine", "dmc"},
+                        {"mode", mode == "dmc" ? "dmc/" + attn_impl : mode},
+                        {"preset", preset},
+                        {"layers", c.num_hidden_layers},
+                        {"seq_len", seq_len},
+                        {"micro_batch", micro_batch},
+                        {"activation_checkpointing", ckpt},
+                        {"step_ms", 1e3 * secs / steps},
+                        {"tokens_per_s", tps},
+                        {"mfu", tps * fpt / (peak * 1e12)},
+                        {"peak_memory_GiB", mem / (1 << 30)},
+                        {"last_loss", last},
+                        {"device", dev.str()}};
     if (profile > 0) {  // kernels of `profile` steps by total device time: what the step spends its time on
       double total = 0;
       const std::string table = kernel_profile([&] { step(warmup + steps).item<double>(); }, (int)profile, 30, &total);

@@ -16,14 +16,14 @@ using Catch::Approx;
 // Catch2 v2 has no SKIP. Under CTest (one case per process, DMC_SKIP_EXIT set by CMakeLists.txt) a skipped case
 // exits with status 4, which CTest reports as "Skipped" (SKIP_RETURN_CODE), never as passed; run by hand it warns
 // visibly and leaves the test case.
-#define SKIP(msg)                                                  \
-  do {                                                             \
-    WARN("SKIPPED: " << (msg));                                    \
-    if (std::getenv("DMC_SKIP_EXIT")) {                            \
-      std::cout << "SKIPPED: " << (msg) << std::endl;              \
-      std::fflush(nullptr);                                        \
-      ::_exit(4);                                                  \
-    }                                                              \
-    return;                                                        \
+#define SKIP(msg)                                     \
+  do {                                                \
+    WARN("SKIPPED: " << (msg));                       \
+    if (std::getenv("DMC_SKIP_EXIT")) {               \
+      std::cout << "SKIPPED: " << (msg) << std::endl; \
+      std::fflush(nullptr);                           \
+      ::_exit(4);                                     \
+    }                                                 \
+    return;                                           \
   } while (0)
 #endif

@@ -44,8 +44,8 @@ inline std::vector<nlohmann::json> read_jsonl(const std::string& path) {
 }
 
 struct RunResult {
-  int status = -1;       // exit status, or -signal when killed by a signal
-  std::string output;    // stdout + stderr
+  int status = -1;     // exit status, or -signal when killed by a signal
+  std::string output;  // stdout + stderr
 };
 
 inline RunResult run(const std::string& cmd) {
@@ -102,13 +102,17 @@ inline void require_error(const std::function<void()>& fn, const std::vector<std
 
 // A deterministic English-like text (for tokenizer training and perplexity runs without ../shared).
 inline std::string sample_text(int paragraphs, unsigned seed = 1) {
-  static const char* words[] = {"the", "model", "cache", "memory", "compression", "token", "attention", "head",
-                                "layer", "dynamic", "merge", "append", "window", "weight", "query", "key", "value",
-                                "of", "and", "to", "in", "is", "a", "we", "it", "that", "for", "with", "on", "as",
-                                "Llama", "GPU", "training", "decode", "prefill", "page", "ratio", "4096", "2x", "8x"};
+  static const char* words[] = {
+      "the",   "model",  "cache",    "memory", "compression", "token", "attention", "head", "layer", "dynamic",
+      "merge", "append", "window",   "weight", "query",       "key",   "value",     "of",   "and",   "to",
+      "in",    "is",     "a",        "we",     "it",          "that",  "for",       "with", "on",    "as",
+      "Llama", "GPU",    "training", "decode", "prefill",     "page",  "ratio",     "4096", "2x",    "8x"};
   const int nw = sizeof(words) / sizeof(words[0]);
   unsigned s = seed;
-  auto rnd = [&] { s = s * 1103515245u + 12345u; return (s >> 16) & 0x7fff; };
+  auto rnd = [&] {
+    s = s * 1103515245u + 12345u;
+    return (s >> 16) & 0x7fff;
+  };
   std::string out;
   for (int p = 0; p < paragraphs; ++p) {
     int sentences = 3 + rnd() % 4;

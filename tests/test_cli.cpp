@@ -12,7 +12,7 @@ using namespace dmc::test;
 
 namespace {
 std::string dmc_bin() { return DMC_BINARY; }
-}
+}  // namespace
 
 TEST_CASE("options: YAML, overrides in order, types, unknown keys with a suggestion", "[cli]") {
   const auto work = tmp_dir("opt");
@@ -39,12 +39,24 @@ TEST_CASE("options: YAML, overrides in order, types, unknown keys with a suggest
   CHECK_FALSE(flag);
 
   write_text(work + "/bad.yaml", "seq_lenn: 3\n");
-  require_error([&] { t.parse({"--config", work + "/bad.yaml"}); }, {"bad.yaml", "unknown key 'seq_lenn'", "did you mean 'seq_len'"});
+  require_error(
+      [&] {
+        t.parse({"--config", work + "/bad.yaml"});
+      },
+      {"bad.yaml", "unknown key 'seq_lenn'", "did you mean 'seq_len'"});
   write_text(work + "/type.yaml", "seq_len: abc\n");
-  require_error([&] { t.parse({"--config", work + "/type.yaml"}); }, {"type.yaml", "'seq_len'", "expected an integer", "abc"});
+  require_error(
+      [&] {
+        t.parse({"--config", work + "/type.yaml"});
+      },
+      {"type.yaml", "'seq_len'", "expected an integer", "abc"});
   write_text(work + "/list.yaml", "seq_len: [1, 2]\n");
   require_error([&] { t.parse({"--config", work + "/list.yaml"}); }, {"list.yaml", "'seq_len'", "single value"});
-  require_error([&] { t.parse({"--temprature", "1"}); }, {"command line", "'temprature'", "did you mean 'temperature'"});
+  require_error(
+      [&] {
+        t.parse({"--temprature", "1"});
+      },
+      {"command line", "'temprature'", "did you mean 'temperature'"});
   require_error([&] { t.parse({"--use-flag", "maybe"}); }, {"command line", "unexpected argument 'maybe'"});
   require_error([&] { t.parse({"--seq-len", "x1"}); }, {"command line", "'seq_len'", "x1"});
   require_error([&] { t.parse({"--config", work + "/missing.yaml"}); }, {"missing.yaml", "does not exist"});
@@ -111,7 +123,8 @@ TEST_CASE("dmc CLI: info, convert, generate and eval ppl run end to end", "[cli]
   auto r = run(dmc_bin() + " tokenizer train --input " + work + "/t.txt --out " + work + "/tok --vocab-size 320");
   INFO(r.output);
   REQUIRE(r.status == 0);
-  r = run(dmc_bin() + " init --out " + work + "/m --preset tiny --tokenizer " + work + "/tok.model --num-hidden-layers 2");
+  r = run(dmc_bin() + " init --out " + work + "/m --preset tiny --tokenizer " + work +
+          "/tok.model --num-hidden-layers 2");
   INFO(r.output);
   REQUIRE(r.status == 0);
   r = run(dmc_bin() + " info " + work + "/m --json");

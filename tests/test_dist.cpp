@@ -60,34 +60,35 @@ TEST_CASE("tensor parallel over Gloo: TP=2 logits, loss and gradients equal TP=1
   for (std::string mode : {"vanilla", "dmc"}) {
     for (std::string rc : {"0", "1"}) {
       for (std::string sp : {"0", "1"}) {
-      DYNAMIC_SECTION(mode << (rc == "1" ? " with recompute" : "") << (sp == "1" ? " sequence parallel" : "")) {
-        auto r1 = run_workers(1, work + "/tp1.safetensors " + mode + " " + rc);
-        INFO(r1.output);
-        REQUIRE(r1.status == 0);
-        auto r2 = run_workers(2, work + "/tp2.safetensors " + mode + " " + rc + " cpu " + sp);
-        INFO(r2.output);
-        REQUIRE(r2.status == 0);
-        auto a = io::SafetensorsFile::open(work + "/tp1.safetensors");
-        auto b = io::SafetensorsFile::open(work + "/tp2.safetensors");
-        int64_t n = 0;
-        for (const auto& name : a->names()) {
-          at::Tensor x = a->get(name), y = b->get(name);
-          INFO(name);
-          REQUIRE(x.sizes() == y.sizes());
-          CHECK(rel_err(y, x) < 1e-5);
-          ++n;
+        DYNAMIC_SECTION(mode << (rc == "1" ? " with recompute" : "") << (sp == "1" ? " sequence parallel" : "")) {
+          auto r1 = run_workers(1, work + "/tp1.safetensors " + mode + " " + rc);
+          INFO(r1.output);
+          REQUIRE(r1.status == 0);
+          auto r2 = run_workers(2, work + "/tp2.safetensors " + mode + " " + rc + " cpu " + sp);
+          INFO(r2.output);
+          REQUIRE(r2.status == 0);
+          auto a = io::SafetensorsFile::open(work + "/tp1.safetensors");
+          auto b = io::SafetensorsFile::open(work + "/tp2.safetensors");
+          int64_t n = 0;
+          for (const auto& name : a->names()) {
+            at::Tensor x = a->get(name), y = b->get(name);
+            INFO(name);
+            REQUIRE(x.sizes() == y.sizes());
+            CHECK(rel_err(y, x) < 1e-5);
+            ++n;
+          }
+          CHECK(n >= 16);  // logits, loss and every parameter's gradient
+          // the gradients are not trivially zero
+          CHECK(a->get("grad.layers.0.wqkv").abs().max().item<double>() > 0);
+          CHECK(a->get("grad.layers.1.mlp_norm").abs().max().item<double>() > 0);
         }
-        CHECK(n >= 16);  // logits, loss and every parameter's gradient
-        // the gradients are not trivially zero
-        CHECK(a->get("grad.layers.0.wqkv").abs().max().item<double>() > 0);
-        CHECK(a->get("grad.layers.1.mlp_norm").abs().max().item<double>() > 0);
-      }
       }
     }
   }
 }
 
-TEST_CASE("data and tensor parallel training over Gloo equal the single process, and checkpoints resume across layouts", "[dist][train]") {
+TEST_CASE("data and tensor parallel training over Gloo equal the single process, and checkpoints resume across layouts",
+          "[dist][train]") {
 #ifndef DMC_HAVE_GLOO
   SKIP("built without Gloo headers (libgloo-dev)");
 #endif
@@ -142,7 +143,8 @@ TEST_CASE("data and tensor parallel training over Gloo equal the single process,
   }
 }
 
-TEST_CASE("DMC retrofit stages under TP=2 x DP=2: rows zeroed on every shard, ratios logged for every head", "[dist][dmc]") {
+TEST_CASE("DMC retrofit stages under TP=2 x DP=2: rows zeroed on every shard, ratios logged for every head",
+          "[dist][dmc]") {
 #ifndef DMC_HAVE_GLOO
   SKIP("built without Gloo headers (libgloo-dev)");
 #endif
@@ -153,8 +155,8 @@ TEST_CASE("DMC retrofit stages under TP=2 x DP=2: rows zeroed on every shard, ra
     const std::string cmd = train_cmd(w + "/unused", "");
     std::string rest = cmd.substr(dmc_bin().size() + std::string(" train").size());
     rest = rest.substr(0, rest.find(" --out ")) + rest.substr(rest.find(" --num-hidden-layers"));
-    return run("DMC_COMMAND=retrofit DMC_BIN=" + dmc_bin() + " " + std::string(DMC_SOURCE_DIR) + "/scripts/launch.sh 4 - " +
-               rest + " --tensor-parallel 2 " + args);
+    return run("DMC_COMMAND=retrofit DMC_BIN=" + dmc_bin() + " " + std::string(DMC_SOURCE_DIR) +
+               "/scripts/launch.sh 4 - " + rest + " --tensor-parallel 2 " + args);
   };
   auto s1 = retro("--stage zero_out --init-from " + w + "/base/final --out " + w + "/s1 --train-steps 4");
   INFO(s1.output);
@@ -165,7 +167,8 @@ TEST_CASE("DMC retrofit stages under TP=2 x DP=2: rows zeroed on every shard, ra
     for (int64_t h = 0; h < 4; ++h) CHECK(L.wqkv[h * D + D - 1].abs().max().item<double>() == 0);
     for (int64_t g = 0; g < 2; ++g) CHECK(L.wqkv[4 * D + g * D + D - 1].abs().max().item<double>() == 0);
   }
-  auto s2 = retro("--stage retrofit --target-cr 2 --init-from " + w + "/s1/final --out " + w + "/s2 --train-steps 4 "
+  auto s2 = retro("--stage retrofit --target-cr 2 --init-from " + w + "/s1/final --out " + w +
+                  "/s2 --train-steps 4 "
                   "--head-stats-every 2 --dmc-loss-scope global");
   INFO(s2.output);
   REQUIRE(s2.status == 0);
@@ -181,7 +184,8 @@ TEST_CASE("DMC retrofit stages under TP=2 x DP=2: rows zeroed on every shard, ra
   }
 }
 
-TEST_CASE("inference with TP=2 over Gloo: each rank its own page pool, the same greedy tokens as TP=1", "[dist][inference]") {
+TEST_CASE("inference with TP=2 over Gloo: each rank its own page pool, the same greedy tokens as TP=1",
+          "[dist][inference]") {
 #ifndef DMC_HAVE_GLOO
   SKIP("built without Gloo headers (libgloo-dev)");
 #endif

@@ -63,7 +63,8 @@ Llama tiny_decoder_model(uint64_t seed, double init_std, bool use_dmc, int64_t w
 }
 }  // namespace
 
-TEST_CASE("DMC attention equals the float64 reference: train with fed noise and eval, outputs and gradients", "[dmc][ref]") {
+TEST_CASE("DMC attention equals the float64 reference: train with fed noise and eval, outputs and gradients",
+          "[dmc][ref]") {
   if (!have_oracle()) SKIP("python oracle not available: " + python());
   const auto work = tmp_dir("dmcref");
   const int64_t B = 2, T = 14, nh = 4, nkv = 2, D = 8, W = 3;
@@ -73,12 +74,21 @@ TEST_CASE("DMC attention equals the float64 reference: train with fed noise and 
       DYNAMIC_SECTION(mode << (docs ? " with document boundaries" : "")) {
         Inputs in = make_inputs(B, T, nh, nkv, D, c, docs ? 3 : 4);
         io::save_file(work + "/in.safetensors",
-                      {{"q", in.q}, {"k", in.k}, {"v", in.v}, {"noise", in.noise}, {"doc_start", in.doc_start.to(at::kByte)},
-                       {"R", in.R}, {"r2", in.r2}},
-                      {{"mode", mode}, {"window", std::to_string(W)}, {"init_val", "5.0"}, {"temperature", "0.7"},
-                       {"rope_theta", "10000.0"}, {"doc_boundaries", docs ? "1" : "0"}});
-        auto r = run(python() + " " + DMC_SOURCE_DIR + "/tests/reference/dmc_reference.py " + work + "/in.safetensors " +
-                     work + "/out.safetensors");
+                      {{"q", in.q},
+                       {"k", in.k},
+                       {"v", in.v},
+                       {"noise", in.noise},
+                       {"doc_start", in.doc_start.to(at::kByte)},
+                       {"R", in.R},
+                       {"r2", in.r2}},
+                      {{"mode", mode},
+                       {"window", std::to_string(W)},
+                       {"init_val", "5.0"},
+                       {"temperature", "0.7"},
+                       {"rope_theta", "10000.0"},
+                       {"doc_boundaries", docs ? "1" : "0"}});
+        auto r = run(python() + " " + DMC_SOURCE_DIR + "/tests/reference/dmc_reference.py " + work +
+                     "/in.safetensors " + work + "/out.safetensors");
         INFO(r.output);
         REQUIRE(r.status == 0);
         auto ref = io::SafetensorsFile::open(work + "/out.safetensors");
@@ -92,8 +102,8 @@ TEST_CASE("DMC attention equals the float64 reference: train with fed noise and 
         o.temperature = tau;
         o.doc_boundaries = docs;
         o.attn_block = 5;  // several query blocks
-        auto res = dmc_attention(q, k, v, cos, sin, o,
-                                 mode == "train" ? DmcMode::Train : DmcMode::Eval, in.doc_start, in.noise);
+        auto res = dmc_attention(q, k, v, cos, sin, o, mode == "train" ? DmcMode::Train : DmcMode::Eval, in.doc_start,
+                                 in.noise);
         at::Tensor L = (res.out * in.R).sum() + (res.decision_mean * in.r2).sum();
         L.backward();
         const double e_out = (res.out - ref->get("out")).abs().max().item<double>();
@@ -141,7 +151,8 @@ TEST_CASE("after stage 1 with every decision 0, DMC equals the zeroed-last-dim v
   CHECK(caveat < 0.05 * vanilla.abs().max().item<double>());
 }
 
-TEST_CASE("hard decisions: 1 + appends slots per head, merged slot = omega-weighted mean of the last <= W of its group", "[dmc]") {
+TEST_CASE("hard decisions: 1 + appends slots per head, merged slot = omega-weighted mean of the last <= W of its group",
+          "[dmc]") {
   const int64_t B = 2, T = 30, H = 3, X = 5, W = 4;
   torch::manual_seed(7);
   at::Tensor x = at::randn({B, T, H, X}, at::kDouble), w = at::rand({B, T, H}, at::kDouble) + 0.1;
@@ -171,7 +182,8 @@ TEST_CASE("hard decisions: 1 + appends slots per head, merged slot = omega-weigh
 
 TEST_CASE("the hinge is zero once the mean merge rate reaches 1 - 1/CR", "[dmc]") {
   // [layers=2, batch=3]
-  at::Tensor d = at::tensor({0.5, 0.6, 0.4, 0.5, 0.6, 0.8}, at::kDouble).view({2, 3});  // per-sample means 0.5, 0.6, 0.6
+  at::Tensor d =
+      at::tensor({0.5, 0.6, 0.4, 0.5, 0.6, 0.8}, at::kDouble).view({2, 3});  // per-sample means 0.5, 0.6, 0.6
   CHECK(dmc_loss(d, 2.0).item<double>() == Approx(0.0));
   CHECK(dmc_loss(d, 1.0).item<double>() == Approx(0.0));
   // CR 4: P = 0.75 -> mean(0.25, 0.15, 0.15)
@@ -194,7 +206,8 @@ TEST_CASE("finite-difference gradient check of the relaxed DMC forward (float64)
     auto r = dmc_attention(q, k, v, cos, sin, o, DmcMode::Train, in.doc_start, in.noise);
     return (r.out * in.R).sum();  // the decision mean's STE has no finite-difference counterpart
   };
-  at::Tensor q = in.q.clone().requires_grad_(true), k = in.k.clone().requires_grad_(true), v = in.v.clone().requires_grad_(true);
+  at::Tensor q = in.q.clone().requires_grad_(true), k = in.k.clone().requires_grad_(true),
+             v = in.v.clone().requires_grad_(true);
   loss(q, k, v).backward();
   const double h = 1e-6;
   int checked = 0;
@@ -221,12 +234,13 @@ TEST_CASE("finite-difference gradient check of the relaxed DMC forward (float64)
   CHECK(checked == 30);
 }
 
-TEST_CASE("retrofit stages: zero_out zeroes the rows, retrofit ramps and logs ratios, resume keeps the ramp", "[dmc][train]") {
+TEST_CASE("retrofit stages: zero_out zeroes the rows, retrofit ramps and logs ratios, resume keeps the ramp",
+          "[dmc][train]") {
   const auto w = tmp_dir("stages");
   write_text(w + "/a.txt", sample_text(300, 31));
   Tokenizer::train({{w + "/a.txt"}, w + "/tok", 400, 100000});
-  auto r = run(std::string(DMC_BINARY) + " data prepare --input " + w + "/a.txt --tokenizer " + w + "/tok.model --out " + w +
-               "/data --chunk-chars 1500");
+  auto r = run(std::string(DMC_BINARY) + " data prepare --input " + w + "/a.txt --tokenizer " + w +
+               "/tok.model --out " + w + "/data --chunk-chars 1500");
   REQUIRE(r.status == 0);
   const std::string common = std::string(DMC_BINARY) + " %s --tokenizer " + w + "/tok.model --data " + w +
                              "/data --seq-len 32 --micro-batch 2 --global-batch 4 --device cpu --log-every 2 "
@@ -288,7 +302,8 @@ TEST_CASE("retrofit stages: zero_out zeroes the rows, retrofit ramps and logs ra
   CHECK(s2.config.dmc.stage == "retrofit");
   CHECK(s2.config.dmc.target_cr == 3.0);
   // finetune, then the report
-  r = run(cmd("retrofit") + "--stage finetune --init-from " + w + "/s2/final --out " + w + "/s3 --train-steps 4 --target-cr 3");
+  r = run(cmd("retrofit") + "--stage finetune --init-from " + w + "/s2/final --out " + w +
+          "/s3 --train-steps 4 --target-cr 3");
   REQUIRE(r.status == 0);
   r = run(std::string(DMC_BINARY) + " report " + w + "/s1 " + w + "/s2 " + w + "/s3 --out " + w + "/rep");
   INFO(r.output);
@@ -296,7 +311,8 @@ TEST_CASE("retrofit stages: zero_out zeroes the rows, retrofit ramps and logs ra
   for (const char* f : {"loss.svg", "ratio.svg", "heatmap.svg", "summary.md"}) CHECK(fs::exists(w + "/rep/" + f));
   CHECK(read_file(w + "/rep/heatmap.svg").find("<rect") != std::string::npos);
   // a stage refuses a checkpoint of another stage
-  r = run(cmd("retrofit") + "--stage finetune --init-from " + w + "/s2/final --out " + w + "/s2 --train-steps 9 --target-cr 3");
+  r = run(cmd("retrofit") + "--stage finetune --init-from " + w + "/s2/final --out " + w +
+          "/s2 --train-steps 9 --target-cr 3");
   CHECK(r.status == 1);
   CHECK(r.output.find("belongs to stage 'retrofit'") != std::string::npos);
 }
@@ -363,7 +379,8 @@ TEST_CASE("activation checkpointing gives the same loss and gradients, vanilla a
       CHECK(losses[0] == Approx(losses[1]).epsilon(1e-6));
       for (size_t i = 0; i < grads[0].size(); ++i) {
         INFO("parameter " << i);
-        CHECK((grads[0][i] - grads[1][i]).abs().max().item<double>() <= 1e-5 * (1 + grads[0][i].abs().max().item<double>()));
+        CHECK((grads[0][i] - grads[1][i]).abs().max().item<double>() <=
+              1e-5 * (1 + grads[0][i].abs().max().item<double>()));
       }
       // the decision path receives gradient through the hinge in the DMC case
       if (use_dmc) CHECK(grads[1][2].abs().sum().item<double>() > 0);
@@ -385,9 +402,10 @@ TEST_CASE("flash-kernel biased attention equals its plain blockwise twin, values
     std::vector<std::vector<at::Tensor>> grads;
     std::vector<at::Tensor> outs;
     for (bool flash : {false, true}) {
-      at::Tensor qq = q.clone().requires_grad_(true), kk = k.clone().requires_grad_(true), vv = v.clone().requires_grad_(true),
-                 mm = m.clone().requires_grad_(true);
-      at::Tensor out = flash ? biased_causal_attention_flash(qq, kk, vv, mm, 0.25) : biased_causal_attention(qq, kk, vv, mm, 0.25, 8);
+      at::Tensor qq = q.clone().requires_grad_(true), kk = k.clone().requires_grad_(true),
+                 vv = v.clone().requires_grad_(true), mm = m.clone().requires_grad_(true);
+      at::Tensor out = flash ? biased_causal_attention_flash(qq, kk, vv, mm, 0.25)
+                             : biased_causal_attention(qq, kk, vv, mm, 0.25, 8);
       (out * R).sum().backward();
       outs.push_back(out.detach());
       // dim D-1 of q and k carries no information (the model zeroes it in the graph): compare the rest
@@ -441,7 +459,8 @@ TEST_CASE("token-by-token decoding through the paged cache equals the parallel e
   }
 }
 
-TEST_CASE("paged cache: per-head lengths, exhaustion reported, thousands of sequences through allocate and free", "[inference]") {
+TEST_CASE("paged cache: per-head lengths, exhaustion reported, thousands of sequences through allocate and free",
+          "[inference]") {
   PagedCacheOptions o;
   o.n_layers = 2;
   o.max_seqs = 8;
@@ -450,7 +469,13 @@ TEST_CASE("paged cache: per-head lengths, exhaustion reported, thousands of sequ
   o.page_size = 4;
   o.n_pages = 64;
   PagedKVCache cache(o);
-  require_error([&] { PagedCacheOptions b = o; b.page_size = 3; PagedKVCache x(b); }, {"page_size", "power of two"});
+  require_error(
+      [&] {
+        PagedCacheOptions b = o;
+        b.page_size = 3;
+        PagedKVCache x(b);
+      },
+      {"page_size", "power of two"});
   std::mt19937 rng(1);
   at::Tensor kv = at::ones({4});
   int64_t refused = 0;
@@ -462,8 +487,10 @@ TEST_CASE("paged cache: per-head lengths, exhaustion reported, thousands of sequ
       for (int64_t l = 0; l < 2 && ok; ++l)
         for (int64_t h = 0; h < 2 && ok; ++h) {
           const int64_t r = cache.row(l, s, h);
-          if (h == 1 && t % 2 == 1 && cache.length(r) > 0) cache.overwrite_last(r, kv * t, kv);  // a merging head
-          else ok = cache.try_append(r, kv * t, kv);
+          if (h == 1 && t % 2 == 1 && cache.length(r) > 0)
+            cache.overwrite_last(r, kv * t, kv);  // a merging head
+          else
+            ok = cache.try_append(r, kv * t, kv);
         }
     refused += !ok;
     if (rng() % 2) cache.free_seq(s);
@@ -474,8 +501,10 @@ TEST_CASE("paged cache: per-head lengths, exhaustion reported, thousands of sequ
   // per-head lengths and contents
   for (int t = 0; t < 6; ++t) {
     cache.try_append(cache.row(0, 0, 0), kv * t, kv * -t);
-    if (t % 3 == 0) cache.try_append(cache.row(0, 0, 1), kv * t, kv);
-    else cache.overwrite_last(cache.row(0, 0, 1), kv * t, kv);
+    if (t % 3 == 0)
+      cache.try_append(cache.row(0, 0, 1), kv * t, kv);
+    else
+      cache.overwrite_last(cache.row(0, 0, 1), kv * t, kv);
   }
   auto [k, v, lens] = cache.gather({cache.row(0, 0, 0), cache.row(0, 0, 1)});
   CHECK(lens[0].item<int64_t>() == 6);
@@ -485,7 +514,8 @@ TEST_CASE("paged cache: per-head lengths, exhaustion reported, thousands of sequ
   CHECK(k[1][1][0].item<float>() == 5);  // the second group's slot holds its latest state
 }
 
-TEST_CASE("dmc generate on a DMC model decodes through the paged cache, greedy = argmax of the parallel forward", "[dmc][inference]") {
+TEST_CASE("dmc generate on a DMC model decodes through the paged cache, greedy = argmax of the parallel forward",
+          "[dmc][inference]") {
   auto m = tiny_decoder_model(13, 0.2, true, 4);
   GenerateOptions go;
   go.max_new_tokens = 10;
@@ -508,7 +538,8 @@ TEST_CASE("dmc generate on a DMC model decodes through the paged cache, greedy =
   CHECK(std::vector<int64_t>(seq.begin() + 7, seq.end()) == res.tokens[0]);
 }
 
-TEST_CASE("parallel prefill builds the same cache and next-token logits as token-by-token decoding", "[dmc][inference]") {
+TEST_CASE("parallel prefill builds the same cache and next-token logits as token-by-token decoding",
+          "[dmc][inference]") {
   for (bool use_dmc : {false, true}) {
     DYNAMIC_SECTION((use_dmc ? "dmc" : "vanilla")) {
       auto m = tiny_decoder_model(14, 0.2, use_dmc, 3);

@@ -40,7 +40,8 @@ std::vector<int64_t> random_ids(int64_t n, int64_t vocab, uint64_t seed) {
 }
 }  // namespace
 
-TEST_CASE("continuous batching: joins, exits and preemption give each prompt its own greedy tokens", "[inference][engine]") {
+TEST_CASE("continuous batching: joins, exits and preemption give each prompt its own greedy tokens",
+          "[inference][engine]") {
   for (bool use_dmc : {false, true}) {
     DYNAMIC_SECTION((use_dmc ? "dmc" : "vanilla")) {
       auto m = engine_model(31, use_dmc);
@@ -77,7 +78,9 @@ TEST_CASE("continuous batching: joins, exits and preemption give each prompt its
   }
 }
 
-TEST_CASE("eviction baselines: window keeps sinks + recent, H2O keeps the recent half, TOVA stays in budget, pages come back", "[inference][engine]") {
+TEST_CASE(
+    "eviction baselines: window keeps sinks + recent, H2O keeps the recent half, TOVA stays in budget, pages come back",
+    "[inference][engine]") {
   auto m = engine_model(32, false);
   const auto& c = m.config;
   torch::manual_seed(6);
@@ -136,7 +139,7 @@ TEST_CASE("eviction baselines: window keeps sinks + recent, H2O keeps the recent
   auto win = perplexity(m, ids, po);
   CHECK(win.tokens_scored == van.tokens_scored);
   CHECK(std::abs(win.ppl() - van.ppl()) > 1e-6);  // eviction changed something
-  CHECK(win.cr() > 5.0);                           // 59 tokens in 6 slots per head
+  CHECK(win.cr() > 5.0);                          // 59 tokens in 6 slots per head
   // windows decoded together (a group of 3 windows, then 1) score the same as one at a time, for each baseline
   for (const char* pol : {"tova", "h2o", "window"}) {
     po.cache = pol;
@@ -164,7 +167,8 @@ TEST_CASE("eviction baselines: window keeps sinks + recent, H2O keeps the recent
   require_error([&] { perplexity(m, ids, po); }, {"cache policy", "tova"});
 }
 
-TEST_CASE("forced-ratio policy (benchmarks with random weights): prefill equals token by token, ratio as asked", "[inference][engine]") {
+TEST_CASE("forced-ratio policy (benchmarks with random weights): prefill equals token by token, ratio as asked",
+          "[inference][engine]") {
   auto m = engine_model(33, false);
   const auto& c = m.config;
   torch::manual_seed(8);
@@ -220,7 +224,8 @@ TEST_CASE("decoder: bad input is refused before anything changes", "[inference][
   CHECK(!v.can_step({0}));
 }
 
-TEST_CASE("dmc bench decode on the CPU: equal-memory batches, forced ratio labelled, bad input refused", "[inference][engine][cli]") {
+TEST_CASE("dmc bench decode on the CPU: equal-memory batches, forced ratio labelled, bad input refused",
+          "[inference][engine][cli]") {
   const auto w = tmp_dir("benchdec");
   const std::string base = std::string(DMC_BINARY) +
                            " bench decode --preset tiny --num-hidden-layers 2 --prompt-len 40 --new-tokens 8 --steps 4"
@@ -245,7 +250,8 @@ TEST_CASE("dmc bench decode on the CPU: equal-memory batches, forced ratio label
   CHECK(r.output.find("holds no sequence") != std::string::npos);
 }
 
-TEST_CASE("trained DMC checkpoints: bench decode sizes the batch by calibration, eval ppl scores a prepared split", "[inference][engine][cli]") {
+TEST_CASE("trained DMC checkpoints: bench decode sizes the batch by calibration, eval ppl scores a prepared split",
+          "[inference][engine][cli]") {
   // a DMC model (random weights, its own decisions: ~half the tokens merge) saved as a checkpoint, with the
   // fixture tokenizer's vocabulary, and the fixture's prepared validation split as the text
   const auto w = tmp_dir("trained_dmc");
@@ -257,9 +263,11 @@ TEST_CASE("trained DMC checkpoints: bench decode sizes the batch by calibration,
   m.config.dmc.init_val = 0.2;
   m.config.dmc.window = 4;
   m.save(w + "/model", at::kFloat);
-  const std::string bench = std::string(DMC_BINARY) + " bench decode --model " + w + "/model --prompt-len 200 --new-tokens 8 --page-size 4"
+  const std::string bench = std::string(DMC_BINARY) + " bench decode --model " + w +
+                            "/model --prompt-len 200 --new-tokens 8 --page-size 4"
                             " --steps 4 --memory-gib 0.01 --prefill-check 0 --device cpu --calibrate 3";
-  auto r = run(bench + " --policy vanilla,dmc --data " + fx().data + " --tokenizer " + fx().tok + " --json " + w + "/b.jsonl");
+  auto r = run(bench + " --policy vanilla,dmc --data " + fx().data + " --tokenizer " + fx().tok + " --json " + w +
+               "/b.jsonl");
   INFO(r.output);
   REQUIRE(r.status == 0);
   auto rows = read_jsonl(w + "/b.jsonl");
@@ -285,7 +293,8 @@ TEST_CASE("trained DMC checkpoints: bench decode sizes the batch by calibration,
   REQUIRE(r.status == 0);
   r = run(ppl + " --mode incremental --batch 3 --json " + w + "/i.json");
   REQUIRE(r.status == 0);
-  auto par = nlohmann::json::parse(dmc::read_file(w + "/p.json")), inc = nlohmann::json::parse(dmc::read_file(w + "/i.json"));
+  auto par = nlohmann::json::parse(dmc::read_file(w + "/p.json")),
+       inc = nlohmann::json::parse(dmc::read_file(w + "/i.json"));
   CHECK(par["tokens_scored"] == inc["tokens_scored"]);
   CHECK(std::abs(par["ppl"].get<double>() - inc["ppl"].get<double>()) / par["ppl"].get<double>() < 1e-4);
   CHECK(par["dmc_cr"].get<double>() > 1.2);
@@ -295,22 +304,23 @@ TEST_CASE("trained DMC checkpoints: bench decode sizes the batch by calibration,
 }
 
 TEST_CASE("decode CUDA-graph batch buckets: powers of two below the step, then its multiples, capped", "[inference]") {
-  const std::vector<std::pair<int64_t, int64_t>> with8 = {{1, 1}, {2, 2}, {3, 4}, {4, 4}, {5, 8}, {8, 8},
-                                                         {9, 16}, {111, 112}, {216, 216}, {217, 224}, {512, 512}};
+  const std::vector<std::pair<int64_t, int64_t>> with8 = {
+      {1, 1}, {2, 2}, {3, 4}, {4, 4}, {5, 8}, {8, 8}, {9, 16}, {111, 112}, {216, 216}, {217, 224}, {512, 512}};
   for (auto [n, b] : with8) {
     INFO("n " << n);
     CHECK(graph_bucket(n, 8, 512) == b);
   }
   CHECK(graph_bucket(497, 8, 500) == 500);  // capped by graph_max_batch, never below n
   CHECK(graph_bucket(500, 8, 500) == 500);
-  CHECK(graph_bucket(3, 1, 512) == 3);      // step 1: exact sizes
+  CHECK(graph_bucket(3, 1, 512) == 3);  // step 1: exact sizes
   CHECK(graph_bucket(17, 16, 512) == 32);
   CHECK(graph_bucket(9, 16, 512) == 16);
 }
 
 // The one per-row state formula (what bench decode sizes equal-memory batches with) against what a Decoder
 // actually allocates, for every policy.
-TEST_CASE("decoder state bytes: rows x state_bytes_per_row + the free-page stack, every policy", "[inference][engine]") {
+TEST_CASE("decoder state bytes: rows x state_bytes_per_row + the free-page stack, every policy",
+          "[inference][engine]") {
   LlamaConfig c = LlamaConfig::preset("tiny");
   c.num_hidden_layers = 2;
   c.max_position_embeddings = 100;

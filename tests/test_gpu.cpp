@@ -21,7 +21,8 @@ TEST_CASE("bf16 logits on CUDA match HF transformers within bf16 rounding", "[gp
   if (!torch::cuda::is_available()) SKIP("no CUDA device");
   if (!have_oracle()) SKIP("python oracle not available: " + python());
   const auto work = tmp_dir("gpuhf");
-  auto r = run(oracle() + " make-model " + work + "/m --vocab 1000 --layers 4 --heads 8 --kv-heads 2 --hidden 512 --ffn 1400 --seed 4");
+  auto r = run(oracle() + " make-model " + work +
+               "/m --vocab 1000 --layers 4 --heads 8 --kv-heads 2 --hidden 512 --ffn 1400 --seed 4");
   INFO(r.output);
   REQUIRE(r.status == 0);
   torch::manual_seed(0);
@@ -34,8 +35,8 @@ TEST_CASE("bf16 logits on CUDA match HF transformers within bf16 rounding", "[gp
   }
   std::ofstream(work + "/ids.json") << j.dump();
   auto hf = [&](const std::string& dtype, const std::string& dev) {
-    auto rr = run(oracle() + " logits " + work + "/m " + work + "/ids.json " + work + "/l.safetensors --dtype " + dtype +
-                  " --device " + dev);
+    auto rr = run(oracle() + " logits " + work + "/m " + work + "/ids.json " + work + "/l.safetensors --dtype " +
+                  dtype + " --device " + dev);
     INFO(rr.output);
     REQUIRE(rr.status == 0);
     return io::SafetensorsFile::open(work + "/l.safetensors")->get("logits").clone();
@@ -60,11 +61,13 @@ TEST_CASE("bf16 logits on CUDA match HF transformers within bf16 rounding", "[gp
   const double agree = agreement(ours, hf16), ours_ref = agreement(ours, ref32), hf_ref = agreement(hf16, ref32);
   INFO("argmax agreement with fp32: ours " << ours_ref << ", HF bf16 " << hf_ref);
   CHECK(ours_ref >= hf_ref - 0.02);  // (this random model's logits crowd: HF bf16 itself agrees on ~80%)
-  std::cout << "[gpu-hf-bf16] scale " << scale << " err_hf " << err_hf << " err_dmc " << err_ours << " dmc_vs_hf " << diff
-            << " argmax_agree " << agree << " (with fp32: dmc " << ours_ref << ", HF " << hf_ref << ")" << std::endl;
+  std::cout << "[gpu-hf-bf16] scale " << scale << " err_hf " << err_hf << " err_dmc " << err_ours << " dmc_vs_hf "
+            << diff << " argmax_agree " << agree << " (with fp32: dmc " << ours_ref << ", HF " << hf_ref << ")"
+            << std::endl;
 }
 
-TEST_CASE("CUDA: the inference form of the biased flash attention (cuDNN, no gradient) equals the training form", "[gpu][dmc]") {
+TEST_CASE("CUDA: the inference form of the biased flash attention (cuDNN, no gradient) equals the training form",
+          "[gpu][dmc]") {
   if (!torch::cuda::is_available()) SKIP("no CUDA device");
   torch::manual_seed(21);
   auto f = at::TensorOptions().device(at::kCUDA).dtype(at::kBFloat16);
@@ -112,9 +115,7 @@ TEST_CASE("CUDA: flash-kernel DMC attention equals the blockwise twin in bf16, v
     g.push_back({qq.grad().narrow(-1, 0, D - 1).to(at::kFloat), kk.grad().narrow(-1, 0, D - 1).to(at::kFloat),
                  vv.grad().to(at::kFloat), mm.grad().to(at::kFloat)});
   }
-  auto rel = [](const at::Tensor& a, const at::Tensor& b) {
-    return ((a - b).norm() / b.norm()).item<double>();
-  };
+  auto rel = [](const at::Tensor& a, const at::Tensor& b) { return ((a - b).norm() / b.norm()).item<double>(); };
   // bf16 inputs and kernel vs an fp32 reference: relative errors of a few bf16 ulps (2^-8 = 0.4%)
   const double e_out = rel(outs[1], outs[0]);
   INFO("out rel err " << e_out);
@@ -177,7 +178,8 @@ TEST_CASE("CUDA: DMC inference pooling and diagonal blend kernels equal their AT
     at::Tensor out = dmc_blend_cuda(q, k, past, v, lse, scale);
     REQUIRE(out.defined());
     // fp32 oracle
-    at::Tensor ke = k.to(at::kFloat).repeat_interleave(nh / nkv, 1), ve = v.to(at::kFloat).repeat_interleave(nh / nkv, 1);
+    at::Tensor ke = k.to(at::kFloat).repeat_interleave(nh / nkv, 1),
+               ve = v.to(at::kFloat).repeat_interleave(nh / nkv, 1);
     at::Tensor s = (q.to(at::kFloat).narrow(-1, 0, D - 1) * ke.narrow(-1, 0, D - 1)).sum(-1) * scale;
     at::Tensor a = at::sigmoid(lse - s).unsqueeze(-1);
     at::Tensor ref = a * past.to(at::kFloat) + (1 - a) * ve;
@@ -188,7 +190,8 @@ TEST_CASE("CUDA: DMC inference pooling and diagonal blend kernels equal their AT
     CHECK(a.min().item<double>() < 0.2);
     CHECK(a.max().item<double>() > 0.8);
     // an fp32 input is not the kernel's: the caller falls back
-    CHECK_FALSE(dmc_blend_cuda(q.to(at::kFloat), k.to(at::kFloat), past.to(at::kFloat), v.to(at::kFloat), lse, scale).defined());
+    CHECK_FALSE(dmc_blend_cuda(q.to(at::kFloat), k.to(at::kFloat), past.to(at::kFloat), v.to(at::kFloat), lse, scale)
+                    .defined());
     std::cout << "[gpu-dmc-blend] rel err " << e << std::endl;
   }
 #endif
@@ -236,7 +239,8 @@ TEST_CASE("CUDA: eval-mode DMC attention through the inference kernels equals th
   REQUIRE(frac > 0.2);
   REQUIRE(frac < 0.8);
   CHECK(at::equal(fast.hard.to(at::kFloat), ref.hard.to(at::kFloat)));
-  const double eo = rel_err(fast.out, ref.out), ek = rel_err(fast.k_rot, ref.k_rot), ev = rel_err(fast.v_hat, ref.v_hat);
+  const double eo = rel_err(fast.out, ref.out), ek = rel_err(fast.k_rot, ref.k_rot),
+               ev = rel_err(fast.v_hat, ref.v_hat);
   INFO("out " << eo << " k_rot " << ek << " v_hat " << ev);
   CHECK(eo < 2e-2);  // bf16 flash attention against fp32, as in the flash-vs-blocks case above
   CHECK(ek < 5e-3);

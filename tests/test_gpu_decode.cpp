@@ -38,19 +38,22 @@ Llama gpu_model(uint64_t seed, double init_std, double dmc_init) {
 }
 }  // namespace
 
-TEST_CASE("CUDA: decode_update and paged_attention kernels equal the reference ops over many steps", "[gpu][inference]") {
+TEST_CASE("CUDA: decode_update and paged_attention kernels equal the reference ops over many steps",
+          "[gpu][inference]") {
   if (!torch::cuda::is_available()) SKIP("no CUDA device");
   struct Case {
     int64_t nh, nkv, D, P;
     bool dmc;
     at::ScalarType dt;
   };
-  std::vector<Case> cases = {{8, 2, 128, 16, true, at::kBFloat16}, {8, 2, 128, 16, false, at::kBFloat16},
-                             {4, 4, 64, 1, true, at::kFloat},      {32, 32, 128, 16, true, at::kBFloat16},
+  std::vector<Case> cases = {{8, 2, 128, 16, true, at::kBFloat16},
+                             {8, 2, 128, 16, false, at::kBFloat16},
+                             {4, 4, 64, 1, true, at::kFloat},
+                             {32, 32, 128, 16, true, at::kBFloat16},
                              {8, 1, 128, 4, true, at::kHalf}};
   for (const auto& cs : cases) {
-    DYNAMIC_SECTION("nh " << cs.nh << " nkv " << cs.nkv << " D " << cs.D << " P " << cs.P << (cs.dmc ? " dmc " : " vanilla ")
-                          << c10::toString(cs.dt)) {
+    DYNAMIC_SECTION("nh " << cs.nh << " nkv " << cs.nkv << " D " << cs.D << " P " << cs.P
+                          << (cs.dmc ? " dmc " : " vanilla ") << c10::toString(cs.dt)) {
       const int64_t L = 2, S = 6, steps = 70, W = 5, D = cs.D, nkv = cs.nkv, nh = cs.nh, maxpos = 256;
       const double c = 5.0;
       PagedCacheOptions po;
@@ -64,7 +67,8 @@ TEST_CASE("CUDA: decode_update and paged_attention kernels equal the reference o
       po.dtype = cs.dt;
       po.device = at::kCUDA;
       PagedKVCache ca(po), cb(po);
-      DmcState sa = DmcState::create(L * S * nkv, D, W, cs.dt, at::kCUDA), sb = DmcState::create(L * S * nkv, D, W, cs.dt, at::kCUDA);
+      DmcState sa = DmcState::create(L * S * nkv, D, W, cs.dt, at::kCUDA),
+               sb = DmcState::create(L * S * nkv, D, W, cs.dt, at::kCUDA);
       auto fopt = at::TensorOptions().dtype(at::kFloat).device(at::kCUDA);
       at::Tensor inv = 1.0 / at::pow(10000.0, at::arange(0, D, 2, fopt) / (double)D);
       auto [cos, sin] = rope_cos_sin(inv, at::arange(maxpos, fopt.dtype(at::kLong)));
@@ -147,8 +151,9 @@ TEST_CASE("CUDA: decode_update and paged_attention kernels equal the reference o
       CHECK(at::equal(na, nb));
       CHECK(rel_err(kb, ka) <= ulp);
       CHECK(rel_err(vb, va) <= ulp);
-      std::cout << "[gpu-decode-kernels] " << nh << "/" << nkv << " D" << D << " P" << cs.P << (cs.dmc ? " dmc " : " vanilla ")
-                << c10::toString(cs.dt) << ": q rel " << worst_q << ", attention rel " << worst_o << std::endl;
+      std::cout << "[gpu-decode-kernels] " << nh << "/" << nkv << " D" << D << " P" << cs.P
+                << (cs.dmc ? " dmc " : " vanilla ") << c10::toString(cs.dt) << ": q rel " << worst_q
+                << ", attention rel " << worst_o << std::endl;
     }
   }
 }
@@ -192,8 +197,8 @@ TEST_CASE("CUDA: the engine with kernels equals the engine with reference ops, p
       INFO("worst logits rel " << worst << ", argmax agreement " << agree << "/" << total);
       CHECK(worst < 0.02);  // bf16 activations through two layers
       CHECK(agree >= total - 2);
-      std::cout << "[gpu-engine] " << (use_dmc ? "dmc" : "vanilla") << ": logits rel " << worst << ", argmax " << agree << "/"
-                << total << std::endl;
+      std::cout << "[gpu-engine] " << (use_dmc ? "dmc" : "vanilla") << ": logits rel " << worst << ", argmax " << agree
+                << "/" << total << std::endl;
     }
   }
 }
@@ -208,12 +213,13 @@ TEST_CASE("CUDA: fused DMC pooling kernels equal the ATen pooling, values and gr
       at::Tensor x = at::randn({B, T, H, X}, f), w = at::rand({B, T, H}, f) + 0.05;
       at::Tensor b = at::rand({B, T, H}, f);
       b.narrow(1, 0, 1).zero_();
-      b.narrow(1, 100, 1).zero_();                  // a document start
+      b.narrow(1, 100, 1).zero_();                                  // a document start
       b = at::where(at::rand_like(b) < 0.2, at::zeros_like(b), b);  // hard zeros (the product must not divide)
       at::Tensor R = at::randn({B, T, H, X}, f);
       std::vector<at::Tensor> outs, gx, gw, gb;
       for (int k = 0; k < 2; ++k) {
-        at::Tensor xx = x.clone().requires_grad_(true), ww = w.clone().requires_grad_(true), bb = b.clone().requires_grad_(true);
+        at::Tensor xx = x.clone().requires_grad_(true), ww = w.clone().requires_grad_(true),
+                   bb = b.clone().requires_grad_(true);
         at::Tensor o = k == 0 ? dmc_pool_ref(xx, ww, bb, W) : dmc_pool(xx, ww, bb, W);
         (o * R).sum().backward();
         outs.push_back(o.detach());
@@ -221,19 +227,20 @@ TEST_CASE("CUDA: fused DMC pooling kernels equal the ATen pooling, values and gr
         gw.push_back(ww.grad());
         gb.push_back(bb.grad().defined() ? bb.grad() : at::zeros_like(bb));  // W = 1: b takes no part
       }
-      INFO("out " << rel_err(outs[1], outs[0]) << " dx " << rel_err(gx[1], gx[0]) << " dw " << rel_err(gw[1], gw[0]) << " db "
-                  << rel_err(gb[1], gb[0]));
+      INFO("out " << rel_err(outs[1], outs[0]) << " dx " << rel_err(gx[1], gx[0]) << " dw " << rel_err(gw[1], gw[0])
+                  << " db " << rel_err(gb[1], gb[0]));
       CHECK(rel_err(outs[1], outs[0]) < 1e-5);
       CHECK(rel_err(gx[1], gx[0]) < 1e-5);
-      if (W > 1) CHECK(rel_err(gw[1], gw[0]) < 1e-4);
+      if (W > 1)
+        CHECK(rel_err(gw[1], gw[0]) < 1e-4);
       else {
         // W = 1: out = x and dw = (x.g - g.x) / w is 0 up to the rounding of the two cancelling terms
         const double scale = ((x * R).sum(-1).abs() / w).max().item<double>();
         CHECK(gw[1].abs().max().item<double>() < 1e-5 * scale);
       }
       if (W > 1) CHECK(rel_err(gb[1], gb[0]) < 1e-4);
-      std::cout << "[gpu-dmc-pool] W " << W << ": out " << rel_err(outs[1], outs[0]) << " dx " << rel_err(gx[1], gx[0]) << " dw "
-                << rel_err(gw[1], gw[0]) << " db " << rel_err(gb[1], gb[0]) << std::endl;
+      std::cout << "[gpu-dmc-pool] W " << W << ": out " << rel_err(outs[1], outs[0]) << " dx " << rel_err(gx[1], gx[0])
+                << " dw " << rel_err(gw[1], gw[0]) << " db " << rel_err(gb[1], gb[0]) << std::endl;
     }
   }
 }
@@ -243,7 +250,8 @@ TEST_CASE("CUDA: fused DMC pooling kernels equal the ATen pooling, values and gr
 // rounding worth 2^-8 relative. Logits then differ by about 1% of their scale and a decision whose logit sits within
 // a rounding of the threshold can flip; averaged over hundreds of scored tokens the perplexities stay within 2%
 // and the achieved ratios within 3%. (Exact agreement, 1e-4, is tested in fp32 on the CPU.)
-TEST_CASE("CUDA bf16: eval ppl parallel and incremental agree within bf16 tolerance, DMC and vanilla", "[gpu][inference]") {
+TEST_CASE("CUDA bf16: eval ppl parallel and incremental agree within bf16 tolerance, DMC and vanilla",
+          "[gpu][inference]") {
   if (!torch::cuda::is_available()) SKIP("no CUDA device");
   for (bool use_dmc : {false, true}) {
     DYNAMIC_SECTION((use_dmc ? "dmc" : "vanilla")) {
@@ -318,7 +326,8 @@ TEST_CASE("CUDA graphs of the decode step replay the eager step, batch sizes cha
   CHECK(b.slot_counts(5).sum().item<int64_t>() == 0);
   CHECK(b.graphs_captured() == 3);
   CHECK(e.graphs_captured() == 4);
-  CHECK(worst_exact < 1e-3);  // the graphed step bounds attention by max_position (other split sizes): fp32 sums reorder
+  CHECK(worst_exact <
+        1e-3);  // the graphed step bounds attention by max_position (other split sizes): fp32 sums reorder
   CHECK(worst < 1e-2);
   std::cout << "[gpu-graphs] logits rel " << worst << " (buckets), " << worst_exact << " (exact sizes); graphs "
             << b.graphs_captured() << " / " << e.graphs_captured() << std::endl;

@@ -23,9 +23,10 @@ TEST_CASE("CUDA: fused RMSNorm and SwiGLU equal the ATen forms, values and gradi
   };
   // training (fp32 residual and weight, bf16 out), fp32 runs, bf16 inference, odd width
   for (Case cs : {Case{at::kFloat, at::kFloat, at::kBFloat16, 2048}, Case{at::kFloat, at::kFloat, at::kFloat, 512},
-                  Case{at::kBFloat16, at::kBFloat16, at::kBFloat16, 4096}, Case{at::kFloat, at::kFloat, at::kBFloat16, 1000},
-                  Case{at::kHalf, at::kHalf, at::kHalf, 8192}}) {
-    DYNAMIC_SECTION("rms " << c10::toString(cs.x) << " w " << c10::toString(cs.w) << " -> " << c10::toString(cs.out) << " H " << cs.H) {
+                  Case{at::kBFloat16, at::kBFloat16, at::kBFloat16, 4096},
+                  Case{at::kFloat, at::kFloat, at::kBFloat16, 1000}, Case{at::kHalf, at::kHalf, at::kHalf, 8192}}) {
+    DYNAMIC_SECTION("rms " << c10::toString(cs.x) << " w " << c10::toString(cs.w) << " -> " << c10::toString(cs.out)
+                           << " H " << cs.H) {
       at::Tensor x = (at::randn({3, 77, cs.H}, at::TensorOptions().device(dev)) * 3).to(cs.x);
       at::Tensor w = (1 + 0.1 * at::randn({cs.H}, at::TensorOptions().device(dev))).to(cs.w);
       at::Tensor R = at::randn({3, 77, cs.H}, at::TensorOptions().device(dev)).to(cs.out);
@@ -46,7 +47,8 @@ TEST_CASE("CUDA: fused RMSNorm and SwiGLU equal the ATen forms, values and gradi
       CHECK(rel_err(gx[1], gx[0]) < tol);
       CHECK(rel_err(gw[1], gw[0]) < tol);
       std::cout << "[gpu-fused] rms " << c10::toString(cs.x) << "->" << c10::toString(cs.out) << " H " << cs.H << ": y "
-                << rel_err(y[1], y[0]) << " dx " << rel_err(gx[1], gx[0]) << " dw " << rel_err(gw[1], gw[0]) << std::endl;
+                << rel_err(y[1], y[0]) << " dx " << rel_err(gx[1], gx[0]) << " dw " << rel_err(gw[1], gw[0])
+                << std::endl;
     }
   }
   for (at::ScalarType dt : {at::kBFloat16, at::kFloat}) {
@@ -112,7 +114,8 @@ TEST_CASE("CUDA: fused RoPE on the QKV projection equals the ATen form, values a
   }
 }
 
-TEST_CASE("CUDA: fused row RoPE (DMC's drop-last form too) equals the ATen form on strided inputs, values and gradient", "[gpu][fused]") {
+TEST_CASE("CUDA: fused row RoPE (DMC's drop-last form too) equals the ATen form on strided inputs, values and gradient",
+          "[gpu][fused]") {
   if (!torch::cuda::is_available()) SKIP("no CUDA device");
   torch::manual_seed(13);
   const auto dev = at::Device(at::kCUDA, 0);
@@ -122,8 +125,8 @@ TEST_CASE("CUDA: fused row RoPE (DMC's drop-last form too) equals the ATen form 
         const int64_t B = 2, T = 257, n = 4, D = 128;
         LlamaConfig c = LlamaConfig::preset("tiny");
         c.head_dim = D;
-        auto [cos, sin] = rope_cos_sin(rope_inv_freq(c, dev),
-                                       at::arange(T, at::TensorOptions().dtype(at::kLong).device(dev)));
+        auto [cos, sin] =
+            rope_cos_sin(rope_inv_freq(c, dev), at::arange(T, at::TensorOptions().dtype(at::kLong).device(dev)));
         // like DMC's pooled keys: a narrow of [B, T, n, 2D], seen as [B, n, T, D]
         at::Tensor base = at::randn({B, T, n, 2 * D}, at::TensorOptions().device(dev)).to(dt);
         at::Tensor R = at::randn({B, n, T, D}, at::TensorOptions().device(dev)).to(dt);
@@ -148,7 +151,8 @@ TEST_CASE("CUDA: fused row RoPE (DMC's drop-last form too) equals the ATen form 
     }
 }
 
-TEST_CASE("CUDA bf16 autocast: a training loss and its gradients with fused ops equal the unfused step", "[gpu][fused]") {
+TEST_CASE("CUDA bf16 autocast: a training loss and its gradients with fused ops equal the unfused step",
+          "[gpu][fused]") {
   if (!torch::cuda::is_available()) SKIP("no CUDA device");
   LlamaConfig c = LlamaConfig::preset("tiny");
   c.num_hidden_layers = 3;
@@ -188,6 +192,6 @@ TEST_CASE("CUDA bf16 autocast: a training loss and its gradients with fused ops 
     CHECK(e < 2e-2);
     worst = std::max(worst, e);
   }
-  std::cout << "[gpu-fused] training step: loss " << losses[0] << " / " << losses[1] << ", worst gradient rel. err " << worst
-            << std::endl;
+  std::cout << "[gpu-fused] training step: loss " << losses[0] << " / " << losses[1] << ", worst gradient rel. err "
+            << worst << std::endl;
 }

@@ -60,8 +60,9 @@ TEST_CASE("data prepare decodes .xz and .gz in process: hostile and quoted file 
   const auto w = tmp_dir("inject");
   const std::string text = sample_text(60, 3);
   write_text(w + "/plain.txt", text);
-  REQUIRE(run("xz -c '" + w + "/plain.txt' > '" + w + "/p.xz.tmp' && gzip -c '" + w + "/plain.txt' > '" + w +
-              "/p.gz.tmp'").status == 0);
+  REQUIRE(
+      run("xz -c '" + w + "/plain.txt' > '" + w + "/p.xz.tmp' && gzip -c '" + w + "/plain.txt' > '" + w + "/p.gz.tmp'")
+          .status == 0);
   fs::create_directories(w + "/in");
   const std::string hostile = w + "/in/x';touch PWNED;'.txt.xz";
   const std::string quoted = w + "/in/Alice's notes.txt.gz";
@@ -85,8 +86,10 @@ TEST_CASE("data prepare decodes .xz and .gz in process: hostile and quoted file 
   const std::string xz = read_file(hostile), gz = read_file(quoted);
   CHECK(data::decompress_xz(xz + xz, "two.xz") == text + text);
   CHECK(data::decompress_gz(gz + gz, "two.gz") == text + text);
-  require_error([&] { data::decompress_xz(xz.substr(0, xz.size() / 2), "half.xz"); }, {"half.xz", "xz decompression failed"});
-  require_error([&] { data::decompress_gz(gz.substr(0, gz.size() / 2), "half.gz"); }, {"half.gz", "gzip decompression failed"});
+  require_error([&] { data::decompress_xz(xz.substr(0, xz.size() / 2), "half.xz"); },
+                {"half.xz", "xz decompression failed"});
+  require_error([&] { data::decompress_gz(gz.substr(0, gz.size() / 2), "half.gz"); },
+                {"half.gz", "gzip decompression failed"});
   require_error([&] { data::decompress_xz("not xz at all, just some text here", "bad.xz"); }, {"bad.xz", "xz"});
 }
 
@@ -113,11 +116,12 @@ TEST_CASE("no shell, popen, system or bare std::ofstream in src/ outside common/
 
 // ---- 2. --overwrite never destroys inputs or the working directory ------------------------------------------
 
-TEST_CASE("overwrite: refused for an output that is, contains or lies inside an input, or the working directory", "[hardening]") {
+TEST_CASE("overwrite: refused for an output that is, contains or lies inside an input, or the working directory",
+          "[hardening]") {
   const auto w = tmp_dir("ovw");
   const std::string m = tiny_model(w + "/m");
   const std::string before = read_file(m + "/model.safetensors");
-  for (const std::string out : {"m", "m/", "./m//", "m/sub", "."}) {
+  for (const char* out : {"m", "m/", "./m//", "m/sub", "."}) {
     INFO("--out " << out);
     auto r = run_in(w, dmc_bin() + " convert --model m --out " + out + " --overwrite --dtype fp32");
     INFO(r.output);
@@ -127,7 +131,7 @@ TEST_CASE("overwrite: refused for an output that is, contains or lies inside an 
   CHECK(read_file(m + "/model.safetensors") == before);  // the source is intact
   // init into the working directory or one above it, or home: refused, nothing removed
   write_text(w + "/keep.txt", "precious");
-  for (const std::string out : std::vector<std::string>{".", "./", "..", w}) {
+  for (const std::string& out : std::vector<std::string>{".", "./", "..", w}) {
     auto r = run_in(w, dmc_bin() + " init --out " + out + " --overwrite --preset tiny");
     INFO(r.output);
     CHECK(r.status == 1);
@@ -144,7 +148,8 @@ TEST_CASE("overwrite: refused for an output that is, contains or lies inside an 
   CHECK(r.output.find("already exists") != std::string::npos);
 }
 
-TEST_CASE("overwrite: the new output is built beside the old one and swapped in, trailing slashes and failures too", "[hardening]") {
+TEST_CASE("overwrite: the new output is built beside the old one and swapped in, trailing slashes and failures too",
+          "[hardening]") {
   const auto w = tmp_dir("swap");
   tiny_model(w + "/m");
   auto r = run_in(w, dmc_bin() + " convert --model m --out out/ --dtype fp32");
@@ -182,7 +187,8 @@ TEST_CASE("overwrite: the new output is built beside the old one and swapped in,
 
 // ---- 3. one run per directory ------------------------------------------------------------------------------
 
-TEST_CASE("a fresh start over an earlier run is refused without overwrite, and two trainers cannot share a run", "[hardening][train]") {
+TEST_CASE("a fresh start over an earlier run is refused without overwrite, and two trainers cannot share a run",
+          "[hardening][train]") {
   const auto w = tmp_dir("rundir");
   const std::string run_dir = w + "/run";
   auto r = run(train_cmd(run_dir, "--train-steps 2 --save-every 1 --log-level warn"));
@@ -213,9 +219,11 @@ TEST_CASE("a fresh start over an earlier run is refused without overwrite, and t
   CHECK(train::checkpoint_dirs(run_dir).size() == 1);
   // a second trainer in a directory whose lock is held is refused with the holder's pid
   const auto lock_dir = w + "/locked";
-  r = run("(" + train_cmd(lock_dir, "--train-steps 100000 --log-level warn") + " > /dev/null 2>&1 & p=$!; "
-          "while [ ! -s " + lock_dir + "/metrics.jsonl ]; do sleep 0.05; done; " +
-          train_cmd(lock_dir, "--train-steps 2") + "; echo rc=$?; kill -TERM $p; wait $p)");
+  r = run("(" + train_cmd(lock_dir, "--train-steps 100000 --log-level warn") +
+          " > /dev/null 2>&1 & p=$!; "
+          "while [ ! -s " +
+          lock_dir + "/metrics.jsonl ]; do sleep 0.05; done; " + train_cmd(lock_dir, "--train-steps 2") +
+          "; echo rc=$?; kill -TERM $p; wait $p)");
   INFO(r.output);
   CHECK(r.output.find("is in use by another dmc process") != std::string::npos);
   CHECK(r.output.find("rc=1") != std::string::npos);
@@ -253,7 +261,9 @@ TEST_CASE("a full disk is a non-zero exit with no partial file: eval ppl --json,
   const pid_t pid = ::fork();
   if (pid == 0) {  // a child whose files cannot grow
     std::signal(SIGXFSZ, SIG_IGN);
-    struct rlimit lim {0, 0};
+    struct rlimit lim {
+      0, 0
+    };
     ::setrlimit(RLIMIT_FSIZE, &lim);
     try {
       write_file_atomic(w + "/f", "new content");
@@ -277,15 +287,22 @@ TEST_CASE("invalid settings are refused before anything runs, naming option, val
   struct Case {
     std::string args, key, expect;
   };
-  const std::vector<Case> train_cases = {
-      {"global_batch=-4", "global_batch", ">= 1"},  {"lr=-0.001", "lr", "> 0"},
-      {"eval_batches=0", "eval_batches", ">= 1"},   {"adam_eps=0", "adam_eps", "> 0"},
-      {"beta1=1", "beta1", "[0, 1)"},               {"beta2=-0.1", "beta2", "[0, 1)"},
-      {"weight_decay=-1", "weight_decay", ">= 0"},  {"save_every=-1", "save_every", ">= 0"},
-      {"keep_last=-2", "keep_last", ">= 0"},        {"eval_every=-1", "eval_every", ">= 0"},
-      {"log_every=-1", "log_every", ">= 1"},        {"log_level=loud", "log_level", "one of trace"},
-      {"lr_schedule=cosin", "lr_schedule", "one of constant"}, {"seq_len=0", "seq_len", ">= 1"},
-      {"micro_batch=0", "micro_batch", ">= 1"},     {"grad_clip=-1", "grad_clip", ">= 0"}};
+  const std::vector<Case> train_cases = {{"global_batch=-4", "global_batch", ">= 1"},
+                                         {"lr=-0.001", "lr", "> 0"},
+                                         {"eval_batches=0", "eval_batches", ">= 1"},
+                                         {"adam_eps=0", "adam_eps", "> 0"},
+                                         {"beta1=1", "beta1", "[0, 1)"},
+                                         {"beta2=-0.1", "beta2", "[0, 1)"},
+                                         {"weight_decay=-1", "weight_decay", ">= 0"},
+                                         {"save_every=-1", "save_every", ">= 0"},
+                                         {"keep_last=-2", "keep_last", ">= 0"},
+                                         {"eval_every=-1", "eval_every", ">= 0"},
+                                         {"log_every=-1", "log_every", ">= 1"},
+                                         {"log_level=loud", "log_level", "one of trace"},
+                                         {"lr_schedule=cosin", "lr_schedule", "one of constant"},
+                                         {"seq_len=0", "seq_len", ">= 1"},
+                                         {"micro_batch=0", "micro_batch", ">= 1"},
+                                         {"grad_clip=-1", "grad_clip", ">= 0"}};
   for (const auto& c : train_cases) {
     INFO(c.args);
     auto r = run(train_cmd(w + "/run", c.args));
@@ -304,7 +321,8 @@ TEST_CASE("invalid settings are refused before anything runs, naming option, val
   // other commands
   tiny_model(w + "/m");
   write_text(w + "/t.txt", sample_text(5, 1));
-  const std::string ev = dmc_bin() + " eval ppl --model " + w + "/m --tokenizer " + fx().tok + " --text " + w + "/t.txt ";
+  const std::string ev =
+      dmc_bin() + " eval ppl --model " + w + "/m --tokenizer " + fx().tok + " --text " + w + "/t.txt ";
   const std::string gen = dmc_bin() + " generate --model " + w + "/m --tokenizer " + fx().tok + " --prompt hi ";
   for (const auto& c : std::vector<Case>{{ev + "--stride -1", "stride", ">= 0"},
                                          {ev + "--seq-len 0", "seq_len", ">= 2"},
@@ -336,6 +354,13 @@ TEST_CASE("invalid settings are refused before anything runs, naming option, val
   require_error([&] { t.parse({"x=nan"}); }, {"key 'x'", "out of range"});
   t.parse({"n=3", "x=0", "s=b"});
   CHECK((n == 3 && x == 0 && s == "b"));
+  // YAML whose keys or list items are not plain values (found by the fuzzer: yaml-cpp's own exception escaped)
+  std::vector<std::string> items;
+  t.add("items", &items, "a list");
+  write_text(w + "/l.yaml", "n: 2\nitems: [a, : c]\n");
+  require_error([&] { t.parse({"--config", w + "/l.yaml"}); }, {"l.yaml:2", "key 'items'", "a list item", "mapping"});
+  write_text(w + "/k.yaml", "[a, b]: 1\n");
+  require_error([&] { t.parse({"--config", w + "/k.yaml"}); }, {"k.yaml:1", "a key", "a list"});
   // every option line of every help starts with the flag and a space before its text (none run together)
   for (const std::string cmd : {"train", "retrofit", "bench decode", "eval ppl", "generate", "data prepare"}) {
     r = run(dmc_bin() + " " + cmd + " --help");
@@ -345,14 +370,16 @@ TEST_CASE("invalid settings are refused before anything runs, naming option, val
       if (line.rfind("  --", 0) != 0) continue;
       INFO(cmd << ": " << line);
       const auto sp = line.find(' ', 2);
-      CHECK((sp == std::string::npos || line.substr(sp, 2) == "  " || line.find_first_not_of(' ', sp) == std::string::npos));
+      CHECK((sp == std::string::npos || line.substr(sp, 2) == "  " ||
+             line.find_first_not_of(' ', sp) == std::string::npos));
     }
   }
 }
 
 // ---- 6. crashes and silent wrong models ---------------------------------------------------------------------
 
-TEST_CASE("bad shapes and configs are clear errors: rope factor, layer count, unused tensors, overflowing headers", "[hardening][bad]") {
+TEST_CASE("bad shapes and configs are clear errors: rope factor, layer count, unused tensors, overflowing headers",
+          "[hardening][bad]") {
   const auto w = tmp_dir("shapes");
   tiny_model(w + "/m", 2);
   auto cfg = nlohmann::json::parse(read_file(w + "/m/config.json"));
@@ -368,7 +395,8 @@ TEST_CASE("bad shapes and configs are clear errors: rope factor, layer count, un
     const auto d = with("rope" + std::to_string((int)f), [&](nlohmann::json& j) {
       j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", f}};
     });
-    require_error([&] { Llama::load(d, at::kFloat, at::kCPU); }, {d + "/config.json", "rope_scaling.factor", "positive"});
+    require_error([&] { Llama::load(d, at::kFloat, at::kCPU); },
+                  {d + "/config.json", "rope_scaling.factor", "positive"});
   }
   const auto fewer = with("fewer", [](nlohmann::json& j) { j["num_hidden_layers"] = 1; });
   require_error([&] { Llama::load(fewer, at::kFloat, at::kCPU); },
@@ -395,13 +423,15 @@ TEST_CASE("bad shapes and configs are clear errors: rope factor, layer count, un
     const uint64_t n = header.size();
     std::memcpy(bytes.data(), &n, 8);
     write_text(w + "/evil.safetensors", bytes + header);
-    require_error([&] { io::SafetensorsFile::open(w + "/evil.safetensors"); }, {"evil.safetensors", "'t'", "overflows"});
+    require_error([&] { io::SafetensorsFile::open(w + "/evil.safetensors"); },
+                  {"evil.safetensors", "'t'", "overflows"});
   }
 }
 
 // ---- 7, 8. tokenizer train, signals, library messages, streaming output, bench limits ------------------------
 
-TEST_CASE("tokenizer train refuses to replace a tokenizer without --overwrite and wraps SentencePiece errors", "[hardening][tokenizer]") {
+TEST_CASE("tokenizer train refuses to replace a tokenizer without --overwrite and wraps SentencePiece errors",
+          "[hardening][tokenizer]") {
   const auto w = tmp_dir("toktrain");
   write_text(w + "/a.txt", sample_text(200, 2));
   const std::string cmd = dmc_bin() + " tokenizer train --input " + w + "/a.txt --out " + w + "/tok --vocab-size 400";
@@ -428,9 +458,10 @@ TEST_CASE("tokenizer train refuses to replace a tokenizer without --overwrite an
 TEST_CASE("SIGTERM and SIGINT save a checkpoint and exit 128 + signal", "[hardening][train][signals]") {
   for (const auto& [name, code] : std::vector<std::pair<std::string, int>>{{"TERM", 143}, {"INT", 130}}) {
     const auto run_dir = tmp_dir("sig" + name) + "/run";
-    auto r = run("(" + train_cmd(run_dir, "--train-steps 100000 --log-level warn") + " > /dev/null 2>&1 & p=$!; "
-                 "while [ ! -s " + run_dir + "/metrics.jsonl ]; do sleep 0.05; done; kill -" + name +
-                 " $p; wait $p; echo rc=$?)");
+    auto r = run("(" + train_cmd(run_dir, "--train-steps 100000 --log-level warn") +
+                 " > /dev/null 2>&1 & p=$!; "
+                 "while [ ! -s " +
+                 run_dir + "/metrics.jsonl ]; do sleep 0.05; done; kill -" + name + " $p; wait $p; echo rc=$?)");
     INFO(name << ": " << r.output);
     CHECK(r.output.find("rc=" + std::to_string(code)) != std::string::npos);
     CHECK(train::latest_checkpoint(run_dir).has_value());
@@ -455,7 +486,8 @@ TEST_CASE("token ids beyond the vocabulary name the shard", "[hardening][bad]") 
   require_error([&] { l.next(2); }, {"train-00000.bin", "token 0 has id 65535", "vocabulary (400 ids)"});
 }
 
-TEST_CASE("streaming detokenization keeps the space of the first generated piece and never repeats text", "[hardening][tokenizer]") {
+TEST_CASE("streaming detokenization keeps the space of the first generated piece and never repeats text",
+          "[hardening][tokenizer]") {
   auto tok = Tokenizer::load(fx().tok);
   const auto prompt = tok.encode("The model", true);
   const auto cont = tok.encode("cache of the layer is a token", false);  // "▁cache ...": a leading-space piece
@@ -478,10 +510,12 @@ TEST_CASE("streaming detokenization keeps the space of the first generated piece
   CHECK(r.output.back() == '\n');
 }
 
-TEST_CASE("bench decode: a context of exactly max_position_embeddings is accepted, one more refused", "[hardening][bad]") {
+TEST_CASE("bench decode: a context of exactly max_position_embeddings is accepted, one more refused",
+          "[hardening][bad]") {
   const auto w = tmp_dir("benchpos");
   tiny_model(w + "/m");  // 64 positions
-  const std::string cmd = dmc_bin() + " bench decode --model " + w + "/m --policy vanilla --batch 1 --device cpu "
+  const std::string cmd = dmc_bin() + " bench decode --model " + w +
+                          "/m --policy vanilla --batch 1 --device cpu "
                           "--prefill-check 0 --memory-gib 0.05 --steps 2 --new-tokens 8 ";
   auto r = run(cmd + "--prompt-len 56");
   INFO(r.output);

@@ -96,7 +96,8 @@ TEST_CASE("bad safetensors: header that is not JSON", "[io][bad]") {
 TEST_CASE("bad safetensors: offsets out of range", "[io][bad]") {
   const auto dir = tmp_dir("bad");
   write_raw(dir + "/t.safetensors", one_tensor_header("F32", {4}, 8, 24), std::string(16, '\0'));
-  require_error([&] { io::SafetensorsFile::open(dir + "/t.safetensors"); }, {"t.safetensors", "'w'", "data_offsets", "out of range"});
+  require_error([&] { io::SafetensorsFile::open(dir + "/t.safetensors"); },
+                {"t.safetensors", "'w'", "data_offsets", "out of range"});
 }
 
 TEST_CASE("bad safetensors: offsets that disagree with dtype and shape", "[io][bad]") {
@@ -117,7 +118,8 @@ TEST_CASE("bad safetensors: overlapping tensors", "[io][bad]") {
 TEST_CASE("bad safetensors: unknown dtype", "[io][bad]") {
   const auto dir = tmp_dir("bad");
   write_raw(dir + "/t.safetensors", one_tensor_header("F8_E9M9", {4}, 0, 4), std::string(4, '\0'));
-  require_error([&] { io::SafetensorsFile::open(dir + "/t.safetensors"); }, {"t.safetensors", "'w'", "unknown dtype 'F8_E9M9'"});
+  require_error([&] { io::SafetensorsFile::open(dir + "/t.safetensors"); },
+                {"t.safetensors", "'w'", "unknown dtype 'F8_E9M9'"});
 }
 
 TEST_CASE("bad safetensors: entry missing a field", "[io][bad]") {
@@ -145,7 +147,8 @@ TEST_CASE("bad model dir: missing tensor", "[io][bad]") {
   for (const auto& n : st.names())
     if (n != "model.layers.0.mlp.up_proj.weight") keep.emplace_back(n, st.get(n).clone());
   io::save_file(dir + "/model.safetensors", keep);
-  require_error([&] { Llama::load(dir, at::kFloat, at::kCPU); }, {dir, "missing tensor 'model.layers.0.mlp.up_proj.weight'"});
+  require_error([&] { Llama::load(dir, at::kFloat, at::kCPU); },
+                {dir, "missing tensor 'model.layers.0.mlp.up_proj.weight'"});
 }
 
 TEST_CASE("bad model dir: shape that disagrees with config.json", "[io][bad]") {
@@ -212,7 +215,10 @@ TEST_CASE("config.json round trip and the HF defaults", "[io]") {
   c.eos_token_ids = {2, 7};
   auto back = LlamaConfig::from_json(c.to_json(), "x");
   CHECK(back.to_json() == c.to_json());
-  json minimal = {{"vocab_size", 10}, {"hidden_size", 16}, {"intermediate_size", 20}, {"num_hidden_layers", 1},
+  json minimal = {{"vocab_size", 10},
+                  {"hidden_size", 16},
+                  {"intermediate_size", 20},
+                  {"num_hidden_layers", 1},
                   {"num_attention_heads", 4}};
   auto m = LlamaConfig::from_json(minimal, "x");
   CHECK(m.num_key_value_heads == 4);
@@ -242,6 +248,9 @@ TEST_CASE("model save/load round trip, single file and sharded, all dtypes", "[i
     }
   }
   // an existing directory is not overwritten by accident
-  require_error([&] { m.save(root + "/m" + std::to_string((int)at::kFloat) + "_" + std::to_string(int64_t(1) << 40), at::kFloat); },
-                {"already exists"});
+  require_error(
+      [&] {
+        m.save(root + "/m" + std::to_string((int)at::kFloat) + "_" + std::to_string(int64_t(1) << 40), at::kFloat);
+      },
+      {"already exists"});
 }

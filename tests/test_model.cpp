@@ -46,8 +46,9 @@ TEST_CASE("logits equal HF LlamaForCausalLM (GQA, odd FFN, fp32)", "[model][hf]"
   const auto work = tmp_dir("hf");
   for (bool tie : {false, true}) {
     const std::string dir = work + (tie ? "/tied" : "/untied");
-    auto r = run(oracle() + " make-model " + dir + " --vocab 97 --layers 2 --heads 4 --kv-heads 2 --hidden 64 --ffn 88" +
-                 (tie ? " --tie --seed 2" : " --seed 1"));
+    auto r =
+        run(oracle() + " make-model " + dir + " --vocab 97 --layers 2 --heads 4 --kv-heads 2 --hidden 64 --ffn 88" +
+            (tie ? " --tie --seed 2" : " --seed 1"));
     INFO(r.output);
     REQUIRE(r.status == 0);
     auto model = Llama::load(dir, at::kFloat, at::kCPU);
@@ -159,7 +160,8 @@ TEST_CASE("perplexity equals the transformers recipe for the same text and windo
   Tokenizer::train({{work + "/train.txt"}, work + "/tok", 400, 100000});
   auto tok = Tokenizer::load(work + "/tok.model");
   REQUIRE(tok.vocab_size() == 400);
-  auto r = run(oracle() + " make-model " + work + "/m --vocab 400 --layers 2 --heads 4 --kv-heads 2 --hidden 64 --ffn 88 --seed 3");
+  auto r = run(oracle() + " make-model " + work +
+               "/m --vocab 400 --layers 2 --heads 4 --kv-heads 2 --hidden 64 --ffn 88 --seed 3");
   INFO(r.output);
   REQUIRE(r.status == 0);
   write_text(work + "/eval.txt", sample_text(12, 99));

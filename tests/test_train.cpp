@@ -166,7 +166,8 @@ TEST_CASE("loader: deterministic order, epochs, document starts, blend proportio
 TEST_CASE("SIGKILL during a checkpoint write leaves the previous checkpoint usable", "[train][signals]") {
   const auto run_dir = tmp_dir("kill") + "/run";
   const std::string cmd = "DMC_CKPT_WRITE_DELAY_MS=400 " +
-                          train_cmd(run_dir, "--train-steps 6 --save-every 2 --log-level warn") + " > /dev/null 2>&1 & echo $!";
+                          train_cmd(run_dir, "--train-steps 6 --save-every 2 --log-level warn") +
+                          " > /dev/null 2>&1 & echo $!";
   auto r = run(cmd);
   const int pid = std::stoi(r.output);
   // wait until the second checkpoint's write is under way, then kill -9
@@ -201,10 +202,12 @@ TEST_CASE("SIGTERM saves a checkpoint and exits cleanly", "[train][signals]") {
   const auto run_dir = tmp_dir("term") + "/run";
   auto r = run(train_cmd(run_dir, "--train-steps 100000 --log-level warn") + " > " + run_dir + ".log 2>&1 & echo $!");
   const int pid = std::stoi(r.output);
-  for (int i = 0; i < 400 && losses(run_dir).size() < 3; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  for (int i = 0; i < 400 && losses(run_dir).size() < 3; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
   REQUIRE(losses(run_dir).size() >= 3);
   ::kill(pid, SIGTERM);
-  auto w = run("while kill -0 " + std::to_string(pid) + " 2>/dev/null; do sleep 0.05; done; wait " + std::to_string(pid) + " 2>/dev/null; echo done");
+  auto w = run("while kill -0 " + std::to_string(pid) + " 2>/dev/null; do sleep 0.05; done; wait " +
+               std::to_string(pid) + " 2>/dev/null; echo done");
   (void)w;
   auto latest = train::latest_checkpoint(run_dir);
   REQUIRE(latest);
@@ -367,10 +370,12 @@ TEST_CASE("a DMC retrofit stage with activation checkpointing trains like one wi
   }
   REQUIRE(runs[0].size() == 3);
   for (size_t i = 0; i < runs[0].size(); ++i) CHECK(runs[1][i] == Approx(runs[0][i]).epsilon(1e-5));
-  auto a = Llama::load(root + "/plain/final", at::kFloat, at::kCPU), b = Llama::load(root + "/ckpt/final", at::kFloat, at::kCPU);
+  auto a = Llama::load(root + "/plain/final", at::kFloat, at::kCPU),
+       b = Llama::load(root + "/ckpt/final", at::kFloat, at::kCPU);
   double worst = 0;
   auto pa = a.parameters(), pb = b.parameters();
-  for (size_t i = 0; i < pa.size(); ++i) worst = std::max(worst, (*pa[i].second - *pb[i].second).abs().max().item<double>());
+  for (size_t i = 0; i < pa.size(); ++i)
+    worst = std::max(worst, (*pa[i].second - *pb[i].second).abs().max().item<double>());
   INFO("max |weights (checkpointing) - weights (plain)| " << worst);
   CHECK(worst < 1e-5);
 }

@@ -47,8 +47,10 @@ inline bool same_weights(const std::string& a, const std::string& b) {
 inline std::string dmc_bin() { return DMC_BINARY; }
 inline std::string train_cmd(const std::string& out, const std::string& extra) {
   return dmc_bin() + " train --tokenizer " + fx().tok + " --data " + fx().data + " --out " + out +
-         " --num-hidden-layers 2 --hidden-size 64 --num-attention-heads 4 --num-key-value-heads 2 --intermediate-size 96"
-         " --seq-len 32 --micro-batch 2 --global-batch 4 --device cpu --log-every 1 " + extra;
+         " --num-hidden-layers 2 --hidden-size 64 --num-attention-heads 4 --num-key-value-heads 2 --intermediate-size "
+         "96"
+         " --seq-len 32 --micro-batch 2 --global-batch 4 --device cpu --log-every 1 " +
+         extra;
 }
 
 }  // namespace dmc::test

@@ -40,9 +40,7 @@
 namespace dmc::cli {
 
 namespace {
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
+double now_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 int64_t free_device_bytes(at::Device dev) {
 #ifdef DMC_WITH_CUDA
   if (dev.is_cuda()) {
@@ -79,31 +77,46 @@ int cmd_bench(const Args& a) {
   int64_t layers = 0, prompt_len = 3840, new_tokens = 256, steps = 0, page_size = 16, force_cr = 0, seed = 0,
           budget_slots = 0;
   double memory_gib = 0, reserve_gib = 6, prefill_check = 1;
-  int64_t tbt_tokens = 256, prefill_repeats = 3, profile_prefill = 0, profile_steps = 0, graph_max_batch = DecoderOptions{}.graph_max_batch,
-          gemm_row_tuning = 1, graph_batch_step = DecoderOptions{}.graph_batch_step;
-  OptionTable t("bench decode", "dmc bench decode [--model DIR | --preset NAME] [--policy vanilla,dmc] [--force-cr R] ...");
+  int64_t tbt_tokens = 256, prefill_repeats = 3, profile_prefill = 0, profile_steps = 0,
+          graph_max_batch = DecoderOptions{}.graph_max_batch, gemm_row_tuning = 1,
+          graph_batch_step = DecoderOptions{}.graph_batch_step;
+  OptionTable t("bench decode",
+                "dmc bench decode [--model DIR | --preset NAME] [--policy vanilla,dmc] [--force-cr R] ...");
   t.add("model", &model_dir, "model directory (else --preset with random weights)");
   t.add("preset", &preset, "model shape with random weights when no --model is given");
   t.add("num_hidden_layers", &layers, "override the layer count (0 = as the model/preset has it)").min(0);
-  t.add("policy", &policies, "comma-separated cache policies: vanilla, dmc, tova, h2o, window").one_of({"vanilla", "dmc", "tova", "h2o", "window"});
-  t.add("force_cr", &force_cr, "dmc with random weights: forced decisions at this compression ratio (benchmark only)").min(0);
+  t.add("policy", &policies, "comma-separated cache policies: vanilla, dmc, tova, h2o, window")
+      .one_of({"vanilla", "dmc", "tova", "h2o", "window"});
+  t.add("force_cr", &force_cr, "dmc with random weights: forced decisions at this compression ratio (benchmark only)")
+      .min(0);
   t.add("budget", &budget_slots, "tova/h2o/window: slots per head (0 = context / force_cr)").min(0);
   t.add("batch", &batch, "sequences decoding together, or 'max' = the largest batch the memory budget holds");
   t.add("prompt_len", &prompt_len, "prompt tokens per sequence").min(1);
   t.add("new_tokens", &new_tokens, "tokens generated per sequence (the context is prompt_len + new_tokens)").min(1);
   t.add("steps", &steps, "timed decode steps (0 = new_tokens)").min(0);
   t.add("page_size", &page_size, "tokens per cache page").min(1);
-  t.add("memory_gib", &memory_gib, "cache memory budget in GiB, equal for every policy (0 = free memory - reserve)").min(0);
+  t.add("memory_gib", &memory_gib, "cache memory budget in GiB, equal for every policy (0 = free memory - reserve)")
+      .min(0);
   t.add("reserve_gib", &reserve_gib, "device memory left for activations and logits when memory_gib is 0").min(0);
-  t.add("fill", &fill, "synthetic (random prompt state with the policy's slot counts) or prefill (real prefills)").one_of({"synthetic", "prefill"});
-  t.add("prefill_check", &prefill_check, "1: also time the parallel prefill of one prompt_len prompt against token-by-token decoding").min(0).max(1);
+  t.add("fill", &fill, "synthetic (random prompt state with the policy's slot counts) or prefill (real prefills)")
+      .one_of({"synthetic", "prefill"});
+  t.add("prefill_check", &prefill_check,
+        "1: also time the parallel prefill of one prompt_len prompt against token-by-token decoding")
+      .min(0)
+      .max(1);
   t.add("prefill_repeats", &prefill_repeats, "timed prefills of the prefill check (the median is reported)").min(1);
   t.add("profile_prefill", &profile_prefill, "1: print the GPU kernels of one prefill by total time (kineto)");
   t.add("graph_max_batch", &graph_max_batch, "decode steps of up to this many sequences run as CUDA graphs").min(0);
-  t.add("graph_batch_step", &graph_batch_step, "graphs per batch bucket: 1, 2, 4, ... then multiples of this (1: exact sizes)").min(1);
+  t.add("graph_batch_step", &graph_batch_step,
+        "graphs per batch bucket: 1, 2, 4, ... then multiples of this (1: exact sizes)")
+      .min(1);
   t.add("gemm_row_tuning", &gemm_row_tuning, "1: pad the decode GEMMs' rows to the fastest timed size (0: as is)");
-  t.add("profile_steps", &profile_steps, "N > 0: print the GPU kernels of N timed-batch decode steps by total time (kineto)").min(0);
-  t.add("tbt_tokens", &tbt_tokens, "token-by-token tokens timed for the prefill comparison (extrapolated to prompt_len)").min(1);
+  t.add("profile_steps", &profile_steps,
+        "N > 0: print the GPU kernels of N timed-batch decode steps by total time (kineto)")
+      .min(0);
+  t.add("tbt_tokens", &tbt_tokens,
+        "token-by-token tokens timed for the prefill comparison (extrapolated to prompt_len)")
+      .min(1);
   t.add("text", &text_path, "prompts are windows of this UTF-8 text (with --tokenizer); else random tokens");
   t.add("data", &data_dir, "prompts are windows of this `dmc data prepare` directory's valid split (with --tokenizer)");
   t.add("tokenizer", &tok_path, "SentencePiece tokenizer.model for --text / --data");
@@ -134,7 +147,8 @@ int cmd_bench(const Args& a) {
   const bool random_weights = model_dir.empty();
   DMC_CHECK(text_path.empty() || data_dir.empty(), "give --text or --data, not both");
   const std::string prompt_src = !text_path.empty() ? text_path : data_dir;
-  DMC_CHECK(prompt_src.empty() == tok_path.empty(), "--text / --data and --tokenizer go together (prompts from a text)");
+  DMC_CHECK(prompt_src.empty() == tok_path.empty(),
+            "--text / --data and --tokenizer go together (prompts from a text)");
   DMC_CHECK(fill == "synthetic" || fill == "prefill", "fill: expected synthetic or prefill, got '", fill, "'");
   DMC_CHECK(calibrate >= 1, "calibrate: must be at least 1, got ", calibrate);
   std::vector<int64_t> text_ids;
@@ -180,7 +194,8 @@ int cmd_bench(const Args& a) {
     const bool evicting = pol == "tova" || pol == "h2o" || pol == "window";
     const bool trained_dmc = pol == "dmc" && o.force_cr == 0;  // its own decisions: real prefills, calibrated batch
     if (evicting) {
-      DMC_CHECK(budget_slots > 0 || force_cr > 0, "policy ", pol, " needs --budget or --force-cr (budget = context / R)");
+      DMC_CHECK(budget_slots > 0 || force_cr > 0, "policy ", pol,
+                " needs --budget or --force-cr (budget = context / R)");
       o.budget = budget_slots > 0 ? budget_slots : (ctx + force_cr - 1) / force_cr;
     }
     // ---- verify: kernels against the reference ops on this model ----------------------------------------------
@@ -213,10 +228,12 @@ int cmd_bench(const Args& a) {
       const bool close_call = trained_dmc && dt != at::kFloat;
       const bool same_slots = slot_diff == 0 || (close_call && slot_diff <= 0.02);
       const double tol = dt == at::kFloat ? 1e-4 : 5e-2;
-      log::info(cat("verify (", pol, "): kernels vs reference ops, 2 sequences x 12 steps: logits relative error ", worst,
-                    " (tolerance ", tol, "), slot counts ", slot_diff == 0 ? "equal" : cat("differ by ", slot_diff * 100, "%"),
+      log::info(cat("verify (", pol, "): kernels vs reference ops, 2 sequences x 12 steps: logits relative error ",
+                    worst, " (tolerance ", tol, "), slot counts ",
+                    slot_diff == 0 ? "equal" : cat("differ by ", slot_diff * 100, "%"),
                     close_call ? " (trained decisions in low precision: up to 2% allowed)" : ""));
-      if (!(worst <= tol) || !same_slots) fail("verification failed (", pol, "): the CUDA kernels differ from the reference ops");
+      if (!(worst <= tol) || !same_slots)
+        fail("verification failed (", pol, "): the CUDA kernels differ from the reference ops");
     }
     // ---- size the batch at equal memory -----------------------------------------------------------------------
     int64_t slots_per_row = ctx + 1;
@@ -253,121 +270,125 @@ int cmd_bench(const Args& a) {
     o.n_pages = batch == "max" ? (budget_bytes - B * L * nkv * state_row) / page_bytes : B * pages_seq;
     nlohmann::json j;
     {
-    Decoder dec(model, o);
-    std::vector<int64_t> seqs(B);
-    for (int64_t i = 0; i < B; ++i) seqs[i] = i;
-    torch::manual_seed(seed + 2);
-    const double tf0 = now_s();
-    const bool synthetic = fill == "synthetic" && !evicting && !trained_dmc;
-    if (synthetic) {
-      dec.bench_fill(seqs, prompt_len);
-    } else {
-      for (int64_t s : seqs) dec.prefill(s, prompt(s, prompt_len));
-    }
-    sync_device(dev);
-    const double fill_s = now_s() - tf0;
-    std::vector<int64_t> ids = random_ids(B, c.vocab_size);
-    auto step_greedy = [&] {  // one decode step of the batch, its greedy tokens fed to the next
-      at::Tensor am = dec.step(seqs, ids).argmax(-1).cpu();
-      ids.assign(am.data_ptr<int64_t>(), am.data_ptr<int64_t>() + B);
-    };
-    for (int w = 0; w < 2; ++w) step_greedy();  // warm-up: allocator, cuBLAS handles
-    const int64_t timed = std::min<int64_t>(steps, new_tokens - 2);
-    at::Tensor lens0 = dec.cache().lengths.sum().cpu();
-    sync_device(dev);
-    const double t0 = now_s();
-    for (int64_t s = 0; s < timed; ++s) step_greedy();
-    sync_device(dev);
-    const double dt_s = now_s() - t0;
-    if (profile_steps > 0 && dev.is_cuda()) {  // after the timing, at the same batch (a few more steps of context)
-      double total = 0;
-      std::string prof = kernel_profile([&] {
-        for (int64_t s = 0; s < profile_steps; ++s) step_greedy();
-      }, 1, 25, &total);
-      std::cout << "profile of " << profile_steps << " decode steps (" << pol << ", batch " << B
-                << "): GPU kernel time per step " << total / profile_steps << " ms\n" << prof;
-    }
-    const double slots_end = dec.cache().lengths.sum().cpu().item<double>();
-    const double slots_mid = (lens0.item<double>() + slots_end) / 2;
-    const double tokens_end = (double)B * L * nkv * (prompt_len + 2 + timed);
-    const double kv_read = slots_mid * 2 * D * c10::elementSize(dt);
-    const double floor_ms = bw > 0 ? 1e3 * (weight_bytes + kv_read) / bw : 0;
-    const double step_ms = 1e3 * dt_s / timed;
-    const int64_t pages_used = dec.cache().n_pages() - dec.cache().free_pages();
-    // where the step's time goes: the paged attention of all layers alone, on the final state
-    double attn_ms = 0;
-    {
-      at::Tensor seq_t = at::tensor(seqs, at::kLong).to(dev);
-      at::Tensor q = at::randn({B, c.num_attention_heads, D}, at::TensorOptions().dtype(dt).device(dev));
-      int64_t maxlen = 1;
-      {
-        at::Tensor lm = dec.cache().lengths.max().cpu();
-        maxlen = lm.item<int64_t>() + 1;
+      Decoder dec(model, o);
+      std::vector<int64_t> seqs(B);
+      for (int64_t i = 0; i < B; ++i) seqs[i] = i;
+      torch::manual_seed(seed + 2);
+      const double tf0 = now_s();
+      const bool synthetic = fill == "synthetic" && !evicting && !trained_dmc;
+      if (synthetic) {
+        dec.bench_fill(seqs, prompt_len);
+      } else {
+        for (int64_t s : seqs) dec.prefill(s, prompt(s, prompt_len));
       }
-      const double scale = 1.0 / std::sqrt((double)D);
-      for (int64_t l = 0; l < L; ++l) paged_attention(q, dec.cache(), l, seq_t, maxlen, scale, true);
       sync_device(dev);
-      const double ta = now_s();
-      const int reps = 3;
-      for (int rep = 0; rep < reps; ++rep)
-        for (int64_t l = 0; l < L; ++l) paged_attention(q, dec.cache(), l, seq_t, maxlen, scale, true);
-      sync_device(dev);
-      attn_ms = 1e3 * (now_s() - ta) / reps;
-    }
-    // and the weight GEMMs of a step alone (the projections of every layer and the LM head, batch B), with the
-    // engine's row padding choices
-    double gemm_ms = 0;
-    {
-      GemmRows& g = dec.gemm_rows();
-      auto wopt = at::TensorOptions().dtype(dt).device(dev);
-      at::Tensor x = at::randn({B, c.hidden_size}, wopt);
-      at::Tensor mid = at::randn({B, c.intermediate_size}, wopt);
-      at::Tensor att = at::randn({B, c.num_attention_heads * D}, wopt);
-      auto run = [&] {
-        for (int64_t l = 0; l < L; ++l) {
-          const auto& Ly = model.layers[l];
-          g.linear(x, Ly.wqkv);
-          g.linear(att, Ly.wo);
-          g.linear(x, Ly.w_gate_up);
-          g.linear(mid, Ly.w_down);
-        }
-        g.linear(x, model.lm_head);
+      const double fill_s = now_s() - tf0;
+      std::vector<int64_t> ids = random_ids(B, c.vocab_size);
+      auto step_greedy = [&] {  // one decode step of the batch, its greedy tokens fed to the next
+        at::Tensor am = dec.step(seqs, ids).argmax(-1).cpu();
+        ids.assign(am.data_ptr<int64_t>(), am.data_ptr<int64_t>() + B);
       };
-      run();
+      for (int w = 0; w < 2; ++w) step_greedy();  // warm-up: allocator, cuBLAS handles
+      const int64_t timed = std::min<int64_t>(steps, new_tokens - 2);
+      at::Tensor lens0 = dec.cache().lengths.sum().cpu();
       sync_device(dev);
-      const double tg = now_s();
-      for (int rep = 0; rep < 3; ++rep) run();
+      const double t0 = now_s();
+      for (int64_t s = 0; s < timed; ++s) step_greedy();
       sync_device(dev);
-      gemm_ms = 1e3 * (now_s() - tg) / 3;
-    }
-    j = {{"policy", pol},
-                        {"weights", random_weights ? "random (" + preset + ")" : model_dir},
-                        {"decisions", pol == "dmc" ? (o.force_cr > 0 ? cat("FORCED cr ", o.force_cr, " (benchmark policy)") : "trained") : "-"},
-                        {"batch", B},
-                        {"prompt_len", prompt_len},
-                        {"new_tokens", new_tokens},
-                        {"timed_steps", timed},
-                        {"fill", synthetic ? "synthetic" : "prefill"},
-                        {"prompts", text_ids.empty() ? "random tokens" : prompt_src},
-                        {"fill_s", fill_s},
-                        {"ms_per_step", step_ms},
-                        {"tokens_per_s", B / (dt_s / timed)},
-                        {"hbm_floor_ms", floor_ms},
-                        {"step_over_floor", floor_ms > 0 ? step_ms / floor_ms : 0},
-                        {"kv_bytes", (double)pages_used * page_bytes},
-                        {"state_bytes", dec.state_bytes()},
-                        {"memory_budget_bytes", budget_bytes},
-                        {"achieved_cr", tokens_end / slots_end},
-                        {"page_size", page_size},
-                        {"kernels", dec.using_kernels()},
-                        {"gemm_row_tuning", o.gemm_row_tuning},
-                        {"dtype", dtype_name(dt)},
-                        {"copy_bandwidth_GBps", bw / 1e9},
-                        {"device", dev.str()}};
-    j["attention_ms_per_step"] = attn_ms;
-    j["gemm_ms_per_step"] = gemm_ms;
-    j["gemm_tflops"] = gemm_ms > 0 ? 2.0 * B * (double)c.num_parameters() / (gemm_ms * 1e-3) / 1e12 : 0;
-    j["attention_floor_ms"] = bw > 0 ? 1e3 * kv_read / bw : 0;
+      const double dt_s = now_s() - t0;
+      if (profile_steps > 0 && dev.is_cuda()) {  // after the timing, at the same batch (a few more steps of context)
+        double total = 0;
+        std::string prof = kernel_profile(
+            [&] {
+              for (int64_t s = 0; s < profile_steps; ++s) step_greedy();
+            },
+            1, 25, &total);
+        std::cout << "profile of " << profile_steps << " decode steps (" << pol << ", batch " << B
+                  << "): GPU kernel time per step " << total / profile_steps << " ms\n"
+                  << prof;
+      }
+      const double slots_end = dec.cache().lengths.sum().cpu().item<double>();
+      const double slots_mid = (lens0.item<double>() + slots_end) / 2;
+      const double tokens_end = (double)B * L * nkv * (prompt_len + 2 + timed);
+      const double kv_read = slots_mid * 2 * D * c10::elementSize(dt);
+      const double floor_ms = bw > 0 ? 1e3 * (weight_bytes + kv_read) / bw : 0;
+      const double step_ms = 1e3 * dt_s / timed;
+      const int64_t pages_used = dec.cache().n_pages() - dec.cache().free_pages();
+      // where the step's time goes: the paged attention of all layers alone, on the final state
+      double attn_ms = 0;
+      {
+        at::Tensor seq_t = at::tensor(seqs, at::kLong).to(dev);
+        at::Tensor q = at::randn({B, c.num_attention_heads, D}, at::TensorOptions().dtype(dt).device(dev));
+        int64_t maxlen = 1;
+        {
+          at::Tensor lm = dec.cache().lengths.max().cpu();
+          maxlen = lm.item<int64_t>() + 1;
+        }
+        const double scale = 1.0 / std::sqrt((double)D);
+        for (int64_t l = 0; l < L; ++l) paged_attention(q, dec.cache(), l, seq_t, maxlen, scale, true);
+        sync_device(dev);
+        const double ta = now_s();
+        const int reps = 3;
+        for (int rep = 0; rep < reps; ++rep)
+          for (int64_t l = 0; l < L; ++l) paged_attention(q, dec.cache(), l, seq_t, maxlen, scale, true);
+        sync_device(dev);
+        attn_ms = 1e3 * (now_s() - ta) / reps;
+      }
+      // and the weight GEMMs of a step alone (the projections of every layer and the LM head, batch B), with the
+      // engine's row padding choices
+      double gemm_ms = 0;
+      {
+        GemmRows& g = dec.gemm_rows();
+        auto wopt = at::TensorOptions().dtype(dt).device(dev);
+        at::Tensor x = at::randn({B, c.hidden_size}, wopt);
+        at::Tensor mid = at::randn({B, c.intermediate_size}, wopt);
+        at::Tensor att = at::randn({B, c.num_attention_heads * D}, wopt);
+        auto run = [&] {
+          for (int64_t l = 0; l < L; ++l) {
+            const auto& Ly = model.layers[l];
+            g.linear(x, Ly.wqkv);
+            g.linear(att, Ly.wo);
+            g.linear(x, Ly.w_gate_up);
+            g.linear(mid, Ly.w_down);
+          }
+          g.linear(x, model.lm_head);
+        };
+        run();
+        sync_device(dev);
+        const double tg = now_s();
+        for (int rep = 0; rep < 3; ++rep) run();
+        sync_device(dev);
+        gemm_ms = 1e3 * (now_s() - tg) / 3;
+      }
+      j = {{"policy", pol},
+           {"weights", random_weights ? "random (" + preset + ")" : model_dir},
+           {"decisions",
+            pol == "dmc" ? (o.force_cr > 0 ? cat("FORCED cr ", o.force_cr, " (benchmark policy)") : "trained") : "-"},
+           {"batch", B},
+           {"prompt_len", prompt_len},
+           {"new_tokens", new_tokens},
+           {"timed_steps", timed},
+           {"fill", synthetic ? "synthetic" : "prefill"},
+           {"prompts", text_ids.empty() ? "random tokens" : prompt_src},
+           {"fill_s", fill_s},
+           {"ms_per_step", step_ms},
+           {"tokens_per_s", B / (dt_s / timed)},
+           {"hbm_floor_ms", floor_ms},
+           {"step_over_floor", floor_ms > 0 ? step_ms / floor_ms : 0},
+           {"kv_bytes", (double)pages_used * page_bytes},
+           {"state_bytes", dec.state_bytes()},
+           {"memory_budget_bytes", budget_bytes},
+           {"achieved_cr", tokens_end / slots_end},
+           {"page_size", page_size},
+           {"kernels", dec.using_kernels()},
+           {"gemm_row_tuning", o.gemm_row_tuning},
+           {"dtype", dtype_name(dt)},
+           {"copy_bandwidth_GBps", bw / 1e9},
+           {"device", dev.str()}};
+      j["attention_ms_per_step"] = attn_ms;
+      j["gemm_ms_per_step"] = gemm_ms;
+      j["gemm_tflops"] = gemm_ms > 0 ? 2.0 * B * (double)c.num_parameters() / (gemm_ms * 1e-3) / 1e12 : 0;
+      j["attention_floor_ms"] = bw > 0 ? 1e3 * kv_read / bw : 0;
     }
 #ifdef DMC_WITH_CUDA
     if (dev.is_cuda()) c10::cuda::CUDACachingAllocator::emptyCache();
@@ -402,7 +423,12 @@ int cmd_bench(const Args& a) {
       if (profile_prefill > 0 && dev.is_cuda()) {
         pd.free(0);
         std::cout << "profile of one prefill (" << pol << "): "
-                  << kernel_profile([&] { pd.prefill(0, p); sync_device(dev); }, 1, 20);
+                  << kernel_profile(
+                         [&] {
+                           pd.prefill(0, p);
+                           sync_device(dev);
+                         },
+                         1, 20);
       }
       pd.free(1);
       const int64_t n_tbt = std::min(tbt_tokens, prompt_len);

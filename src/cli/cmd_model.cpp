@@ -46,7 +46,8 @@ int cmd_info(const Args& a) {
   j["tensors"] = st.names().size();
   j["bytes"] = bytes;
   j["files"] = st.files();
-  for (const auto& kv : bytes_by_dtype) j["dtypes"][kv.first] = {{"tensors", count_by_dtype[kv.first]}, {"bytes", kv.second}};
+  for (const auto& kv : bytes_by_dtype)
+    j["dtypes"][kv.first] = {{"tensors", count_by_dtype[kv.first]}, {"bytes", kv.second}};
   if (json_out) {
     std::cout << j.dump(2) << "\n";
     return 0;
@@ -63,8 +64,8 @@ int cmd_info(const Args& a) {
             << "tensors:     " << st.names().size() << " in " << st.files().size() << " file(s)\n"
             << "bytes:       " << bytes << " (" << human_bytes((double)bytes) << ")\n";
   for (const auto& kv : bytes_by_dtype)
-    std::cout << "dtype " << kv.first << ":  " << count_by_dtype[kv.first] << " tensors, " << human_bytes((double)kv.second)
-              << "\n";
+    std::cout << "dtype " << kv.first << ":  " << count_by_dtype[kv.first] << " tensors, "
+              << human_bytes((double)kv.second) << "\n";
   return 0;
 }
 
@@ -74,7 +75,8 @@ int cmd_init(const Args& a) {
   int64_t seed = 1234;
   double init_std = 0.02;
   bool overwrite = false;
-  OptionTable t("init", "dmc init --out DIR [--preset tiny|llama-1b|llama2-7b|llama2-13b] [--tokenizer FILE] [shape overrides]");
+  OptionTable t(
+      "init", "dmc init --out DIR [--preset tiny|llama-1b|llama2-7b|llama2-13b] [--tokenizer FILE] [shape overrides]");
   t.add("out", &out, "output model directory", true);
   t.add("tokenizer", &tokenizer, "take vocab_size, bos and eos from this SentencePiece model");
   shape.add_to(t);

@@ -51,8 +51,8 @@ int cmd_generate(const Args& a) {
   });
   std::cout << std::endl;  // flushed before the closing log line (stderr)
   const double tps = res.decode_seconds > 0 ? res.decode_steps / res.decode_seconds : 0;
-  log::info(cat("generated ", res.tokens[0].size(), " tokens; prefill ", res.prefill_seconds * 1e3, " ms, decode ",
-                tps, " tokens/s"));
+  log::info(cat("generated ", res.tokens[0].size(), " tokens; prefill ", res.prefill_seconds * 1e3, " ms, decode ", tps,
+                " tokens/s"));
   return 0;
 }
 
@@ -70,7 +70,8 @@ int cmd_eval(const Args& a) {
   std::string mode = "parallel", cache = "auto";
   int64_t budget = 0, sinks = 4, batch = 16;
   double cr = 0;
-  OptionTable t("eval ppl", "dmc eval ppl --model DIR --tokenizer FILE --text FILE [--seq-len N] [--stride N] [--json OUT]");
+  OptionTable t("eval ppl",
+                "dmc eval ppl --model DIR --tokenizer FILE --text FILE [--seq-len N] [--stride N] [--json OUT]");
   t.add("model", &model_dir, "model directory", true);
   t.add("tokenizer", &tok_path, "SentencePiece tokenizer.model", true);
   t.add("text", &text_path, "UTF-8 text file to score (or --data)");
@@ -79,12 +80,16 @@ int cmd_eval(const Args& a) {
   t.add("seq_len", &seq_len, "window length in tokens").min(2);
   t.add("stride", &stride, "window step in tokens (0 = seq_len)").min(0);
   t.add("max_tokens", &max_tokens, "score only the first N tokens (0 = all)").min(0);
-  t.add("mode", &mode, "parallel (one forward per window) or incremental (token by token through the paged cache)").one_of({"parallel", "incremental"});
-  t.add("cache", &cache, "incremental: auto | vanilla | dmc | tova | h2o | window (eviction baselines need a budget)").one_of({"auto", "vanilla", "dmc", "tova", "h2o", "window"});
+  t.add("mode", &mode, "parallel (one forward per window) or incremental (token by token through the paged cache)")
+      .one_of({"parallel", "incremental"});
+  t.add("cache", &cache, "incremental: auto | vanilla | dmc | tova | h2o | window (eviction baselines need a budget)")
+      .one_of({"auto", "vanilla", "dmc", "tova", "h2o", "window"});
   t.add("budget", &budget, "tova/h2o/window: KV slots per (layer, head)").min(0);
-  t.add("cr", &cr, "tova/h2o/window: budget = ceil(seq_len / cr) when --budget is 0 (the cache of a DMC model at cr)").min(0);
+  t.add("cr", &cr, "tova/h2o/window: budget = ceil(seq_len / cr) when --budget is 0 (the cache of a DMC model at cr)")
+      .min(0);
   t.add("sinks", &sinks, "window: first positions never evicted").min(0);
-  t.add("batch", &batch, "incremental: windows decoded together, one sequence each (the result does not depend on it)").min(1);
+  t.add("batch", &batch, "incremental: windows decoded together, one sequence each (the result does not depend on it)")
+      .min(1);
   t.add("add_bos", &add_bos, "prepend the BOS token to the text");
   t.add("device", &device, "cpu, cuda, cuda:N or auto");
   t.add("dtype", &dtype, "bf16, fp16, fp32 or auto (bf16 on CUDA, fp32 on CPU)");
@@ -133,10 +138,10 @@ int cmd_eval(const Args& a) {
     std::cout.unsetf(std::ios::fixed);
   }
   if (!json_path.empty()) {
-    nlohmann::json j = {{"ppl", r.ppl()},         {"nll", r.nll()},         {"tokens_scored", r.tokens_scored},
-                        {"windows", r.windows},   {"seq_len", seq_len},     {"stride", stride ? stride : seq_len},
-                        {"model", model_dir},     {"text", source},      {"dtype", dtype_name(dt)},
-                        {"device", dev.str()},    {"seconds", r.seconds},  {"mode", mode},
+    nlohmann::json j = {{"ppl", r.ppl()},       {"nll", r.nll()},       {"tokens_scored", r.tokens_scored},
+                        {"windows", r.windows}, {"seq_len", seq_len},   {"stride", stride ? stride : seq_len},
+                        {"model", model_dir},   {"text", source},       {"dtype", dtype_name(dt)},
+                        {"device", dev.str()},  {"seconds", r.seconds}, {"mode", mode},
                         {"cache", cache}};
     if (ratios) {
       j["cr"] = r.cr();

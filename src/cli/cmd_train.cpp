@@ -33,8 +33,10 @@ int cmd_data(const Args& a) {
   t.add("input", &o.inputs, "text (.txt, optionally .xz/.gz) or JSONL (.jsonl) files or globs", true);
   t.add("tokenizer", &o.tokenizer, "SentencePiece model", true);
   t.add("out", &o.out, "output directory", true);
-  t.add("doc_split", &o.doc_split, "text documents: file (one per file), blank (blank-line paragraphs), chunk").one_of({"file", "blank", "chunk"});
-  t.add("chunk_chars", &o.chunk_chars, "chunk: paragraphs gathered into documents of at least this many characters").min(1);
+  t.add("doc_split", &o.doc_split, "text documents: file (one per file), blank (blank-line paragraphs), chunk")
+      .one_of({"file", "blank", "chunk"});
+  t.add("chunk_chars", &o.chunk_chars, "chunk: paragraphs gathered into documents of at least this many characters")
+      .min(1);
   t.add("jsonl_field", &o.jsonl_field, "JSONL: the string field holding the text");
   t.add("valid_fraction", &o.valid_fraction, "fraction of documents held out for validation").min(0).below(1);
   t.add("seed", &o.seed, "seed of the document split");
@@ -64,8 +66,9 @@ int cmd_retrofit(const Args& a) {
   t.parse(a);
   const bool resumable = o.resume != "none" && (o.resume != "auto" || train::latest_checkpoint(o.out));
   if (o.init_from.empty() && !resumable)
-    fail("command line: 'dmc retrofit' needs --init-from (the base model for zero_out, the previous stage's final "
-         "model otherwise)");
+    fail(
+        "command line: 'dmc retrofit' needs --init-from (the base model for zero_out, the previous stage's final "
+        "model otherwise)");
   DmcStage stage(r);
   return exit_status(train::train(o, &stage, t.to_yaml()));
 }

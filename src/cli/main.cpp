@@ -41,7 +41,8 @@ int main(int argc, char** argv) {
   // Several ranks (torchrun-style WORLD_SIZE > 1): one hardware work queue per GPU, as Megatron-LM sets it, so a
   // collective issued before a GEMM gets its SMs first and runs beside it (measured on 2 x H100: TP=2 training
   // 2.3% faster, docs/benchmarks.md). CUDA reads it when its context starts; a setting of the caller's wins.
-  if (const char* ws = std::getenv("WORLD_SIZE"); ws && std::atoi(ws) > 1) setenv("CUDA_DEVICE_MAX_CONNECTIONS", "1", 0);
+  if (const char* ws = std::getenv("WORLD_SIZE"); ws && std::atoi(ws) > 1)
+    setenv("CUDA_DEVICE_MAX_CONNECTIONS", "1", 0);
   const std::string cmd = args[0];
   args.erase(args.begin());
   try {

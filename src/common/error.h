@@ -26,7 +26,7 @@ template <typename... Args>
 
 }  // namespace dmc
 
-#define DMC_CHECK(cond, ...)          \
-  do {                                \
+#define DMC_CHECK(cond, ...)               \
+  do {                                     \
     if (!(cond)) ::dmc::fail(__VA_ARGS__); \
   } while (0)

@@ -147,8 +147,10 @@ std::string absolute_path(const std::string& path) {
     std::string next = out == "/" ? "/" + c : out + "/" + c;
     if (resolving) {
       char buf[PATH_MAX];
-      if (::realpath(next.c_str(), buf)) next = buf;
-      else resolving = false;
+      if (::realpath(next.c_str(), buf))
+        next = buf;
+      else
+        resolving = false;
     }
     out = next;
   }
@@ -211,8 +213,7 @@ OutputDir::OutputDir(const std::string& target, bool overwrite, const std::vecto
                      const std::string& what)
     : target_(absolute_path(target)) {
   check_output_target(target, overwrite, inputs, what);
-  if (exists_nofollow(target_) && !is_dir(target_))
-    fail(what, " '", target, "' exists and is not a directory");
+  if (exists_nofollow(target_) && !is_dir(target_)) fail(what, " '", target, "' exists and is not a directory");
   make_dirs(dir_of(target_));
   staging_ = sibling(target_, "staging");
   if (::mkdir(staging_.c_str(), 0755) != 0) fail(what, ": cannot create ", staging_, " (", errno_text(), ")");

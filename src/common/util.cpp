@@ -80,7 +80,9 @@ at::Device parse_device(const std::string& n, const std::string& field) {
     if (n == "cuda") return at::Device(at::kCUDA, 0);
     if (n.size() > 5 && n[4] == ':') {
       int idx = -1;
-      try { idx = std::stoi(n.substr(5)); } catch (...) {}
+      try {
+        idx = std::stoi(n.substr(5));
+      } catch (...) {}
       if (idx >= 0 && idx < (int)torch::cuda::device_count()) return at::Device(at::kCUDA, idx);
     }
   }
@@ -110,7 +112,10 @@ std::string closest(const std::string& word, const std::vector<std::string>& can
   size_t best_d = std::string::npos;
   for (const auto& c : candidates) {
     size_t d = edit_distance(word, c);
-    if (d < best_d) { best_d = d; best = c; }
+    if (d < best_d) {
+      best_d = d;
+      best = c;
+    }
   }
   if (best_d == std::string::npos || best_d > std::max<size_t>(3, word.size() / 2)) return "";
   return best;
@@ -119,7 +124,10 @@ std::string closest(const std::string& word, const std::vector<std::string>& can
 std::string human_bytes(double b) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   int u = 0;
-  while (b >= 1024 && u < 4) { b /= 1024; ++u; }
+  while (b >= 1024 && u < 4) {
+    b /= 1024;
+    ++u;
+  }
   std::ostringstream os;
   os.precision(u == 0 ? 0 : 2);
   os << std::fixed << b << " " << units[u];
@@ -141,25 +149,40 @@ int64_t parse_int(const std::string& text, const std::string& field) {
 int64_t parse_bytes(const std::string& s, const std::string& field) {
   size_t pos = 0;
   double v = 0;
-  try { v = std::stod(s, &pos); } catch (...) { fail(field, ": expected a size such as 5GB or 500MB, got '", s, "'"); }
+  try {
+    v = std::stod(s, &pos);
+  } catch (...) {
+    fail(field, ": expected a size such as 5GB or 500MB, got '", s, "'");
+  }
   std::string unit = s.substr(pos);
   for (auto& ch : unit) ch = (char)toupper(ch);
   double mult = 1;
-  if (unit.empty() || unit == "B") mult = 1;
-  else if (unit == "KB") mult = 1e3;
-  else if (unit == "MB") mult = 1e6;
-  else if (unit == "GB") mult = 1e9;
-  else if (unit == "KIB") mult = 1024.0;
-  else if (unit == "MIB") mult = 1024.0 * 1024;
-  else if (unit == "GIB") mult = 1024.0 * 1024 * 1024;
-  else fail(field, ": unknown size unit '", unit, "' in '", s, "' (use B, KB, MB, GB, KiB, MiB, GiB)");
+  if (unit.empty() || unit == "B")
+    mult = 1;
+  else if (unit == "KB")
+    mult = 1e3;
+  else if (unit == "MB")
+    mult = 1e6;
+  else if (unit == "GB")
+    mult = 1e9;
+  else if (unit == "KIB")
+    mult = 1024.0;
+  else if (unit == "MIB")
+    mult = 1024.0 * 1024;
+  else if (unit == "GIB")
+    mult = 1024.0 * 1024 * 1024;
+  else
+    fail(field, ": unknown size unit '", unit, "' in '", s, "' (use B, KB, MB, GB, KiB, MiB, GiB)");
   if (!(v > 0)) fail(field, ": size must be positive, got '", s, "'");
   return (int64_t)(v * mult);
 }
 
 Progress::Progress(std::string what, int64_t total, double interval_s)
-    : what_(std::move(what)), total_(total), interval_s_(interval_s),
-      start_(std::chrono::steady_clock::now()), last_(start_) {}
+    : what_(std::move(what)),
+      total_(total),
+      interval_s_(interval_s),
+      start_(std::chrono::steady_clock::now()),
+      last_(start_) {}
 
 void Progress::update(int64_t done, const std::string& extra) {
   auto now = std::chrono::steady_clock::now();
@@ -220,7 +243,8 @@ std::string kernel_profile(const std::function<void()>& fn, int reps, int top, d
   std::ostringstream os;
   os << "GPU kernel time per call " << total / reps << " ms; top kernels, ms per call:\n";
   for (size_t i = 0; i < rows.size() && (int)i < top; ++i)
-    os << "  " << rows[i].second.first / reps << " ms  x" << rows[i].second.second / reps << "  " << rows[i].first << "\n";
+    os << "  " << rows[i].second.first / reps << " ms  x" << rows[i].second.second / reps << "  " << rows[i].first
+       << "\n";
   if (total_ms) *total_ms = total / reps;
   return os.str();
 }

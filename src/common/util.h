@@ -51,6 +51,7 @@ class Progress {
  public:
   Progress(std::string what, int64_t total, double interval_s = 2.0);
   void update(int64_t done, const std::string& extra = "");
+
  private:
   std::string what_;
   int64_t total_;

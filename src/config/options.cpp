@@ -18,8 +18,14 @@ std::string norm_key(std::string k) {
   return k;
 }
 bool parse_bool(const std::string& v, bool* out) {
-  if (v == "true" || v == "1" || v == "yes" || v == "on") { *out = true; return true; }
-  if (v == "false" || v == "0" || v == "no" || v == "off") { *out = false; return true; }
+  if (v == "true" || v == "1" || v == "yes" || v == "on") {
+    *out = true;
+    return true;
+  }
+  if (v == "false" || v == "0" || v == "no" || v == "off") {
+    *out = false;
+    return true;
+  }
   return false;
 }
 std::string fmt_double(double v) {
@@ -31,15 +37,19 @@ std::vector<std::string> split_list(const std::string& v) {
   std::vector<std::string> out;
   std::string cur;
   for (char ch : v) {
-    if (ch == ',') { if (!cur.empty()) out.push_back(cur); cur.clear(); }
-    else cur.push_back(ch);
+    if (ch == ',') {
+      if (!cur.empty()) out.push_back(cur);
+      cur.clear();
+    } else
+      cur.push_back(ch);
   }
   if (!cur.empty()) out.push_back(cur);
   return out;
 }
 }  // namespace
 
-OptionTable::OptionTable(std::string command, std::string usage) : command_(std::move(command)), usage_(std::move(usage)) {}
+OptionTable::OptionTable(std::string command, std::string usage)
+    : command_(std::move(command)), usage_(std::move(usage)) {}
 
 Option OptionTable::add_entry(Entry e) {
   for (const auto& x : entries_)
@@ -93,49 +103,58 @@ void OptionTable::check_value(const Entry& e, const std::string& value, const st
 
 Option OptionTable::add(const std::string& key, int64_t* f, const std::string& help, bool required) {
   return add_entry({key, help, Type::Int, required, false,
-             [f, key](const std::string& v, const std::string& src) {
-               size_t pos = 0;
-               long long x = 0;
-               try { x = std::stoll(v, &pos); } catch (...) { pos = 0; }
-               if (pos == 0 || pos != v.size()) fail(src, ": key '", key, "': expected an integer, got '", v, "'");
-               *f = x;
-             },
-             [f] { return std::to_string(*f); }, [f] { return (double)*f; }});
+                    [f, key](const std::string& v, const std::string& src) {
+                      size_t pos = 0;
+                      long long x = 0;
+                      try {
+                        x = std::stoll(v, &pos);
+                      } catch (...) {
+                        pos = 0;
+                      }
+                      if (pos == 0 || pos != v.size())
+                        fail(src, ": key '", key, "': expected an integer, got '", v, "'");
+                      *f = x;
+                    },
+                    [f] { return std::to_string(*f); }, [f] { return (double)*f; }});
 }
 
 Option OptionTable::add(const std::string& key, double* f, const std::string& help, bool required) {
   return add_entry({key, help, Type::Float, required, false,
-             [f, key](const std::string& v, const std::string& src) {
-               size_t pos = 0;
-               double x = 0;
-               try { x = std::stod(v, &pos); } catch (...) { pos = 0; }
-               if (pos == 0 || pos != v.size()) fail(src, ": key '", key, "': expected a number, got '", v, "'");
-               *f = x;
-             },
-             [f] { return fmt_double(*f); }, [f] { return *f; }});
+                    [f, key](const std::string& v, const std::string& src) {
+                      size_t pos = 0;
+                      double x = 0;
+                      try {
+                        x = std::stod(v, &pos);
+                      } catch (...) {
+                        pos = 0;
+                      }
+                      if (pos == 0 || pos != v.size()) fail(src, ": key '", key, "': expected a number, got '", v, "'");
+                      *f = x;
+                    },
+                    [f] { return fmt_double(*f); }, [f] { return *f; }});
 }
 
 Option OptionTable::add(const std::string& key, bool* f, const std::string& help, bool required) {
   return add_entry({key, help, Type::Bool, required, false,
-             [f, key](const std::string& v, const std::string& src) {
-               if (!parse_bool(v, f)) fail(src, ": key '", key, "': expected true or false, got '", v, "'");
-             },
-             [f] { return std::string(*f ? "true" : "false"); }});
+                    [f, key](const std::string& v, const std::string& src) {
+                      if (!parse_bool(v, f)) fail(src, ": key '", key, "': expected true or false, got '", v, "'");
+                    },
+                    [f] { return std::string(*f ? "true" : "false"); }});
 }
 
 Option OptionTable::add(const std::string& key, std::string* f, const std::string& help, bool required) {
   return add_entry({key, help, Type::String, required, false, [f](const std::string& v, const std::string&) { *f = v; },
-             [f] { return *f; }});
+                    [f] { return *f; }});
 }
 
 Option OptionTable::add(const std::string& key, std::vector<std::string>* f, const std::string& help, bool required) {
   return add_entry({key, help, Type::List, required, false,
-             [f](const std::string& v, const std::string&) { *f = split_list(v); },
-             [f] {
-               std::string s;
-               for (const auto& x : *f) s += (s.empty() ? "" : ",") + x;
-               return s;
-             }});
+                    [f](const std::string& v, const std::string&) { *f = split_list(v); },
+                    [f] {
+                      std::string s;
+                      for (const auto& x : *f) s += (s.empty() ? "" : ",") + x;
+                      return s;
+                    }});
 }
 
 std::vector<std::string> OptionTable::keys() const {
@@ -176,9 +195,18 @@ void OptionTable::load_yaml(const std::string& path) {
   }
   if (root.IsNull()) return;
   if (!root.IsMap()) fail(path, ": expected a YAML mapping of key: value");
-  std::function<void(const YAML::Node&, const std::string&)> walk = [&](const YAML::Node& n, const std::string& prefix) {
+  // every key and every value must be a scalar (a list's items too): anything else is an error naming the file,
+  // the key and the line, never yaml-cpp's own exception
+  auto scalar = [&](const YAML::Node& x, const std::string& key, const char* what) {
+    if (!x.IsScalar())
+      fail(path, ":", x.Mark().line + 1, ": key '", key, "': ", what, " must be a plain value, got ",
+           x.IsMap() ? "a mapping" : x.IsSequence() ? "a list" : "nothing");
+    return x.Scalar();
+  };
+  std::function<void(const YAML::Node&, const std::string&)> walk = [&](const YAML::Node& n,
+                                                                        const std::string& prefix) {
     for (auto it = n.begin(); it != n.end(); ++it) {
-      const std::string key = prefix + it->first.as<std::string>();
+      const std::string key = prefix + scalar(it->first, prefix + "?", "a key");
       const YAML::Node v = it->second;  // a copy: it->second is a temporary of the iterator
       if (v.IsMap()) {
         walk(v, key + ".");
@@ -186,12 +214,12 @@ void OptionTable::load_yaml(const std::string& path) {
         Entry& e = find(key, path);
         if (e.type != Type::List) fail(path, ": key '", key, "': expected a single value, got a list");
         std::string joined;
-        for (const auto& x : v) joined += (joined.empty() ? "" : ",") + x.as<std::string>();
+        for (const auto& x : v) joined += (joined.empty() ? "" : ",") + scalar(x, key, "a list item");
         set(key, joined, path);
       } else if (v.IsNull()) {
         find(key, path);  // known key with no value: keep the default
       } else {
-        set(key, v.as<std::string>(), path);
+        set(key, scalar(v, key, "the value"), path);
       }
     }
   };
@@ -208,34 +236,53 @@ void OptionTable::parse(const std::vector<std::string>& args) {
       load_yaml(args[++i]);
       continue;
     }
-    if (a.rfind("--config=", 0) == 0) { load_yaml(a.substr(9)); continue; }
+    if (a.rfind("--config=", 0) == 0) {
+      load_yaml(a.substr(9));
+      continue;
+    }
     if (a.rfind("--", 0) == 0) {
       std::string body = a.substr(2);
       auto eq = body.find('=');
-      if (eq != std::string::npos) { set(body.substr(0, eq), body.substr(eq + 1), "command line"); continue; }
+      if (eq != std::string::npos) {
+        set(body.substr(0, eq), body.substr(eq + 1), "command line");
+        continue;
+      }
       std::string k = norm_key(body);
       if (k.rfind("no_", 0) == 0) {
         bool known_neg = false;
-        for (const auto& e : entries_) if (e.key == k.substr(3) && e.type == Type::Bool) known_neg = true;
-        if (known_neg) { set(k.substr(3), "false", "command line"); continue; }
+        for (const auto& e : entries_)
+          if (e.key == k.substr(3) && e.type == Type::Bool) known_neg = true;
+        if (known_neg) {
+          set(k.substr(3), "false", "command line");
+          continue;
+        }
       }
       Entry& e = find(k, "command line");
-      if (e.type == Type::Bool && (i + 1 >= args.size() || args[i + 1].rfind("--", 0) == 0 ||
-                                   args[i + 1].find('=') != std::string::npos)) {
+      if (e.type == Type::Bool &&
+          (i + 1 >= args.size() || args[i + 1].rfind("--", 0) == 0 || args[i + 1].find('=') != std::string::npos)) {
         set(k, "true", "command line");
         continue;
       }
       if (e.type == Type::Bool) {
         bool b;
-        if (!parse_bool(args[i + 1], &b)) { set(k, "true", "command line"); continue; }
+        if (!parse_bool(args[i + 1], &b)) {
+          set(k, "true", "command line");
+          continue;
+        }
       }
       if (i + 1 >= args.size()) fail("command line: --", body, " needs a value");
       set(k, args[++i], "command line");
       continue;
     }
     auto eq = a.find('=');
-    if (eq != std::string::npos && eq > 0) { set(a.substr(0, eq), a.substr(eq + 1), "command line"); continue; }
-    if (next_positional < positional_.size()) { set(positional_[next_positional++], a, "command line"); continue; }
+    if (eq != std::string::npos && eq > 0) {
+      set(a.substr(0, eq), a.substr(eq + 1), "command line");
+      continue;
+    }
+    if (next_positional < positional_.size()) {
+      set(positional_[next_positional++], a, "command line");
+      continue;
+    }
     fail("command line: unexpected argument '", a, "' for 'dmc ", command_, "' (see dmc ", command_, " --help)");
   }
   for (const auto& e : entries_)
@@ -275,13 +322,18 @@ std::string OptionTable::help() const {
   os << "usage: " << usage_ << "\n\noptions (also settable from YAML with --config FILE, or as key=value):\n";
   for (const auto& e : entries_) {
     std::string flag = "--" + e.key;
-    for (auto& ch : flag) if (ch == '_') ch = '-';
+    for (auto& ch : flag)
+      if (ch == '_') ch = '-';
     std::string def = e.show();
     // a flag as wide as the column gets its text on the next line, never run into it
-    if (flag.size() + 1 >= 28) os << "  " << flag << "\n" << std::string(30, ' ') << e.help;
-    else os << "  " << std::left << std::setw(28) << flag << e.help;
-    if (e.required) os << " (required)";
-    else if (!def.empty()) os << " [default: " << def << "]";
+    if (flag.size() + 1 >= 28)
+      os << "  " << flag << "\n" << std::string(30, ' ') << e.help;
+    else
+      os << "  " << std::left << std::setw(28) << flag << e.help;
+    if (e.required)
+      os << " (required)";
+    else if (!def.empty())
+      os << " [default: " << def << "]";
     if (!e.choices.empty() || e.lo > -HUGE_VAL || e.hi < HUGE_VAL) os << " {" << range_text(e) << "}";
     os << "\n";
   }

@@ -37,10 +37,10 @@ class OptionTable;
 class Option {
  public:
   Option(OptionTable* t, size_t i) : t_(t), i_(i) {}
-  Option& min(double v);    // value >= v
-  Option& above(double v);  // value > v
-  Option& max(double v);    // value <= v
-  Option& below(double v);  // value < v
+  Option& min(double v);                                   // value >= v
+  Option& above(double v);                                 // value > v
+  Option& max(double v);                                   // value <= v
+  Option& below(double v);                                 // value < v
   Option& one_of(const std::vector<std::string>& values);  // strings, and every item of a list
 
  private:
@@ -77,6 +77,17 @@ class OptionTable {
   friend class Option;
   enum class Type { Int, Float, Bool, String, List };
   struct Entry {
+    Entry(std::string k, std::string h, Type t, bool req, bool was_set,
+          std::function<void(const std::string&, const std::string&)> a, std::function<std::string()> sh,
+          std::function<double()> num = {})
+        : key(std::move(k)),
+          help(std::move(h)),
+          type(t),
+          required(req),
+          set(was_set),
+          assign(std::move(a)),
+          show(std::move(sh)),
+          number(std::move(num)) {}
     std::string key, help;
     Type type;
     bool required = false, set = false;

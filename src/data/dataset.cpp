@@ -83,9 +83,10 @@ TokenSplit::~TokenSplit() {
 }
 
 void TokenSplit::read(int64_t start, int64_t n, int64_t* out) const {
-  DMC_CHECK(start >= 0 && start + n <= total_, dir_, ": read [", start, ", ", start + n, ") beyond ", total_, " tokens");
-  auto it = std::upper_bound(shards_.begin(), shards_.end(), start,
-                             [](int64_t v, const Shard& s) { return v < s.begin; });
+  DMC_CHECK(start >= 0 && start + n <= total_, dir_, ": read [", start, ", ", start + n, ") beyond ", total_,
+            " tokens");
+  auto it =
+      std::upper_bound(shards_.begin(), shards_.end(), start, [](int64_t v, const Shard& s) { return v < s.begin; });
   size_t si = (size_t)(it - shards_.begin()) - 1;
   while (n > 0) {
     const Shard& sh = shards_[si];
@@ -125,8 +126,8 @@ Loader::Loader(const LoaderOptions& o) : o_(o) {
     auto s = TokenSplit::open(o.datasets[d], o.split, o.tokenizer_fingerprint, o.vocab_size);
     const int64_t n = s->num_tokens() > 0 ? (s->num_tokens() - 1) / o.seq_len : 0;
     if (n == 0)
-      fail(o.datasets[d], ": split '", o.split, "' has ", s->num_tokens(), " tokens, too few for one sample of seq_len + 1 = ",
-           o.seq_len + 1, " tokens (lower seq_len or add data)");
+      fail(o.datasets[d], ": split '", o.split, "' has ", s->num_tokens(),
+           " tokens, too few for one sample of seq_len + 1 = ", o.seq_len + 1, " tokens (lower seq_len or add data)");
     splits_.push_back(s);
     per_epoch_.push_back(n);
     const double w = o.weights.empty() ? 1.0 : o.weights[d];
@@ -147,7 +148,10 @@ int64_t Loader::dataset_of(int64_t k) {
     double best_gap = -1e300;
     for (size_t d = 0; d < w_.size(); ++d) {
       const double gap = w_[d] * n - counts_[d];
-      if (gap > best_gap + 1e-12) { best_gap = gap; best = d; }
+      if (gap > best_gap + 1e-12) {
+        best_gap = gap;
+        best = d;
+      }
     }
     owner_.push_back((int32_t)best);
     local_.push_back(counts_[best]++);

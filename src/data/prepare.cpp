@@ -97,6 +97,8 @@ uint64_t mix(uint64_t x) {  // splitmix64
 }
 
 struct ShardWriter {
+  ShardWriter(std::string d, std::string s, int64_t n, bool u)
+      : dir(std::move(d)), split(std::move(s)), shard_tokens(n), u16(u) {}
   std::string dir, split;
   int64_t shard_tokens;
   bool u16;

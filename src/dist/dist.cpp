@@ -86,8 +86,10 @@ Dist Dist::from_env(int64_t tp_size, const at::Device& device) {
   d.world = env_int("WORLD_SIZE", 1);
   d.rank = env_int("RANK", 0);
   d.local_rank = env_int("LOCAL_RANK", d.rank);
-  DMC_CHECK(d.world >= 1 && d.rank >= 0 && d.rank < d.world, "environment: RANK=", d.rank, " outside WORLD_SIZE=", d.world);
-  DMC_CHECK(tp_size >= 1 && d.world % tp_size == 0, "tensor_parallel: ", tp_size, " does not divide WORLD_SIZE=", d.world);
+  DMC_CHECK(d.world >= 1 && d.rank >= 0 && d.rank < d.world, "environment: RANK=", d.rank,
+            " outside WORLD_SIZE=", d.world);
+  DMC_CHECK(tp_size >= 1 && d.world % tp_size == 0, "tensor_parallel: ", tp_size,
+            " does not divide WORLD_SIZE=", d.world);
   const int64_t tp = tp_size, dp = d.world / tp;
   const int64_t tp_rank = d.rank % tp, dp_rank = d.rank / tp;
   if (d.world == 1) {
@@ -251,20 +253,24 @@ struct ReduceFromGroup : public torch::autograd::Function<ReduceFromGroup> {
   }
 };
 struct GatherTokens : public torch::autograd::Function<GatherTokens> {
-  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, int64_t gptr) {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                                                int64_t gptr) {
     ctx->saved_data["g"] = gptr;
     return {all_gather_cat(x, *reinterpret_cast<const Group*>(gptr))};
   }
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list g) {
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list g) {
     return {reduce_scatter_rows(g[0], *reinterpret_cast<const Group*>(ctx->saved_data["g"].toInt())), at::Tensor()};
   }
 };
 struct ReduceScatterTokens : public torch::autograd::Function<ReduceScatterTokens> {
-  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, int64_t gptr) {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                                                int64_t gptr) {
     ctx->saved_data["g"] = gptr;
     return {reduce_scatter_rows(x, *reinterpret_cast<const Group*>(gptr))};
   }
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list g) {
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list g) {
     return {all_gather_cat(g[0], *reinterpret_cast<const Group*>(ctx->saved_data["g"].toInt())), at::Tensor()};
   }
 };
@@ -307,7 +313,8 @@ struct ColumnParallelLinear : public torch::autograd::Function<ColumnParallelLin
     const at::ScalarType cd = compute_dtype(x);
     at::Tensor wc = compute_weight(w, cd, x.device().type());
     at::Tensor X, y;
-    if (sp) y = gather_rows_mm(x.to(cd).contiguous(), wc.t(), g, &X);  // [N, out_local]
+    if (sp)
+      y = gather_rows_mm(x.to(cd).contiguous(), wc.t(), g, &X);  // [N, out_local]
     else {
       X = x.to(cd);
       y = at::matmul(X, wc.t());
@@ -319,7 +326,8 @@ struct ColumnParallelLinear : public torch::autograd::Function<ColumnParallelLin
     ctx->saved_data["w_dtype"] = (int64_t)w.scalar_type();
     return {y};
   }
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list go) {
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list go) {
     auto s = ctx->get_saved_variables();
     const at::Tensor &X = s[0], &wc = s[1];
     const Group& g = *reinterpret_cast<const Group*>(ctx->saved_data["g"].toInt());
@@ -330,7 +338,8 @@ struct ColumnParallelLinear : public torch::autograd::Function<ColumnParallelLin
     PendingWork comm;
     if (ctx->needs_input_grad(0)) {
       at::Tensor dX = at::matmul(gy, wc).contiguous();  // [..., H] over the whole input
-      if (sp) comm = reduce_scatter_rows_async(dX.view({-1, H}), gx, g);
+      if (sp)
+        comm = reduce_scatter_rows_async(dX.view({-1, H}), gx, g);
       else {
         comm = all_reduce_sum_async(dX, g);
         gx = dX;
@@ -361,11 +370,12 @@ struct RowParallelLinearSP : public torch::autograd::Function<RowParallelLinearS
     ctx->saved_data["w_dtype"] = (int64_t)w.scalar_type();
     return {y};
   }
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list go) {
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list go) {
     auto s = ctx->get_saved_variables();
     const at::Tensor &xc = s[0], &wc = s[1];
     const Group& g = *reinterpret_cast<const Group*>(ctx->saved_data["g"].toInt());
-    at::Tensor G;  // [N, H] whole output gradient
+    at::Tensor G;                                                                        // [N, H] whole output gradient
     at::Tensor gx = gather_rows_mm(go[0].to(wc.scalar_type()).contiguous(), wc, g, &G);  // [N, in_local]
     at::Tensor gw;
     if (ctx->needs_input_grad(1)) gw = G.t().mm(xc).to((at::ScalarType)ctx->saved_data["w_dtype"].toInt());
@@ -444,7 +454,8 @@ at::Tensor column_parallel_linear(const at::Tensor& x, const at::Tensor& w, cons
 
 at::Tensor row_parallel_linear(const at::Tensor& x, const at::Tensor& w, const Group& g, bool sequence_parallel) {
   if (g.size == 1) return at::linear(x, w);
-  if (sequence_parallel) return RowParallelLinearSP::apply(x.reshape({-1, x.size(-1)}), w, reinterpret_cast<int64_t>(&g))[0];
+  if (sequence_parallel)
+    return RowParallelLinearSP::apply(x.reshape({-1, x.size(-1)}), w, reinterpret_cast<int64_t>(&g))[0];
   return reduce_from_group(at::linear(x, w), g);
 }
 

@@ -70,14 +70,16 @@ at::Tensor reduce_from_group(const at::Tensor& x, const Group& g);
 // Outside the tensor-parallel regions (norms, residual adds, the DMC-free parts of a layer) activations are split by
 // token: a [batch, seq, H] tensor is flattened to [N = batch * seq, H] and rank r holds rows [r N/size, (r+1) N/size).
 // These are autograd functions; the group must outlive the graph.
-//   gather_tokens          x_local [N/size, ...] -> [N, ...]            forward all-gather, backward reduce-scatter (sum)
-//   reduce_scatter_tokens  x [N, ...] (partial sums) -> [N/size, ...]   forward reduce-scatter (sum), backward all-gather
+//   gather_tokens          x_local [N/size, ...] -> [N, ...]            forward all-gather, backward reduce-scatter
+//   (sum) reduce_scatter_tokens  x [N, ...] (partial sums) -> [N/size, ...]   forward reduce-scatter (sum), backward
+//   all-gather
 at::Tensor gather_tokens(const at::Tensor& x_local, const Group& g);
 at::Tensor reduce_scatter_tokens(const at::Tensor& x, const Group& g);
 
 // Column-parallel linear (Megatron's f + GEMM):  y = X w^T, X the whole input: x itself when !sequence_parallel
 // (replicated over the group), else the all-gather of x's token rows.
-//   x [..., H] (sequence parallel: [N/size, H]);  w [out_local, H];  y [..., out_local] (sequence parallel: [N, out_local])
+//   x [..., H] (sequence parallel: [N/size, H]);  w [out_local, H];  y [..., out_local] (sequence parallel: [N,
+//   out_local])
 // In the autocast dtype when autocast is on (w cast through autocast's weight cache), else x's dtype. Backward
 // computes dX = dy w, starts its all-reduce (sequence parallel: reduce-scatter) and computes dw = dy^T X while the
 // communication runs (Megatron's asynchronous gradient communication), then waits.

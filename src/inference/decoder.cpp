@@ -60,9 +60,13 @@ std::string resolve_policy(const Llama& m, const DecoderOptions& o) {
             "cache policy: expected auto, vanilla, dmc, tova, h2o or window, got '", o.policy, "'");
   if (p == "tova" || p == "h2o" || p == "window")
     DMC_CHECK(o.budget >= 1, "cache policy ", p, ": needs a budget of at least 1 slot per head, got ", o.budget);
-  if (p == "window") DMC_CHECK(o.sinks >= 0 && o.sinks < o.budget, "window: sinks (", o.sinks, ") must be below the budget (", o.budget, ")");
+  if (p == "window")
+    DMC_CHECK(o.sinks >= 0 && o.sinks < o.budget, "window: sinks (", o.sinks, ") must be below the budget (", o.budget,
+              ")");
   if (p == "dmc" && !m.config.dmc.enabled && o.force_cr <= 0)
-    fail("cache policy dmc: the model has no DMC stanza in its config.json (retrofit it first, or use force_cr for a benchmark)");
+    fail(
+        "cache policy dmc: the model has no DMC stanza in its config.json (retrofit it first, or use force_cr for a "
+        "benchmark)");
   return p;
 }
 }  // namespace
@@ -80,7 +84,8 @@ Decoder::Decoder(const Llama& model, const DecoderOptions& o)
   pos_.assign(o.max_seqs, 0);
   const int64_t R = c.num_hidden_layers * o.max_seqs * model.local_kv_heads();
   if (dmc_) st_ = DmcState::create(R, c.head_dim, c.dmc.window, model.dtype(), model.device());
-  auto [cs, sn] = rope_cos_sin(m_.inv_freq, at::arange(c.max_position_embeddings, at::TensorOptions().dtype(at::kLong).device(model.device())));
+  auto [cs, sn] = rope_cos_sin(
+      m_.inv_freq, at::arange(c.max_position_embeddings, at::TensorOptions().dtype(at::kLong).device(model.device())));
   cos_ = cs.contiguous();
   sin_ = sn.contiguous();
   if (policy_ == "tova" || policy_ == "h2o" || policy_ == "window") {
@@ -92,14 +97,15 @@ Decoder::Decoder(const Llama& model, const DecoderOptions& o)
 
 int64_t Decoder::state_bytes() const {
   auto b = [](const at::Tensor& t) { return t.defined() ? t.numel() * (int64_t)t.element_size() : 0; };
-  return b(st_.acc) + b(st_.ring_kv) + b(st_.ring_w) + b(st_.group) + b(cache_.table) + b(cache_.lengths) + b(cache_.free_list) +
-         b(slot_pos_) + b(slot_score_);
+  return b(st_.acc) + b(st_.ring_kv) + b(st_.ring_w) + b(st_.group) + b(cache_.table) + b(cache_.lengths) +
+         b(cache_.free_list) + b(slot_pos_) + b(slot_score_);
 }
 
-int64_t Decoder::state_bytes_per_row(const LlamaConfig& c, const std::string& policy, int64_t budget,
-                                     int64_t page_size, at::ScalarType dtype) {
+int64_t Decoder::state_bytes_per_row(const LlamaConfig& c, const std::string& policy, int64_t budget, int64_t page_size,
+                                     at::ScalarType dtype) {
   const bool evicting = policy == "tova" || policy == "h2o" || policy == "window";
-  const int64_t table_row = PagedKVCache::pages_for(c.max_position_embeddings + 1, page_size) * 4 + 4;  // int32 table, length
+  const int64_t table_row =
+      PagedKVCache::pages_for(c.max_position_embeddings + 1, page_size) * 4 + 4;  // int32 table, length
   return (policy == "dmc" ? DmcState::bytes_per_row(c.head_dim, c.dmc.window, dtype) : 0) + table_row +
          (evicting ? (budget + 1) * (8 + 4) : 0);  // int64 position + fp32 score per slot
 }
@@ -141,7 +147,8 @@ void Decoder::bench_fill(const std::vector<int64_t>& seqs, int64_t T) {
     }
   }
   const int64_t maxc = *std::max_element(counts.begin(), counts.end());
-  const int64_t chunk = std::max<int64_t>(1, (int64_t(1) << 27) / std::max<int64_t>(1, nkv * maxc * D));  // ~256 MB temporaries
+  const int64_t chunk =
+      std::max<int64_t>(1, (int64_t(1) << 27) / std::max<int64_t>(1, nkv * maxc * D));  // ~256 MB temporaries
   for (size_t s0 = 0; s0 < seqs.size(); s0 += chunk) {
     const size_t s1 = std::min(seqs.size(), s0 + (size_t)chunk);
     std::vector<int64_t> part(seqs.begin() + s0, seqs.begin() + s1);
@@ -206,7 +213,8 @@ at::Tensor Decoder::prefill(int64_t seq, const std::vector<int64_t>& prompt) {
   DMC_CHECK(pos_[seq] == 0, "prefill: sequence ", seq, " is not empty");
   DMC_CHECK(T >= 1 && T <= c.max_position_embeddings, "prefill: prompt of ", T, " tokens (max ",
             c.max_position_embeddings, ")");
-  for (int64_t id : prompt) DMC_CHECK(id >= 0 && id < c.vocab_size, "prefill: token id ", id, " out of range [0, ", c.vocab_size, ")");
+  for (int64_t id : prompt)
+    DMC_CHECK(id >= 0 && id < c.vocab_size, "prefill: token id ", id, " out of range [0, ", c.vocab_size, ")");
   if (!(policy_ == "vanilla" || policy_ == "dmc")) {
     at::Tensor last;
     for (int64_t id : prompt) last = step({seq}, {id})[0];
@@ -233,8 +241,9 @@ at::Tensor Decoder::prefill(int64_t seq, const std::vector<int64_t>& prompt) {
   // the cache build works on all layers at once wherever the tensors are small (page accounting, decode state), so
   // that the host launches a few dozen operations, not a few dozen a layer; only the k/v payload goes layer by layer
   const int64_t layer_stride = cache_.row(1, 0, 0) - cache_.row(0, 0, 0);
-  at::Tensor rows_all = (cache_rows(cache_, 0, at::full({1}, seq, lopt)) +
-                         at::arange(L, lopt).unsqueeze(1) * layer_stride).flatten();  // [L nkv] rows (layer, seq, head)
+  at::Tensor rows_all =
+      (cache_rows(cache_, 0, at::full({1}, seq, lopt)) + at::arange(L, lopt).unsqueeze(1) * layer_stride)
+          .flatten();  // [L nkv] rows (layer, seq, head)
   // slots per (layer, head): T, or under DMC one per group: a group ends at the token before the next append (or
   // at T - 1). The counts and the free pages come back to the host in one read.
   at::Tensor b_all, ends_all, counts_all;  // [L, nkv, T] bool, [L, nkv, T] bool, [L, nkv] int64
@@ -254,7 +263,7 @@ at::Tensor Decoder::prefill(int64_t seq, const std::vector<int64_t>& prompt) {
   for (int64_t l = 0; l < L; ++l) {
     at::Tensor rows = rows_all.narrow(0, l * nkv, nkv);
     at::Tensor kr = k_rot[l][0], vh = v_hat[l][0];  // [nkv, T, D]
-    at::Tensor counts = counts_all[l];                     // [nkv]
+    at::Tensor counts = counts_all[l];              // [nkv]
     const int64_t most = *std::max_element(hc + l * nkv, hc + (l + 1) * nkv);
     if (!dmc_) {
       cache_.write_slots(rows, kr, vh, counts, most);
@@ -262,9 +271,9 @@ at::Tensor Decoder::prefill(int64_t seq, const std::vector<int64_t>& prompt) {
     }
     // slot s of a head takes the token that ends its (s+1)-th group: the first t whose running count of group
     // ends reaches s + 1 (a gather over the first `most` slots: no host round trip, no scattered writes)
-    at::Tensor cs = at::cumsum(ends_all[l].to(at::kLong), 1);                                  // [nkv, T]
+    at::Tensor cs = at::cumsum(ends_all[l].to(at::kLong), 1);  // [nkv, T]
     at::Tensor src = at::searchsorted(cs, at::arange(1, most + 1, lopt).unsqueeze(0).expand({nkv, most}).contiguous())
-                         .clamp_max(T - 1);                                                    // [nkv, most]
+                         .clamp_max(T - 1);  // [nkv, most]
     at::Tensor gi = src.unsqueeze(-1).expand({nkv, most, D});
     cache_.write_slots(rows, kr.gather(1, gi), vh.gather(1, gi), counts, most);
   }
@@ -274,11 +283,11 @@ at::Tensor Decoder::prefill(int64_t seq, const std::vector<int64_t>& prompt) {
     const int64_t t0 = std::max<int64_t>(0, T - W), Tn = T - t0;
     std::vector<at::Tensor> kvs, oms;
     for (int64_t l = 0; l < L; ++l) {
-      kvs.push_back(da.kv_raw[l][0]);                    // [Tn, nkv, 2D]: the last min(T, W) tokens
-      oms.push_back(da.omega[l][0].narrow(0, t0, Tn));   // [Tn, nkv]
+      kvs.push_back(da.kv_raw[l][0]);                   // [Tn, nkv, 2D]: the last min(T, W) tokens
+      oms.push_back(da.omega[l][0].narrow(0, t0, Tn));  // [Tn, nkv]
     }
-    at::Tensor kw = at::stack(kvs).permute({0, 2, 1, 3});                             // [L, nkv, Tn, 2D]
-    at::Tensor ow = at::stack(oms).to(at::kFloat).permute({0, 2, 1}).unsqueeze(-1);  // [L, nkv, Tn, 1]
+    at::Tensor kw = at::stack(kvs).permute({0, 2, 1, 3});                               // [L, nkv, Tn, 2D]
+    at::Tensor ow = at::stack(oms).to(at::kFloat).permute({0, 2, 1}).unsqueeze(-1);     // [L, nkv, Tn, 1]
     at::Tensor last_append = (t_idx.view({1, 1, T}) * (~b_all).to(at::kLong)).amax(2);  // [L, nkv]
     at::Tensor group = T - last_append;
     st_.group.index_copy_(0, rows_all, group.flatten().to(at::kInt));
@@ -305,7 +314,8 @@ at::Tensor Decoder::step(const std::vector<int64_t>& seqs, const std::vector<int
   DMC_CHECK(n >= 1, "decoder: a step needs at least one sequence");
   DMC_CHECK((int64_t)ids.size() == n, "decoder: ", ids.size(), " ids for ", n, " sequences");
   DMC_CHECK(doc_start.empty() || (int64_t)doc_start.size() == n, "decoder: doc_start needs ", n, " entries");
-  for (int64_t id : ids) DMC_CHECK(id >= 0 && id < c.vocab_size, "decoder: token id ", id, " out of range [0, ", c.vocab_size, ")");
+  for (int64_t id : ids)
+    DMC_CHECK(id >= 0 && id < c.vocab_size, "decoder: token id ", id, " out of range [0, ", c.vocab_size, ")");
   std::vector<bool> seen(o_.max_seqs, false);
   int64_t max_len = 1;
   std::vector<int64_t> pos(n), forced(n);
@@ -326,7 +336,8 @@ at::Tensor Decoder::step(const std::vector<int64_t>& seqs, const std::vector<int
   if (need > free) fail("kv cache exhausted: this step may need ", need, " pages, ", free, " are free");
 
   const auto dev = m_.device();
-  at::Tensor ids_h = at::tensor(ids, at::kLong), seq_h = at::tensor(seqs, at::kLong), pos_h = at::tensor(pos, at::kLong);
+  at::Tensor ids_h = at::tensor(ids, at::kLong), seq_h = at::tensor(seqs, at::kLong),
+             pos_h = at::tensor(pos, at::kLong);
   at::Tensor forced_h = at::tensor(forced, at::kLong).to(at::kBool);
   at::Tensor logits;
 #ifdef DMC_WITH_CUDA
@@ -380,8 +391,7 @@ at::Tensor Decoder::step(const std::vector<int64_t>& seqs, const std::vector<int
     logits = logits.narrow(0, 0, n);
   }
 #endif
-  if (!logits.defined())
-    logits = run_step(ids_h.to(dev), seq_h.to(dev), pos_h.to(dev), forced_h.to(dev), max_len);
+  if (!logits.defined()) logits = run_step(ids_h.to(dev), seq_h.to(dev), pos_h.to(dev), forced_h.to(dev), max_len);
   for (int64_t s : seqs) ++pos_[s];
   return logits.clone();
 }
@@ -420,8 +430,8 @@ class PagedDecodeAttention : public Attention {
     const int64_t n = qkv.size(0);
     const double scale = 1.0 / std::sqrt((double)hd_);
     p_.layer = l;
-    at::Tensor qr = decode_update(qkv.view({n, -1}), seq_t_, pos_t_, forced_t_, d_.cos_, d_.sin_, p_, d_.st_,
-                                  d_.cache_, d_.kernels_);
+    at::Tensor qr = decode_update(qkv.view({n, -1}), seq_t_, pos_t_, forced_t_, d_.cos_, d_.sin_, p_, d_.st_, d_.cache_,
+                                  d_.kernels_);
     at::Tensor o;
     if (d_.slot_pos_.defined()) {  // eviction baselines
       at::Tensor probs;
@@ -451,14 +461,14 @@ at::Tensor Decoder::run_step(const at::Tensor& ids_t, const at::Tensor& seq_t, c
 
 void Decoder::evict(int64_t layer, const at::Tensor& seq_t, const at::Tensor& pos_t, const at::Tensor& probs) {
   // probs [n, nkv, G, S]; the step has just appended its token at slot len - 1 of every row
-  const int64_t n = probs.size(0), nkv = probs.size(1), S = probs.size(3), D = m_.config.head_dim,
-                P = o_.page_size, B = o_.budget, cap = B + 1;
-  at::Tensor rows = cache_rows(cache_, layer, seq_t).flatten();              // [n nkv]
-  at::Tensor len = cache_.lengths.index_select(0, rows).to(at::kLong);       // [n nkv]
-  at::Tensor w = probs.mean(2).reshape({n * nkv, S});                        // [n nkv, S]
+  const int64_t n = probs.size(0), nkv = probs.size(1), S = probs.size(3), D = m_.config.head_dim, P = o_.page_size,
+                B = o_.budget, cap = B + 1;
+  at::Tensor rows = cache_rows(cache_, layer, seq_t).flatten();         // [n nkv]
+  at::Tensor len = cache_.lengths.index_select(0, rows).to(at::kLong);  // [n nkv]
+  at::Tensor w = probs.mean(2).reshape({n * nkv, S});                   // [n nkv, S]
   if (S < cap) w = at::constant_pad_nd(w, {0, cap - S}, 0);
   w = w.narrow(1, 0, cap);
-  at::Tensor spos = slot_pos_.index_select(0, rows);                         // [n nkv, cap]
+  at::Tensor spos = slot_pos_.index_select(0, rows);  // [n nkv, cap]
   at::Tensor sscore = slot_score_.index_select(0, rows);
   at::Tensor last = len - 1;
   at::Tensor posr = pos_t.unsqueeze(1).expand({n, nkv}).reshape({-1});
@@ -471,11 +481,14 @@ void Decoder::evict(int64_t layer, const at::Tensor& seq_t, const at::Tensor& po
   sscore = sscore + w * valid;
   const double inf = std::numeric_limits<double>::infinity();
   at::Tensor key;
-  if (policy_ == "tova") key = w.clone();
-  else if (policy_ == "h2o") key = at::where(spos > posr.unsqueeze(1) - B / 2, at::full_like(sscore, inf), sscore);
-  else key = at::where(spos < o_.sinks, at::full_like(sscore, inf), spos.to(at::kFloat));
+  if (policy_ == "tova")
+    key = w.clone();
+  else if (policy_ == "h2o")
+    key = at::where(spos > posr.unsqueeze(1) - B / 2, at::full_like(sscore, inf), sscore);
+  else
+    key = at::where(spos < o_.sinks, at::full_like(sscore, inf), spos.to(at::kFloat));
   key = key.masked_fill(~valid, inf);
-  at::Tensor j = key.argmin(1);                                              // [n nkv]
+  at::Tensor j = key.argmin(1);  // [n nkv]
   at::Tensor ev = len > B;
   // move the last slot into the evicted one (a no-op when the newest is evicted, or no eviction)
   at::Tensor dst = at::where(ev, j, last);
@@ -495,7 +508,9 @@ void Decoder::evict(int64_t layer, const at::Tensor& seq_t, const at::Tensor& po
   slot_score_.index_copy_(0, rows, sscore);
   // a row that shrinks back onto a page boundary gives its last page back to the pool
   at::Tensor drop = ev & (last % P == 0);
-  at::Tensor pages = cache_.table.index_select(0, rows).gather(1, last.div(P, "floor").clamp_max(cache_.max_pages_per_row() - 1).unsqueeze(1)).squeeze(1);
+  at::Tensor pages = cache_.table.index_select(0, rows)
+                         .gather(1, last.div(P, "floor").clamp_max(cache_.max_pages_per_row() - 1).unsqueeze(1))
+                         .squeeze(1);
   at::Tensor dl = drop.to(at::kLong);
   at::Tensor top = cache_.alloc.narrow(0, 0, 1).to(at::kLong);
   at::Tensor at_ = top + at::cumsum(dl, 0) - 1;  // stack slots for the dropped pages

@@ -41,14 +41,14 @@ namespace dmc {
 struct DecoderOptions {
   int64_t max_seqs = 1;
   int64_t page_size = 16;
-  int64_t n_pages = 0;                 // 0: from memory_budget_bytes, or else room for max_seqs full sequences
-  int64_t memory_budget_bytes = 0;     // pages only (the DMC state and tables are on top; see state_bytes())
+  int64_t n_pages = 0;              // 0: from memory_budget_bytes, or else room for max_seqs full sequences
+  int64_t memory_budget_bytes = 0;  // pages only (the DMC state and tables are on top; see state_bytes())
   // vanilla | dmc | tova | h2o | window; "auto" = dmc for a DMC model, else vanilla
   std::string policy = "auto";
-  int64_t budget = 0;                  // tova / h2o / window: slots per (layer, sequence, head)
-  int64_t sinks = 4;                   // window: first positions never evicted
-  int64_t force_cr = 0;                // dmc: benchmark-only decision policy (see DecodeUpdateParams)
-  bool use_kernels = true;             // CUDA kernels when the model is on a GPU (else the reference ops)
+  int64_t budget = 0;       // tova / h2o / window: slots per (layer, sequence, head)
+  int64_t sinks = 4;        // window: first positions never evicted
+  int64_t force_cr = 0;     // dmc: benchmark-only decision policy (see DecodeUpdateParams)
+  bool use_kernels = true;  // CUDA kernels when the model is on a GPU (else the reference ops)
   // CUDA graphs of the whole step per batch bucket <= graph_max_batch (kernels path, no TP, no eviction): the
   // first step of a bucket runs eagerly, the second captures, later ones replay. Small batches are bound by ~500
   // kernel launches a step; large ones lose the gaps between kernels. All graphs share one memory pool.
@@ -101,8 +101,8 @@ class Decoder {
   int64_t state_bytes() const;
   // The state one (layer, sequence, KV head) row takes besides its pages, for a model of config c under `policy`
   // (budget: the eviction baselines' slots): the one formula benchmarks size equal-memory batches with.
-  static int64_t state_bytes_per_row(const LlamaConfig& c, const std::string& policy, int64_t budget,
-                                     int64_t page_size, at::ScalarType dtype);
+  static int64_t state_bytes_per_row(const LlamaConfig& c, const std::string& policy, int64_t budget, int64_t page_size,
+                                     at::ScalarType dtype);
   bool using_kernels() const { return kernels_; }
   // The step's GEMMs with their row choices (benchmarks time the projections alone through it).
   GemmRows& gemm_rows() { return gemm_; }
@@ -127,7 +127,7 @@ class Decoder {
   bool dmc_, kernels_;
   PagedKVCache cache_;
   DmcState st_;
-  at::Tensor cos_, sin_;           // [max_pos, D] fp32
+  at::Tensor cos_, sin_;              // [max_pos, D] fp32
   at::Tensor slot_pos_, slot_score_;  // baselines: [R, budget + 1] int64 position / fp32 accumulated weight
   std::vector<int64_t> pos_;
 };

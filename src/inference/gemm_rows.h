@@ -24,7 +24,9 @@ class GemmRows {
   int64_t chosen(int64_t M, int64_t N, int64_t K, at::ScalarType dtype) const;
   bool enabled() const { return enabled_; }
   // Sets the choice for a shape without timing (tests: the padded path whatever the timing would pick).
-  void set_choice(int64_t M, int64_t N, int64_t K, at::ScalarType dtype, int64_t Mp) { best_[{M, N, K, (int)dtype}] = Mp; }
+  void set_choice(int64_t M, int64_t N, int64_t K, at::ScalarType dtype, int64_t Mp) {
+    best_[{M, N, K, (int)dtype}] = Mp;
+  }
 
  private:
   int64_t tune(const at::Tensor& x, const at::Tensor& w);

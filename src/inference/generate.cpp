@@ -7,7 +7,6 @@
 #include "common/error.h"
 #include "common/util.h"
 
-
 namespace dmc {
 
 namespace {
@@ -100,7 +99,8 @@ GenerateResult generate(const Llama& model, const std::vector<std::vector<int64_
     }
     if (!dec.can_step(seqs)) {
       // preempt the newest sequence: free its pages, requeue it at the front
-      DMC_CHECK(active.size() > 1, "generate: the kv cache cannot take one more step of a single sequence; raise the memory budget");
+      DMC_CHECK(active.size() > 1,
+                "generate: the kv cache cannot take one more step of a single sequence; raise the memory budget");
       const Active victim = active.back();
       active.pop_back();
       dec.free(victim.slot);

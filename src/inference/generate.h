@@ -18,7 +18,7 @@ struct GenerateOptions {
   int64_t max_new_tokens = 64;
   bool stop_at_eos = true;  // a sequence stops after producing an EOS id
   SamplingOptions sampling;
-  int64_t max_batch = 0;    // sequences decoding together (0 = all prompts)
+  int64_t max_batch = 0;  // sequences decoding together (0 = all prompts)
   // cache: pages from memory_budget_bytes, or n_pages, or (both 0) room for every sequence uncompressed
   DecoderOptions cache;
 };
@@ -26,15 +26,14 @@ struct GenerateOptions {
 struct GenerateResult {
   std::vector<std::vector<int64_t>> tokens;
   double prefill_seconds = 0, decode_seconds = 0;
-  int64_t decode_steps = 0;      // engine steps after prefills
-  int64_t decoded_tokens = 0;    // tokens those steps produced (sum of the batch sizes)
+  int64_t decode_steps = 0;    // engine steps after prefills
+  int64_t decoded_tokens = 0;  // tokens those steps produced (sum of the batch sizes)
   int64_t preemptions = 0;
-  int64_t max_active = 0;        // the largest batch that ran
+  int64_t max_active = 0;  // the largest batch that ran
 };
 
 // on_token(i, id) is called for every new token of prompt i.
 GenerateResult generate(const Llama& model, const std::vector<std::vector<int64_t>>& prompts,
-                        const GenerateOptions& opts,
-                        const std::function<void(int64_t, int64_t)>& on_token = nullptr);
+                        const GenerateOptions& opts, const std::function<void(int64_t, int64_t)>& on_token = nullptr);
 
 }  // namespace dmc

@@ -24,7 +24,8 @@ double PplResult::cr() const {
 std::vector<std::vector<double>> PplResult::cr_per_head() const {
   auto r = head_tokens;
   for (size_t l = 0; l < r.size(); ++l)
-    for (size_t g = 0; g < r[l].size(); ++g) r[l][g] = head_slots[l][g] > 0 ? head_tokens[l][g] / head_slots[l][g] : 1.0;
+    for (size_t g = 0; g < r[l].size(); ++g)
+      r[l][g] = head_slots[l][g] > 0 ? head_tokens[l][g] / head_slots[l][g] : 1.0;
   return r;
 }
 
@@ -40,7 +41,8 @@ PplResult perplexity(const Llama& model, const std::vector<int64_t>& tokens, con
     DMC_CHECK(id >= 0 && id < model.config.vocab_size, "perplexity: token id ", id, " out of range");
   at::NoGradGuard ng;
   const at::Tensor all = at::tensor(tokens, at::kLong);
-  DMC_CHECK(o.mode == "parallel" || o.mode == "incremental", "mode: expected parallel or incremental, got '", o.mode, "'");
+  DMC_CHECK(o.mode == "parallel" || o.mode == "incremental", "mode: expected parallel or incremental, got '", o.mode,
+            "'");
   PplResult r;
   auto t0 = std::chrono::steady_clock::now();
   DMC_CHECK(o.batch >= 1, "batch: must be at least 1, got ", o.batch);
@@ -56,8 +58,8 @@ PplResult perplexity(const Llama& model, const std::vector<int64_t>& tokens, con
     DMC_CHECK(o.budget > 0 || o.cr > 1.0, "--cache ", o.cache, ": give --budget (slots per head) or --cr (> 1)");
     dopt.budget = o.budget > 0 ? o.budget : (int64_t)std::ceil((double)S / o.cr);
   }
-  DMC_CHECK(o.mode == "incremental" || o.cache == "auto" || o.cache == (c.dmc.enabled ? "dmc" : "vanilla"),
-            "--cache ", o.cache, " needs --mode incremental (the parallel forward runs the model's own attention)");
+  DMC_CHECK(o.mode == "incremental" || o.cache == "auto" || o.cache == (c.dmc.enabled ? "dmc" : "vanilla"), "--cache ",
+            o.cache, " needs --mode incremental (the parallel forward runs the model's own attention)");
   const bool dmc = c.dmc.enabled || evicting || o.force_cr > 0;
   // the parallel forward's attention: the model's own (DMC in eval mode for a DMC model)
   DmcOptions dmo;
@@ -118,7 +120,7 @@ PplResult perplexity(const Llama& model, const std::vector<int64_t>& tokens, con
         const Window& w = wins[g0 + i];
         r.tokens_scored += w.end - w.first;
         if (!dmc) continue;
-        const int64_t T = w.end - 1 - w.begin;  // tokens the decoder consumed
+        const int64_t T = w.end - 1 - w.begin;                                     // tokens the decoder consumed
         at::Tensor slots = dec.slot_counts((int64_t)i).to(at::kCPU, at::kDouble);  // [layers, kv heads]
         for (int64_t l = 0; l < c.num_hidden_layers; ++l)
           for (int64_t h = 0; h < c.num_key_value_heads; ++h) {

@@ -9,8 +9,8 @@ namespace dmc {
 
 struct SamplingOptions {
   double temperature = 0.0;
-  int64_t top_k = 0;     // 0 = off
-  double top_p = 1.0;    // 1 = off
+  int64_t top_k = 0;   // 0 = off
+  double top_p = 1.0;  // 1 = off
   uint64_t seed = 1234;
 };
 

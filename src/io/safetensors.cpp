@@ -19,9 +19,8 @@ using json = nlohmann::json;
 
 at::ScalarType dtype_from_safetensors(const std::string& s, const std::string& where) {
   static const std::map<std::string, at::ScalarType> m = {
-      {"BF16", at::kBFloat16}, {"F16", at::kHalf}, {"F32", at::kFloat}, {"F64", at::kDouble},
-      {"I64", at::kLong},      {"I32", at::kInt},  {"I16", at::kShort}, {"I8", at::kChar},
-      {"U8", at::kByte},       {"BOOL", at::kBool}};
+      {"BF16", at::kBFloat16}, {"F16", at::kHalf},  {"F32", at::kFloat}, {"F64", at::kDouble}, {"I64", at::kLong},
+      {"I32", at::kInt},       {"I16", at::kShort}, {"I8", at::kChar},   {"U8", at::kByte},    {"BOOL", at::kBool}};
   auto it = m.find(s);
   if (it == m.end())
     fail(where, ": unknown dtype '", s, "', expected one of BF16, F16, F32, F64, I64, I32, I16, I8, U8, BOOL");
@@ -99,7 +98,8 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
     int64_t numel = 1;
     bool overflow = false;  // checked arithmetic: a crafted shape must not wrap around to a few bytes
     for (const auto& d : e["shape"]) {
-      if (!d.is_number_integer() || d.get<int64_t>() < 0) fail(where, ": field 'shape' must hold non-negative integers");
+      if (!d.is_number_integer() || d.get<int64_t>() < 0)
+        fail(where, ": field 'shape' must hold non-negative integers");
       ti.shape.push_back(d.get<int64_t>());
       overflow = __builtin_mul_overflow(numel, ti.shape.back(), &numel) || overflow;
     }
@@ -107,7 +107,8 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
     if (overflow || __builtin_mul_overflow(numel, (int64_t)c10::elementSize(ti.dtype), &want))
       fail(where, ": field 'shape' ", e["shape"].dump(), " is too large (its byte size overflows 64 bits)");
     for (const auto& o : e["data_offsets"])
-      if (!o.is_number_integer() || o.get<int64_t>() < 0) fail(where, ": field 'data_offsets' must hold non-negative integers");
+      if (!o.is_number_integer() || o.get<int64_t>() < 0)
+        fail(where, ": field 'data_offsets' must hold non-negative integers");
     ti.begin = e["data_offsets"][0].get<int64_t>();
     ti.end = e["data_offsets"][1].get<int64_t>();
     if (ti.begin > ti.end) fail(where, ": data_offsets begin ", ti.begin, " > end ", ti.end);
@@ -151,7 +152,8 @@ at::Tensor SafetensorsFile::get(const std::string& name) const {
   const TensorInfo& ti = info(name);
   auto keep = self_.lock();
   char* base = static_cast<char*>(map_) + data_offset_ + ti.begin;
-  return at::from_blob(base, ti.shape, [keep](void*) {}, at::TensorOptions().dtype(ti.dtype));
+  return at::from_blob(
+      base, ti.shape, [keep](void*) {}, at::TensorOptions().dtype(ti.dtype));
 }
 
 TensorStore TensorStore::open_dir(const std::string& dir) {
@@ -176,7 +178,8 @@ TensorStore TensorStore::open_dir(const std::string& dir) {
     for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
       if (!it->is_string()) fail(index, ": weight_map['", it.key(), "'] is not a file name");
       const std::string file = it->get<std::string>();
-      if (file.find('/') != std::string::npos) fail(index, ": weight_map['", it.key(), "'] names a path, expected a file name");
+      if (file.find('/') != std::string::npos)
+        fail(index, ": weight_map['", it.key(), "'] names a path, expected a file name");
       if (!s.files_.count(file)) s.files_[file] = SafetensorsFile::open(dir + "/" + file);
       if (!s.files_[file]->has(it.key()))
         fail(dir + "/" + file, ": missing tensor '", it.key(), "' (listed in model.safetensors.index.json)");
@@ -223,7 +226,8 @@ std::vector<std::string> TensorStore::files() const {
 
 static int64_t tensor_bytes(const at::Tensor& t) { return t.numel() * (int64_t)t.element_size(); }
 
-void save_file(const std::string& path, const NamedTensors& tensors, const std::map<std::string, std::string>& metadata) {
+void save_file(const std::string& path, const NamedTensors& tensors,
+               const std::map<std::string, std::string>& metadata) {
   json header = json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   int64_t off = 0;

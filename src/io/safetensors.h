@@ -68,7 +68,7 @@ class TensorStore {
  private:
   std::string dir_;
   std::map<std::string, std::shared_ptr<SafetensorsFile>> files_;  // by file name
-  std::map<std::string, std::string> where_;                        // tensor name -> file name
+  std::map<std::string, std::string> where_;                       // tensor name -> file name
 };
 
 using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;

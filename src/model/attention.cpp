@@ -73,7 +73,8 @@ DmcLayerAttention::DmcLayerAttention(DmcMode mode, const DmcOptions& o, at::Tens
 void DmcLayerAttention::begin(const Llama& m, const at::Tensor& ids, const at::Tensor& positions) {
   Attention::begin(m, ids, positions);
   const size_t L = m.layers.size();
-  DMC_CHECK(noise_.empty() || noise_.size() >= L, "DMC attention: noise for ", noise_.size(), " layers, the model has ", L);
+  DMC_CHECK(noise_.empty() || noise_.size() >= L, "DMC attention: noise for ", noise_.size(), " layers, the model has ",
+            L);
   boundaries.assign(L, at::Tensor());
   if (capture_) {
     k_rot.assign(L, at::Tensor());

@@ -20,7 +20,6 @@
 namespace dmc {
 namespace fs = std::filesystem;
 
-
 at::Tensor rope_inv_freq(const LlamaConfig& c, at::Device device) {
   const int64_t d = c.head_dim;
   at::Tensor idx = at::arange(0, d, 2, at::kLong).to(at::kFloat);
@@ -46,8 +45,8 @@ at::Tensor rope_inv_freq(const LlamaConfig& c, at::Device device) {
 namespace {
 std::string lname(int64_t l, const char* rest) { return cat("model.layers.", l, ".", rest); }
 
-at::Tensor fetch(const io::TensorStore& st, const std::string& name, std::vector<int64_t> shape,
-                 at::ScalarType dtype, at::Device device) {
+at::Tensor fetch(const io::TensorStore& st, const std::string& name, std::vector<int64_t> shape, at::ScalarType dtype,
+                 at::Device device) {
   const auto& info = st.info(name);
   if (info.shape != shape)
     fail(st.file_of(name), ": tensor '", name, "' has shape ", c10::IntArrayRef(info.shape), ", config.json implies ",
@@ -68,22 +67,27 @@ void check_unused_tensors(const io::TensorStore& st, const std::string& dir, con
       int64_t l = -1;
       try {
         l = std::stoll(n.substr(13, dot == std::string::npos ? std::string::npos : dot - 13));
-      } catch (...) {
-      }
+      } catch (...) {}
       if (l >= c.num_hidden_layers) {
-        if (l > max_layer) { max_layer = l; example = n; }
+        if (l > max_layer) {
+          max_layer = l;
+          example = n;
+        }
         continue;
       }
     }
     static const std::vector<std::string> layer_keys = {
-        "input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
-        "self_attn.o_proj.weight", "post_attention_layernorm.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight",
-        "mlp.down_proj.weight"};
+        "input_layernorm.weight",  "self_attn.q_proj.weight", "self_attn.k_proj.weight",
+        "self_attn.v_proj.weight", "self_attn.o_proj.weight", "post_attention_layernorm.weight",
+        "mlp.gate_proj.weight",    "mlp.up_proj.weight",      "mlp.down_proj.weight"};
     bool used = n == "model.embed_tokens.weight" || n == "model.norm.weight" ||
                 (n == "lm_head.weight" && !c.tie_word_embeddings);
     for (int64_t l = 0; !used && l < c.num_hidden_layers && n.rfind("model.layers.", 0) == 0; ++l)
       for (const auto& k : layer_keys)
-        if (n == lname(l, k.c_str())) { used = true; break; }
+        if (n == lname(l, k.c_str())) {
+          used = true;
+          break;
+        }
     if (!used) unused.push_back(n);
   }
   if (max_layer >= 0)
@@ -130,9 +134,18 @@ Llama Llama::load(const std::string& dir, at::ScalarType dtype, at::Device devic
   // that in-place updates (training) never touch the mapping and the files can be replaced safely.
   if (device.is_cpu()) {
     auto own = [](at::Tensor& t) { t = t.clone(); };
-    own(m.embed); own(m.norm);
-    if (!c.tie_word_embeddings) own(m.lm_head); else m.lm_head = m.embed;
-    for (auto& L : m.layers) { own(L.attn_norm); own(L.wo); own(L.mlp_norm); own(L.w_down); }
+    own(m.embed);
+    own(m.norm);
+    if (!c.tie_word_embeddings)
+      own(m.lm_head);
+    else
+      m.lm_head = m.embed;
+    for (auto& L : m.layers) {
+      own(L.attn_norm);
+      own(L.wo);
+      own(L.mlp_norm);
+      own(L.w_down);
+    }
   }
   m.inv_freq = rope_inv_freq(c, device);
   return m;
@@ -219,7 +232,8 @@ std::vector<std::pair<std::string, at::Tensor*>> Llama::parameters() {
 }
 
 std::pair<at::Tensor, at::Tensor> Llama::layer_forward(const LlamaLayer& L, int64_t l, const at::Tensor& x,
-                                                       Attention& attn, bool recompute, bool sp, const Gemm* gemm) const {
+                                                       Attention& attn, bool recompute, bool sp,
+                                                       const Gemm* gemm) const {
   // sequence parallel: each rank normalises its own tokens, so the replicated norm weights' gradients are partial
   // sums, added over the group by copy_to_group's backward
   auto nw = [&](const at::Tensor& w) { return sp ? copy_to_group(w, tp) : w; };
@@ -255,10 +269,10 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
   // runs again in backward (recompute = true): whatever it draws must come from its own state (DMC: fed noise).
   // The six layer weights are separate arguments (a TensorList argument gets a single gradient slot).
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
-                                                const at::Tensor& attn_norm, const at::Tensor& wqkv, const at::Tensor& wo,
-                                                const at::Tensor& mlp_norm, const at::Tensor& w_gate_up,
-                                                const at::Tensor& w_down, int64_t model_ptr, int64_t attn_ptr, int64_t l,
-                                                bool sp) {
+                                                const at::Tensor& attn_norm, const at::Tensor& wqkv,
+                                                const at::Tensor& wo, const at::Tensor& mlp_norm,
+                                                const at::Tensor& w_gate_up, const at::Tensor& w_down,
+                                                int64_t model_ptr, int64_t attn_ptr, int64_t l, bool sp) {
     const Llama* m = reinterpret_cast<const Llama*>(model_ptr);
     Attention* attn = reinterpret_cast<Attention*>(attn_ptr);
     std::vector<at::Tensor> saved{x, attn_norm, wqkv, wo, mlp_norm, w_gate_up, w_down};
@@ -354,8 +368,9 @@ at::Tensor Llama::forward_hidden(const at::Tensor& ids, const at::Tensor& positi
   DMC_CHECK(!gemm || !grad, "forward_hidden: a custom GEMM is for no-grad forwards only");
   const bool recompute = activation_checkpointing && grad;
   if (recompute)
-    DMC_CHECK(attn.checkpointable(), "activation checkpointing: this attention cannot run twice alike (DMC training "
-                                     "needs pre-drawn noise)");
+    DMC_CHECK(attn.checkpointable(),
+              "activation checkpointing: this attention cannot run twice alike (DMC training "
+              "needs pre-drawn noise)");
   const bool sp = sequence_parallel_now();
   if (sp)
     DMC_CHECK((B * T) % tp.size == 0, "sequence parallelism: batch x seq = ", B * T,
@@ -365,9 +380,9 @@ at::Tensor Llama::forward_hidden(const at::Tensor& ids, const at::Tensor& positi
   for (size_t l = 0; l < layers.size(); ++l) {
     const auto& L = layers[l];
     if (recompute) {
-      auto outs = CheckpointedLayer::apply(x, L.attn_norm, L.wqkv, L.wo, L.mlp_norm, L.w_gate_up, L.w_down,
-                                           reinterpret_cast<int64_t>(this), reinterpret_cast<int64_t>(&attn),
-                                           (int64_t)l, sp);
+      auto outs =
+          CheckpointedLayer::apply(x, L.attn_norm, L.wqkv, L.wo, L.mlp_norm, L.w_gate_up, L.w_down,
+                                   reinterpret_cast<int64_t>(this), reinterpret_cast<int64_t>(&attn), (int64_t)l, sp);
       x = outs[0];
       attn.aux[l] = outs[1];
     } else {
@@ -406,7 +421,8 @@ at::Tensor Llama::shard_of(const std::string& name, const at::Tensor& full, int6
   switch (shard_kind(name)) {
     case Shard::Qkv:
       return at::cat({full.narrow(0, r * nhl * hd, nhl * hd), full.narrow(0, nh * hd + r * nkvl * hd, nkvl * hd),
-                      full.narrow(0, (nh + nkv) * hd + r * nkvl * hd, nkvl * hd)}).contiguous();
+                      full.narrow(0, (nh + nkv) * hd + r * nkvl * hd, nkvl * hd)})
+          .contiguous();
     case Shard::WoCols: return full.narrow(1, r * nhl * hd, nhl * hd).contiguous();
     case Shard::GateUp: return at::cat({full.narrow(0, r * Fl, Fl), full.narrow(0, F + r * Fl, Fl)}).contiguous();
     case Shard::DownCols: return full.narrow(1, r * Fl, Fl).contiguous();
@@ -455,7 +471,8 @@ void Llama::shard_tensor_parallel(const Group& g) {
   const int64_t s = g.size;
   DMC_CHECK(c.num_key_value_heads % s == 0, "tensor_parallel ", s, ": num_key_value_heads (", c.num_key_value_heads,
             ") must divide evenly (each rank owns whole KV-head groups)");
-  DMC_CHECK(c.intermediate_size % s == 0, "tensor_parallel ", s, ": intermediate_size (", c.intermediate_size, ") must divide evenly");
+  DMC_CHECK(c.intermediate_size % s == 0, "tensor_parallel ", s, ": intermediate_size (", c.intermediate_size,
+            ") must divide evenly");
   DMC_CHECK(c.vocab_size % s == 0, "tensor_parallel ", s, ": vocab_size (", c.vocab_size, ") must divide evenly");
   const bool tied = c.tie_word_embeddings;
   for (auto& [name, t] : parameters()) *t = shard_of(name, *t, g.rank, s);

@@ -49,7 +49,7 @@ at::Tensor rope_inv_freq(const LlamaConfig& c, at::Device device);
 class Llama {
  public:
   LlamaConfig config;
-  at::Tensor embed;     // [vocab, hidden]
+  at::Tensor embed;  // [vocab, hidden]
   std::vector<LlamaLayer> layers;
   at::Tensor norm;      // [hidden]
   at::Tensor lm_head;   // [vocab, hidden]; the same tensor as embed when tie_word_embeddings

@@ -57,22 +57,26 @@ LlamaConfig LlamaConfig::from_json(const json& j, const std::string& file) {
   if (j.contains("eos_token_id") && !j["eos_token_id"].is_null()) {
     const json& e = j["eos_token_id"];
     c.eos_token_ids.clear();
-    if (e.is_number_integer()) c.eos_token_ids.push_back(e.get<int64_t>());
+    if (e.is_number_integer())
+      c.eos_token_ids.push_back(e.get<int64_t>());
     else if (e.is_array()) {
       for (const auto& x : e) {
         if (!x.is_number_integer()) fail(file, ": field 'eos_token_id' must be an integer or a list of integers");
         c.eos_token_ids.push_back(x.get<int64_t>());
       }
-    } else fail(file, ": field 'eos_token_id' must be an integer or a list of integers, got ", e.dump());
+    } else
+      fail(file, ": field 'eos_token_id' must be an integer or a list of integers, got ", e.dump());
   }
   for (const char* k : {"torch_dtype", "dtype"})
     if (j.contains(k) && j[k].is_string()) c.torch_dtype = j[k].get<std::string>();
-  if (get_bool(j, "attention_bias", file, false)) fail(file, ": field 'attention_bias' is true; biases are not supported");
+  if (get_bool(j, "attention_bias", file, false))
+    fail(file, ": field 'attention_bias' is true; biases are not supported");
   if (get_bool(j, "mlp_bias", file, false)) fail(file, ": field 'mlp_bias' is true; biases are not supported");
   if (j.contains("hidden_act")) {
     if (!j["hidden_act"].is_string()) fail(file, ": field 'hidden_act' must be a string");
     const auto act = j["hidden_act"].get<std::string>();
-    if (act != "silu" && act != "swish") fail(file, ": field 'hidden_act' is '", act, "', only 'silu' (SwiGLU) is supported");
+    if (act != "silu" && act != "swish")
+      fail(file, ": field 'hidden_act' is '", act, "', only 'silu' (SwiGLU) is supported");
   }
   if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
     const json& rs = j["rope_scaling"];
@@ -180,8 +184,10 @@ json LlamaConfig::to_json() const {
   j["rms_norm_eps"] = rms_norm_eps;
   j["tie_word_embeddings"] = tie_word_embeddings;
   j["bos_token_id"] = bos_token_id;
-  if (eos_token_ids.size() == 1) j["eos_token_id"] = eos_token_ids[0];
-  else j["eos_token_id"] = eos_token_ids;
+  if (eos_token_ids.size() == 1)
+    j["eos_token_id"] = eos_token_ids[0];
+  else
+    j["eos_token_id"] = eos_token_ids;
   j["hidden_act"] = "silu";
   j["attention_bias"] = false;
   j["mlp_bias"] = false;
@@ -200,7 +206,10 @@ json LlamaConfig::to_json() const {
                          {"original_max_position_embeddings", rope_scaling.original_max_position_embeddings}};
   }
   if (dmc.enabled || !dmc.stage.empty())
-    j["dmc"] = {{"enabled", dmc.enabled}, {"stage", dmc.stage}, {"init_val", dmc.init_val}, {"window", dmc.window},
+    j["dmc"] = {{"enabled", dmc.enabled},
+                {"stage", dmc.stage},
+                {"init_val", dmc.init_val},
+                {"window", dmc.window},
                 {"target_cr", dmc.target_cr}};
   return j;
 }
@@ -219,18 +228,28 @@ LlamaConfig LlamaConfig::preset(const std::string& name) {
   LlamaConfig c;
   if (name == "llama2-7b") return c;
   if (name == "llama2-13b") {
-    c.hidden_size = 5120; c.intermediate_size = 13824; c.num_hidden_layers = 40;
+    c.hidden_size = 5120;
+    c.intermediate_size = 13824;
+    c.num_hidden_layers = 40;
     c.num_attention_heads = c.num_key_value_heads = 40;
     return c;
   }
   if (name == "llama-1b") {
-    c.hidden_size = 2048; c.intermediate_size = 5632; c.num_hidden_layers = 16;
+    c.hidden_size = 2048;
+    c.intermediate_size = 5632;
+    c.num_hidden_layers = 16;
     c.num_attention_heads = c.num_key_value_heads = 16;
     return c;
   }
   if (name == "tiny") {
-    c.vocab_size = 512; c.hidden_size = 128; c.intermediate_size = 344; c.num_hidden_layers = 4;
-    c.num_attention_heads = 4; c.num_key_value_heads = 2; c.head_dim = 32; c.max_position_embeddings = 1024;
+    c.vocab_size = 512;
+    c.hidden_size = 128;
+    c.intermediate_size = 344;
+    c.num_hidden_layers = 4;
+    c.num_attention_heads = 4;
+    c.num_key_value_heads = 2;
+    c.head_dim = 32;
+    c.max_position_embeddings = 1024;
     return c;
   }
   fail("preset: unknown model preset '", name, "', expected one of tiny, llama-1b, llama2-7b, llama2-13b");

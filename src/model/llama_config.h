@@ -18,8 +18,8 @@ struct RopeScaling {
 
 // DMC settings a retrofitted checkpoint carries in config.json under "dmc" (transformers ignores the key).
 struct DmcConfig {
-  bool enabled = false;       // true once stage 1 has zeroed the decision rows
-  std::string stage;          // last stage completed: zero_out | retrofit | finetune
+  bool enabled = false;  // true once stage 1 has zeroed the decision rows
+  std::string stage;     // last stage completed: zero_out | retrofit | finetune
   double init_val = 5.0;
   int64_t window = 12;
   double target_cr = 1.0;

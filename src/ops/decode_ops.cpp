@@ -74,7 +74,7 @@ at::Tensor decode_update_ref(const at::Tensor& qkv, const at::Tensor& seq, const
       alpha = at::sigmoid(dmc_decision_logits(k, p.init_val)) > 0.5;  // [n, nkv]
     alpha = alpha & ~forced.to(at::kBool).unsqueeze(1);
     at::Tensor w = dmc_importance(q.unsqueeze(1), nkv, p.init_val).squeeze(1).to(at::kFloat);  // [n, nkv]
-    at::Tensor kv = at::cat({k, v}, -1);                                                           // [n, nkv, 2D]
+    at::Tensor kv = at::cat({k, v}, -1);                                                       // [n, nkv, 2D]
     at::Tensor entry = at::cat({w.unsqueeze(-1) * kv.to(at::kFloat), w.unsqueeze(-1)}, -1);
     at::Tensor g_old = st.group.index_select(0, rf).view({n, nkv});
     at::Tensor g = at::where(alpha, g_old + 1, at::ones_like(g_old));
@@ -148,7 +148,7 @@ at::Tensor paged_attention_ref(const at::Tensor& q, const PagedKVCache& cache, i
   at::Tensor len = cache.lengths.index_select(0, rows).to(at::kLong);
   const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor sc = at::matmul(q.reshape({n * nkv, G, D}).to(acc), kc.to(acc).transpose(1, 2)) * scale;  // [n nkv, G, S]
-  at::Tensor valid = at::arange(S, rows.options()).unsqueeze(0) < len.unsqueeze(1);                  // [n nkv, S]
+  at::Tensor valid = at::arange(S, rows.options()).unsqueeze(0) < len.unsqueeze(1);                    // [n nkv, S]
   sc = sc.masked_fill(~valid.unsqueeze(1), -std::numeric_limits<double>::infinity());
   at::Tensor pr = at::softmax(sc, -1);
   if (probs) *probs = pr.view({n, nkv, G, S});

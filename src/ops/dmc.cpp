@@ -95,18 +95,18 @@ at::Tensor biased_causal_attention(const at::Tensor& q, const at::Tensor& k, con
   const auto fopt = at::TensorOptions().dtype(acc).device(q.device());
   for (int64_t i0 = 0; i0 < T; i0 += block) {
     const int64_t n = std::min(block, T - i0), i1 = i0 + n;
-    at::Tensor qb = qg.narrow(3, i0, n);                                   // [B, nkv, G, n, D]
-    at::Tensor kb = k.narrow(2, 0, i1).unsqueeze(2);                       // [B, nkv, 1, i1, D]
+    at::Tensor qb = qg.narrow(3, i0, n);                                  // [B, nkv, G, n, D]
+    at::Tensor kb = k.narrow(2, 0, i1).unsqueeze(2);                      // [B, nkv, 1, i1, D]
     at::Tensor s = at::matmul(qb, kb.transpose(-1, -2)).to(acc) * scale;  // [B, nkv, G, n, i1]
     // bias on every visible key, then removed again on the diagonal
     at::Tensor mb = m.narrow(2, 0, i1).to(acc).view({B, nkv, 1, 1, i1});
     at::Tensor rows = at::arange(i0, i1, fopt.dtype(at::kLong)).view({n, 1});
     at::Tensor cols = at::arange(0, i1, fopt.dtype(at::kLong)).view({1, i1});
-    at::Tensor below = (cols < rows).to(acc);                              // [n, i1]: keys j < i
+    at::Tensor below = (cols < rows).to(acc);  // [n, i1]: keys j < i
     s = s + mb * below;
     s = s.masked_fill(cols > rows, -std::numeric_limits<float>::infinity());
     at::Tensor p = at::softmax(s, -1).to(v.scalar_type());
-    outs.push_back(at::matmul(p, v.narrow(2, 0, i1).unsqueeze(2)));        // [B, nkv, G, n, D]
+    outs.push_back(at::matmul(p, v.narrow(2, 0, i1).unsqueeze(2)));  // [B, nkv, G, n, D]
   }
   return at::cat(outs, 3).view({B, nh, T, D});
 }
@@ -147,8 +147,8 @@ struct FlashLse : public torch::autograd::Function<FlashLse> {
       // g_i adds exactly P_ij g_i. Shift out_i along the channel where |dO_i| is largest (a tiny dO there when the
       // row is all zero: it adds a negligible dO v_j to dP).
       const auto acc = out.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-      at::Tensor gl = g[1].to(acc);                             // [B, H, T]
-      at::Tensor idx = dout.abs().argmax(-1, true);             // [B, H, T, 1]
+      at::Tensor gl = g[1].to(acc);                  // [B, H, T]
+      at::Tensor idx = dout.abs().argmax(-1, true);  // [B, H, T, 1]
       at::Tensor dsel = dout.gather(-1, idx).to(acc);
       const double tiny = out.scalar_type() == at::kDouble ? 1e-150 : 1e-30;
       at::Tensor zero = dsel == 0;
@@ -209,9 +209,9 @@ at::Tensor biased_attention_infer_cuda(const at::Tensor& qs, const at::Tensor& k
   vs.narrow(2, 1, T - 1).copy_(ve.narrow(2, 0, T - 1));
   auto r = at::_scaled_dot_product_cudnn_attention(qs, ks, vs, std::nullopt, /*compute_log_sumexp=*/true, 0.0,
                                                    /*is_causal=*/true, false, scale);
-  const at::Tensor& past = std::get<0>(r);                            // [B, nh, T, D]
-  at::Tensor lse = std::get<1>(r).reshape({B, nh, T});                // fp32
-  at::Tensor out = dmc_blend_cuda(qs, k, past, v, lse, scale);        // fused when the layouts suit it
+  const at::Tensor& past = std::get<0>(r);                      // [B, nh, T, D]
+  at::Tensor lse = std::get<1>(r).reshape({B, nh, T});          // fp32
+  at::Tensor out = dmc_blend_cuda(qs, k, past, v, lse, scale);  // fused when the layouts suit it
   return out.defined() ? out : blend_diag_ref(qs, k, past, v, lse, scale);
 }
 #endif
@@ -248,7 +248,7 @@ at::Tensor rope_drop_last(const at::Tensor& x, const at::Tensor& cos, const at::
 DmcAttention dmc_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cos,
                            const at::Tensor& sin, const DmcOptions& o, DmcMode mode, const at::Tensor& doc_start,
                            const at::Tensor& noise) {
-  const int64_t B = q.size(0), T = q.size(1), nh = q.size(2), D = q.size(3), nkv = k.size(2);
+  const int64_t B = q.size(0), T = q.size(1), D = q.size(3), nkv = k.size(2);
   const auto dt = q.scalar_type();
   at::Tensor a = dmc_decision_logits(k, o.init_val);  // [B, T, nkv]
   at::Tensor p, ell;
@@ -272,16 +272,16 @@ DmcAttention dmc_attention(const at::Tensor& q, const at::Tensor& k, const at::T
   // boundaries: never at t = 0, never at a document start
   at::Tensor allow = at::ones({B, T, nkv}, q.options().dtype(dt));
   allow.narrow(1, 0, 1).zero_();
-  if (o.doc_boundaries && doc_start.defined())
-    allow = allow * (~doc_start).to(dt).unsqueeze(-1);
+  if (o.doc_boundaries && doc_start.defined()) allow = allow * (~doc_start).to(dt).unsqueeze(-1);
   at::Tensor bnd = (mode == DmcMode::Train ? p : p) * allow;  // Eval: p is already hard (STE)
 
   // bias on key column j from the decision at j + 1; the last column has none
   at::Tensor m_next;
-  if (mode == DmcMode::Train) m_next = at::log_sigmoid(-ell.narrow(1, 1, T - 1));
-  else m_next = -50000.0 * p.narrow(1, 1, T - 1);
-  if (o.doc_boundaries && doc_start.defined())
-    m_next = m_next * (~doc_start.narrow(1, 1, T - 1)).to(dt).unsqueeze(-1);
+  if (mode == DmcMode::Train)
+    m_next = at::log_sigmoid(-ell.narrow(1, 1, T - 1));
+  else
+    m_next = -50000.0 * p.narrow(1, 1, T - 1);
+  if (o.doc_boundaries && doc_start.defined()) m_next = m_next * (~doc_start.narrow(1, 1, T - 1)).to(dt).unsqueeze(-1);
   at::Tensor m = at::cat({m_next, at::zeros({B, 1, nkv}, m_next.options())}, 1);  // [B, T, nkv]
 
   // merging in fp32 (fp64 when the activations are fp64)
@@ -318,7 +318,10 @@ DmcAttention dmc_attention(const at::Tensor& q, const at::Tensor& k, const at::T
               ? biased_causal_attention(qr, kr, v_hat, m.transpose(1, 2), scale, o.attn_block)
               : biased_causal_attention_flash(qr, kr, v_hat, m.transpose(1, 2), scale);
   }
-  DmcAttention res{out.transpose(1, 2), decision_mean, (hard_p * allow).detach()};
+  DmcAttention res;
+  res.out = out.transpose(1, 2);
+  res.decision_mean = decision_mean;
+  res.hard = (hard_p * allow).detach();
   if (no_grad) {
     res.k_rot = kr;
     res.v_hat = v_hat;

@@ -37,11 +37,11 @@ struct DmcAttention {
   at::Tensor decision_mean;  // [batch]: STE-hard decisions averaged over time (t = 0 included) and KV heads
   at::Tensor hard;           // [batch, seq, n_kv_heads] 0/1 boundaries actually used (after t=0/doc forcing), no grad
   // for building a decode cache from a parallel prefill (no grad):
-  at::Tensor k_rot;          // [batch, n_kv_heads, seq, head_dim] merged keys, RoPE at their position, dim D-1 dropped
-  at::Tensor v_hat;          // [batch, n_kv_heads, seq, head_dim] merged values
-  at::Tensor kv_raw;         // [batch, min(seq, window), n_kv_heads, 2 head_dim] (k, v) of the last tokens before
-                             // merging, activation dtype (all a decode state needs)
-  at::Tensor omega;          // [batch, seq, n_kv_heads] fp32 importance weights
+  at::Tensor k_rot;   // [batch, n_kv_heads, seq, head_dim] merged keys, RoPE at their position, dim D-1 dropped
+  at::Tensor v_hat;   // [batch, n_kv_heads, seq, head_dim] merged values
+  at::Tensor kv_raw;  // [batch, min(seq, window), n_kv_heads, 2 head_dim] (k, v) of the last tokens before
+                      // merging, activation dtype (all a decode state needs)
+  at::Tensor omega;   // [batch, seq, n_kv_heads] fp32 importance weights
 };
 
 // a = k[..., D-1] - c                                 -> [B, T, nkv]

@@ -76,8 +76,8 @@ struct RopeQkvFn : public torch::autograd::Function<RopeQkvFn> {
                                                  torch::autograd::variable_list g) {
     auto s = ctx->get_saved_variables();
     auto sh = ctx->saved_data["shape"].toIntVector();
-    at::Tensor d = rope_qkv_backward_cuda(g[0], g[1], g[2], s[0], s[1], sh[0], sh[1], sh[2], sh[3], sh[4],
-                                          (at::ScalarType)sh[5]);
+    at::Tensor d =
+        rope_qkv_backward_cuda(g[0], g[1], g[2], s[0], s[1], sh[0], sh[1], sh[2], sh[3], sh[4], (at::ScalarType)sh[5]);
     return {d, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
@@ -136,7 +136,8 @@ at::Tensor rms_norm_fused(const at::Tensor& x, const at::Tensor& w, double eps, 
 std::vector<at::Tensor> rope_qkv_fused(const at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& sin, int64_t nh,
                                        int64_t nkv, int64_t hd) {
 #ifdef DMC_WITH_CUDA
-  if (use_fused_ops(qkv) && kernel_dtype(qkv) && qkv.dim() == 3 && cos.dim() == 2 && cos.size(0) == qkv.size(1) && cos.scalar_type() == at::kFloat)
+  if (use_fused_ops(qkv) && kernel_dtype(qkv) && qkv.dim() == 3 && cos.dim() == 2 && cos.size(0) == qkv.size(1) &&
+      cos.scalar_type() == at::kFloat)
     return RopeQkvFn::apply(qkv.contiguous(), cos.contiguous(), sin.contiguous(), nh, nkv, hd);
 #endif
   return rope_qkv_ref(qkv, cos, sin, nh, nkv, hd);
@@ -144,8 +145,8 @@ std::vector<at::Tensor> rope_qkv_fused(const at::Tensor& qkv, const at::Tensor& 
 
 at::Tensor rope_rows_fused(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, bool drop_last) {
 #ifdef DMC_WITH_CUDA
-  if (use_fused_ops(x) && kernel_dtype(x) && x.dim() == 4 && x.stride(3) == 1 && cos.dim() == 2 && cos.size(0) == x.size(2) &&
-      cos.size(1) == x.size(3) && cos.scalar_type() == at::kFloat)
+  if (use_fused_ops(x) && kernel_dtype(x) && x.dim() == 4 && x.stride(3) == 1 && cos.dim() == 2 &&
+      cos.size(0) == x.size(2) && cos.size(1) == x.size(3) && cos.scalar_type() == at::kFloat)
     return RopeRowsFn::apply(x, cos.contiguous(), sin.contiguous(), drop_last)[0];
 #endif
   if (!drop_last) return apply_rope(x, cos, sin);
@@ -175,7 +176,7 @@ at::Tensor swiglu(const at::Tensor& gu) { return swiglu_fused(gu); }
 
 std::pair<at::Tensor, at::Tensor> rope_cos_sin(const at::Tensor& inv_freq, const at::Tensor& positions) {
   at::Tensor freqs = at::outer(positions.to(inv_freq.scalar_type()), inv_freq);  // [seq, hd/2]
-  at::Tensor emb = at::cat({freqs, freqs}, -1);                       // [seq, hd]
+  at::Tensor emb = at::cat({freqs, freqs}, -1);                                  // [seq, hd]
   return {emb.cos(), emb.sin()};
 }
 

@@ -43,8 +43,8 @@ void set_fused_ops(bool on);
 // kernels/fused_ops.cu (contiguous inputs): forward -> (y, rstd [N] fp32); backward -> (dx, dw)
 std::tuple<at::Tensor, at::Tensor> rms_norm_forward_cuda(const at::Tensor& x, const at::Tensor& w, double eps,
                                                          at::ScalarType out_dtype);
-std::tuple<at::Tensor, at::Tensor> rms_norm_backward_cuda(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w,
-                                                          const at::Tensor& rstd);
+std::tuple<at::Tensor, at::Tensor> rms_norm_backward_cuda(const at::Tensor& dy, const at::Tensor& x,
+                                                          const at::Tensor& w, const at::Tensor& rstd);
 at::Tensor swiglu_forward_cuda(const at::Tensor& gu);
 at::Tensor swiglu_backward_cuda(const at::Tensor& dout, const at::Tensor& gu);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rope_qkv_forward_cuda(const at::Tensor& qkv, const at::Tensor& cos,
@@ -54,9 +54,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rope_qkv_forward_cuda(const at::T
 // scale there)
 at::Tensor rope_rows_cuda(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, bool drop_last,
                           bool inverse, double last_value = 0.0);
-at::Tensor rope_qkv_backward_cuda(const at::Tensor& dq, const at::Tensor& dk, const at::Tensor& dv, const at::Tensor& cos,
-                                  const at::Tensor& sin, int64_t B, int64_t T, int64_t nh, int64_t nkv, int64_t hd,
-                                  at::ScalarType dtype);
+at::Tensor rope_qkv_backward_cuda(const at::Tensor& dq, const at::Tensor& dk, const at::Tensor& dv,
+                                  const at::Tensor& cos, const at::Tensor& sin, int64_t B, int64_t T, int64_t nh,
+                                  int64_t nkv, int64_t hd, at::ScalarType dtype);
 #endif
 
 }  // namespace dmc

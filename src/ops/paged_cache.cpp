@@ -73,10 +73,10 @@ void PagedKVCache::free_seq(int64_t seq) {
 
 void PagedKVCache::free_rows(const at::Tensor& rows) {
   // pages in use per row, pushed onto the stack in row order
-  at::Tensor len = lengths.index_select(0, rows).to(at::kLong);                 // [m]
-  at::Tensor npg = pages_for(len, o_.page_size);                               // [m]
+  at::Tensor len = lengths.index_select(0, rows).to(at::kLong);                              // [m]
+  at::Tensor npg = pages_for(len, o_.page_size);                                             // [m]
   at::Tensor used = at::arange(max_pages_, rows.options()).unsqueeze(0) < npg.unsqueeze(1);  // [m, maxp]
-  at::Tensor pages = table.index_select(0, rows).masked_select(used);           // [sum npg] (syncs)
+  at::Tensor pages = table.index_select(0, rows).masked_select(used);                        // [sum npg] (syncs)
   const int64_t m = pages.numel();
   if (m > 0) {
     at::Tensor top = alloc.narrow(0, 0, 1).to(at::kLong);
@@ -121,10 +121,10 @@ void PagedKVCache::allocate_rows(const at::Tensor& rows, const at::Tensor& count
   DMC_CHECK(pl.max_pages <= max_pages_, "kv cache: a row of more than ", o_.max_slots_per_row,
             " slots (max_slots_per_row)");
   // the rows' pages come off the stack top in order: row i takes stack entries top-1-(start_i + j)
-  at::Tensor start = at::cumsum(npg, 0) - npg;                                       // [m]
-  at::Tensor j = at::arange(max_pages_, lopt).unsqueeze(0);                         // [1, maxp]
-  at::Tensor used = j < npg.unsqueeze(1);                                            // [m, maxp]
-  at::Tensor pos = (top - 1 - (start.unsqueeze(1) + j)).clamp_min(0);               // [m, maxp]
+  at::Tensor start = at::cumsum(npg, 0) - npg;                         // [m]
+  at::Tensor j = at::arange(max_pages_, lopt).unsqueeze(0);            // [1, maxp]
+  at::Tensor used = j < npg.unsqueeze(1);                              // [m, maxp]
+  at::Tensor pos = (top - 1 - (start.unsqueeze(1) + j)).clamp_min(0);  // [m, maxp]
   at::Tensor pages = free_list.index_select(0, pos.flatten()).view({m, max_pages_});
   at::Tensor old = table.index_select(0, rows);
   table.index_copy_(0, rows, at::where(used, pages, old));
@@ -138,8 +138,8 @@ void PagedKVCache::write_slots(const at::Tensor& rows, const at::Tensor& k, cons
   const int64_t Tw = std::min<int64_t>(k.size(1), max_count);
   if (Tw <= 0) return;
   auto lopt = rows.options();
-  at::Tensor s = at::arange(Tw, lopt).unsqueeze(0);                                  // [1, Tw]
-  at::Tensor valid = s < counts.to(lopt).unsqueeze(1);                               // [m, Tw]
+  at::Tensor s = at::arange(Tw, lopt).unsqueeze(0);     // [1, Tw]
+  at::Tensor valid = s < counts.to(lopt).unsqueeze(1);  // [m, Tw]
   // slots past a row's count (fewer than Tw - count of them) go to the trash page
   at::Tensor flat = at::where(valid, slot_index(rows, Tw), at::full({1, 1}, o_.n_pages * P, lopt)).flatten();
   k_pages.view({-1, D}).index_put_({flat}, k.narrow(1, 0, Tw).reshape({m * Tw, D}).to(o_.dtype));
@@ -148,7 +148,7 @@ void PagedKVCache::write_slots(const at::Tensor& rows, const at::Tensor& k, cons
 
 at::Tensor PagedKVCache::slot_index(const at::Tensor& rows, int64_t n_slots) const {
   const int64_t P = o_.page_size;
-  at::Tensor s = at::arange(n_slots, rows.options());                                 // [S]
+  at::Tensor s = at::arange(n_slots, rows.options());  // [S]
   at::Tensor pidx = s.div(P, "floor").clamp_max(max_pages_ - 1);
   at::Tensor pages = table.index_select(0, rows).index_select(1, pidx).to(at::kLong);  // [m, S]
   return pages * P + (s % P).unsqueeze(0);

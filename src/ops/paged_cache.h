@@ -30,10 +30,10 @@ namespace dmc {
 
 struct PagedCacheOptions {
   int64_t n_layers = 1, max_seqs = 1, n_kv_heads = 1, head_dim = 64;
-  int64_t page_size = 16;              // tokens per page: a power of two in [1, 256]
-  int64_t n_pages = 0;                 // 0 = from memory_budget_bytes
+  int64_t page_size = 16;  // tokens per page: a power of two in [1, 256]
+  int64_t n_pages = 0;     // 0 = from memory_budget_bytes
   int64_t memory_budget_bytes = 0;
-  int64_t max_slots_per_row = 4096;    // sizes the page table (the model's max_position_embeddings, say)
+  int64_t max_slots_per_row = 4096;  // sizes the page table (the model's max_position_embeddings, say)
   at::ScalarType dtype = at::kFloat;
   at::Device device = at::kCPU;
 };

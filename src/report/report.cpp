@@ -25,10 +25,14 @@ std::string num(double v, int prec = 3) {
 std::string esc(const std::string& s) {
   std::string o;
   for (char ch : s) {
-    if (ch == '<') o += "&lt;";
-    else if (ch == '>') o += "&gt;";
-    else if (ch == '&') o += "&amp;";
-    else o += ch;
+    if (ch == '<')
+      o += "&lt;";
+    else if (ch == '>')
+      o += "&gt;";
+    else if (ch == '&')
+      o += "&amp;";
+    else
+      o += ch;
   }
   return o;
 }
@@ -40,27 +44,42 @@ std::string line_chart_svg(const std::string& title, const std::string& ylabel, 
   for (const auto& s : series)
     for (size_t i = 0; i < s.x.size(); ++i) {
       if (!std::isfinite(s.y[i])) continue;
-      x0 = std::min(x0, s.x[i]); x1 = std::max(x1, s.x[i]);
-      y0 = std::min(y0, s.y[i]); y1 = std::max(y1, s.y[i]);
+      x0 = std::min(x0, s.x[i]);
+      x1 = std::max(x1, s.x[i]);
+      y0 = std::min(y0, s.y[i]);
+      y1 = std::max(y1, s.y[i]);
     }
-  if (x0 > x1) { x0 = 0; x1 = 1; y0 = 0; y1 = 1; }
+  if (x0 > x1) {
+    x0 = 0;
+    x1 = 1;
+    y0 = 0;
+    y1 = 1;
+  }
   if (x1 == x0) x1 = x0 + 1;
-  if (y1 == y0) { y1 = y0 + 0.5; y0 -= 0.5; }
+  if (y1 == y0) {
+    y1 = y0 + 0.5;
+    y0 -= 0.5;
+  }
   const double pad = 0.05 * (y1 - y0);
-  y0 -= pad; y1 += pad;
+  y0 -= pad;
+  y1 += pad;
   auto px = [&](double x) { return L + (x - x0) / (x1 - x0) * (W - L - R); };
   auto py = [&](double y) { return H - B - (y - y0) / (y1 - y0) * (H - T - B); };
   std::ostringstream os;
-  os << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H << "\" font-family=\"sans-serif\" font-size=\"12\">\n"
+  os << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H
+     << "\" font-family=\"sans-serif\" font-size=\"12\">\n"
      << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
      << "<text x=\"" << W / 2 << "\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">" << esc(title) << "</text>\n"
-     << "<line x1=\"" << L << "\" y1=\"" << H - B << "\" x2=\"" << W - R << "\" y2=\"" << H - B << "\" stroke=\"black\"/>\n"
+     << "<line x1=\"" << L << "\" y1=\"" << H - B << "\" x2=\"" << W - R << "\" y2=\"" << H - B
+     << "\" stroke=\"black\"/>\n"
      << "<line x1=\"" << L << "\" y1=\"" << T << "\" x2=\"" << L << "\" y2=\"" << H - B << "\" stroke=\"black\"/>\n";
   for (int i = 0; i <= 5; ++i) {
     const double yv = y0 + (y1 - y0) * i / 5, xv = x0 + (x1 - x0) * i / 5;
     os << "<text x=\"" << L - 6 << "\" y=\"" << py(yv) + 4 << "\" text-anchor=\"end\">" << num(yv) << "</text>\n"
-       << "<line x1=\"" << L << "\" y1=\"" << py(yv) << "\" x2=\"" << W - R << "\" y2=\"" << py(yv) << "\" stroke=\"#ddd\"/>\n"
-       << "<text x=\"" << px(xv) << "\" y=\"" << H - B + 18 << "\" text-anchor=\"middle\">" << num(xv, 4) << "</text>\n";
+       << "<line x1=\"" << L << "\" y1=\"" << py(yv) << "\" x2=\"" << W - R << "\" y2=\"" << py(yv)
+       << "\" stroke=\"#ddd\"/>\n"
+       << "<text x=\"" << px(xv) << "\" y=\"" << H - B + 18 << "\" text-anchor=\"middle\">" << num(xv, 4)
+       << "</text>\n";
   }
   os << "<text x=\"" << (L + W - R) / 2 << "\" y=\"" << H - 10 << "\" text-anchor=\"middle\">step</text>\n"
      << "<text x=\"16\" y=\"" << (T + H - B) / 2 << "\" transform=\"rotate(-90 16 " << (T + H - B) / 2
@@ -71,8 +90,10 @@ std::string line_chart_svg(const std::string& title, const std::string& ylabel, 
     for (size_t i = 0; i < s.x.size(); ++i)
       if (std::isfinite(s.y[i])) os << px(s.x[i]) << "," << py(s.y[i]) << " ";
     os << "\"/>\n";
-    if (s.x.size() == 1) os << "<circle cx=\"" << px(s.x[0]) << "\" cy=\"" << py(s.y[0]) << "\" r=\"3\" fill=\"" << s.color << "\"/>\n";
-    os << "<rect x=\"" << W - R + 12 << "\" y=\"" << T + 18 * k << "\" width=\"14\" height=\"4\" fill=\"" << s.color << "\"/>"
+    if (s.x.size() == 1)
+      os << "<circle cx=\"" << px(s.x[0]) << "\" cy=\"" << py(s.y[0]) << "\" r=\"3\" fill=\"" << s.color << "\"/>\n";
+    os << "<rect x=\"" << W - R + 12 << "\" y=\"" << T + 18 * k << "\" width=\"14\" height=\"4\" fill=\"" << s.color
+       << "\"/>"
        << "<text x=\"" << W - R + 32 << "\" y=\"" << T + 18 * k + 6 << "\">" << esc(s.name) << "</text>\n";
     ++k;
   }
@@ -86,8 +107,13 @@ std::string heatmap_svg(const std::string& title, const std::vector<std::vector<
   const double L = 60, T = 40, W = L + cols * cell + 120, H = T + rows * cell + 50;
   double lo = 1e300, hi = -1e300;
   for (const auto& r : v)
-    for (double x : r) { lo = std::min(lo, x); hi = std::max(hi, x); }
-  if (!(hi > lo)) { hi = lo + 1; }
+    for (double x : r) {
+      lo = std::min(lo, x);
+      hi = std::max(hi, x);
+    }
+  if (!(hi > lo)) {
+    hi = lo + 1;
+  }
   auto color = [&](double x) {  // white -> dark blue
     const double t = (x - lo) / (hi - lo);
     const int r = (int)(255 * (1 - 0.85 * t)), g = (int)(255 * (1 - 0.65 * t)), b = (int)(255 * (1 - 0.25 * t));
@@ -96,11 +122,13 @@ std::string heatmap_svg(const std::string& title, const std::vector<std::vector<
     return os.str();
   };
   std::ostringstream os;
-  os << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H << "\" font-family=\"sans-serif\" font-size=\"11\">\n"
+  os << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H
+     << "\" font-family=\"sans-serif\" font-size=\"11\">\n"
      << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
      << "<text x=\"" << W / 2 << "\" y=\"20\" text-anchor=\"middle\" font-size=\"14\">" << esc(title) << "</text>\n";
   for (size_t r = 0; r < rows; ++r) {
-    os << "<text x=\"" << L - 6 << "\" y=\"" << T + r * cell + cell / 2 + 4 << "\" text-anchor=\"end\">L" << r << "</text>\n";
+    os << "<text x=\"" << L - 6 << "\" y=\"" << T + r * cell + cell / 2 + 4 << "\" text-anchor=\"end\">L" << r
+       << "</text>\n";
     for (size_t c = 0; c < cols; ++c) {
       os << "<rect x=\"" << L + c * cell << "\" y=\"" << T + r * cell << "\" width=\"" << cell << "\" height=\"" << cell
          << "\" fill=\"" << color(v[r][c]) << "\" stroke=\"white\"><title>layer " << r << ", head " << c << ": "
@@ -111,8 +139,10 @@ std::string heatmap_svg(const std::string& title, const std::vector<std::vector<
     }
   }
   for (size_t c = 0; c < cols; ++c)
-    os << "<text x=\"" << L + c * cell + cell / 2 << "\" y=\"" << T + rows * cell + 14 << "\" text-anchor=\"middle\">" << c << "</text>\n";
-  os << "<text x=\"" << L + cols * cell / 2 << "\" y=\"" << T + rows * cell + 32 << "\" text-anchor=\"middle\">KV head</text>\n";
+    os << "<text x=\"" << L + c * cell + cell / 2 << "\" y=\"" << T + rows * cell + 14 << "\" text-anchor=\"middle\">"
+       << c << "</text>\n";
+  os << "<text x=\"" << L + cols * cell / 2 << "\" y=\"" << T + rows * cell + 32
+     << "\" text-anchor=\"middle\">KV head</text>\n";
   const double lx = L + cols * cell + 20;
   for (int i = 0; i <= 10; ++i) {
     const double x = lo + (hi - lo) * (10 - i) / 10.0;
@@ -150,14 +180,30 @@ std::string make_report(const ReportOptions& o) {
       }
       const double step = j.value("step", 0.0);
       last_step = std::max(last_step, step);
-      if (j.contains("loss")) { loss.x.push_back(offset + step); loss.y.push_back(j["loss"]); last_loss = j["loss"]; }
-      if (j.contains("eval_loss")) { eval.x.push_back(offset + step); eval.y.push_back(j["eval_loss"]); last_eval = j["eval_loss"]; }
-      if (j.contains("cr")) { cr.x.push_back(offset + step); cr.y.push_back(j["cr"]); last_cr = j["cr"]; }
-      if (j.contains("target_cr")) { target.x.push_back(offset + step); target.y.push_back(j["target_cr"]); last_target = j["target_cr"]; }
+      if (j.contains("loss")) {
+        loss.x.push_back(offset + step);
+        loss.y.push_back(j["loss"]);
+        last_loss = j["loss"];
+      }
+      if (j.contains("eval_loss")) {
+        eval.x.push_back(offset + step);
+        eval.y.push_back(j["eval_loss"]);
+        last_eval = j["eval_loss"];
+      }
+      if (j.contains("cr")) {
+        cr.x.push_back(offset + step);
+        cr.y.push_back(j["cr"]);
+        last_cr = j["cr"];
+      }
+      if (j.contains("target_cr")) {
+        target.x.push_back(offset + step);
+        target.y.push_back(j["target_cr"]);
+        last_target = j["target_cr"];
+      }
       if (j.contains("cr_per_head")) heat = j["cr_per_head"].get<std::vector<std::vector<double>>>();
     }
-    sum << "| " << run << " | " << (int64_t)last_step << " | " << num(last_loss, 4) << " | " << num(last_eval, 4) << " | "
-        << num(std::exp(last_eval), 4) << " | " << num(last_target) << " | " << num(last_cr) << " |\n";
+    sum << "| " << run << " | " << (int64_t)last_step << " | " << num(last_loss, 4) << " | " << num(last_eval, 4)
+        << " | " << num(std::exp(last_eval), 4) << " | " << num(last_target) << " | " << num(last_cr) << " |\n";
     offset += last_step;
   }
   std::vector<Series> ls{loss};

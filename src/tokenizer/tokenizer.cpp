@@ -116,12 +116,22 @@ void Tokenizer::train(const TrainOptions& o) {
   const std::string model_path = o.model_prefix + ".model", vocab_path = o.model_prefix + ".vocab";
   check_output_target(model_path, o.overwrite, o.inputs, "tokenizer train: --out");
   check_output_target(vocab_path, o.overwrite, o.inputs, "tokenizer train: --out");
-  const std::unordered_map<std::string, std::string> args = {
-      {"input", inputs}, {"vocab_size", std::to_string(o.vocab_size)},
-      {"model_type", "bpe"}, {"byte_fallback", "true"}, {"character_coverage", "1.0"}, {"split_digits", "true"},
-      {"allow_whitespace_only_pieces", "true"}, {"remove_extra_whitespaces", "false"}, {"unk_id", "0"},
-      {"bos_id", "1"}, {"eos_id", "2"}, {"pad_id", "-1"}, {"input_sentence_size", std::to_string(o.max_sentences)},
-      {"shuffle_input_sentence", "true"}, {"num_threads", "2"}, {"minloglevel", "2"}};
+  const std::unordered_map<std::string, std::string> args = {{"input", inputs},
+                                                             {"vocab_size", std::to_string(o.vocab_size)},
+                                                             {"model_type", "bpe"},
+                                                             {"byte_fallback", "true"},
+                                                             {"character_coverage", "1.0"},
+                                                             {"split_digits", "true"},
+                                                             {"allow_whitespace_only_pieces", "true"},
+                                                             {"remove_extra_whitespaces", "false"},
+                                                             {"unk_id", "0"},
+                                                             {"bos_id", "1"},
+                                                             {"eos_id", "2"},
+                                                             {"pad_id", "-1"},
+                                                             {"input_sentence_size", std::to_string(o.max_sentences)},
+                                                             {"shuffle_input_sentence", "true"},
+                                                             {"num_threads", "2"},
+                                                             {"minloglevel", "2"}};
   std::string proto;  // trained in memory: SentencePiece writes no file itself
   auto st = sentencepiece::SentencePieceTrainer::Train(args, nullptr, &proto);
   if (!st.ok()) fail("tokenizer train: SentencePiece could not train on ", inputs, ": ", sp_status_text(st));

@@ -39,8 +39,7 @@ std::vector<std::pair<int64_t, std::string>> list_steps(const std::string& run_d
     if (!e.is_directory() || n.rfind("step-", 0) != 0 || n.find(".tmp") != std::string::npos) continue;
     try {
       v.emplace_back(std::stoll(n.substr(5)), e.path().string());
-    } catch (...) {
-    }
+    } catch (...) {}
   }
   std::sort(v.begin(), v.end());
   return v;
@@ -119,7 +118,8 @@ void validate_checkpoint(const std::string& dir) {
     fail(dir, ": incomplete checkpoint (no COMPLETE marker: the write was interrupted)");
   auto st = read_trainer_state(dir);
   for (const char* k : {"step", "loader_position"})
-    if (!st.contains(k) || !st[k].is_number_integer()) fail(dir, "/trainer_state.json: field '", k, "' missing or not an integer");
+    if (!st.contains(k) || !st[k].is_number_integer())
+      fail(dir, "/trainer_state.json: field '", k, "' missing or not an integer");
   LlamaConfig::load(dir + "/config.json");
   io::TensorStore::open_dir(dir);
   io::SafetensorsFile::open(dir + "/optimizer.safetensors");

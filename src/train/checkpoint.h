@@ -7,7 +7,8 @@
 //   COMPLETE                                              written last, before the rename
 // A checkpoint is written into step-XXXXXXXX.tmp-PID, every file fsynced, the COMPLETE marker written last, and the
 // directory renamed into place (exchanged with an older one of the same step, never deleted first); an interrupted
-// write (crash, SIGKILL, full disk) never touches the previous checkpoint. `--resume auto` takes the newest complete checkpoint that opens cleanly.
+// write (crash, SIGKILL, full disk) never touches the previous checkpoint. `--resume auto` takes the newest complete
+// checkpoint that opens cleanly.
 #pragma once
 #include <functional>
 #include <nlohmann/json.hpp>

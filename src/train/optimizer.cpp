@@ -95,7 +95,8 @@ io::NamedTensors AdamW::state(const std::function<at::Tensor(const std::string&,
 void AdamW::load_state(const io::SafetensorsFile& f,
                        const std::function<at::Tensor(const std::string&, const at::Tensor&)>& shard) {
   for (auto& s : slots_) {
-    for (auto [prefix, dst] : {std::pair<const char*, at::Tensor*>{"exp_avg.", &s.m}, {"exp_avg_sq.", &s.v}, {"step.", &s.step}}) {
+    for (auto [prefix, dst] :
+         {std::pair<const char*, at::Tensor*>{"exp_avg.", &s.m}, {"exp_avg_sq.", &s.v}, {"step.", &s.step}}) {
       const std::string key = prefix + s.name;
       if (!f.has(key)) fail(f.path(), ": missing optimizer tensor '", key, "'");
       at::Tensor t = f.get(key);

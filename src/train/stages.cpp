@@ -20,17 +20,20 @@ void RetrofitOptions::add_to(OptionTable& t) {
   t.add("dmc_temperature", &dmc.temperature, "Gumbel-sigmoid temperature").above(0);
   t.add("dmc_doc_boundaries", &dmc.doc_boundaries, "force an append at document starts; no merge or bias across them");
   t.add("dmc_attn_block", &dmc.attn_block, "query block of the blockwise DMC attention").min(1);
-  t.add("dmc_attn_impl", &dmc.attn_impl, "flash (fused kernel; fp32 on CUDA falls back to blocks) | blocks (plain query-block twin)").one_of({"flash", "blocks"});
+  t.add("dmc_attn_impl", &dmc.attn_impl,
+        "flash (fused kernel; fp32 on CUDA falls back to blocks) | blocks (plain query-block twin)")
+      .one_of({"flash", "blocks"});
   t.add("head_stats_every", &head_stats_every, "steps between per-layer/per-head ratio logs").min(0);
-  t.add("dmc_loss_scope", &dmc_loss_scope, "tensor parallel: shard (per-rank hinge, as the reference code) | global").one_of({"shard", "global"});
+  t.add("dmc_loss_scope", &dmc_loss_scope, "tensor parallel: shard (per-rank hinge, as the reference code) | global")
+      .one_of({"shard", "global"});
 }
 
 DmcStage::DmcStage(const RetrofitOptions& o) : o_(o) {
   DMC_CHECK(o.stage == "zero_out" || o.stage == "retrofit" || o.stage == "finetune",
             "stage: expected zero_out, retrofit or finetune, got '", o.stage, "'");
   DMC_CHECK(o.target_cr >= 1.0, "target_cr: must be >= 1, got ", o.target_cr);
-  DMC_CHECK(o.dmc_loss_scope == "shard" || o.dmc_loss_scope == "global", "dmc_loss_scope: expected shard or global, got '",
-            o.dmc_loss_scope, "'");
+  DMC_CHECK(o.dmc_loss_scope == "shard" || o.dmc_loss_scope == "global",
+            "dmc_loss_scope: expected shard or global, got '", o.dmc_loss_scope, "'");
 }
 
 void zero_decision_rows(Llama& model) {
@@ -45,8 +48,10 @@ void zero_decision_rows(Llama& model) {
 void DmcStage::begin_step(int64_t step, int64_t total, Llama& model) {
   step_ = step;
   total_ = total;
-  if (o_.stage == "retrofit") target_ = 1.0 + (o_.target_cr - 1.0) * std::min(1.0, (double)step / (double)total);
-  else if (o_.stage == "finetune") target_ = o_.target_cr;
+  if (o_.stage == "retrofit")
+    target_ = 1.0 + (o_.target_cr - 1.0) * std::min(1.0, (double)step / (double)total);
+  else if (o_.stage == "finetune")
+    target_ = o_.target_cr;
   zero_out_mult_ = std::max(0.0, 1.0 - (double)step / (0.8 * (double)total));
   step_dsum_ = step_dn_ = step_loss_sum_ = step_loss_n_ = 0;
   const auto& c = model.config;
@@ -75,8 +80,9 @@ at::Tensor DmcStage::forward_hidden(Llama& model, const data::Batch& b) {
     for (int64_t l = 0; l < c.num_hidden_layers; ++l)
       noise.push_back(dmc_logistic_noise(B, T, model.local_kv_heads(), dt, model.device()));
   }
-  auto owned = std::make_unique<DmcLayerAttention>(training ? DmcMode::Train : DmcMode::Eval, o_.dmc,
-                                                   o_.dmc.doc_boundaries ? b.doc_start : at::Tensor(), std::move(noise));
+  auto owned =
+      std::make_unique<DmcLayerAttention>(training ? DmcMode::Train : DmcMode::Eval, o_.dmc,
+                                          o_.dmc.doc_boundaries ? b.doc_start : at::Tensor(), std::move(noise));
   DmcLayerAttention& attn = *owned;
   attn_ = std::move(owned);
   at::Tensor h = model.forward_hidden(b.input, attn);
@@ -175,8 +181,8 @@ void DmcStage::finish(Llama& model) {
 }
 
 json DmcStage::state() const {
-  return {{"stage", o_.stage},        {"target_cr", o_.target_cr}, {"current_target_cr", target_},
-          {"merges", merges_},        {"tokens", tokens_},         {"cr_per_head", last_head_ratios_},
+  return {{"stage", o_.stage},           {"target_cr", o_.target_cr}, {"current_target_cr", target_},
+          {"merges", merges_},           {"tokens", tokens_},         {"cr_per_head", last_head_ratios_},
           {"init_val", o_.dmc.init_val}, {"window", o_.dmc.window}};
 }
 

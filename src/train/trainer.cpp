@@ -46,7 +46,8 @@ void TrainOptions::add_to(OptionTable& t) {
   t.add("lr", &lr, "peak learning rate").above(0);
   t.add("min_lr", &min_lr, "final learning rate of the decay").min(0);
   t.add("warmup_steps", &warmup_steps, "linear warmup steps").min(0);
-  t.add("lr_schedule", &lr_schedule, "constant | cosine | linear (after warmup)").one_of({"constant", "cosine", "linear"});
+  t.add("lr_schedule", &lr_schedule, "constant | cosine | linear (after warmup)")
+      .one_of({"constant", "cosine", "linear"});
   t.add("beta1", &beta1, "AdamW beta1").min(0).below(1);
   t.add("beta2", &beta2, "AdamW beta2").min(0).below(1);
   t.add("adam_eps", &adam_eps, "AdamW epsilon").above(0);
@@ -54,10 +55,13 @@ void TrainOptions::add_to(OptionTable& t) {
   t.add("decay_norms_and_embeddings", &decay_norms_and_embeddings, "also decay norm weights and the embedding");
   t.add("grad_clip", &grad_clip, "global gradient-norm clip (0 = off)").min(0);
   t.add("device", &device, "cpu, cuda, cuda:N or auto");
-  t.add("dtype", &dtype, "compute dtype: auto (bf16 autocast on CUDA, fp32 on CPU), bf16, fp32").one_of({"auto", "bf16", "fp32"});
+  t.add("dtype", &dtype, "compute dtype: auto (bf16 autocast on CUDA, fp32 on CPU), bf16, fp32")
+      .one_of({"auto", "bf16", "fp32"});
   t.add("activation_checkpointing", &activation_checkpointing, "recompute each layer in backward");
-  t.add("tensor_parallel", &tensor_parallel, "tensor-parallel size (data parallel = WORLD_SIZE / tensor_parallel)").min(1);
-  t.add("sequence_parallel", &sequence_parallel, "under tensor parallelism, split norms and residuals by token (saves memory)");
+  t.add("tensor_parallel", &tensor_parallel, "tensor-parallel size (data parallel = WORLD_SIZE / tensor_parallel)")
+      .min(1);
+  t.add("sequence_parallel", &sequence_parallel,
+        "under tensor parallelism, split norms and residuals by token (saves memory)");
   t.add("grad_bucket_mb", &grad_bucket_mb, "data parallel: MB of gradients per bucketed all-reduce").above(0);
   t.add("seed", &seed, "seed for init and data order");
   t.add("log_every", &log_every, "steps between log lines").min(1);
@@ -66,8 +70,11 @@ void TrainOptions::add_to(OptionTable& t) {
   t.add("save_every", &save_every, "steps between checkpoints (0 = only at the end)").min(0);
   t.add("keep_last", &keep_last, "checkpoints to keep").min(0);
   t.add("resume", &resume, "auto (newest complete checkpoint in out), none, or a checkpoint directory");
-  t.add("overwrite", &overwrite, "start afresh in a run directory that holds an earlier run (its contents are removed)");
-  t.add("exit_after_steps", &exit_after_steps, "stop with a checkpoint after this many steps of this invocation (0 = off)").min(0);
+  t.add("overwrite", &overwrite,
+        "start afresh in a run directory that holds an earlier run (its contents are removed)");
+  t.add("exit_after_steps", &exit_after_steps,
+        "stop with a checkpoint after this many steps of this invocation (0 = off)")
+      .min(0);
   t.add("max_nonfinite", &max_nonfinite, "stop after this many non-finite losses in a row").min(1);
   t.add("inject_nonfinite_steps", &inject_nonfinite_steps, "test hook: steps whose loss is made NaN");
   t.add("peak_tflops", &peak_tflops, "device peak dense bf16 TFLOP/s for MFU (H100 SXM: 989)").above(0);
@@ -76,13 +83,13 @@ void TrainOptions::add_to(OptionTable& t) {
     if (global_batch % micro_batch != 0)
       fail("global_batch (", global_batch, ") must be a multiple of micro_batch (", micro_batch, ")");
   });
-  t.add("log_level", &log_level, "trace, debug, info, warn, error").one_of({"trace", "debug", "info", "warn", "error", "off"});
+  t.add("log_level", &log_level, "trace, debug, info, warn, error")
+      .one_of({"trace", "debug", "info", "warn", "error", "off"});
 }
 
 namespace {
 std::atomic<int> g_signal{0};
 void on_signal(int sig) { g_signal.store(sig); }
-
 
 at::Tensor lm_loss(const Llama& m, const at::Tensor& hidden, const at::Tensor& target) {
   at::Tensor logits = m.lm_logits(hidden).to(at::kFloat);  // [.., V / tp]
@@ -177,8 +184,8 @@ class GradSync {
   }
   void launch(int64_t b) {
     for (int64_t i : buckets_[b])  // a parameter's .grad must still be the view into the bucket
-      DMC_CHECK(params_[i].second->grad().is_alias_of(flat_[b]),
-                "data parallel: the gradient of ", params_[i].first, " was replaced (no longer a bucket view)");
+      DMC_CHECK(params_[i].second->grad().is_alias_of(flat_[b]), "data parallel: the gradient of ", params_[i].first,
+                " was replaced (no longer a bucket view)");
     work_[b] = all_reduce_sum_async(flat_[b], dp_);
   }
   std::vector<std::pair<std::string, at::Tensor*>>& params_;
@@ -332,11 +339,14 @@ class Trainer {
         eta.update(step_);
       }
       if (valid_ && ((o_.eval_every > 0 && step_ % o_.eval_every == 0) || step_ == o_.train_steps)) validate();
-      const bool stop_here = o_.exit_after_steps > 0 && step_ - first_step >= o_.exit_after_steps && step_ < o_.train_steps;
+      const bool stop_here =
+          o_.exit_after_steps > 0 && step_ - first_step >= o_.exit_after_steps && step_ < o_.train_steps;
       const int sig = pending_signal();
       if (sig || stop_here) {
-        if (stop_here) log::info(cat("exit_after_steps reached: saving a checkpoint at step ", step_, " and exiting"));
-        else log::warn(cat("signal ", sig, " received: saving a checkpoint at step ", step_, " and exiting"));
+        if (stop_here)
+          log::info(cat("exit_after_steps reached: saving a checkpoint at step ", step_, " and exiting"));
+        else
+          log::warn(cat("signal ", sig, " received: saving a checkpoint at step ", step_, " and exiting"));
         save(step_);
         res_.interrupted = true;
         res_.signal = stop_here ? 0 : sig;
@@ -393,8 +403,8 @@ class Trainer {
     }
     log::info(cat("resolved config (saved to ", o_.out, "/config.yaml):\n", yaml_));
     if (dist_.world > 1)
-      log::info(cat("parallel: world ", dist_.world, " = tensor ", dist_.tp.size, " x data ", dp_, " (", dist_.backend,
-                    ")"));
+      log::info(
+          cat("parallel: world ", dist_.world, " = tensor ", dist_.tp.size, " x data ", dp_, " (", dist_.backend, ")"));
 
     tok_ = Tokenizer::load(o_.tokenizer);
     // model: resume > init_from > random
@@ -426,9 +436,9 @@ class Trainer {
     grad_sync_ = std::make_unique<GradSync>(params_, dist_.dp, o_.grad_bucket_mb);
     model_.sequence_parallel = o_.sequence_parallel && dist_.tp.size > 1;
     if (model_.sequence_parallel)
-      DMC_CHECK((o_.micro_batch * o_.seq_len) % dist_.tp.size == 0, "sequence_parallel: micro_batch x seq_len = ",
-                o_.micro_batch * o_.seq_len, " tokens do not split over tensor_parallel = ", dist_.tp.size,
-                " (set sequence_parallel: false)");
+      DMC_CHECK((o_.micro_batch * o_.seq_len) % dist_.tp.size == 0,
+                "sequence_parallel: micro_batch x seq_len = ", o_.micro_batch * o_.seq_len,
+                " tokens do not split over tensor_parallel = ", dist_.tp.size, " (set sequence_parallel: false)");
     if (dist_.tp.size > 1)
       opt_->set_tensor_parallel(&model_.tp, [this](const std::string& n) { return model_.is_sharded(n); });
     sched_ = LrSchedule{o_.lr, o_.min_lr, o_.warmup_steps, o_.train_steps, o_.lr_schedule};
@@ -456,8 +466,10 @@ class Trainer {
       log::warn(cat("no validation: ", e.what()));
     }
 
-    if (resume_dir) resume(*resume_dir);
-    else torch::manual_seed((uint64_t)o_.seed + 1 + 104729 * (uint64_t)dist_.dp.rank);
+    if (resume_dir)
+      resume(*resume_dir);
+    else
+      torch::manual_seed((uint64_t)o_.seed + 1 + 104729 * (uint64_t)dist_.dp.rank);
     for (const auto& s : o_.inject_nonfinite_steps) inject_.insert(parse_int(s, "inject_nonfinite_steps"));
 
     const auto& c = model_.config;
@@ -485,8 +497,10 @@ class Trainer {
                      [this](const std::string& n, const at::Tensor& full) {
                        return dist_.tp.size > 1 ? model_.shard_of(n, full, dist_.tp.rank, dist_.tp.size) : full;
                      });
-    if (dist_.world == 1) set_rng_state(dir, dev_);
-    else torch::manual_seed((uint64_t)o_.seed + 1 + 7919 * (uint64_t)step_ + 104729 * (uint64_t)dist_.dp.rank);
+    if (dist_.world == 1)
+      set_rng_state(dir, dev_);
+    else
+      torch::manual_seed((uint64_t)o_.seed + 1 + 7919 * (uint64_t)step_ + 104729 * (uint64_t)dist_.dp.rank);
     if (stage_ && st.contains("stage")) stage_->load_state(st["stage"]);
     log::info(cat("resumed at step ", step_, ", loader position ", loader_->position()));
   }
@@ -550,8 +564,10 @@ class Trainer {
   }
 
   void zero_grads() {  // data parallel: the grads are views of the bucket buffers and stay so
-    if (grad_sync_->enabled()) grad_sync_->zero();
-    else opt_->zero_grad();
+    if (grad_sync_->enabled())
+      grad_sync_->zero();
+    else
+      opt_->zero_grad();
   }
 
   // ---- log: one line and one metrics record for the steps since the last one ----
@@ -564,9 +580,15 @@ class Trainer {
     const double mfu = tps * flops_per_token_ / (o_.peak_tflops * 1e12 * (double)dist_.world);  // per GPU
     const double mem = peak_memory_bytes(dev_);
     const double mean_loss = loss_acc_log_ / std::max<int64_t>(1, steps_since_log_);
-    json m = {{"step", step_},        {"loss", mean_loss}, {"lr", r.lr},         {"grad_norm", r.gnorm},
-              {"tokens_per_s", tps},  {"mfu", mfu},        {"peak_memory_bytes", mem},
-              {"tokens_seen", tokens_seen_}, {"skipped_steps", skipped_}};
+    json m = {{"step", step_},
+              {"loss", mean_loss},
+              {"lr", r.lr},
+              {"grad_norm", r.gnorm},
+              {"tokens_per_s", tps},
+              {"mfu", mfu},
+              {"peak_memory_bytes", mem},
+              {"tokens_seen", tokens_seen_},
+              {"skipped_steps", skipped_}};
     for (auto it = stage_metrics.begin(); it != stage_metrics.end(); ++it) m[it.key()] = it.value();
     std::ostringstream line;
     line << std::fixed << std::setprecision(4) << "step " << step_ << "/" << o_.train_steps << " | loss " << mean_loss

@@ -33,11 +33,18 @@ class Stage {
   virtual ~Stage() = default;
   virtual std::string name() const = 0;
   // Before the micro-batches of optimizer step `step` (0-based) of `total`.
-  virtual void begin_step(int64_t step, int64_t total, Llama& model) { (void)step; (void)total; (void)model; }
+  virtual void begin_step(int64_t step, int64_t total, Llama& model) {
+    (void)step;
+    (void)total;
+    (void)model;
+  }
   // Final hidden states [batch, seq, hidden] for a micro-batch; may record what extra_loss needs.
   virtual at::Tensor forward_hidden(Llama& model, const data::Batch& b) { return model.forward_hidden(b.input); }
   // Extra loss for the micro-batch just forwarded (undefined = none).
-  virtual at::Tensor extra_loss(Llama& model) { (void)model; return {}; }
+  virtual at::Tensor extra_loss(Llama& model) {
+    (void)model;
+    return {};
+  }
   // Values for the log line and metrics of the current step.
   virtual nlohmann::json metrics() { return nlohmann::json::object(); }
   // After the last step, before the final save.

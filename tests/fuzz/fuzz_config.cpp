@@ -13,7 +13,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     auto c = dmc::LlamaConfig::from_json(j, "fuzz/config.json");
     (void)c.num_parameters();
     (void)dmc::LlamaConfig::from_json(c.to_json(), "round trip");  // what dmc writes, it reads back
-  } catch (const dmc::Error&) {
-  }
+  } catch (const dmc::Error&) {}
   return 0;
 }

@@ -13,7 +13,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       at::Tensor t = f->get(n);
       if (t.numel() > 0) (void)t.reshape({-1}).sum().item<double>();
     }
-  } catch (const dmc::Error&) {
-  }
+  } catch (const dmc::Error&) {}
   return 0;
 }

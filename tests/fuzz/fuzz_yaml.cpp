@@ -26,7 +26,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
     opt.load_yaml(path);
     (void)opt.to_yaml();
-  } catch (const dmc::Error&) {
-  }
+  } catch (const dmc::Error&) {}
   return 0;
 }

@@ -17,7 +17,10 @@ namespace {
 void collect(const std::string& p, std::vector<std::string>* out) {
   struct stat st {};
   if (::stat(p.c_str(), &st) != 0) return;
-  if (!S_ISDIR(st.st_mode)) { out->push_back(p); return; }
+  if (!S_ISDIR(st.st_mode)) {
+    out->push_back(p);
+    return;
+  }
   DIR* d = ::opendir(p.c_str());
   if (!d) return;
   while (dirent* e = ::readdir(d)) {

@@ -227,9 +227,8 @@ template <typename T, int D, int GM>
 __global__ void __launch_bounds__(kWarps * 32)
     paged_attn_split_kernel(const T* __restrict__ q, const T* __restrict__ k_pages, const T* __restrict__ v_pages,
                             const int* __restrict__ table, int max_pages, const int* __restrict__ lengths,
-                            const int64_t* __restrict__ seq, int layer, int max_seqs, int nh, int nkv, int P,
-                            int chunk, float scale, int n_split, float* __restrict__ o_part,
-                            float* __restrict__ ml_part) {
+                            const int64_t* __restrict__ seq, int layer, int max_seqs, int nh, int nkv, int P, int chunk,
+                            float scale, int n_split, float* __restrict__ o_part, float* __restrict__ ml_part) {
   // lanes per slot: each lane loads VE contiguous elements (16 bytes where D allows); a warp covers KPW slots at once
   constexpr int VE = (16 / (int)sizeof(T)) > (D / 32) ? (16 / (int)sizeof(T)) : (D / 32);
   constexpr int KL = D / VE;
@@ -348,17 +347,22 @@ void launch_attn(const at::Tensor& q, const PagedKVCache& cache, int64_t layer, 
   const auto& c = cache.options();
   const int n = (int)q.size(0), nh = (int)q.size(1), nkv = (int)c.n_kv_heads;
   dim3 grid(n_split, nkv, n);
-#define DMC_ATTN_LAUNCH(GM)                                                                                           \
-  paged_attn_split_kernel<T, D, GM><<<grid, kWarps * 32, 0, stream>>>(                                                \
-      q.data_ptr<T>(), cache.k_pages.data_ptr<T>(), cache.v_pages.data_ptr<T>(), cache.table.data_ptr<int>(),         \
-      (int)cache.max_pages_per_row(), cache.lengths.data_ptr<int>(), seq.data_ptr<int64_t>(), (int)layer,             \
-      (int)c.max_seqs, nh, nkv, (int)c.page_size, chunk, (float)scale, n_split, o_part.data_ptr<float>(),             \
+#define DMC_ATTN_LAUNCH(GM)                                                                                   \
+  paged_attn_split_kernel<T, D, GM><<<grid, kWarps * 32, 0, stream>>>(                                        \
+      q.data_ptr<T>(), cache.k_pages.data_ptr<T>(), cache.v_pages.data_ptr<T>(), cache.table.data_ptr<int>(), \
+      (int)cache.max_pages_per_row(), cache.lengths.data_ptr<int>(), seq.data_ptr<int64_t>(), (int)layer,     \
+      (int)c.max_seqs, nh, nkv, (int)c.page_size, chunk, (float)scale, n_split, o_part.data_ptr<float>(),     \
       ml_part.data_ptr<float>())
-  if (G == 1) DMC_ATTN_LAUNCH(1);
-  else if (G == 2) DMC_ATTN_LAUNCH(2);
-  else if (G <= 4) DMC_ATTN_LAUNCH(4);
-  else if (G <= 8) DMC_ATTN_LAUNCH(8);
-  else fail("paged_attention kernel: ", G, " query heads per KV head (at most 8)");
+  if (G == 1)
+    DMC_ATTN_LAUNCH(1);
+  else if (G == 2)
+    DMC_ATTN_LAUNCH(2);
+  else if (G <= 4)
+    DMC_ATTN_LAUNCH(4);
+  else if (G <= 8)
+    DMC_ATTN_LAUNCH(8);
+  else
+    fail("paged_attention kernel: ", G, " query heads per KV head (at most 8)");
 #undef DMC_ATTN_LAUNCH
 }
 
@@ -368,9 +372,10 @@ void decode_update_cuda(const at::Tensor& qkv_in, const at::Tensor& seq_in, cons
                         const at::Tensor& forced_in, const at::Tensor& cos, const at::Tensor& sin,
                         const DecodeUpdateParams& p, DmcState& st, PagedKVCache& cache, at::Tensor& q_out) {
   const c10::cuda::CUDAGuard guard(qkv_in.device());
-  at::Tensor qkv = qkv_in.contiguous(), seq = seq_in.to(at::kLong).contiguous(), pos = pos_in.to(at::kLong).contiguous(),
-             forced = forced_in.to(at::kBool).contiguous();
-  DMC_CHECK(cos.scalar_type() == at::kFloat && cos.is_contiguous() && sin.is_contiguous(), "decode_update: cos/sin must be contiguous fp32");
+  at::Tensor qkv = qkv_in.contiguous(), seq = seq_in.to(at::kLong).contiguous(),
+             pos = pos_in.to(at::kLong).contiguous(), forced = forced_in.to(at::kBool).contiguous();
+  DMC_CHECK(cos.scalar_type() == at::kFloat && cos.is_contiguous() && sin.is_contiguous(),
+            "decode_update: cos/sin must be contiguous fp32");
   DMC_CHECK(qkv.scalar_type() == cache.k_pages.scalar_type(), "decode_update kernel: qkv and cache dtypes differ");
   const int n = (int)qkv.size(0), D = (int)p.head_dim, W = (int)std::max<int64_t>(1, p.window);
   if (p.dmc)
@@ -389,18 +394,20 @@ void decode_update_cuda(const at::Tensor& qkv_in, const at::Tensor& seq_in, cons
     auto launch = [&](auto ppl) {
       decode_update_kernel<scalar_t, decltype(ppl)::value><<<blocks, kUpdWarps * 32, 0, stream>>>(
           qkv.data_ptr<scalar_t>(), qkv.stride(0), seq.data_ptr<int64_t>(), pos.data_ptr<int64_t>(),
-          forced.data_ptr<bool>(), cos.data_ptr<float>(), sin.data_ptr<float>(), n, (int)p.n_heads,
-          (int)p.n_kv_heads, (int)p.layer, (int)cache.options().max_seqs, p.dmc ? 1 : 0, (float)p.init_val, eps, W,
-          (int)p.force_cr, p.dmc ? st.acc.data_ptr<float>() : nullptr,
-          p.dmc ? st.ring_kv.data_ptr<scalar_t>() : nullptr, p.dmc ? st.ring_w.data_ptr<float>() : nullptr,
-          p.dmc ? st.group.data_ptr<int>() : nullptr, cache.k_pages.data_ptr<scalar_t>(),
-          cache.v_pages.data_ptr<scalar_t>(), cache.table.data_ptr<int>(), (int)cache.max_pages_per_row(),
-          cache.lengths.data_ptr<int>(), cache.free_list.data_ptr<int>(), cache.alloc.data_ptr<int>(),
-          (int)cache.options().page_size, q_out.data_ptr<scalar_t>());
+          forced.data_ptr<bool>(), cos.data_ptr<float>(), sin.data_ptr<float>(), n, (int)p.n_heads, (int)p.n_kv_heads,
+          (int)p.layer, (int)cache.options().max_seqs, p.dmc ? 1 : 0, (float)p.init_val, eps, W, (int)p.force_cr,
+          p.dmc ? st.acc.data_ptr<float>() : nullptr, p.dmc ? st.ring_kv.data_ptr<scalar_t>() : nullptr,
+          p.dmc ? st.ring_w.data_ptr<float>() : nullptr, p.dmc ? st.group.data_ptr<int>() : nullptr,
+          cache.k_pages.data_ptr<scalar_t>(), cache.v_pages.data_ptr<scalar_t>(), cache.table.data_ptr<int>(),
+          (int)cache.max_pages_per_row(), cache.lengths.data_ptr<int>(), cache.free_list.data_ptr<int>(),
+          cache.alloc.data_ptr<int>(), (int)cache.options().page_size, q_out.data_ptr<scalar_t>());
     };
-    if (D == 64) launch(std::integral_constant<int, 1>{});
-    else if (D == 128) launch(std::integral_constant<int, 2>{});
-    else launch(std::integral_constant<int, 4>{});
+    if (D == 64)
+      launch(std::integral_constant<int, 1>{});
+    else if (D == 128)
+      launch(std::integral_constant<int, 2>{});
+    else
+      launch(std::integral_constant<int, 4>{});
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -423,10 +430,14 @@ void paged_attention_cuda(const at::Tensor& q_in, const PagedKVCache& cache, int
   at::Tensor o_part = at::empty({n, nh, n_split, D}, f), ml_part = at::empty({n, nh, n_split, 2}, f);
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "paged_attention", [&] {
-    if (D == 64) launch_attn<scalar_t, 64>(q, cache, layer, seq, chunk, (int)n_split, scale, o_part, ml_part, G, stream);
-    else if (D == 128) launch_attn<scalar_t, 128>(q, cache, layer, seq, chunk, (int)n_split, scale, o_part, ml_part, G, stream);
-    else if (D == 256) launch_attn<scalar_t, 256>(q, cache, layer, seq, chunk, (int)n_split, scale, o_part, ml_part, G, stream);
-    else fail("paged_attention kernel: head_dim ", D, " (supported: 64, 128, 256)");
+    if (D == 64)
+      launch_attn<scalar_t, 64>(q, cache, layer, seq, chunk, (int)n_split, scale, o_part, ml_part, G, stream);
+    else if (D == 128)
+      launch_attn<scalar_t, 128>(q, cache, layer, seq, chunk, (int)n_split, scale, o_part, ml_part, G, stream);
+    else if (D == 256)
+      launch_attn<scalar_t, 256>(q, cache, layer, seq, chunk, (int)n_split, scale, o_part, ml_part, G, stream);
+    else
+      fail("paged_attention kernel: head_dim ", D, " (supported: 64, 128, 256)");
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     paged_attn_combine_kernel<scalar_t><<<dim3(nh, n), std::min(D, 256), 0, stream>>>(
         o_part.data_ptr<float>(), ml_part.data_ptr<float>(), (int)n_split, D, nh, out.data_ptr<scalar_t>());

@@ -34,24 +34,44 @@ constexpr int kWarps = 8;  // warps per block
 
 __device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
-template <typename T> __device__ __forceinline__ T from_f(float v);
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
-template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half(v); }
+template <typename T>
+__device__ __forceinline__ T from_f(float v);
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) {
+  return __float2bfloat16(v);
+}
+template <>
+__device__ __forceinline__ __half from_f<__half>(float v) {
+  return __float2half(v);
+}
 
 // N consecutive 16-bit values as one aligned vector load / store (N = 8: 16 bytes, N = 4: 8 bytes)
-template <typename T, int N> struct Vec;
-template <typename T> struct Vec<T, 8> { using raw = uint4; };
-template <typename T> struct Vec<T, 4> { using raw = uint2; };
+template <typename T, int N>
+struct Vec;
+template <typename T>
+struct Vec<T, 8> {
+  using raw = uint4;
+};
+template <typename T>
+struct Vec<T, 4> {
+  using raw = uint2;
+};
 template <typename T, int N>
 __device__ __forceinline__ void load_f(const T* p, float* f) {
-  union { typename Vec<T, N>::raw r; T e[N]; } u;
+  union {
+    typename Vec<T, N>::raw r;
+    T e[N];
+  } u;
   u.r = *reinterpret_cast<const typename Vec<T, N>::raw*>(p);
 #pragma unroll
   for (int i = 0; i < N; ++i) f[i] = to_f(u.e[i]);
 }
 template <typename T, int N>
 __device__ __forceinline__ void store_f(T* p, const float* f) {
-  union { typename Vec<T, N>::raw r; T e[N]; } u;
+  union {
+    typename Vec<T, N>::raw r;
+    T e[N];
+  } u;
 #pragma unroll
   for (int i = 0; i < N; ++i) u.e[i] = from_f<T>(f[i]);
   *reinterpret_cast<typename Vec<T, N>::raw*>(p) = u.r;
@@ -63,13 +83,14 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-struct Strides4 { int64_t b, t, h; };  // element strides of a [B, T, H, D] view (dim D unit)
+struct Strides4 {
+  int64_t b, t, h;
+};  // element strides of a [B, T, H, D] view (dim D unit)
 
 template <typename T>
 __global__ void pool_eval_kernel(const T* __restrict__ k, Strides4 ks, const T* __restrict__ v, Strides4 vs,
-                                 const float* __restrict__ w, const float* __restrict__ bnd, int64_t BTH, int T_,
-                                 int H, int D, int W, T* __restrict__ ko, Strides4 kos, T* __restrict__ vo,
-                                 Strides4 vos) {
+                                 const float* __restrict__ w, const float* __restrict__ bnd, int64_t BTH, int T_, int H,
+                                 int D, int W, T* __restrict__ ko, Strides4 kos, T* __restrict__ vo, Strides4 vos) {
   constexpr int N = 8;
   const int64_t i = (int64_t)blockIdx.x * kWarps + threadIdx.x / 32;  // (b, t, h), the flat index of w and bnd
   const int lane = threadIdx.x % 32;
@@ -157,9 +178,12 @@ __global__ void blend_kernel(const T* __restrict__ q, Strides4 qs, const T* __re
 
 template <typename F>
 void dispatch16(at::ScalarType t, const char* what, F&& f) {
-  if (t == at::kBFloat16) f(__nv_bfloat16{});
-  else if (t == at::kHalf) f(__half{});
-  else fail(what, ": fp16 or bf16 expected, got ", t);
+  if (t == at::kBFloat16)
+    f(__nv_bfloat16{});
+  else if (t == at::kHalf)
+    f(__half{});
+  else
+    fail(what, ": fp16 or bf16 expected, got ", t);
 }
 Strides4 strides_bthd(const at::Tensor& x) { return {x.stride(0), x.stride(1), x.stride(2)}; }
 // unit inner stride, 16-byte aligned vectors of `vec` elements at every (b, t, h) row start
@@ -195,8 +219,8 @@ void dmc_pool_eval_cuda(const at::Tensor& k, const at::Tensor& v, const at::Tens
     using T = decltype(tv);
     pool_eval_kernel<T><<<warp_blocks(BTH), kWarps * 32, 0, at::cuda::getCurrentCUDAStream()>>>(
         reinterpret_cast<const T*>(k.data_ptr()), strides_bthd(k), reinterpret_cast<const T*>(v.data_ptr()),
-        strides_bthd(v), w.data_ptr<float>(), b.data_ptr<float>(), BTH, (int)k.size(1), (int)k.size(2),
-        (int)k.size(3), (int)window, reinterpret_cast<T*>(k_out.data_ptr()), strides_bthd(k_out),
+        strides_bthd(v), w.data_ptr<float>(), b.data_ptr<float>(), BTH, (int)k.size(1), (int)k.size(2), (int)k.size(3),
+        (int)window, reinterpret_cast<T*>(k_out.data_ptr()), strides_bthd(k_out),
         reinterpret_cast<T*>(v_out.data_ptr()), strides_bthd(v_out));
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -212,9 +236,9 @@ at::Tensor dmc_blend_cuda(const at::Tensor& q, const at::Tensor& k, const at::Te
   auto bthd = [](const at::Tensor& x) { return x.transpose(1, 2); };
   // one fp16/bf16 dtype, unit inner stride, 8-byte aligned rows, D % 4 == 0; else the caller's general form
   const auto dt = q.scalar_type();
-  if (!q.is_cuda() || (dt != at::kBFloat16 && dt != at::kHalf) || k.scalar_type() != dt ||
-      past.scalar_type() != dt || v.scalar_type() != dt || D % 4 != 0 || !vec_ok(bthd(q), 4) || !vec_ok(bthd(k), 4) ||
-      !vec_ok(bthd(past), 4) || !vec_ok(bthd(v), 4))
+  if (!q.is_cuda() || (dt != at::kBFloat16 && dt != at::kHalf) || k.scalar_type() != dt || past.scalar_type() != dt ||
+      v.scalar_type() != dt || D % 4 != 0 || !vec_ok(bthd(q), 4) || !vec_ok(bthd(k), 4) || !vec_ok(bthd(past), 4) ||
+      !vec_ok(bthd(v), 4))
     return at::Tensor();
   const c10::cuda::CUDAGuard guard(q.device());
   at::Tensor lse = lse_in.to(at::kFloat).reshape({B, nh, T}).contiguous();

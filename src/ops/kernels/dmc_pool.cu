@@ -57,9 +57,9 @@ __global__ void pool_fwd_kernel(const float* __restrict__ x, const float* __rest
 }
 
 __global__ void pool_bwd1_kernel(const float* __restrict__ g, const float* __restrict__ x, const float* __restrict__ w,
-                                 const float* __restrict__ b, const float* __restrict__ out, const float* __restrict__ den,
-                                 int64_t BTH, int T, int H, int X, int W, float* __restrict__ A, float* __restrict__ Cs,
-                                 float* __restrict__ E) {
+                                 const float* __restrict__ b, const float* __restrict__ out,
+                                 const float* __restrict__ den, int64_t BTH, int T, int H, int X, int W,
+                                 float* __restrict__ A, float* __restrict__ Cs, float* __restrict__ E) {
   const int64_t i = (int64_t)blockIdx.x * kWarpsPerBlock + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (i >= BTH) return;
@@ -95,10 +95,10 @@ __global__ void pool_bwd1_kernel(const float* __restrict__ g, const float* __res
   }
 }
 
-__global__ void pool_bwd2_kernel(const float* __restrict__ g, const float* __restrict__ w, const float* __restrict__ den,
-                                 const float* __restrict__ A, const float* __restrict__ Cs, const float* __restrict__ E,
-                                 int64_t BTH, int T, int H, int X, int W, float* __restrict__ dx, float* __restrict__ dw,
-                                 float* __restrict__ db) {
+__global__ void pool_bwd2_kernel(const float* __restrict__ g, const float* __restrict__ w,
+                                 const float* __restrict__ den, const float* __restrict__ A,
+                                 const float* __restrict__ Cs, const float* __restrict__ E, int64_t BTH, int T, int H,
+                                 int X, int W, float* __restrict__ dx, float* __restrict__ dw, float* __restrict__ db) {
   const int64_t i = (int64_t)blockIdx.x * kWarpsPerBlock + threadIdx.x / 32;  // (b, s, h)
   const int lane = threadIdx.x % 32;
   if (i >= BTH) return;
@@ -129,7 +129,8 @@ __global__ void pool_bwd2_kernel(const float* __restrict__ g, const float* __res
 }
 
 void check_inputs(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t W) {
-  DMC_CHECK(x.is_cuda() && x.scalar_type() == at::kFloat && x.dim() == 4, "dmc_pool kernel: x must be fp32 CUDA [B, T, H, X]");
+  DMC_CHECK(x.is_cuda() && x.scalar_type() == at::kFloat && x.dim() == 4,
+            "dmc_pool kernel: x must be fp32 CUDA [B, T, H, X]");
   DMC_CHECK(w.sizes() == x.sizes().slice(0, 3) && b.sizes() == w.sizes(), "dmc_pool kernel: w, b must be [B, T, H]");
   DMC_CHECK(W >= 1 && W <= kMaxW, "dmc_pool kernel: window ", W, " outside [1, ", kMaxW, "]");
 }

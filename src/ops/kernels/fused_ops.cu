@@ -12,7 +12,8 @@
 //   backward: dgate = dout * up * s * (1 + gate * (1 - s)), dup = dout * silu(gate), s = sigmoid(gate).
 // RoPE      qkv [B, T, (nh + 2 nkv) hd] (the fused QKV projection, contiguous), cos, sin [T, hd] fp32 (HF's
 //           emb = cat(freqs, freqs)) -> q [B, T, nh, hd], k [B, T, nkv, hd] rotated, v [B, T, nkv, hd] copied, each
-//           contiguous in qkv's dtype: with h = hd / 2, out_i = x_i c_i - x_{i+h} s_i, out_{i+h} = x_{i+h} c_i + x_i s_i.
+//           contiguous in qkv's dtype: with h = hd / 2, out_i = x_i c_i - x_{i+h} s_i, out_{i+h} = x_{i+h} c_i + x_i
+//           s_i.
 //   backward: one kernel writes d qkv whole: R^T dq | R^T dk | dv, R^T: d_i c_i + d_{i+h} s_i, d_{i+h} c_i - d_i s_i
 //           (the ATen form's narrow/cat/neg passes and the zero-fill + adds of three view gradients go away).
 // Norm forward: one block per row (rows of up to 16384); backward: a few blocks per SM, each a strided set of
@@ -33,10 +34,20 @@ namespace {
 __device__ __forceinline__ float ld(float v) { return v; }
 __device__ __forceinline__ float ld(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ float ld(__half v) { return __half2float(v); }
-template <typename T> __device__ __forceinline__ T st(float v);
-template <> __device__ __forceinline__ float st<float>(float v) { return v; }
-template <> __device__ __forceinline__ __nv_bfloat16 st<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
-template <> __device__ __forceinline__ __half st<__half>(float v) { return __float2half(v); }
+template <typename T>
+__device__ __forceinline__ T st(float v);
+template <>
+__device__ __forceinline__ float st<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 st<__nv_bfloat16>(float v) {
+  return __float2bfloat16(v);
+}
+template <>
+__device__ __forceinline__ __half st<__half>(float v) {
+  return __float2half(v);
+}
 
 constexpr int kMaxPer = 16;  // columns per thread held in registers by the norm kernels
 
@@ -173,24 +184,25 @@ __global__ void rope_fwd_kernel(const T* __restrict__ qkv, const float* __restri
   const int j = (int)(row % heads);
   const int64_t bt = row / heads;
   const int t = (int)(bt % T_);
-  T* dst = j < nh ? q + (bt * nh + j) * hd
-                  : j < nh + nkv ? k + (bt * nkv + (j - nh)) * hd : v + (bt * nkv + (j - nh - nkv)) * hd;
-  rope_row<T>(qkv + row * hd, dst, cos + (int64_t)t * hd, sin + (int64_t)t * hd, hd,
-              j < nh + nkv ? kRotate : kCopy, false, 0.f, lane);
+  T* dst = j < nh         ? q + (bt * nh + j) * hd
+           : j < nh + nkv ? k + (bt * nkv + (j - nh)) * hd
+                          : v + (bt * nkv + (j - nh - nkv)) * hd;
+  rope_row<T>(qkv + row * hd, dst, cos + (int64_t)t * hd, sin + (int64_t)t * hd, hd, j < nh + nkv ? kRotate : kCopy,
+              false, 0.f, lane);
 }
 
 // d qkv [BT, heads, hd] = R^T dq | R^T dk | dv (zeros for a missing gradient)
 template <typename T>
 __global__ void rope_bwd_kernel(const T* __restrict__ dq, const T* __restrict__ dk, const T* __restrict__ dv,
-                                const float* __restrict__ cos, const float* __restrict__ sin, int64_t BT, int T_, int nh,
-                                int nkv, int hd, T* __restrict__ dqkv) {
+                                const float* __restrict__ cos, const float* __restrict__ sin, int64_t BT, int T_,
+                                int nh, int nkv, int hd, T* __restrict__ dqkv) {
   const int heads = nh + 2 * nkv, lane = threadIdx.x % 32;
   const int64_t row = (int64_t)blockIdx.x * kRopeWarps + threadIdx.x / 32;
   if (row >= BT * heads) return;
   const int j = (int)(row % heads);
   const int64_t bt = row / heads;
   const int t = (int)(bt % T_);
-  const T* src = j < nh ? (dq ? dq + (bt * nh + j) * hd : nullptr)
+  const T* src = j < nh         ? (dq ? dq + (bt * nh + j) * hd : nullptr)
                  : j < nh + nkv ? (dk ? dk + (bt * nkv + (j - nh)) * hd : nullptr)
                                 : (dv ? dv + (bt * nkv + (j - nh - nkv)) * hd : nullptr);
   const int mode = !src ? kZero : j < nh + nkv ? kInverse : kCopy;
@@ -232,9 +244,12 @@ void dispatch3(at::ScalarType tx, at::ScalarType tw, at::ScalarType to, F&& f) {
   };
   auto with_w = [&](auto xv) {
     using TXv = decltype(xv);
-    if (tw == at::kFloat) with_out(xv, float{});
-    else if (tw == tx) with_out(xv, TXv{});
-    else fail("fused rms_norm: weight dtype ", tw, " must be fp32 or the input's ", tx);
+    if (tw == at::kFloat)
+      with_out(xv, float{});
+    else if (tw == tx)
+      with_out(xv, TXv{});
+    else
+      fail("fused rms_norm: weight dtype ", tw, " must be fp32 or the input's ", tx);
   };
   switch (tx) {
     case at::kFloat: with_w(float{}); return;
@@ -243,7 +258,10 @@ void dispatch3(at::ScalarType tx, at::ScalarType tw, at::ScalarType to, F&& f) {
     default: fail("fused rms_norm: unsupported input dtype ", tx);
   }
 }
-template <typename T> T* ptr(const at::Tensor& t) { return reinterpret_cast<T*>(t.data_ptr()); }
+template <typename T>
+T* ptr(const at::Tensor& t) {
+  return reinterpret_cast<T*>(t.data_ptr());
+}
 
 }  // namespace
 
@@ -268,8 +286,8 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_forward_cuda(const at::Tensor& x, co
   return {y, rstd};
 }
 
-std::tuple<at::Tensor, at::Tensor> rms_norm_backward_cuda(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w,
-                                                          const at::Tensor& rstd) {
+std::tuple<at::Tensor, at::Tensor> rms_norm_backward_cuda(const at::Tensor& dy, const at::Tensor& x,
+                                                          const at::Tensor& w, const at::Tensor& rstd) {
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor g = dy.contiguous();
   const int64_t H = x.size(-1), N = x.numel() / H;
@@ -322,8 +340,8 @@ at::Tensor swiglu_forward_cuda(const at::Tensor& gu) {
   if (N * F == 0) return out;
   dispatch1(gu.scalar_type(), [&](auto v) {
     using T = decltype(v);
-    swiglu_fwd_kernel<T><<<elementwise_blocks(N * F), 256, 0, at::cuda::getCurrentCUDAStream()>>>(ptr<T>(gu), N, F,
-                                                                                                  ptr<T>(out));
+    swiglu_fwd_kernel<T>
+        <<<elementwise_blocks(N * F), 256, 0, at::cuda::getCurrentCUDAStream()>>>(ptr<T>(gu), N, F, ptr<T>(out));
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
@@ -337,8 +355,8 @@ at::Tensor swiglu_backward_cuda(const at::Tensor& dout, const at::Tensor& gu) {
   if (N * F == 0) return dgu;
   dispatch1(gu.scalar_type(), [&](auto v) {
     using T = decltype(v);
-    swiglu_bwd_kernel<T><<<elementwise_blocks(N * F), 256, 0, at::cuda::getCurrentCUDAStream()>>>(
-        ptr<T>(d), ptr<T>(gu), N, F, ptr<T>(dgu));
+    swiglu_bwd_kernel<T><<<elementwise_blocks(N * F), 256, 0, at::cuda::getCurrentCUDAStream()>>>(ptr<T>(d), ptr<T>(gu),
+                                                                                                  N, F, ptr<T>(dgu));
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return dgu;
@@ -368,9 +386,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rope_qkv_forward_cuda(const at::T
   return {q, k, v};
 }
 
-at::Tensor rope_qkv_backward_cuda(const at::Tensor& dq, const at::Tensor& dk, const at::Tensor& dv, const at::Tensor& cos,
-                                  const at::Tensor& sin, int64_t B, int64_t T, int64_t nh, int64_t nkv, int64_t hd,
-                                  at::ScalarType dtype) {
+at::Tensor rope_qkv_backward_cuda(const at::Tensor& dq, const at::Tensor& dk, const at::Tensor& dv,
+                                  const at::Tensor& cos, const at::Tensor& sin, int64_t B, int64_t T, int64_t nh,
+                                  int64_t nkv, int64_t hd, at::ScalarType dtype) {
   const c10::cuda::CUDAGuard guard(cos.device());
   auto prep = [&](const at::Tensor& g) { return g.defined() ? g.to(dtype).contiguous() : g; };
   at::Tensor q = prep(dq), k = prep(dk), v = prep(dv);
