@@ -60,7 +60,7 @@ int main(int argc, char** argv) {
       at::Tensor full = m.forward(ids.to(dev)).to(at::kFloat);  // [2, P + N, vocab]
       DecoderOptions o;
       o.max_seqs = 2;
-      o.policy = "vanilla";
+      o.policy = CachePolicy::Vanilla;
       Decoder d(m, o);
       std::vector<at::Tensor> rows[2];
       for (int64_t s = 0; s < 2; ++s) {

@@ -88,7 +88,7 @@ TEST_CASE(
   // a budget above the sequence length: every baseline is exactly vanilla
   for (std::string pol : {"tova", "h2o", "window"}) {
     DecoderOptions o;
-    o.policy = pol;
+    o.policy = parse_cache_policy(pol);
     o.budget = 100;
     o.page_size = 4;
     DecoderOptions ov;
@@ -103,7 +103,7 @@ TEST_CASE(
   for (std::string pol : {"tova", "h2o", "window"}) {
     DYNAMIC_SECTION(pol) {
       DecoderOptions o;
-      o.policy = pol;
+      o.policy = parse_cache_policy(pol);
       o.budget = B;
       o.sinks = 2;
       o.page_size = 4;  // budget % page_size == 0: the row crosses a page at every eviction
@@ -174,7 +174,7 @@ TEST_CASE("forced-ratio policy (benchmarks with random weights): prefill equals 
   torch::manual_seed(8);
   std::vector<int64_t> ids = random_ids(41, 97, 0);
   DecoderOptions o;
-  o.policy = "dmc";
+  o.policy = CachePolicy::Dmc;
   o.force_cr = 4;
   o.page_size = 2;
   Decoder a(m, o), b(m, o);
@@ -214,7 +214,7 @@ TEST_CASE("decoder: bad input is refused before anything changes", "[inference][
   std::vector<int64_t> long_prompt(m.config.max_position_embeddings + 1, 3);
   require_error([&] { d.prefill(1, long_prompt); }, {"prompt of", "max"});
   // exhaustion: 8 slots per row fit, the pool then refuses and leaves the sequence as it was
-  o.policy = "vanilla";
+  o.policy = CachePolicy::Vanilla;
   Decoder v(m, o);
   for (int t = 0; t < 8; ++t) v.step({0}, {t + 1});
   const int64_t free = v.cache().free_pages();
@@ -329,7 +329,7 @@ TEST_CASE("decoder state bytes: rows x state_bytes_per_row + the free-page stack
   for (const std::string pol : {"vanilla", "dmc", "tova", "h2o", "window"}) {
     for (int64_t page_size : {1, 16}) {
       DecoderOptions o;
-      o.policy = pol;
+      o.policy = parse_cache_policy(pol);
       o.max_seqs = 3;
       o.page_size = page_size;
       o.budget = 7;
@@ -339,7 +339,8 @@ TEST_CASE("decoder state bytes: rows x state_bytes_per_row + the free-page stack
       const int64_t rows = c.num_hidden_layers * o.max_seqs * c.num_key_value_heads;
       INFO(pol << " page_size " << page_size);
       CHECK(d.state_bytes() ==
-            rows * Decoder::state_bytes_per_row(c, pol, o.budget, page_size, m.dtype()) + o.n_pages * 4);
+            rows * Decoder::state_bytes_per_row(c, parse_cache_policy(pol), o.budget, page_size, m.dtype()) +
+                o.n_pages * 4);
     }
   }
 }

@@ -100,7 +100,7 @@ TEST_CASE("paged-cache decode (prefill, then token by token) equals the full for
   at::Tensor full = m.forward(ids);  // [3, 24, vocab]
   DecoderOptions o;
   o.max_seqs = 3;
-  o.policy = "vanilla";
+  o.policy = CachePolicy::Vanilla;
   Decoder d(m, o);
   double worst = 0;
   for (int64_t s = 0; s < 3; ++s) {  // prefills of different lengths: the sequences sit at different positions

@@ -178,23 +178,25 @@ int cmd_bench(const Args& a) {
   AppendFile jout;
   if (!json_path.empty()) jout.open(json_path);
 
-  for (const std::string& pol : policies) {
+  for (const std::string& pol_name : policies) {
+    const CachePolicy pol = parse_cache_policy(pol_name, "policy");  // the one parse of each name
     DecoderOptions o;
     o.policy = pol;
     o.page_size = page_size;
     o.graph_max_batch = graph_max_batch;
     o.graph_batch_step = graph_batch_step;
     o.gemm_row_tuning = gemm_row_tuning != 0;
-    if (pol == "dmc" && random_weights) {
+    if (pol == CachePolicy::Dmc && random_weights) {
       DMC_CHECK(force_cr > 0, "policy dmc with random weights needs --force-cr R (no trained decisions exist)");
       o.force_cr = force_cr;
-    } else if (pol == "dmc" && force_cr > 0) {
+    } else if (pol == CachePolicy::Dmc && force_cr > 0) {
       o.force_cr = force_cr;
     }
-    const bool evicting = pol == "tova" || pol == "h2o" || pol == "window";
-    const bool trained_dmc = pol == "dmc" && o.force_cr == 0;  // its own decisions: real prefills, calibrated batch
+    const bool evicting = evicts(pol);
+    const bool trained_dmc =
+        pol == CachePolicy::Dmc && o.force_cr == 0;  // its own decisions: real prefills, calibrated batch
     if (evicting) {
-      DMC_CHECK(budget_slots > 0 || force_cr > 0, "policy ", pol,
+      DMC_CHECK(budget_slots > 0 || force_cr > 0, "policy ", pol_name,
                 " needs --budget or --force-cr (budget = context / R)");
       o.budget = budget_slots > 0 ? budget_slots : (ctx + force_cr - 1) / force_cr;
     }
@@ -228,16 +230,16 @@ int cmd_bench(const Args& a) {
       const bool close_call = trained_dmc && dt != at::kFloat;
       const bool same_slots = slot_diff == 0 || (close_call && slot_diff <= 0.02);
       const double tol = dt == at::kFloat ? 1e-4 : 5e-2;
-      log::info(cat("verify (", pol, "): kernels vs reference ops, 2 sequences x 12 steps: logits relative error ",
+      log::info(cat("verify (", pol_name, "): kernels vs reference ops, 2 sequences x 12 steps: logits relative error ",
                     worst, " (tolerance ", tol, "), slot counts ",
                     slot_diff == 0 ? "equal" : cat("differ by ", slot_diff * 100, "%"),
                     close_call ? " (trained decisions in low precision: up to 2% allowed)" : ""));
       if (!(worst <= tol) || !same_slots)
-        fail("verification failed (", pol, "): the CUDA kernels differ from the reference ops");
+        fail("verification failed (", pol_name, "): the CUDA kernels differ from the reference ops");
     }
     // ---- size the batch at equal memory -----------------------------------------------------------------------
     int64_t slots_per_row = ctx + 1;
-    if (pol == "dmc" && o.force_cr > 0) slots_per_row = 2 + (ctx + o.force_cr - 1) / o.force_cr;
+    if (pol == CachePolicy::Dmc && o.force_cr > 0) slots_per_row = 2 + (ctx + o.force_cr - 1) / o.force_cr;
     if (evicting) slots_per_row = o.budget + 1;
     const int64_t state_row = Decoder::state_bytes_per_row(c, pol, o.budget, page_size, dt);
     int64_t pages_seq = L * nkv * PagedKVCache::pages_for(slots_per_row, page_size);
@@ -257,8 +259,8 @@ int cmd_bench(const Args& a) {
       }
       calibrated_cr = (double)calibrate * ctx * L * nkv / slots;
       pages_seq = (int64_t)std::ceil(most * 1.1) + L * nkv;
-      log::info(cat("calibration (", pol, ", trained decisions): ", calibrate, " prompts of ", ctx, " tokens, ratio ",
-                    calibrated_cr, ", at most ", most, " pages a sequence; sized at ", pages_seq));
+      log::info(cat("calibration (", pol_name, ", trained decisions): ", calibrate, " prompts of ", ctx,
+                    " tokens, ratio ", calibrated_cr, ", at most ", most, " pages a sequence; sized at ", pages_seq));
     }
     const int64_t bytes_seq = pages_seq * page_bytes + L * nkv * state_row;
     int64_t B = batch == "max" ? budget_bytes / bytes_seq : parse_int(batch, "batch");
@@ -303,7 +305,7 @@ int cmd_bench(const Args& a) {
               for (int64_t s = 0; s < profile_steps; ++s) step_greedy();
             },
             1, 25, &total);
-        std::cout << "profile of " << profile_steps << " decode steps (" << pol << ", batch " << B
+        std::cout << "profile of " << profile_steps << " decode steps (" << pol_name << ", batch " << B
                   << "): GPU kernel time per step " << total / profile_steps << " ms\n"
                   << prof;
       }
@@ -360,10 +362,11 @@ int cmd_bench(const Args& a) {
         sync_device(dev);
         gemm_ms = 1e3 * (now_s() - tg) / 3;
       }
-      j = {{"policy", pol},
+      j = {{"policy", pol_name},
            {"weights", random_weights ? "random (" + preset + ")" : model_dir},
-           {"decisions",
-            pol == "dmc" ? (o.force_cr > 0 ? cat("FORCED cr ", o.force_cr, " (benchmark policy)") : "trained") : "-"},
+           {"decisions", pol == CachePolicy::Dmc
+                             ? (o.force_cr > 0 ? cat("FORCED cr ", o.force_cr, " (benchmark policy)") : "trained")
+                             : "-"},
            {"batch", B},
            {"prompt_len", prompt_len},
            {"new_tokens", new_tokens},
@@ -422,7 +425,7 @@ int cmd_bench(const Args& a) {
       j["prefill_repeats"] = (int64_t)times.size();
       if (profile_prefill > 0 && dev.is_cuda()) {
         pd.free(0);
-        std::cout << "profile of one prefill (" << pol << "): "
+        std::cout << "profile of one prefill (" << pol_name << "): "
                   << kernel_profile(
                          [&] {
                            pd.prefill(0, p);

@@ -53,17 +53,39 @@ PagedCacheOptions decoder_cache_options(const Llama& m, const DecoderOptions& o)
   return c;
 }
 
+CachePolicy parse_cache_policy(const std::string& name, const std::string& field) {
+  if (name == "auto") return CachePolicy::Auto;
+  if (name == "vanilla") return CachePolicy::Vanilla;
+  if (name == "dmc") return CachePolicy::Dmc;
+  if (name == "tova") return CachePolicy::Tova;
+  if (name == "h2o") return CachePolicy::H2O;
+  if (name == "window") return CachePolicy::Window;
+  fail(field, ": expected auto, vanilla, dmc, tova, h2o or window, got '", name, "'");
+}
+
+std::string cache_policy_name(CachePolicy p) {
+  switch (p) {
+    case CachePolicy::Auto: return "auto";
+    case CachePolicy::Vanilla: return "vanilla";
+    case CachePolicy::Dmc: return "dmc";
+    case CachePolicy::Tova: return "tova";
+    case CachePolicy::H2O: return "h2o";
+    case CachePolicy::Window: return "window";
+  }
+  return "?";
+}
+
 namespace {
-std::string resolve_policy(const Llama& m, const DecoderOptions& o) {
-  std::string p = o.policy == "auto" ? (m.config.dmc.enabled ? "dmc" : "vanilla") : o.policy;
-  DMC_CHECK(p == "vanilla" || p == "dmc" || p == "tova" || p == "h2o" || p == "window",
-            "cache policy: expected auto, vanilla, dmc, tova, h2o or window, got '", o.policy, "'");
-  if (p == "tova" || p == "h2o" || p == "window")
-    DMC_CHECK(o.budget >= 1, "cache policy ", p, ": needs a budget of at least 1 slot per head, got ", o.budget);
-  if (p == "window")
+CachePolicy resolve_policy(const Llama& m, const DecoderOptions& o) {
+  const CachePolicy p =
+      o.policy == CachePolicy::Auto ? (m.config.dmc.enabled ? CachePolicy::Dmc : CachePolicy::Vanilla) : o.policy;
+  if (evicts(p))
+    DMC_CHECK(o.budget >= 1, "cache policy ", cache_policy_name(p),
+              ": needs a budget of at least 1 slot per head, got ", o.budget);
+  if (p == CachePolicy::Window)
     DMC_CHECK(o.sinks >= 0 && o.sinks < o.budget, "window: sinks (", o.sinks, ") must be below the budget (", o.budget,
               ")");
-  if (p == "dmc" && !m.config.dmc.enabled && o.force_cr <= 0)
+  if (p == CachePolicy::Dmc && !m.config.dmc.enabled && o.force_cr <= 0)
     fail(
         "cache policy dmc: the model has no DMC stanza in its config.json (retrofit it first, or use force_cr for a "
         "benchmark)");
@@ -76,7 +98,7 @@ Decoder::Decoder(const Llama& model, const DecoderOptions& o)
       o_(o),
       gemm_(o.gemm_row_tuning),
       policy_(resolve_policy(model, o)),
-      dmc_(policy_ == "dmc"),
+      dmc_(policy_ == CachePolicy::Dmc),
       kernels_(o.use_kernels && decode_kernels_available(model.device(), model.config.head_dim)),
       cache_(decoder_cache_options(model, o)) {
   const auto& c = model.config;
@@ -88,7 +110,7 @@ Decoder::Decoder(const Llama& model, const DecoderOptions& o)
       m_.inv_freq, at::arange(c.max_position_embeddings, at::TensorOptions().dtype(at::kLong).device(model.device())));
   cos_ = cs.contiguous();
   sin_ = sn.contiguous();
-  if (policy_ == "tova" || policy_ == "h2o" || policy_ == "window") {
+  if (evicts(policy_)) {
     auto dev = model.device();
     slot_pos_ = at::zeros({R, o.budget + 1}, at::TensorOptions().dtype(at::kLong).device(dev));
     slot_score_ = at::zeros({R, o.budget + 1}, at::TensorOptions().dtype(at::kFloat).device(dev));
@@ -101,12 +123,12 @@ int64_t Decoder::state_bytes() const {
          b(cache_.free_list) + b(slot_pos_) + b(slot_score_);
 }
 
-int64_t Decoder::state_bytes_per_row(const LlamaConfig& c, const std::string& policy, int64_t budget, int64_t page_size,
+int64_t Decoder::state_bytes_per_row(const LlamaConfig& c, CachePolicy policy, int64_t budget, int64_t page_size,
                                      at::ScalarType dtype) {
-  const bool evicting = policy == "tova" || policy == "h2o" || policy == "window";
+  const bool evicting = evicts(policy);
   const int64_t table_row =
       PagedKVCache::pages_for(c.max_position_embeddings + 1, page_size) * 4 + 4;  // int32 table, length
-  return (policy == "dmc" ? DmcState::bytes_per_row(c.head_dim, c.dmc.window, dtype) : 0) + table_row +
+  return (policy == CachePolicy::Dmc ? DmcState::bytes_per_row(c.head_dim, c.dmc.window, dtype) : 0) + table_row +
          (evicting ? (budget + 1) * (8 + 4) : 0);  // int64 position + fp32 score per slot
 }
 
@@ -126,7 +148,7 @@ at::Tensor Decoder::slot_counts(int64_t seq) const {
 void Decoder::bench_fill(const std::vector<int64_t>& seqs, int64_t T) {
   at::NoGradGuard ng;
   const auto& c = m_.config;
-  DMC_CHECK(policy_ == "vanilla" || (policy_ == "dmc" && o_.force_cr > 0),
+  DMC_CHECK(policy_ == CachePolicy::Vanilla || (policy_ == CachePolicy::Dmc && o_.force_cr > 0),
             "bench_fill: only vanilla or dmc with force_cr (slot counts must be known without running the model)");
   DMC_CHECK(T >= 1 && T < c.max_position_embeddings, "bench_fill: prompt_len ", T, " out of range");
   const int64_t nkv = m_.local_kv_heads(), D = c.head_dim, X = 2 * D + 1, W = std::max<int64_t>(1, c.dmc.window);
@@ -198,9 +220,7 @@ bool Decoder::can_step(const std::vector<int64_t>& seqs) const {
 
 int64_t Decoder::pages_for_prompt(int64_t prompt_len) const {
   const auto& c = m_.config;
-  const int64_t slots = policy_ == "tova" || policy_ == "h2o" || policy_ == "window"
-                            ? std::min(prompt_len + 1, o_.budget + 1)
-                            : prompt_len + 1;
+  const int64_t slots = evicts(policy_) ? std::min(prompt_len + 1, o_.budget + 1) : prompt_len + 1;
   return c.num_hidden_layers * m_.local_kv_heads() * cache_.pages_for(slots);
 }
 
@@ -215,7 +235,7 @@ at::Tensor Decoder::prefill(int64_t seq, const std::vector<int64_t>& prompt) {
             c.max_position_embeddings, ")");
   for (int64_t id : prompt)
     DMC_CHECK(id >= 0 && id < c.vocab_size, "prefill: token id ", id, " out of range [0, ", c.vocab_size, ")");
-  if (!(policy_ == "vanilla" || policy_ == "dmc")) {
+  if (evicts(policy_)) {
     at::Tensor last;
     for (int64_t id : prompt) last = step({seq}, {id})[0];
     return last;
@@ -330,7 +350,7 @@ at::Tensor Decoder::step(const std::vector<int64_t>& seqs, const std::vector<int
     forced[i] = pos_[s] == 0 || (!doc_start.empty() && doc_start[i]);
     max_len = std::max(max_len, pos_[s] + 1);
   }
-  if (o_.budget > 0 && !(policy_ == "vanilla" || policy_ == "dmc")) max_len = std::min(max_len, o_.budget + 1);
+  if (o_.budget > 0 && evicts(policy_)) max_len = std::min(max_len, o_.budget + 1);
   // worst case every row crosses a page: refuse up front so that no sequence is left half-updated
   auto [need, free] = step_need(seqs);
   if (need > free) fail("kv cache exhausted: this step may need ", need, " pages, ", free, " are free");
@@ -481,9 +501,9 @@ void Decoder::evict(int64_t layer, const at::Tensor& seq_t, const at::Tensor& po
   sscore = sscore + w * valid;
   const double inf = std::numeric_limits<double>::infinity();
   at::Tensor key;
-  if (policy_ == "tova")
+  if (policy_ == CachePolicy::Tova)
     key = w.clone();
-  else if (policy_ == "h2o")
+  else if (policy_ == CachePolicy::H2O)
     key = at::where(spos > posr.unsqueeze(1) - B / 2, at::full_like(sscore, inf), sscore);
   else
     key = at::where(spos < o_.sinks, at::full_like(sscore, inf), spos.to(at::kFloat));

@@ -38,13 +38,24 @@
 
 namespace dmc {
 
+// The cache policy of the engine, parsed once from its name where a setting is read (parse_cache_policy: "auto",
+// "vanilla", "dmc", "tova", "h2o", "window"; anything else is an error naming `field`). Auto = dmc for a DMC model,
+// else vanilla (the Decoder resolves it).
+enum class CachePolicy { Auto, Vanilla, Dmc, Tova, H2O, Window };
+CachePolicy parse_cache_policy(const std::string& name, const std::string& field = "cache policy");
+std::string cache_policy_name(CachePolicy p);
+// tova, h2o and window evict slots (the training-free baselines)
+inline bool evicts(CachePolicy p) {
+  return p == CachePolicy::Tova || p == CachePolicy::H2O || p == CachePolicy::Window;
+}
+
 struct DecoderOptions {
   int64_t max_seqs = 1;
   int64_t page_size = 16;
   int64_t n_pages = 0;              // 0: from memory_budget_bytes, or else room for max_seqs full sequences
   int64_t memory_budget_bytes = 0;  // pages only (the DMC state and tables are on top; see state_bytes())
   // vanilla | dmc | tova | h2o | window; "auto" = dmc for a DMC model, else vanilla
-  std::string policy = "auto";
+  CachePolicy policy = CachePolicy::Auto;
   int64_t budget = 0;       // tova / h2o / window: slots per (layer, sequence, head)
   int64_t sinks = 4;        // window: first positions never evicted
   int64_t force_cr = 0;     // dmc: benchmark-only decision policy (see DecodeUpdateParams)
@@ -95,13 +106,13 @@ class Decoder {
   std::vector<int64_t> slot_positions(int64_t layer, int64_t seq, int64_t head) const;
   const PagedKVCache& cache() const { return cache_; }
   PagedKVCache& cache() { return cache_; }
-  const std::string& policy() const { return policy_; }
+  CachePolicy policy() const { return policy_; }  // resolved: never Auto
   // Device bytes of the per-row state besides the pages (DMC sums and ring, tables, baseline slot metadata).
   // Equals rows x state_bytes_per_row(...) + 4 bytes per page of the free-page stack.
   int64_t state_bytes() const;
   // The state one (layer, sequence, KV head) row takes besides its pages, for a model of config c under `policy`
   // (budget: the eviction baselines' slots): the one formula benchmarks size equal-memory batches with.
-  static int64_t state_bytes_per_row(const LlamaConfig& c, const std::string& policy, int64_t budget, int64_t page_size,
+  static int64_t state_bytes_per_row(const LlamaConfig& c, CachePolicy policy, int64_t budget, int64_t page_size,
                                      at::ScalarType dtype);
   bool using_kernels() const { return kernels_; }
   // The step's GEMMs with their row choices (benchmarks time the projections alone through it).
@@ -123,7 +134,7 @@ class Decoder {
   const Llama& m_;
   DecoderOptions o_;
   GemmRows gemm_;
-  std::string policy_;
+  CachePolicy policy_;
   bool dmc_, kernels_;
   PagedKVCache cache_;
   DmcState st_;

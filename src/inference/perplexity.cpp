@@ -50,16 +50,18 @@ PplResult perplexity(const Llama& model, const std::vector<int64_t>& tokens, con
   DecoderOptions dopt;
   dopt.max_seqs = 1;
   dopt.n_pages = c.num_hidden_layers * model.local_kv_heads() * PagedKVCache::pages_for(S + 1, dopt.page_size);
-  dopt.policy = o.cache;
+  const CachePolicy cache = parse_cache_policy(o.cache, "cache policy (--cache)");  // the one parse of the name
+  dopt.policy = cache;
   dopt.sinks = o.sinks;
   dopt.force_cr = o.force_cr;
-  const bool evicting = o.cache == "tova" || o.cache == "h2o" || o.cache == "window";
+  const bool evicting = evicts(cache);
   if (evicting) {
     DMC_CHECK(o.budget > 0 || o.cr > 1.0, "--cache ", o.cache, ": give --budget (slots per head) or --cr (> 1)");
     dopt.budget = o.budget > 0 ? o.budget : (int64_t)std::ceil((double)S / o.cr);
   }
-  DMC_CHECK(o.mode == "incremental" || o.cache == "auto" || o.cache == (c.dmc.enabled ? "dmc" : "vanilla"), "--cache ",
-            o.cache, " needs --mode incremental (the parallel forward runs the model's own attention)");
+  DMC_CHECK(o.mode == "incremental" || cache == CachePolicy::Auto ||
+                cache == (c.dmc.enabled ? CachePolicy::Dmc : CachePolicy::Vanilla),
+            "--cache ", o.cache, " needs --mode incremental (the parallel forward runs the model's own attention)");
   const bool dmc = c.dmc.enabled || evicting || o.force_cr > 0;
   // the parallel forward's attention: the model's own (DMC in eval mode for a DMC model)
   DmcOptions dmo;
