@@ -14,6 +14,7 @@
 
 namespace dmc {
 
+#ifdef DMC_WITH_CUDA
 namespace {
 at::Tensor padded_rows(const at::Tensor& x, int64_t Mp) {
   const int64_t M = x.size(0);
@@ -23,6 +24,7 @@ at::Tensor padded_rows(const at::Tensor& x, int64_t Mp) {
   return xp;
 }
 }  // namespace
+#endif
 
 int64_t GemmRows::chosen(int64_t M, int64_t N, int64_t K, at::ScalarType dtype) const {
   auto it = best_.find({M, N, K, (int)dtype});
@@ -86,6 +88,7 @@ int64_t GemmRows::tune(const at::Tensor& x, const at::Tensor& w) {
                  " (", med[best] * 1e3, " us; ", M, " rows ", med[0] * 1e3, " us)"));
   return cands[best];
 #else
+  (void)w;
   return x.size(0);
 #endif
 }

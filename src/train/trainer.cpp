@@ -199,6 +199,7 @@ class GradSync {
 };
 
 double peak_memory_bytes(const at::Device& d) {
+  (void)d;  // CPU builds: the process's peak resident memory
 #ifdef DMC_WITH_CUDA
   if (d.is_cuda()) {
     auto st = c10::cuda::CUDACachingAllocator::getDeviceStats(d.index());
