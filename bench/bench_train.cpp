@@ -34,7 +34,8 @@
 using namespace dmc;
 
 int main(int argc, char** argv) {
-  std::string preset = "llama-1b", mode = "vanilla", device = "auto", json_path, attn_impl = "flash";
+  std::string preset = "llama-1b", mode = "vanilla", device = "auto", json_path;
+  DmcAttnImpl attn_impl = DmcAttnImpl::Flash;
   int64_t seq_len = 4096, micro_batch = 4, steps = 10, warmup = 3, layers = 0;
   bool ckpt = false, fused = true;
   int64_t profile = 0;
@@ -50,7 +51,7 @@ int main(int argc, char** argv) {
   t.add("warmup", &warmup, "untimed steps first");
   t.add("activation_checkpointing", &ckpt, "recompute layers in backward");
   t.add("target_cr", &target_cr, "DMC target ratio (dmc mode)");
-  t.add("dmc_attn_impl", &attn_impl, "dmc mode: DMC attention implementation (flash | blocks)");
+  t.add("dmc_attn_impl", &attn_impl, "dmc mode: DMC attention implementation (flash | blocks)", dmc_attn_impl_names());
   t.add("peak_tflops", &peak, "peak dense bf16 TFLOP/s for MFU");
   t.add("fused_ops", &fused, "fused RMSNorm / SwiGLU kernels on CUDA (false: the ATen forms)");
   t.add("profile", &profile, "then profile this many steps and print the GPU kernels' total time by name");
@@ -73,7 +74,7 @@ int main(int argc, char** argv) {
     std::unique_ptr<DmcStage> stage;
     if (mode == "dmc") {
       RetrofitOptions ro;
-      ro.stage = "finetune";  // fixed target ratio
+      ro.stage = RetrofitStage::Finetune;  // fixed target ratio
       ro.target_cr = target_cr;
       ro.dmc.attn_impl = attn_impl;
       stage = std::make_unique<DmcStage>(ro);
@@ -151,19 +152,20 @@ int main(int argc, char** argv) {
     const double n = (double)c.num_parameters() - (double)c.vocab_size * c.hidden_size;
     const double fpt = 6.0 * n + 12.0 * c.num_hidden_layers * c.q_size() * seq_len;
     const double tps = steps * micro_batch * seq_len / secs;
-    nlohmann::json j = {{"engine", "dmc"},
-                        {"mode", mode == "dmc" ? "dmc/" + attn_impl : mode},
-                        {"preset", preset},
-                        {"layers", c.num_hidden_layers},
-                        {"seq_len", seq_len},
-                        {"micro_batch", micro_batch},
-                        {"activation_checkpointing", ckpt},
-                        {"step_ms", 1e3 * secs / steps},
-                        {"tokens_per_s", tps},
-                        {"mfu", tps * fpt / (peak * 1e12)},
-                        {"peak_memory_GiB", mem / (1 << 30)},
-                        {"last_loss", last},
-                        {"device", dev.str()}};
+    nlohmann::json j = {
+        {"engine", "dmc"},
+        {"mode", mode == "dmc" ? std::string(attn_impl == DmcAttnImpl::Flash ? "dmc/flash" : "dmc/blocks") : mode},
+        {"preset", preset},
+        {"layers", c.num_hidden_layers},
+        {"seq_len", seq_len},
+        {"micro_batch", micro_batch},
+        {"activation_checkpointing", ckpt},
+        {"step_ms", 1e3 * secs / steps},
+        {"tokens_per_s", tps},
+        {"mfu", tps * fpt / (peak * 1e12)},
+        {"peak_memory_GiB", mem / (1 << 30)},
+        {"last_loss", last},
+        {"device", dev.str()}};
     if (profile > 0) {  // kernels of `profile` steps by total device time: what the step spends its time on
       double total = 0;
       const std::string table = kernel_profile([&] { step(warmup + steps).item<double>(); }, (int)profile, 30, &total);

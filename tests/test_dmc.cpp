@@ -11,6 +11,8 @@
 #include "inference/decoder.h"
 #include "inference/generate.h"
 #include "ops/paged_cache.h"
+#include "ops/decode_ops.h"
+#include "ops/fused_ops.h"
 #include "inference/perplexity.h"
 #include "io/safetensors.h"
 #include <random>
@@ -331,7 +333,7 @@ TEST_CASE("every shipped recipe in configs/ parses as a retrofit or train config
       t.load_yaml(f.path().string());
       ++files;
       if (f.path().filename().string().find("retrofit") != std::string::npos) {
-        CHECK(r.stage == "retrofit");
+        CHECK(r.stage == RetrofitStage::Retrofit);
         CHECK(r.target_cr >= 2);
       }
     }
@@ -459,15 +461,22 @@ TEST_CASE("token-by-token decoding through the paged cache equals the parallel e
   }
 }
 
-TEST_CASE("paged cache: per-head lengths, exhaustion reported, thousands of sequences through allocate and free",
-          "[inference]") {
+namespace {
+PagedCacheOptions small_cache(int64_t layers, int64_t seqs, int64_t page_size, int64_t pages) {
   PagedCacheOptions o;
-  o.n_layers = 2;
-  o.max_seqs = 8;
+  o.n_layers = layers;
+  o.max_seqs = seqs;
   o.n_kv_heads = 2;
   o.head_dim = 4;
-  o.page_size = 4;
-  o.n_pages = 64;
+  o.page_size = page_size;
+  o.n_pages = pages;
+  return o;
+}
+}  // namespace
+
+TEST_CASE("paged cache: per-head lengths, exhaustion reported, thousands of sequences through allocate and free",
+          "[inference]") {
+  const PagedCacheOptions o = small_cache(2, 8, 4, 64);
   PagedKVCache cache(o);
   require_error(
       [&] {
@@ -512,6 +521,50 @@ TEST_CASE("paged cache: per-head lengths, exhaustion reported, thousands of sequ
   CHECK(k[0][5][0].item<float>() == 5);
   CHECK(v[0][4][0].item<float>() == -4);
   CHECK(k[1][1][0].item<float>() == 5);  // the second group's slot holds its latest state
+}
+
+// The free-page stack's batched operations (what the reference decode op, the prefill and eviction use) and the
+// reference decode op at an exhausted pool: the row keeps its state, the exhaustion is counted, as the kernel does.
+TEST_CASE("page pool: take_pages / give_pages keep the stack invariants, an exhausted append changes nothing",
+          "[inference]") {
+  const PagedCacheOptions o = small_cache(1, 2, 2, 5);
+  PagedKVCache cache(o);
+  auto L = [](std::vector<int64_t> v) { return at::tensor(v, at::kLong); };
+  // takers served in order off the top: 2 + 0 + 2 pages, then 3 more of which only 1 exists
+  at::Tensor p = cache.take_pages(L({2, 0, 2}), 2);
+  CHECK(at::equal(p, at::tensor(std::vector<int32_t>{0, 1, -1, -1, 2, 3}, at::kInt).view({3, 2})));
+  CHECK(cache.free_pages() == 1);
+  CHECK(cache.exhaustion_count() == 0);
+  at::Tensor q = cache.take_pages(L({3}), 3);
+  CHECK(at::equal(q, at::tensor(std::vector<int32_t>{4, -1, -1}, at::kInt).view({1, 3})));
+  CHECK(cache.free_pages() == 0);
+  CHECK(cache.exhaustion_count() == 2);  // one per page that could not be had
+  // give back 3 and 1 (kept in order), not 0; they come out again last-in first-out
+  cache.give_pages(at::tensor(std::vector<int32_t>{3, 0, 1}, at::kInt),
+                   at::tensor(std::vector<int64_t>{1, 0, 1}).to(at::kBool));
+  CHECK(cache.free_pages() == 2);
+  CHECK(at::equal(cache.take_pages(L({2}), 2), at::tensor(std::vector<int32_t>{1, 3}, at::kInt).view({1, 2})));
+  // the reference decode op on a full pool: an append that needs a page leaves the row's length as it was
+  PagedKVCache c2(o);
+  c2.take_pages(L({5}), 5);  // every page taken
+  DecodeUpdateParams dp;
+  dp.n_heads = 2;
+  dp.n_kv_heads = 2;
+  dp.head_dim = 4;
+  DmcState st;
+  at::Tensor qkv = at::randn({1, 6 * 4});
+  auto [cs, sn] = rope_cos_sin(at::ones({2}), at::arange(8, at::kLong));
+  decode_update_ref(qkv, L({0}), L({0}), at::ones({1}, at::kBool), cs, sn, dp, st, c2);
+  CHECK(c2.length(c2.row(0, 0, 0)) == 0);
+  CHECK(c2.length(c2.row(0, 0, 1)) == 0);
+  CHECK(c2.exhaustion_count() == 2);
+  CHECK(c2.free_pages() == 0);
+  // with pages back, the same step appends one slot a head
+  c2.give_pages(at::tensor(std::vector<int32_t>{0, 1}, at::kInt), at::tensor(std::vector<int64_t>{1, 1}).to(at::kBool));
+  decode_update_ref(qkv, L({0}), L({0}), at::ones({1}, at::kBool), cs, sn, dp, st, c2);
+  CHECK(c2.length(c2.row(0, 0, 0)) == 1);
+  CHECK(c2.length(c2.row(0, 0, 1)) == 1);
+  CHECK(c2.free_pages() == 0);
 }
 
 TEST_CASE("dmc generate on a DMC model decodes through the paged cache, greedy = argmax of the parallel forward",

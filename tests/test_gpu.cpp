@@ -231,7 +231,7 @@ TEST_CASE("CUDA: eval-mode DMC attention through the inference kernels equals th
   REQUIRE(dmc_eval_kernels_apply(fast_parts[1], fast_parts[2], o.window));
   DmcAttention fast = dmc_attention(fast_parts[0], fast_parts[1], fast_parts[2], cos, sin, o, DmcMode::Eval, doc);
   DmcOptions ob = o;
-  ob.attn_impl = "blocks";
+  ob.attn_impl = DmcAttnImpl::Blocks;
   auto ref_parts = split(qkv.to(at::kFloat));
   DmcAttention ref = dmc_attention(ref_parts[0], ref_parts[1], ref_parts[2], cos, sin, ob, DmcMode::Eval, doc);
   const double frac = ref.hard.mean().item<double>();

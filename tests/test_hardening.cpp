@@ -13,6 +13,7 @@
 #include <fstream>
 #include <thread>
 
+#include "train/stages.h"
 #include "common/files.h"
 #include "common/util.h"
 #include "config/options.h"
@@ -364,6 +365,18 @@ TEST_CASE("invalid settings are refused before anything runs, naming option, val
   require_error([&] { t.parse({"x=nan"}); }, {"key 'x'", "out of range"});
   t.parse({"n=3", "x=0", "s=b"});
   CHECK((n == 3 && x == 0 && s == "b"));
+  // an enum setting: parsed once where it is set, the same message as one_of, the field untouched by a bad value
+  RetrofitStage stage = RetrofitStage::Finetune;
+  DmcAttnImpl impl = DmcAttnImpl::Flash;
+  t.add("stage", &stage, "stage", retrofit_stage_names());
+  t.add("impl", &impl, "impl", dmc_attn_impl_names());
+  require_error([&] { t.parse({"stage=zero"}); },
+                {"command line", "key 'stage'", "'zero' is not valid", "one of zero_out, retrofit or finetune"});
+  CHECK(stage == RetrofitStage::Finetune);
+  t.parse({"stage=zero_out", "--impl", "blocks"});
+  CHECK((stage == RetrofitStage::ZeroOut && impl == DmcAttnImpl::Blocks));
+  CHECK(t.to_yaml().find("stage: zero_out") != std::string::npos);
+  CHECK(t.to_yaml().find("impl: blocks") != std::string::npos);
   // YAML whose keys or list items are not plain values (found by the fuzzer: yaml-cpp's own exception escaped)
   std::vector<std::string> items;
   t.add("items", &items, "a list");

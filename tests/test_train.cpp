@@ -361,7 +361,7 @@ TEST_CASE("a DMC retrofit stage with activation checkpointing trains like one wi
     o.train_steps = 3;
     o.activation_checkpointing = ckpt;
     RetrofitOptions r;
-    r.stage = "retrofit";
+    r.stage = RetrofitStage::Retrofit;
     r.target_cr = 3;
     r.dmc.init_val = 0.5;  // decisions on both sides from the start: the DMC path matters
     DmcStage stage(r);

@@ -147,6 +147,20 @@ Option OptionTable::add(const std::string& key, std::string* f, const std::strin
                     [f] { return *f; }});
 }
 
+Option OptionTable::add_named(const std::string& key, const std::string& help, bool required,
+                              std::vector<std::string> names, std::function<void(const std::string&)> assign,
+                              std::function<std::string()> show) {
+  Entry e{key,
+          help,
+          Type::String,
+          required,
+          false,
+          [assign](const std::string& v, const std::string&) { assign(v); },
+          std::move(show)};
+  e.choices = std::move(names);
+  return add_entry(std::move(e));
+}
+
 Option OptionTable::add(const std::string& key, std::vector<std::string>* f, const std::string& help, bool required) {
   return add_entry({key, help, Type::List, required, false,
                     [f](const std::string& v, const std::string&) { *f = split_list(v); },
@@ -180,8 +194,9 @@ bool OptionTable::is_set(const std::string& key) const {
 
 void OptionTable::set(const std::string& key, const std::string& value, const std::string& source) {
   Entry& e = find(key, source);
+  if (!e.choices.empty()) check_value(e, value, source);  // names: before the field is touched
   e.assign(value, source);
-  check_value(e, value, source);
+  if (e.choices.empty()) check_value(e, value, source);  // ranges: of the parsed number
   e.set = true;
 }
 
@@ -200,7 +215,9 @@ void OptionTable::load_yaml(const std::string& path) {
   auto scalar = [&](const YAML::Node& x, const std::string& key, const char* what) {
     if (!x.IsScalar())
       fail(path, ":", x.Mark().line + 1, ": key '", key, "': ", what, " must be a plain value, got ",
-           x.IsMap() ? "a mapping" : x.IsSequence() ? "a list" : "nothing");
+           x.IsMap()        ? "a mapping"
+           : x.IsSequence() ? "a list"
+                            : "nothing");
     return x.Scalar();
   };
   std::function<void(const YAML::Node&, const std::string&)> walk = [&](const YAML::Node& n,

@@ -18,6 +18,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace dmc {
@@ -58,6 +59,25 @@ class OptionTable {
   Option add(const std::string& key, bool* field, const std::string& help, bool required = false);
   Option add(const std::string& key, std::string* field, const std::string& help, bool required = false);
   Option add(const std::string& key, std::vector<std::string>* field, const std::string& help, bool required = false);
+  // An enum setting, named in text by the pairs `names` (e.g. {{"flash", DmcAttnImpl::Flash}, ...}): the text is
+  // checked against the names (the same error as one_of) and parsed into the field once, where it is set.
+  template <typename E>
+  Option add(const std::string& key, E* field, const std::string& help,
+             const std::vector<std::pair<std::string, E>>& names, bool required = false) {
+    std::vector<std::string> text;
+    for (const auto& n : names) text.push_back(n.first);
+    return add_named(
+        key, help, required, text,
+        [field, names](const std::string& v) {
+          for (const auto& n : names)
+            if (n.first == v) *field = n.second;
+        },
+        [field, names] {
+          for (const auto& n : names)
+            if (n.second == *field) return n.first;
+          return std::string("?");
+        });
+  }
   // A check across options (e.g. min_lr <= lr), run once at the end of parse(); it throws dmc::Error itself.
   void check(std::function<void()> fn) { checks_.push_back(std::move(fn)); }
   // Bare arguments fill these keys in order (e.g. `dmc info DIR` -> model).
@@ -100,6 +120,8 @@ class OptionTable {
   };
   Entry& find(const std::string& key, const std::string& source);
   Option add_entry(Entry e);
+  Option add_named(const std::string& key, const std::string& help, bool required, std::vector<std::string> names,
+                   std::function<void(const std::string&)> assign, std::function<std::string()> show);
   void check_value(const Entry& e, const std::string& value, const std::string& source) const;
   static std::string range_text(const Entry& e);
 

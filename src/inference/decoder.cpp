@@ -1,5 +1,7 @@
 #include "inference/decoder.h"
 
+#include "ops/forced_decisions.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -160,7 +162,7 @@ void Decoder::bench_fill(const std::vector<int64_t>& seqs, int64_t T) {
     for (int64_t h = 0; h < nkv; ++h) {
       int64_t n = 1, last = 0;
       for (int64_t t = 1; t < T; ++t)
-        if ((t + h) % o_.force_cr == 0) {
+        if (!dmc_forced_merge(t, h, o_.force_cr)) {
           ++n;
           last = t;
         }
@@ -531,11 +533,7 @@ void Decoder::evict(int64_t layer, const at::Tensor& seq_t, const at::Tensor& po
   at::Tensor pages = cache_.table.index_select(0, rows)
                          .gather(1, last.div(P, "floor").clamp_max(cache_.max_pages_per_row() - 1).unsqueeze(1))
                          .squeeze(1);
-  at::Tensor dl = drop.to(at::kLong);
-  at::Tensor top = cache_.alloc.narrow(0, 0, 1).to(at::kLong);
-  at::Tensor at_ = top + at::cumsum(dl, 0) - 1;  // stack slots for the dropped pages
-  cache_.free_list.index_copy_(0, at_.masked_select(drop), pages.masked_select(drop));
-  cache_.alloc.narrow(0, 0, 1).add_(dl.sum().to(at::kInt));
+  cache_.give_pages(pages, drop);
   cache_.lengths.index_copy_(0, rows, (len - ev.to(at::kLong)).to(at::kInt));
 }
 

@@ -53,7 +53,6 @@ PplResult perplexity(const Llama& model, const std::vector<int64_t>& tokens, con
   const CachePolicy cache = parse_cache_policy(o.cache, "cache policy (--cache)");  // the one parse of the name
   dopt.policy = cache;
   dopt.sinks = o.sinks;
-  dopt.force_cr = o.force_cr;
   const bool evicting = evicts(cache);
   if (evicting) {
     DMC_CHECK(o.budget > 0 || o.cr > 1.0, "--cache ", o.cache, ": give --budget (slots per head) or --cr (> 1)");
@@ -62,7 +61,7 @@ PplResult perplexity(const Llama& model, const std::vector<int64_t>& tokens, con
   DMC_CHECK(o.mode == "incremental" || cache == CachePolicy::Auto ||
                 cache == (c.dmc.enabled ? CachePolicy::Dmc : CachePolicy::Vanilla),
             "--cache ", o.cache, " needs --mode incremental (the parallel forward runs the model's own attention)");
-  const bool dmc = c.dmc.enabled || evicting || o.force_cr > 0;
+  const bool dmc = c.dmc.enabled || evicting;
   // the parallel forward's attention: the model's own (DMC in eval mode for a DMC model)
   DmcOptions dmo;
   dmo.init_val = c.dmc.init_val;

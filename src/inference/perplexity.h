@@ -23,8 +23,7 @@ struct PplOptions {
   int64_t budget = 0;
   double cr = 0;
   int64_t sinks = 4;
-  int64_t force_cr = 0;  // dmc: benchmark-only forced decisions (random weights)
-  int64_t batch = 16;    // incremental: windows decoded together (one sequence each); the result does not depend on it
+  int64_t batch = 16;  // incremental: windows decoded together (one sequence each); the result does not depend on it
 };
 
 struct PplResult {

@@ -69,7 +69,7 @@ at::Tensor decode_update_ref(const at::Tensor& qkv, const at::Tensor& seq, const
     q_out = rope_drop_last(q.unsqueeze(2), cc, ss).squeeze(2);
     at::Tensor alpha;
     if (p.force_cr > 0)
-      alpha = (posl.unsqueeze(1) + at::arange(nkv, lopt).unsqueeze(0)) % p.force_cr != 0;
+      alpha = dmc_forced_merges(posl, nkv, p.force_cr);
     else
       alpha = at::sigmoid(dmc_decision_logits(k, p.init_val)) > 0.5;  // [n, nkv]
     alpha = alpha & ~forced.to(at::kBool).unsqueeze(1);
@@ -100,22 +100,25 @@ at::Tensor decode_update_ref(const at::Tensor& qkv, const at::Tensor& seq, const
     vout = v;
     merge = at::zeros({n, nkv}, lopt.dtype(at::kBool));
   }
-  // cache write: merge overwrites the last slot, an append opens one (a page from the stack at a page boundary)
+  // cache write: merge overwrites the last slot, an append opens one (a page from the stack at a page boundary; when
+  // the pool is out of pages the row is left as it was and the exhaustion counted, as the kernel does)
   at::Tensor len = cache.lengths.index_select(0, rf).to(at::kLong).view({n, nkv});
-  merge = merge & (len > 0);
-  at::Tensor need = (~merge & (len % P == 0)).flatten();
-  at::Tensor slot = at::where(merge, len - 1, len).flatten();
-  at::Tensor needl = need.to(at::kLong);
-  at::Tensor top = cache.alloc.narrow(0, 0, 1).to(at::kLong);
-  at::Tensor total = needl.sum();
-  at::Tensor newpage = cache.free_list.index_select(0, (top - at::cumsum(needl, 0)).clamp_min(0));
+  merge = (merge & (len > 0)).flatten();
+  len = len.flatten();
+  at::Tensor need = ~merge & (len % P == 0);
+  at::Tensor room = len < maxp * P;  // a row whose page table is full gets no page either
+  at::Tensor slot = at::where(merge, len - 1, len);
+  at::Tensor newpage = cache.take_pages((need & room).to(at::kLong), 1).squeeze(1);  // [n nkv], -1: none
+  cache.alloc.narrow(0, 1, 1).add_((need & ~room).sum().to(at::kInt));
   at::Tensor table = cache.table.view({-1});
   at::Tensor tidx = rf * maxp + slot.div(P, "floor").clamp_max(maxp - 1);
-  table.index_copy_(0, tidx, at::where(need, newpage, table.index_select(0, tidx)));
-  cache.alloc.narrow(0, 1, 1).add_((total > top).to(at::kInt));
-  cache.alloc.narrow(0, 0, 1).sub_(total.to(at::kInt));
-  cache.lengths.index_copy_(0, rf, (slot + 1).to(at::kInt));
-  at::Tensor flat = table.index_select(0, tidx).to(at::kLong) * P + slot % P;
+  at::Tensor ok = ~need | (newpage >= 0);
+  at::Tensor wr = need & ok;
+  table.index_copy_(0, tidx, at::where(wr, newpage, table.index_select(0, tidx)));
+  cache.lengths.index_copy_(0, rf, at::where(ok, slot + 1, len).to(at::kInt));
+  // rows that could not get a page write to the trash page (index n_pages) instead
+  const int64_t trash = cache.n_pages() * P;
+  at::Tensor flat = at::where(ok, table.index_select(0, tidx).to(at::kLong) * P + slot % P, at::full({}, trash, lopt));
   cache.k_pages.view({-1, D}).index_put_({flat}, kout.reshape({-1, D}).to(cache.k_pages.scalar_type()));
   cache.v_pages.view({-1, D}).index_put_({flat}, vout.reshape({-1, D}).to(cache.v_pages.scalar_type()));
   return q_out.contiguous();

@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "common/error.h"
+#include "ops/forced_decisions.h"
 
 #include <torch/csrc/autograd/custom_function.h>
 
@@ -30,6 +31,23 @@ double machine_eps(at::ScalarType t) {
   }
 }
 }  // namespace
+
+const std::vector<std::pair<std::string, DmcAttnImpl>>& dmc_attn_impl_names() {
+  static const std::vector<std::pair<std::string, DmcAttnImpl>> names = {{"flash", DmcAttnImpl::Flash},
+                                                                         {"blocks", DmcAttnImpl::Blocks}};
+  return names;
+}
+
+at::Tensor dmc_forced_merges(const at::Tensor& pos, int64_t n_kv_heads, int64_t cr) {
+  DMC_CHECK(cr > 0, "forced decisions: compression ratio must be > 0, got ", cr);
+  // one period of the pattern (t in [0, cr)) from the scalar definition on the host, then looked up by t mod cr on
+  // pos's device: no synchronisation, cr x n_kv_heads host work
+  at::Tensor period = at::empty({cr, n_kv_heads}, at::kBool);
+  bool* o = period.data_ptr<bool>();
+  for (int64_t t = 0; t < cr; ++t)
+    for (int64_t h = 0; h < n_kv_heads; ++h) o[t * n_kv_heads + h] = dmc_forced_merge(t, h, cr);
+  return period.to(pos.device(), /*non_blocking=*/false).index_select(0, pos.to(at::kLong).remainder(cr));
+}
 
 at::Tensor dmc_decision_logits(const at::Tensor& k, double c) { return k.select(-1, k.size(-1) - 1) - c; }
 
@@ -257,9 +275,11 @@ DmcAttention dmc_attention(const at::Tensor& q, const at::Tensor& k, const at::T
     ell = (a + n.to(dt)) / o.temperature;
     p = at::sigmoid(ell);
   } else if (o.force_cr > 0) {
-    at::Tensor t = at::arange(T, q.options().dtype(at::kLong)).view({1, T, 1});
-    at::Tensor h = at::arange(nkv, q.options().dtype(at::kLong)).view({1, 1, nkv});
-    p = ((t + h) % o.force_cr != 0).to(dt).expand({B, T, nkv}).contiguous();
+    p = dmc_forced_merges(at::arange(T, q.options().dtype(at::kLong)), nkv, o.force_cr)
+            .to(dt)
+            .unsqueeze(0)
+            .expand({B, T, nkv})
+            .contiguous();
   } else {
     at::Tensor soft = at::sigmoid(a);
     p = (soft > 0.5).to(dt) + soft - soft.detach();  // straight-through
@@ -288,12 +308,10 @@ DmcAttention dmc_attention(const at::Tensor& q, const at::Tensor& k, const at::T
   const auto acc = dt == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor w = dmc_importance(q, nkv, o.init_val);  // [B, T, nkv]
   const double scale = 1.0 / std::sqrt((double)D);
-  DMC_CHECK(o.attn_impl == "flash" || o.attn_impl == "blocks", "dmc_attn_impl: expected flash or blocks, got '",
-            o.attn_impl, "'");
   const bool no_grad = !at::GradMode::is_enabled();
   at::Tensor out, kr, v_hat;  // out [B, nh, T, D]; kr, v_hat [B, nkv, T, D]
 #ifdef DMC_WITH_CUDA
-  if (no_grad && o.attn_impl == "flash" && dmc_eval_kernels_apply(k, v, o.window)) {
+  if (no_grad && o.attn_impl == DmcAttnImpl::Flash && dmc_eval_kernels_apply(k, v, o.window)) {
     // inference on the GPU (prefill, evaluation): pooling straight from the projection's k and v into the
     // activation dtype, the queries rotated with the bias scale 1/scale already in dimension D-1, the fused blend
     at::Tensor k_hat = at::empty({B, T, nkv, D}, k.options()), vh = at::empty({B, T, nkv, D}, v.options());
@@ -314,7 +332,7 @@ DmcAttention dmc_attention(const at::Tensor& q, const at::Tensor& k, const at::T
     // The CUDA flash kernel takes fp16/bf16 only: fp32 on CUDA (a verification pass, say) takes the blockwise twin.
     // Both are checked against each other on the GPU (tests/test_gpu.cpp).
     const bool flash_ok = !q.is_cuda() || dt == at::kBFloat16 || dt == at::kHalf;
-    out = o.attn_impl == "blocks" || !flash_ok
+    out = o.attn_impl == DmcAttnImpl::Blocks || !flash_ok
               ? biased_causal_attention(qr, kr, v_hat, m.transpose(1, 2), scale, o.attn_block)
               : biased_causal_attention_flash(qr, kr, v_hat, m.transpose(1, 2), scale);
   }

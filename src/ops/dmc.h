@@ -14,8 +14,15 @@
 #include <torch/types.h>
 
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace dmc {
+
+// The DMC attention of the parallel forward: flash (fused kernel + log-sum-exp merge; on CUDA for fp16/bf16, fp32
+// there takes blocks) | blocks (the plain query-block twin).
+enum class DmcAttnImpl { Flash, Blocks };
+const std::vector<std::pair<std::string, DmcAttnImpl>>& dmc_attn_impl_names();  // {"flash", Flash}, {"blocks", ...}
 
 struct DmcOptions {
   double init_val = 5.0;       // c: a = k[D-1] - c, omega = sigmoid(mean q[D-1] + c) + eps
@@ -23,8 +30,7 @@ struct DmcOptions {
   double temperature = 0.1;    // tau of the Gumbel-sigmoid relaxation
   bool doc_boundaries = true;  // force an append at each document start; no merge or bias across it
   int64_t attn_block = 256;    // query block of the "blocks" attention
-  // flash (fused kernel + log-sum-exp merge; on CUDA for fp16/bf16, fp32 there takes blocks) | blocks (plain twin)
-  std::string attn_impl = "flash";
+  DmcAttnImpl attn_impl = DmcAttnImpl::Flash;
   // Benchmark-only decision policy for random weights (eval mode): head h merges at position t unless
   // (t + h) % force_cr == 0, a compression ratio of force_cr. 0 = the model's own decisions.
   int64_t force_cr = 0;
@@ -44,6 +50,9 @@ struct DmcAttention {
   at::Tensor omega;   // [batch, seq, n_kv_heads] fp32 importance weights
 };
 
+// The benchmark's forced decisions (forced_decisions.h) as a tensor: pos [n] int64 -> [n, n_kv_heads] bool (true =
+// merge), on pos's device; built on the host from dmc_forced_merge (the one definition of the pattern).
+at::Tensor dmc_forced_merges(const at::Tensor& pos, int64_t n_kv_heads, int64_t cr);
 // a = k[..., D-1] - c                                 -> [B, T, nkv]
 at::Tensor dmc_decision_logits(const at::Tensor& k, double init_val);
 // omega = sigmoid(mean over the group's query heads of q[..., D-1] + c) + eps(dtype)   -> [B, T, nkv]

@@ -43,10 +43,9 @@ bool PagedKVCache::try_append(int64_t row, const at::Tensor& k, const at::Tensor
   const int64_t n = length(row);
   DMC_CHECK(n < o_.max_slots_per_row, "kv cache: row ", row, " is full (", n, " slots)");
   if (n % o_.page_size == 0) {
-    const int64_t top = free_pages();
-    if (top == 0) return false;
-    table[row][n / o_.page_size].copy_(free_list[top - 1]);
-    alloc[0].sub_(1);
+    if (free_pages() == 0) return false;
+    table[row][n / o_.page_size].copy_(
+        take_pages(at::ones({1}, at::TensorOptions().dtype(at::kLong).device(o_.device)), 1)[0][0]);
   }
   const int64_t page = table[row][n / o_.page_size].item<int64_t>(), off = n % o_.page_size;
   k_pages[page][off].copy_(k);
@@ -76,15 +75,45 @@ void PagedKVCache::free_rows(const at::Tensor& rows) {
   at::Tensor len = lengths.index_select(0, rows).to(at::kLong);                              // [m]
   at::Tensor npg = pages_for(len, o_.page_size);                                             // [m]
   at::Tensor used = at::arange(max_pages_, rows.options()).unsqueeze(0) < npg.unsqueeze(1);  // [m, maxp]
-  at::Tensor pages = table.index_select(0, rows).masked_select(used);                        // [sum npg] (syncs)
-  const int64_t m = pages.numel();
-  if (m > 0) {
-    at::Tensor top = alloc.narrow(0, 0, 1).to(at::kLong);
-    at::Tensor dst = top + at::arange(m, rows.options());
-    free_list.index_put_({dst}, pages);
-    alloc.narrow(0, 0, 1).add_(m);
-  }
+  give_pages(table.index_select(0, rows).flatten(), used.flatten());
   lengths.index_fill_(0, rows, 0);
+}
+
+at::Tensor PagedKVCache::take_pages(const at::Tensor& counts, int64_t max_count) {
+  auto lopt = counts.options().dtype(at::kLong);
+  at::Tensor cnt = counts.to(at::kLong);
+  at::Tensor top = alloc.narrow(0, 0, 1).to(at::kLong);     // [1]
+  at::Tensor start = at::cumsum(cnt, 0) - cnt;              // [m] stack entries taken before i
+  at::Tensor j = at::arange(max_count, lopt).unsqueeze(0);  // [1, max_count]
+  at::Tensor want = j < cnt.unsqueeze(1);                   // [m, max_count]
+  at::Tensor pos = top - 1 - (start.unsqueeze(1) + j);      // stack position of each page
+  at::Tensor got = want & (pos >= 0);
+  at::Tensor pages = free_list.index_select(0, pos.clamp_min(0).flatten()).view({-1, max_count});
+  at::Tensor total = cnt.sum();
+  alloc.narrow(0, 1, 1).add_((want & ~got).sum().to(at::kInt));
+  alloc.narrow(0, 0, 1).copy_(at::clamp_min(top - total, 0).to(at::kInt));
+  return at::where(got, pages, at::full({}, -1, pages.options()));
+}
+
+void PagedKVCache::give_pages(const at::Tensor& pages, const at::Tensor& keep) {
+  at::Tensor k = keep.to(at::kBool);
+  at::Tensor kl = k.to(at::kLong);
+  at::Tensor dst = alloc.narrow(0, 0, 1).to(at::kLong) + at::cumsum(kl, 0) - 1;       // stack slots of the kept pages
+  free_list.index_put_({dst.masked_select(k)}, pages.masked_select(k).to(at::kInt));  // (syncs: a data-dependent size)
+  alloc.narrow(0, 0, 1).add_(kl.sum().to(at::kInt));
+}
+
+PagePool PagedKVCache::pool() const {
+  PagePool p;
+  p.table = table.data_ptr<int>();
+  p.lengths = lengths.data_ptr<int>();
+  p.free_list = free_list.data_ptr<int>();
+  p.alloc = alloc.data_ptr<int>();
+  p.max_pages = (int)max_pages_;
+  p.page_size = (int)o_.page_size;
+  p.max_seqs = (int)o_.max_seqs;
+  p.n_kv_heads = (int)o_.n_kv_heads;
+  return p;
 }
 
 PagedKVCache::RowsPlan PagedKVCache::plan_rows(const int64_t* counts, int64_t m, int64_t free_top) const {
@@ -112,23 +141,18 @@ void PagedKVCache::write_rows(const at::Tensor& rows, const at::Tensor& k, const
 }
 
 void PagedKVCache::allocate_rows(const at::Tensor& rows, const at::Tensor& counts, const RowsPlan& pl) {
-  const int64_t m = rows.numel(), P = o_.page_size;
+  const int64_t P = o_.page_size;
   auto lopt = rows.options();
   at::Tensor cnt = counts.to(lopt);
-  at::Tensor npg = (cnt + P - 1).div(P, "floor");  // [m]
+  at::Tensor npg = pages_for(cnt, P);  // [m]
   const int64_t total = pl.total_pages, top = pl.free_top;
   if (total > top) fail("kv cache exhausted: ", total, " pages needed, ", top, " free");
   DMC_CHECK(pl.max_pages <= max_pages_, "kv cache: a row of more than ", o_.max_slots_per_row,
             " slots (max_slots_per_row)");
-  // the rows' pages come off the stack top in order: row i takes stack entries top-1-(start_i + j)
-  at::Tensor start = at::cumsum(npg, 0) - npg;                         // [m]
-  at::Tensor j = at::arange(max_pages_, lopt).unsqueeze(0);            // [1, maxp]
-  at::Tensor used = j < npg.unsqueeze(1);                              // [m, maxp]
-  at::Tensor pos = (top - 1 - (start.unsqueeze(1) + j)).clamp_min(0);  // [m, maxp]
-  at::Tensor pages = free_list.index_select(0, pos.flatten()).view({m, max_pages_});
+  // the rows' pages come off the stack top in order (the plan has made sure there are enough)
+  at::Tensor pages = take_pages(npg, max_pages_);  // [m, maxp], -1 past a row's pages
   at::Tensor old = table.index_select(0, rows);
-  table.index_copy_(0, rows, at::where(used, pages, old));
-  alloc.narrow(0, 0, 1).sub_(total);
+  table.index_copy_(0, rows, at::where(pages >= 0, pages, old));
   lengths.index_copy_(0, rows, cnt.to(at::kInt));
 }
 

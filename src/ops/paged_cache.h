@@ -1,7 +1,8 @@
 // Paged KV cache with its own length per (layer, sequence, KV head), the layout DMC needs: a merge overwrites a
 // head's last slot, an append opens a new one, so heads of one sequence hold different numbers of slots.
 // Everything lives on the cache's device (tables, lengths and the free-page stack too), so a decode step runs
-// without the host: the step's kernels pop pages from the stack themselves (inference/decode_ops.h).
+// without the host: the step's kernels pop pages from the stack themselves through the pool's device view
+// (page_pool.h); everything else takes and gives pages through take_pages / give_pages, nothing else writes the stack.
 //
 // Layouts (R = n_layers * max_seqs * n_kv_heads rows, row = (layer * max_seqs + seq) * n_kv_heads + head):
 //   k_pages, v_pages: [n_pages, page_size, head_dim]   cache dtype; one KV head's slots per page
@@ -25,6 +26,8 @@
 
 #include <cstdint>
 #include <vector>
+
+#include "ops/page_pool.h"
 
 namespace dmc {
 
@@ -85,6 +88,15 @@ class PagedKVCache {
   void allocate_rows(const at::Tensor& rows, const at::Tensor& counts, const RowsPlan& plan);
   void write_slots(const at::Tensor& rows, const at::Tensor& k, const at::Tensor& v, const at::Tensor& counts,
                    int64_t max_count);
+  // The free-page stack, batched (ATen, on the cache's device, no synchronisation). take_pages: taker i wants
+  // counts[i] (<= max_count) pages, the takers served in order off the stack top; returns [m, max_count] int32
+  // page ids, -1 where the pool ran out (or j >= counts[i]); every page that could not be had adds one to the
+  // exhaustion count. give_pages: pushes pages[i] (any int tensor [m]) where keep[i] (bool [m]).
+  at::Tensor take_pages(const at::Tensor& counts, int64_t max_count);
+  void give_pages(const at::Tensor& pages, const at::Tensor& keep);
+  // The device view the kernels take (page_pool.h).
+  PagePool pool() const;
+
   // Slots of the given rows, padded: k, v [rows, max_len, head_dim] and lengths [rows] (int64, CPU).
   std::tuple<at::Tensor, at::Tensor, at::Tensor> gather(const std::vector<int64_t>& rows) const;
   // Flat slot index (page * page_size + offset) of slots [0, n_slots) of each row, for reading

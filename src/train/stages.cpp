@@ -12,8 +12,21 @@
 namespace dmc {
 using json = nlohmann::json;
 
+const std::vector<std::pair<std::string, RetrofitStage>>& retrofit_stage_names() {
+  static const std::vector<std::pair<std::string, RetrofitStage>> names = {{"zero_out", RetrofitStage::ZeroOut},
+                                                                           {"retrofit", RetrofitStage::Retrofit},
+                                                                           {"finetune", RetrofitStage::Finetune}};
+  return names;
+}
+
+std::string retrofit_stage_name(RetrofitStage s) {
+  for (const auto& n : retrofit_stage_names())
+    if (n.second == s) return n.first;
+  return "?";
+}
+
 void RetrofitOptions::add_to(OptionTable& t) {
-  t.add("stage", &stage, "zero_out | retrofit | finetune", true).one_of({"zero_out", "retrofit", "finetune"});
+  t.add("stage", &stage, "zero_out | retrofit | finetune", retrofit_stage_names(), true);
   t.add("target_cr", &target_cr, "target KV-cache compression ratio (retrofit ramps to it, finetune holds it)").min(1);
   t.add("dmc_init_val", &dmc.init_val, "c: decision logit offset and importance-weight offset");
   t.add("dmc_window", &dmc.window, "merging window W (tokens)").min(1);
@@ -21,19 +34,15 @@ void RetrofitOptions::add_to(OptionTable& t) {
   t.add("dmc_doc_boundaries", &dmc.doc_boundaries, "force an append at document starts; no merge or bias across them");
   t.add("dmc_attn_block", &dmc.attn_block, "query block of the blockwise DMC attention").min(1);
   t.add("dmc_attn_impl", &dmc.attn_impl,
-        "flash (fused kernel; fp32 on CUDA falls back to blocks) | blocks (plain query-block twin)")
-      .one_of({"flash", "blocks"});
+        "flash (fused kernel; fp32 on CUDA falls back to blocks) | blocks (plain query-block twin)",
+        dmc_attn_impl_names());
   t.add("head_stats_every", &head_stats_every, "steps between per-layer/per-head ratio logs").min(0);
-  t.add("dmc_loss_scope", &dmc_loss_scope, "tensor parallel: shard (per-rank hinge, as the reference code) | global")
-      .one_of({"shard", "global"});
+  t.add("dmc_loss_scope", &dmc_loss_scope, "tensor parallel: shard (per-rank hinge, as the reference code) | global",
+        {{"shard", DmcLossScope::Shard}, {"global", DmcLossScope::Global}});
 }
 
 DmcStage::DmcStage(const RetrofitOptions& o) : o_(o) {
-  DMC_CHECK(o.stage == "zero_out" || o.stage == "retrofit" || o.stage == "finetune",
-            "stage: expected zero_out, retrofit or finetune, got '", o.stage, "'");
   DMC_CHECK(o.target_cr >= 1.0, "target_cr: must be >= 1, got ", o.target_cr);
-  DMC_CHECK(o.dmc_loss_scope == "shard" || o.dmc_loss_scope == "global",
-            "dmc_loss_scope: expected shard or global, got '", o.dmc_loss_scope, "'");
 }
 
 void zero_decision_rows(Llama& model) {
@@ -48,9 +57,9 @@ void zero_decision_rows(Llama& model) {
 void DmcStage::begin_step(int64_t step, int64_t total, Llama& model) {
   step_ = step;
   total_ = total;
-  if (o_.stage == "retrofit")
+  if (o_.stage == RetrofitStage::Retrofit)
     target_ = 1.0 + (o_.target_cr - 1.0) * std::min(1.0, (double)step / (double)total);
-  else if (o_.stage == "finetune")
+  else if (o_.stage == RetrofitStage::Finetune)
     target_ = o_.target_cr;
   zero_out_mult_ = std::max(0.0, 1.0 - (double)step / (0.8 * (double)total));
   step_dsum_ = step_dn_ = step_loss_sum_ = step_loss_n_ = 0;
@@ -65,7 +74,7 @@ void DmcStage::begin_step(int64_t step, int64_t total, Llama& model) {
 
 at::Tensor DmcStage::forward_hidden(Llama& model, const data::Batch& b) {
   const bool training = at::GradMode::is_enabled();
-  if (o_.stage == "zero_out") {
+  if (o_.stage == RetrofitStage::ZeroOut) {
     attn_ = std::make_unique<ZeroOutAttention>(zero_out_mult_);
     return model.forward_hidden(b.input, *attn_);
   }
@@ -88,7 +97,7 @@ at::Tensor DmcStage::forward_hidden(Llama& model, const data::Batch& b) {
   at::Tensor h = model.forward_hidden(b.input, attn);
   {
     decisions_ = at::stack(attn.aux).to(at::kFloat);  // [L, B], over this rank's KV heads
-    if (o_.dmc_loss_scope == "global" && model.tp.size > 1)
+    if (o_.dmc_loss_scope == DmcLossScope::Global && model.tp.size > 1)
       decisions_ = reduce_from_group(decisions_, model.tp) / (double)model.tp.size;
     if (training) {
       step_dsum_ += decisions_.detach().mean().item<double>();
@@ -107,7 +116,7 @@ at::Tensor DmcStage::forward_hidden(Llama& model, const data::Batch& b) {
 
 at::Tensor DmcStage::extra_loss(Llama& model) {
   (void)model;
-  if (o_.stage == "zero_out" || !decisions_.defined() || !at::GradMode::is_enabled()) return {};
+  if (o_.stage == RetrofitStage::ZeroOut || !decisions_.defined() || !at::GradMode::is_enabled()) return {};
   at::Tensor l = dmc_loss(decisions_, target_);
   step_loss_sum_ += l.detach().item<double>();
   step_loss_n_ += 1;
@@ -126,7 +135,7 @@ std::vector<std::vector<double>> DmcStage::head_ratios() const {
 
 json DmcStage::metrics() {
   json m;
-  if (o_.stage == "zero_out") {
+  if (o_.stage == RetrofitStage::ZeroOut) {
     m["qk_last_dim_mult"] = zero_out_mult_;
     return m;
   }
@@ -135,7 +144,7 @@ json DmcStage::metrics() {
     // every rank calls metrics() each step: sum the heads' counts and average the decision rate over the group
     at::Tensor dd = at::full({1}, d, at::kDouble);
     all_reduce_sum(dd, *tp_);
-    if (o_.dmc_loss_scope != "global") d = dd.item<double>() / (double)tp_->size;
+    if (o_.dmc_loss_scope != DmcLossScope::Global) d = dd.item<double>() / (double)tp_->size;
     all_reduce_sum(step_counts_, *tp_);
   }
   if (step_counts_.defined()) {
@@ -170,25 +179,31 @@ json DmcStage::metrics() {
 
 void DmcStage::finish(Llama& model) {
   auto& d = model.config.dmc;
-  if (o_.stage == "zero_out") {
+  if (o_.stage == RetrofitStage::ZeroOut) {
     zero_decision_rows(model);
     d.enabled = true;
   }
-  d.stage = o_.stage;
+  d.stage = retrofit_stage_name(o_.stage);
   d.init_val = o_.dmc.init_val;
   d.window = o_.dmc.window;
-  d.target_cr = o_.stage == "zero_out" ? 1.0 : o_.target_cr;
+  d.target_cr = o_.stage == RetrofitStage::ZeroOut ? 1.0 : o_.target_cr;
 }
 
 json DmcStage::state() const {
-  return {{"stage", o_.stage},           {"target_cr", o_.target_cr}, {"current_target_cr", target_},
-          {"merges", merges_},           {"tokens", tokens_},         {"cr_per_head", last_head_ratios_},
-          {"init_val", o_.dmc.init_val}, {"window", o_.dmc.window}};
+  return {{"stage", retrofit_stage_name(o_.stage)},
+          {"target_cr", o_.target_cr},
+          {"current_target_cr", target_},
+          {"merges", merges_},
+          {"tokens", tokens_},
+          {"cr_per_head", last_head_ratios_},
+          {"init_val", o_.dmc.init_val},
+          {"window", o_.dmc.window}};
 }
 
 void DmcStage::load_state(const json& s) {
-  if (s.contains("stage") && s["stage"].get<std::string>() != o_.stage)
-    fail("resume: the checkpoint belongs to stage '", s["stage"].get<std::string>(), "', not '", o_.stage, "'");
+  if (s.contains("stage") && s["stage"].get<std::string>() != retrofit_stage_name(o_.stage))
+    fail("resume: the checkpoint belongs to stage '", s["stage"].get<std::string>(), "', not '",
+         retrofit_stage_name(o_.stage), "'");
   if (s.contains("merges")) merges_ = s["merges"].get<std::vector<std::vector<double>>>();
   if (s.contains("tokens")) tokens_ = s["tokens"].get<std::vector<std::vector<double>>>();
   if (s.contains("cr_per_head")) last_head_ratios_ = s["cr_per_head"];

@@ -18,21 +18,26 @@
 
 namespace dmc {
 
+enum class RetrofitStage { ZeroOut, Retrofit, Finetune };
+const std::vector<std::pair<std::string, RetrofitStage>>& retrofit_stage_names();  // zero_out, retrofit, finetune
+std::string retrofit_stage_name(RetrofitStage s);
+// Under tensor parallelism: Shard = each rank's hinge on the decision mean of its own heads (the reference Megatron
+// code's per-shard semantics), Global = the hinge on the mean over all heads of all ranks.
+enum class DmcLossScope { Shard, Global };
+
 struct RetrofitOptions {
-  std::string stage;  // zero_out | retrofit | finetune
+  RetrofitStage stage = RetrofitStage::Retrofit;  // required in a run's config
   double target_cr = 4.0;
   DmcOptions dmc;
   int64_t head_stats_every = 50;
-  // Under tensor parallelism: "shard" = each rank's hinge on the decision mean of its own heads (the reference
-  // Megatron code's per-shard semantics), "global" = the hinge on the mean over all heads of all ranks.
-  std::string dmc_loss_scope = "shard";
+  DmcLossScope dmc_loss_scope = DmcLossScope::Shard;
   void add_to(OptionTable& t);
 };
 
 class DmcStage : public train::Stage {
  public:
   explicit DmcStage(const RetrofitOptions& o);
-  std::string name() const override { return o_.stage; }
+  std::string name() const override { return retrofit_stage_name(o_.stage); }
   void begin_step(int64_t step, int64_t total, Llama& model) override;
   at::Tensor forward_hidden(Llama& model, const data::Batch& b) override;
   at::Tensor extra_loss(Llama& model) override;
