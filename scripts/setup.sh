@@ -11,7 +11,7 @@ VENV=${DMC_VENV:-$HOME/.local/share/dmc/venv}
 
 if [ "${DMC_SKIP_APT:-0}" != 1 ] && command -v apt-get >/dev/null; then
   pkgs="build-essential cmake ninja-build ccache pkg-config python3-venv libsentencepiece-dev sentencepiece libgloo-dev
-        libyaml-cpp-dev libspdlog-dev nlohmann-json3-dev catch2 liblzma-dev zlib1g-dev"
+        libyaml-cpp-dev libspdlog-dev nlohmann-json3-dev catch2 liblzma-dev zlib1g-dev libpcre2-dev"
   missing=$(for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
   if [ -n "$missing" ]; then
     SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
@@ -31,8 +31,8 @@ if [ "$have" != "$TORCH_VERSION" ]; then
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q "torch==$TORCH_VERSION"
 fi
-if ! "$VENV/bin/python" -c 'import transformers, safetensors, numpy, sentencepiece' 2>/dev/null; then
-  echo "[setup] pip install test oracles (transformers, safetensors, numpy, sentencepiece)"
-  "$VENV/bin/pip" install -q transformers safetensors numpy sentencepiece
+if ! "$VENV/bin/python" -c 'import transformers, safetensors, numpy, sentencepiece, tokenizers, gguf' 2>/dev/null; then
+  echo "[setup] pip install test oracles (transformers, tokenizers, safetensors, numpy, sentencepiece, gguf)"
+  "$VENV/bin/pip" install -q transformers tokenizers safetensors numpy sentencepiece "gguf>=0.10"
 fi
 echo "[setup] ok: venv $VENV, torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)')"

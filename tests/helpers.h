@@ -77,6 +77,17 @@ inline std::string shared_dir() {
   return fs::exists(p) ? p.string() : "";
 }
 
+// SmolLM2-135M-Instruct's GGUF where scripts/get_smollm2.sh --fetch-only puts it ($DMC_SMOLLM2_GGUF overrides); ""
+// when absent (the caller SKIPs).
+inline std::string smollm2_gguf() {
+  if (const char* env = std::getenv("DMC_SMOLLM2_GGUF")) return fs::exists(env) ? std::string(env) : "";
+  const char* cache = std::getenv("DMC_CACHE");
+  const char* home = std::getenv("HOME");
+  fs::path base = cache ? fs::path(cache) : fs::path(home ? home : "/nonexistent") / ".cache" / "dmc";
+  fs::path p = base / "smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf";
+  return fs::exists(p) ? p.string() : "";
+}
+
 inline void write_text(const std::string& path, const std::string& text) {
   std::ofstream out(path, std::ios::binary);
   out << text;

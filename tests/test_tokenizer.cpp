@@ -4,7 +4,10 @@
 
 #include "common/util.h"
 #include "helpers.h"
+#include "tokenizer/bpe.h"
 #include "tokenizer/tokenizer.h"
+
+#include <nlohmann/json.hpp>
 
 using namespace dmc;
 using namespace dmc::test;
@@ -67,4 +70,115 @@ TEST_CASE("bad tokenizer files", "[tokenizer][bad]") {
   require_error([&] { Tokenizer::load(work + "/none.model"); }, {"none.model", "does not exist"});
   write_text(work + "/junk.model", "this is not a protobuf");
   require_error([&] { Tokenizer::load(work + "/junk.model"); }, {"junk.model", "not a SentencePiece model"});
+}
+
+// ---- byte-level BPE (tokenizer.json / GGUF) against Hugging Face `tokenizers` -----------------------------------
+namespace {
+bool have_hf_tokenizers() {
+  static int ok = -1;
+  if (ok < 0) ok = run(python() + " -c 'import tokenizers, gguf'").status == 0;
+  return ok == 1;
+}
+std::string hf_tok(const std::string& args) {
+  auto r = run(python() + " " + std::string(DMC_SOURCE_DIR) + "/tests/reference/hf_tokenizers.py " + args);
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  return r.output;
+}
+// Every line's ids from dmc equal HF's, and decode(encode(x)) == x (HF's decode too).
+void compare_with_hf(const Tokenizer& tok, const std::string& tokenizer_json, const std::string& work) {
+  hf_tok("lines " + work + "/lines.json");
+  hf_tok("encode " + tokenizer_json + " " + work + "/lines.json " + work + "/hf.json");
+  const auto lines = nlohmann::json::parse(read_file(work + "/lines.json"));
+  const auto hf = nlohmann::json::parse(read_file(work + "/hf.json"));
+  REQUIRE(lines.size() >= 2000);
+  REQUIRE(lines.size() == hf.size());
+  size_t same = 0, round = 0, shown = 0;
+  for (size_t i = 0; i < lines.size(); ++i) {
+    const std::string s = lines[i];
+    const auto ids = tok.encode(s);
+    const auto want = hf[i]["ids"].get<std::vector<int64_t>>();
+    if (ids == want) {
+      ++same;
+    } else if (shown++ < 5) {  // the first few differences in full
+      INFO("line " << i << ": " << s);
+      CHECK(ids == want);
+    }
+    round += tok.decode(ids) == s && hf[i]["decoded"] == s;
+  }
+  CHECK(same == lines.size());
+  CHECK(round == lines.size());
+}
+}  // namespace
+
+TEST_CASE("byte-level BPE: a Llama-3-style tokenizer.json trained by HF tokenizers encodes 2000 lines as HF does",
+          "[tokenizer][bpe]") {
+  if (!have_hf_tokenizers()) SKIP("python packages tokenizers / gguf not available: " + python());
+  const auto work = tmp_dir("bpe-l3");
+  hf_tok("train_llama3 " + work + "/l3");
+  auto tok = Tokenizer::load(work + "/l3");  // the directory: its tokenizer.json
+  CHECK(tok.kind() == "bpe");
+  CHECK(tok.bos_id() == -1);  // no tokenizer_config.json: no BOS, none added
+  CHECK(tok.encode("hi", true) == tok.encode("hi"));
+  compare_with_hf(tok, work + "/l3/tokenizer.json", work);
+  // tokenizer_config.json beside it: BOS / EOS by name, add_bos_token, the chat template
+  write_text(work + "/l3/tokenizer_config.json",
+             R"({"bos_token": "<|im_start|>", "eos_token": {"content": "<|im_end|>"}, "add_bos_token": true,
+                 "chat_template": "{{ x }}"})");
+  auto t2 = Tokenizer::load(work + "/l3/tokenizer.json");
+  CHECK(t2.bos_id() == t2.piece_id("<|im_start|>"));
+  CHECK(t2.eos_id() == t2.piece_id("<|im_end|>"));
+  CHECK(t2.encode("hi", true).front() == t2.bos_id());
+  CHECK(t2.chat_template() == "{{ x }}");
+}
+
+TEST_CASE("byte-level BPE: SmolLM2's tokenizer rebuilt from its GGUF metadata encodes 2000 lines as HF does",
+          "[tokenizer][bpe][smollm2]") {
+  if (!have_hf_tokenizers()) SKIP("python packages tokenizers / gguf not available: " + python());
+  const std::string gguf = smollm2_gguf();
+  if (gguf.empty()) SKIP("SmolLM2 GGUF not fetched (scripts/get_smollm2.sh --fetch-only)");
+  const auto work = tmp_dir("bpe-smol");
+  hf_tok("from_gguf " + gguf + " " + work + "/hf");  // built with the tokenizers API from the gguf package's reading
+  auto tok = Tokenizer::load(gguf);
+  CHECK(tok.vocab_size() == 49152);
+  CHECK(tok.bos_id() == 1);
+  CHECK(tok.eos_id() == 2);
+  CHECK(!tok.adds_bos());
+  CHECK(tok.piece(1) == "<|im_start|>");
+  CHECK(tok.chat_template().find("<|im_start|>") != std::string::npos);
+  compare_with_hf(tok, work + "/hf/tokenizer.json", work);
+  // dmc's own tokenizer.json of it (what convert --from-gguf writes) loads in HF tokenizers with the same ids
+  write_text(work + "/dmc.json", tok.bpe()->to_json().dump());
+  compare_with_hf(Tokenizer::load(work + "/dmc.json"), work + "/dmc.json", work);
+}
+
+TEST_CASE("bad tokenizer.json files: clear errors naming the file and the field", "[tokenizer][bad]") {
+  const auto work = tmp_dir("badbpe");
+  auto expect = [&](const std::string& text, const std::vector<std::string>& parts) {
+    write_text(work + "/tokenizer.json", text);
+    require_error([&] { Tokenizer::load(work + "/tokenizer.json"); }, parts);
+  };
+  const std::string vocab = R"("vocab": {"a": 0, "b": 1, "ab": 2})";
+  expect("{not json", {"tokenizer.json", "not valid JSON"});
+  expect(R"({"model": {"type": "WordPiece", )" + vocab + "}}", {"tokenizer.json", "model type 'WordPiece'", "BPE"});
+  expect(R"({"model": {"type": "BPE", )" + vocab + R"(, "merges": ["a c"]}})",
+         {"tokenizer.json", "merges[0]", "'c'", "not in the vocab"});
+  expect(R"({"model": {"type": "BPE", )" + vocab + R"(, "merges": ["a b"]}, "pre_tokenizer": {"type": "Whitespace"}})",
+         {"tokenizer.json", "pre_tokenizer type 'Whitespace'"});
+  expect(
+      R"({"model": {"type": "BPE", )" + vocab +
+          R"(, "merges": []}, "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "(a"}, "behavior": "Isolated"}})",
+      {"tokenizer.json", "regex", "does not compile"});
+  expect(R"({"model": {"type": "BPE", )" + vocab + R"(, "merges": []}, "normalizer": {"type": "NFKC"}})",
+         {"tokenizer.json", "normalizer 'NFKC'"});
+  // a model whose vocabulary size differs from its tokenizer's
+  write_text(work + "/tokenizer.json", R"({"model": {"type": "BPE", )" + vocab + R"(, "merges": ["a b"]}})");
+  auto tok = Tokenizer::load(work + "/tokenizer.json");
+  CHECK(tok.encode("abba") == std::vector<int64_t>{2, 1, 0});
+  require_error([&] { tok.check_model_vocab(49152, "m/config.json"); },
+                {"tokenizer.json", "3", "m/config.json", "49152"});
+  CHECK(Tokenizer::load(work).vocab_size() == 3);  // a directory: its tokenizer.json
+  require_error([&] { Tokenizer::load(work + "/empty-dir-" + std::to_string(1)); }, {"empty-dir-1"});
+  fs::create_directories(work + "/nothing");
+  require_error([&] { Tokenizer::load(work + "/nothing"); }, {"nothing", "no tokenizer.json or tokenizer.model"});
 }

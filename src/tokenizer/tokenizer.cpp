@@ -7,9 +7,14 @@
 #include <sstream>
 #include <unordered_map>
 
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
 #include "common/error.h"
 #include "common/files.h"
 #include "common/util.h"
+#include "io/gguf.h"
+#include "tokenizer/bpe.h"
 
 namespace dmc {
 
@@ -40,30 +45,125 @@ Tokenizer::~Tokenizer() = default;
 Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
 Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 
+namespace {
+using json = nlohmann::json;
+namespace fs = std::filesystem;
+bool ends_with(const std::string& s, const std::string& suf) {
+  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
+}
+// tokenizer_config.json's bos_token / eos_token: a string or {"content": string}
+std::string token_text(const json& v) {
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_object() && v.contains("content") && v["content"].is_string()) return v["content"].get<std::string>();
+  return "";
+}
+}  // namespace
+
 Tokenizer Tokenizer::load(const std::string& path) {
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) {
+    for (const char* f : {"tokenizer.json", "tokenizer.model"})
+      if (fs::exists(fs::path(path) / f)) return load((fs::path(path) / f).string());
+    fail(path, ": the directory has no tokenizer.json or tokenizer.model");
+  }
+  if (ends_with(path, ".gguf")) return from_gguf(*io::GgufFile::open(path));
   const std::string bytes = read_file(path, "tokenizer");
   Tokenizer t;
+  t.path_ = path;
+  t.fingerprint_ = fnv1a_hex(bytes);
+  if (ends_with(path, ".json")) {
+    json j;
+    try {
+      j = json::parse(bytes);
+    } catch (const std::exception& e) {
+      fail(path, ": not valid JSON (", e.what(), ")");
+    }
+    t.bpe_ = std::make_unique<BpeTokenizer>(BpeTokenizer::from_json(j, path));
+    t.adds_bos_ = false;
+    const fs::path cfg = fs::path(path).parent_path() / "tokenizer_config.json";
+    if (fs::exists(cfg)) {
+      json c;
+      try {
+        c = json::parse(read_file(cfg.string(), "tokenizer config"));
+      } catch (const dmc::Error&) {
+        throw;
+      } catch (const std::exception& e) {
+        fail(cfg.string(), ": not valid JSON (", e.what(), ")");
+      }
+      if (c.contains("bos_token")) t.bos_ = t.bpe_->token_id(token_text(c["bos_token"]));
+      if (c.contains("eos_token")) t.eos_ = t.bpe_->token_id(token_text(c["eos_token"]));
+      if (c.contains("add_bos_token") && c["add_bos_token"].is_boolean()) t.adds_bos_ = c["add_bos_token"];
+      if (c.contains("chat_template") && c["chat_template"].is_string()) t.chat_template_ = c["chat_template"];
+    }
+    return t;
+  }
   t.sp_ = std::make_unique<sentencepiece::SentencePieceProcessor>();
   auto st = t.sp_->LoadFromSerializedProto(bytes);
   if (!st.ok()) fail(path, ": not a SentencePiece model (", sp_status_text(st), ")");
+  t.bos_ = t.sp_->bos_id();
+  t.eos_ = t.sp_->eos_id();
+  return t;
+}
+
+Tokenizer Tokenizer::from_gguf(const io::GgufFile& g) {
+  const std::string& path = g.path();
+  const std::string model = g.get_string("tokenizer.ggml.model");
+  if (model != "gpt2")
+    fail(path, ": metadata 'tokenizer.ggml.model' = '", model,
+         "' is not supported (expected gpt2: byte-level BPE; SentencePiece-style 'llama' GGUF tokenizers are not)");
+  auto strings = [&](const std::string& key, bool required) {
+    std::vector<std::string> v;
+    if (!g.has(key)) {
+      if (required) fail(path, ": metadata key '", key, "' is missing");
+      return v;
+    }
+    const json& a = g.metadata()[key];
+    if (!a.is_array()) fail(path, ": metadata '", key, "' must be an array of strings");
+    for (const auto& x : a) {
+      if (!x.is_string()) fail(path, ": metadata '", key, "' must be an array of strings");
+      v.push_back(x.get<std::string>());
+    }
+    return v;
+  };
+  std::vector<int64_t> types;
+  if (g.has("tokenizer.ggml.token_type"))
+    for (const auto& x : g.metadata()["tokenizer.ggml.token_type"]) {
+      if (!x.is_number_integer()) fail(path, ": metadata 'tokenizer.ggml.token_type' must be integers");
+      types.push_back(x.get<int64_t>());
+    }
+  Tokenizer t;
   t.path_ = path;
-  t.fingerprint_ = fnv1a_hex(bytes);
+  t.bpe_ = std::make_unique<BpeTokenizer>(BpeTokenizer::from_gguf(strings("tokenizer.ggml.tokens", true),
+                                                                  strings("tokenizer.ggml.merges", true), types,
+                                                                  g.get_string("tokenizer.ggml.pre", "default"), path));
+  t.bos_ = g.get_int("tokenizer.ggml.bos_token_id", -1);
+  t.eos_ = g.get_int("tokenizer.ggml.eos_token_id", -1);
+  for (int64_t id : {t.bos_, t.eos_})
+    if (id >= t.bpe_->vocab_size()) fail(path, ": BOS/EOS id ", id, " is outside the vocabulary");
+  t.adds_bos_ = g.has("tokenizer.ggml.add_bos_token") && g.metadata()["tokenizer.ggml.add_bos_token"] == true;
+  t.chat_template_ = g.get_string("tokenizer.chat_template", "");
+  t.fingerprint_ = fnv1a_hex(t.bpe_->to_json().dump());
   return t;
 }
 
 std::vector<int64_t> Tokenizer::encode(const std::string& text, bool add_bos, bool add_eos) const {
-  std::vector<int> ids;
-  auto st = sp_->Encode(text, &ids);
-  if (!st.ok()) fail(path_, ": encode failed (", st.ToString(), ")");
   std::vector<int64_t> out;
-  out.reserve(ids.size() + 2);
-  if (add_bos) out.push_back(bos_id());
-  out.insert(out.end(), ids.begin(), ids.end());
-  if (add_eos) out.push_back(eos_id());
+  if (add_bos && adds_bos_ && bos_ >= 0) out.push_back(bos_);
+  if (bpe_) {
+    const auto ids = bpe_->encode(text);
+    out.insert(out.end(), ids.begin(), ids.end());
+  } else {
+    std::vector<int> ids;
+    auto st = sp_->Encode(text, &ids);
+    if (!st.ok()) fail(path_, ": encode failed (", st.ToString(), ")");
+    out.insert(out.end(), ids.begin(), ids.end());
+  }
+  if (add_eos && eos_ >= 0) out.push_back(eos_);
   return out;
 }
 
 std::string Tokenizer::decode(const std::vector<int64_t>& ids) const {
+  if (bpe_) return bpe_->decode(ids);
   std::vector<int> v;
   for (int64_t id : ids) {
     if (id < 0 || id >= vocab_size()) fail(path_, ": token id ", id, " out of range [0, ", vocab_size(), ")");
@@ -76,9 +176,18 @@ std::string Tokenizer::decode(const std::vector<int64_t>& ids) const {
 }
 
 std::string Tokenizer::decode_piece(int64_t id) const { return decode({id}); }
-int64_t Tokenizer::vocab_size() const { return sp_->GetPieceSize(); }
-int64_t Tokenizer::bos_id() const { return sp_->bos_id(); }
-int64_t Tokenizer::eos_id() const { return sp_->eos_id(); }
+int64_t Tokenizer::vocab_size() const { return bpe_ ? bpe_->vocab_size() : sp_->GetPieceSize(); }
+int64_t Tokenizer::bos_id() const { return bos_; }
+int64_t Tokenizer::eos_id() const { return eos_; }
+std::string Tokenizer::piece(int64_t id) const {
+  if (id < 0 || id >= vocab_size()) fail(path_, ": token id ", id, " out of range [0, ", vocab_size(), ")");
+  return bpe_ ? bpe_->token(id) : sp_->IdToPiece((int)id);
+}
+int64_t Tokenizer::piece_id(const std::string& p) const {
+  if (bpe_) return bpe_->token_id(p);
+  const int id = sp_->PieceToId(p);
+  return id == sp_->unk_id() && p != sp_->IdToPiece(id) ? -1 : id;
+}
 
 StreamDecoder::StreamDecoder(const Tokenizer& tok, std::vector<int64_t> prompt)
     : tok_(tok), ids_(std::move(prompt)), shown_(tok.decode(ids_)) {}
