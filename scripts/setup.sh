@@ -31,8 +31,8 @@ if [ "$have" != "$TORCH_VERSION" ]; then
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q "torch==$TORCH_VERSION"
 fi
-if ! "$VENV/bin/python" -c 'import transformers, safetensors, numpy, sentencepiece, tokenizers, gguf' 2>/dev/null; then
-  echo "[setup] pip install test oracles (transformers, tokenizers, safetensors, numpy, sentencepiece, gguf)"
-  "$VENV/bin/pip" install -q transformers tokenizers safetensors numpy sentencepiece "gguf>=0.10"
+if ! "$VENV/bin/python" -c 'import transformers, safetensors, numpy, sentencepiece, tokenizers, gguf, accelerate' 2>/dev/null; then
+  echo "[setup] pip install test oracles (transformers, tokenizers, safetensors, numpy, sentencepiece, gguf, accelerate)"
+  "$VENV/bin/pip" install -q transformers tokenizers safetensors numpy sentencepiece "gguf>=0.10" accelerate
 fi
 echo "[setup] ok: venv $VENV, torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)')"

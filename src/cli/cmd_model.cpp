@@ -9,7 +9,9 @@
 #include "common/util.h"
 #include "train/model_shape.h"
 #include "config/options.h"
+#include "io/gguf.h"
 #include "io/safetensors.h"
+#include "tokenizer/bpe.h"
 #include "model/llama.h"
 #include "tokenizer/tokenizer.h"
 
@@ -94,22 +96,52 @@ int cmd_init(const Args& a) {
 }
 
 int cmd_convert(const Args& a) {
-  std::string model, out, dtype = "bf16", max_shard = "5GB";
+  std::string model, from_gguf, out, dtype = "bf16", max_shard = "5GB";
   bool overwrite = false;
-  OptionTable t("convert", "dmc convert --model DIR --out DIR [--dtype bf16|fp16|fp32] [--max-shard-size 5GB]");
-  t.add("model", &model, "input model directory", true);
+  OptionTable t(
+      "convert",
+      "dmc convert (--model DIR | --from-gguf FILE) --out DIR [--dtype bf16|fp16|fp32] [--max-shard-size 5GB]");
+  t.add("model", &model, "input model directory");
+  t.add("from_gguf", &from_gguf, "input llama.cpp GGUF file (weights dequantized, its tokenizer as tokenizer.json)");
   t.add("out", &out, "output model directory", true);
   t.add("dtype", &dtype, "output dtype: bf16, fp16, fp32");
   t.add("max_shard_size", &max_shard, "largest shard file (e.g. 5GB, 500MB); larger models are sharded with an index");
   t.add("overwrite", &overwrite, "replace --out if it exists");
+  t.check(
+      [&] { DMC_CHECK(model.empty() != from_gguf.empty(), "convert: give one of --model DIR or --from-gguf FILE"); });
   t.parse(a);
   log::info(t.to_yaml());
   const at::ScalarType dt = parse_dtype(dtype, "dtype");
   const int64_t shard = parse_bytes(max_shard, "max_shard_size");
-  check_output_target(out, overwrite, {model}, "output model directory");  // before the (long) load
+  const std::string input = model.empty() ? from_gguf : model;
+  check_output_target(out, overwrite, {input}, "output model directory");  // before the (long) load
+  std::map<std::string, std::string> extra;
+  if (!from_gguf.empty()) {
+    // the tokenizer of the GGUF's metadata as HF files: tokenizer.json, tokenizer_config.json, generation_config.json
+    auto g = io::GgufFile::open(from_gguf);
+    auto tok = Tokenizer::from_gguf(*g);
+    auto name = [&](int64_t id) { return id >= 0 ? nlohmann::json(tok.piece(id)) : nlohmann::json(nullptr); };
+    nlohmann::json cfg = {{"tokenizer_class", "PreTrainedTokenizerFast"},
+                          {"bos_token", name(tok.bos_id())},
+                          {"eos_token", name(tok.eos_id())},
+                          {"add_bos_token", tok.adds_bos()},
+                          {"model_max_length", g->get_int("llama.context_length", 4096)},
+                          {"clean_up_tokenization_spaces", false}};
+    if (g->has("tokenizer.ggml.unknown_token_id"))
+      cfg["unk_token"] = name(g->get_int("tokenizer.ggml.unknown_token_id"));
+    if (g->has("tokenizer.ggml.padding_token_id"))
+      cfg["pad_token"] = name(g->get_int("tokenizer.ggml.padding_token_id"));
+    if (!tok.chat_template().empty()) cfg["chat_template"] = tok.chat_template();
+    extra["tokenizer.json"] = tok.bpe()->to_json().dump(2);
+    extra["tokenizer_config.json"] = cfg.dump(2);
+    extra["generation_config.json"] = nlohmann::json{
+        {"bos_token_id", tok.bos_id()},
+        {"eos_token_id", tok.eos_id()},
+        {"_from_model_config", false}}.dump(2);
+  }
   // Loading in the target dtype converts tensor by tensor from the mapping.
-  auto m = Llama::load(model, dt, at::kCPU);
-  m.save(out, dt, shard, overwrite, {model});
+  auto m = Llama::load(input, dt, at::kCPU);
+  m.save(out, dt, shard, overwrite, {input}, extra);
   log::info(cat("wrote ", out, " (", dtype, ", shards of at most ", max_shard, ")"));
   return 0;
 }

@@ -12,18 +12,31 @@
 #include "data/dataset.h"
 #include "inference/generate.h"
 #include "inference/perplexity.h"
+#include "tokenizer/chat.h"
 #include "tokenizer/tokenizer.h"
 
 namespace dmc::cli {
 
+namespace {
+// What names the model's shape in errors: DIR/config.json, or the .gguf file itself.
+std::string model_config_name(const std::string& model) {
+  return model.size() > 5 && model.compare(model.size() - 5, 5, ".gguf") == 0 ? model : model + "/config.json";
+}
+}  // namespace
+
 int cmd_generate(const Args& a) {
-  std::string model_dir, tok_path, prompt, device = "auto", dtype = "auto";
+  std::string model_dir, tok_path, prompt, device = "auto", dtype = "auto", system, chat_format = "auto";
   int64_t max_new = 64, top_k = 0, seed = 1234;
   double temperature = 0.8, top_p = 0.95;
-  bool add_bos = true;
-  OptionTable t("generate", "dmc generate --model DIR --tokenizer FILE --prompt TEXT [options]");
-  t.add("model", &model_dir, "model directory (HF safetensors + config.json)", true);
-  t.add("tokenizer", &tok_path, "SentencePiece tokenizer.model", true);
+  bool add_bos = true, chat = false;
+  OptionTable t("generate", "dmc generate --model DIR|FILE.gguf [--tokenizer T] --prompt TEXT [--chat] [options]");
+  t.add("model", &model_dir, "model directory (HF safetensors + config.json) or a .gguf file", true);
+  t.add("tokenizer", &tok_path,
+        "tokenizer.model, tokenizer.json, a .gguf or a directory (default: the model's own, from --model)");
+  t.add("chat", &chat, "wrap the prompt in the model's chat template as a user message (instruct models)");
+  t.add("system", &system, "--chat: the system message (default: the template's own, if any)");
+  t.add("chat_format", &chat_format, "--chat: auto (from the tokenizer's template), chatml or llama2")
+      .one_of({"auto", "chatml", "llama2"});
   t.add("prompt", &prompt, "prompt text", true);
   t.add("max_new_tokens", &max_new, "tokens to generate").min(0);
   t.add("temperature", &temperature, "sampling temperature (0 = greedy)").min(0);
@@ -36,14 +49,22 @@ int cmd_generate(const Args& a) {
   t.parse(a);
   log::info(t.to_yaml());
   auto [dev, dt] = resolve_runtime(device, dtype);
-  auto tok = Tokenizer::load(tok_path);
+  auto tok = Tokenizer::load(tok_path.empty() ? model_dir : tok_path);
   auto model = Llama::load(model_dir, dt, dev);
-  tok.check_model_vocab(model.config.vocab_size, model_dir + "/config.json");
+  tok.check_model_vocab(model.config.vocab_size, model_config_name(model_dir));
   GenerateOptions go;
   go.max_new_tokens = max_new;
   go.sampling = {temperature, top_k, top_p, (uint64_t)seed};
-  auto ids = tok.encode(prompt, add_bos);
-  std::cout << prompt << std::flush;
+  std::vector<int64_t> ids;
+  if (chat) {
+    const ChatPrompt cp = apply_chat(tok, parse_chat_format(chat_format), system, prompt);
+    ids = tok.encode(cp.text);
+    if (cp.add_bos && tok.bos_id() >= 0) ids.insert(ids.begin(), tok.bos_id());
+    std::cout << cp.text << std::flush;
+  } else {
+    ids = tok.encode(prompt, add_bos);
+    std::cout << prompt << std::flush;
+  }
   StreamDecoder stream(tok, ids);  // prompt + generated ids decoded together: the first piece keeps its space
   auto res = generate(model, {ids}, go, [&](int64_t, int64_t id) {
     if (id == tok.eos_id()) return;
@@ -70,10 +91,12 @@ int cmd_eval(const Args& a) {
   std::string mode = "parallel", cache = "auto";
   int64_t budget = 0, sinks = 4, batch = 16;
   double cr = 0;
-  OptionTable t("eval ppl",
-                "dmc eval ppl --model DIR --tokenizer FILE --text FILE [--seq-len N] [--stride N] [--json OUT]");
-  t.add("model", &model_dir, "model directory", true);
-  t.add("tokenizer", &tok_path, "SentencePiece tokenizer.model", true);
+  OptionTable t(
+      "eval ppl",
+      "dmc eval ppl --model DIR|FILE.gguf [--tokenizer T] --text FILE [--seq-len N] [--stride N] [--json OUT]");
+  t.add("model", &model_dir, "model directory or a .gguf file", true);
+  t.add("tokenizer", &tok_path,
+        "tokenizer.model, tokenizer.json, a .gguf or a directory (default: the model's own, from --model)");
   t.add("text", &text_path, "UTF-8 text file to score (or --data)");
   t.add("data", &data_dir, "a `dmc data prepare` directory to score instead of --text (its documents concatenated)");
   t.add("split", &split, "--data: the split to score (valid or train)").one_of({"train", "valid"});
@@ -97,10 +120,10 @@ int cmd_eval(const Args& a) {
   t.parse(Args(a.begin() + 1, a.end()));
   log::info(t.to_yaml());
   auto [dev, dt] = resolve_runtime(device, dtype);
-  auto tok = Tokenizer::load(tok_path);
+  auto tok = Tokenizer::load(tok_path.empty() ? model_dir : tok_path);
   DMC_CHECK(text_path.empty() != data_dir.empty(), "give one of --text FILE or --data DIR (what to score)");
   auto model = Llama::load(model_dir, dt, dev);
-  tok.check_model_vocab(model.config.vocab_size, model_dir + "/config.json");
+  tok.check_model_vocab(model.config.vocab_size, model_config_name(model_dir));
   std::vector<int64_t> ids;
   if (!text_path.empty()) {
     ids = tok.encode(read_file(text_path, "text"), add_bos);

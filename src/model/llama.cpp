@@ -15,7 +15,10 @@
 #include "common/log.h"
 #include "common/files.h"
 #include "common/util.h"
+#include "io/gguf.h"
 #include "io/safetensors.h"
+
+#include <set>
 
 namespace dmc {
 namespace fs = std::filesystem;
@@ -102,7 +105,55 @@ void check_unused_tensors(const io::TensorStore& st, const std::string& dir, con
 }
 }  // namespace
 
+Llama Llama::load_gguf(const std::string& path, at::ScalarType dtype, at::Device device) {
+  auto g = io::GgufFile::open(path);
+  Llama m;
+  m.config = LlamaConfig::from_gguf_metadata(g->metadata(), path, g->find("output.weight") != nullptr);
+  const auto& c = m.config;
+  const int64_t H = c.hidden_size, F = c.intermediate_size, D = c.head_dim;
+  std::set<std::string> used;
+  auto get = [&](const std::string& name, std::vector<int64_t> shape) {
+    const io::GgufTensor* t = g->find(name);
+    if (!t) fail(path, ": missing tensor '", name, "'");
+    if (t->torch_shape() != shape)
+      fail(path, ": tensor '", name, "' has shape ", c10::IntArrayRef(t->torch_shape()), ", the metadata implies ",
+           c10::IntArrayRef(shape));
+    used.insert(name);
+    return g->dequantize(*t);
+  };
+  // llama.cpp stores q and k rows per head as (pair index, half) instead of HF's (half, pair index)
+  auto unpermute = [&](const at::Tensor& w, int64_t heads) {
+    return w.reshape({heads, D / 2, 2, H}).transpose(1, 2).reshape({heads * D, H});
+  };
+  auto put = [&](const at::Tensor& t) { return t.to(device, dtype).contiguous(); };
+  m.embed = put(get("token_embd.weight", {c.vocab_size, H}));
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string b = "blk." + std::to_string(l) + ".";
+    LlamaLayer L;
+    L.attn_norm = put(get(b + "attn_norm.weight", {H}));
+    L.wqkv = put(at::cat({unpermute(get(b + "attn_q.weight", {c.q_size(), H}), c.num_attention_heads),
+                          unpermute(get(b + "attn_k.weight", {c.kv_size(), H}), c.num_key_value_heads),
+                          get(b + "attn_v.weight", {c.kv_size(), H})}));
+    L.wo = put(get(b + "attn_output.weight", {H, c.q_size()}));
+    L.mlp_norm = put(get(b + "ffn_norm.weight", {H}));
+    L.w_gate_up = put(at::cat({get(b + "ffn_gate.weight", {F, H}), get(b + "ffn_up.weight", {F, H})}));
+    L.w_down = put(get(b + "ffn_down.weight", {H, F}));
+    m.layers.push_back(std::move(L));
+  }
+  m.norm = put(get("output_norm.weight", {H}));
+  m.lm_head = c.tie_word_embeddings ? m.embed : put(get("output.weight", {c.vocab_size, H}));
+  for (const auto& t : g->tensors())
+    if (!used.count(t.name)) {
+      if (t.name.rfind("blk.", 0) == 0 && std::stoll(t.name.substr(4)) >= c.num_hidden_layers)
+        fail(path, ": tensor '", t.name, "' belongs to a layer beyond llama.block_count (", c.num_hidden_layers, ")");
+      log::warn(cat(path, ": tensor '", t.name, "' is not used by the model"));
+    }
+  m.inv_freq = rope_inv_freq(c, device);
+  return m;
+}
+
 Llama Llama::load(const std::string& dir, at::ScalarType dtype, at::Device device) {
+  if (dir.size() > 5 && dir.compare(dir.size() - 5, 5, ".gguf") == 0) return load_gguf(dir, dtype, device);
   require_dir(dir, "model directory");
   Llama m;
   m.config = LlamaConfig::load(dir + "/config.json");
@@ -200,7 +251,7 @@ std::vector<std::pair<std::string, at::Tensor>> Llama::hf_tensors() const {
 }
 
 void Llama::save(const std::string& dir, at::ScalarType dtype, int64_t max_shard_bytes, bool overwrite,
-                 const std::vector<std::string>& inputs) const {
+                 const std::vector<std::string>& inputs, const std::map<std::string, std::string>& extra_files) const {
   OutputDir out(dir, overwrite, inputs, "output model directory");
   LlamaConfig c = config;
   c.torch_dtype = dtype == at::kBFloat16 ? "bfloat16" : dtype == at::kHalf ? "float16" : "float32";
@@ -208,6 +259,7 @@ void Llama::save(const std::string& dir, at::ScalarType dtype, int64_t max_shard
   auto tensors = hf_tensors();
   for (auto& nt : tensors) nt.second = nt.second.detach().to(at::kCPU, dtype);
   io::save_dir(out.staging(), tensors, max_shard_bytes, {{"format", "pt"}});
+  for (const auto& [name, text] : extra_files) write_file_atomic(out.staging() + "/" + name, text);
   out.commit();
 }
 

@@ -21,6 +21,7 @@
 #pragma once
 #include <torch/types.h>
 
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -84,15 +85,23 @@ class Llama {
   // Reads DIR/config.json and DIR's safetensors; checks every tensor's presence and shape. Layers in the files
   // beyond config.json's num_hidden_layers are an error (a silently truncated model otherwise); other tensors the
   // model does not use are named in a warning.
+  // A path ending in .gguf is read by load_gguf.
   static Llama load(const std::string& dir, at::ScalarType dtype, at::Device device);
+  // A llama.cpp GGUF file of architecture "llama": the shape from its metadata, every tensor dequantized (gguf.h)
+  // and renamed, the Q/K rows put back from llama.cpp's RoPE permutation into HF order, tied embeddings when the
+  // file has no output.weight. Unsupported metadata (another architecture, partial rotary, RoPE scaling) and
+  // missing or misshapen tensors are errors naming the file and the key / tensor.
+  static Llama load_gguf(const std::string& path, at::ScalarType dtype, at::Device device);
   // Random init like HF (normal(0, init_std) for matrices, ones for norms), seeded.
   static Llama random(const LlamaConfig& config, uint64_t seed, at::ScalarType dtype, at::Device device,
                       double init_std = 0.02);
   // Writes config.json + safetensors (sharded above max_shard_bytes) into `dir` atomically (common/files.h
   // OutputDir: built beside `dir`, swapped in when complete). Fails if `dir` exists unless overwrite, and if `dir`
   // is, contains or lies inside one of `inputs` (e.g. the directory the model was loaded from).
+  // extra_files: more files of the directory, name -> contents (a tokenizer.json, say), part of the same swap.
   void save(const std::string& dir, at::ScalarType dtype, int64_t max_shard_bytes = 5000000000LL,
-            bool overwrite = false, const std::vector<std::string>& inputs = {}) const;
+            bool overwrite = false, const std::vector<std::string>& inputs = {},
+            const std::map<std::string, std::string>& extra_files = {}) const;
   // Weights under their HF names (fused tensors split into views).
   std::vector<std::pair<std::string, at::Tensor>> hf_tensors() const;
 

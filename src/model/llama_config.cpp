@@ -258,3 +258,61 @@ LlamaConfig LlamaConfig::preset(const std::string& name) {
 std::vector<std::string> LlamaConfig::preset_names() { return {"tiny", "llama-1b", "llama2-7b", "llama2-13b"}; }
 
 }  // namespace dmc
+
+namespace dmc {
+
+LlamaConfig LlamaConfig::from_gguf_metadata(const json& meta, const std::string& path, bool has_output_weight) {
+  auto str = [&](const std::string& k) -> std::string {
+    if (!meta.contains(k)) fail(path, ": metadata key '", k, "' is missing");
+    if (!meta[k].is_string()) fail(path, ": metadata '", k, "' must be a string");
+    return meta[k];
+  };
+  const std::string arch = str("general.architecture");
+  if (arch != "llama") fail(path, ": metadata 'general.architecture' = '", arch, "', expected llama");
+  auto num = [&](const std::string& k, bool required, double fallback) -> double {
+    const std::string key = "llama." + k;
+    if (!meta.contains(key)) {
+      if (required) fail(path, ": metadata key '", key, "' is missing");
+      return fallback;
+    }
+    if (!meta[key].is_number()) fail(path, ": metadata '", key, "' must be a number, got ", meta[key].dump());
+    return meta[key].get<double>();
+  };
+  LlamaConfig c;
+  c.num_hidden_layers = (int64_t)num("block_count", true, 0);
+  c.hidden_size = (int64_t)num("embedding_length", true, 0);
+  c.intermediate_size = (int64_t)num("feed_forward_length", true, 0);
+  c.num_attention_heads = (int64_t)num("attention.head_count", true, 0);
+  c.num_key_value_heads = (int64_t)num("attention.head_count_kv", false, (double)c.num_attention_heads);
+  c.max_position_embeddings = (int64_t)num("context_length", true, 0);
+  c.rope_theta = num("rope.freq_base", false, 10000.0);
+  c.rms_norm_eps = num("attention.layer_norm_rms_epsilon", true, 0);
+  DMC_CHECK(c.num_attention_heads > 0 && c.hidden_size % c.num_attention_heads == 0, path,
+            ": metadata 'llama.embedding_length' (", c.hidden_size,
+            ") is not a multiple of 'llama.attention.head_count' (", c.num_attention_heads, ")");
+  c.head_dim = c.hidden_size / c.num_attention_heads;
+  const int64_t rot = (int64_t)num("rope.dimension_count", false, (double)c.head_dim);
+  if (rot != c.head_dim)
+    fail(path, ": metadata 'llama.rope.dimension_count' = ", rot, ", dmc supports rotary over the whole head (",
+         c.head_dim, ")");
+  if (meta.contains("llama.rope.scaling.type") && meta["llama.rope.scaling.type"] != "none")
+    fail(path, ": metadata 'llama.rope.scaling.type' = ", meta["llama.rope.scaling.type"].dump(),
+         " is not supported from GGUF");
+  if (meta.contains("llama.vocab_size")) {
+    c.vocab_size = (int64_t)num("vocab_size", true, 0);
+  } else if (meta.contains("tokenizer.ggml.tokens") && meta["tokenizer.ggml.tokens"].is_array()) {
+    c.vocab_size = (int64_t)meta["tokenizer.ggml.tokens"].size();
+  } else {
+    fail(path, ": metadata has neither 'llama.vocab_size' nor 'tokenizer.ggml.tokens'");
+  }
+  c.tie_word_embeddings = !has_output_weight;
+  c.bos_token_id =
+      meta.contains("tokenizer.ggml.bos_token_id") ? meta["tokenizer.ggml.bos_token_id"].get<int64_t>() : 1;
+  c.eos_token_ids = {meta.contains("tokenizer.ggml.eos_token_id") ? meta["tokenizer.ggml.eos_token_id"].get<int64_t>()
+                                                                  : 2};
+  c.torch_dtype = "float32";
+  c.validate(path);
+  return c;
+}
+
+}  // namespace dmc

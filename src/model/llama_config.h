@@ -46,6 +46,8 @@ struct LlamaConfig {
   // Reads config.json; every missing required field or wrong type raises dmc::Error naming `file` and field.
   static LlamaConfig from_json(const nlohmann::json& j, const std::string& file);
   static LlamaConfig load(const std::string& path);
+  // The shape of a GGUF file's "llama" architecture metadata (io/gguf.h); `path` names it in errors.
+  static LlamaConfig from_gguf_metadata(const nlohmann::json& meta, const std::string& path, bool has_output_weight);
   nlohmann::json to_json() const;
   void save(const std::string& path) const;
   // Consistency checks (positive sizes, heads divide, ...): dmc::Error naming `file`.

@@ -1,0 +1,109 @@
+// SmolLM2-135M-Instruct, the real pretrained model, through dmc's GGUF import, against what no one here wrote:
+// transformers' own GGUF loader (from_pretrained(dir, gguf_file=...)) and transformers loading dmc's converted
+// directory, fp32 on the CPU. One test (it takes minutes); skipped when the GGUF is not fetched
+// (scripts/get_smollm2.sh --fetch-only) or the Python oracle lacks transformers / gguf / accelerate.
+#include <torch/torch.h>
+
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+#include "common/util.h"
+#include "helpers.h"
+#include "model/llama.h"
+#include "tokenizer/tokenizer.h"
+
+using namespace dmc;
+using namespace dmc::test;
+using json = nlohmann::json;
+
+namespace {
+std::string dmc_binary() { return DMC_BINARY; }
+at::Tensor read_f32(const std::string& path, std::vector<int64_t> shape) {
+  const std::string b = read_file(path);
+  at::Tensor t = at::empty(shape, at::kFloat);
+  REQUIRE(b.size() == (size_t)t.numel() * 4);
+  std::memcpy(t.data_ptr<float>(), b.data(), b.size());
+  return t;
+}
+// stdout of the oracle (its stderr goes to a log shown when it fails)
+std::string oracle_gguf(const std::string& args, const std::string& log) {
+  auto r = run("{ " + python() + " " + std::string(DMC_SOURCE_DIR) + "/tests/reference/hf_gguf.py " + args + " 2>" +
+               log + "; }");
+  INFO(r.output << (fs::exists(log) ? read_file(log) : std::string()));
+  REQUIRE(r.status == 0);
+  return r.output;
+}
+}  // namespace
+
+TEST_CASE(
+    "SmolLM2 from GGUF: logits and perplexity equal transformers', the converted directory loads in "
+    "transformers, greedy chat answers Paris",
+    "[model][smollm2]") {
+  const std::string gguf = smollm2_gguf();
+  if (gguf.empty()) SKIP("SmolLM2 GGUF not fetched (scripts/get_smollm2.sh --fetch-only)");
+  if (run(python() + " -c 'import transformers, gguf, accelerate'").status != 0)
+    SKIP("python oracle lacks transformers / gguf / accelerate: " + python());
+  const std::string w = tmp_dir("smollm2");
+  // convert: an HF directory (safetensors, config.json, tokenizer files)
+  auto conv = run(dmc_binary() + " convert --from-gguf " + gguf + " --out " + w + "/m --dtype fp32 2>&1");
+  INFO(conv.output);
+  REQUIRE(conv.status == 0);
+  for (const char* f :
+       {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"})
+    CHECK(fs::exists(w + "/m/" + f));
+  auto model = Llama::load(w + "/m", at::kFloat, at::kCPU);
+  const auto& c = model.config;
+  CHECK((c.num_hidden_layers == 30 && c.hidden_size == 576 && c.num_attention_heads == 9 &&
+         c.num_key_value_heads == 3 && c.head_dim == 64 && c.intermediate_size == 1536 && c.vocab_size == 49152));
+  CHECK(c.tie_word_embeddings);
+  CHECK(c.rope_theta == 100000.0);
+  auto tok = Tokenizer::load(w + "/m");  // the directory's tokenizer.json + tokenizer_config.json
+  CHECK(tok.bos_id() == 1);
+  CHECK(tok.eos_id() == 2);
+  // text: the license texts every Debian/Ubuntu system ships
+  std::string text;
+  for (const auto& e : fs::directory_iterator("/usr/share/common-licenses"))
+    if (e.is_regular_file()) text += read_file(e.path().string()) + "\n";
+  std::vector<int64_t> ids = tok.encode(text);
+  REQUIRE(ids.size() > 8192);
+  ids.resize(8192);  // what eval ppl --max-tokens 8192 scores of the same text
+  write_text(w + "/text.txt", text);
+  // 1. logits of 512 tokens: dmc (converted directory) vs transformers on the GGUF and on dmc's directory
+  std::vector<int64_t> head(ids.begin(), ids.begin() + 512);
+  write_text(w + "/ids512.json", json(head).dump());
+  at::Tensor mine;
+  {
+    at::NoGradGuard ng;
+    mine = model.forward(at::tensor(head, at::kLong).unsqueeze(0))[0];
+  }
+  oracle_gguf("logits " + gguf + " " + w + "/ids512.json " + w + "/hf_gguf.f32", w + "/o1.log");
+  oracle_gguf("logits " + w + "/m " + w + "/ids512.json " + w + "/hf_dir.f32", w + "/o2.log");
+  const at::Tensor hf_gguf = read_f32(w + "/hf_gguf.f32", {512, 49152});
+  const at::Tensor hf_dir = read_f32(w + "/hf_dir.f32", {512, 49152});
+  INFO("rel err vs transformers(gguf) " << rel_err(mine, hf_gguf) << ", vs transformers(dmc dir) "
+                                        << rel_err(mine, hf_dir));
+  CHECK(rel_err(mine, hf_gguf) < 1e-4);
+  CHECK(rel_err(hf_dir, hf_gguf) < 1e-4);
+  CHECK(at::equal(mine.argmax(-1), hf_gguf.argmax(-1)));
+  // 2. perplexity at 4096-token windows: dmc eval ppl (from the GGUF directly) vs transformers
+  write_text(w + "/ids.json", json(ids).dump());
+  const json hf = json::parse(oracle_gguf("ppl " + gguf + " " + w + "/ids.json 4096", w + "/o3.log"));
+  auto r = run(dmc_binary() + " eval ppl --model " + gguf + " --text " + w +
+               "/text.txt --max-tokens 8192 --seq-len 4096 --device cpu --dtype fp32 --json " + w + "/ppl.json 2>&1");
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  const json mine_ppl = json::parse(read_file(w + "/ppl.json"));
+  INFO(mine_ppl.dump() << " vs " << hf.dump());
+  CHECK(mine_ppl["tokens_scored"].get<int64_t>() == hf["tokens"].get<int64_t>());
+  const double ppl_hf = std::exp(hf["nll_sum"].get<double>() / hf["tokens"].get<double>());
+  CHECK(std::abs(mine_ppl["ppl"].get<double>() / ppl_hf - 1) < 1e-5);
+  // 3. the chat prompt equals transformers' apply_chat_template; greedy chat answers with Paris
+  const std::string q = "What is the capital of France?";
+  const std::string hf_chat = oracle_gguf("chat " + w + "/m '" + q + "'", w + "/o4.log");
+  auto g = run("{ " + dmc_binary() + " generate --model " + w + "/m --chat --prompt '" + q +
+               "' --temperature 0 --max-new-tokens 24 --device cpu --dtype fp32 2>/dev/null; }");
+  INFO(g.output);
+  REQUIRE(g.status == 0);
+  CHECK(g.output.rfind(hf_chat, 0) == 0);  // the printed prompt is the template's text
+  CHECK(g.output.find("Paris") != std::string::npos);
+}
