@@ -12,8 +12,9 @@
 #     hf      the engine's vanilla generate against HF generate() (bench_decode + bench/hf_generate.py)
 #     train   DMC vs vanilla training step (1B, recompute; blockwise and flash DMC attention)
 #     trainhf 1B training step (no recompute) vs HF eager: fused ops off and on, each with a kernel profile
-# With the device tool, carry .carry (a copy of ../shared/tokenizers, and .carry/lzma: liblzma's headers from Debian's
-# liblzma-dev, which the GPU machine lacks) so that the build and the tokenizer-vector test run.
+# With the device tool, carry .carry (a copy of ../shared/tokenizers, .carry/lzma: liblzma's headers from Debian's
+# liblzma-dev, and .carry/pcre2/include: pcre2.h from Debian's libpcre2-dev, which the GPU machine lacks; CMake finds
+# it there and links the machine's libpcre2-8.so.0) so that the build and the tokenizer-vector test run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 sections=${*:-gpu decode train}

@@ -51,6 +51,12 @@ TEST_CASE(
   for (const char* f :
        {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"})
     CHECK(fs::exists(w + "/m/" + f));
+  auto info = run("{ " + dmc_binary() + " info " + gguf + " --json 2>/dev/null; }");
+  REQUIRE(info.status == 0);
+  const json ij = json::parse(info.output);
+  CHECK(ij["tensor_types"]["Q4_1"] == 210);
+  CHECK(ij["tensor_types"]["Q8_0"] == 1);
+  CHECK(ij["tokenizer"]["vocab"] == 49152);
   auto model = Llama::load(w + "/m", at::kFloat, at::kCPU);
   const auto& c = model.config;
   CHECK((c.num_hidden_layers == 30 && c.hidden_size == 576 && c.num_attention_heads == 9 &&

@@ -182,3 +182,50 @@ TEST_CASE("bad tokenizer.json files: clear errors naming the file and the field"
   fs::create_directories(work + "/nothing");
   require_error([&] { Tokenizer::load(work + "/nothing"); }, {"nothing", "no tokenizer.json or tokenizer.model"});
 }
+
+TEST_CASE("dmc tokenize: the id list, pieces, JSON, the model own tokenizer, bad input", "[tokenizer][cli]") {
+  const auto work = tmp_dir("tokcli");
+  write_text(work + "/tokenizer.json",
+             R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2, "\u0120": 3, "\u0120a": 4},
+                 "merges": ["a b", "\u0120 a"]}, "pre_tokenizer": {"type": "ByteLevel", "use_regex": true}})");
+  const std::string bin = std::string(DMC_BINARY) + " tokenize ";
+  auto r = run(bin + "--tokenizer " + work + "/tokenizer.json --text 'abba a' 2>/dev/null");
+  CHECK(r.status == 0);
+  CHECK(r.output == "[2, 1, 0, 4]\n");
+  r = run(bin + "--model " + work + " --text 'ab a' --pieces 2>/dev/null");  // a directory: its tokenizer.json
+  CHECK(r.output == "2 -> 'ab'\n4 -> ' a'\n");
+  write_text(work + "/in.txt", "ba");
+  r = run(bin + "--model " + work + " --file " + work + "/in.txt --json 2>/dev/null");
+  CHECK(nlohmann::json::parse(r.output) == nlohmann::json{{"ids", {1, 0}}, {"pieces", {"b", "a"}}});
+  r = run(bin + "--model " + work + " 2>&1");
+  CHECK(r.status == 1);
+  CHECK(r.output.find("give one of --text or --file") != std::string::npos);
+  r = run(bin + "--model " + work + "/none --text x 2>&1");
+  CHECK(r.status == 1);
+  CHECK(r.output.find("none") != std::string::npos);
+}
+
+TEST_CASE("a SentencePiece tokenizer in GGUF metadata (tokenizer.ggml.model llama) encodes as the model itself",
+          "[tokenizer][gguf]") {
+  if (!have_hf_tokenizers()) SKIP("python packages tokenizers / gguf not available: " + python());
+  const auto work = tmp_dir("spgguf");
+  write_text(work + "/t.txt", sample_text(300, 5));
+  Tokenizer::train({{work + "/t.txt"}, work + "/tok", 500, 100000});
+  auto r = run(python() + " " + std::string(DMC_SOURCE_DIR) + "/tests/reference/gguf_oracle.py sp_gguf " + work +
+               "/tok.model " + work + "/tok.gguf");
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  auto sp = Tokenizer::load(work + "/tok.model");
+  auto gg = Tokenizer::load(work + "/tok.gguf");
+  CHECK(gg.kind() == "sentencepiece");
+  CHECK(gg.vocab_size() == sp.vocab_size());
+  CHECK((gg.bos_id() == sp.bos_id() && gg.eos_id() == sp.eos_id()));
+  std::istringstream lines(sample_text(120, 9) + "\n  leading spaces\nUnicode ✓ ünïcödé 🦙 bytes\n1234567\n");
+  int n = 0;
+  for (std::string line; std::getline(lines, line); ++n) {
+    INFO(line);
+    CHECK(gg.encode(line, true) == sp.encode(line, true));
+    CHECK(gg.decode(gg.encode(line)) == line);
+  }
+  CHECK(n > 100);
+}

@@ -25,6 +25,47 @@ int cmd_info(const Args& a) {
   t.add("json", &json_out, "print JSON instead of text");
   t.positional({"model"});
   t.parse(a);
+  if (model.size() > 5 && model.compare(model.size() - 5, 5, ".gguf") == 0) {
+    // a GGUF file: its header, the shape its metadata gives, its tensor types, its tokenizer
+    auto g = io::GgufFile::open(model);
+    const auto cfg = LlamaConfig::from_gguf_metadata(g->metadata(), model, g->find("output.weight") != nullptr);
+    std::map<std::string, int64_t> by_type;
+    int64_t params = 0, bytes = 0;
+    for (const auto& x : g->tensors()) {
+      by_type[x.type->name] += 1;
+      params += x.numel();
+      bytes += x.nbytes;
+    }
+    auto tok = Tokenizer::from_gguf(*g);
+    nlohmann::json j = {{"model", model},
+                        {"format", cat("GGUF v", g->version())},
+                        {"name", g->get_string("general.name", "")},
+                        {"config", cfg.to_json()},
+                        {"parameters", params},
+                        {"tensors", g->tensors().size()},
+                        {"tensor_types", by_type},
+                        {"bytes", bytes},
+                        {"tokenizer",
+                         {{"kind", tok.kind()},
+                          {"vocab", tok.vocab_size()},
+                          {"bos", tok.bos_id()},
+                          {"eos", tok.eos_id()},
+                          {"chat_template", !tok.chat_template().empty()}}}};
+    if (json_out) {
+      std::cout << j.dump(2) << "\n";
+    } else {
+      std::cout << model << ": " << j["format"].get<std::string>() << ", " << j["name"].get<std::string>() << "\n"
+                << "  layers " << cfg.num_hidden_layers << ", hidden " << cfg.hidden_size << ", heads "
+                << cfg.num_attention_heads << " / kv " << cfg.num_key_value_heads << ", head_dim " << cfg.head_dim
+                << ", ffn " << cfg.intermediate_size << ", vocab " << cfg.vocab_size << ", positions "
+                << cfg.max_position_embeddings << (cfg.tie_word_embeddings ? ", tied embeddings" : "") << "\n"
+                << "  " << params << " parameters in " << g->tensors().size() << " tensors, " << bytes
+                << " bytes: " << nlohmann::json(by_type).dump() << "\n"
+                << "  tokenizer: " << tok.kind() << ", " << tok.vocab_size() << " tokens, bos " << tok.bos_id()
+                << ", eos " << tok.eos_id() << (tok.chat_template().empty() ? "" : ", chat template") << "\n";
+    }
+    return 0;
+  }
   require_dir(model, "model directory");
   const auto cfg = LlamaConfig::load(model + "/config.json");
   auto st = io::TensorStore::open_dir(model);
@@ -143,6 +184,39 @@ int cmd_convert(const Args& a) {
   auto m = Llama::load(input, dt, at::kCPU);
   m.save(out, dt, shard, overwrite, {input}, extra);
   log::info(cat("wrote ", out, " (", dtype, ", shards of at most ", max_shard, ")"));
+  return 0;
+}
+
+int cmd_tokenize(const Args& a) {
+  std::string model, tokenizer, text, file;
+  bool pieces = false, json_out = false, add_bos = false;
+  OptionTable t("tokenize", "dmc tokenize (--model M | --tokenizer T) (--text TEXT | --file F) [--pieces] [--json]");
+  t.add("model", &model, "a model directory or .gguf (its own tokenizer)");
+  t.add("tokenizer", &tokenizer, "tokenizer.model, tokenizer.json, a .gguf or a directory");
+  t.add("text", &text, "the text to tokenize");
+  t.add("file", &file, "a UTF-8 file to tokenize instead of --text");
+  t.add("pieces", &pieces, "print each id with its piece (id -> 'piece') instead of the id list");
+  t.add("json", &json_out, "print {\"ids\": [...], \"pieces\": [...]} instead");
+  t.add("add_bos", &add_bos, "prepend BOS where the tokenizer uses one");
+  t.check([&] {
+    DMC_CHECK(model.empty() != tokenizer.empty(), "tokenize: give one of --model or --tokenizer");
+    DMC_CHECK(t.is_set("text") != t.is_set("file"), "tokenize: give one of --text or --file");
+  });
+  t.parse(a);
+  auto tok = Tokenizer::load(tokenizer.empty() ? model : tokenizer);
+  const std::string in = file.empty() ? text : read_file(file, "text");
+  const std::vector<int64_t> ids = tok.encode(in, add_bos);
+  if (json_out) {
+    nlohmann::json p = nlohmann::json::array();
+    for (int64_t id : ids) p.push_back(tok.piece(id));
+    std::cout << nlohmann::json{{"ids", ids}, {"pieces", p}}.dump() << "\n";
+  } else if (pieces) {
+    for (int64_t id : ids) std::cout << id << " -> '" << tok.decode({id}) << "'\n";
+  } else {
+    std::cout << "[";
+    for (size_t i = 0; i < ids.size(); ++i) std::cout << (i ? ", " : "") << ids[i];
+    std::cout << "]\n";
+  }
   return 0;
 }
 

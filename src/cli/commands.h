@@ -12,6 +12,7 @@ int cmd_convert(const Args& a);
 int cmd_generate(const Args& a);
 int cmd_eval(const Args& a);
 int cmd_tokenizer(const Args& a);
+int cmd_tokenize(const Args& a);
 int cmd_data(const Args& a);
 int cmd_train(const Args& a);
 int cmd_retrofit(const Args& a);

@@ -18,9 +18,10 @@ usage: dmc <command> [options]          (dmc <command> --help for its options)
 commands:
   info DIR              config, parameter count, dtypes and bytes of a model directory
   init                  write a randomly initialised Llama (preset shape, HF format)
-  convert               change dtype and/or re-shard a model directory
+  convert               change dtype and/or re-shard a model directory; --from-gguf FILE: import a llama.cpp GGUF
   generate              generate text from a prompt
   eval ppl              perplexity of a text file (sliding window)
+  tokenize              token ids (and pieces) of a text with a model's tokenizer, like llama.cpp's llama-tokenize
   tokenizer train       train a small SentencePiece BPE tokenizer on text files
   data prepare          tokenize text/JSONL into token shards with a document index and a validation split
   train                 pretrain or continue training a Llama (AdamW, schedules, checkpoints, resume)
@@ -60,6 +61,7 @@ int main(int argc, char** argv) {
     if (cmd == "generate") return dmc::cli::cmd_generate(args);
     if (cmd == "eval") return dmc::cli::cmd_eval(args);
     if (cmd == "tokenizer") return dmc::cli::cmd_tokenizer(args);
+    if (cmd == "tokenize") return dmc::cli::cmd_tokenize(args);
     if (cmd == "data") return dmc::cli::cmd_data(args);
     if (cmd == "train") return dmc::cli::cmd_train(args);
     if (cmd == "retrofit") return dmc::cli::cmd_retrofit(args);

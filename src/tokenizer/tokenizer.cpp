@@ -4,6 +4,7 @@
 #include <sentencepiece_trainer.h>
 
 #include <cstdio>
+#include <cstring>
 #include <sstream>
 #include <unordered_map>
 
@@ -105,12 +106,75 @@ Tokenizer Tokenizer::load(const std::string& path) {
   return t;
 }
 
+namespace {
+// A minimal protobuf writer for SentencePiece's ModelProto (sentencepiece_model.proto), enough to rebuild a
+// SentencePiece BPE model from a GGUF's tokens, scores and types: field numbers as in that file.
+struct Proto {
+  std::string b;
+  void varint(uint64_t v) {
+    while (v >= 0x80) {
+      b += (char)(0x80 | (v & 0x7F));
+      v >>= 7;
+    }
+    b += (char)v;
+  }
+  void tag(int field, int wire) { varint((uint64_t)(field << 3 | wire)); }
+  void int_field(int field, int64_t v) {
+    tag(field, 0);
+    varint((uint64_t)v);  // negative int32: ten bytes, sign-extended, as protobuf writes them
+  }
+  void bytes_field(int field, const std::string& s) {
+    tag(field, 2);
+    varint(s.size());
+    b += s;
+  }
+  void float_field(int field, float f) {
+    tag(field, 5);
+    char c[4];
+    std::memcpy(c, &f, 4);
+    b.append(c, 4);
+  }
+};
+
+// ModelProto of a Llama-style SentencePiece BPE model (byte fallback, "▁" for spaces, a dummy prefix)
+std::string sentencepiece_proto(const std::vector<std::string>& tokens, const std::vector<double>& scores,
+                                const std::vector<int64_t>& types, int64_t unk, int64_t bos, int64_t eos, int64_t pad,
+                                bool add_space_prefix) {
+  Proto m;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    Proto p;
+    p.bytes_field(1, tokens[i]);
+    p.float_field(2, i < scores.size() ? (float)scores[i] : 0.f);
+    // GGUF token types are SentencePiece's: 1 normal, 2 unknown, 3 control, 4 user defined, 5 unused, 6 byte
+    const int64_t ty = i < types.size() ? types[i] : 1;
+    if (ty != 1) p.int_field(3, ty);
+    m.bytes_field(1, p.b);
+  }
+  Proto t;            // TrainerSpec
+  t.int_field(3, 2);  // model_type BPE
+  t.int_field(4, (int64_t)tokens.size());
+  t.int_field(35, 1);  // byte_fallback
+  t.int_field(40, unk);
+  t.int_field(41, bos);
+  t.int_field(42, eos);
+  t.int_field(43, pad);
+  m.bytes_field(2, t.b);
+  Proto n;  // NormalizerSpec: identity, the dummy prefix as the GGUF says, whitespace kept and escaped
+  n.bytes_field(1, "identity");
+  n.int_field(3, add_space_prefix ? 1 : 0);
+  n.int_field(4, 0);
+  n.int_field(5, 1);
+  m.bytes_field(3, n.b);
+  return m.b;
+}
+}  // namespace
+
 Tokenizer Tokenizer::from_gguf(const io::GgufFile& g) {
   const std::string& path = g.path();
   const std::string model = g.get_string("tokenizer.ggml.model");
-  if (model != "gpt2")
+  if (model != "gpt2" && model != "llama")
     fail(path, ": metadata 'tokenizer.ggml.model' = '", model,
-         "' is not supported (expected gpt2: byte-level BPE; SentencePiece-style 'llama' GGUF tokenizers are not)");
+         "' is not supported (expected gpt2: byte-level BPE, or llama: SentencePiece)");
   auto strings = [&](const std::string& key, bool required) {
     std::vector<std::string> v;
     if (!g.has(key)) {
@@ -133,6 +197,35 @@ Tokenizer Tokenizer::from_gguf(const io::GgufFile& g) {
     }
   Tokenizer t;
   t.path_ = path;
+  if (model == "llama") {
+    const auto tokens = strings("tokenizer.ggml.tokens", true);
+    std::vector<double> scores;
+    if (g.has("tokenizer.ggml.scores"))
+      for (const auto& x : g.metadata()["tokenizer.ggml.scores"]) {
+        if (!x.is_number()) fail(path, ": metadata 'tokenizer.ggml.scores' must be numbers");
+        scores.push_back(x.get<double>());
+      }
+    if (!scores.empty() && scores.size() != tokens.size())
+      fail(path, ": metadata 'tokenizer.ggml.scores' has ", scores.size(), " entries, tokens has ", tokens.size());
+    if (!types.empty() && types.size() != tokens.size())
+      fail(path, ": metadata 'tokenizer.ggml.token_type' has ", types.size(), " entries, tokens has ", tokens.size());
+    const bool prefix =
+        !g.has("tokenizer.ggml.add_space_prefix") || g.metadata()["tokenizer.ggml.add_space_prefix"] == true;
+    const std::string proto =
+        sentencepiece_proto(tokens, scores, types, g.get_int("tokenizer.ggml.unknown_token_id", 0),
+                            g.get_int("tokenizer.ggml.bos_token_id", 1), g.get_int("tokenizer.ggml.eos_token_id", 2),
+                            g.get_int("tokenizer.ggml.padding_token_id", -1), prefix);
+    t.sp_ = std::make_unique<sentencepiece::SentencePieceProcessor>();
+    auto st = t.sp_->LoadFromSerializedProto(proto);
+    if (!st.ok())
+      fail(path, ": the SentencePiece model rebuilt from the metadata does not load (", sp_status_text(st), ")");
+    t.bos_ = t.sp_->bos_id();
+    t.eos_ = t.sp_->eos_id();
+    t.adds_bos_ = !g.has("tokenizer.ggml.add_bos_token") || g.metadata()["tokenizer.ggml.add_bos_token"] == true;
+    t.chat_template_ = g.get_string("tokenizer.chat_template", "");
+    t.fingerprint_ = fnv1a_hex(proto);
+    return t;
+  }
   t.bpe_ = std::make_unique<BpeTokenizer>(BpeTokenizer::from_gguf(strings("tokenizer.ggml.tokens", true),
                                                                   strings("tokenizer.ggml.merges", true), types,
                                                                   g.get_string("tokenizer.ggml.pre", "default"), path));

@@ -3,6 +3,8 @@
   gguf_oracle.py quants OUT_DIR      writes OUT_DIR/quants.gguf (one tensor per quant type, written by
                                      gguf.GGUFWriter: random blocks with finite f16 scales, 3 rows) and, per tensor,
                                      OUT_DIR/<name>.f32: gguf.quants.dequantize's output as raw little-endian fp32
+  gguf_oracle.py sp_gguf MODEL OUT.gguf  a GGUF whose metadata holds the SentencePiece MODEL as llama.cpp's
+                                     converter writes it (tokenizer.ggml.model llama: tokens, scores, token types)
   gguf_oracle.py meta OUT_DIR        writes OUT_DIR/meta.gguf with one metadata key of every value type and
                                      OUT_DIR/meta.json with what they hold
 """
@@ -70,5 +72,30 @@ def meta(out):
         json.dump(vals, f)
 
 
+def sp_gguf(model, out):
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_file=model)
+    tokens, scores, types = [], [], []
+    for i in range(sp.get_piece_size()):
+        tokens.append(sp.id_to_piece(i))
+        scores.append(sp.get_score(i))
+        types.append(2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i)
+                     else 5 if sp.is_unused(i) else 1)
+    w = gguf.GGUFWriter(out, "llama")
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(sp.bos_id())
+    w.add_eos_token_id(sp.eos_id())
+    w.add_unk_token_id(sp.unk_id())
+    w.add_add_bos_token(True)
+    w.add_tensor("x", np.zeros((1, 32), dtype=np.float32))
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+
+
 if __name__ == "__main__":
-    {"quants": quants, "meta": meta}[sys.argv[1]](sys.argv[2])
+    if sys.argv[1] == "sp_gguf":
+        sp_gguf(sys.argv[2], sys.argv[3])
+    else:
+        {"quants": quants, "meta": meta}[sys.argv[1]](sys.argv[2])
