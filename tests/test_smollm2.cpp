@@ -103,7 +103,38 @@ TEST_CASE(
   CHECK(mine_ppl["tokens_scored"].get<int64_t>() == hf["tokens"].get<int64_t>());
   const double ppl_hf = std::exp(hf["nll_sum"].get<double>() / hf["tokens"].get<double>());
   CHECK(std::abs(mine_ppl["ppl"].get<double>() / ppl_hf - 1) < 1e-5);
-  // 3. the chat prompt equals transformers' apply_chat_template; greedy chat answers with Paris
+  // 3. the rest of the chain, unchanged on this shape (GQA 9/3): incremental perplexity through the paged cache
+  //    equals the parallel forward; data prepared with the model's own tokenizer; the DMC stages with a decision
+  //    per KV head
+  auto ppl_of = [&](const std::string& extra) {
+    auto p = run("{ " + dmc_binary() + " eval ppl --model " + w + "/m --text " + w +
+                 "/text.txt --max-tokens 192 --seq-len 96 --device cpu --dtype fp32 --json " + w + "/p.json " + extra +
+                 " 2>/dev/null; }");
+    REQUIRE(p.status == 0);
+    return json::parse(read_file(w + "/p.json"))["ppl"].get<double>();
+  };
+  const double par = ppl_of("--mode parallel"), inc = ppl_of("--mode incremental --cache vanilla");
+  CHECK(std::abs(inc / par - 1) < 1e-5);
+  CHECK(ppl_of("--mode incremental --cache window --cr 4") > par);  // a quarter of the cache costs something
+  auto step = [&](const std::string& args) {
+    auto p = run(dmc_binary() + " " + args + " 2>&1");
+    INFO(p.output);
+    REQUIRE(p.status == 0);
+  };
+  step("data prepare --input " + w + "/text.txt --tokenizer " + w + "/m --out " + w + "/data --valid-fraction 0.2");
+  const std::string common = " --tokenizer " + w + "/m --data " + w +
+                             "/data --seq-len 64 --micro-batch 1 --global-batch 1 --train-steps 2 --lr 1e-5 "
+                             "--min-lr 1e-6 --warmup-steps 1 --eval-every 0 --save-every 0 --device cpu --dtype fp32";
+  step("retrofit --stage zero_out --init-from " + w + "/m --out " + w + "/r1" + common);
+  step("retrofit --stage retrofit --target-cr 2 --init-from " + w + "/r1/final --out " + w + "/r2" + common);
+  json last;
+  for (const auto& row : read_jsonl(w + "/r2/metrics.jsonl"))
+    if (row.contains("cr_per_head")) last = row;
+  INFO(last.dump());
+  REQUIRE(last.contains("cr_per_head"));
+  CHECK(last["cr_per_head"].size() == 30);
+  CHECK(last["cr_per_head"][0].size() == 3);  // one decision stream per KV head
+  // 4. the chat prompt equals transformers' apply_chat_template; greedy chat answers with Paris
   const std::string q = "What is the capital of France?";
   const std::string hf_chat = oracle_gguf("chat " + w + "/m '" + q + "'", w + "/o4.log");
   auto g = run("{ " + dmc_binary() + " generate --model " + w + "/m --chat --prompt '" + q +

@@ -69,7 +69,8 @@ int cmd_bench(const Args& a) {
       .min(1);
   t.add("text", &text_path, "prompts are windows of this UTF-8 text (with --tokenizer); else random tokens");
   t.add("data", &data_dir, "prompts are windows of this `dmc data prepare` directory's valid split (with --tokenizer)");
-  t.add("tokenizer", &tok_path, "SentencePiece tokenizer.model for --text / --data");
+  t.add("tokenizer", &tok_path,
+        "tokenizer for --text / --data (tokenizer.model, tokenizer.json, .gguf or a model directory)");
   t.add("calibrate", &bo.calibrate, "trained DMC, --batch max: full-context prompts prefilled to size the batch")
       .min(1);
   t.add("device", &device, "cuda, cpu or auto");

@@ -31,7 +31,7 @@ int cmd_data(const Args& a) {
   data::PrepareOptions o;
   OptionTable t("data prepare", "dmc data prepare --input GLOB[,GLOB...] --tokenizer FILE --out DIR [options]");
   t.add("input", &o.inputs, "text (.txt, optionally .xz/.gz) or JSONL (.jsonl) files or globs", true);
-  t.add("tokenizer", &o.tokenizer, "SentencePiece model", true);
+  t.add("tokenizer", &o.tokenizer, "tokenizer.model, tokenizer.json, .gguf or a model directory", true);
   t.add("out", &o.out, "output directory", true);
   t.add("doc_split", &o.doc_split, "text documents: file (one per file), blank (blank-line paragraphs), chunk")
       .one_of({"file", "blank", "chunk"});

@@ -36,7 +36,8 @@ void TrainOptions::add_to(OptionTable& t) {
   t.add("init_from", &init_from, "HF model directory to continue training from (empty = random init)");
   shape.add_to(t);
   t.add("init_std", &init_std, "normal init std of matrices for a random init").above(0);
-  t.add("tokenizer", &tokenizer, "SentencePiece model the data was prepared with", true);
+  t.add("tokenizer", &tokenizer,
+        "the tokenizer the data was prepared with (tokenizer.model, tokenizer.json, .gguf or a model directory)", true);
   t.add("data", &data, "prepared dataset directories (dmc data prepare)", true);
   t.add("data_weights", &data_weights, "blend weights, one per dataset (empty = equal)");
   t.add("seq_len", &seq_len, "tokens per sample").min(1);
