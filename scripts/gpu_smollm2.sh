@@ -6,6 +6,11 @@
 #   2. engine decode tokens/s at batch 1 and at the largest batch of a memory budget (dmc bench decode, vanilla cache).
 # Results: $OUT/smollm2_generate.md, $OUT/smollm2_bench.jsonl, logs.
 #   OUT=... scripts/gpu_smollm2.sh GGUF_OR_PARTS_GLOB
+# With the device tool (a fresh machine after 30 s idle, 64 MiB carried a call), in two calls back to back:
+#   here:  split -b 40M ~/.cache/dmc/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf .carry/smol-part-
+#   call 1 (carry .carry without part ab): mkdir -p /root/smol && cp .carry/smol-part-aa /root/smol/ && OUT=$OUT scripts/gpu_check.sh build
+#   call 2 (carry .carry/smol-part-ab):  cp .carry/smol-part-ab /root/smol/ && OUT=$OUT scripts/gpu_smollm2.sh '/root/smol/smol-part-*'
+# (check the sha256 this prints against the local file's)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/out}

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/util.h"
+#include "dist/dist.h"
 #include "helpers.h"
 #include "inference/generate.h"
 #include "inference/perplexity.h"
@@ -198,4 +199,20 @@ TEST_CASE("RoPE scaling variants change only what they should", "[model]") {
   // high frequencies (short wavelengths) unchanged, the lowest divided by the factor
   CHECK(l3[0].item<float>() == base[0].item<float>());
   CHECK(l3[-1].item<float>() == Approx(base[-1].item<float>() / 8).epsilon(1e-6));
+}
+
+TEST_CASE("tensor parallel: a size that does not divide the KV heads (SmolLM2's 3) is refused, naming the field",
+          "[model][tp]") {
+  LlamaConfig c = LlamaConfig::preset("tiny");
+  c.hidden_size = 192;
+  c.num_attention_heads = 6;
+  c.num_key_value_heads = 3;
+  c.head_dim = 32;
+  auto m = Llama::random(c, 1, at::kFloat, at::kCPU);
+  Group g;
+  g.rank = 0;
+  g.size = 2;
+  require_error([&] { m.shard_tensor_parallel(g); },
+                {"tensor_parallel 2", "num_key_value_heads (3)", "must divide evenly"});
+  CHECK(m.tp.size == 1);  // nothing was sharded
 }

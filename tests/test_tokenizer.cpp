@@ -171,6 +171,10 @@ TEST_CASE("bad tokenizer.json files: clear errors naming the file and the field"
       {"tokenizer.json", "regex", "does not compile"});
   expect(R"({"model": {"type": "BPE", )" + vocab + R"(, "merges": []}, "normalizer": {"type": "NFKC"}})",
          {"tokenizer.json", "normalizer 'NFKC'"});
+  // found by the fuzzer: a sparse id sized the tables by the largest one; a field of the wrong JSON type
+  expect(R"({"model": {"type": "BPE", "vocab": {"a": 4000000000}, "merges": []}})",
+         {"tokenizer.json", "token id 4000000000", "beyond"});
+  expect(R"({"model": {"type": 7, )" + vocab + R"(, "merges": []}})", {"tokenizer.json", "wrong type"});
   // a model whose vocabulary size differs from its tokenizer's
   write_text(work + "/tokenizer.json", R"({"model": {"type": "BPE", )" + vocab + R"(, "merges": ["a b"]}})");
   auto tok = Tokenizer::load(work + "/tokenizer.json");

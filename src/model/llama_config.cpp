@@ -306,10 +306,13 @@ LlamaConfig LlamaConfig::from_gguf_metadata(const json& meta, const std::string&
     fail(path, ": metadata has neither 'llama.vocab_size' nor 'tokenizer.ggml.tokens'");
   }
   c.tie_word_embeddings = !has_output_weight;
-  c.bos_token_id =
-      meta.contains("tokenizer.ggml.bos_token_id") ? meta["tokenizer.ggml.bos_token_id"].get<int64_t>() : 1;
-  c.eos_token_ids = {meta.contains("tokenizer.ggml.eos_token_id") ? meta["tokenizer.ggml.eos_token_id"].get<int64_t>()
-                                                                  : 2};
+  auto token_id = [&](const std::string& k, int64_t fallback) -> int64_t {
+    if (!meta.contains(k)) return fallback;
+    if (!meta[k].is_number_integer()) fail(path, ": metadata '", k, "' must be an integer, got ", meta[k].dump());
+    return meta[k].get<int64_t>();
+  };
+  c.bos_token_id = token_id("tokenizer.ggml.bos_token_id", 1);
+  c.eos_token_ids = {token_id("tokenizer.ggml.eos_token_id", 2)};
   c.torch_dtype = "float32";
   c.validate(path);
   return c;

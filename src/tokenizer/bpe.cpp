@@ -127,6 +127,14 @@ BpeTokenizer::BpeTokenizer(BpeTokenizer&&) noexcept = default;
 BpeTokenizer& BpeTokenizer::operator=(BpeTokenizer&&) noexcept = default;
 
 BpeTokenizer BpeTokenizer::from_json(const json& j, const std::string& file) {
+  try {
+    return parse_json(j, file);
+  } catch (const json::exception& e) {  // a field of the wrong JSON type, met by one of the typed reads
+    fail(file, ": a field has the wrong type (", e.what(), ")");
+  }
+}
+
+BpeTokenizer BpeTokenizer::parse_json(const json& j, const std::string& file) {
   if (!j.is_object()) fail(file, ": a tokenizer.json must be a JSON object");
   if (!j.contains("model") || !j["model"].is_object()) fail(file, ": field 'model' is missing");
   const json& m = j["model"];
@@ -147,8 +155,13 @@ BpeTokenizer BpeTokenizer::from_json(const json& j, const std::string& file) {
       fail(file, ": model.vocab['", it.key(), "'] must be a non-negative integer id");
     n = std::max(n, it.value().get<int64_t>() + 1);
   }
-  if (j.contains("added_tokens") && j["added_tokens"].is_array())
+  int64_t entries = (int64_t)m["vocab"].size();
+  if (j.contains("added_tokens") && j["added_tokens"].is_array()) {
+    entries += (int64_t)j["added_tokens"].size();
     for (const auto& a : j["added_tokens"]) n = std::max(n, a.value("id", (int64_t)-1) + 1);
+  }
+  if (n > entries)  // ids are 0 .. size-1 (a sparse id would size the tables by the largest one)
+    fail(file, ": token id ", n - 1, " is beyond the ", entries, " entries of model.vocab and added_tokens");
   t.id_to_token_.assign(n, "");
   for (auto it = m["vocab"].begin(); it != m["vocab"].end(); ++it) {
     const int64_t id = it.value();
@@ -178,6 +191,8 @@ BpeTokenizer BpeTokenizer::from_json(const json& j, const std::string& file) {
         fail(file, ": added_tokens: each needs an integer 'id' and a string 'content'");
       Added x{a["id"], a["content"], a.value("special", true), a.value("lstrip", false), a.value("rstrip", false)};
       if (x.content.empty()) fail(file, ": added_tokens: id ", x.id, " has empty content");
+      if (x.id < 0 || x.id >= (int64_t)t.id_to_token_.size())
+        fail(file, ": added_tokens: id ", x.id, " is out of range");
       t.id_to_token_[x.id] = x.content;
       t.token_to_id_[x.content] = x.id;
       t.added_.push_back(x);

@@ -65,6 +65,7 @@ class BpeTokenizer {
   };
 
  private:
+  static BpeTokenizer parse_json(const nlohmann::json& j, const std::string& file);
   void build(const std::string& file);
   std::vector<std::string> pre_tokenize(const std::string& text) const;
   void bpe_word(const std::string& mapped, std::vector<int64_t>& out) const;

@@ -52,6 +52,17 @@ namespace fs = std::filesystem;
 bool ends_with(const std::string& s, const std::string& suf) {
   return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
 }
+bool valid_utf8(const std::string& s) {
+  for (size_t i = 0; i < s.size();) {
+    const unsigned char c = (unsigned char)s[i];
+    const int n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    if (n == 0 || i + n > s.size()) return false;
+    for (int k = 1; k < n; ++k)
+      if (((unsigned char)s[i + k] >> 6) != 2) return false;
+    i += n;
+  }
+  return true;
+}
 // tokenizer_config.json's bos_token / eos_token: a string or {"content": string}
 std::string token_text(const json& v) {
   if (v.is_string()) return v.get<std::string>();
@@ -186,6 +197,7 @@ Tokenizer Tokenizer::from_gguf(const io::GgufFile& g) {
     for (const auto& x : a) {
       if (!x.is_string()) fail(path, ": metadata '", key, "' must be an array of strings");
       v.push_back(x.get<std::string>());
+      if (!valid_utf8(v.back())) fail(path, ": metadata '", key, "'[", v.size() - 1, "] is not valid UTF-8");
     }
     return v;
   };
