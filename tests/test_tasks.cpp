@@ -1,0 +1,158 @@
+// Long-context task samples: the published prompt strings, sizing in the model's tokens, depths, determinism,
+// scoring, bad input.
+#include <torch/torch.h>
+
+#include <set>
+
+#include "helpers.h"
+#include "inference/tasks.h"
+#include "tokenizer/tokenizer.h"
+
+using namespace dmc;
+using namespace dmc::test;
+
+namespace {
+const Tokenizer& task_tokenizer() {
+  static Tokenizer t = [] {
+    const auto work = tmp_dir("tasks-tok");
+    write_text(work + "/t.txt", sample_text(300, 11) + "\nThe grass is green. The sky is blue. 0123456789\n");
+    Tokenizer::train({{work + "/t.txt"}, work + "/tok", 600, 100000});
+    return Tokenizer::load(work + "/tok.model");
+  }();
+  return t;
+}
+std::vector<std::string> essays() {
+  std::vector<std::string> d;
+  for (unsigned s = 0; s < 4; ++s) d.push_back(sample_text(40, 100 + s));
+  return d;
+}
+}  // namespace
+
+TEST_CASE("long-context tasks: the published prompt strings, sized to the length in the model's tokens", "[tasks]") {
+  const Tokenizer& tok = task_tokenizer();
+  TaskOptions o;
+  o.tasks = task_names();
+  o.lengths = {1024, 1536};
+  o.samples = 5;
+  o.seed = 3;
+  o.essays = essays();
+  const auto all = make_task_samples(tok, o);
+  REQUIRE(all.size() == task_names().size() * 2 * 5);
+  for (const auto& s : all) {
+    INFO(s.task << " length " << s.length << " #" << s.index);
+    const int64_t n = (int64_t)tok.encode(s.prompt, true).size();
+    CHECK(n == s.prompt_tokens);
+    CHECK(n + s.max_new_tokens <= s.length);          // fits
+    CHECK(n + s.max_new_tokens > s.length * 9 / 10);  // and fills it (the haystack grew to the length)
+    CHECK(!s.expected.empty());
+    for (const auto& v : s.expected) CHECK(s.prompt.find(v) != std::string::npos);  // every answer is in the text
+  }
+  auto first = [&](const std::string& task) {
+    for (const auto& s : all)
+      if (s.task == task) return s;
+    FAIL("no sample of " << task);
+    return all[0];
+  };
+  // passkey: task \n prefix \n info \n suffix \n question, 10 new tokens, exact integer
+  const auto pk = first("passkey");
+  CHECK(pk.prompt.rfind("There is an important info hidden inside a lot of irrelevant text. Find it and memorize "
+                        "them. I will quiz you about the important information there.\n",
+                        0) == 0);
+  const std::string k = pk.expected[0];
+  CHECK(pk.prompt.find("\nThe pass key is " + k + ". Remember it. " + k + " is the pass key.\n") != std::string::npos);
+  const std::string question = "\nWhat is the pass key? The pass key is";
+  REQUIRE(pk.prompt.size() > question.size());
+  CHECK(pk.prompt.substr(pk.prompt.size() - question.size()) == question);
+  CHECK(pk.max_new_tokens == 10);
+  // niah_single_1: the singular template, noise lines, plural needle (as RULER writes it)
+  const auto n1 = first("niah_single_1");
+  CHECK(n1.prompt.rfind("A special magic number is hidden within the following text. Make sure to memorize it. I "
+                        "will quiz you about the number afterwards.\n",
+                        0) == 0);
+  CHECK(
+      n1.prompt.find("\nThe grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.\n") !=
+      std::string::npos);
+  CHECK(n1.prompt.find("One of the special magic numbers for ") != std::string::npos);
+  const size_t q = n1.prompt.find("\nWhat is the special magic number for ");
+  REQUIRE(q != std::string::npos);
+  const std::string tail = n1.prompt.substr(q);
+  const size_t kb = std::string("\nWhat is the special magic number for ").size();
+  const std::string key = tail.substr(kb, tail.find(" mentioned") - kb);
+  CHECK(tail == "\nWhat is the special magic number for " + key +
+                    " mentioned in the provided text? The special magic number for " + key +
+                    " mentioned in the provided text is");
+  CHECK(key.find('-') != std::string::npos);  // adjective-noun
+  CHECK(n1.expected[0].size() == 7);
+  CHECK(n1.max_new_tokens == 128);
+  CHECK(n1.stop_at_newline);
+  // niah_single_3: a UUID; multivalue: 4 values, plural template; multiquery: 4 keys joined RULER's way
+  CHECK(first("niah_single_3").expected[0].size() == 36);
+  const auto mv = first("niah_multivalue");
+  CHECK(mv.expected.size() == 4);
+  CHECK(mv.prompt.rfind("Some special magic numbers are hidden", 0) == 0);
+  CHECK(mv.prompt.find("What are all the special magic numbers for ") != std::string::npos);
+  const auto mq = first("niah_multiquery");
+  CHECK(mq.expected.size() == 4);
+  CHECK(mq.prompt.find(", and ") != std::string::npos);
+  // vt: 5 variables, the chain in order, the published question and answer prefix
+  const auto vt = first("vt");
+  CHECK(vt.expected.size() == 5);
+  CHECK(vt.prompt.find("Question: Find all variables that are assigned the value ") != std::string::npos);
+  CHECK(vt.prompt.find(" Answer: According to the chain(s) of variable assignment in the text above, 5 variables are "
+                       "assigned the value ") != std::string::npos);
+  CHECK(vt.prompt.find("VAR " + vt.expected[1] + " = VAR " + vt.expected[0]) != std::string::npos);
+}
+
+TEST_CASE("long-context tasks: one seed fixes every sample, depths spread over [0, 1]", "[tasks]") {
+  const Tokenizer& tok = task_tokenizer();
+  TaskOptions o;
+  o.tasks = {"passkey", "niah_single_2", "niah_multikey_2"};
+  o.lengths = {600};
+  o.samples = 5;
+  o.seed = 9;
+  o.essays = essays();
+  const auto a = make_task_samples(tok, o), b = make_task_samples(tok, o);
+  o.seed = 10;
+  const auto c = make_task_samples(tok, o);
+  REQUIRE(a.size() == 15);
+  std::set<std::string> keys;
+  for (size_t i = 0; i < a.size(); ++i) {
+    CHECK(a[i].prompt == b[i].prompt);  // byte-identical for every policy that asks
+    CHECK(a[i].expected != c[i].expected);
+    keys.insert(a[i].expected[0]);
+  }
+  CHECK(keys.size() == a.size());
+  for (int i = 0; i < 5; ++i) CHECK(a[i].depth == Approx(i / 4.0));
+  // the passkey's depth is where the info sits in the haystack
+  const auto& p0 = a[0];
+  const auto& p4 = a[4];
+  CHECK(p0.prompt.find("The pass key is") < p0.prompt.size() / 4);
+  CHECK(p4.prompt.find("The pass key is") > p4.prompt.size() * 3 / 4);
+}
+
+TEST_CASE("long-context tasks: scoring and bad input", "[tasks]") {
+  TaskSample p;
+  p.task = "passkey";
+  p.expected = {"4711"};
+  CHECK(score_task(p, " 4711. Remember") == 1.0);
+  CHECK(score_task(p, "The key is 47110") == 0.0);  // the first run of digits must be the key
+  CHECK(score_task(p, "no digits") == 0.0);
+  TaskSample m;
+  m.task = "niah_multivalue";
+  m.expected = {"1234567", "ab-CD", "7654321", "x"};
+  CHECK(score_task(m, "1234567, AB-cd and nothing else") == 0.5);  // case-insensitive, mean over values
+  const Tokenizer& tok = task_tokenizer();
+  TaskOptions o;
+  o.tasks = {"passkey"};
+  o.lengths = {512};
+  o.samples = 0;
+  require_error([&] { make_task_samples(tok, o); }, {"samples", "at least 1"});
+  o.samples = 1;
+  o.tasks = {"niah_double"};
+  require_error([&] { make_task_samples(tok, o); }, {"unknown task 'niah_double'", "niah_single_1"});
+  o.tasks = {"niah_single_2"};
+  require_error([&] { make_task_samples(tok, o); }, {"niah_single_2", "essay text"});
+  o.tasks = {"passkey"};
+  o.lengths = {80};
+  require_error([&] { make_task_samples(tok, o); }, {"passkey", "80 tokens cannot hold"});
+}
