@@ -134,7 +134,16 @@ TEST_CASE(
   REQUIRE(last.contains("cr_per_head"));
   CHECK(last["cr_per_head"].size() == 30);
   CHECK(last["cr_per_head"][0].size() == 3);  // one decision stream per KV head
-  // 4. the chat prompt equals transformers' apply_chat_template; greedy chat answers with Paris
+  // 4. long-context tasks through the engine: the real model finds the pass key and the RULER needle at 512 tokens
+  auto tasks =
+      run("{ " + dmc_binary() + " eval tasks --model " + w + "/m --tasks passkey,niah_single_1 --lengths 512 " +
+          "--samples 3 --cache vanilla --device cpu --dtype fp32 --json " + w + "/tasks.json 2>/dev/null; }");
+  INFO(tasks.output);
+  REQUIRE(tasks.status == 0);
+  const json tj = json::parse(read_file(w + "/tasks.json"));
+  CHECK(tj["runs"][0]["accuracy"]["passkey"]["512"].get<double>() == 100.0);
+  CHECK(tj["runs"][0]["accuracy"]["niah_single_1"]["512"].get<double>() == 100.0);
+  // 5. the chat prompt equals transformers' apply_chat_template; greedy chat answers with Paris
   const std::string q = "What is the capital of France?";
   const std::string hf_chat = oracle_gguf("chat " + w + "/m '" + q + "'", w + "/o4.log");
   auto g = run("{ " + dmc_binary() + " generate --model " + w + "/m --chat --prompt '" + q +

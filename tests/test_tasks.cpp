@@ -5,7 +5,11 @@
 #include <set>
 
 #include "helpers.h"
+#include "common/util.h"
 #include "inference/tasks.h"
+#include "model/llama.h"
+
+#include <nlohmann/json.hpp>
 #include "tokenizer/tokenizer.h"
 
 using namespace dmc;
@@ -155,4 +159,53 @@ TEST_CASE("long-context tasks: scoring and bad input", "[tasks]") {
   o.tasks = {"passkey"};
   o.lengths = {80};
   require_error([&] { make_task_samples(tok, o); }, {"passkey", "80 tokens cannot hold"});
+}
+
+TEST_CASE("dmc eval tasks: every policy and ratio on the same samples, JSON with every output, bad input refused",
+          "[tasks][cli]") {
+  const Tokenizer& tok = task_tokenizer();
+  const auto w = tmp_dir("evaltasks");
+  LlamaConfig c = LlamaConfig::preset("tiny");
+  c.vocab_size = tok.vocab_size();
+  c.num_hidden_layers = 2;
+  c.max_position_embeddings = 512;
+  Llama::random(c, 5, at::kFloat, at::kCPU).save(w + "/m", at::kFloat);
+  write_text(w + "/hay.txt", sample_text(30, 7) + "\n\n" + sample_text(30, 8));
+  const std::string bin = std::string(DMC_BINARY) + " eval tasks --model " + w + "/m --tokenizer " + tok.path() +
+                          " --device cpu --samples 2 --lengths 400 ";
+  auto r = run(bin + "--tasks passkey,niah_single_2,vt --haystack " + w + "/hay.txt --cache vanilla,window,tova " +
+               "--cr 2,4 --json " + w + "/r.json");
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  const auto j = nlohmann::json::parse(read_file(w + "/r.json"));
+  std::vector<std::string> names;
+  for (const auto& run : j["runs"]) names.push_back(run["name"]);
+  CHECK(names == std::vector<std::string>{"vanilla", "window@2", "window@4", "tova@2", "tova@4"});
+  CHECK(j["runs"][1]["budget_by_length"]["400"] == 200);
+  CHECK(j["runs"][2]["budget_by_length"]["400"] == 100);
+  REQUIRE(j["samples"].size() == 6);
+  for (const auto& s : j["samples"]) {
+    CHECK(s["outputs"].size() == 5);  // every run scored the same sample
+    for (const auto& [name, out] : s["outputs"].items()) {
+      CHECK(out["score"].get<double>() >= 0.0);
+      CHECK(out["score"].get<double>() <= 1.0);
+    }
+    CHECK(s.contains("depth"));
+    CHECK(s.contains("seed"));
+  }
+  for (const auto& run : j["runs"]) CHECK(run["accuracy"].size() == 3);
+  CHECK(r.output.find("| passkey |") != std::string::npos);
+  // bad input: a length past the model's positions, samples <= 0, an unknown task, an essay task without text
+  for (const auto& [args, want] :
+       std::vector<std::pair<std::string, std::string>>{{"--tasks passkey --lengths 1024", "max_position_embeddings"},
+                                                        {"--tasks passkey --samples 0", "samples"},
+                                                        {"--tasks needle", "needle"},
+                                                        {"--tasks niah_single_2", "essay text"},
+                                                        {"--tasks passkey --cr 1", "--cr"}}) {
+    auto b = run(std::string(DMC_BINARY) + " eval tasks --model " + w + "/m --tokenizer " + tok.path() +
+                 " --device cpu --samples 1 --lengths 400 " + args);
+    INFO(args << "\n" << b.output);
+    CHECK(b.status == 1);
+    CHECK(b.output.find(want) != std::string::npos);
+  }
 }

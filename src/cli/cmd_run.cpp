@@ -12,6 +12,8 @@
 #include "data/dataset.h"
 #include "inference/generate.h"
 #include "inference/perplexity.h"
+#include "inference/task_eval.h"
+#include "inference/tasks.h"
 #include "tokenizer/chat.h"
 #include "tokenizer/tokenizer.h"
 
@@ -77,13 +79,82 @@ int cmd_generate(const Args& a) {
   return 0;
 }
 
+namespace {
+// dmc eval tasks: long-context task samples (inference/tasks.h) through the engine under each cache policy.
+int cmd_eval_tasks(const Args& a) {
+  std::string model_dir, tok_path, haystack, json_path, device = "auto", dtype = "auto";
+  std::vector<std::string> tasks = task_names(), lengths = {"1024", "2048", "4096"}, caches = {"vanilla"}, crs = {"4"};
+  int64_t samples = 20, seed = 0, sinks = 4, batch = 16;
+  bool chat = false;
+  OptionTable t("eval tasks",
+                "dmc eval tasks --model M [--tokenizer T] --tasks passkey,niah_single_1,... --lengths 1024,4096 "
+                "--samples N --cache vanilla,window --cr 4 [--haystack FILE] [--json OUT]");
+  t.add("model", &model_dir, "model directory or a .gguf file", true);
+  t.add("tokenizer", &tok_path, "tokenizer (default: the model's own)");
+  t.add("tasks", &tasks, "comma-separated tasks").one_of(task_names());
+  t.add("lengths", &lengths, "comma-separated target lengths in the model's tokens (prompt + output budget)");
+  t.add("samples", &samples, "samples per (task, length)").min(1);
+  t.add("seed", &seed, "one seed for every sample (every policy sees the same prompts)");
+  t.add("cache", &caches, "comma-separated cache policies: vanilla, dmc, tova, h2o, window")
+      .one_of({"vanilla", "dmc", "tova", "h2o", "window"});
+  t.add("cr", &crs, "eviction baselines: comma-separated compression ratios (budget = ceil(length / cr))");
+  t.add("sinks", &sinks, "window: first positions never evicted").min(0);
+  t.add("batch", &batch, "samples decoding together (continuous batching)").min(1);
+  t.add("chat", &chat, "wrap each input in the model's chat template (instruct models)");
+  t.add("haystack", &haystack, "text for the essay haystacks (documents separated by blank lines): held-out text");
+  t.add("json", &json_path, "write every sample (seed, depth, expected, outputs, scores) and the tables as JSON");
+  t.add("device", &device, "cpu, cuda, cuda:N or auto");
+  t.add("dtype", &dtype, "bf16, fp16, fp32 or auto");
+  t.parse(Args(a.begin() + 1, a.end()));
+  log::info(t.to_yaml());
+  TaskOptions to;
+  to.tasks = tasks;
+  for (const auto& l : lengths) to.lengths.push_back(parse_int(l, "lengths"));
+  to.samples = samples;
+  to.seed = (uint64_t)seed;
+  to.chat = chat;
+  if (!haystack.empty()) {
+    const std::string text = read_file(haystack, "haystack");
+    size_t b = 0;
+    for (size_t e; (e = text.find("\n\n", b)) != std::string::npos; b = e + 2)
+      if (e > b) to.essays.push_back(text.substr(b, e - b));
+    if (b < text.size()) to.essays.push_back(text.substr(b));
+  }
+  TaskEvalOptions eo;
+  eo.policies.clear();
+  for (const auto& c : caches) eo.policies.push_back(parse_cache_policy(c, "cache policy (--cache)"));
+  eo.crs.clear();
+  for (const auto& c : crs) {
+    char* end = nullptr;
+    const double v = std::strtod(c.c_str(), &end);
+    DMC_CHECK(end && *end == 0 && v > 1.0, "--cr: expected numbers > 1, got '", c, "'");
+    eo.crs.push_back(v);
+  }
+  eo.sinks = sinks;
+  eo.max_batch = batch;
+  auto [dev, dt] = resolve_runtime(device, dtype);
+  auto tok = Tokenizer::load(tok_path.empty() ? model_dir : tok_path);
+  auto model = Llama::load(model_dir, dt, dev);
+  tok.check_model_vocab(model.config.vocab_size, model_config_name(model_dir));
+  for (int64_t L : to.lengths)
+    DMC_CHECK(L <= model.config.max_position_embeddings, "--lengths: ", L,
+              " exceeds the model's max_position_embeddings (", model.config.max_position_embeddings, ")");
+  const auto s = make_task_samples(tok, to);
+  const nlohmann::json report = run_task_eval(model, tok, s, eo);
+  std::cout << task_eval_table(report) << std::flush;
+  if (!json_path.empty()) write_file_atomic(json_path, report.dump(1) + "\n");
+  return 0;
+}
+}  // namespace
+
 int cmd_eval(const Args& a) {
+  if (!a.empty() && a[0] == "tasks") return cmd_eval_tasks(a);
   if (a.empty() || a[0] != "ppl") {
     if (!a.empty() && (a[0] == "-h" || a[0] == "--help")) {
       std::cout << "usage: dmc eval ppl --model DIR --tokenizer FILE --text FILE [options]\n";
       return 0;
     }
-    fail("command line: expected 'dmc eval ppl ...'");
+    fail("command line: expected 'dmc eval ppl ...' or 'dmc eval tasks ...'");
   }
   std::string model_dir, tok_path, text_path, data_dir, split = "valid", device = "auto", dtype = "auto", json_path;
   int64_t seq_len = 1024, stride = 0, max_tokens = 0;

@@ -21,6 +21,7 @@ commands:
   convert               change dtype and/or re-shard a model directory; --from-gguf FILE: import a llama.cpp GGUF
   generate              generate text from a prompt
   eval ppl              perplexity of a text file (sliding window)
+  eval tasks            long-context tasks (passkey, RULER NIAH, vt) through the engine under each cache policy
   tokenize              token ids (and pieces) of a text with a model's tokenizer, like llama.cpp's llama-tokenize
   tokenizer train       train a small SentencePiece BPE tokenizer on text files
   data prepare          tokenize text/JSONL into token shards with a document index and a validation split

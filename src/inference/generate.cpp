@@ -20,13 +20,17 @@ GenerateResult generate(const Llama& model, const std::vector<std::vector<int64_
   DMC_CHECK(!prompts.empty(), "generate: no prompts");
   const auto& c = model.config;
   const int64_t N = (int64_t)prompts.size();
-  for (const auto& p : prompts) {
+  DMC_CHECK(opts.max_new_per_prompt.empty() || (int64_t)opts.max_new_per_prompt.size() == N,
+            "generate: max_new_per_prompt needs one entry per prompt");
+  for (int64_t i = 0; i < N; ++i) {
+    const auto& p = prompts[i];
     DMC_CHECK(!p.empty(), "generate: empty prompt");
     for (int64_t id : p)
       DMC_CHECK(id >= 0 && id < c.vocab_size, "generate: token id ", id, " out of range [0, ", c.vocab_size, ")");
-    DMC_CHECK((int64_t)p.size() + opts.max_new_tokens <= c.max_position_embeddings, "generate: prompt (", p.size(),
-              ") + max_new_tokens (", opts.max_new_tokens, ") exceeds max_position_embeddings (",
-              c.max_position_embeddings, ")");
+    const int64_t n_new = opts.max_new_per_prompt.empty() ? opts.max_new_tokens
+                                                          : std::min(opts.max_new_tokens, opts.max_new_per_prompt[i]);
+    DMC_CHECK((int64_t)p.size() + n_new <= c.max_position_embeddings, "generate: prompt (", p.size(),
+              ") + max_new_tokens (", n_new, ") exceeds max_position_embeddings (", c.max_position_embeddings, ")");
   }
   GenerateResult res;
   res.tokens.assign(N, {});
@@ -56,10 +60,20 @@ GenerateResult generate(const Llama& model, const std::vector<std::vector<int64_
     return std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), id) != c.eos_token_ids.end();
   };
   // records a produced token; true when the request is finished
+  DMC_CHECK(opts.stop_ids_for.empty() || (int64_t)opts.stop_ids_for.size() == N,
+            "generate: stop_ids_for needs one entry per prompt");
+  auto budget = [&](int64_t req) {
+    return opts.max_new_per_prompt.empty() ? opts.max_new_tokens
+                                           : std::min(opts.max_new_tokens, opts.max_new_per_prompt[req]);
+  };
+  auto is_stop = [&](int64_t req, int64_t id) {
+    return !opts.stop_ids_for.empty() && opts.stop_ids_for[req] &&
+           std::find(opts.stop_ids.begin(), opts.stop_ids.end(), id) != opts.stop_ids.end();
+  };
   auto emit = [&](int64_t req, int64_t id) {
     res.tokens[req].push_back(id);
     if (on_token) on_token(req, id);
-    return (opts.stop_at_eos && is_eos(id)) || (int64_t)res.tokens[req].size() >= opts.max_new_tokens;
+    return (opts.stop_at_eos && is_eos(id)) || is_stop(req, id) || (int64_t)res.tokens[req].size() >= budget(req);
   };
   const at::Device dev = model.device();
   while (!queue.empty() || !active.empty()) {

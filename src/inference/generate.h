@@ -16,7 +16,13 @@ namespace dmc {
 
 struct GenerateOptions {
   int64_t max_new_tokens = 64;
+  // per prompt (empty = max_new_tokens for all): each prompt's own budget, at most max_new_tokens
+  std::vector<int64_t> max_new_per_prompt;
   bool stop_at_eos = true;  // a sequence stops after producing an EOS id
+  // a sequence also stops after a token of this set (e.g. the ids whose text holds a newline), where stop_ids_for[i]
+  // is true for prompt i (empty = none)
+  std::vector<int64_t> stop_ids;
+  std::vector<bool> stop_ids_for;
   SamplingOptions sampling;
   int64_t max_batch = 0;  // sequences decoding together (0 = all prompts)
   // cache: pages from memory_budget_bytes, or n_pages, or (both 0) room for every sequence uncompressed

@@ -1,0 +1,148 @@
+// Long-context task runs through the engine (see task_eval.h).
+#include "inference/task_eval.h"
+
+#include <chrono>
+#include <cmath>
+#include <map>
+#include <sstream>
+
+#include "common/error.h"
+#include "common/util.h"
+#include "inference/generate.h"
+
+namespace dmc {
+using json = nlohmann::json;
+
+json run_task_eval(const Llama& model, const Tokenizer& tok, const std::vector<TaskSample>& samples,
+                   const TaskEvalOptions& o) {
+  DMC_CHECK(!samples.empty(), "eval tasks: no samples");
+  DMC_CHECK(!o.policies.empty(), "eval tasks: no cache policy");
+  for (double cr : o.crs) DMC_CHECK(cr > 1.0, "--cr: a compression ratio must be > 1, got ", cr);
+  const auto& c = model.config;
+  for (const auto& s : samples)
+    DMC_CHECK(s.length <= c.max_position_embeddings, "eval tasks: length ", s.length,
+              " exceeds the model's max_position_embeddings (", c.max_position_embeddings, ")");
+  // the ids whose text holds a newline: a task that stops at the first newline stops after one of them
+  std::vector<int64_t> newline_ids;
+  for (int64_t id = 0; id < tok.vocab_size(); ++id)
+    if (tok.decode({id}).find('\n') != std::string::npos) newline_ids.push_back(id);
+  std::vector<int64_t> lengths;
+  for (const auto& s : samples)
+    if (std::find(lengths.begin(), lengths.end(), s.length) == lengths.end()) lengths.push_back(s.length);
+  // the runs: (policy, cr), cr only for the eviction baselines
+  struct Run {
+    CachePolicy policy;
+    double cr;
+    std::string name;
+  };
+  std::vector<Run> runs;
+  for (CachePolicy p : o.policies) {
+    if (evicts(p)) {
+      for (double cr : o.crs) runs.push_back({p, cr, cat(cache_policy_name(p), "@", cr)});
+    } else {
+      DMC_CHECK(p != CachePolicy::Dmc || c.dmc.enabled,
+                "eval tasks: cache policy dmc needs a DMC model (its config.json has no dmc stanza)");
+      runs.push_back({p, 0.0, cache_policy_name(p)});
+    }
+  }
+  json report = {{"runs", json::array()}, {"samples", json::array()}};
+  for (const auto& s : samples)
+    report["samples"].push_back({{"task", s.task},
+                                 {"length", s.length},
+                                 {"index", s.index},
+                                 {"seed", s.seed},
+                                 {"depth", s.depth},
+                                 {"prompt_tokens", s.prompt_tokens},
+                                 {"expected", s.expected},
+                                 {"prompt_fnv", fnv1a_hex(s.prompt)},
+                                 {"outputs", json::object()}});
+  const int64_t total = (int64_t)(runs.size() * samples.size());
+  Progress prog("eval tasks", total, o.progress ? 5.0 : 1e9);
+  int64_t done = 0;
+  for (const Run& r : runs) {
+    json run = {{"name", r.name}, {"policy", cache_policy_name(r.policy)}, {"accuracy", json::object()}};
+    if (r.cr > 0) run["cr"] = r.cr;
+    double seconds = 0;
+    int64_t produced = 0;
+    std::map<std::string, std::map<int64_t, std::pair<double, int64_t>>> acc;  // task -> length -> (sum, n)
+    for (int64_t L : lengths) {
+      std::vector<size_t> idx;
+      for (size_t i = 0; i < samples.size(); ++i)
+        if (samples[i].length == L) idx.push_back(i);
+      GenerateOptions g;
+      g.sampling.temperature = 0;
+      g.max_batch = o.max_batch;
+      g.cache.policy = r.policy;
+      g.cache.page_size = o.page_size;
+      g.cache.sinks = o.sinks;
+      if (evicts(r.policy)) {
+        g.cache.budget = (int64_t)std::ceil((double)L / r.cr);
+        run["budget_by_length"][std::to_string(L)] = g.cache.budget;
+      }
+      std::vector<std::vector<int64_t>> prompts;
+      g.max_new_tokens = 0;
+      for (size_t i : idx) {
+        prompts.push_back(tok.encode(samples[i].prompt, /*add_bos=*/true));
+        g.max_new_per_prompt.push_back(samples[i].max_new_tokens);
+        g.max_new_tokens = std::max(g.max_new_tokens, samples[i].max_new_tokens);
+        g.stop_ids_for.push_back(samples[i].stop_at_newline);
+      }
+      g.stop_ids = newline_ids;
+      auto t0 = std::chrono::steady_clock::now();
+      GenerateResult res = generate(model, prompts, g);
+      seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      for (size_t k = 0; k < idx.size(); ++k) {
+        const TaskSample& s = samples[idx[k]];
+        std::vector<int64_t> out = res.tokens[k];
+        produced += (int64_t)out.size();
+        const std::string text = tok.decode(out);
+        const double score = score_task(s, text);
+        report["samples"][idx[k]]["outputs"][r.name] = {{"text", text}, {"score", score}};
+        auto& a = acc[s.task][L];
+        a.first += score;
+        a.second += 1;
+        prog.update(++done, r.name);
+      }
+    }
+    for (const auto& [task, by_len] : acc)
+      for (const auto& [L, sn] : by_len) run["accuracy"][task][std::to_string(L)] = 100.0 * sn.first / sn.second;
+    run["seconds"] = seconds;
+    run["generated_tokens"] = produced;
+    run["tokens_per_s"] = seconds > 0 ? (double)produced / seconds : 0.0;
+    report["runs"].push_back(run);
+  }
+  return report;
+}
+
+std::string task_eval_table(const json& report) {
+  std::ostringstream os;
+  for (const auto& run : report["runs"]) {
+    os << "\n" << run["name"].get<std::string>();
+    if (run.contains("budget_by_length")) os << "  (slots a head by length: " << run["budget_by_length"].dump() << ")";
+    os << "  " << run["tokens_per_s"].get<double>() << " generated tokens/s\n";
+    std::vector<std::string> lens;
+    for (const auto& [task, by_len] : run["accuracy"].items())
+      for (const auto& [L, v] : by_len.items())
+        if (std::find(lens.begin(), lens.end(), L) == lens.end()) lens.push_back(L);
+    os << "| task |";
+    for (const auto& L : lens) os << " " << L << " |";
+    os << "\n|---|";
+    for (size_t i = 0; i < lens.size(); ++i) os << "---|";
+    os << "\n";
+    for (const auto& [task, by_len] : run["accuracy"].items()) {
+      os << "| " << task << " |";
+      for (const auto& L : lens) {
+        char buf[32];
+        if (by_len.contains(L))
+          std::snprintf(buf, sizeof buf, " %.1f |", by_len[L].get<double>());
+        else
+          std::snprintf(buf, sizeof buf, " - |");
+        os << buf;
+      }
+      os << "\n";
+    }
+  }
+  return os.str();
+}
+
+}  // namespace dmc

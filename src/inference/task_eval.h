@@ -1,0 +1,35 @@
+// Running long-context task samples (tasks.h) through the engine under each cache policy: for every (policy, CR,
+// length) the samples' prompts go through `generate` (parallel prefill into the paged cache, greedy decode with
+// continuous batching, a sample stopping at EOS, at its output budget, or at a newline where its task says so),
+// and each output is scored. Every policy sees the same prompts (the samples are made once).
+//
+//   TaskEvalOptions e; e.policies = {CachePolicy::Vanilla, CachePolicy::Window}; e.crs = {4};
+//   nlohmann::json report = run_task_eval(model, tok, samples, e);   // {"runs": [...], "samples": [...]}
+#pragma once
+#include <nlohmann/json.hpp>
+#include <vector>
+
+#include "inference/decoder.h"
+#include "inference/tasks.h"
+#include "tokenizer/tokenizer.h"
+
+namespace dmc {
+
+struct TaskEvalOptions {
+  std::vector<CachePolicy> policies = {CachePolicy::Vanilla};
+  // eviction baselines: budget = ceil(length / cr) slots a head, one run per cr (vanilla and dmc run once)
+  std::vector<double> crs = {4.0};
+  int64_t sinks = 4;
+  int64_t max_batch = 16;  // samples decoding together
+  int64_t page_size = 16;
+  bool progress = true;  // a progress line with ETA on stderr
+};
+
+// Returns {"runs": [{policy, cr, budget_by_length, accuracy: {task: {length: percent}}, tokens_per_s, ...}],
+//          "samples": [{task, length, index, seed, depth, expected, outputs: {run name: {text, score}}}]}.
+nlohmann::json run_task_eval(const Llama& model, const Tokenizer& tok, const std::vector<TaskSample>& samples,
+                             const TaskEvalOptions& o);
+// The runs of a report as a text table per run: accuracy by task x length.
+std::string task_eval_table(const nlohmann::json& report);
+
+}  // namespace dmc
