@@ -174,7 +174,7 @@ TEST_CASE("dmc eval tasks: every policy and ratio on the same samples, JSON with
   const std::string bin = std::string(DMC_BINARY) + " eval tasks --model " + w + "/m --tokenizer " + tok.path() +
                           " --device cpu --samples 2 --lengths 400 ";
   auto r = run(bin + "--tasks passkey,niah_single_2,vt --haystack " + w + "/hay.txt --cache vanilla,window,tova " +
-               "--cr 2,4 --json " + w + "/r.json");
+               "--cr 2,4 --json " + w + "/r.json --heatmaps " + w + "/hm");
   INFO(r.output);
   REQUIRE(r.status == 0);
   const auto j = nlohmann::json::parse(read_file(w + "/r.json"));
@@ -183,6 +183,8 @@ TEST_CASE("dmc eval tasks: every policy and ratio on the same samples, JSON with
   CHECK(names == std::vector<std::string>{"vanilla", "window@2", "window@4", "tova@2", "tova@4"});
   CHECK(j["runs"][1]["budget_by_length"]["400"] == 200);
   CHECK(j["runs"][2]["budget_by_length"]["400"] == 100);
+  CHECK(j["runs"][0]["achieved_cr"].get<double>() == Approx(1.0));  // vanilla keeps every token
+  CHECK(j["runs"][2]["achieved_cr"].get<double>() > 3.0);           // window at CR 4 of 400: about 100 slots a head
   REQUIRE(j["samples"].size() == 6);
   for (const auto& s : j["samples"]) {
     CHECK(s["outputs"].size() == 5);  // every run scored the same sample
@@ -195,6 +197,17 @@ TEST_CASE("dmc eval tasks: every policy and ratio on the same samples, JSON with
   }
   for (const auto& run : j["runs"]) CHECK(run["accuracy"].size() == 3);
   CHECK(r.output.find("| passkey |") != std::string::npos);
+  // a depth x length heatmap per (task, run)
+  for (const char* task : {"passkey", "niah_single_2", "vt"})
+    for (const auto& name : names) {
+      const std::string f = w + "/hm/" + task + "." + name + ".svg";
+      INFO(f);
+      REQUIRE(fs::exists(f));
+      const std::string svg = read_file(f);
+      CHECK(svg.rfind("<svg", 0) == 0);
+      CHECK(svg.find("depth 0%, length 400") != std::string::npos);
+      CHECK(svg.find("depth 100%, length 400") != std::string::npos);
+    }
   // bad input: a length past the model's positions, samples <= 0, an unknown task, an essay task without text
   for (const auto& [args, want] :
        std::vector<std::pair<std::string, std::string>>{{"--tasks passkey --lengths 1024", "max_position_embeddings"},

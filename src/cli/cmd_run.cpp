@@ -82,7 +82,7 @@ int cmd_generate(const Args& a) {
 namespace {
 // dmc eval tasks: long-context task samples (inference/tasks.h) through the engine under each cache policy.
 int cmd_eval_tasks(const Args& a) {
-  std::string model_dir, tok_path, haystack, json_path, device = "auto", dtype = "auto";
+  std::string model_dir, tok_path, haystack, json_path, heatmaps, device = "auto", dtype = "auto";
   std::vector<std::string> tasks = task_names(), lengths = {"1024", "2048", "4096"}, caches = {"vanilla"}, crs = {"4"};
   int64_t samples = 20, seed = 0, sinks = 4, batch = 16;
   bool chat = false;
@@ -103,6 +103,7 @@ int cmd_eval_tasks(const Args& a) {
   t.add("chat", &chat, "wrap each input in the model's chat template (instruct models)");
   t.add("haystack", &haystack, "text for the essay haystacks (documents separated by blank lines): held-out text");
   t.add("json", &json_path, "write every sample (seed, depth, expected, outputs, scores) and the tables as JSON");
+  t.add("heatmaps", &heatmaps, "write a depth x length accuracy heatmap (SVG) per (task, run) into this directory");
   t.add("device", &device, "cpu, cuda, cuda:N or auto");
   t.add("dtype", &dtype, "bf16, fp16, fp32 or auto");
   t.parse(Args(a.begin() + 1, a.end()));
@@ -143,6 +144,10 @@ int cmd_eval_tasks(const Args& a) {
   const nlohmann::json report = run_task_eval(model, tok, s, eo);
   std::cout << task_eval_table(report) << std::flush;
   if (!json_path.empty()) write_file_atomic(json_path, report.dump(1) + "\n");
+  if (!heatmaps.empty()) {
+    make_dirs(heatmaps);
+    for (const auto& [name, svg] : task_heatmaps(report)) write_file_atomic(heatmaps + "/" + name, svg);
+  }
   return 0;
 }
 }  // namespace

@@ -75,6 +75,16 @@ GenerateResult generate(const Llama& model, const std::vector<std::vector<int64_
     if (on_token) on_token(req, id);
     return (opts.stop_at_eos && is_eos(id)) || is_stop(req, id) || (int64_t)res.tokens[req].size() >= budget(req);
   };
+  // a finished sequence: what its cache held (when measured), then its slot and pages back
+  auto finish = [&](int64_t req, int64_t slot) {
+    if (opts.measure_cache) {
+      const int64_t fed = (int64_t)(prompts[req].size() + res.tokens[req].size()) - 1;  // the last token is not fed
+      res.cache_tokens += (double)fed * (double)c.num_hidden_layers * (double)model.local_kv_heads();
+      res.cache_slots += (double)dec.slot_counts(slot).sum().item<int64_t>();
+    }
+    dec.free(slot);
+    free_slots.push_back(slot);
+  };
   const at::Device dev = model.device();
   while (!queue.empty() || !active.empty()) {
     // admit: one prefill per joining request (its prompt plus whatever it produced before a preemption)
@@ -99,8 +109,7 @@ GenerateResult generate(const Llama& model, const std::vector<std::vector<int64_
       const int64_t id = sampler.sample(logits).to(at::kCPU)[0].item<int64_t>();
       res.prefill_seconds += since(t0);
       if (emit(req, id)) {
-        dec.free(slot);
-        free_slots.push_back(slot);
+        finish(req, slot);
       } else {
         active.push_back({req, slot, id});
       }
@@ -135,8 +144,7 @@ GenerateResult generate(const Llama& model, const std::vector<std::vector<int64_
     for (size_t i = 0; i < active.size(); ++i) {
       const int64_t id = next[(int64_t)i].item<int64_t>();
       if (emit(active[i].req, id)) {
-        dec.free(active[i].slot);
-        free_slots.push_back(active[i].slot);
+        finish(active[i].req, active[i].slot);
       } else {
         still.push_back({active[i].req, active[i].slot, id});
       }

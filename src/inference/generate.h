@@ -23,6 +23,8 @@ struct GenerateOptions {
   // is true for prompt i (empty = none)
   std::vector<int64_t> stop_ids;
   std::vector<bool> stop_ids_for;
+  // measure the cache each finished sequence held (a device read each): GenerateResult::cache_tokens / slots
+  bool measure_cache = false;
   SamplingOptions sampling;
   int64_t max_batch = 0;  // sequences decoding together (0 = all prompts)
   // cache: pages from memory_budget_bytes, or n_pages, or (both 0) room for every sequence uncompressed
@@ -36,6 +38,9 @@ struct GenerateResult {
   int64_t decoded_tokens = 0;  // tokens those steps produced (sum of the batch sizes)
   int64_t preemptions = 0;
   int64_t max_active = 0;  // the largest batch that ran
+  // with measure_cache: over finished sequences, the (token, layer, KV head) entries their caches stood for and the
+  // slots they held; the achieved compression ratio is cache_tokens / cache_slots
+  double cache_tokens = 0, cache_slots = 0;
 };
 
 // on_token(i, id) is called for every new token of prompt i.

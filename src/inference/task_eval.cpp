@@ -1,6 +1,7 @@
 // Long-context task runs through the engine (see task_eval.h).
 #include "inference/task_eval.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <map>
@@ -9,6 +10,7 @@
 #include "common/error.h"
 #include "common/util.h"
 #include "inference/generate.h"
+#include "report/report.h"
 
 namespace dmc {
 using json = nlohmann::json;
@@ -62,7 +64,7 @@ json run_task_eval(const Llama& model, const Tokenizer& tok, const std::vector<T
   for (const Run& r : runs) {
     json run = {{"name", r.name}, {"policy", cache_policy_name(r.policy)}, {"accuracy", json::object()}};
     if (r.cr > 0) run["cr"] = r.cr;
-    double seconds = 0;
+    double seconds = 0, cache_tokens = 0, cache_slots = 0;
     int64_t produced = 0;
     std::map<std::string, std::map<int64_t, std::pair<double, int64_t>>> acc;  // task -> length -> (sum, n)
     for (int64_t L : lengths) {
@@ -72,6 +74,7 @@ json run_task_eval(const Llama& model, const Tokenizer& tok, const std::vector<T
       GenerateOptions g;
       g.sampling.temperature = 0;
       g.max_batch = o.max_batch;
+      g.measure_cache = true;
       g.cache.policy = r.policy;
       g.cache.page_size = o.page_size;
       g.cache.sinks = o.sinks;
@@ -91,6 +94,8 @@ json run_task_eval(const Llama& model, const Tokenizer& tok, const std::vector<T
       auto t0 = std::chrono::steady_clock::now();
       GenerateResult res = generate(model, prompts, g);
       seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      cache_tokens += res.cache_tokens;
+      cache_slots += res.cache_slots;
       for (size_t k = 0; k < idx.size(); ++k) {
         const TaskSample& s = samples[idx[k]];
         std::vector<int64_t> out = res.tokens[k];
@@ -109,9 +114,51 @@ json run_task_eval(const Llama& model, const Tokenizer& tok, const std::vector<T
     run["seconds"] = seconds;
     run["generated_tokens"] = produced;
     run["tokens_per_s"] = seconds > 0 ? (double)produced / seconds : 0.0;
+    run["achieved_cr"] = cache_slots > 0 ? cache_tokens / cache_slots : 1.0;  // what the caches held at the end
     report["runs"].push_back(run);
   }
   return report;
+}
+
+std::map<std::string, std::string> task_heatmaps(const json& report) {
+  std::map<std::string, std::string> out;
+  for (const auto& run : report["runs"]) {
+    const std::string name = run["name"];
+    std::map<std::string, std::map<double, std::map<int64_t, std::pair<double, int64_t>>>> cells;  // task, depth, L
+    for (const auto& s : report["samples"]) {
+      if (!s["outputs"].contains(name)) continue;
+      auto& c = cells[s["task"].get<std::string>()][s["depth"].get<double>()][s["length"].get<int64_t>()];
+      c.first += s["outputs"][name]["score"].get<double>();
+      c.second += 1;
+    }
+    for (const auto& [task, by_depth] : cells) {
+      std::vector<int64_t> lens;
+      for (const auto& [d, by_len] : by_depth)
+        for (const auto& [L, sn] : by_len)
+          if (std::find(lens.begin(), lens.end(), L) == lens.end()) lens.push_back(L);
+      std::sort(lens.begin(), lens.end());
+      report::HeatmapLabels lb;
+      lb.col_axis = "context length (tokens)";
+      lb.row_name = "depth";
+      lb.col_name = "length";
+      lb.lo = 0;
+      lb.hi = 100;
+      for (int64_t L : lens) lb.cols.push_back(std::to_string(L));
+      std::vector<std::vector<double>> v;
+      for (const auto& [d, by_len] : by_depth) {
+        lb.rows.push_back(std::to_string((int)std::lround(d * 100)) + "%");
+        std::vector<double> row;
+        for (int64_t L : lens) {
+          auto it = by_len.find(L);
+          row.push_back(it == by_len.end() ? 0.0 : 100.0 * it->second.first / it->second.second);
+        }
+        v.push_back(row);
+      }
+      out[task + "." + name + ".svg"] =
+          report::heatmap_svg(task + ", " + name + ": accuracy (%) by needle depth x length", v, lb);
+    }
+  }
+  return out;
 }
 
 std::string task_eval_table(const json& report) {
@@ -119,7 +166,8 @@ std::string task_eval_table(const json& report) {
   for (const auto& run : report["runs"]) {
     os << "\n" << run["name"].get<std::string>();
     if (run.contains("budget_by_length")) os << "  (slots a head by length: " << run["budget_by_length"].dump() << ")";
-    os << "  " << run["tokens_per_s"].get<double>() << " generated tokens/s\n";
+    os << "  achieved CR " << run["achieved_cr"].get<double>() << ", " << run["tokens_per_s"].get<double>()
+       << " generated tokens/s\n";
     std::vector<std::string> lens;
     for (const auto& [task, by_len] : run["accuracy"].items())
       for (const auto& [L, v] : by_len.items())

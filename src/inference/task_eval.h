@@ -6,7 +6,9 @@
 //   TaskEvalOptions e; e.policies = {CachePolicy::Vanilla, CachePolicy::Window}; e.crs = {4};
 //   nlohmann::json report = run_task_eval(model, tok, samples, e);   // {"runs": [...], "samples": [...]}
 #pragma once
+#include <map>
 #include <nlohmann/json.hpp>
+#include <string>
 #include <vector>
 
 #include "inference/decoder.h"
@@ -31,5 +33,8 @@ nlohmann::json run_task_eval(const Llama& model, const Tokenizer& tok, const std
                              const TaskEvalOptions& o);
 // The runs of a report as a text table per run: accuracy by task x length.
 std::string task_eval_table(const nlohmann::json& report);
+// Depth x length accuracy heatmaps (SVG, 0-100%) as NIAH papers draw them, one per (task, run):
+// file name ("<task>.<run>.svg") -> SVG text.
+std::map<std::string, std::string> task_heatmaps(const nlohmann::json& report);
 
 }  // namespace dmc

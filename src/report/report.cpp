@@ -101,7 +101,7 @@ std::string line_chart_svg(const std::string& title, const std::string& ylabel, 
   return os.str();
 }
 
-std::string heatmap_svg(const std::string& title, const std::vector<std::vector<double>>& v) {
+std::string heatmap_svg(const std::string& title, const std::vector<std::vector<double>>& v, const HeatmapLabels& lb) {
   const size_t rows = v.size(), cols = rows ? v[0].size() : 0;
   const double cell = std::max(8.0, std::min(40.0, 640.0 / std::max<size_t>(1, std::max(rows, cols))));
   const double L = 60, T = 40, W = L + cols * cell + 120, H = T + rows * cell + 50;
@@ -111,9 +111,15 @@ std::string heatmap_svg(const std::string& title, const std::vector<std::vector<
       lo = std::min(lo, x);
       hi = std::max(hi, x);
     }
+  if (lb.hi > lb.lo) {
+    lo = lb.lo;
+    hi = lb.hi;
+  }
   if (!(hi > lo)) {
     hi = lo + 1;
   }
+  auto row_label = [&](size_t r) { return r < lb.rows.size() ? lb.rows[r] : "L" + std::to_string(r); };
+  auto col_label = [&](size_t c) { return c < lb.cols.size() ? lb.cols[c] : std::to_string(c); };
   auto color = [&](double x) {  // white -> dark blue
     const double t = (x - lo) / (hi - lo);
     const int r = (int)(255 * (1 - 0.85 * t)), g = (int)(255 * (1 - 0.65 * t)), b = (int)(255 * (1 - 0.25 * t));
@@ -127,12 +133,13 @@ std::string heatmap_svg(const std::string& title, const std::vector<std::vector<
      << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
      << "<text x=\"" << W / 2 << "\" y=\"20\" text-anchor=\"middle\" font-size=\"14\">" << esc(title) << "</text>\n";
   for (size_t r = 0; r < rows; ++r) {
-    os << "<text x=\"" << L - 6 << "\" y=\"" << T + r * cell + cell / 2 + 4 << "\" text-anchor=\"end\">L" << r
-       << "</text>\n";
+    os << "<text x=\"" << L - 6 << "\" y=\"" << T + r * cell + cell / 2 + 4 << "\" text-anchor=\"end\">"
+       << esc(row_label(r)) << "</text>\n";
     for (size_t c = 0; c < cols; ++c) {
       os << "<rect x=\"" << L + c * cell << "\" y=\"" << T + r * cell << "\" width=\"" << cell << "\" height=\"" << cell
-         << "\" fill=\"" << color(v[r][c]) << "\" stroke=\"white\"><title>layer " << r << ", head " << c << ": "
-         << num(v[r][c]) << "</title></rect>\n";
+         << "\" fill=\"" << color(v[r][c]) << "\" stroke=\"white\"><title>" << esc(lb.row_name) << " "
+         << esc(row_label(r)) << ", " << esc(lb.col_name) << " " << esc(col_label(c)) << ": " << num(v[r][c])
+         << "</title></rect>\n";
       if (cell >= 28)
         os << "<text x=\"" << L + c * cell + cell / 2 << "\" y=\"" << T + r * cell + cell / 2 + 4
            << "\" text-anchor=\"middle\" font-size=\"9\">" << num(v[r][c], 2) << "</text>\n";
@@ -140,9 +147,9 @@ std::string heatmap_svg(const std::string& title, const std::vector<std::vector<
   }
   for (size_t c = 0; c < cols; ++c)
     os << "<text x=\"" << L + c * cell + cell / 2 << "\" y=\"" << T + rows * cell + 14 << "\" text-anchor=\"middle\">"
-       << c << "</text>\n";
-  os << "<text x=\"" << L + cols * cell / 2 << "\" y=\"" << T + rows * cell + 32
-     << "\" text-anchor=\"middle\">KV head</text>\n";
+       << esc(col_label(c)) << "</text>\n";
+  os << "<text x=\"" << L + cols * cell / 2 << "\" y=\"" << T + rows * cell + 32 << "\" text-anchor=\"middle\">"
+     << esc(lb.col_axis) << "</text>\n";
   const double lx = L + cols * cell + 20;
   for (int i = 0; i <= 10; ++i) {
     const double x = lo + (hi - lo) * (10 - i) / 10.0;

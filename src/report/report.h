@@ -24,6 +24,13 @@ struct Series {
   std::vector<double> x, y;
 };
 std::string line_chart_svg(const std::string& title, const std::string& ylabel, const std::vector<Series>& series);
-std::string heatmap_svg(const std::string& title, const std::vector<std::vector<double>>& values);
+// Rows x columns of values; labels default to the per-layer / per-KV-head ratio map ("L0".., 0.., "KV head").
+struct HeatmapLabels {
+  std::vector<std::string> rows, cols;  // empty: "L<r>" and "<c>"
+  std::string col_axis = "KV head", row_name = "layer", col_name = "head";
+  double lo = 0, hi = 0;  // colour range (lo < hi: fixed, e.g. 0-100 for accuracy); else the values' range
+};
+std::string heatmap_svg(const std::string& title, const std::vector<std::vector<double>>& values,
+                        const HeatmapLabels& labels = {});
 
 }  // namespace dmc::report
