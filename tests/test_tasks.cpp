@@ -171,6 +171,7 @@ TEST_CASE("dmc eval tasks: every policy and ratio on the same samples, JSON with
   c.max_position_embeddings = 512;
   Llama::random(c, 5, at::kFloat, at::kCPU).save(w + "/m", at::kFloat);
   write_text(w + "/hay.txt", sample_text(30, 7) + "\n\n" + sample_text(30, 8));
+  write_text(w + "/short.txt", "One. Two. Three. Four. Five. Six. Seven. Eight. Nine. Ten.");
   const std::string bin = std::string(DMC_BINARY) + " eval tasks --model " + w + "/m --tokenizer " + tok.path() +
                           " --device cpu --samples 2 --lengths 400 ";
   auto r = run(bin + "--tasks passkey,niah_single_2,vt --haystack " + w + "/hay.txt --cache vanilla,window,tova " +
@@ -208,13 +209,21 @@ TEST_CASE("dmc eval tasks: every policy and ratio on the same samples, JSON with
       CHECK(svg.find("depth 0%, length 400") != std::string::npos);
       CHECK(svg.find("depth 100%, length 400") != std::string::npos);
     }
+  // essays from a prepared dataset's held-out split
+  auto d = run(std::string(DMC_BINARY) + " data prepare --input " + w + "/hay.txt --tokenizer " + tok.path() +
+               " --out " + w + "/data --valid-fraction 0.5");
+  REQUIRE(d.status == 0);
+  auto r2 = run(bin + "--tasks niah_single_2 --data " + w + "/data --cache vanilla --json " + w + "/r2.json");
+  INFO(r2.output);
+  CHECK(r2.status == 0);
   // bad input: a length past the model's positions, samples <= 0, an unknown task, an essay task without text
-  for (const auto& [args, want] :
-       std::vector<std::pair<std::string, std::string>>{{"--tasks passkey --lengths 1024", "max_position_embeddings"},
-                                                        {"--tasks passkey --samples 0", "samples"},
-                                                        {"--tasks needle", "needle"},
-                                                        {"--tasks niah_single_2", "essay text"},
-                                                        {"--tasks passkey --cr 1", "--cr"}}) {
+  for (const auto& [args, want] : std::vector<std::pair<std::string, std::string>>{
+           {"--tasks passkey --lengths 1024", "max_position_embeddings"},
+           {"--tasks passkey --samples 0", "samples"},
+           {"--tasks needle", "needle"},
+           {"--tasks niah_single_2", "essay text"},
+           {"--tasks niah_single_2 --haystack " + w + "/short.txt", "too short"},
+           {"--tasks passkey --cr 1", "--cr"}}) {
     auto b = run(std::string(DMC_BINARY) + " eval tasks --model " + w + "/m --tokenizer " + tok.path() +
                  " --device cpu --samples 1 --lengths 400 " + args);
     INFO(args << "\n" << b.output);

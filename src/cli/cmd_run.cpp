@@ -1,4 +1,5 @@
 // dmc generate / eval ppl: commands that run a model.
+#include <algorithm>
 #include <iomanip>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -82,7 +83,7 @@ int cmd_generate(const Args& a) {
 namespace {
 // dmc eval tasks: long-context task samples (inference/tasks.h) through the engine under each cache policy.
 int cmd_eval_tasks(const Args& a) {
-  std::string model_dir, tok_path, haystack, json_path, heatmaps, device = "auto", dtype = "auto";
+  std::string model_dir, tok_path, haystack, data_dir, json_path, heatmaps, device = "auto", dtype = "auto";
   std::vector<std::string> tasks = task_names(), lengths = {"1024", "2048", "4096"}, caches = {"vanilla"}, crs = {"4"};
   int64_t samples = 20, seed = 0, sinks = 4, batch = 16;
   bool chat = false;
@@ -102,6 +103,7 @@ int cmd_eval_tasks(const Args& a) {
   t.add("batch", &batch, "samples decoding together (continuous batching)").min(1);
   t.add("chat", &chat, "wrap each input in the model's chat template (instruct models)");
   t.add("haystack", &haystack, "text for the essay haystacks (documents separated by blank lines): held-out text");
+  t.add("data", &data_dir, "or: a `dmc data prepare` directory whose valid split (never trained on) gives the essays");
   t.add("json", &json_path, "write every sample (seed, depth, expected, outputs, scores) and the tables as JSON");
   t.add("heatmaps", &heatmaps, "write a depth x length accuracy heatmap (SVG) per (task, run) into this directory");
   t.add("device", &device, "cpu, cuda, cuda:N or auto");
@@ -133,10 +135,24 @@ int cmd_eval_tasks(const Args& a) {
   }
   eo.sinks = sinks;
   eo.max_batch = batch;
+  DMC_CHECK(haystack.empty() || data_dir.empty(), "give --haystack or --data, not both");
   auto [dev, dt] = resolve_runtime(device, dtype);
   auto tok = Tokenizer::load(tok_path.empty() ? model_dir : tok_path);
   auto model = Llama::load(model_dir, dt, dev);
   tok.check_model_vocab(model.config.vocab_size, model_config_name(model_dir));
+  if (!data_dir.empty()) {  // the held-out documents, decoded without their BOS / EOS
+    auto split = data::TokenSplit::open(data_dir, "valid", tok.fingerprint(), model.config.vocab_size);
+    std::vector<int64_t> starts = split->doc_starts_in(0, split->num_tokens());
+    starts.push_back(split->num_tokens());
+    for (size_t d = 0; d + 1 < starts.size(); ++d) {
+      std::vector<int64_t> ids(starts[d + 1] - starts[d]);
+      split->read(starts[d], (int64_t)ids.size(), ids.data());
+      ids.erase(
+          std::remove_if(ids.begin(), ids.end(), [&](int64_t id) { return id == tok.bos_id() || id == tok.eos_id(); }),
+          ids.end());
+      to.essays.push_back(tok.decode(ids));
+    }
+  }
   for (int64_t L : to.lengths)
     DMC_CHECK(L <= model.config.max_position_embeddings, "--lengths: ", L,
               " exceeds the model's max_position_embeddings (", model.config.max_position_embeddings, ")");

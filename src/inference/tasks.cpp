@@ -291,6 +291,9 @@ std::vector<TaskSample> make_task_samples(const Tokenizer& tok, const TaskOption
           const int64_t mid = lo + (hi - lo) / 2;
           (fits(mid) ? lo : hi) = mid;
         }
+        if (needs_essay && lo > (int64_t)essay.size())
+          fail("task ", task, ": the haystack text (", essay.size(), " sentences) is too short for a length of ", L,
+               " tokens (it needs about ", lo, "); give more held-out text");
         guess = lo;
         s.prompt = p.build(lo);
         s.prompt_tokens = tokens(s.prompt);
