@@ -55,3 +55,5 @@ for b in 1 max; do
     --steps 128 --memory-gib 40 --json "$J" >> "$OUT/bench.log" 2>&1; echo "bench batch $b rc=$?"
 done
 python3 scripts/decode_table.py "$J" | tee "$OUT/smollm2_bench.md"
+# the device tool brings back at most 8 files: everything in one archive
+(cd "$OUT" && tar czf smollm2.tgz --exclude smollm2.tgz -- * && find . -maxdepth 1 -type f ! -name smollm2.tgz -delete)
