@@ -547,3 +547,27 @@ TEST_CASE("bench decode: a context of exactly max_position_embeddings is accepte
   CHECK(r.status == 1);
   CHECK(r.output.find("exceeds max_position_embeddings (64)") != std::string::npos);
 }
+
+// Catch2 v2's catch_discover_tests (Debian's) splits a test name at ';' or reads a leading "--" as an option, and
+// CTest then runs half-names that match nothing and fail: every case name must avoid both.
+TEST_CASE("test case names hold no semicolon and start with no double dash (CTest discovery would split them)",
+          "[hardening]") {
+  int names = 0;
+  for (const auto& e : fs::directory_iterator(std::string(DMC_SOURCE_DIR) + "/tests")) {
+    if (e.path().extension() != ".cpp") continue;
+    std::ifstream in(e.path());
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const std::string key = std::string("TEST_") + "CASE(\"";
+    for (size_t at = text.find(key); at != std::string::npos; at = text.find(key, at + 1)) {
+      // the name: adjacent string literals up to the first ", \"[" (the tags)
+      const size_t end = text.find("\"[", at);
+      if (end == std::string::npos) continue;
+      const std::string name = text.substr(at + key.size(), end - at - key.size());
+      ++names;
+      INFO(e.path().filename().string() << ": " << name.substr(0, 100));
+      CHECK(name.find(';') == std::string::npos);
+      CHECK(name.rfind("--", 0) != 0);
+    }
+  }
+  CHECK(names > 100);
+}
