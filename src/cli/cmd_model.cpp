@@ -25,7 +25,7 @@ int cmd_info(const Args& a) {
   t.add("json", &json_out, "print JSON instead of text");
   t.positional({"model"});
   t.parse(a);
-  if (model.size() > 5 && model.compare(model.size() - 5, 5, ".gguf") == 0) {
+  if (io::is_gguf_path(model)) {
     // a GGUF file: its header, the shape its metadata gives, its tensor types, its tokenizer
     auto g = io::GgufFile::open(model);
     const auto cfg = LlamaConfig::from_gguf_metadata(g->metadata(), model, g->find("output.weight") != nullptr);

@@ -12,6 +12,7 @@
 #include "config/options.h"
 #include "data/dataset.h"
 #include "inference/generate.h"
+#include "io/gguf.h"
 #include "inference/perplexity.h"
 #include "inference/task_eval.h"
 #include "inference/tasks.h"
@@ -23,7 +24,7 @@ namespace dmc::cli {
 namespace {
 // What names the model's shape in errors: DIR/config.json, or the .gguf file itself.
 std::string model_config_name(const std::string& model) {
-  return model.size() > 5 && model.compare(model.size() - 5, 5, ".gguf") == 0 ? model : model + "/config.json";
+  return io::is_gguf_path(model) ? model : model + "/config.json";
 }
 }  // namespace
 

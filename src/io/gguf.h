@@ -84,6 +84,12 @@ class GgufFile {
   std::vector<GgufTensor> tensors_;
 };
 
+// Whether a model or tokenizer path names a GGUF file (by its ".gguf" suffix): the one test commands use to choose
+// the GGUF reader over an HF directory.
+inline bool is_gguf_path(const std::string& path) {
+  return path.size() > 5 && path.compare(path.size() - 5, 5, ".gguf") == 0;
+}
+
 // Dequantizes n values (a multiple of the type's block size) of `type` from src into dst.
 void dequantize_row(const GgmlType& type, const uint8_t* src, float* dst, int64_t n);
 

@@ -153,7 +153,7 @@ Llama Llama::load_gguf(const std::string& path, at::ScalarType dtype, at::Device
 }
 
 Llama Llama::load(const std::string& dir, at::ScalarType dtype, at::Device device) {
-  if (dir.size() > 5 && dir.compare(dir.size() - 5, 5, ".gguf") == 0) return load_gguf(dir, dtype, device);
+  if (io::is_gguf_path(dir)) return load_gguf(dir, dtype, device);
   require_dir(dir, "model directory");
   Llama m;
   m.config = LlamaConfig::load(dir + "/config.json");

@@ -78,7 +78,7 @@ Tokenizer Tokenizer::load(const std::string& path) {
       if (fs::exists(fs::path(path) / f)) return load((fs::path(path) / f).string());
     fail(path, ": the directory has no tokenizer.json or tokenizer.model");
   }
-  if (ends_with(path, ".gguf")) return from_gguf(*io::GgufFile::open(path));
+  if (io::is_gguf_path(path)) return from_gguf(*io::GgufFile::open(path));
   const std::string bytes = read_file(path, "tokenizer");
   Tokenizer t;
   t.path_ = path;
