@@ -216,6 +216,39 @@ TEST_CASE("dmc eval tasks: every policy and ratio on the same samples, JSON with
   auto r2 = run(bin + "--tasks niah_single_2 --data " + w + "/data --cache vanilla --json " + w + "/r2.json");
   INFO(r2.output);
   CHECK(r2.status == 0);
+  // reports of separate jobs (here another length) merged by `dmc report tasks`: cells joined, heatmaps over both
+  auto r3 = run(std::string(DMC_BINARY) + " eval tasks --model " + w + "/m --tokenizer " + tok.path() +
+                " --device cpu --samples 2 --lengths 300 --tasks passkey --cache vanilla,window --cr 2 --json " + w +
+                "/r3.json");
+  INFO(r3.output);
+  REQUIRE(r3.status == 0);
+  auto mr = run(std::string(DMC_BINARY) + " report tasks " + w + "/r.json " + w + "/r3.json --json " + w +
+                "/m.json --heatmaps " + w + "/hm2");
+  INFO(mr.output);
+  REQUIRE(mr.status == 0);
+  const auto mj = nlohmann::json::parse(read_file(w + "/m.json"));
+  CHECK(mj["samples"].size() == 8);
+  CHECK(mj["runs"].size() == 5);
+  CHECK(mj["runs"][0]["accuracy"]["passkey"].size() == 2);  // vanilla: 300 and 400
+  CHECK(mj["runs"][0]["accuracy"]["vt"].size() == 1);
+  CHECK(mj["runs"][1]["budget_by_length"]["300"] == 150);
+  CHECK(mj["runs"][1]["generated_tokens"].get<int64_t>() ==
+        j["runs"][1]["generated_tokens"].get<int64_t>() +
+            nlohmann::json::parse(read_file(w + "/r3.json"))["runs"][1]["generated_tokens"].get<int64_t>());
+  const std::string svg = read_file(w + "/hm2/passkey.vanilla.svg");
+  CHECK(svg.find("length 300") != std::string::npos);
+  CHECK(svg.find("length 400") != std::string::npos);
+  write_text(w + "/bad.json", "{\"runs\": 3");
+  for (const auto& [args, want] : std::vector<std::pair<std::string, std::string>>{
+           {w + "/r.json " + w + "/r.json", "in two reports"},
+           {w + "/r.json " + w + "/bad.json", "bad.json: not valid JSON"},
+           {w + "/hay.txt", "hay.txt"},
+           {"", "needs at least one"}}) {
+    auto b = run(std::string(DMC_BINARY) + " report tasks " + args);
+    INFO(args << "\n" << b.output);
+    CHECK(b.status == 1);
+    CHECK(b.output.find(want) != std::string::npos);
+  }
   // bad input: a length past the model's positions, samples <= 0, an unknown task, an essay task without text
   for (const auto& [args, want] : std::vector<std::pair<std::string, std::string>>{
            {"--tasks passkey --lengths 1024", "max_position_embeddings"},

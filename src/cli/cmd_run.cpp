@@ -86,7 +86,7 @@ namespace {
 int cmd_eval_tasks(const Args& a) {
   std::string model_dir, tok_path, haystack, data_dir, json_path, heatmaps, device = "auto", dtype = "auto";
   std::vector<std::string> tasks = task_names(), lengths = {"1024", "2048", "4096"}, caches = {"vanilla"}, crs = {"4"};
-  int64_t samples = 20, seed = 0, sinks = 4, batch = 16;
+  int64_t samples = 20, seed = 0, sinks = 4, batch = 16, prefill_chunk = 128, prefill_tokens = 16384;
   bool chat = false;
   OptionTable t("eval tasks",
                 "dmc eval tasks --model M [--tokenizer T] --tasks passkey,niah_single_1,... --lengths 1024,4096 "
@@ -102,6 +102,10 @@ int cmd_eval_tasks(const Args& a) {
   t.add("cr", &crs, "eviction baselines: comma-separated compression ratios (budget = ceil(length / cr))");
   t.add("sinks", &sinks, "window: first positions never evicted").min(0);
   t.add("batch", &batch, "samples decoding together (continuous batching)").min(1);
+  t.add("prefill_chunk", &prefill_chunk,
+        "tova / h2o / window: prompt tokens a prefill forward takes (1 = token by token; window is exact at any)")
+      .min(1);
+  t.add("prefill_tokens", &prefill_tokens, "joining prompts prefill together up to this many (padded) tokens").min(1);
   t.add("chat", &chat, "wrap each input in the model's chat template (instruct models)");
   t.add("haystack", &haystack, "text for the essay haystacks (documents separated by blank lines): held-out text");
   t.add("data", &data_dir, "or: a `dmc data prepare` directory whose valid split (never trained on) gives the essays");
@@ -136,6 +140,8 @@ int cmd_eval_tasks(const Args& a) {
   }
   eo.sinks = sinks;
   eo.max_batch = batch;
+  eo.prefill_chunk = prefill_chunk;
+  eo.prefill_tokens = prefill_tokens;
   DMC_CHECK(haystack.empty() || data_dir.empty(), "give --haystack or --data, not both");
   auto [dev, dt] = resolve_runtime(device, dtype);
   auto tok = Tokenizer::load(tok_path.empty() ? model_dir : tok_path);
@@ -160,11 +166,7 @@ int cmd_eval_tasks(const Args& a) {
   const auto s = make_task_samples(tok, to);
   const nlohmann::json report = run_task_eval(model, tok, s, eo);
   std::cout << task_eval_table(report) << std::flush;
-  if (!json_path.empty()) write_file_atomic(json_path, report.dump(1) + "\n");
-  if (!heatmaps.empty()) {
-    make_dirs(heatmaps);
-    for (const auto& [name, svg] : task_heatmaps(report)) write_file_atomic(heatmaps + "/" + name, svg);
-  }
+  save_task_report(report, json_path, heatmaps);
   return 0;
 }
 }  // namespace

@@ -6,6 +6,10 @@
 #include "common/log.h"
 #include "config/options.h"
 #include "data/prepare.h"
+#include "inference/task_eval.h"
+#include "common/util.h"
+#include "common/files.h"
+#include <nlohmann/json.hpp>
 #include "train/stages.h"
 #include "report/report.h"
 #include "train/checkpoint.h"
@@ -73,7 +77,42 @@ int cmd_retrofit(const Args& a) {
   return exit_status(train::train(o, &stage, t.to_yaml()));
 }
 
+namespace {
+// dmc report tasks A.json [B.json ...]: `eval tasks` reports (e.g. one per length, run as separate jobs) as one:
+// the tables, optionally the merged JSON and the depth x length heatmaps.
+int cmd_report_tasks(const Args& a) {
+  std::vector<std::string> files;
+  std::string json_out, heatmaps;
+  OptionTable t("report tasks", "dmc report tasks REPORT.json [REPORT.json ...] [--json OUT] [--heatmaps DIR]");
+  t.add("json", &json_out, "write the merged report here");
+  t.add("heatmaps", &heatmaps, "write a depth x length accuracy heatmap (SVG) per (task, run) into this directory");
+  Args rest;
+  for (size_t i = 1; i < a.size(); ++i) {
+    const std::string& x = a[i];
+    if (x.rfind("-", 0) != 0 && x.find('=') == std::string::npos &&
+        (rest.empty() || (rest.back() != "--json" && rest.back() != "--heatmaps")))
+      files.push_back(x);
+    else
+      rest.push_back(x);
+  }
+  t.parse(rest);
+  if (files.empty()) fail("command line: 'dmc report tasks' needs at least one `eval tasks` JSON report");
+  std::vector<nlohmann::json> reps;
+  for (const auto& f : files) {
+    const std::string text = read_file(f, "eval tasks report");
+    nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded()) fail(f, ": not valid JSON (expected an `eval tasks` report)");
+    reps.push_back(std::move(j));
+  }
+  const nlohmann::json merged = merge_task_reports(reps, files);
+  std::cout << task_eval_table(merged) << std::flush;
+  save_task_report(merged, json_out, heatmaps);
+  return 0;
+}
+}  // namespace
+
 int cmd_report(const Args& a) {
+  if (!a.empty() && a[0] == "tasks") return cmd_report_tasks(a);
   report::ReportOptions o;
   std::vector<std::string> runs;
   OptionTable t("report", "dmc report RUN_DIR [RUN_DIR ...] [--out DIR]");

@@ -8,6 +8,7 @@
 
 #include "common/error.h"
 #include "ops/dmc.h"
+#include "inference/evict_prefill.h"
 
 #ifdef DMC_WITH_CUDA
 #include <ATen/cuda/CUDAGraph.h>
@@ -227,105 +228,156 @@ int64_t Decoder::pages_for_prompt(int64_t prompt_len) const {
 }
 
 at::Tensor Decoder::prefill(int64_t seq, const std::vector<int64_t>& prompt) {
+  return prefill(std::vector<int64_t>{seq}, std::vector<std::vector<int64_t>>{prompt})[0];
+}
+
+at::Tensor Decoder::prefill(const std::vector<int64_t>& seqs, const std::vector<std::vector<int64_t>>& prompts) {
   at::NoGradGuard ng;
   const auto& c = m_.config;
-  const int64_t T = (int64_t)prompt.size(), nkv = m_.local_kv_heads(), D = c.head_dim,
+  const int64_t n = (int64_t)seqs.size(), nkv = m_.local_kv_heads(), D = c.head_dim, L = c.num_hidden_layers,
                 W = std::max<int64_t>(1, c.dmc.window);
-  DMC_CHECK(seq >= 0 && seq < o_.max_seqs, "prefill: sequence ", seq, " out of range");
-  DMC_CHECK(pos_[seq] == 0, "prefill: sequence ", seq, " is not empty");
-  DMC_CHECK(T >= 1 && T <= c.max_position_embeddings, "prefill: prompt of ", T, " tokens (max ",
-            c.max_position_embeddings, ")");
-  for (int64_t id : prompt)
-    DMC_CHECK(id >= 0 && id < c.vocab_size, "prefill: token id ", id, " out of range [0, ", c.vocab_size, ")");
-  if (evicts(policy_)) {
-    at::Tensor last;
-    for (int64_t id : prompt) last = step({seq}, {id})[0];
-    return last;
+  DMC_CHECK(n >= 1 && (int64_t)prompts.size() == n, "prefill: ", n, " sequences for ", prompts.size(), " prompts");
+  std::vector<int64_t> lens;
+  int64_t need = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t seq = seqs[i], T = (int64_t)prompts[i].size();
+    DMC_CHECK(seq >= 0 && seq < o_.max_seqs, "prefill: sequence ", seq, " out of range");
+    DMC_CHECK(pos_[seq] == 0, "prefill: sequence ", seq, " is not empty");
+    DMC_CHECK(std::count(seqs.begin(), seqs.end(), seq) == 1, "prefill: sequence ", seq, " listed twice");
+    DMC_CHECK(T >= 1 && T <= c.max_position_embeddings, "prefill: prompt of ", T, " tokens (max ",
+              c.max_position_embeddings, ")");
+    for (int64_t id : prompts[i])
+      DMC_CHECK(id >= 0 && id < c.vocab_size, "prefill: token id ", id, " out of range [0, ", c.vocab_size, ")");
+    lens.push_back(T);
+    need += L * nkv * cache_.pages_for(evicts(policy_) ? std::min(T, o_.budget) : T);
   }
-  const int64_t need = c.num_hidden_layers * nkv * cache_.pages_for(T);
   if (need > cache_.free_pages())
-    fail("kv cache exhausted: the prompt may need ", need, " pages, ", cache_.free_pages(), " are free");
-  // the prompt through the model's one forward, its attention capturing what the cache needs
+    fail("kv cache exhausted: the prompts may need ", need, " pages, ", cache_.free_pages(), " are free");
+  const int64_t Tmax = *std::max_element(lens.begin(), lens.end()),
+                Tmin = *std::min_element(lens.begin(), lens.end());
+  const auto dev = m_.device();
+  auto lopt = at::TensorOptions().dtype(at::kLong).device(dev);
+  std::vector<int64_t> padded(n * Tmax, 0);  // right padding with token 0: no real token attends to it
+  for (int64_t i = 0; i < n; ++i) std::copy(prompts[i].begin(), prompts[i].end(), padded.begin() + i * Tmax);
+  at::Tensor ids = at::tensor(padded, at::kLong).view({n, Tmax}).to(dev);
+  at::Tensor len = at::tensor(lens, at::kLong).to(dev);  // [n]
+  at::Tensor t_idx = at::arange(Tmax, lopt);
+  at::Tensor real = t_idx.unsqueeze(0) < len.unsqueeze(1);  // [n, Tmax]
+  // the cache build works on all layers at once wherever the tensors are small (page accounting, decode state), so
+  // that the host launches a few dozen operations, not a few dozen a layer; only the k/v payload goes layer by layer
+  const int64_t layer_stride = cache_.row(1, 0, 0) - cache_.row(0, 0, 0);
+  at::Tensor seq_t = at::tensor(seqs, at::kLong).to(dev);
+  at::Tensor rows_all = (cache_rows(cache_, 0, seq_t).unsqueeze(0) + at::arange(L, lopt).view({L, 1, 1}) * layer_stride)
+                            .flatten();  // [L n nkv] rows (layer, seq, head)
+  // per layer the slots' keys and values [n nkv, >= most, D], and the slot counts [L, n, nkv]
+  std::vector<at::Tensor> ks(L), vs(L);
+  at::Tensor counts_all, h_last, b_all;
   DmcOptions dopt;
   dopt.init_val = c.dmc.init_val;
   dopt.window = c.dmc.window;
   dopt.force_cr = o_.force_cr;
-  VanillaAttention va(/*capture=*/true);
+  dopt.capture_tail = Tmax - Tmin + W;  // each row's last W raw tokens, whatever its padding
   DmcLayerAttention da(DmcMode::Eval, dopt, {}, {}, /*capture=*/true);
-  Attention& attn = dmc_ ? static_cast<Attention&>(da) : va;
-  const at::Tensor h = m_.forward_hidden(at::tensor(prompt, at::kLong).unsqueeze(0).to(m_.device()), {}, attn);
-  const std::vector<at::Tensor>& k_rot = dmc_ ? da.k_rot : va.k_rot;
-  const std::vector<at::Tensor>& v_hat = dmc_ ? da.v_hat : va.v;
-  const auto dev = m_.device();
-  auto lopt = at::TensorOptions().dtype(at::kLong).device(dev);
-  at::Tensor t_idx = at::arange(T, lopt);
-  const int64_t L = c.num_hidden_layers;
-  // the cache build works on all layers at once wherever the tensors are small (page accounting, decode state), so
-  // that the host launches a few dozen operations, not a few dozen a layer; only the k/v payload goes layer by layer
-  const int64_t layer_stride = cache_.row(1, 0, 0) - cache_.row(0, 0, 0);
-  at::Tensor rows_all =
-      (cache_rows(cache_, 0, at::full({1}, seq, lopt)) + at::arange(L, lopt).unsqueeze(1) * layer_stride)
-          .flatten();  // [L nkv] rows (layer, seq, head)
-  // slots per (layer, head): T, or under DMC one per group: a group ends at the token before the next append (or
-  // at T - 1). The counts and the free pages come back to the host in one read.
-  at::Tensor b_all, ends_all, counts_all;  // [L, nkv, T] bool, [L, nkv, T] bool, [L, nkv] int64
-  if (dmc_) {
-    std::vector<at::Tensor> bs;
-    for (int64_t l = 0; l < L; ++l) bs.push_back(da.boundaries[l][0]);  // [T, nkv]: merge into the previous token
-    b_all = at::stack(bs).to(at::kBool).transpose(1, 2);
-    ends_all = at::cat({~b_all.narrow(2, 1, T - 1), at::ones({L, nkv, 1}, b_all.options())}, 2);
-    counts_all = ends_all.sum(2);
+  if (evicts(policy_)) {
+    EvictPrefillParams ep;
+    ep.policy = policy_;
+    ep.budget = o_.budget;
+    ep.sinks = o_.sinks;
+    ep.chunk = o_.prefill_chunk;
+    EvictPrefillResult r = evict_prefill(m_, ids, lens, ep);
+    std::vector<at::Tensor> cs;
+    for (int64_t l = 0; l < L; ++l) {
+      const int64_t S = r.k[l].size(2);
+      ks[l] = r.k[l].view({n * nkv, S, D});
+      vs[l] = r.v[l].view({n * nkv, S, D});
+      cs.push_back((r.pos[l] >= 0).sum(-1));
+    }
+    counts_all = at::stack(cs);  // [L, n, nkv]
+    // slot metadata as a token-by-token prefill leaves it: positions and accumulated weights, budget + 1 columns
+    auto pad = [&](const std::vector<at::Tensor>& per_layer, const at::Tensor& like) {
+      at::Tensor t = at::stack(per_layer).view({L * n * nkv, -1});
+      return at::constant_pad_nd(t, {0, o_.budget + 1 - t.size(1)}, 0).to(like.scalar_type());
+    };
+    slot_pos_.index_copy_(0, rows_all, pad(r.pos, slot_pos_).clamp_min(0));
+    slot_score_.index_copy_(0, rows_all, pad(r.score, slot_score_));
+    h_last = r.last_hidden;
   } else {
-    counts_all = at::full({L, nkv}, T, lopt);
+    // the prompts through the model's one forward, its attention capturing what the cache needs
+    VanillaAttention va(/*capture=*/true);
+    Attention& attn = dmc_ ? static_cast<Attention&>(da) : va;
+    const at::Tensor h = m_.forward_hidden(ids, {}, attn);  // [n, Tmax, H]
+    h_last = h.gather(1, (len - 1).view({n, 1, 1}).expand({n, 1, h.size(2)})).squeeze(1);
+    if (dmc_) {
+      // slots per (layer, head): one per group; a group ends at the token before the next append, or at the row's
+      // last token. Slot s of a head takes the token that ends its (s+1)-th group.
+      std::vector<at::Tensor> bs;
+      for (int64_t l = 0; l < L; ++l) bs.push_back(da.boundaries[l]);  // [n, Tmax, nkv]: merge into the previous
+      b_all = at::stack(bs).to(at::kBool).permute({0, 1, 3, 2});      // [L, n, nkv, Tmax]
+      at::Tensor next_appends = at::cat({~b_all.narrow(3, 1, Tmax - 1), at::ones({L, n, nkv, 1}, b_all.options())}, 3);
+      at::Tensor is_last = (t_idx.unsqueeze(0) == (len - 1).unsqueeze(1)).view({1, n, 1, Tmax});
+      at::Tensor ends = (next_appends | is_last) & real.view({1, n, 1, Tmax});
+      counts_all = ends.sum(3);
+      const int64_t most = counts_all.max().item<int64_t>();
+      for (int64_t l = 0; l < L; ++l) {
+        at::Tensor cs = at::cumsum(ends[l].reshape({n * nkv, Tmax}).to(at::kLong), 1);  // [n nkv, Tmax]
+        at::Tensor src =
+            at::searchsorted(cs, at::arange(1, most + 1, lopt).unsqueeze(0).expand({n * nkv, most}).contiguous())
+                .clamp_max(Tmax - 1);  // [n nkv, most]
+        at::Tensor gi = src.unsqueeze(-1).expand({n * nkv, most, D});
+        ks[l] = da.k_rot[l].reshape({n * nkv, Tmax, D}).gather(1, gi);
+        vs[l] = da.v_hat[l].reshape({n * nkv, Tmax, D}).gather(1, gi);
+      }
+    } else {
+      counts_all = len.view({1, n, 1}).expand({L, n, nkv});
+      for (int64_t l = 0; l < L; ++l) {
+        ks[l] = va.k_rot[l].reshape({n * nkv, Tmax, D});
+        vs[l] = va.v[l].reshape({n * nkv, Tmax, D});
+      }
+    }
   }
-  at::Tensor host = at::cat({counts_all.flatten(), cache_.alloc.narrow(0, 0, 1).to(at::kLong)}).to(at::kCPU);
+  const int64_t R = L * n * nkv;
+  at::Tensor host = at::cat({counts_all.flatten().to(at::kLong), cache_.alloc.narrow(0, 0, 1).to(at::kLong)}).to(at::kCPU);
   const int64_t* hc = host.data_ptr<int64_t>();
   // every layer's pages at once: an exhausted pool fails here, before anything is written
-  cache_.allocate_rows(rows_all, counts_all.flatten(), cache_.plan_rows(hc, L * nkv, hc[L * nkv]));
+  cache_.allocate_rows(rows_all, counts_all.flatten(), cache_.plan_rows(hc, R, hc[R]));
   for (int64_t l = 0; l < L; ++l) {
-    at::Tensor rows = rows_all.narrow(0, l * nkv, nkv);
-    at::Tensor kr = k_rot[l][0], vh = v_hat[l][0];  // [nkv, T, D]
-    at::Tensor counts = counts_all[l];              // [nkv]
-    const int64_t most = *std::max_element(hc + l * nkv, hc + (l + 1) * nkv);
-    if (!dmc_) {
-      cache_.write_slots(rows, kr, vh, counts, most);
-      continue;
-    }
-    // slot s of a head takes the token that ends its (s+1)-th group: the first t whose running count of group
-    // ends reaches s + 1 (a gather over the first `most` slots: no host round trip, no scattered writes)
-    at::Tensor cs = at::cumsum(ends_all[l].to(at::kLong), 1);  // [nkv, T]
-    at::Tensor src = at::searchsorted(cs, at::arange(1, most + 1, lopt).unsqueeze(0).expand({nkv, most}).contiguous())
-                         .clamp_max(T - 1);  // [nkv, most]
-    at::Tensor gi = src.unsqueeze(-1).expand({nkv, most, D});
-    cache_.write_slots(rows, kr.gather(1, gi), vh.gather(1, gi), counts, most);
+    const int64_t most = *std::max_element(hc + l * n * nkv, hc + (l + 1) * n * nkv);
+    cache_.write_slots(rows_all.narrow(0, l * n * nkv, n * nkv), ks[l], vs[l], counts_all[l].flatten(), most);
   }
   if (dmc_) {
-    // decode state after the prompt, every layer at once: group length, ring of the last W entries (by position
-    // mod W), sums over the last min(group, W) of them (only the last W tokens can take part)
-    const int64_t t0 = std::max<int64_t>(0, T - W), Tn = T - t0;
+    // decode state after each prompt, every layer at once: group length, ring of the last W entries (by position
+    // mod W), sums over the last min(group, W) of them (only the last W tokens can take part). kv_raw holds the
+    // padded batch's last nt tokens, positions [Tmax - nt, Tmax); row i needs [T_i - W, T_i).
+    const int64_t nt = da.kv_raw[0].size(1);
+    at::Tensor t = len.unsqueeze(1) - W + at::arange(W, lopt).unsqueeze(0);  // [n, W] positions of the window
+    at::Tensor ok = t >= 0;
+    at::Tensor gk = (t - (Tmax - nt)).clamp(0, nt - 1).view({n, W, 1, 1}).expand({n, W, nkv, 2 * D});
+    at::Tensor go = t.clamp_min(0).view({n, W, 1}).expand({n, W, nkv});
     std::vector<at::Tensor> kvs, oms;
     for (int64_t l = 0; l < L; ++l) {
-      kvs.push_back(da.kv_raw[l][0]);                   // [Tn, nkv, 2D]: the last min(T, W) tokens
-      oms.push_back(da.omega[l][0].narrow(0, t0, Tn));  // [Tn, nkv]
+      kvs.push_back(da.kv_raw[l].gather(1, gk));     // [n, W, nkv, 2D]
+      oms.push_back(da.omega[l].gather(1, go));      // [n, W, nkv]
     }
-    at::Tensor kw = at::stack(kvs).permute({0, 2, 1, 3});                               // [L, nkv, Tn, 2D]
-    at::Tensor ow = at::stack(oms).to(at::kFloat).permute({0, 2, 1}).unsqueeze(-1);     // [L, nkv, Tn, 1]
-    at::Tensor last_append = (t_idx.view({1, 1, T}) * (~b_all).to(at::kLong)).amax(2);  // [L, nkv]
-    at::Tensor group = T - last_append;
+    at::Tensor okf = ok.view({1, n, 1, W, 1});
+    at::Tensor kw = at::stack(kvs).permute({0, 1, 3, 2, 4}).to(at::kFloat) * okf;  // [L, n, nkv, W, 2D]
+    at::Tensor ow = at::stack(oms).to(at::kFloat).permute({0, 1, 3, 2}).unsqueeze(-1) * okf;  // [L, n, nkv, W, 1]
+    at::Tensor last_append =
+        (t_idx.view({1, 1, 1, Tmax}) * (~b_all & real.view({1, n, 1, Tmax})).to(at::kLong)).amax(3);  // [L, n, nkv]
+    at::Tensor group = len.view({1, n, 1}) - last_append;
     st_.group.index_copy_(0, rows_all, group.flatten().to(at::kInt));
-    at::Tensor e = at::cat({ow * kw.to(at::kFloat), ow}, -1);  // [L, nkv, Tn, 2D + 1]
-    at::Tensor inwin = t_idx.narrow(0, t0, Tn).view({1, 1, Tn}) >=
-                       (T - at::minimum(group, at::full_like(group, W))).unsqueeze(-1);  // [L, nkv, Tn]
-    st_.acc.index_copy_(0, rows_all, (e * inwin.unsqueeze(-1)).sum(2).view({L * nkv, 2 * D + 1}));
-    st_.ring_kv.index_fill_(0, rows_all, 0.0);
-    st_.ring_w.index_fill_(0, rows_all, 0.0);
-    at::Tensor ts = at::arange(t0, T, lopt);
-    at::Tensor ridx = (rows_all.unsqueeze(1) * W + (ts % W).unsqueeze(0)).flatten();  // [L nkv Tn]
-    st_.ring_kv.view({-1, 2 * D}).index_copy_(0, ridx, kw.reshape({-1, 2 * D}).to(st_.ring_kv.scalar_type()));
-    st_.ring_w.view({-1}).index_copy_(0, ridx, ow.reshape({-1}));
+    at::Tensor e = at::cat({ow * kw, ow}, -1);  // [L, n, nkv, W, 2D + 1]
+    at::Tensor inwin = t.view({1, n, 1, W}) >= (len.view({1, n, 1}) - at::minimum(group, at::full_like(group, W)))
+                                                   .unsqueeze(-1);  // [L, n, nkv, W]
+    st_.acc.index_copy_(0, rows_all, (e * (inwin & ok.view({1, n, 1, W})).unsqueeze(-1)).sum(3).view({R, 2 * D + 1}));
+    // the ring by position mod W (the W window positions fill every ring slot once)
+    at::Tensor slot = ((t % W) + W) % W;  // [n, W]
+    at::Tensor ring_kv = at::zeros_like(kw).scatter(3, slot.view({1, n, 1, W, 1}).expand_as(kw), kw);
+    at::Tensor ring_w = at::zeros_like(ow).scatter(3, slot.view({1, n, 1, W, 1}).expand_as(ow), ow);
+    st_.ring_kv.view({-1, W, 2 * D}).index_copy_(0, rows_all, ring_kv.view({R, W, 2 * D}).to(st_.ring_kv.scalar_type()));
+    st_.ring_w.view({-1, W}).index_copy_(0, rows_all, ring_w.view({R, W}).to(st_.ring_w.scalar_type()));
   }
-  pos_[seq] = T;
-  return gather_vocab(at::linear(h[0][T - 1].unsqueeze(0), m_.lm_head), m_.tp)[0];
+  for (int64_t i = 0; i < n; ++i) pos_[seqs[i]] = lens[i];
+  return gather_vocab(at::linear(h_last, m_.lm_head), m_.tp);
 }
 
 at::Tensor Decoder::step(const std::vector<int64_t>& seqs, const std::vector<int64_t>& ids,

@@ -58,6 +58,9 @@ struct DecoderOptions {
   CachePolicy policy = CachePolicy::Auto;
   int64_t budget = 0;       // tova / h2o / window: slots per (layer, sequence, head)
   int64_t sinks = 4;        // window: first positions never evicted
+  // tova / h2o / window: prompt tokens a prefill forward takes (inference/evict_prefill.h): 1 = token by token, the
+  // original algorithms; window is exact at any chunk, TOVA and H2O evict once per chunk
+  int64_t prefill_chunk = 128;
   int64_t force_cr = 0;     // dmc: benchmark-only decision policy (see DecodeUpdateParams)
   bool use_kernels = true;  // CUDA kernels when the model is on a GPU (else the reference ops)
   // CUDA graphs of the whole step per batch bucket <= graph_max_batch (kernels path, no TP, no eviction): the
@@ -84,8 +87,12 @@ class Decoder {
   // Parallel prefill: the whole prompt in one eval-mode forward, then the cache built from its hard decisions
   // (each group's last merged key/value) and the DMC state (sums, ring, group length) set as if the prompt had
   // been decoded token by token. Returns the logits of the last prompt token [vocab]. The sequence must be empty.
-  // Eviction baselines prefill token by token.
+  // Eviction baselines prefill in chunks of prefill_chunk tokens (inference/evict_prefill.h).
   at::Tensor prefill(int64_t seq, const std::vector<int64_t>& prompt);
+  // The same for n empty sequences at once, their prompts right-padded to the longest in one forward (causal
+  // attention keeps each real token blind to the padding; a row's answer does not depend on its batch, tested).
+  // Returns [n, vocab]. Fails before writing anything when the pool cannot hold every prompt.
+  at::Tensor prefill(const std::vector<int64_t>& seqs, const std::vector<std::vector<int64_t>>& prompts);
   void free(int64_t seq);
   int64_t position(int64_t seq) const { return pos_[seq]; }
   // Slots of one (layer, sequence, KV head) (syncs).

@@ -87,32 +87,48 @@ GenerateResult generate(const Llama& model, const std::vector<std::vector<int64_
   };
   const at::Device dev = model.device();
   while (!queue.empty() || !active.empty()) {
-    // admit: one prefill per joining request (its prompt plus whatever it produced before a preemption)
-    while (!queue.empty() && !free_slots.empty()) {
+    // admit: the joining requests (each its prompt plus whatever it produced before a preemption) while slots,
+    // pages (with the next step of the running sequences kept free) and the prefill's token bound allow
+    std::vector<int64_t> running;
+    for (const auto& a : active) running.push_back(a.slot);
+    auto [reserve, free_pages] = dec.step_need(running);
+    std::vector<int64_t> join_req, join_slot;
+    std::vector<std::vector<int64_t>> join_ctx;
+    int64_t pages = reserve, longest = 0;
+    while (!queue.empty() && join_req.size() < free_slots.size()) {
       const int64_t req = queue.front();
       std::vector<int64_t> ctx = prompts[req];
       ctx.insert(ctx.end(), res.tokens[req].begin(), res.tokens[req].end());
-      // the prompt and its first step, with the next step of the running sequences kept free
-      std::vector<int64_t> running;
-      for (const auto& a : active) running.push_back(a.slot);
-      auto [reserve, free_pages] = dec.step_need(running);
-      if (dec.pages_for_prompt((int64_t)ctx.size()) + reserve > free_pages) {
-        DMC_CHECK(!active.empty(), "generate: the kv cache (", dec.cache().n_pages(),
+      const int64_t p = dec.pages_for_prompt((int64_t)ctx.size());
+      const int64_t lg = std::max<int64_t>(longest, (int64_t)ctx.size());
+      if (!join_req.empty() && (int64_t)(join_req.size() + 1) * lg > opts.prefill_tokens) break;
+      if (pages + p > free_pages) {
+        DMC_CHECK(!active.empty() || !join_req.empty(), "generate: the kv cache (", dec.cache().n_pages(),
                   " pages) cannot hold one prompt of ", ctx.size(), " tokens; raise the memory budget");
         break;
       }
       queue.pop_front();
-      const int64_t slot = free_slots.back();
-      free_slots.pop_back();
+      pages += p;
+      longest = lg;
+      join_slot.push_back(free_slots[free_slots.size() - 1 - join_slot.size()]);
+      join_req.push_back(req);
+      join_ctx.push_back(std::move(ctx));
+    }
+    if (!join_req.empty()) {
+      free_slots.resize(free_slots.size() - join_req.size());
       auto t0 = std::chrono::steady_clock::now();
-      at::Tensor logits = dec.prefill(slot, ctx).unsqueeze(0);
-      const int64_t id = sampler.sample(logits).to(at::kCPU)[0].item<int64_t>();
+      at::Tensor logits = dec.prefill(join_slot, join_ctx);
+      at::Tensor ids = sampler.sample(logits).to(at::kCPU);
       res.prefill_seconds += since(t0);
-      if (emit(req, id)) {
-        finish(req, slot);
-      } else {
-        active.push_back({req, slot, id});
+      for (size_t k = 0; k < join_req.size(); ++k) {
+        const int64_t id = ids[(int64_t)k].item<int64_t>();
+        if (emit(join_req[k], id)) {
+          finish(join_req[k], join_slot[k]);
+        } else {
+          active.push_back({join_req[k], join_slot[k], id});
+        }
       }
+      if (!queue.empty() && !free_slots.empty()) continue;  // more may join before the next step
     }
     if (active.empty()) continue;
     std::vector<int64_t> seqs, ids;

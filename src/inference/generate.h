@@ -1,6 +1,7 @@
 // Autoregressive generation through the decode engine (inference/decoder.h), vanilla or DMC, with continuous
 // batching: up to max_batch sequences decode together; a request joins as soon as a sequence slot and the pages
-// for its prompt are free (its prompt goes in one parallel prefill), and leaves when it produces EOS or reaches
+// for its prompt are free (the prompts joining together go in one batched parallel prefill, at most
+// prefill_tokens padded tokens at once), and leaves when it produces EOS or reaches
 // max_new_tokens. When the pool cannot take the next step, the most recently admitted sequence is preempted
 // (its pages freed) and requeued with what it generated so far, to be prefilled again later (vLLM's recompute).
 //   prompts: token lists of any lengths     result.tokens[i]: the generated ids of prompt i
@@ -27,6 +28,8 @@ struct GenerateOptions {
   bool measure_cache = false;
   SamplingOptions sampling;
   int64_t max_batch = 0;  // sequences decoding together (0 = all prompts)
+  // joining prompts prefill together while (rows x longest prompt) stays within this (one prompt always may)
+  int64_t prefill_tokens = 16384;
   // cache: pages from memory_budget_bytes, or n_pages, or (both 0) room for every sequence uncompressed
   DecoderOptions cache;
 };

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "common/files.h"
 #include "common/util.h"
 #include "inference/generate.h"
 #include "report/report.h"
@@ -64,8 +65,12 @@ json run_task_eval(const Llama& model, const Tokenizer& tok, const std::vector<T
   for (const Run& r : runs) {
     json run = {{"name", r.name}, {"policy", cache_policy_name(r.policy)}, {"accuracy", json::object()}};
     if (r.cr > 0) run["cr"] = r.cr;
-    double seconds = 0, cache_tokens = 0, cache_slots = 0;
-    int64_t produced = 0;
+    if (evicts(r.policy)) {
+      run["prefill_chunk"] = o.prefill_chunk;
+      if (r.policy == CachePolicy::Window) run["sinks"] = o.sinks;
+    }
+    double seconds = 0, prefill_s = 0, decode_s = 0, cache_tokens = 0, cache_slots = 0;
+    int64_t produced = 0, prompt_tokens = 0;
     std::map<std::string, std::map<int64_t, std::pair<double, int64_t>>> acc;  // task -> length -> (sum, n)
     for (int64_t L : lengths) {
       std::vector<size_t> idx;
@@ -78,6 +83,8 @@ json run_task_eval(const Llama& model, const Tokenizer& tok, const std::vector<T
       g.cache.policy = r.policy;
       g.cache.page_size = o.page_size;
       g.cache.sinks = o.sinks;
+      g.cache.prefill_chunk = o.prefill_chunk;
+      g.prefill_tokens = o.prefill_tokens;
       if (evicts(r.policy)) {
         g.cache.budget = (int64_t)std::ceil((double)L / r.cr);
         run["budget_by_length"][std::to_string(L)] = g.cache.budget;
@@ -94,6 +101,9 @@ json run_task_eval(const Llama& model, const Tokenizer& tok, const std::vector<T
       auto t0 = std::chrono::steady_clock::now();
       GenerateResult res = generate(model, prompts, g);
       seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      prefill_s += res.prefill_seconds;
+      decode_s += res.decode_seconds;
+      for (const auto& p : prompts) prompt_tokens += (int64_t)p.size();
       cache_tokens += res.cache_tokens;
       cache_slots += res.cache_slots;
       for (size_t k = 0; k < idx.size(); ++k) {
@@ -114,10 +124,59 @@ json run_task_eval(const Llama& model, const Tokenizer& tok, const std::vector<T
     run["seconds"] = seconds;
     run["generated_tokens"] = produced;
     run["tokens_per_s"] = seconds > 0 ? (double)produced / seconds : 0.0;
+    run["prompt_tokens"] = prompt_tokens;
+    run["prefill_seconds"] = prefill_s;
+    run["decode_seconds"] = decode_s;
+    run["prompt_tokens_per_s"] = prefill_s > 0 ? (double)prompt_tokens / prefill_s : 0.0;
+    run["cache_tokens"] = cache_tokens;  // (token, layer, KV head) entries the finished caches stood for
+    run["cache_slots"] = cache_slots;    // and the slots they held
     run["achieved_cr"] = cache_slots > 0 ? cache_tokens / cache_slots : 1.0;  // what the caches held at the end
     report["runs"].push_back(run);
   }
   return report;
+}
+
+json merge_task_reports(const std::vector<json>& reports, const std::vector<std::string>& names) {
+  DMC_CHECK(!reports.empty(), "report tasks: no report given");
+  json out = {{"runs", json::array()}, {"samples", json::array()}};
+  std::map<std::string, size_t> at;  // run name -> index in out["runs"]
+  for (size_t r = 0; r < reports.size(); ++r) {
+    const std::string src = r < names.size() ? names[r] : cat("report ", r + 1);
+    const json& rep = reports[r];
+    DMC_CHECK(rep.is_object() && rep.contains("runs") && rep["runs"].is_array() && rep.contains("samples") &&
+                  rep["samples"].is_array(),
+              src, ": expected an `eval tasks` JSON report (fields runs and samples)");
+    for (const auto& run : rep["runs"]) {
+      for (const char* f : {"name", "accuracy", "seconds", "generated_tokens", "cache_tokens", "cache_slots"})
+        DMC_CHECK(run.contains(f), src, ": a run without field '", f, "'");
+      const std::string name = run["name"];
+      auto it = at.find(name);
+      if (it == at.end()) {
+        at[name] = out["runs"].size();
+        out["runs"].push_back(run);
+        continue;
+      }
+      json& m = out["runs"][it->second];
+      for (const auto& [task, by_len] : run["accuracy"].items())
+        for (const auto& [L, v] : by_len.items()) {
+          DMC_CHECK(!(m["accuracy"].contains(task) && m["accuracy"][task].contains(L)), src, ": run ", name,
+                    " has ", task, " at length ", L, " in two reports");
+          m["accuracy"][task][L] = v;
+        }
+      if (run.contains("budget_by_length"))
+        for (const auto& [L, b] : run["budget_by_length"].items()) m["budget_by_length"][L] = b;
+      for (const char* f : {"seconds", "prefill_seconds", "decode_seconds", "cache_tokens", "cache_slots"})
+        m[f] = m.value(f, 0.0) + run.value(f, 0.0);
+      for (const char* f : {"generated_tokens", "prompt_tokens"})
+        m[f] = m.value(f, (int64_t)0) + run.value(f, (int64_t)0);
+      const double sec = m["seconds"], pre = m["prefill_seconds"], slots = m["cache_slots"];
+      m["tokens_per_s"] = sec > 0 ? m["generated_tokens"].get<double>() / sec : 0.0;
+      m["prompt_tokens_per_s"] = pre > 0 ? m["prompt_tokens"].get<double>() / pre : 0.0;
+      m["achieved_cr"] = slots > 0 ? m["cache_tokens"].get<double>() / slots : 1.0;
+    }
+    for (const auto& s : rep["samples"]) out["samples"].push_back(s);
+  }
+  return out;
 }
 
 std::map<std::string, std::string> task_heatmaps(const json& report) {
@@ -161,13 +220,23 @@ std::map<std::string, std::string> task_heatmaps(const json& report) {
   return out;
 }
 
+void save_task_report(const json& report, const std::string& json_path, const std::string& heatmap_dir) {
+  if (!json_path.empty()) write_file_atomic(json_path, report.dump(1) + "\n");
+  if (heatmap_dir.empty()) return;
+  make_dirs(heatmap_dir);
+  for (const auto& [name, svg] : task_heatmaps(report)) write_file_atomic(heatmap_dir + "/" + name, svg);
+}
+
 std::string task_eval_table(const json& report) {
   std::ostringstream os;
   for (const auto& run : report["runs"]) {
     os << "\n" << run["name"].get<std::string>();
     if (run.contains("budget_by_length")) os << "  (slots a head by length: " << run["budget_by_length"].dump() << ")";
-    os << "  achieved CR " << run["achieved_cr"].get<double>() << ", " << run["tokens_per_s"].get<double>()
-       << " generated tokens/s\n";
+    char rate[160];
+    std::snprintf(rate, sizeof rate, "  achieved CR %.2f, %.0f s: prefill %.0f prompt tokens/s, %.0f generated tokens/s\n",
+                  run["achieved_cr"].get<double>(), run["seconds"].get<double>(),
+                  run.value("prompt_tokens_per_s", 0.0), run["tokens_per_s"].get<double>());
+    os << rate;
     std::vector<std::string> lens;
     for (const auto& [task, by_len] : run["accuracy"].items())
       for (const auto& [L, v] : by_len.items())

@@ -95,7 +95,7 @@ class DmcLayerAttention : public Attention {
   // per layer, outputs of the last forward:
   std::vector<at::Tensor> boundaries;    // [B, T, nkv] 0/1, detached
   std::vector<at::Tensor> k_rot, v_hat;  // capture: [B, nkv, T, hd]
-  std::vector<at::Tensor> kv_raw;        // capture: [B, min(T, window), nkv, 2 hd] last (k, v) before merging
+  std::vector<at::Tensor> kv_raw;        // capture: [B, min(T, max(window, capture_tail)), nkv, 2 hd] last (k, v)
   std::vector<at::Tensor> omega;         // capture: [B, T, nkv] fp32 importance weights
 
  private:

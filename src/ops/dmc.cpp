@@ -343,7 +343,7 @@ DmcAttention dmc_attention(const at::Tensor& q, const at::Tensor& k, const at::T
   if (no_grad) {
     res.k_rot = kr;
     res.v_hat = v_hat;
-    const int64_t n = std::min<int64_t>(T, std::max<int64_t>(1, o.window));  // the decode state's ring
+    const int64_t n = std::min<int64_t>(T, std::max<int64_t>({1, o.window, o.capture_tail}));  // the decode ring
     res.kv_raw = at::cat({k.narrow(1, T - n, n), v.narrow(1, T - n, n)}, -1);
     res.omega = w.to(acc);
   }

@@ -34,6 +34,9 @@ struct DmcOptions {
   // Benchmark-only decision policy for random weights (eval mode): head h merges at position t unless
   // (t + h) % force_cr == 0, a compression ratio of force_cr. 0 = the model's own decisions.
   int64_t force_cr = 0;
+  // Eval without gradient: kv_raw holds the last max(window, capture_tail) tokens (a batched prefill of right-padded
+  // prompts needs each row's last window, which ends before the padding).
+  int64_t capture_tail = 0;
 };
 
 enum class DmcMode { Train, Eval };
@@ -45,7 +48,7 @@ struct DmcAttention {
   // for building a decode cache from a parallel prefill (no grad):
   at::Tensor k_rot;   // [batch, n_kv_heads, seq, head_dim] merged keys, RoPE at their position, dim D-1 dropped
   at::Tensor v_hat;   // [batch, n_kv_heads, seq, head_dim] merged values
-  at::Tensor kv_raw;  // [batch, min(seq, window), n_kv_heads, 2 head_dim] (k, v) of the last tokens before
+  at::Tensor kv_raw;  // [batch, min(seq, max(window, capture_tail)), n_kv_heads, 2 head_dim] (k, v) of the last tokens before
                       // merging, activation dtype (all a decode state needs)
   at::Tensor omega;   // [batch, seq, n_kv_heads] fp32 importance weights
 };

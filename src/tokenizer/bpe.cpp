@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <unordered_map>
 #include <mutex>
 
 #include "common/error.h"
@@ -308,7 +309,10 @@ std::vector<std::string> BpeTokenizer::pre_tokenize(const std::string& text) con
       std::vector<std::pair<std::string, bool>> segs;
       size_t pos = 0, prev = 0;
       while (pos <= p.size()) {
-        const int rc = pcre2_match(re, reinterpret_cast<PCRE2_SPTR>(p.data()), p.size(), pos, 0, md, nullptr);
+        // the subject's UTF-8 is checked on the first match only: checking it on every call (PCRE2's default)
+        // makes a long piece quadratic
+        const int rc = pcre2_match(re, reinterpret_cast<PCRE2_SPTR>(p.data()), p.size(), pos,
+                                   pos == 0 ? 0 : PCRE2_NO_UTF_CHECK, md, nullptr);
         if (rc == PCRE2_ERROR_NOMATCH) break;
         if (rc < 0) {
           PCRE2_UCHAR msg[256];
@@ -397,12 +401,25 @@ void BpeTokenizer::bpe_word(const std::string& mapped, std::vector<int64_t>& out
 std::vector<int64_t> BpeTokenizer::encode(const std::string& text) const {
   std::vector<int64_t> out;
   const ByteMap& bm = bytemap();
+  // the merges of each distinct piece are worked out once a call (text repeats its words)
+  std::unordered_map<std::string, std::pair<size_t, size_t>> seen;  // piece -> its ids' [begin, end) in out
   auto encode_plain = [&](const std::string& seg) {
     if (seg.empty()) return;
     for (const std::string& piece : pre_tokenize(seg)) {
+      auto it = seen.find(piece);
+      if (it != seen.end()) {
+        const auto [b, e] = it->second;
+        for (size_t i = b; i < e; ++i) {
+          const int64_t id = out[i];
+          out.push_back(id);
+        }
+        continue;
+      }
       std::string mapped;
       for (unsigned char c : piece) mapped += bm.fwd[c];
+      const size_t b = out.size();
       bpe_word(mapped, out);
+      if (piece.size() <= 64) seen.emplace(piece, std::make_pair(b, out.size()));
     }
   };
   // added tokens first: the leftmost occurrence of any, the longest at one position

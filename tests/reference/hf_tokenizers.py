@@ -62,6 +62,9 @@ def lines(out):
             s = " " + rng.choice(text) + "  "
         out_lines.append(s)
     out_lines += ["", " ", "\n", "   ", "a", "1", "12345678901234567890", "<|im_start|><|im_end|>", "<|im_start"]
+    # one long text (every line so far, twice): words repeat (dmc caches a piece's merges within one encode) and the
+    # pre-tokenizer walks one long subject (a per-match UTF-8 check made this quadratic once)
+    out_lines.append("\n".join(out_lines) * 2)
     with open(out, "w", encoding="utf-8") as f:
         json.dump(out_lines, f, ensure_ascii=False)
 

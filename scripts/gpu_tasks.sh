@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The long-context task sweep on the GPU machine (no network): SmolLM2-135M-Instruct, every task, lengths 1k-8k,
+# the full cache against TOVA / H2O / window + sinks at CR 2 / 4 / 8, all on the same samples. One `eval tasks`
+# job per length (each writes its own report, so a job cut short still leaves the others), merged by
+# `dmc report tasks` into the tables and the depth x length heatmaps.
+#   OUT=... scripts/gpu_tasks.sh GGUF_OR_PARTS_GLOB DATA_DIR [SAMPLES] [LENGTHS]
+# DATA_DIR: a `dmc data prepare` directory made with SmolLM2's tokenizer; its valid split (never trained on) gives
+# the essay haystacks (only meta.json and valid-* are read). With the device tool, as scripts/gpu_smollm2.sh: call 1
+# builds (scripts/gpu_check.sh build), call 2 carries the GGUF's second half and runs this.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/out}
+mkdir -p "$OUT"
+src=${1:?usage: scripts/gpu_tasks.sh GGUF_or_parts_glob DATA_DIR [SAMPLES] [LENGTHS]}
+data=${2:?usage: scripts/gpu_tasks.sh GGUF_or_parts_glob DATA_DIR [SAMPLES] [LENGTHS]}
+samples=${3:-100}
+lengths=${4:-1024 2048 4096 8192}
+B=${DMC_BUILD:-build-gpu}
+[ -x "$B/dmc" ] || { OUT="$OUT" scripts/gpu_check.sh build > "$OUT/gpu_check.log" 2>&1; tail -3 "$OUT/gpu_check.log"; }
+gguf=/tmp/smollm2.gguf
+# shellcheck disable=SC2086
+[ -s /tmp/smol-bf16/model.safetensors ] || {
+  cat $src > "$gguf" || { echo "cannot read $src"; exit 1; }
+  sha256sum "$gguf" | tee "$OUT/gguf.sha256"
+  "$B/dmc" convert --from-gguf "$gguf" --out /tmp/smol-bf16 --dtype bf16 --overwrite > "$OUT/convert.log" 2>&1 || {
+    tail "$OUT/convert.log"; exit 1; }
+}
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/card.txt"
+t0=$(date +%s)
+reports=()
+for L in $lengths; do
+  # prompts of one length prefill 16 at a time at 8k (131072 padded tokens), eviction prompts 256 tokens a forward
+  "$B/dmc" eval tasks --model /tmp/smol-bf16 --data "$data" --lengths "$L" --samples "$samples" --seed 0 \
+    --cache vanilla,tova,h2o,window --cr 2,4,8 --sinks 4 --batch 256 --prefill-tokens 131072 --prefill-chunk 256 \
+    --device cuda --dtype bf16 --json "$OUT/tasks_$L.json" > "$OUT/tasks_$L.md" 2> "$OUT/tasks_$L.log"
+  echo "length $L rc=$? at $(( $(date +%s) - t0 )) s"
+  [ -s "$OUT/tasks_$L.json" ] && reports+=("$OUT/tasks_$L.json")
+done
+echo "sweep: $(( $(date +%s) - t0 )) s" | tee "$OUT/sweep_seconds.txt"
+[ ${#reports[@]} -gt 0 ] && "$B/dmc" report tasks "${reports[@]}" --json "$OUT/tasks.json" --heatmaps "$OUT/heatmaps" \
+  > "$OUT/tasks.md"
+# the device tool brings back at most 8 files: everything in one archive
+(cd "$OUT" && tar czf tasks.tgz --exclude tasks.tgz -- * && find . -mindepth 1 -maxdepth 1 ! -name tasks.tgz -exec rm -rf {} +)

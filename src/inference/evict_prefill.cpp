@@ -1,0 +1,147 @@
+// Chunked parallel prefill for the eviction baselines (see evict_prefill.h).
+#include "inference/evict_prefill.h"
+
+#include <cmath>
+#include <limits>
+
+#include "common/error.h"
+#include "model/attention.h"
+#include "ops/fused_ops.h"
+
+namespace dmc {
+
+namespace {
+
+// The attention of one chunk: per layer, the chunk's queries over the held slots plus the chunk's keys, then the
+// layer's slots cut back to the budget. Holds the per-layer slots in `st` between chunks.
+//   qkv [n, c, (nh + 2 nkv) hd] -> [n, c, nh hd]
+class EvictChunkAttention : public Attention {
+ public:
+  EvictChunkAttention(const EvictPrefillParams& p, const at::Tensor& lengths, EvictPrefillResult& st)
+      : p_(p), len_(lengths), st_(st) {}
+  void begin(const Llama& m, const at::Tensor& ids, const at::Tensor& positions) override {
+    Attention::begin(m, ids, positions);
+    cpos_ = positions;  // [c], the same for every row
+    p0_ = positions[0].item<int64_t>();
+    if (st_.k.empty()) {
+      const size_t L = m.layers.size();
+      st_.k.assign(L, at::Tensor());
+      st_.v.assign(L, at::Tensor());
+      st_.pos.assign(L, at::Tensor());
+      st_.score.assign(L, at::Tensor());
+    }
+  }
+  bool checkpointable() const override { return false; }
+  Out layer(int64_t l, const at::Tensor& qkv, bool recompute) override;
+
+ private:
+  EvictPrefillParams p_;
+  at::Tensor len_;  // [n] int64
+  EvictPrefillResult& st_;
+  at::Tensor cpos_;
+  int64_t p0_ = 0;
+};
+
+Attention::Out EvictChunkAttention::layer(int64_t l, const at::Tensor& qkv, bool recompute) {
+  (void)recompute;
+  const int64_t n = B_, c = T_, nkv = nkv_, G = nh_ / nkv_, D = hd_;
+  const double inf = std::numeric_limits<double>::infinity();
+  auto r = rope_qkv_fused(qkv, cos_, sin_, nh_, nkv_, hd_);                  // [n, c, heads, D] each
+  at::Tensor q = r[0].view({n, c, nkv, G, D}).permute({0, 2, 3, 1, 4});     // [n, nkv, G, c, D]
+  at::Tensor k = r[1].transpose(1, 2), v = r[2].transpose(1, 2);            // [n, nkv, c, D]
+  at::Tensor real = cpos_.unsqueeze(0) < len_.unsqueeze(1);                 // [n, c]: not padding
+  at::Tensor cp = at::where(real, cpos_.unsqueeze(0), at::full_like(real, -1, at::kLong));  // [n, c]
+  at::Tensor cpk = cp.unsqueeze(1).expand({n, nkv, c});
+  const bool held = st_.k[l].defined();
+  at::Tensor keys = held ? at::cat({st_.k[l], k}, 2) : k;  // [n, nkv, S + c, D]
+  at::Tensor vals = held ? at::cat({st_.v[l], v}, 2) : v;
+  at::Tensor kpos = held ? at::cat({st_.pos[l], cpk}, 2) : cpk.contiguous();  // [n, nkv, S + c]
+  at::Tensor kscore = held ? at::cat({st_.score[l], at::zeros({n, nkv, c}, st_.score[l].options())}, 2)
+                           : at::zeros({n, nkv, c}, q.options().dtype(at::kFloat));
+  const int64_t S = keys.size(2);
+  // visible: a held or real key at or before the query (window: a sink, or within budget - sinks behind it)
+  at::Tensor kp = kpos.view({n, nkv, 1, 1, S}), qp = cpos_.view({1, 1, 1, c, 1});
+  at::Tensor vis = (kp >= 0) & (kp <= qp);
+  if (p_.policy == CachePolicy::Window) vis = vis & ((kp < p_.sinks) | (qp - kp <= p_.budget - p_.sinks));
+  // scores in fp32: on CUDA in bf16 / fp16 the tensor cores with fp32 accumulation and output (the weights then
+  // meet the values in the model dtype, as a flash kernel does); elsewhere fp32 (fp64) math
+  const bool low = q.is_cuda() && (q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf);
+  const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor qf = q.reshape({n * nkv, G * c, D}), kf = keys.reshape({n * nkv, S, D}).transpose(1, 2);
+  at::Tensor sc = (low ? at::bmm(qf, kf, at::kFloat) : at::bmm(qf.to(acc), kf.to(acc))).view({n, nkv, G, c, S}) /
+                  std::sqrt((double)D);
+  at::Tensor probs = at::softmax(sc.masked_fill(~vis, -inf), -1);  // [n, nkv, G, c, S]
+  at::Tensor vf = vals.reshape({n * nkv, S, D});
+  at::Tensor o = (low ? at::bmm(probs.view({n * nkv, G * c, S}).to(vf.scalar_type()), vf)
+                      : at::bmm(probs.view({n * nkv, G * c, S}), vf.to(acc)))
+                     .view({n, nkv, G, c, D});
+  // padding queries may see nothing (a NaN row); they feed nothing real, their output is zeroed
+  o = at::where(real.view({n, 1, 1, c, 1}), o, at::zeros_like(o));
+  o = o.to(qkv.scalar_type()).permute({0, 3, 1, 2, 4}).reshape({n, c, nh_ * D});
+  // slot scores (real queries only)
+  at::Tensor w = probs.mean(2) * real.view({n, 1, c, 1}).to(probs.scalar_type());  // [n, nkv, c, S]
+  kscore = kscore + w.sum(2).to(at::kFloat);
+  at::Tensor li = (len_ - 1 - p0_).clamp(0, c - 1);  // the row's last real query in the chunk
+  at::Tensor key;
+  if (p_.policy == CachePolicy::Tova) {
+    key = w.gather(2, li.view({n, 1, 1, 1}).expand({n, nkv, 1, S})).squeeze(2).to(at::kFloat);
+  } else if (p_.policy == CachePolicy::H2O) {
+    at::Tensor last_pos = (li + p0_).view({n, 1, 1});
+    key = at::where(kpos > last_pos - p_.budget / 2, at::full_like(kscore, inf), kscore);
+  } else {
+    key = at::where(kpos < p_.sinks, at::full_like(kscore, inf), kpos.to(at::kFloat));
+  }
+  key = key.masked_fill(kpos < 0, -inf);
+  const int64_t keep = std::min(S, p_.budget);
+  if (keep < S) {
+    // the best `keep` slots, then back in arrival order with empty ones last
+    at::Tensor idx = std::get<1>(key.topk(keep, -1));
+    at::Tensor empty = kpos.gather(2, idx) < 0;
+    idx = idx.gather(2, std::get<1>((idx + empty.to(at::kLong) * S).sort(-1)));
+    at::Tensor gi = idx.unsqueeze(-1).expand({n, nkv, keep, D});
+    keys = keys.gather(2, gi);
+    vals = vals.gather(2, gi);
+    kpos = kpos.gather(2, idx);
+    kscore = kscore.gather(2, idx);
+  }
+  st_.k[l] = keys.contiguous();
+  st_.v[l] = vals.contiguous();
+  st_.pos[l] = kpos.contiguous();
+  st_.score[l] = kscore.contiguous();
+  return {o, {}};
+}
+
+}  // namespace
+
+EvictPrefillResult evict_prefill(const Llama& m, const at::Tensor& ids, const std::vector<int64_t>& lengths,
+                                 const EvictPrefillParams& p) {
+  DMC_CHECK(evicts(p.policy), "evict_prefill: policy ", cache_policy_name(p.policy), " does not evict");
+  DMC_CHECK(p.budget >= 1, "evict_prefill: budget must be at least 1 slot, got ", p.budget);
+  DMC_CHECK(p.chunk >= 1, "evict_prefill: chunk must be at least 1 token, got ", p.chunk);
+  DMC_CHECK(ids.dim() == 2 && ids.size(0) == (int64_t)lengths.size(), "evict_prefill: ids [n, T] for n = ",
+            lengths.size(), " lengths");
+  at::NoGradGuard ng;
+  const int64_t n = ids.size(0), Tmax = ids.size(1);
+  for (int64_t t : lengths) DMC_CHECK(t >= 1 && t <= Tmax, "evict_prefill: a length of ", t, " (padded to ", Tmax, ")");
+  auto lopt = at::TensorOptions().dtype(at::kLong).device(ids.device());
+  at::Tensor len = at::tensor(lengths, at::kLong).to(ids.device());
+  EvictPrefillResult st;
+  EvictChunkAttention attn(p, len, st);
+  st.last_hidden = at::zeros({n, m.config.hidden_size}, at::TensorOptions().dtype(m.dtype()).device(ids.device()));
+  for (int64_t p0 = 0; p0 < Tmax; p0 += p.chunk) {
+    const int64_t c = std::min(p.chunk, Tmax - p0);
+    at::Tensor h = m.forward_hidden(ids.narrow(1, p0, c), at::arange(p0, p0 + c, lopt), attn);  // [n, c, H]
+    std::vector<int64_t> rows, at;
+    for (int64_t i = 0; i < n; ++i)
+      if (lengths[i] - 1 >= p0 && lengths[i] - 1 < p0 + c) {
+        rows.push_back(i);
+        at.push_back(lengths[i] - 1 - p0);
+      }
+    if (rows.empty()) continue;
+    at::Tensor ri = at::tensor(rows, at::kLong).to(ids.device()), ai = at::tensor(at, at::kLong).to(ids.device());
+    st.last_hidden.index_copy_(0, ri, h.index_select(0, ri).gather(1, ai.view({-1, 1, 1}).expand({-1, 1, h.size(2)})).squeeze(1));
+  }
+  return st;
+}
+
+}  // namespace dmc
