@@ -27,10 +27,14 @@ gguf=/tmp/smollm2.gguf
 }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/card.txt"
 t0=$(date +%s)
+# the device tool stops a call at 600 s: the jobs stop by this deadline, so the archive below is always written
+deadline=$(( t0 + ${DMC_SWEEP_SECONDS:-520} ))
 reports=()
 for L in $lengths; do
+  left=$(( deadline - $(date +%s) ))
+  [ "$left" -gt 10 ] || { echo "length $L: no time left"; continue; }
   # prompts of one length prefill 16 at a time at 8k (131072 padded tokens), eviction prompts 256 tokens a forward
-  "$B/dmc" eval tasks --model /tmp/smol-bf16 --data "$data" --lengths "$L" --samples "$samples" --seed 0 \
+  timeout "$left" "$B/dmc" eval tasks --model /tmp/smol-bf16 --data "$data" --lengths "$L" --samples "$samples" --seed 0 \
     --cache vanilla,tova,h2o,window --cr 2,4,8 --sinks 4 --batch 256 --prefill-tokens 131072 --prefill-chunk 256 \
     --device cuda --dtype bf16 --json "$OUT/tasks_$L.json" > "$OUT/tasks_$L.md" 2> "$OUT/tasks_$L.log"
   echo "length $L rc=$? at $(( $(date +%s) - t0 )) s"
