@@ -33,9 +33,11 @@ reports=()
 for L in $lengths; do
   left=$(( deadline - $(date +%s) ))
   [ "$left" -gt 10 ] || { echo "length $L: no time left"; continue; }
-  # prompts of one length prefill 16 at a time at 8k (131072 padded tokens), eviction prompts 256 tokens a forward
+  # prompts of one length prefill 32 at a time at 8k (262144 padded tokens), eviction prompts 256 tokens a forward;
+  # decode batch: every sample up to 2k, then what the full cache of 72 GB holds
+  case $L in 1024|2048) batch=1024 ;; 4096) batch=768 ;; *) batch=384 ;; esac
   timeout "$left" "$B/dmc" eval tasks --model /tmp/smol-bf16 --data "$data" --lengths "$L" --samples "$samples" --seed 0 \
-    --cache vanilla,tova,h2o,window --cr 2,4,8 --sinks 4 --batch 256 --prefill-tokens 131072 --prefill-chunk 256 \
+    --cache vanilla,tova,h2o,window --cr 2,4,8 --sinks 4 --batch $batch --prefill-tokens 262144 --prefill-chunk 256 \
     --device cuda --dtype bf16 --json "$OUT/tasks_$L.json" > "$OUT/tasks_$L.md" 2> "$OUT/tasks_$L.log"
   echo "length $L rc=$? at $(( $(date +%s) - t0 )) s"
   [ -s "$OUT/tasks_$L.json" ] && reports+=("$OUT/tasks_$L.json")

@@ -63,34 +63,52 @@ Attention::Out EvictChunkAttention::layer(int64_t l, const at::Tensor& qkv, bool
   at::Tensor kp = kpos.view({n, nkv, 1, 1, S}), qp = cpos_.view({1, 1, 1, c, 1});
   at::Tensor vis = (kp >= 0) & (kp <= qp);
   if (p_.policy == CachePolicy::Window) vis = vis & ((kp < p_.sinks) | (qp - kp <= p_.budget - p_.sinks));
-  // scores in fp32: on CUDA in bf16 / fp16 the tensor cores with fp32 accumulation and output (the weights then
-  // meet the values in the model dtype, as a flash kernel does); elsewhere fp32 (fp64) math
   const bool low = q.is_cuda() && (q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf);
   const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor qf = q.reshape({n * nkv, G * c, D}), kf = keys.reshape({n * nkv, S, D}).transpose(1, 2);
-  at::Tensor sc = (low ? at::bmm(qf, kf, at::kFloat) : at::bmm(qf.to(acc), kf.to(acc))).view({n, nkv, G, c, S}) /
-                  std::sqrt((double)D);
-  at::Tensor probs = at::softmax(sc.masked_fill(~vis, -inf), -1);  // [n, nkv, G, c, S]
-  at::Tensor vf = vals.reshape({n * nkv, S, D});
-  at::Tensor o = (low ? at::bmm(probs.view({n * nkv, G * c, S}).to(vf.scalar_type()), vf)
-                      : at::bmm(probs.view({n * nkv, G * c, S}), vf.to(acc)))
-                     .view({n, nkv, G, c, D});
-  // padding queries may see nothing (a NaN row); they feed nothing real, their output is zeroed
-  o = at::where(real.view({n, 1, 1, c, 1}), o, at::zeros_like(o));
-  o = o.to(qkv.scalar_type()).permute({0, 3, 1, 2, 4}).reshape({n, c, nh_ * D});
-  // slot scores (real queries only)
-  at::Tensor w = probs.mean(2) * real.view({n, 1, c, 1}).to(probs.scalar_type());  // [n, nkv, c, S]
-  kscore = kscore + w.sum(2).to(at::kFloat);
+  const double scale = 1.0 / std::sqrt((double)D);
   at::Tensor li = (len_ - 1 - p0_).clamp(0, c - 1);  // the row's last real query in the chunk
-  at::Tensor key;
-  if (p_.policy == CachePolicy::Tova) {
-    key = w.gather(2, li.view({n, 1, 1, 1}).expand({n, nkv, 1, S})).squeeze(2).to(at::kFloat);
-  } else if (p_.policy == CachePolicy::H2O) {
+  at::Tensor o, key;
+  if (p_.policy == CachePolicy::H2O) {
+    // H2O scores a slot by the weight every query gives it: the weights are materialised. Scores in fp32: on CUDA
+    // in bf16 / fp16 the tensor cores with fp32 accumulation and output (the weights then meet the values in the
+    // model dtype, as a flash kernel does); elsewhere fp32 (fp64) math.
+    at::Tensor qf = q.reshape({n * nkv, G * c, D}), kf = keys.reshape({n * nkv, S, D}).transpose(1, 2);
+    at::Tensor sc = (low ? at::bmm(qf, kf, at::kFloat) : at::bmm(qf.to(acc), kf.to(acc))).view({n, nkv, G, c, S});
+    sc.mul_(scale).masked_fill_(~vis, -inf);
+    at::Tensor probs = at::softmax(sc, -1);  // [n, nkv, G, c, S]
+    sc.reset();
+    at::Tensor vf = vals.reshape({n * nkv, S, D});
+    o = (low ? at::bmm(probs.view({n * nkv, G * c, S}).to(vf.scalar_type()), vf)
+             : at::bmm(probs.view({n * nkv, G * c, S}), vf.to(acc)))
+            .view({n, nkv, G, c, D});
+    // accumulated weight (real queries only, mean over the group's query heads)
+    probs.masked_fill_(~real.view({n, 1, 1, c, 1}), 0.0);
+    kscore = kscore + probs.sum({2, 3}).to(at::kFloat) / (double)G;
     at::Tensor last_pos = (li + p0_).view({n, 1, 1});
     key = at::where(kpos > last_pos - p_.budget / 2, at::full_like(kscore, inf), kscore);
   } else {
-    key = at::where(kpos < p_.sinks, at::full_like(kscore, inf), kpos.to(at::kFloat));
+    // TOVA and window need no weights but the last query's: the output by SDPA with the visibility as its mask
+    // (the memory-efficient kernel on CUDA; batch = (row, KV head), heads = the group's query heads)
+    at::Tensor qb = q.reshape({n * nkv, G, c, D});
+    at::Tensor kb = keys.reshape({n * nkv, 1, S, D}).expand({n * nkv, G, S, D});
+    at::Tensor vb = vals.reshape({n * nkv, 1, S, D}).expand({n * nkv, G, S, D});
+    at::Tensor bias = at::zeros({n * nkv, 1, c, S}, q.options())
+                          .masked_fill_(~vis.reshape({n * nkv, 1, c, S}), -inf)
+                          .expand({n * nkv, G, c, S});
+    o = at::scaled_dot_product_attention(qb, kb, vb, bias, 0.0, false, scale).view({n, nkv, G, c, D});
+    if (p_.policy == CachePolicy::Tova) {
+      // the weights of each row's last real query, mean over the group's query heads
+      at::Tensor ql = q.gather(3, li.view({n, 1, 1, 1, 1}).expand({n, nkv, G, 1, D}));  // [n, nkv, G, 1, D]
+      at::Tensor sl = at::matmul(ql.to(acc), keys.to(acc).unsqueeze(2).transpose(-1, -2)) * scale;  // [n,nkv,G,1,S]
+      at::Tensor vl = vis.expand({n, nkv, 1, c, S}).gather(3, li.view({n, 1, 1, 1, 1}).expand({n, nkv, 1, 1, S}));
+      key = at::softmax(sl.masked_fill(~vl, -inf), -1).mean(2).squeeze(2).to(at::kFloat);  // [n, nkv, S]
+    } else {
+      key = at::where(kpos < p_.sinks, at::full_like(kscore, inf), kpos.to(at::kFloat));
+    }
   }
+  // padding queries may see nothing (a NaN row); they feed nothing real, their output is zeroed
+  o = at::where(real.view({n, 1, 1, c, 1}), o, at::zeros_like(o));
+  o = o.to(qkv.scalar_type()).permute({0, 3, 1, 2, 4}).reshape({n, c, nh_ * D});
   key = key.masked_fill(kpos < 0, -inf);
   const int64_t keep = std::min(S, p_.budget);
   if (keep < S) {

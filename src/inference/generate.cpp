@@ -41,7 +41,9 @@ GenerateResult generate(const Llama& model, const std::vector<std::vector<int64_
   if (dopt.n_pages <= 0 && dopt.memory_budget_bytes <= 0) {
     int64_t longest = 0;
     for (const auto& p : prompts) longest = std::max<int64_t>(longest, (int64_t)p.size());
-    const int64_t per_row = PagedKVCache::pages_for(longest + opts.max_new_tokens + 1, dopt.page_size);
+    int64_t slots = longest + opts.max_new_tokens + 1;
+    if (evicts(dopt.policy)) slots = std::min(slots, dopt.budget + 1);  // a baseline's row never holds more
+    const int64_t per_row = PagedKVCache::pages_for(slots, dopt.page_size);
     dopt.n_pages = c.num_hidden_layers * B * model.local_kv_heads() * per_row;
   }
   Decoder dec(model, dopt);
