@@ -419,3 +419,30 @@ TEST_CASE("batched prefill: each padded row equals its prompt alone, every polic
     }
   }
 }
+
+TEST_CASE("generate: stop ids end a sequence only after a token outside leading_ids", "[inference][engine]") {
+  auto m = engine_model(33, false);
+  torch::manual_seed(9);
+  const std::vector<int64_t> prompt = random_ids(7, 97, 0);
+  GenerateOptions go;
+  go.stop_at_eos = false;
+  go.sampling.temperature = 0;
+  go.max_new_tokens = 24;
+  const std::vector<int64_t> g = generate(m, {prompt}, go).tokens[0];  // no stops
+  REQUIRE(g.size() == 24);
+  // stop at the first greedy token: without leading ids that is one token
+  go.stop_ids = {g[0], g[2]};
+  go.stop_ids_for = {true};
+  CHECK(generate(m, {prompt}, go).tokens[0] == std::vector<int64_t>{g[0]});
+  // with g[0] a leading id, the first stop id after another token ends it
+  go.leading_ids = {g[0]};
+  size_t end = g.size();
+  bool text = false;
+  for (size_t i = 0; i < g.size() && end == g.size(); ++i) {
+    if (g[i] != g[0]) text = true;
+    if (text && (g[i] == g[0] || g[i] == g[2])) end = i + 1;
+  }
+  INFO("greedy tokens end at " << end);
+  CHECK(end > 1);
+  CHECK(generate(m, {prompt}, go).tokens[0] == std::vector<int64_t>(g.begin(), g.begin() + (long)end));
+}

@@ -68,12 +68,14 @@ GenerateResult generate(const Llama& model, const std::vector<std::vector<int64_
     return opts.max_new_per_prompt.empty() ? opts.max_new_tokens
                                            : std::min(opts.max_new_tokens, opts.max_new_per_prompt[req]);
   };
+  std::vector<bool> has_text(N, false);  // produced a token outside leading_ids
   auto is_stop = [&](int64_t req, int64_t id) {
-    return !opts.stop_ids_for.empty() && opts.stop_ids_for[req] &&
+    return !opts.stop_ids_for.empty() && opts.stop_ids_for[req] && has_text[req] &&
            std::find(opts.stop_ids.begin(), opts.stop_ids.end(), id) != opts.stop_ids.end();
   };
   auto emit = [&](int64_t req, int64_t id) {
     res.tokens[req].push_back(id);
+    if (std::find(opts.leading_ids.begin(), opts.leading_ids.end(), id) == opts.leading_ids.end()) has_text[req] = true;
     if (on_token) on_token(req, id);
     return (opts.stop_at_eos && is_eos(id)) || is_stop(req, id) || (int64_t)res.tokens[req].size() >= budget(req);
   };

@@ -24,6 +24,9 @@ struct GenerateOptions {
   // is true for prompt i (empty = none)
   std::vector<int64_t> stop_ids;
   std::vector<bool> stop_ids_for;
+  // tokens that are not output yet (e.g. whitespace-only ones): a stop id ends a sequence only once it has produced
+  // a token outside this set, so "stop at the first newline" skips newlines before the answer
+  std::vector<int64_t> leading_ids;
   // measure the cache each finished sequence held (a device read each): GenerateResult::cache_tokens / slots
   bool measure_cache = false;
   SamplingOptions sampling;

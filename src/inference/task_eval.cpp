@@ -26,9 +26,14 @@ json run_task_eval(const Llama& model, const Tokenizer& tok, const std::vector<T
     DMC_CHECK(s.length <= c.max_position_embeddings, "eval tasks: length ", s.length,
               " exceeds the model's max_position_embeddings (", c.max_position_embeddings, ")");
   // the ids whose text holds a newline: a task that stops at the first newline stops after one of them
-  std::vector<int64_t> newline_ids;
-  for (int64_t id = 0; id < tok.vocab_size(); ++id)
-    if (tok.decode({id}).find('\n') != std::string::npos) newline_ids.push_back(id);
+  // (newlines before any answer text do not stop: a prompt ending in a space, as vt's does, is often answered
+  // "\nA, B, ..."; whitespace-only ids are not answer text)
+  std::vector<int64_t> newline_ids, blank_ids;
+  for (int64_t id = 0; id < tok.vocab_size(); ++id) {
+    const std::string t = tok.decode({id});
+    if (t.find('\n') != std::string::npos) newline_ids.push_back(id);
+    if (!t.empty() && t.find_first_not_of(" \t\r\n") == std::string::npos) blank_ids.push_back(id);
+  }
   std::vector<int64_t> lengths;
   for (const auto& s : samples)
     if (std::find(lengths.begin(), lengths.end(), s.length) == lengths.end()) lengths.push_back(s.length);
@@ -98,6 +103,7 @@ json run_task_eval(const Llama& model, const Tokenizer& tok, const std::vector<T
         g.stop_ids_for.push_back(samples[i].stop_at_newline);
       }
       g.stop_ids = newline_ids;
+      g.leading_ids = blank_ids;
       auto t0 = std::chrono::steady_clock::now();
       GenerateResult res = generate(model, prompts, g);
       seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
