@@ -2,10 +2,13 @@
 // foundation issue, each expected to fail with a message naming the file and the field.
 #include <torch/torch.h>
 
+#include <atomic>
+#include <thread>
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "common/util.h"
 #include "helpers.h"
 #include "io/safetensors.h"
 #include "model/llama.h"
@@ -253,4 +256,37 @@ TEST_CASE("model save/load round trip, single file and sharded, all dtypes", "[i
         m.save(root + "/m" + std::to_string((int)at::kFloat) + "_" + std::to_string(int64_t(1) << 40), at::kFloat);
       },
       {"already exists"});
+}
+
+TEST_CASE("parallel_for: every index once on any thread count, progress, the first error rethrown", "[common]") {
+  for (int64_t threads : {1, 2, 7}) {
+    for (bool with_progress : {false, true}) {
+      INFO("threads " << threads << " progress " << with_progress);
+      std::vector<std::atomic<int>> hits(1000);
+      int64_t last = -1;
+      std::function<void(int64_t)> prog;
+      if (with_progress) prog = [&](int64_t done) { last = done; };
+      dmc::parallel_for(
+          1000, threads,
+          [&](int64_t i) {
+            if (i % 97 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(3));
+            hits[i].fetch_add(1);
+          },
+          prog);
+      for (auto& h : hits) CHECK(h.load() == 1);
+      if (with_progress) CHECK(last <= 1000);
+      // an exception in one call comes back to the caller; the other threads stop taking indices
+      std::atomic<int64_t> ran{0};
+      CHECK_THROWS_WITH(dmc::parallel_for(
+                            500, threads,
+                            [&](int64_t i) {
+                              ran.fetch_add(1);
+                              if (i == 3) throw std::runtime_error("index 3 failed");
+                            },
+                            prog),
+                        "index 3 failed");
+      CHECK(ran.load() <= 500);
+    }
+  }
+  dmc::parallel_for(0, 2, [](int64_t) { FAIL("no index for n = 0"); });
 }

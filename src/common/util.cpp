@@ -1,5 +1,13 @@
 #include "common/util.h"
 
+#include <exception>
+
+#include <thread>
+
+#include <mutex>
+
+#include <atomic>
+
 #include <torch/csrc/autograd/profiler_kineto.h>
 
 #include <algorithm>
@@ -247,6 +255,42 @@ std::string kernel_profile(const std::function<void()>& fn, int reps, int top, d
        << "\n";
   if (total_ms) *total_ms = total / reps;
   return os.str();
+}
+
+void parallel_for(int64_t n, int64_t threads, const std::function<void(int64_t)>& fn,
+                  const std::function<void(int64_t)>& progress) {
+  if (n <= 0) return;
+  const int64_t nt =
+      std::min<int64_t>(n, threads > 0 ? threads : std::max<int64_t>(1, std::thread::hardware_concurrency()));
+  std::atomic<int64_t> next{0}, done{0};
+  std::atomic<bool> failed{false};
+  std::exception_ptr error;
+  std::mutex mu;
+  auto work = [&] {
+    for (int64_t i; !failed.load() && (i = next.fetch_add(1)) < n;) {
+      try {
+        fn(i);
+      } catch (...) {
+        std::lock_guard<std::mutex> g(mu);
+        if (!error) error = std::current_exception();
+        failed = true;
+      }
+      done.fetch_add(1);
+    }
+  };
+  // with progress this thread only reports; without, it takes a share of the work
+  std::vector<std::thread> pool;
+  for (int64_t t = progress ? 0 : 1; t < nt; ++t) pool.emplace_back(work);
+  if (progress) {
+    while (done.load() < n && !failed.load()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      progress(done.load());
+    }
+  } else {
+    work();
+  }
+  for (auto& th : pool) th.join();
+  if (error) std::rethrow_exception(error);
 }
 
 }  // namespace dmc

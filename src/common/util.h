@@ -59,4 +59,10 @@ class Progress {
   std::chrono::steady_clock::time_point start_, last_;
 };
 
+// fn(i) for every i in [0, n) on up to `threads` threads (0 = the hardware's), each taking the next index. The first
+// exception any call throws is rethrown here once every thread has stopped (the rest of the indices are skipped).
+// progress(done), when given, is called from this thread about every 200 ms while they run.
+void parallel_for(int64_t n, int64_t threads, const std::function<void(int64_t)>& fn,
+                  const std::function<void(int64_t)>& progress = nullptr);
+
 }  // namespace dmc

@@ -186,22 +186,11 @@ PrepareStats prepare(const PrepareOptions& o) {
 
   // 2. encode on several threads
   std::vector<std::vector<int64_t>> enc(docs.size());
-  std::atomic<int64_t> next{0}, done{0};
-  int64_t nt = o.threads > 0 ? o.threads : std::max<int64_t>(1, std::thread::hardware_concurrency());
-  std::vector<std::thread> pool;
-  for (int64_t t = 0; t < nt; ++t)
-    pool.emplace_back([&] {
-      for (int64_t i; (i = next.fetch_add(1)) < (int64_t)docs.size();) {
-        enc[i] = tok.encode(docs[i], /*add_bos=*/true, /*add_eos=*/true);
-        done.fetch_add(1);
-      }
-    });
   Progress prog("data prepare (documents encoded)", (int64_t)docs.size(), 5.0);
-  while (done.load() < (int64_t)docs.size()) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    prog.update(done.load());
-  }
-  for (auto& th : pool) th.join();
+  parallel_for(
+      (int64_t)docs.size(), o.threads,
+      [&](int64_t i) { enc[i] = tok.encode(docs[i], /*add_bos=*/true, /*add_eos=*/true); },
+      [&](int64_t done) { prog.update(done); });
   prog.update((int64_t)docs.size());
 
   // 3. split by document and write

@@ -115,7 +115,7 @@ class Decoder {
   PagedKVCache& cache() { return cache_; }
   CachePolicy policy() const { return policy_; }  // resolved: never Auto
   // Device bytes of the per-row state besides the pages (DMC sums and ring, tables, baseline slot metadata).
-  // Equals rows x state_bytes_per_row(...) + 4 bytes per page of the free-page stack.
+  // Equals rows x state_bytes_per_row(...) + 4 bytes per page of the free-page stack (plus its scratch entry).
   int64_t state_bytes() const;
   // The state one (layer, sequence, KV head) row takes besides its pages, for a model of config c under `policy`
   // (budget: the eviction baselines' slots): the one formula benchmarks size equal-memory batches with.

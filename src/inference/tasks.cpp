@@ -141,8 +141,8 @@ std::vector<TaskSample> make_task_samples(const Tokenizer& tok, const TaskOption
       DMC_CHECK(essay.size() >= 8, "task ", task, ": needs essay text for its haystack (--haystack FILE or held-out ",
                 "documents), got ", essay.size(), " sentences");
     for (int64_t L : o.lengths) {
-      int64_t guess = 0;  // the previous sample's haystack size: the next search starts near it
-      for (int64_t i = 0; i < o.samples; ++i) {
+      // one sample from its seed alone; `guess` (a haystack size) only says where the size search starts
+      auto make = [&](int64_t i, int64_t guess, int64_t* found) {
         TaskSample s;
         s.task = task;
         s.length = L;
@@ -294,15 +294,25 @@ std::vector<TaskSample> make_task_samples(const Tokenizer& tok, const TaskOption
         if (needs_essay && lo > (int64_t)essay.size())
           fail("task ", task, ": the haystack text (", essay.size(), " sentences) is too short for a length of ", L,
                " tokens (it needs about ", lo, "); give more held-out text");
-        guess = lo;
+        *found = lo;
         s.prompt = p.build(lo);
         s.prompt_tokens = tokens(s.prompt);
         s.max_new_tokens = p.max_new;
         s.stop_at_newline = p.stop_newline;
         s.expected = p.expected;
         s.depth = p.depth;
-        out.push_back(std::move(s));
-      }
+        return s;
+      };
+      // sample 0 first, then the rest on every core, each search starting at sample 0's size (the samples are the
+      // same whatever the thread count)
+      std::vector<TaskSample> group(o.samples);
+      int64_t n0 = 0;
+      group[0] = make(0, 0, &n0);
+      parallel_for(o.samples - 1, o.threads, [&](int64_t k) {
+        int64_t unused = 0;
+        group[k + 1] = make(k + 1, n0, &unused);
+      });
+      for (auto& s : group) out.push_back(std::move(s));
     }
   }
   return out;

@@ -29,6 +29,7 @@ struct TaskOptions {
   uint64_t seed = 0;
   std::vector<std::string> essays;  // documents for the essay haystacks (held-out text), needed by the essay tasks
   bool chat = false;                // wrap the input in the tokenizer's chat template (the answer prefix follows)
+  int64_t threads = 0;              // threads building the samples (0 = every core); the samples do not depend on it
 };
 
 struct TaskSample {

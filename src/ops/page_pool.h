@@ -8,7 +8,7 @@
 // leaves the stack as it was and adds one to alloc[1] (the exhaustion count), a row's page j is table[row][j].
 //
 // Layouts (R rows = n_layers * max_seqs * n_kv_heads): table [R, max_pages] int32, lengths [R] int32,
-// free_list [n_pages] int32, alloc [2] int32 = {free pages (the stack top), exhaustion count}.
+// free_list [n_pages + 1] int32 (the last entry is scratch), alloc [2] int32 = {free pages (the stack top), exhaustion count}.
 #pragma once
 #include <cstdint>
 

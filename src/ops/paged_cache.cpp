@@ -31,7 +31,8 @@ PagedKVCache::PagedKVCache(const PagedCacheOptions& o) : o_(o) {
   table = at::zeros({rows, max_pages_}, i32);
   lengths = at::zeros({rows}, i32);
   // stack: the top (last valid entry) is page 0, so pages are handed out in ascending order at first
-  free_list = at::arange(o_.n_pages - 1, -1, -1, i32);
+  // the stack, then one scratch entry (index n_pages) that give_pages sends the pages it does not keep to
+  free_list = at::cat({at::arange(o_.n_pages - 1, -1, -1, i32), at::full({1}, -1, i32)});
   alloc = at::tensor({(int32_t)o_.n_pages, 0}, at::kInt).to(o.device);
 }
 
@@ -98,8 +99,11 @@ at::Tensor PagedKVCache::take_pages(const at::Tensor& counts, int64_t max_count)
 void PagedKVCache::give_pages(const at::Tensor& pages, const at::Tensor& keep) {
   at::Tensor k = keep.to(at::kBool);
   at::Tensor kl = k.to(at::kLong);
-  at::Tensor dst = alloc.narrow(0, 0, 1).to(at::kLong) + at::cumsum(kl, 0) - 1;       // stack slots of the kept pages
-  free_list.index_put_({dst.masked_select(k)}, pages.masked_select(k).to(at::kInt));  // (syncs: a data-dependent size)
+  at::Tensor dst = alloc.narrow(0, 0, 1).to(at::kLong) + at::cumsum(kl, 0) - 1;  // stack slots of the kept pages
+  // the others go to the scratch entry: no data-dependent size, so no host synchronisation (eviction calls this
+  // every layer of every step)
+  dst = at::where(k, dst, at::full({}, o_.n_pages, dst.options()));
+  free_list.index_put_({dst}, pages.to(at::kInt));
   alloc.narrow(0, 0, 1).add_(kl.sum().to(at::kInt));
 }
 

@@ -8,7 +8,8 @@
 //   k_pages, v_pages: [n_pages, page_size, head_dim]   cache dtype; one KV head's slots per page
 //   table:            [R, max_pages_per_row] int32      page ids of a row; entries past its length are stale
 //   lengths:          [R] int32                         slots in use
-//   free_list:        [n_pages] int32                   stack of free page ids, valid in [0, alloc[0])
+//   free_list:        [n_pages + 1] int32               stack of free page ids, valid in [0, alloc[0]); the last
+//                                                       entry is scratch (give_pages' discarded writes)
 //   alloc:            [2] int32                         {stack top = free pages, exhaustion count}
 // Slot s of row r lives at k_pages[table[r][s / page_size]][s % page_size].
 //
@@ -107,7 +108,7 @@ class PagedKVCache {
   at::Tensor k_pages, v_pages;  // [n_pages, page_size, head_dim]
   at::Tensor table;             // [R, max_pages_per_row] int32
   at::Tensor lengths;           // [R] int32
-  at::Tensor free_list;         // [n_pages] int32
+  at::Tensor free_list;         // [n_pages + 1] int32 (the last entry: scratch)
   at::Tensor alloc;             // [2] int32: free pages, exhaustion count
 
  private:
