@@ -630,3 +630,92 @@ TEST_CASE("parallel prefill builds the same cache and next-token logits as token
     }
   }
 }
+
+TEST_CASE("retrofit with distillation: KL to the frozen original (float64 reference), gradients, CLI run and resume",
+          "[dmc][train]") {
+  const auto w = tmp_dir("distill");
+  write_text(w + "/a.txt", sample_text(300, 41));
+  Tokenizer::train({{w + "/a.txt"}, w + "/tok", 400, 100000});
+  auto r = run(std::string(DMC_BINARY) + " data prepare --input " + w + "/a.txt --tokenizer " + w +
+               "/tok.model --out " + w + "/data --chunk-chars 1500");
+  REQUIRE(r.status == 0);
+  const std::string common = " --tokenizer " + w + "/tok.model --data " + w +
+                             "/data --seq-len 32 --micro-batch 2 --global-batch 4 --device cpu --log-every 1 "
+                             "--num-hidden-layers 2 --hidden-size 64 --num-attention-heads 4 --num-key-value-heads 2 "
+                             "--intermediate-size 96 ";
+  r = run(std::string(DMC_BINARY) + " train" + common + "--out " + w + "/base --train-steps 4");
+  REQUIRE(r.status == 0);
+  r = run(std::string(DMC_BINARY) + " retrofit" + common + "--stage zero_out --init-from " + w + "/base/final --out " +
+          w + "/s1 --train-steps 4");
+  REQUIRE(r.status == 0);
+  // the loss against an independent float64 computation
+  {
+    auto model = Llama::load(w + "/s1/final", at::kFloat, at::kCPU);
+    auto teacher = Llama::load(w + "/base/final", at::kDouble, at::kCPU);
+    RetrofitOptions o;
+    o.stage = RetrofitStage::Retrofit;
+    o.target_cr = 2;
+    o.distill_from = w + "/base/final";
+    o.distill_temperature = 2.0;
+    o.distill_lm_weight = 0.5;
+    DmcStage stage(o);
+    for (auto& p : model.parameters()) p.second->set_requires_grad(true);  // as the trainer does
+    stage.begin_step(0, 8, model);
+    torch::manual_seed(3);
+    data::Batch b;
+    b.input = at::randint(0, model.config.vocab_size, {2, 16}, at::kLong);
+    b.target = at::randint(0, model.config.vocab_size, {2, 16}, at::kLong);
+    b.doc_start = at::zeros({2, 16}, at::kBool);
+    at::Tensor h = stage.forward_hidden(model, b);
+    at::Tensor loss = stage.loss(model, h, b);
+    REQUIRE(loss.defined());
+    at::Tensor s = model.lm_logits(h).to(at::kDouble).detach(), t;
+    {
+      at::NoGradGuard ng;
+      t = teacher.forward(b.input);
+    }
+    const double tau = 2.0;
+    at::Tensor pt = at::softmax(t / tau, -1);
+    at::Tensor kl = (pt * (at::log(pt) - at::log(at::softmax(s / tau, -1)))).sum(-1).mean() * (tau * tau);
+    at::Tensor ce = -at::log(at::softmax(s, -1)).gather(-1, b.target.unsqueeze(-1)).mean();
+    const double want = (kl + 0.5 * ce).item<double>();
+    INFO("loss " << loss.item<double>() << " reference " << want);
+    CHECK(std::abs(loss.item<double>() - want) < 1e-5 * std::max(1.0, std::abs(want)));
+    CHECK(kl.item<double>() > 1e-4);  // the zero-out student is not its teacher
+    loss.backward();
+    double gsum = 0;
+    for (auto& p : model.parameters())
+      if (p.second->grad().defined()) gsum += p.second->grad().abs().sum().item<double>();
+    CHECK(gsum > 0);
+    const auto m = stage.metrics();
+    CHECK(m.contains("kl"));
+    CHECK(m.contains("lm_loss"));
+  }
+  // the CLI: a distilled retrofit logs its KL and LM loss, and an interrupted run resumes to the same weights
+  const std::string rf = std::string(DMC_BINARY) + " retrofit" + common + "--stage retrofit --target-cr 2 --init-from " +
+                         w + "/s1/final --distill-from " + w + "/base/final --train-steps 4 ";
+  r = run(rf + "--out " + w + "/straight");
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  r = run(rf + "--out " + w + "/resumed --exit-after-steps 2");
+  REQUIRE(r.status == 0);
+  r = run(rf + "--out " + w + "/resumed");
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  int64_t rows = 0;
+  for (const auto& j : read_jsonl(w + "/straight/metrics.jsonl"))
+    if (j.contains("kl")) {
+      ++rows;
+      CHECK(j["kl"].get<double>() >= 0.0);
+      CHECK(j.contains("lm_loss"));
+    }
+  CHECK(rows == 4);
+  auto a = Llama::load(w + "/straight/final", at::kFloat, at::kCPU), b2 = Llama::load(w + "/resumed/final", at::kFloat, at::kCPU);
+  auto pa = a.parameters(), pb = b2.parameters();
+  REQUIRE(pa.size() == pb.size());
+  for (size_t i = 0; i < pa.size(); ++i) CHECK(at::equal(*pa[i].second, *pb[i].second));
+  // a teacher that is not there: a clear error naming the option
+  r = run(rf + "--out " + w + "/bad --distill-from " + w + "/nope");
+  CHECK(r.status == 1);
+  CHECK(r.output.find(w + "/nope") != std::string::npos);
+}

@@ -8,6 +8,8 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "dist/dist.h"
+#include "model/attention.h"
 
 namespace dmc {
 using json = nlohmann::json;
@@ -39,6 +41,10 @@ void RetrofitOptions::add_to(OptionTable& t) {
   t.add("head_stats_every", &head_stats_every, "steps between per-layer/per-head ratio logs").min(0);
   t.add("dmc_loss_scope", &dmc_loss_scope, "tensor parallel: shard (per-rank hinge, as the reference code) | global",
         {{"shard", DmcLossScope::Shard}, {"global", DmcLossScope::Global}});
+  t.add("distill_from", &distill_from,
+        "distillation: the original model (directory or .gguf); the loss is the KL from its next-token distribution");
+  t.add("distill_temperature", &distill_temperature, "distillation: softmax temperature tau (loss x tau^2)").above(0);
+  t.add("distill_lm_weight", &distill_lm_weight, "distillation: weight of the LM loss added to the KL").min(0);
 }
 
 DmcStage::DmcStage(const RetrofitOptions& o) : o_(o) {
@@ -63,6 +69,19 @@ void DmcStage::begin_step(int64_t step, int64_t total, Llama& model) {
     target_ = o_.target_cr;
   zero_out_mult_ = std::max(0.0, 1.0 - (double)step / (0.8 * (double)total));
   step_dsum_ = step_dn_ = step_loss_sum_ = step_loss_n_ = 0;
+  step_kl_sum_ = step_lm_sum_ = step_kl_n_ = 0;
+  if (!o_.distill_from.empty() && !teacher_) {
+    DMC_CHECK(model.tp.size == 1, "distill_from: distillation runs without tensor parallelism (tp = ", model.tp.size,
+              "); use data parallelism");
+    const at::ScalarType dt = model.device().is_cuda() ? at::kBFloat16 : model.dtype();
+    teacher_ = std::make_unique<Llama>(Llama::load(o_.distill_from, dt, model.device()));
+    for (auto& p : teacher_->parameters()) p.second->set_requires_grad(false);
+    DMC_CHECK(teacher_->config.vocab_size == model.config.vocab_size, "distill_from: ", o_.distill_from,
+              " has a vocabulary of ", teacher_->config.vocab_size, " tokens, the model being trained ",
+              model.config.vocab_size);
+    log::info(cat("distillation: teacher ", o_.distill_from, " (frozen, ", c10::toString(dt), "), temperature ",
+                  o_.distill_temperature, ", LM loss weight ", o_.distill_lm_weight));
+  }
   const auto& c = model.config;
   tp_ = &model.tp;
   if (merges_.empty()) {
@@ -123,6 +142,33 @@ at::Tensor DmcStage::extra_loss(Llama& model) {
   return l;
 }
 
+at::Tensor DmcStage::loss(Llama& model, const at::Tensor& hidden, const data::Batch& b) {
+  if (!teacher_ || !at::GradMode::is_enabled()) return {};
+  at::Tensor s = model.lm_logits(hidden).to(at::kFloat);  // [B, T, V]
+  at::Tensor t;
+  {
+    at::NoGradGuard ng;
+    VanillaAttention va;
+    t = teacher_->forward(b.input, va).to(at::kFloat);
+  }
+  const double tau = o_.distill_temperature;
+  const int64_t V = s.size(-1);
+  // KL(teacher || student) per token, mean over tokens
+  at::Tensor lpt = at::log_softmax(t / tau, -1);
+  at::Tensor kl = (lpt.exp() * (lpt - at::log_softmax(s / tau, -1))).sum(-1).mean() * (tau * tau);
+  at::Tensor lm;
+  if (o_.distill_lm_weight > 0) {
+    lm = vocab_parallel_cross_entropy(s.view({-1, V}), b.target.reshape({-1}), model.tp);
+  } else {
+    at::NoGradGuard ng;  // for the log only
+    lm = vocab_parallel_cross_entropy(s.detach().view({-1, V}), b.target.reshape({-1}), model.tp);
+  }
+  step_kl_sum_ += kl.detach().item<double>();
+  step_lm_sum_ += lm.detach().item<double>();
+  step_kl_n_ += 1;
+  return o_.distill_lm_weight > 0 ? kl + o_.distill_lm_weight * lm : kl;
+}
+
 std::vector<std::vector<double>> DmcStage::head_ratios() const {
   std::vector<std::vector<double>> r = merges_;
   for (size_t l = 0; l < r.size(); ++l)
@@ -135,6 +181,10 @@ std::vector<std::vector<double>> DmcStage::head_ratios() const {
 
 json DmcStage::metrics() {
   json m;
+  if (step_kl_n_ > 0) {  // distillation: the KL and the LM loss beside it
+    m["kl"] = step_kl_sum_ / step_kl_n_;
+    m["lm_loss"] = step_lm_sum_ / step_kl_n_;
+  }
   if (o_.stage == RetrofitStage::ZeroOut) {
     m["qk_last_dim_mult"] = zero_out_mult_;
     return m;

@@ -4,6 +4,11 @@
 //   retrofit  DMC attention with Gumbel-sigmoid decisions; target CR ramps 1 -> target over the stage;
 //             loss = LM loss + mean_b max(0, P - mean_layers d_b), P = 1 - 1/CR(step)
 //   finetune  the same at a fixed target CR (the LR schedule decays)
+// Distillation (retrofit / finetune, distill_from = the original model): the LM loss is replaced by the KL
+// divergence from the frozen original model's next-token distribution to the student's, per token, at temperature
+// tau (times tau^2), plus distill_lm_weight x the LM loss, plus the DMC hinge (the recipe of NVIDIA's later DMS work).
+// The teacher runs with vanilla attention on the same micro-batch; tensor parallelism is refused (the KL is not
+// vocabulary-parallel).
 // Validation inside a stage runs the eval-mode forward (hard decisions). Every log line carries the target and the
 // achieved compression ratio; per-layer/per-head achieved ratios are logged every head_stats_every steps and kept
 // in the stage state of each checkpoint.
@@ -31,6 +36,9 @@ struct RetrofitOptions {
   DmcOptions dmc;
   int64_t head_stats_every = 50;
   DmcLossScope dmc_loss_scope = DmcLossScope::Shard;
+  std::string distill_from;        // teacher model directory / .gguf ("" = LM loss)
+  double distill_temperature = 1.0;
+  double distill_lm_weight = 0.0;  // weight of the LM loss beside the KL
   void add_to(OptionTable& t);
 };
 
@@ -41,6 +49,7 @@ class DmcStage : public train::Stage {
   void begin_step(int64_t step, int64_t total, Llama& model) override;
   at::Tensor forward_hidden(Llama& model, const data::Batch& b) override;
   at::Tensor extra_loss(Llama& model) override;
+  at::Tensor loss(Llama& model, const at::Tensor& hidden, const data::Batch& b) override;
   nlohmann::json metrics() override;
   void finish(Llama& model) override;
   nlohmann::json state() const override;
@@ -65,6 +74,8 @@ class DmcStage : public train::Stage {
   at::Tensor step_counts_;                            // [2, layers, kv_heads] this step's local merges, tokens
   const Group* tp_ = nullptr;
   nlohmann::json last_head_ratios_;
+  std::unique_ptr<Llama> teacher_;                  // distillation: the frozen original model
+  double step_kl_sum_ = 0, step_lm_sum_ = 0, step_kl_n_ = 0;
 };
 
 // Zeroes the rows of the fused q/k projection that produce every query head's and key head's last dimension.

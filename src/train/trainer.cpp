@@ -524,7 +524,8 @@ class Trainer {
       {
         AutocastScope ac(autocast_);
         at::Tensor h = stage_ ? stage_->forward_hidden(model_, b) : model_.forward_hidden(b.input);
-        loss = lm_loss(model_, h, b.target);
+        if (stage_) loss = stage_->loss(model_, h, b);
+        if (!loss.defined()) loss = lm_loss(model_, h, b.target);
         if (stage_) {
           at::Tensor extra = stage_->extra_loss(model_);
           if (extra.defined()) loss = loss + extra;

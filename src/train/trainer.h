@@ -40,6 +40,12 @@ class Stage {
   }
   // Final hidden states [batch, seq, hidden] for a micro-batch; may record what extra_loss needs.
   virtual at::Tensor forward_hidden(Llama& model, const data::Batch& b) { return model.forward_hidden(b.input); }
+  // The training loss of a micro-batch from the stage's hidden states, or undefined for the LM loss (cross-entropy
+  // against b.target). Validation always takes the LM loss.
+  virtual at::Tensor loss(Llama& model, const at::Tensor& hidden, const data::Batch& b) {
+    (void)model, (void)hidden, (void)b;
+    return {};
+  }
   // Extra loss for the micro-batch just forwarded (undefined = none).
   virtual at::Tensor extra_loss(Llama& model) {
     (void)model;
