@@ -236,14 +236,23 @@ TEST_CASE("finite-difference gradient check of the relaxed DMC forward (float64)
   CHECK(checked == 30);
 }
 
-TEST_CASE("retrofit stages: zero_out zeroes the rows, retrofit ramps and logs ratios, resume keeps the ramp",
-          "[dmc][train]") {
-  const auto w = tmp_dir("stages");
-  write_text(w + "/a.txt", sample_text(300, 31));
+namespace {
+// A tokenizer (w/tok.model) and prepared data (w/data) of sample text for the stage tests.
+void stage_data(const std::string& w, int seed) {
+  write_text(w + "/a.txt", sample_text(300, seed));
   Tokenizer::train({{w + "/a.txt"}, w + "/tok", 400, 100000});
   auto r = run(std::string(DMC_BINARY) + " data prepare --input " + w + "/a.txt --tokenizer " + w +
                "/tok.model --out " + w + "/data --chunk-chars 1500");
+  INFO(r.output);
   REQUIRE(r.status == 0);
+}
+}  // namespace
+
+TEST_CASE("retrofit stages: zero_out zeroes the rows, retrofit ramps and logs ratios, resume keeps the ramp",
+          "[dmc][train]") {
+  const auto w = tmp_dir("stages");
+  stage_data(w, 31);
+  RunResult r;
   const std::string common = std::string(DMC_BINARY) + " %s --tokenizer " + w + "/tok.model --data " + w +
                              "/data --seq-len 32 --micro-batch 2 --global-batch 4 --device cpu --log-every 2 "
                              "--num-hidden-layers 2 --hidden-size 64 --num-attention-heads 4 --num-key-value-heads 2 "
@@ -634,11 +643,8 @@ TEST_CASE("parallel prefill builds the same cache and next-token logits as token
 TEST_CASE("retrofit with distillation: KL to the frozen original (float64 reference), gradients, CLI run and resume",
           "[dmc][train]") {
   const auto w = tmp_dir("distill");
-  write_text(w + "/a.txt", sample_text(300, 41));
-  Tokenizer::train({{w + "/a.txt"}, w + "/tok", 400, 100000});
-  auto r = run(std::string(DMC_BINARY) + " data prepare --input " + w + "/a.txt --tokenizer " + w +
-               "/tok.model --out " + w + "/data --chunk-chars 1500");
-  REQUIRE(r.status == 0);
+  stage_data(w, 41);
+  RunResult r;
   const std::string common = " --tokenizer " + w + "/tok.model --data " + w +
                              "/data --seq-len 32 --micro-batch 2 --global-batch 4 --device cpu --log-every 1 "
                              "--num-hidden-layers 2 --hidden-size 64 --num-attention-heads 4 --num-key-value-heads 2 "
