@@ -79,13 +79,7 @@ fi
 
 E="--tokenizer $TOKENIZER --data $DATA --split valid --seq-len $EVAL_SEQ"
 mkdir -p "$RUN/eval"
-ev() {  # name model [args...]: one evaluation, JSON to eval/name.json
-  local name=$1 model=$2; shift 2
-  [ -f "$RUN/eval/$name.json" ] && return 0
-  "$DMC" eval ppl --model "$model" $E --json "$RUN/eval/$name.json" "$@" > "$RUN/eval/$name.log" 2>&1 ||
-    { tail -5 "$RUN/eval/$name.log"; return 1; }
-  sed -n 's/^perplexity: \([0-9.]*\).*/\1/p' "$RUN/eval/$name.log" | head -1 | xargs echo "  $name: ppl"
-}
+source scripts/eval_lib.sh  # ev NAME MODEL [args...]
 if has eval; then
   echo "== evaluation on the validation split"
   models="base:$RUN/base/final vanilla:$RUN/vanilla/final"
@@ -104,24 +98,13 @@ if has eval; then
 fi
 
 if has bench; then
-  echo "== decode throughput at equal memory ($BENCH_GIB GiB of cache each), largest batch"
-  J=$RUN/bench_decode.jsonl
-  B="--prompt-len $PROMPT --new-tokens $NEW --steps $STEPS --batch max --memory-gib $BENCH_GIB --data $DATA --tokenizer $TOKENIZER --json $J"
-  rm -f "$J"
-  "$DMC" bench decode --model "$RUN/base/final" --policy vanilla $B > "$RUN/bench_vanilla.log" 2>&1 ||
-    { tail -5 "$RUN/bench_vanilla.log"; exit 1; }
-  for cr in $RATIOS; do
-    "$DMC" bench decode --model "$RUN/dmc${cr}x-3-finetune/final" --policy dmc $B > "$RUN/bench_dmc${cr}x.log" 2>&1 ||
-      { tail -5 "$RUN/bench_dmc${cr}x.log"; exit 1; }
-  done
+  bench_setup
+  bd vanilla "$RUN/base/final" vanilla
+  for cr in $RATIOS; do bd "dmc${cr}x" "$RUN/dmc${cr}x-3-finetune/final" dmc; done
   grep -h -o '"policy":"[a-z]*"\|"batch":[0-9]*\|"tokens_per_s":[0-9.]*\|"achieved_cr":[0-9.]*' "$J" | paste - - - - || true
 fi
 
 if has pack; then
-  tmp=$(mktemp /tmp/replication.XXXXXX.tar.gz)
-  tar czf "$tmp" -C "$RUN" --exclude='*/final' --exclude='*/checkpoints' --exclude='*.safetensors' \
-     --exclude='replication.tar.gz' --exclude='data/*.bin' --exclude='data/*.idx' .
-  mv "$tmp" "$RUN/replication.tar.gz"
-  ls -la "$RUN/replication.tar.gz"
+  pack_run replication.tar.gz
 fi
 echo "replication: done"

@@ -12,18 +12,26 @@
 using namespace dmc;
 using namespace dmc::test;
 
+namespace {
+// scripts/NAME run with `env` (and DMC_BUILD = this build) -> its result, output shown on failure
+RunResult run_script(const std::string& name, const std::string& env) {
+  const std::string bin_dir = std::string(DMC_BINARY).substr(0, std::string(DMC_BINARY).rfind('/'));
+  auto r = run("DMC_BUILD=" + bin_dir + " " + env + " " + std::string(DMC_SOURCE_DIR) + "/scripts/" + name);
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  return r;
+}
+}  // namespace
+
 TEST_CASE("replication script: the whole chain at toy size, and its report", "[replicate][cli]") {
   const auto w = tmp_dir("replicate");
   const std::string src = DMC_SOURCE_DIR;
-  const std::string bin_dir = std::string(DMC_BINARY).substr(0, std::string(DMC_BINARY).rfind('/'));
   const std::string env =
-      "DMC_BUILD=" + bin_dir + " RUN=" + w + "/run CORPORA_GLOB='" + fx().dir + "/a.txt' TOKENIZER=" + fx().tok +
+      "RUN=" + w + "/run CORPORA_GLOB='" + fx().dir + "/a.txt' TOKENIZER=" + fx().tok +
       " BASE_STEPS=12 CONT_STEPS=34 RATIOS='2 4' EVAL_SUBSET=600 BENCH_GIB=0.01 EVAL_SEQ=96 PROMPT=80 NEW=8 STEPS=4"
       " SHAPE='--vocab-size 0 --hidden-size 64 --intermediate-size 96 --num-hidden-layers 2 --num-attention-heads 4"
       " --num-key-value-heads 4' BATCH='--micro-batch 4 --global-batch 4 --seq-len 64 --device cpu'";
-  auto r = run(env + " " + src + "/scripts/replicate.sh");
-  INFO(r.output);
-  REQUIRE(r.status == 0);
+  auto r = run_script("replicate.sh", env);
   // stages of the budget: 3% / 73% / 24% of 34 steps
   CHECK(r.output.find("zero_out 1 -> retrofit 25 -> finetune 8") != std::string::npos);
   r = run(python() + " " + src + "/scripts/replication_report.py " + w + "/run/replication.tar.gz --out " + w +
@@ -45,4 +53,54 @@ TEST_CASE("replication script: the whole chain at toy size, and its report", "[r
     CHECK(p["tokens_scored"] == i["tokens_scored"]);
     CHECK(std::abs(p["ppl"].get<double>() - i["ppl"].get<double>()) / p["ppl"].get<double>() < 1e-4);
   }
+}
+
+// scripts/smollm2_retrofit.sh at toy size on the CPU (a tiny random model standing in for SmolLM2, GQA 4/2): one
+// control stopped at each DMC budget, DMC at two ratios and a distilled run, every evaluation and the pack; a
+// second invocation finds everything done. The GPU run is docs/results.md.
+TEST_CASE("SmolLM2 retrofit script: control checkpoints per budget, DMC and distilled runs, evals, resume",
+          "[replicate][cli]") {
+  const auto w = tmp_dir("smolretro");
+  auto init = run(dmc_bin() + " init --out " + w + "/orig --tokenizer " + fx().tok +
+                  " --hidden-size 64 --intermediate-size 96 --num-hidden-layers 2 --num-attention-heads 4"
+                  " --num-key-value-heads 2");
+  INFO(init.output);
+  REQUIRE(init.status == 0);
+  const std::string env =
+      "RUN=" + w + "/run ORIGINAL=" + w + "/orig TOKENIZER=" + fx().tok + " CORPORA_GLOB='" +
+      fx().dir + "/a.txt' UNIT=6 RATIOS='2 4' DISTILL_CR=2 EVAL_SEQ=96 EVAL_SUBSET=400 TASK_LENGTHS=800 TASK_SAMPLES=2"
+      " TASK_ARGS='--tasks passkey,niah_single_1 --device cpu' BENCH_GIB=0.01 PROMPT=80 NEW=8 STEPS=4"
+      " BATCH='--micro-batch 2 --global-batch 2 --seq-len 64 --device cpu'";
+  auto r = run_script("smollm2_retrofit.sh", env);
+  // stage steps: ceil(6 x 250 / 6000) = 1, 6 x (CR - 1), ceil(6 x 2000 / 6000) = 2
+  CHECK(r.output.find("dmc2x: zero_out 1 -> retrofit 6 -> finetune 2") != std::string::npos);
+  CHECK(r.output.find("dmc4x: zero_out 1 -> retrofit 18 -> finetune 2") != std::string::npos);
+  CHECK(r.output.find("distill2x: zero_out 1 -> retrofit 6 -> finetune 2") != std::string::npos);
+  // the control, stopped at 9 and run on to 21 steps: each export is that step's checkpoint
+  const std::string run_dir = w + "/run";
+  CHECK(fs::exists(run_dir + "/control-9/config.json"));
+  CHECK(fs::exists(run_dir + "/control-21/config.json"));
+  CHECK(same_weights(run_dir + "/control-21", run_dir + "/control/final"));
+  CHECK(!same_weights(run_dir + "/control-9", run_dir + "/control-21"));
+  for (const auto& row : read_jsonl(run_dir + "/distill2x-2-retrofit/metrics.jsonl"))
+    if (row.contains("loss")) CHECK(row.contains("kl"));
+  // parallel and incremental perplexity agree on every model; tasks for the controls under every policy
+  for (const char* m : {"original", "control2x", "dmc2x", "control4x", "dmc4x", "distill2x"}) {
+    INFO(m);
+    auto p = nlohmann::json::parse(read_file(run_dir + "/eval/" + std::string(m) + "-subset-parallel.json"));
+    auto i = nlohmann::json::parse(read_file(run_dir + "/eval/" + std::string(m) + "-subset-incremental.json"));
+    CHECK(std::abs(p["ppl"].get<double>() - i["ppl"].get<double>()) / p["ppl"].get<double>() < 1e-4);
+    REQUIRE(fs::exists(run_dir + "/tasks/" + std::string(m) + ".json"));
+  }
+  auto ct = nlohmann::json::parse(read_file(run_dir + "/tasks/control4x.json"));
+  std::vector<std::string> names;
+  for (const auto& x : ct["runs"]) names.push_back(x["name"]);
+  CHECK(names == std::vector<std::string>{"vanilla", "tova@4", "h2o@4", "window@4"});
+  auto dt = nlohmann::json::parse(read_file(run_dir + "/tasks/dmc4x.json"));
+  CHECK(dt["runs"][0]["name"] == "dmc");
+  CHECK(fs::exists(run_dir + "/smollm2.tar.gz"));
+  // run again: nothing left to do
+  auto again = run_script("smollm2_retrofit.sh", env);
+  CHECK(again.output.find("== control") == std::string::npos);
+  CHECK(again.output.find("ppl") == std::string::npos);
 }

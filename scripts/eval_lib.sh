@@ -1,0 +1,31 @@
+# Sourced by scripts/replicate.sh and scripts/smollm2_retrofit.sh: one perplexity evaluation, skipped when its JSON
+# exists (the scripts resume).
+#   ev NAME MODEL [args...]   $DMC eval ppl --model MODEL $E args -> $RUN/eval/NAME.json (log beside it); prints ppl
+ev() {
+  local name=$1 model=$2; shift 2
+  [ -f "$RUN/eval/$name.json" ] && return 0
+  "$DMC" eval ppl --model "$model" $E --json "$RUN/eval/$name.json" "$@" > "$RUN/eval/$name.log" 2>&1 ||
+    { tail -5 "$RUN/eval/$name.log"; return 1; }
+  sed -n 's/^perplexity: \([0-9.]*\).*/\1/p' "$RUN/eval/$name.log" | head -1 | xargs echo "  $name: ppl"
+}
+# bench_setup: the decode benchmark's arguments, equal cache memory ($BENCH_GIB GiB), largest batch, real prefills of
+# $PROMPT tokens; results appended to $RUN/bench_decode.jsonl (emptied here).
+#   bd NAME MODEL POLICY      one $DMC bench decode -> $RUN/bench_NAME.log
+bench_setup() {
+  echo "== decode throughput at equal memory ($BENCH_GIB GiB of cache each), largest batch"
+  J=$RUN/bench_decode.jsonl
+  B="--prompt-len $PROMPT --new-tokens $NEW --steps $STEPS --batch max --memory-gib $BENCH_GIB --data $DATA --tokenizer $TOKENIZER --json $J"
+  rm -f "$J"
+}
+bd() {
+  "$DMC" bench decode --model "$2" --policy "$3" $B > "$RUN/bench_$1.log" 2>&1 || { tail -5 "$RUN/bench_$1.log"; return 1; }
+}
+# pack_run NAME: everything of $RUN but weights, checkpoints and token shards in $RUN/NAME (written atomically)
+pack_run() {
+  local tmp
+  tmp=$(mktemp "/tmp/$1.XXXXXX")
+  tar czf "$tmp" -C "$RUN" --exclude='*/final' --exclude='*/checkpoints' --exclude='*.safetensors' \
+     --exclude="$1" --exclude='data/*.bin' --exclude='data/*.idx' .
+  mv "$tmp" "$RUN/$1"
+  ls -la "$RUN/$1"
+}
