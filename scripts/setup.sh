@@ -11,7 +11,8 @@ VENV=${DMC_VENV:-$HOME/.local/share/dmc/venv}
 
 if [ "${DMC_SKIP_APT:-0}" != 1 ] && command -v apt-get >/dev/null; then
   pkgs="build-essential cmake ninja-build ccache pkg-config python3-venv libsentencepiece-dev sentencepiece libgloo-dev
-        libyaml-cpp-dev libspdlog-dev nlohmann-json3-dev catch2 liblzma-dev zlib1g-dev libpcre2-dev"
+        libyaml-cpp-dev libspdlog-dev nlohmann-json3-dev catch2 liblzma-dev zlib1g-dev libpcre2-dev
+        libcpp-httplib-dev"
   missing=$(for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
   if [ -n "$missing" ]; then
     SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
@@ -31,8 +32,8 @@ if [ "$have" != "$TORCH_VERSION" ]; then
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q "torch==$TORCH_VERSION"
 fi
-if ! "$VENV/bin/python" -c 'import transformers, safetensors, numpy, sentencepiece, tokenizers, gguf, accelerate' 2>/dev/null; then
-  echo "[setup] pip install test oracles (transformers, tokenizers, safetensors, numpy, sentencepiece, gguf, accelerate)"
-  "$VENV/bin/pip" install -q transformers tokenizers safetensors numpy sentencepiece "gguf>=0.10" accelerate
+if ! "$VENV/bin/python" -c 'import transformers, safetensors, numpy, sentencepiece, tokenizers, gguf, accelerate, openai' 2>/dev/null; then
+  echo "[setup] pip install test oracles and clients (transformers, tokenizers, safetensors, numpy, sentencepiece, gguf, accelerate, openai)"
+  "$VENV/bin/pip" install -q transformers tokenizers safetensors numpy sentencepiece "gguf>=0.10" accelerate openai
 fi
 echo "[setup] ok: venv $VENV, torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)')"

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/load.h"
 #include "common/error.h"
 #include "common/files.h"
 #include "common/log.h"
@@ -20,13 +21,6 @@
 #include "tokenizer/tokenizer.h"
 
 namespace dmc::cli {
-
-namespace {
-// What names the model's shape in errors: DIR/config.json, or the .gguf file itself.
-std::string model_config_name(const std::string& model) {
-  return io::is_gguf_path(model) ? model : model + "/config.json";
-}
-}  // namespace
 
 int cmd_generate(const Args& a) {
   std::string model_dir, tok_path, prompt, device = "auto", dtype = "auto", system, chat_format = "auto";
@@ -52,10 +46,7 @@ int cmd_generate(const Args& a) {
   t.add("dtype", &dtype, "bf16, fp16, fp32 or auto (bf16 on CUDA, fp32 on CPU)");
   t.parse(a);
   log::info(t.to_yaml());
-  auto [dev, dt] = resolve_runtime(device, dtype);
-  auto tok = Tokenizer::load(tok_path.empty() ? model_dir : tok_path);
-  auto model = Llama::load(model_dir, dt, dev);
-  tok.check_model_vocab(model.config.vocab_size, model_config_name(model_dir));
+  auto [tok, model] = load_model_and_tokenizer(model_dir, tok_path, device, dtype);
   GenerateOptions go;
   go.max_new_tokens = max_new;
   go.sampling = {temperature, top_k, top_p, (uint64_t)seed};
@@ -143,10 +134,7 @@ int cmd_eval_tasks(const Args& a) {
   eo.prefill_chunk = prefill_chunk;
   eo.prefill_tokens = prefill_tokens;
   DMC_CHECK(haystack.empty() || data_dir.empty(), "give --haystack or --data, not both");
-  auto [dev, dt] = resolve_runtime(device, dtype);
-  auto tok = Tokenizer::load(tok_path.empty() ? model_dir : tok_path);
-  auto model = Llama::load(model_dir, dt, dev);
-  tok.check_model_vocab(model.config.vocab_size, model_config_name(model_dir));
+  auto [tok, model] = load_model_and_tokenizer(model_dir, tok_path, device, dtype);
   if (!data_dir.empty()) {  // the held-out documents, decoded without their BOS / EOS
     auto split = data::TokenSplit::open(data_dir, "valid", tok.fingerprint(), model.config.vocab_size);
     std::vector<int64_t> starts = split->doc_starts_in(0, split->num_tokens());
@@ -214,11 +202,8 @@ int cmd_eval(const Args& a) {
   t.add("json", &json_path, "also write the result as JSON to this file");
   t.parse(Args(a.begin() + 1, a.end()));
   log::info(t.to_yaml());
-  auto [dev, dt] = resolve_runtime(device, dtype);
-  auto tok = Tokenizer::load(tok_path.empty() ? model_dir : tok_path);
   DMC_CHECK(text_path.empty() != data_dir.empty(), "give one of --text FILE or --data DIR (what to score)");
-  auto model = Llama::load(model_dir, dt, dev);
-  tok.check_model_vocab(model.config.vocab_size, model_config_name(model_dir));
+  auto [tok, model] = load_model_and_tokenizer(model_dir, tok_path, device, dtype);
   std::vector<int64_t> ids;
   if (!text_path.empty()) {
     ids = tok.encode(read_file(text_path, "text"), add_bos);
@@ -258,8 +243,8 @@ int cmd_eval(const Args& a) {
   if (!json_path.empty()) {
     nlohmann::json j = {{"ppl", r.ppl()},       {"nll", r.nll()},       {"tokens_scored", r.tokens_scored},
                         {"windows", r.windows}, {"seq_len", seq_len},   {"stride", stride ? stride : seq_len},
-                        {"model", model_dir},   {"text", source},       {"dtype", dtype_name(dt)},
-                        {"device", dev.str()},  {"seconds", r.seconds}, {"mode", mode},
+                        {"model", model_dir},   {"text", source},       {"dtype", dtype_name(model.dtype())},
+                        {"device", model.device().str()},  {"seconds", r.seconds}, {"mode", mode},
                         {"cache", cache}};
     if (ratios) {
       j["cr"] = r.cr();

@@ -18,5 +18,6 @@ int cmd_train(const Args& a);
 int cmd_retrofit(const Args& a);
 int cmd_report(const Args& a);
 int cmd_bench(const Args& a);
+int cmd_serve(const Args& a);
 
 }  // namespace dmc::cli

@@ -29,6 +29,7 @@ commands:
   retrofit              one DMC retrofit stage: --stage zero_out | retrofit | finetune
   report RUN_DIR...     loss and compression-ratio curves, per-layer/head ratio heatmap, summary
   bench decode          decode throughput at equal memory: vanilla vs DMC (and TOVA/H2O/window), HBM floor
+  serve                 OpenAI-compatible HTTP server (completions, chat, streaming) on the continuous-batching engine
 
 environment: DMC_LOG_LEVEL=trace|debug|info|warn|error|off (default info)
 )";
@@ -68,6 +69,7 @@ int main(int argc, char** argv) {
     if (cmd == "retrofit") return dmc::cli::cmd_retrofit(args);
     if (cmd == "report") return dmc::cli::cmd_report(args);
     if (cmd == "bench") return dmc::cli::cmd_bench(args);
+    if (cmd == "serve") return dmc::cli::cmd_serve(args);
     std::cerr << "dmc: unknown command '" << cmd << "'\n\n" << kUsage;
     return 2;
   } catch (const dmc::HelpRequested& h) {

@@ -1,0 +1,284 @@
+// dmc serve on the CPU: a tiny random model behind the OpenAI-compatible server on 127.0.0.1 (a free port), talked
+// to with cpp-httplib's client. Greedy answers must equal `generate` on the same ids, streamed text the non-streamed
+// text; bad requests get their status and OpenAI's error body while the server keeps serving; 200 concurrent
+// requests in a pool small enough to preempt all get their one-at-a-time answers and the pool ends empty.
+#ifdef DMC_WITH_SERVE
+#include <httplib.h>
+#include <torch/torch.h>
+
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "helpers.h"
+#include "inference/generate.h"
+#include "serve/server.h"
+#include "train_fixture.h"
+
+using namespace dmc;
+using namespace dmc::test;
+using json = nlohmann::json;
+
+namespace {
+Llama serve_model(const Tokenizer& tok) {
+  LlamaConfig c = LlamaConfig::preset("tiny");
+  c.num_hidden_layers = 2;
+  c.vocab_size = tok.vocab_size();
+  c.max_position_embeddings = 256;
+  c.eos_token_ids = {tok.eos_id()};
+  return Llama::random(c, 77, at::kFloat, at::kCPU, 0.3);
+}
+std::string as_served(const std::string& s) {
+  return json::parse(json(s).dump(-1, ' ', false, json::error_handler_t::replace)).get<std::string>();
+}
+// a server's options for the tiny model: any free port
+ServerOptions tiny_server(int64_t max_batch) {
+  ServerOptions so;
+  so.port = 0;
+  so.engine.max_batch = max_batch;
+  return so;
+}
+json post(httplib::Client& cl, const std::string& path, const std::string& body, int want = 200) {
+  auto r = cl.Post(path.c_str(), body, "application/json");
+  REQUIRE(r);
+  INFO(path << " " << body << " -> " << r->status << " " << r->body);
+  CHECK(r->status == want);
+  return json::parse(r->body, nullptr, false);
+}
+int64_t metric(httplib::Client& cl, const std::string& name) {
+  auto r = cl.Get("/metrics");
+  REQUIRE(r);
+  const size_t at = r->body.find("\n" + name + " ");
+  REQUIRE(at != std::string::npos);
+  return (int64_t)std::stod(r->body.substr(at + name.size() + 2));
+}
+}  // namespace
+
+TEST_CASE("dmc serve: completions equal generate, streaming, stop strings, seeds, logprobs, errors, api key",
+          "[serve]") {
+  auto tok = Tokenizer::load(fx().tok);
+  auto m = serve_model(tok);
+  ServerOptions so = tiny_server(8);
+  so.model_name = "tiny";
+  so.max_prompt_tokens = 100;
+  Server srv(m, tok, so);
+  srv.start();
+  httplib::Client cl("127.0.0.1", srv.port());
+  cl.set_read_timeout(120, 0);
+  const std::vector<std::string> texts = {"The quick brown fox", "Once upon a time there was", "In the beginning"};
+  // greedy: what generate() gives for the same ids
+  GenerateOptions go;
+  go.sampling.temperature = 0;
+  go.max_new_tokens = 12;
+  std::vector<std::string> want;
+  for (const auto& t : texts) {
+    auto out = generate(m, {tok.encode(t, true)}, go).tokens[0];
+    if (!out.empty() && out.back() == tok.eos_id()) out.pop_back();
+    want.push_back(as_served(tok.decode(out)));
+  }
+  json r = post(cl, "/v1/completions", json{{"model", "tiny"}, {"prompt", texts[0]}, {"max_tokens", 12}, {"temperature", 0}}.dump());
+  CHECK(r["object"] == "text_completion");
+  CHECK(r["choices"][0]["text"] == want[0]);
+  CHECK(r["usage"]["prompt_tokens"] == (int64_t)tok.encode(texts[0], true).size());
+  // a list of prompts, and token ids
+  r = post(cl, "/v1/completions", json{{"prompt", texts}, {"max_tokens", 12}, {"temperature", 0}}.dump());
+  REQUIRE(r["choices"].size() == 3);
+  for (size_t i = 0; i < 3; ++i) CHECK(r["choices"][i]["text"] == want[i]);
+  r = post(cl, "/v1/completions", json{{"prompt", tok.encode(texts[1], true)}, {"max_tokens", 12}, {"temperature", 0}}.dump());
+  CHECK(r["choices"][0]["text"] == want[1]);
+  // streaming: the events' text joined is the same text; the last event carries the finish reason, then [DONE]
+  {
+    std::string body;
+    auto sr = cl.Post("/v1/completions", json{{"prompt", texts[2]}, {"max_tokens", 12}, {"temperature", 0}, {"stream", true}}.dump(),
+                      "application/json");
+    REQUIRE(sr);
+    CHECK(sr->status == 200);
+    std::string joined, reason;
+    size_t at = 0, events = 0;
+    const std::string& b = sr->body;
+    for (size_t e; (e = b.find("\n\n", at)) != std::string::npos; at = e + 2) {
+      const std::string ev = b.substr(at, e - at);
+      REQUIRE(ev.rfind("data: ", 0) == 0);
+      if (ev == "data: [DONE]") break;
+      const json j = json::parse(ev.substr(6));
+      joined += j["choices"][0]["text"].get<std::string>();
+      if (!j["choices"][0]["finish_reason"].is_null()) reason = j["choices"][0]["finish_reason"];
+      ++events;
+    }
+    CHECK(b.find("data: [DONE]") != std::string::npos);
+    CHECK(events >= 2);
+    CHECK(joined == want[2]);
+    CHECK((reason == "length" || reason == "stop"));
+  }
+  // a stop string: the text ends before it
+  size_t cut = want[0].size() / 2;  // three ASCII characters from the middle on (a stop string must be text)
+  while (cut + 3 <= want[0].size() &&
+         !(std::isprint((unsigned char)want[0][cut]) && std::isprint((unsigned char)want[0][cut + 1]) &&
+           std::isprint((unsigned char)want[0][cut + 2])))
+    ++cut;
+  if (cut + 3 <= want[0].size() && cut > 0) {
+    const std::string stop = want[0].substr(cut, 3);
+    r = post(cl, "/v1/completions", json{{"prompt", texts[0]}, {"max_tokens", 12}, {"temperature", 0}, {"stop", stop}}.dump());
+    CHECK(r["choices"][0]["text"] == want[0].substr(0, want[0].find(stop)));
+    CHECK(r["choices"][0]["finish_reason"] == "stop");
+  }
+  // sampling with a seed is reproducible
+  const std::string sampled = json{{"prompt", texts[1]}, {"max_tokens", 10}, {"temperature", 1.0}, {"seed", 5}}.dump();
+  CHECK(post(cl, "/v1/completions", sampled)["choices"][0]["text"] == post(cl, "/v1/completions", sampled)["choices"][0]["text"]);
+  // logprobs of the produced tokens: greedy picks the best of its alternatives
+  r = post(cl, "/v1/completions", json{{"prompt", texts[0]}, {"max_tokens", 5}, {"temperature", 0}, {"logprobs", 2}}.dump());
+  const json& lp = r["choices"][0]["logprobs"];
+  REQUIRE(lp["token_logprobs"].size() == r["usage"]["completion_tokens"].get<size_t>());
+  for (size_t i = 0; i < lp["token_logprobs"].size(); ++i) {
+    CHECK(lp["token_logprobs"][i].get<double>() <= 0.0);
+    double best = -1e30;
+    for (const auto& [k, v] : lp["top_logprobs"][i].items()) best = std::max(best, v.get<double>());
+    CHECK(lp["token_logprobs"][i].get<double>() == Approx(best));
+  }
+  // bad requests: status and OpenAI's error body; the server goes on serving
+  const std::string long_prompt(2000, 'a');
+  for (const auto& [body, status, what] : std::vector<std::tuple<std::string, int, std::string>>{
+           {"{bad json", 400, "not valid JSON"},
+           {"[1, 2]", 400, "JSON object"},
+           {json{{"prompt", texts[0]}, {"max_tokens", "ten"}}.dump(), 400, "max_tokens"},
+           {json{{"prompt", texts[0]}, {"max_tokens", -1}}.dump(), 400, "max_tokens"},
+           {json{{"prompt", texts[0]}, {"temperature", 5}}.dump(), 400, "temperature"},
+           {json{{"prompt", texts[0]}, {"n", 2}}.dump(), 400, "n"},
+           {json{{"prompt", 3}}.dump(), 400, "prompt"},
+           {json{{"prompt", std::vector<int64_t>{1, 99999}}}.dump(), 400, "out of range"},
+           {json{{"prompt", long_prompt}}.dump(), 400, "more than the limit"},
+           {json{{"prompt", texts[0]}, {"max_tokens", 250}}.dump(), 400, "context"},
+           {json{{"prompt", texts[0]}, {"model", "gpt-4"}}.dump(), 404, "does not exist"},
+           {json{{"prompt", texts[0]}, {"stop", 3}}.dump(), 400, "stop"}}) {
+    const json e = post(cl, "/v1/completions", body, status);
+    INFO(body << " -> " << e.dump());
+    REQUIRE(e.contains("error"));
+    CHECK(e["error"]["message"].get<std::string>().find(what) != std::string::npos);
+    CHECK(e["error"].contains("type"));
+  }
+  CHECK(post(cl, "/v1/chat/completions", json{{"messages", json::array({{{"role", "user"}, {"content", "hi"}}})}}.dump(), 400)
+            ["error"]["param"] == "messages");  // this tokenizer has no chat template: said, not guessed
+  {
+    auto nr = cl.Get("/v1/nothing");
+    REQUIRE(nr);
+    CHECK(nr->status == 404);
+  }
+  CHECK(post(cl, "/v1/completions", json{{"prompt", texts[0]}, {"max_tokens", 12}, {"temperature", 0}}.dump())["choices"][0]["text"] ==
+        want[0]);
+  // tokenizer routes, models, metrics
+  r = post(cl, "/tokenize", json{{"prompt", texts[0]}}.dump());
+  CHECK(r["tokens"].get<std::vector<int64_t>>() == tok.encode(texts[0], true));
+  CHECK(post(cl, "/detokenize", json{{"tokens", tok.encode(texts[0])}}.dump())["prompt"] == texts[0]);
+  auto mr = cl.Get("/v1/models");
+  REQUIRE(mr);
+  CHECK(json::parse(mr->body)["data"][0]["id"] == "tiny");
+  auto ti = cl.Get("/tokenizer_info");
+  REQUIRE(ti);
+  CHECK(json::parse(ti->body)["vocab_size"] == tok.vocab_size());
+  CHECK(metric(cl, "dmc_requests_total") >= 10);  // the generations above (prompts of a list count one each)
+  srv.stop(5);
+
+  // an api key: /v1 routes need the bearer token, /health does not
+  ServerOptions ko = so;
+  ko.api_key = "sekret";
+  Server ksrv(m, tok, ko);
+  ksrv.start();
+  httplib::Client kc("127.0.0.1", ksrv.port());
+  const std::string body = json{{"prompt", texts[0]}, {"max_tokens", 2}, {"temperature", 0}}.dump();
+  CHECK(post(kc, "/v1/completions", body, 401)["error"]["type"] == "authentication_error");
+  kc.set_bearer_token_auth("wrong");
+  post(kc, "/v1/completions", body, 401);
+  kc.set_bearer_token_auth("sekret");
+  post(kc, "/v1/completions", body, 200);
+  httplib::Client hc("127.0.0.1", ksrv.port());
+  auto h = hc.Get("/health");
+  REQUIRE(h);
+  CHECK(h->status == 200);
+  ksrv.stop(5);
+}
+
+TEST_CASE("dmc serve under load: 200 concurrent requests in a pool that preempts, answers as one at a time, pool empty",
+          "[serve]") {
+  auto tok = Tokenizer::load(fx().tok);
+  auto m = serve_model(tok);
+  ServerOptions so = tiny_server(16);
+  so.engine.cache.page_size = 4;
+  // about 6 sequences of 60 tokens: 16 decoding together must preempt
+  so.engine.cache.n_pages = m.config.num_hidden_layers * m.config.num_key_value_heads * 90;
+  Server srv(m, tok, so);
+  srv.start();
+  // 20 distinct prompts of mixed lengths and output budgets, each asked 10 times
+  std::vector<std::vector<int64_t>> prompts;
+  std::vector<int64_t> budgets;
+  torch::manual_seed(12);
+  for (int i = 0; i < 20; ++i) {
+    const int64_t n = 3 + (i * 7) % 40;
+    at::Tensor t = at::randint(3, tok.vocab_size(), {n}, at::kLong);
+    prompts.emplace_back(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + n);
+    budgets.push_back(4 + (i * 5) % 20);
+  }
+  std::vector<std::string> want;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    GenerateOptions go;
+    go.sampling.temperature = 0;
+    go.max_new_tokens = budgets[i];
+    auto out = generate(m, {prompts[i]}, go).tokens[0];
+    if (!out.empty() && out.back() == tok.eos_id()) out.pop_back();
+    want.push_back(as_served(tok.decode(out)));
+  }
+  for (int round = 0; round < 2; ++round) {
+    std::vector<std::string> got(200);
+    std::vector<int> status(200, 0);
+    std::vector<std::thread> th;
+    for (int k = 0; k < 200; ++k)
+      th.emplace_back([&, k] {
+        httplib::Client c("127.0.0.1", srv.port());
+        c.set_read_timeout(300, 0);
+        const size_t i = (size_t)k % prompts.size();
+        auto r = c.Post("/v1/completions",
+                        json{{"prompt", prompts[i]}, {"max_tokens", budgets[i]}, {"temperature", 0}}.dump(),
+                        "application/json");
+        if (!r) {
+          status[k] = -(int)r.error();  // httplib::Error, negated
+          return;
+        }
+        status[k] = r->status;
+        if (r->status == 200) got[k] = json::parse(r->body)["choices"][0]["text"];
+      });
+    for (auto& t : th) t.join();
+    int same = 0;
+    for (int k = 0; k < 200; ++k) {
+      INFO("round " << round << " request " << k);
+      CHECK(status[k] == 200);
+      same += got[k] == want[(size_t)k % prompts.size()];
+    }
+    CHECK(same == 200);
+    httplib::Client c("127.0.0.1", srv.port());
+    // the pool is empty again once the engine is idle
+    for (int w = 0; w < 100 && metric(c, "dmc_num_requests_running") + metric(c, "dmc_num_requests_waiting") > 0; ++w)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    CHECK(metric(c, "dmc_cache_pages_used") == 0);
+    if (round == 1) CHECK(metric(c, "dmc_preemptions_total") > 0);
+  }
+  // a streaming client that goes away after its first event: its sequence is cancelled and its pages come back
+  {
+    httplib::Client c("127.0.0.1", srv.port());
+    int chunks = 0;
+    httplib::Request req;
+    req.method = "POST";
+    req.path = "/v1/completions";
+    req.body = json{{"prompt", prompts[0]}, {"max_tokens", 200}, {"temperature", 0}, {"stream", true},
+                    {"stop", std::vector<std::string>{}}}.dump();
+    req.set_header("Content-Type", "application/json");
+    req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) { return ++chunks < 2; };
+    c.send(req);
+    CHECK(chunks >= 1);
+    for (int w = 0; w < 100 && metric(c, "dmc_num_requests_running") > 0; ++w)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    CHECK(metric(c, "dmc_num_requests_running") == 0);
+    CHECK(metric(c, "dmc_cache_pages_used") == 0);
+  }
+  srv.stop(5);
+}
+#endif
