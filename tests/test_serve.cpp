@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "common/util.h"
 #include "helpers.h"
 #include "inference/generate.h"
 #include "serve/server.h"
@@ -279,6 +280,45 @@ TEST_CASE("dmc serve under load: 200 concurrent requests in a pool that preempts
     CHECK(metric(c, "dmc_num_requests_running") == 0);
     CHECK(metric(c, "dmc_cache_pages_used") == 0);
   }
+  srv.stop(5);
+}
+// The official openai client (PyPI) against SmolLM2-135M-Instruct served from its GGUF: completions, streaming,
+// stop strings, seeds, chat streamed and not. Skipped without the GGUF or the package.
+TEST_CASE("dmc serve with the openai Python client: SmolLM2 completions, chat, streaming, stop, seed", "[serve][smollm2]") {
+  const std::string gguf = smollm2_gguf();
+  if (gguf.empty()) SKIP("SmolLM2 GGUF not fetched (scripts/get_smollm2.sh --fetch-only)");
+  if (run(python() + " -c 'import openai'").status != 0) SKIP("python package openai not installed: " + python());
+  auto tok = Tokenizer::load(gguf);
+  auto m = Llama::load(gguf, at::kFloat, at::kCPU);
+  ServerOptions so = tiny_server(4);
+  so.model_name = "smollm2";
+  so.api_key = "k1";
+  so.engine.cache.n_pages = m.config.num_hidden_layers * m.config.num_key_value_heads * 4 * 16;  // 4 x 256 tokens
+  Server srv(m, tok, so);
+  srv.start();
+  const auto log = tmp_dir("openai") + "/client.log";
+  auto r = run("{ " + python() + " " + std::string(DMC_SOURCE_DIR) + "/tests/reference/openai_client.py http://127.0.0.1:" +
+               std::to_string(srv.port()) + "/v1 smollm2 k1 2>" + log + "; }");
+  INFO(r.output << (fs::exists(log) ? dmc::read_file(log) : std::string()));
+  REQUIRE(r.status == 0);
+  const json j = json::parse(r.output);
+  INFO(j.dump(1));
+  // greedy: the engine's own generate on the same ids
+  GenerateOptions go;
+  go.sampling.temperature = 0;
+  go.max_new_tokens = 12;
+  auto out = generate(m, {tok.encode("The capital of France is", true)}, go).tokens[0];
+  if (!out.empty() && out.back() == tok.eos_id()) out.pop_back();
+  CHECK(j["completion"] == as_served(tok.decode(out)));
+  CHECK(j["completion"].get<std::string>().find("Paris") != std::string::npos);
+  CHECK(j["stream_joined"] == j["completion"]);
+  const std::string stopped = j["stopped"], full = j["completion"], stop = j["stop"];
+  CHECK(stopped == full.substr(0, full.find(stop)));
+  CHECK(j["seed_same"] == true);
+  CHECK(j["chat_role"] == "assistant");
+  CHECK(j["chat"].get<std::string>().find("Paris") != std::string::npos);
+  CHECK(j["chat_stream_joined"] == j["chat"]);
+  CHECK(j["unknown_model"] == "404");
   srv.stop(5);
 }
 #endif
