@@ -12,6 +12,7 @@
 #include "common/util.h"
 #include "helpers.h"
 #include "inference/generate.h"
+#include "inference/perplexity.h"
 #include "serve/server.h"
 #include "train_fixture.h"
 
@@ -282,6 +283,50 @@ TEST_CASE("dmc serve under load: 200 concurrent requests in a pool that preempts
   }
   srv.stop(5);
 }
+TEST_CASE("dmc serve echo + logprobs: the prompt's log-probabilities are eval ppl's, vanilla and DMC", "[serve]") {
+  auto tok = Tokenizer::load(fx().tok);
+  for (bool dmc_model : {false, true}) {
+    DYNAMIC_SECTION((dmc_model ? "dmc" : "vanilla")) {
+      auto m = serve_model(tok);
+      if (dmc_model) {  // decisions that merge: the scores are the compressed-cache ones
+        m.config.dmc.enabled = true;
+        m.config.dmc.init_val = 0.2;
+        m.config.dmc.window = 4;
+      }
+      Server srv(m, tok, tiny_server(4));
+      srv.start();
+      httplib::Client cl("127.0.0.1", srv.port());
+      const std::vector<int64_t> ids = tok.encode("The quick brown fox jumps over the lazy dog again and again", true);
+      // lm-evaluation-harness's loglikelihood request: token ids, echo, max_tokens 0, logprobs 1, temperature 0
+      json r = post(cl, "/v1/completions",
+                    json{{"prompt", ids}, {"echo", true}, {"max_tokens", 0}, {"logprobs", 1}, {"temperature", 0}}.dump());
+      const json& lp = r["choices"][0]["logprobs"];
+      REQUIRE(lp["token_logprobs"].size() == ids.size());
+      CHECK(lp["token_logprobs"][0].is_null());
+      CHECK(r["usage"]["completion_tokens"] == 0);
+      double sum = 0;
+      for (size_t i = 1; i < ids.size(); ++i) {
+        sum += lp["token_logprobs"][i].get<double>();
+        CHECK(lp["top_logprobs"][i].size() == 1);
+      }
+      PplOptions po;
+      po.seq_len = (int64_t)ids.size();
+      po.progress = false;
+      const PplResult ppl = perplexity(m, ids, po);
+      REQUIRE(ppl.tokens_scored == (int64_t)ids.size() - 1);
+      CHECK(std::abs(sum + ppl.nll_sum) < 1e-4 * std::max(1.0, ppl.nll_sum));
+      if (dmc_model) CHECK(ppl.cr() > 1.0);  // the forward merged
+      // echo with generation: the prompt's text first, then the produced tokens after the prompt's logprobs
+      r = post(cl, "/v1/completions",
+               json{{"prompt", ids}, {"echo", true}, {"max_tokens", 3}, {"logprobs", 0}, {"temperature", 0}}.dump());
+      CHECK(r["choices"][0]["logprobs"]["token_logprobs"].size() ==
+            ids.size() + r["usage"]["completion_tokens"].get<size_t>());
+      CHECK(r["choices"][0]["text"].get<std::string>().rfind(as_served(tok.decode(ids)), 0) == 0);
+      srv.stop(5);
+    }
+  }
+}
+
 // The official openai client (PyPI) against SmolLM2-135M-Instruct served from its GGUF: completions, streaming,
 // stop strings, seeds, chat streamed and not. Skipped without the GGUF or the package.
 TEST_CASE("dmc serve with the openai Python client: SmolLM2 completions, chat, streaming, stop, seed", "[serve][smollm2]") {

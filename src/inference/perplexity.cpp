@@ -29,6 +29,23 @@ std::vector<std::vector<double>> PplResult::cr_per_head() const {
   return r;
 }
 
+namespace {
+// The parallel forward's attention: the model's own (DMC in eval mode for a DMC model: hard decisions).
+struct ModelAttention {
+  explicit ModelAttention(const LlamaConfig& c) : dmc(DmcMode::Eval, options(c)), use_dmc(c.dmc.enabled) {}
+  static DmcOptions options(const LlamaConfig& c) {
+    DmcOptions o;
+    o.init_val = c.dmc.init_val;
+    o.window = c.dmc.window;
+    return o;
+  }
+  Attention& get() { return use_dmc ? static_cast<Attention&>(dmc) : vanilla; }
+  DmcLayerAttention dmc;
+  VanillaAttention vanilla;
+  bool use_dmc;
+};
+}  // namespace
+
 PplResult perplexity(const Llama& model, const std::vector<int64_t>& tokens, const PplOptions& o) {
   const int64_t L = (int64_t)tokens.size();
   const int64_t S = o.seq_len, stride = o.stride > 0 ? o.stride : o.seq_len;
@@ -62,13 +79,9 @@ PplResult perplexity(const Llama& model, const std::vector<int64_t>& tokens, con
                 cache == (c.dmc.enabled ? CachePolicy::Dmc : CachePolicy::Vanilla),
             "--cache ", o.cache, " needs --mode incremental (the parallel forward runs the model's own attention)");
   const bool dmc = c.dmc.enabled || evicting;
-  // the parallel forward's attention: the model's own (DMC in eval mode for a DMC model)
-  DmcOptions dmo;
-  dmo.init_val = c.dmc.init_val;
-  dmo.window = c.dmc.window;
-  DmcLayerAttention dmc_attn(DmcMode::Eval, dmo);
-  VanillaAttention vanilla_attn;
-  Attention& attn = c.dmc.enabled ? static_cast<Attention&>(dmc_attn) : vanilla_attn;
+  ModelAttention ma(c);
+  Attention& attn = ma.get();
+  DmcLayerAttention& dmc_attn = ma.dmc;
   if (dmc) {
     r.head_tokens.assign(c.num_hidden_layers, std::vector<double>(c.num_key_value_heads, 0.0));
     r.head_slots = r.head_tokens;
@@ -162,6 +175,34 @@ PplResult perplexity(const Llama& model, const std::vector<int64_t>& tokens, con
   }
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return r;
+}
+
+TokenLogprobs prompt_logprobs(const Llama& model, const std::vector<int64_t>& ids, int64_t top_k) {
+  at::NoGradGuard ng;
+  const auto& c = model.config;
+  const int64_t T = (int64_t)ids.size();
+  DMC_CHECK(T >= 1 && T <= c.max_position_embeddings, "prompt_logprobs: ", T, " tokens (max ",
+            c.max_position_embeddings, ")");
+  for (int64_t id : ids)
+    DMC_CHECK(id >= 0 && id < c.vocab_size, "prompt_logprobs: token id ", id, " out of range [0, ", c.vocab_size, ")");
+  TokenLogprobs out;
+  if (T < 2) return out;
+  ModelAttention ma(c);
+  Attention& attn = ma.get();
+  at::Tensor x = at::tensor(ids, at::kLong).unsqueeze(0).to(model.device());
+  at::Tensor h = model.forward_hidden(x, attn).squeeze(0).narrow(0, 0, T - 1);       // [T-1, H]: predicts 1..T-1
+  at::Tensor lp = at::log_softmax(at::linear(h, model.lm_head).to(at::kFloat), -1);  // [T-1, V]
+  at::Tensor tgt = x[0].narrow(0, 1, T - 1).unsqueeze(1);
+  at::Tensor got = lp.gather(1, tgt).squeeze(1).to(at::kCPU, at::kDouble);
+  out.logprob.assign(got.data_ptr<double>(), got.data_ptr<double>() + (T - 1));
+  out.top.resize(T - 1);
+  if (top_k > 0) {
+    auto [v, i] = lp.topk(std::min<int64_t>(top_k, lp.size(1)), 1);
+    at::Tensor vc = v.to(at::kCPU, at::kDouble), ic = i.to(at::kCPU);
+    for (int64_t t = 0; t < T - 1; ++t)
+      for (int64_t k = 0; k < vc.size(1); ++k) out.top[t].emplace_back(ic[t][k].item<int64_t>(), vc[t][k].item<double>());
+  }
+  return out;
 }
 
 }  // namespace dmc

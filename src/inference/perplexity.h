@@ -42,4 +42,13 @@ struct PplResult {
 
 PplResult perplexity(const Llama& model, const std::vector<int64_t>& tokens, const PplOptions& opts);
 
+// Each token's log-probability given the ones before it, from the same parallel forward as `perplexity` (a DMC
+// model in eval mode: its compressed-cache predictions), for tokens 1..T-1 of ids (token 0 has none), with the
+// top_k most likely alternatives at each position. What a server's echo + logprobs returns.
+struct TokenLogprobs {
+  std::vector<double> logprob;                                // [T - 1]
+  std::vector<std::vector<std::pair<int64_t, double>>> top;  // [T - 1][top_k]
+};
+TokenLogprobs prompt_logprobs(const Llama& model, const std::vector<int64_t>& ids, int64_t top_k);
+
 }  // namespace dmc

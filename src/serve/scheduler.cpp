@@ -215,7 +215,22 @@ void ServeEngine::loop() {
       std::vector<std::vector<int64_t>> join_ctx;
       int64_t pages = reserve, longest = 0;
       while (!waiting.empty() && join.size() < free_slots.size()) {
-        const auto& r = waiting.front();
+        const auto r = waiting.front();
+        bool scored;
+        {
+          std::lock_guard<std::mutex> l(r->mu);
+          scored = !r->prompt.logprob.empty() || r->req.prompt.size() < 2;
+        }
+        if (r->req.score_prompt && !scored) {  // the prompt's log-probabilities, once (a preempted one keeps them)
+          TokenLogprobs p = prompt_logprobs(m_, r->req.prompt, r->req.top_logprobs);
+          std::lock_guard<std::mutex> l(r->mu);
+          r->prompt = std::move(p);
+        }
+        if (r->req.max_tokens <= 0) {  // nothing to generate (a scoring request)
+          waiting.pop_front();
+          finish(r, "length");
+          continue;
+        }
         std::vector<int64_t> ctx = r->req.prompt;
         {
           std::lock_guard<std::mutex> l(r->mu);

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "inference/decoder.h"
+#include "inference/perplexity.h"
 #include "inference/sampler.h"
 #include "model/llama.h"
 #include "tokenizer/tokenizer.h"
@@ -40,6 +41,7 @@ struct GenerationRequest {
   std::vector<std::string> stop;  // stop strings: the output ends before the first one
   bool want_logprobs = false;     // log-probability of each produced token (and top_logprobs alternatives)
   int64_t top_logprobs = 0;
+  bool score_prompt = false;      // echo + logprobs: each prompt token's log-probability (eval ppl's forward)
 };
 
 // One request's progress, shared by the engine thread (writer) and the HTTP handler (reader).
@@ -51,6 +53,7 @@ struct RequestState {
   std::vector<double> logprobs;          // with want_logprobs: of each produced token
   std::vector<std::vector<std::pair<int64_t, double>>> top;  // with top_logprobs: the best alternatives
   std::string text;                      // the decoded output, cut before a stop string once one appears
+  TokenLogprobs prompt;                  // with score_prompt: tokens 1..T-1 of the prompt
   bool done = false;
   std::string finish_reason;             // "stop" | "length" | "cancelled" | "error"
   std::string error;

@@ -184,10 +184,29 @@ struct Server::Impl {
   json usage(int64_t prompt, int64_t completion) const {
     return {{"prompt_tokens", prompt}, {"completion_tokens", completion}, {"total_tokens", prompt + completion}};
   }
-  json completion_logprobs(RequestState& r) const {
+  // the legacy completions logprobs object; with echo the prompt's tokens come first (the first without a value)
+  json completion_logprobs(RequestState& r, bool echo) const {
     json lp = {{"tokens", json::array()}, {"token_logprobs", json::array()}, {"top_logprobs", json::array()},
                {"text_offset", json::array()}};
     size_t off = 0;
+    if (echo) {
+      const auto& p = r.req.prompt;
+      for (size_t i = 0; i < p.size(); ++i) {
+        const std::string t = piece_text(p[i]);
+        lp["tokens"].push_back(t);
+        lp["text_offset"].push_back(off);
+        off += t.size();
+        if (i == 0 || i - 1 >= r.prompt.logprob.size()) {
+          lp["token_logprobs"].push_back(nullptr);
+          lp["top_logprobs"].push_back(nullptr);
+          continue;
+        }
+        lp["token_logprobs"].push_back(r.prompt.logprob[i - 1]);
+        json top = json::object();
+        for (const auto& [id, v] : r.prompt.top[i - 1]) top[piece_text(id)] = v;
+        lp["top_logprobs"].push_back(top);
+      }
+    }
     for (size_t i = 0; i < r.tokens.size(); ++i) {
       const std::string t = piece_text(r.tokens[i]);
       lp["tokens"].push_back(t);
@@ -246,7 +265,7 @@ struct Server::Impl {
   void completions(const httplib::Request& req, httplib::Response& res) {
     const json j = parse_body(req);
     check_model(j);
-    if (get_bool(j, "echo", false)) bad("echo", "not supported yet");
+    const bool echo = get_bool(j, "echo", false);
     const int64_t want_lp = has(j, "logprobs") ? get_int(j, "logprobs", 0, 0, 20) : -1;
     const bool streaming = get_bool(j, "stream", false);
     const auto ps = prompts(j);
@@ -255,12 +274,14 @@ struct Server::Impl {
       GenerationRequest g = gen_request(j, p);
       g.want_logprobs = want_lp >= 0;
       g.top_logprobs = std::max<int64_t>(0, want_lp);
+      g.score_prompt = echo && want_lp >= 0;  // the prompt's own log-probabilities, as eval ppl computes them
       gens.push_back(g);
     }
     const std::string id = cat("cmpl-", next_id++);
     const int64_t created = now_s();
     if (streaming) {
       if (gens.size() != 1) bad("stream", "one prompt at a time when streaming");
+      if (echo) bad("echo", "not with stream");
       auto r = eng.submit(gens[0]);
       auto chunk = [=](const std::string& text, const json& reason) {
         return json{{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", o.model_name},
@@ -280,8 +301,8 @@ struct Server::Impl {
       prompt_tokens += (int64_t)gens[i].prompt.size();
       completion_tokens += (int64_t)rs[i]->tokens.size();
       choices.push_back({{"index", i},
-                         {"text", rs[i]->text},
-                         {"logprobs", want_lp >= 0 ? completion_logprobs(*rs[i]) : json(nullptr)},
+                         {"text", echo ? tok.decode(gens[i].prompt) + rs[i]->text : rs[i]->text},
+                         {"logprobs", want_lp >= 0 ? completion_logprobs(*rs[i], echo) : json(nullptr)},
                          {"finish_reason", rs[i]->finish_reason}});
     }
     res.set_content(json{{"id", id},

@@ -4,7 +4,9 @@
 // Endpoints (OpenAI's request and response shapes):
 //   POST /v1/completions        prompt: a string, a list of strings, token ids or a list of id lists; max_tokens,
 //                               temperature, top_p, seed, stop (string or list), n = 1, stream (server-sent events,
-//                               "data: [DONE]" last), logprobs (of the produced tokens, with top_logprobs)
+//                               "data: [DONE]" last), logprobs (of the produced tokens, with top_logprobs), echo
+//                               (with logprobs: the prompt's tokens scored by eval ppl's parallel forward first,
+//                               a DMC model in eval mode: its compressed-cache loglikelihoods; max_tokens 0 scores)
 //   POST /v1/chat/completions   messages through the model's chat template (the last user message; a system
 //                               message if given), streaming as chat.completion.chunk events
 //   GET  /v1/models   /health   /metrics (Prometheus text)
