@@ -17,14 +17,30 @@
 
 #include "catch.h"
 #include "common/error.h"
+#include "common/util.h"
 
 namespace dmc::test {
 namespace fs = std::filesystem;
 
+// The temporary directories of this test process, removed when it exits (a SmolLM2 case writes half a gigabyte);
+// DMC_KEEP_TEST_DIRS=1 keeps them, to look at what a failing case left.
+struct TmpDirs {
+  std::vector<std::string> dirs;
+  ~TmpDirs() {
+    const char* keep = std::getenv("DMC_KEEP_TEST_DIRS");
+    if (keep && std::string(keep) == "1") return;
+    for (const auto& d : dirs) dmc::remove_tree(d);
+  }
+};
+inline TmpDirs& tmp_dirs() {
+  static TmpDirs t;
+  return t;
+}
 inline std::string tmp_dir(const std::string& tag) {
   std::string tmpl = (fs::temp_directory_path() / ("dmc-test-" + tag + "-XXXXXX")).string();
   char* p = ::mkdtemp(tmpl.data());
   REQUIRE(p != nullptr);
+  tmp_dirs().dirs.push_back(tmpl);
   return tmpl;
 }
 
