@@ -4,6 +4,9 @@
 # job per length (each writes its own report, so a job cut short still leaves the others), merged by
 # `dmc report tasks` into the tables and the depth x length heatmaps.
 #   OUT=... scripts/gpu_tasks.sh GGUF_OR_PARTS_GLOB DATA_DIR [SAMPLES] [LENGTHS]
+# A sweep too long for one device call is split by policy: DMC_TASKS_CACHE (default vanilla,tova,h2o,window),
+# DMC_TASKS_CR (2,4,8), DMC_TASKS_LIST (every task), DMC_TASKS_CHUNK (prefill chunk, 256) and DMC_TASKS_TAG (a suffix
+# for the report names); `dmc report tasks` merges the jobs' reports afterwards.
 # DATA_DIR: a `dmc data prepare` directory made with SmolLM2's tokenizer; its valid split (never trained on) gives
 # the essay haystacks (only meta.json and valid-* are read). With the device tool, as scripts/gpu_smollm2.sh: call 1
 # builds (scripts/gpu_check.sh build), call 2 carries the GGUF's second half and runs this.
@@ -36,11 +39,14 @@ for L in $lengths; do
   # prompts of one length prefill 32 at a time at 8k (262144 padded tokens), eviction prompts 256 tokens a forward;
   # decode batch: every sample up to 2k, then what the full cache of 72 GB holds
   case $L in 1024|2048) batch=1024 ;; 4096) batch=768 ;; *) batch=384 ;; esac
+  name=tasks_$L${DMC_TASKS_TAG:-}
   timeout "$left" "$B/dmc" eval tasks --model /tmp/smol-bf16 --data "$data" --lengths "$L" --samples "$samples" --seed 0 \
-    --cache vanilla,tova,h2o,window --cr 2,4,8 --sinks 4 --batch $batch --prefill-tokens 262144 --prefill-chunk 256 \
-    --device cuda --dtype bf16 --json "$OUT/tasks_$L.json" > "$OUT/tasks_$L.md" 2> "$OUT/tasks_$L.log"
+    --tasks "${DMC_TASKS_LIST:-passkey,niah_single_1,niah_single_2,niah_single_3,niah_multikey_1,niah_multikey_2,niah_multivalue,niah_multiquery,vt}" \
+    --cache "${DMC_TASKS_CACHE:-vanilla,tova,h2o,window}" --cr "${DMC_TASKS_CR:-2,4,8}" --sinks 4 --batch $batch \
+    --prefill-tokens 262144 --prefill-chunk "${DMC_TASKS_CHUNK:-256}" \
+    --device cuda --dtype bf16 --json "$OUT/$name.json" > "$OUT/$name.md" 2> "$OUT/$name.log"
   echo "length $L rc=$? at $(( $(date +%s) - t0 )) s"
-  [ -s "$OUT/tasks_$L.json" ] && reports+=("$OUT/tasks_$L.json")
+  [ -s "$OUT/$name.json" ] && reports+=("$OUT/$name.json")
 done
 echo "sweep: $(( $(date +%s) - t0 )) s" | tee "$OUT/sweep_seconds.txt"
 [ ${#reports[@]} -gt 0 ] && "$B/dmc" report tasks "${reports[@]}" --json "$OUT/tasks.json" --heatmaps "$OUT/heatmaps" \

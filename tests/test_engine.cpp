@@ -368,6 +368,9 @@ TEST_CASE("batched prefill: each padded row equals its prompt alone, every polic
       o.prefill_chunk = std::max<int64_t>(1, k.chunk);
       o.max_seqs = 4;
       Decoder together(m, o);
+      // a prompt's share of a batched prefill's working set: all of it, or for eviction a chunk plus the budget
+      CHECK(together.prefill_tokens_for(100) == (evicts(o.policy) ? o.prefill_chunk + o.budget : 100));
+      CHECK(together.prefill_tokens_for(3) == 3);
       const std::vector<int64_t> slots = {2, 0, 3};  // not in order
       at::Tensor lt = together.prefill(slots, prompts);
       REQUIRE(lt.size(0) == 3);

@@ -235,6 +235,25 @@ TEST_CASE("dmc eval tasks: every policy and ratio on the same samples, JSON with
   CHECK(mj["runs"][1]["generated_tokens"].get<int64_t>() ==
         j["runs"][1]["generated_tokens"].get<int64_t>() +
             nlohmann::json::parse(read_file(w + "/r3.json"))["runs"][1]["generated_tokens"].get<int64_t>());
+  // jobs split by policy on the same samples: one sample list, each sample scored by every job's runs
+  auto r4 = run(std::string(DMC_BINARY) + " eval tasks --model " + w + "/m --tokenizer " + tok.path() +
+                " --device cpu --samples 2 --lengths 300 --tasks passkey --cache tova --cr 2 --json " + w + "/r4.json");
+  REQUIRE(r4.status == 0);
+  auto mr2 = run(std::string(DMC_BINARY) + " report tasks " + w + "/r3.json " + w + "/r4.json --json " + w + "/m2.json");
+  INFO(mr2.output);
+  REQUIRE(mr2.status == 0);
+  const auto mj2 = nlohmann::json::parse(read_file(w + "/m2.json"));
+  REQUIRE(mj2["samples"].size() == 2);
+  for (const auto& s : mj2["samples"]) CHECK(s["outputs"].size() == 3);  // vanilla, window@2, tova@2
+  {
+    auto other = nlohmann::json::parse(read_file(w + "/r4.json"));
+    other["samples"][0]["prompt_fnv"] = "0";
+    write_text(w + "/r4x.json", other.dump());
+    auto b = run(std::string(DMC_BINARY) + " report tasks " + w + "/r3.json " + w + "/r4x.json");
+    INFO(b.output);
+    CHECK(b.status == 1);
+    CHECK(b.output.find("another prompt") != std::string::npos);
+  }
   const std::string svg = read_file(w + "/hm2/passkey.vanilla.svg");
   CHECK(svg.find("length 300") != std::string::npos);
   CHECK(svg.find("length 400") != std::string::npos);

@@ -227,6 +227,10 @@ int64_t Decoder::pages_for_prompt(int64_t prompt_len) const {
   return c.num_hidden_layers * m_.local_kv_heads() * cache_.pages_for(slots);
 }
 
+int64_t Decoder::prefill_tokens_for(int64_t prompt_len) const {
+  return evicts(policy_) ? std::min(prompt_len, o_.prefill_chunk + o_.budget) : prompt_len;
+}
+
 at::Tensor Decoder::prefill(int64_t seq, const std::vector<int64_t>& prompt) {
   return prefill(std::vector<int64_t>{seq}, std::vector<std::vector<int64_t>>{prompt})[0];
 }

@@ -105,6 +105,10 @@ class Decoder {
   std::pair<int64_t, int64_t> step_need(const std::vector<int64_t>& seqs) const;
   // Pages a new sequence's prompt (and its first decode step) needs at most (vanilla count: DMC merges only lower it).
   int64_t pages_for_prompt(int64_t prompt_len) const;
+  // Tokens one prompt of prompt_len stands for in a batched prefill's working set: the whole prompt for vanilla
+  // and DMC (one forward over it), at most chunk + budget for the eviction baselines (a chunk's forward attends
+  // to the kept slots plus itself). generate() groups joining prompts by this against its prefill_tokens bound.
+  int64_t prefill_tokens_for(int64_t prompt_len) const;
   // Benchmark only: leaves the sequences as if prompts of prompt_len tokens had been prefilled, with random cache
   // contents and DMC state; slot counts follow the policy (vanilla: one per token; dmc: force_cr's pattern, which
   // it requires). Lets a throughput run at long contexts skip hours of prefill for hundreds of sequences.

@@ -104,7 +104,7 @@ GenerateResult generate(const Llama& model, const std::vector<std::vector<int64_
       std::vector<int64_t> ctx = prompts[req];
       ctx.insert(ctx.end(), res.tokens[req].begin(), res.tokens[req].end());
       const int64_t p = dec.pages_for_prompt((int64_t)ctx.size());
-      const int64_t lg = std::max<int64_t>(longest, (int64_t)ctx.size());
+      const int64_t lg = std::max<int64_t>(longest, dec.prefill_tokens_for((int64_t)ctx.size()));
       if (!join_req.empty() && (int64_t)(join_req.size() + 1) * lg > opts.prefill_tokens) break;
       if (pages + p > free_pages) {
         DMC_CHECK(!active.empty() || !join_req.empty(), "generate: the kv cache (", dec.cache().n_pages(),

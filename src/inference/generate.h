@@ -31,7 +31,8 @@ struct GenerateOptions {
   bool measure_cache = false;
   SamplingOptions sampling;
   int64_t max_batch = 0;  // sequences decoding together (0 = all prompts)
-  // joining prompts prefill together while (rows x longest prompt) stays within this (one prompt always may)
+  // joining prompts prefill together while (rows x longest prompt) stays within this (one prompt always may); an
+  // eviction baseline's prompt counts as at most prefill_chunk + budget tokens (Decoder::prefill_tokens_for)
   int64_t prefill_tokens = 16384;
   // cache: pages from memory_budget_bytes, or n_pages, or (both 0) room for every sequence uncompressed
   DecoderOptions cache;

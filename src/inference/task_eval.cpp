@@ -145,7 +145,8 @@ json run_task_eval(const Llama& model, const Tokenizer& tok, const std::vector<T
 json merge_task_reports(const std::vector<json>& reports, const std::vector<std::string>& names) {
   DMC_CHECK(!reports.empty(), "report tasks: no report given");
   json out = {{"runs", json::array()}, {"samples", json::array()}};
-  std::map<std::string, size_t> at;  // run name -> index in out["runs"]
+  std::map<std::string, size_t> at;         // run name -> index in out["runs"]
+  std::map<std::string, size_t> sample_at;  // task/length/index/seed -> index in out["samples"]
   for (size_t r = 0; r < reports.size(); ++r) {
     const std::string src = r < names.size() ? names[r] : cat("report ", r + 1);
     const json& rep = reports[r];
@@ -180,7 +181,27 @@ json merge_task_reports(const std::vector<json>& reports, const std::vector<std:
       m["prompt_tokens_per_s"] = pre > 0 ? m["prompt_tokens"].get<double>() / pre : 0.0;
       m["achieved_cr"] = slots > 0 ? m["cache_tokens"].get<double>() / slots : 1.0;
     }
-    for (const auto& s : rep["samples"]) out["samples"].push_back(s);
+    // a sample (task, length, index, seed) that another job (other policies, same seed) ran too: its outputs join
+    // the first copy, which must hold the same prompt
+    for (const auto& s : rep["samples"]) {
+      for (const char* f : {"task", "length", "index", "seed", "prompt_fnv", "outputs"})
+        DMC_CHECK(s.contains(f), src, ": a sample without field '", f, "'");
+      const std::string key = cat(s["task"].get<std::string>(), "/", s["length"].dump(), "/", s["index"].dump(), "/",
+                                  s["seed"].dump());
+      auto it = sample_at.find(key);
+      if (it == sample_at.end()) {
+        sample_at[key] = out["samples"].size();
+        out["samples"].push_back(s);
+        continue;
+      }
+      json& m = out["samples"][it->second];
+      DMC_CHECK(m["prompt_fnv"] == s["prompt_fnv"], src, ": sample ", key,
+                " has another prompt than in an earlier report (different data or haystack?)");
+      for (const auto& [name, o] : s["outputs"].items()) {
+        DMC_CHECK(!m["outputs"].contains(name), src, ": run ", name, " scored sample ", key, " in two reports");
+        m["outputs"][name] = o;
+      }
+    }
   }
   return out;
 }
