@@ -33,6 +33,20 @@ if [ -f .carry/lzma/include/lzma.h ] && [ ! -f /usr/include/lzma.h ]; then
   lib=$(ls /usr/lib/x86_64-linux-gnu/liblzma.so.5 2>/dev/null || echo "$PWD/.carry/lzma/lib/liblzma.a")
   lzma=(-DLIBLZMA_INCLUDE_DIR="$PWD/.carry/lzma/include" -DLIBLZMA_LIBRARY="$lib")
 fi
+# cpp-httplib (for `dmc serve`), which the GPU machine lacks: Debian's split build carried in .carry/httplib (its
+# header, libcpp-httplib.so.0.11.4, the brotli runtime, and the openssl / zlib / brotli headers its header includes
+# under the defines the library was built with); a pkg-config file made here points CMake at it
+if [ -f .carry/httplib/include/httplib.h ] && ! pkg-config --exists cpp-httplib 2>/dev/null; then
+  h=$PWD/.carry/httplib
+  ln -sf libcpp-httplib.so.0.11.4 "$h/lib/libcpp-httplib.so"
+  mkdir -p /tmp/dmc-pc
+  printf '%s\n' "Name: cpp-httplib" "Description: carried from Debian 12" "Version: 0.11.4" \
+    "Libs: -L$h/lib -Wl,-rpath,$h/lib -lcpp-httplib -pthread" \
+    "Cflags: -I$h/include -I$h/include/x86_64-linux-gnu -DCPPHTTPLIB_OPENSSL_SUPPORT -DCPPHTTPLIB_ZLIB_SUPPORT -DCPPHTTPLIB_BROTLI_SUPPORT" \
+    > /tmp/dmc-pc/cpp-httplib.pc
+  export PKG_CONFIG_PATH=/tmp/dmc-pc${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
+  export LD_LIBRARY_PATH=$h/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
 if ! scripts/build.sh -DCMAKE_CUDA_ARCHITECTURES=90 "${lzma[@]}" > "$OUT/build.log" 2>&1; then
   tail -50 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
 fi

@@ -32,8 +32,9 @@ if [ "$have" != "$TORCH_VERSION" ]; then
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q "torch==$TORCH_VERSION"
 fi
-if ! "$VENV/bin/python" -c 'import transformers, safetensors, numpy, sentencepiece, tokenizers, gguf, accelerate, openai' 2>/dev/null; then
-  echo "[setup] pip install test oracles and clients (transformers, tokenizers, safetensors, numpy, sentencepiece, gguf, accelerate, openai)"
-  "$VENV/bin/pip" install -q transformers tokenizers safetensors numpy sentencepiece "gguf>=0.10" accelerate openai
+if ! "$VENV/bin/python" -c 'import transformers, safetensors, numpy, sentencepiece, tokenizers, gguf, accelerate, openai, lm_eval, tenacity' 2>/dev/null; then
+  echo "[setup] pip install test oracles and clients (transformers, tokenizers, safetensors, numpy, sentencepiece, gguf, accelerate, openai, lm_eval)"
+  "$VENV/bin/pip" install -q transformers tokenizers safetensors numpy sentencepiece "gguf>=0.10" accelerate openai \
+    "lm_eval[api]==0.4.13"
 fi
 echo "[setup] ok: venv $VENV, torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)')"

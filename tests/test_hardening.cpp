@@ -22,6 +22,7 @@
 #include "helpers.h"
 #include "io/safetensors.h"
 #include "model/llama.h"
+#include "tokenizer/chat.h"
 #include "tokenizer/tokenizer.h"
 #include "train/checkpoint.h"
 #include "train_fixture.h"
@@ -531,6 +532,58 @@ TEST_CASE("streaming detokenization keeps the space of the first generated piece
   REQUIRE(r.status == 0);
   CHECK(r.output.rfind("The model", 0) == 0);
   CHECK(r.output.back() == '\n');
+}
+
+TEST_CASE("streaming detokenization: a flush returns what was held back, the text equals one decode at any length",
+          "[hardening][tokenizer]") {
+  auto tok = Tokenizer::load(fx().tok);
+  const auto prompt = tok.encode("Once", true);
+  std::vector<int64_t> cont;
+  for (int i = 0; i < 300; ++i) {  // a long output: every push decodes a few ids, not all of them
+    const auto piece = tok.encode(i % 3 == 0 ? " the layer" : i % 3 == 1 ? " cache," : " token.", false);
+    cont.insert(cont.end(), piece.begin(), piece.end());
+  }
+  StreamDecoder s(tok, prompt);
+  std::string shown;
+  for (auto id : cont) shown += s.push(id);
+  shown += s.flush();
+  std::vector<int64_t> all = prompt;
+  all.insert(all.end(), cont.begin(), cont.end());
+  CHECK(tok.decode(prompt) + shown == tok.decode(all));
+  CHECK(s.text() == shown);
+}
+
+TEST_CASE("chat: multi-turn conversations in the ChatML and Llama 2 forms, bad turn orders refused",
+          "[hardening][tokenizer]") {
+  auto tok = Tokenizer::load(fx().tok);  // SentencePiece: <s> / </s>
+  const std::vector<ChatMessage> conv = {
+      {"system", "Be brief."}, {"user", " Hi there "}, {"assistant", "Hello!"}, {"user", "Name a colour."}};
+  const ChatPrompt l2 = apply_chat(tok, ChatFormat::Llama2, conv);
+  // (Meta's template strips the first turn's content after the system block is put in front: the user's leading
+  // space stays, the trailing one goes)
+  CHECK(l2.text == "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\n Hi there [/INST] Hello! </s><s>[INST] Name a colour. [/INST]");
+  // ids: BOS, the first exchange's text, EOS, BOS, the second turn's text (BOS / EOS as ids, not as text)
+  std::vector<int64_t> want = {tok.bos_id()};
+  for (auto id : tok.encode("[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\n Hi there [/INST] Hello! ", false)) want.push_back(id);
+  want.push_back(tok.eos_id());
+  want.push_back(tok.bos_id());
+  for (auto id : tok.encode("[INST] Name a colour. [/INST]", false)) want.push_back(id);
+  CHECK(l2.ids(tok) == want);
+  // one exchange: the single-turn form, BOS first
+  const ChatPrompt one = apply_chat(tok, ChatFormat::Llama2, "", "Hi");
+  CHECK(one.text == "[INST] Hi [/INST]");
+  CHECK(one.ids(tok).front() == tok.bos_id());
+  const ChatPrompt ml = apply_chat(tok, ChatFormat::ChatML, conv);
+  CHECK(ml.text ==
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n Hi there <|im_end|>\n<|im_start|>assistant\n"
+        "Hello!<|im_end|>\n<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n");
+  for (const auto& [bad, want_msg] : std::vector<std::pair<std::vector<ChatMessage>, std::string>>{
+           {{{"user", "a"}, {"user", "b"}}, "message 1 has role 'user', expected 'assistant'"},
+           {{{"user", "a"}, {"assistant", "b"}}, "the last message must be the user's"},
+           {{{"assistant", "a"}}, "message 0 has role 'assistant'"},
+           {{{"user", "a"}, {"system", "b"}, {"user", "c"}}, "message 1 has role 'system'"},
+           {{}, "no messages"}})
+    for (ChatFormat f : {ChatFormat::ChatML, ChatFormat::Llama2}) require_error([&] { apply_chat(tok, f, bad); }, {want_msg});
 }
 
 TEST_CASE("bench decode: a context of exactly max_position_embeddings is accepted, one more refused",

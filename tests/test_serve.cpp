@@ -7,7 +7,9 @@
 #include <torch/torch.h>
 
 #include <nlohmann/json.hpp>
+#include <fstream>
 #include <thread>
+#include <unistd.h>
 
 #include "common/util.h"
 #include "helpers.h"
@@ -31,6 +33,14 @@ Llama serve_model(const Tokenizer& tok) {
 }
 std::string as_served(const std::string& s) {
   return json::parse(json(s).dump(-1, ' ', false, json::error_handler_t::replace)).get<std::string>();
+}
+// a completion's text as OpenAI servers give it: what the output adds to the prompt's text, decoded with the prompt
+// as context (the first piece keeps its leading space); StreamDecoder's equality with one decode is its own test
+std::string completion_text(const Tokenizer& tok, const std::vector<int64_t>& prompt, const std::vector<int64_t>& out) {
+  StreamDecoder d(tok, prompt);
+  std::string text;
+  for (int64_t id : out) text += d.push(id);
+  return as_served(text + d.flush());
 }
 // a server's options for the tiny model: any free port
 ServerOptions tiny_server(int64_t max_batch) {
@@ -75,7 +85,7 @@ TEST_CASE("dmc serve: completions equal generate, streaming, stop strings, seeds
   for (const auto& t : texts) {
     auto out = generate(m, {tok.encode(t, true)}, go).tokens[0];
     if (!out.empty() && out.back() == tok.eos_id()) out.pop_back();
-    want.push_back(as_served(tok.decode(out)));
+    want.push_back(completion_text(tok, tok.encode(t, true), out));
   }
   json r = post(cl, "/v1/completions", json{{"model", "tiny"}, {"prompt", texts[0]}, {"max_tokens", 12}, {"temperature", 0}}.dump());
   CHECK(r["object"] == "text_completion");
@@ -176,6 +186,7 @@ TEST_CASE("dmc serve: completions equal generate, streaming, stop strings, seeds
   auto ti = cl.Get("/tokenizer_info");
   REQUIRE(ti);
   CHECK(json::parse(ti->body)["vocab_size"] == tok.vocab_size());
+  CHECK(json::parse(ti->body)["eos_token"] == tok.piece(tok.eos_id()));
   CHECK(metric(cl, "dmc_requests_total") >= 10);  // the generations above (prompts of a list count one each)
   srv.stop(5);
 
@@ -225,8 +236,16 @@ TEST_CASE("dmc serve under load: 200 concurrent requests in a pool that preempts
     go.max_new_tokens = budgets[i];
     auto out = generate(m, {prompts[i]}, go).tokens[0];
     if (!out.empty() && out.back() == tok.eos_id()) out.pop_back();
-    want.push_back(as_served(tok.decode(out)));
+    want.push_back(completion_text(tok, prompts[i], out));
   }
+  // resident memory after each round (the process's, server and clients): flat from the first round to the second
+  auto rss_mib = [] {
+    long pages = 0, resident = 0;
+    std::ifstream f("/proc/self/statm");
+    f >> pages >> resident;
+    return (double)resident * (double)sysconf(_SC_PAGESIZE) / (1 << 20);
+  };
+  std::vector<double> rss;
   for (int round = 0; round < 2; ++round) {
     std::vector<std::string> got(200);
     std::vector<int> status(200, 0);
@@ -261,7 +280,12 @@ TEST_CASE("dmc serve under load: 200 concurrent requests in a pool that preempts
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
     CHECK(metric(c, "dmc_cache_pages_used") == 0);
     if (round == 1) CHECK(metric(c, "dmc_preemptions_total") > 0);
+    rss.push_back(rss_mib());
   }
+#if !defined(__SANITIZE_ADDRESS__)  // AddressSanitizer's quarantine holds freed memory on purpose
+  INFO("resident MiB after round 1: " << rss[0] << ", after round 2: " << rss[1]);
+  CHECK(rss[1] < rss[0] + 32.0);
+#endif
   // a streaming client that goes away after its first event: its sequence is cancelled and its pages come back
   {
     httplib::Client c("127.0.0.1", srv.port());
@@ -354,7 +378,7 @@ TEST_CASE("dmc serve with the openai Python client: SmolLM2 completions, chat, s
   go.max_new_tokens = 12;
   auto out = generate(m, {tok.encode("The capital of France is", true)}, go).tokens[0];
   if (!out.empty() && out.back() == tok.eos_id()) out.pop_back();
-  CHECK(j["completion"] == as_served(tok.decode(out)));
+  CHECK(j["completion"] == completion_text(tok, tok.encode("The capital of France is", true), out));
   CHECK(j["completion"].get<std::string>().find("Paris") != std::string::npos);
   CHECK(j["stream_joined"] == j["completion"]);
   const std::string stopped = j["stopped"], full = j["completion"], stop = j["stop"];
@@ -365,5 +389,155 @@ TEST_CASE("dmc serve with the openai Python client: SmolLM2 completions, chat, s
   CHECK(j["chat_stream_joined"] == j["chat"]);
   CHECK(j["unknown_model"] == "404");
   srv.stop(5);
+}
+
+// lm-evaluation-harness (PyPI lm_eval) as a user runs it against the server: `local-completions` with the server's
+// own tokenizer (tokenizer_backend=remote), a multiple-choice task and a generate-until task defined from local JSONL
+// files (tests/reference/lm_eval_client.py). Every loglikelihood it got equals dmc's own forward over the same
+// tokens, its accuracy equals the argmax over those, and every generation equals dmc's greedy generate cut at the
+// task's stop strings. Skipped when lm_eval is not installed.
+TEST_CASE("dmc serve with lm-evaluation-harness: loglikelihoods, accuracy and generations recomputed with dmc",
+          "[serve][lm_eval]") {
+  if (run(python() + " -c 'import lm_eval'").status != 0) SKIP("python package lm_eval not installed: " + python());
+  auto tok = Tokenizer::load(fx().tok);
+  auto m = serve_model(tok);
+  ServerOptions so = tiny_server(4);
+  so.model_name = "tiny";
+  Server srv(m, tok, so);
+  srv.start();
+  const auto w = tmp_dir("lmeval");
+  auto r = run("{ " + python() + " " + std::string(DMC_SOURCE_DIR) + "/tests/reference/lm_eval_client.py http://127.0.0.1:" +
+               std::to_string(srv.port()) + " tiny " + w + " 2>" + w + "/client.log; }");
+  INFO(r.output << (fs::exists(w + "/client.log") ? dmc::read_file(w + "/client.log") : std::string()));
+  REQUIRE(r.status == 0);
+  const json j = json::parse(r.output.substr(r.output.find('{')));
+  torch::NoGradGuard ng;
+  // lm_eval's tokenization of a (context, continuation) pair: trailing spaces of the context move to the
+  // continuation, whole = encode(context + continuation), the context's ids are encode(context), no BOS
+  auto loglikelihood = [&](std::string ctx, std::string cont) {
+    const size_t keep = ctx.find_last_not_of(' ') + 1;
+    cont = ctx.substr(keep) + cont;
+    ctx.resize(keep);
+    const auto whole = tok.encode(ctx + cont, false);
+    const size_t n_ctx = tok.encode(ctx, false).size();
+    REQUIRE(n_ctx < whole.size());
+    at::Tensor ids = at::tensor(whole, at::kLong).view({1, -1});
+    at::Tensor lp = at::log_softmax(m.forward(ids)[0].to(at::kDouble), -1);  // [T, vocab]
+    double sum = 0;
+    for (size_t i = n_ctx; i < whole.size(); ++i) sum += lp[(int64_t)i - 1][whole[i]].item<double>();
+    return sum;
+  };
+  const json& mc = j["mc"];
+  REQUIRE(mc["samples"].size() == 6);
+  int64_t correct = 0;
+  for (const auto& s : mc["samples"]) {
+    INFO(s.dump());
+    const auto& reqs = s["requests"];
+    REQUIRE(reqs.size() == s["loglikelihoods"].size());
+    REQUIRE(reqs.size() >= 3);
+    size_t best = 0;
+    std::vector<double> mine;
+    for (size_t k = 0; k < reqs.size(); ++k) {
+      mine.push_back(loglikelihood(reqs[k]["context"], reqs[k]["continuation"]));
+      const double theirs = s["loglikelihoods"][k];
+      CHECK(std::abs(theirs - mine[k]) < 1e-4 * std::max(1.0, std::abs(mine[k])));
+      if (mine[k] > mine[best]) best = k;
+    }
+    correct += (int64_t)best == s["gold"].get<int64_t>();
+  }
+  CHECK(mc["acc"].get<double>() == Approx((double)correct / 6.0).margin(1e-12));
+  // generations: greedy, cut before the first stop string (the task's until, plus the EOS spelling lm_eval adds)
+  const json& gen = j["gen"];
+  REQUIRE(gen["samples"].size() == 4);
+  int64_t exact = 0;
+  for (const auto& s : gen["samples"]) {
+    INFO(s.dump());
+    const auto prompt = tok.encode(s["context"].get<std::string>(), false);
+    GenerateOptions go;
+    go.sampling.temperature = 0;
+    go.max_new_tokens = 6;
+    auto out = generate(m, {prompt}, go).tokens[0];
+    if (!out.empty() && out.back() == tok.eos_id()) out.pop_back();
+    std::string text = completion_text(tok, prompt, out);
+    std::vector<std::string> stops = s["until"];
+    stops.push_back(tok.piece(tok.eos_id()));
+    for (const auto& st : stops) text = text.substr(0, text.find(st));
+    CHECK(s["response"] == text);
+    exact += text == s["target"].get<std::string>();
+  }
+  CHECK(gen["exact_match"].get<double>() == Approx((double)exact / 4.0).margin(1e-12));
+  httplib::Client cl("127.0.0.1", srv.port());
+  CHECK(metric(cl, "dmc_num_requests_running") == 0);
+  CHECK(metric(cl, "dmc_cache_pages_used") == 0);
+  srv.stop(5);
+}
+
+// scripts/bench_serve.py (vLLM's serving benchmark shape) against the tiny server: it verifies the streamed path
+// before timing, every request produces exactly output-len tokens (ignore_eos), the usage chunk counts them, and
+// the numbers it reports are consistent (TTFT <= end-to-end, tokens = requests x output-len).
+TEST_CASE("bench_serve.py: Poisson and burst arrivals against dmc serve, verified before timed, JSON summaries",
+          "[serve][bench]") {
+  auto tok = Tokenizer::load(fx().tok);
+  auto m = serve_model(tok);
+  Server srv(m, tok, tiny_server(4));
+  srv.start();
+  const auto w = tmp_dir("benchserve");
+  const std::string cmd = python() + " " + std::string(DMC_SOURCE_DIR) + "/scripts/bench_serve.py --base-url http://127.0.0.1:" +
+                          std::to_string(srv.port()) + " --num-prompts 10 --input-len 20 --output-len 6 ";
+  auto r = run("{ " + cmd + "--request-rate 40,inf --label tiny --json " + w + "/b.json 2>" + w + "/err.log; }");
+  INFO(r.output << dmc::read_file(w + "/err.log"));
+  REQUIRE(r.status == 0);
+  CHECK(r.output.find("Serving Benchmark Result") != std::string::npos);
+  CHECK(r.output.find("P99 TTFT (ms):") != std::string::npos);
+  const json j = json::parse(dmc::read_file(w + "/b.json"));
+  REQUIRE(j.size() == 2);
+  CHECK(j[0]["request_rate"] == 40.0);
+  CHECK(j[1]["request_rate"] == "inf");
+  for (const auto& s : j) {
+    CHECK(s["completed"] == 10);
+    CHECK(s["failed"] == 0);
+    CHECK(s["total_output_tokens"] == 60);
+    CHECK(s["total_input_tokens"] == 200);
+    CHECK(s["mean_ttft_ms"].get<double>() > 0);
+    CHECK(s["p99_ttft_ms"].get<double>() <= s["p99_e2el_ms"].get<double>());
+    CHECK(s["median_tpot_ms"].get<double>() > 0);
+  }
+  // streamed usage: exactly max_tokens with ignore_eos, counted in the chunk after the last
+  httplib::Client cl("127.0.0.1", srv.port());
+  auto sr = cl.Post("/v1/completions",
+                    json{{"prompt", "The quick"}, {"max_tokens", 5}, {"temperature", 0}, {"ignore_eos", true},
+                         {"stream", true}, {"stream_options", {{"include_usage", true}}}}.dump(),
+                    "application/json");
+  REQUIRE(sr);
+  const std::string body = sr->body;
+  const size_t u = body.find("\"usage\"");
+  REQUIRE(u != std::string::npos);
+  CHECK(body.find("\"completion_tokens\":5", u) != std::string::npos);
+  CHECK(body.find("data: [DONE]") > u);
+  // bad arguments: a clear message and status 1 (argparse: 2), nothing timed
+  auto b = run("{ " + cmd + "--request-rate 0 2>&1; }");
+  CHECK(b.status != 0);
+  CHECK(b.output.find("--request-rate") != std::string::npos);
+  srv.stop(5);
+  // what the GPU benchmark compares against the full cache: DMC with decisions forced to CR 4 on a plain model
+  ServerOptions fo = tiny_server(4);
+  fo.engine.cache.policy = CachePolicy::Dmc;
+  fo.engine.cache.force_cr = 4;
+  Server fsrv(m, tok, fo);
+  fsrv.start();
+  auto f = run("{ " + python() + " " + std::string(DMC_SOURCE_DIR) + "/scripts/bench_serve.py --base-url http://127.0.0.1:" +
+               std::to_string(fsrv.port()) + " --num-prompts 6 --input-len 40 --output-len 8 --json " + w +
+               "/f.json 2>&1; }");
+  INFO(f.output);
+  CHECK(f.status == 0);
+  httplib::Client fc("127.0.0.1", fsrv.port());
+  CHECK(metric(fc, "dmc_cache_pages_used") == 0);
+  auto fm = fc.Get("/metrics");
+  REQUIRE(fm);
+  const std::string key = "\ndmc_cache_compression_ratio ";
+  const size_t at = fm->body.find(key);
+  REQUIRE(at != std::string::npos);
+  CHECK(std::stod(fm->body.substr(at + key.size())) > 2.5);  // 48 tokens a sequence at forced CR 4 (the window unmerged)
+  fsrv.stop(5);
 }
 #endif

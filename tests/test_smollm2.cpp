@@ -11,6 +11,7 @@
 #include "helpers.h"
 #include "inference/tasks.h"
 #include "model/llama.h"
+#include "tokenizer/chat.h"
 #include "tokenizer/tokenizer.h"
 
 using namespace dmc;
@@ -175,6 +176,19 @@ TEST_CASE(
   // 5. the chat prompt equals transformers' apply_chat_template; greedy chat answers with Paris
   const std::string q = "What is the capital of France?";
   const std::string hf_chat = oracle_gguf("chat " + w + "/m '" + q + "'", w + "/o4.log");
+  // a multi-turn conversation, with and without a system message: transformers' text and ids
+  for (bool sys : {true, false}) {
+    std::vector<ChatMessage> conv = {{"user", "Hi!"}, {"assistant", "Hello, how can I help?"}, {"user", q}};
+    if (sys) conv.insert(conv.begin(), {"system", "You answer in one word."});
+    json msgs = json::array();
+    for (const auto& m : conv) msgs.push_back({{"role", m.role}, {"content", m.content}});
+    write_text(w + "/conv.json", msgs.dump());
+    const std::string hf_conv = oracle_gguf("chat " + w + "/m " + w + "/conv.json", w + "/o6.log");
+    auto ctok = Tokenizer::load(w + "/m");
+    const ChatPrompt cp = apply_chat(ctok, ChatFormat::Auto, conv);
+    CHECK(cp.text == hf_conv);
+    CHECK(cp.ids(ctok) == ctok.encode(hf_conv, false));
+  }
   auto g = run("{ " + dmc_binary() + " generate --model " + w + "/m --chat --prompt '" + q +
                "' --temperature 0 --max-new-tokens 24 --device cpu --dtype fp32 2>/dev/null; }");
   INFO(g.output);

@@ -53,8 +53,7 @@ int cmd_generate(const Args& a) {
   std::vector<int64_t> ids;
   if (chat) {
     const ChatPrompt cp = apply_chat(tok, parse_chat_format(chat_format), system, prompt);
-    ids = tok.encode(cp.text);
-    if (cp.add_bos && tok.bos_id() >= 0) ids.insert(ids.begin(), tok.bos_id());
+    ids = cp.ids(tok);
     std::cout << cp.text << std::flush;
   } else {
     ids = tok.encode(prompt, add_bos);
@@ -65,7 +64,7 @@ int cmd_generate(const Args& a) {
     if (id == tok.eos_id()) return;
     std::cout << stream.push(id) << std::flush;
   });
-  std::cout << std::endl;  // flushed before the closing log line (stderr)
+  std::cout << stream.flush() << std::endl;  // flushed before the closing log line (stderr)
   const double tps = res.decode_seconds > 0 ? res.decode_steps / res.decode_seconds : 0;
   log::info(cat("generated ", res.tokens[0].size(), " tokens; prefill ", res.prefill_seconds * 1e3, " ms, decode ", tps,
                 " tokens/s"));

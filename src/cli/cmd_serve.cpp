@@ -35,7 +35,7 @@ int cmd_serve(const Args& a) {
   std::string model_dir, tok_path, cache = "auto", device = "auto", dtype = "auto";
   ServerOptions so;
   double cr = 0, memory_gib = 4, grace = 30;
-  int64_t budget = 0, sinks = 4, port = 8000;
+  int64_t budget = 0, sinks = 4, port = 8000, force_cr = 0;
   OptionTable t("serve",
                 "dmc serve --model M [--tokenizer T] [--host 127.0.0.1] [--port P] [--cache vanilla|dmc|tova|h2o|window "
                 "--cr R] [--memory-gib G] [--max-batch N] [--api-key K]");
@@ -49,6 +49,10 @@ int cmd_serve(const Args& a) {
   t.add("cr", &cr, "tova / h2o / window: budget = ceil(max_position_embeddings / cr) slots a head").min(0);
   t.add("budget", &budget, "tova / h2o / window: slots a head (instead of --cr)").min(0);
   t.add("sinks", &sinks, "window: first positions never evicted").min(0);
+  t.add("force_cr", &force_cr,
+        "benchmark only: --cache dmc with decisions forced to merge at this ratio (any model; its answers are "
+        "meaningless, its speed and memory are a DMC model's at that ratio)")
+      .min(0);
   t.add("memory_gib", &memory_gib, "KV-cache pages in GiB").above(0);
   t.add("max_batch", &so.engine.max_batch, "sequences decoding together").min(1);
   t.add("max_prompt_tokens", &so.max_prompt_tokens, "longest prompt accepted (0 = the model's context - 1)").min(0);
@@ -67,6 +71,8 @@ int cmd_serve(const Args& a) {
     so.engine.cache.budget = budget > 0 ? budget : (int64_t)std::ceil((double)model.config.max_position_embeddings / cr);
   }
   so.engine.cache.sinks = sinks;
+  DMC_CHECK(force_cr == 0 || so.engine.cache.policy == CachePolicy::Dmc, "--force-cr: only with --cache dmc");
+  so.engine.cache.force_cr = force_cr;
   so.engine.cache.memory_budget_bytes = (int64_t)(memory_gib * (double)(1LL << 30));
   Server srv(model, tok, so);
   srv.start();

@@ -39,6 +39,7 @@ ServeEngine::~ServeEngine() { shutdown(0.0); }
 std::shared_ptr<RequestState> ServeEngine::submit(const GenerationRequest& req) {
   auto r = std::make_shared<RequestState>();
   r->req = req;
+  r->detok = std::make_shared<StreamDecoder>(tok_, req.prompt);
   std::lock_guard<std::mutex> l(mu_);
   if (draining_ || stop_) {
     r->done = true;
@@ -120,7 +121,8 @@ void ServeEngine::loop() {
     std::string reason;
     {
       std::lock_guard<std::mutex> l(r.mu);
-      if (is_eos(id)) {
+      if (is_eos(id) && !r.req.ignore_eos) {
+        r.text += r.detok->flush();
         reason = "stop";
       } else {
         r.tokens.push_back(id);
@@ -134,15 +136,19 @@ void ServeEngine::loop() {
           }
           r.top.push_back(std::move(alt));
         }
-        r.text = tok_.decode(r.tokens);
+        // the text grows by what the token adds (decoded with the ids before it); a stop string can only begin
+        // within its length of the old end
+        const size_t old_size = r.text.size();
+        r.text += r.detok->push(id);
         size_t cut = std::string::npos;
         for (const auto& s : r.req.stop)
-          if (!s.empty()) cut = std::min(cut, r.text.find(s));
+          if (!s.empty()) cut = std::min(cut, r.text.find(s, old_size >= s.size() ? old_size - s.size() + 1 : 0));
         if (cut != std::string::npos) {
           r.text.resize(cut);
           reason = "stop";
         } else if ((int64_t)r.tokens.size() >= r.req.max_tokens ||
                    dec_.position(a.slot) + 1 >= c.max_position_embeddings) {
+          r.text += r.detok->flush();
           reason = "length";
         }
       }

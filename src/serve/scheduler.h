@@ -42,6 +42,7 @@ struct GenerationRequest {
   bool want_logprobs = false;     // log-probability of each produced token (and top_logprobs alternatives)
   int64_t top_logprobs = 0;
   bool score_prompt = false;      // echo + logprobs: each prompt token's log-probability (eval ppl's forward)
+  bool ignore_eos = false;        // EOS is an ordinary token: exactly max_tokens (benchmarks; vLLM's ignore_eos)
 };
 
 // One request's progress, shared by the engine thread (writer) and the HTTP handler (reader).
@@ -53,6 +54,7 @@ struct RequestState {
   std::vector<double> logprobs;          // with want_logprobs: of each produced token
   std::vector<std::vector<std::pair<int64_t, double>>> top;  // with top_logprobs: the best alternatives
   std::string text;                      // the decoded output, cut before a stop string once one appears
+  std::shared_ptr<StreamDecoder> detok;  // engine thread only: the output decoded as it grows (prompt as context)
   TokenLogprobs prompt;                  // with score_prompt: tokens 1..T-1 of the prompt
   bool done = false;
   std::string finish_reason;             // "stop" | "length" | "cancelled" | "error"

@@ -173,6 +173,7 @@ struct Server::Impl {
     g.stop = get_stop(j);
     if (get_int(j, "n", 1, 1, 1 << 20) != 1) bad("n", "only n = 1 is supported");
     if (get_int(j, "best_of", 1, 1, 1 << 20) != 1) bad("best_of", "only best_of = 1 is supported");
+    g.ignore_eos = get_bool(j, "ignore_eos", false);  // vLLM's extension: exactly max_tokens (benchmarks)
     return g;
   }
   // waits for r; "length" / "stop"; an engine error becomes a 500
@@ -221,10 +222,23 @@ struct Server::Impl {
   }
 
   // ---- streaming: server-sent events from a request's progress ----
+  // with stream_options.include_usage: one more chunk after the last, empty choices and the usage (OpenAI's shape)
+  std::function<json(const RequestState&)> usage_chunk(const json& j, const std::string& id, const std::string& object,
+                                                         int64_t created) const {
+    if (!has(j, "stream_options")) return nullptr;
+    if (!j["stream_options"].is_object()) bad("stream_options", "expected an object");
+    if (!get_bool(j["stream_options"], "include_usage", false)) return nullptr;
+    return [this, id, object, created](const RequestState& r) {
+      return json{{"id", id}, {"object", object}, {"created", created}, {"model", o.model_name},
+                  {"choices", json::array()}, {"usage", usage((int64_t)r.req.prompt.size(), (int64_t)r.tokens.size())}};
+    };
+  }
   void stream(httplib::Response& res, std::shared_ptr<RequestState> r, std::function<json(const std::string&)> delta,
-              std::function<json(const std::string&)> last) {
+              std::function<json(const std::string&)> last,
+              std::function<json(const RequestState&)> with_usage = nullptr) {
     res.set_chunked_content_provider(
-        "text/event-stream", [this, r, delta, last, sent = size_t(0), first = true](size_t, httplib::DataSink& sink) mutable {
+        "text/event-stream",
+        [this, r, delta, last, with_usage, sent = size_t(0), first = true](size_t, httplib::DataSink& sink) mutable {
           std::unique_lock<std::mutex> l(r->mu);
           r->cv.wait_for(l, std::chrono::milliseconds(200), [&] { return r->done || r->text.size() > sent; });
           const bool done = r->done;
@@ -243,7 +257,7 @@ struct Server::Impl {
             first = false;
           }
           if (ok && done) {
-            ok = send(last(reason)) && sink.write("data: [DONE]\n\n", 14);
+            ok = send(last(reason)) && (!with_usage || send(with_usage(*r))) && sink.write("data: [DONE]\n\n", 14);
             sink.done();
             return ok;
           }
@@ -289,7 +303,8 @@ struct Server::Impl {
                                               {"finish_reason", reason}}})}};
       };
       stream(res, r, [=](const std::string& t) { return chunk(t, nullptr); },
-             [=](const std::string& reason) { return chunk("", reason); });
+             [=](const std::string& reason) { return chunk("", reason); },
+             usage_chunk(j, id, "text_completion", created));
       return;
     }
     std::vector<std::shared_ptr<RequestState>> rs;
@@ -320,31 +335,22 @@ struct Server::Impl {
     check_model(j);
     if (!has(j, "messages") || !j["messages"].is_array() || j["messages"].empty())
       bad("messages", "expected a non-empty list of {role, content}");
-    std::string system, user;
+    std::vector<ChatMessage> conv;
     const json& ms = j["messages"];
     for (size_t i = 0; i < ms.size(); ++i) {
       const json& msg = ms[i];
       if (!msg.is_object() || !has(msg, "role") || !msg["role"].is_string() || !has(msg, "content") ||
           !msg["content"].is_string())
         bad("messages", cat("message ", i, ": expected {\"role\": string, \"content\": string}"));
-      const std::string role = msg["role"];
-      if (role == "system" && i == 0) {
-        system = msg["content"];
-      } else if (role == "user" && i + 1 == ms.size()) {
-        user = msg["content"];
-      } else {
-        bad("messages", "one optional system message, then one user message (multi-turn chat is not supported yet)");
-      }
+      conv.push_back({msg["role"].get<std::string>(), msg["content"].get<std::string>()});
     }
-    if (user.empty() && ms.back()["role"] != "user") bad("messages", "the last message must be the user's");
     ChatPrompt cp;
     try {
-      cp = apply_chat(tok, ChatFormat::Auto, system, user);
+      cp = apply_chat(tok, ChatFormat::Auto, conv);
     } catch (const Error& e) {
       bad("messages", e.what());
     }
-    std::vector<int64_t> ids = tok.encode(cp.text, false);
-    if (cp.add_bos && tok.bos_id() >= 0) ids.insert(ids.begin(), tok.bos_id());
+    const std::vector<int64_t> ids = cp.ids(tok);
     GenerationRequest g = gen_request(j, check_ids(ids));
     if (get_bool(j, "logprobs", false)) {
       g.want_logprobs = true;
@@ -367,7 +373,8 @@ struct Server::Impl {
                *first = false;
                return chunk(d, nullptr);
              },
-             [=](const std::string& reason) { return chunk(json::object(), reason); });
+             [=](const std::string& reason) { return chunk(json::object(), reason); },
+             usage_chunk(j, id, "chat.completion.chunk", created));
       return;
     }
     finished(*r);
@@ -451,6 +458,12 @@ struct Server::Impl {
       s.set_content(json{{"vocab_size", tok.vocab_size()},
                          {"bos_token_id", tok.bos_id() >= 0 ? json(tok.bos_id()) : json(nullptr)},
                          {"eos_token_id", tok.eos_id() >= 0 ? json(tok.eos_id()) : json(nullptr)},
+                         // the spellings, as HF's tokenizer config gives them (lm-evaluation-harness's remote
+                         // tokenizer requires eos_token)
+                         {"bos_token", tok.bos_id() >= 0 ? json(tok.piece(tok.bos_id())) : json(nullptr)},
+                         {"eos_token", tok.eos_id() >= 0 ? json(tok.piece(tok.eos_id())) : json(nullptr)},
+                         {"pad_token", nullptr},
+                         {"tokenizer_class", tok.kind() == "bpe" ? "PreTrainedTokenizerFast" : "LlamaTokenizer"},
                          {"model_max_length", m.config.max_position_embeddings},
                          {"chat_template", tok.chat_template()}}
                         .dump(-1, ' ', false, json::error_handler_t::replace),

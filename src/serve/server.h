@@ -7,8 +7,8 @@
 //                               "data: [DONE]" last), logprobs (of the produced tokens, with top_logprobs), echo
 //                               (with logprobs: the prompt's tokens scored by eval ppl's parallel forward first,
 //                               a DMC model in eval mode: its compressed-cache loglikelihoods; max_tokens 0 scores)
-//   POST /v1/chat/completions   messages through the model's chat template (the last user message; a system
-//                               message if given), streaming as chat.completion.chunk events
+//   POST /v1/chat/completions   messages (an optional system message, then user / assistant turns, the user's
+//                               last) through the model's chat template, streaming as chat.completion.chunk events
 //   GET  /v1/models   /health   /metrics (Prometheus text)
 //   GET  /tokenizer_info   POST /tokenize {"prompt": ...}   POST /detokenize {"tokens": [...]}
 // Errors: {"error": {"message", "type", "param", "code"}} with 400 (bad request), 401 (api key), 404 (model or

@@ -28,7 +28,35 @@ std::string default_system(const std::string& tmpl) {
 }
 }  // namespace
 
-ChatPrompt apply_chat(const Tokenizer& tok, ChatFormat format, const std::string& system, const std::string& user) {
+std::vector<int64_t> ChatPrompt::ids(const Tokenizer& tok) const {
+  std::vector<int64_t> out;
+  if (parts.empty()) {  // a prompt built by hand: its text
+    out = tok.encode(text, false);
+    if (add_bos && tok.bos_id() >= 0) out.insert(out.begin(), tok.bos_id());
+    return out;
+  }
+  for (const auto& p : parts) {
+    if (p.kind == 0) {
+      const auto t = tok.encode(p.text, false);
+      out.insert(out.end(), t.begin(), t.end());
+    } else {
+      const int64_t id = p.kind == 1 ? tok.bos_id() : tok.eos_id();
+      if (id >= 0) out.push_back(id);
+    }
+  }
+  return out;
+}
+
+namespace {
+std::string strip(const std::string& s) {
+  const char* ws = " \t\n\r\f\v";
+  const size_t a = s.find_first_not_of(ws);
+  if (a == std::string::npos) return "";
+  return s.substr(a, s.find_last_not_of(ws) - a + 1);
+}
+}  // namespace
+
+ChatPrompt apply_chat(const Tokenizer& tok, ChatFormat format, const std::vector<ChatMessage>& messages) {
   const std::string& tmpl = tok.chat_template();
   if (format == ChatFormat::Auto) {
     if (tmpl.find("<|im_start|>") != std::string::npos)
@@ -41,17 +69,56 @@ ChatPrompt apply_chat(const Tokenizer& tok, ChatFormat format, const std::string
       fail(tok.path(),
            ": the chat template is neither ChatML nor Llama 2 (dmc has no Jinja engine); give --chat-format");
   }
+  // the conversation's shape: [system] user (assistant user)*
+  DMC_CHECK(!messages.empty(), "chat: no messages");
+  const bool has_system = messages[0].role == "system";
+  for (size_t i = has_system ? 1 : 0, turn = 0; i < messages.size(); ++i, ++turn) {
+    const std::string want = turn % 2 == 0 ? "user" : "assistant";
+    DMC_CHECK(messages[i].role == want, "chat: message ", i, " has role '", messages[i].role, "', expected '", want,
+              "' (an optional system message first, then user and assistant turns in turn)");
+  }
+  DMC_CHECK(messages.back().role == "user", "chat: the last message must be the user's, got '", messages.back().role,
+            "'");
   ChatPrompt p;
+  auto text = [&](const std::string& t) {
+    p.text += t;
+    if (p.parts.empty() || p.parts.back().kind != 0) p.parts.push_back({0, ""});
+    p.parts.back().text += t;
+  };
+  auto special = [&](int kind) {
+    const int64_t id = kind == 1 ? tok.bos_id() : tok.eos_id();
+    if (id >= 0) p.text += tok.piece(id);
+    p.parts.push_back({kind, ""});
+  };
   if (format == ChatFormat::ChatML) {
-    const std::string sys = system.empty() ? default_system(tmpl) : system;
-    if (!sys.empty()) p.text += "<|im_start|>system\n" + sys + "<|im_end|>\n";
-    p.text += "<|im_start|>user\n" + user + "<|im_end|>\n<|im_start|>assistant\n";
+    const std::string sys = has_system ? messages[0].content : default_system(tmpl);
+    if (!sys.empty() || has_system) text("<|im_start|>system\n" + sys + "<|im_end|>\n");
+    for (size_t i = has_system ? 1 : 0; i < messages.size(); ++i)
+      text("<|im_start|>" + messages[i].role + "\n" + messages[i].content + "<|im_end|>\n");
+    text("<|im_start|>assistant\n");
   } else {
     p.add_bos = true;
-    p.text = system.empty() ? "[INST] " + user + " [/INST]"
-                            : "[INST] <<SYS>>\n" + system + "\n<</SYS>>\n\n" + user + " [/INST]";
+    for (size_t i = has_system ? 1 : 0; i < messages.size(); ++i) {
+      std::string content = messages[i].content;
+      if (i == 1 && has_system) content = "<<SYS>>\n" + messages[0].content + "\n<</SYS>>\n\n" + content;
+      if (messages[i].role == "user") {
+        if (!p.parts.empty()) special(1);  // the first BOS is add_bos, outside text
+        else p.parts.push_back({1, ""});
+        text("[INST] " + strip(content) + " [/INST]");
+      } else {
+        text(" " + strip(content) + " ");
+        special(2);
+      }
+    }
   }
   return p;
+}
+
+ChatPrompt apply_chat(const Tokenizer& tok, ChatFormat format, const std::string& system, const std::string& user) {
+  std::vector<ChatMessage> ms;
+  if (!system.empty()) ms.push_back({"system", system});
+  ms.push_back({"user", user});
+  return apply_chat(tok, format, ms);
 }
 
 }  // namespace dmc

@@ -295,19 +295,35 @@ int64_t Tokenizer::piece_id(const std::string& p) const {
 }
 
 StreamDecoder::StreamDecoder(const Tokenizer& tok, std::vector<int64_t> prompt)
-    : tok_(tok), ids_(std::move(prompt)), shown_(tok.decode(ids_)) {}
+    : tok_(tok), ids_(std::move(prompt)) {
+  read_ = ids_.size();
+  prefix_ = read_ > 5 ? read_ - 5 : 0;  // a few prompt ids as context: the first piece's space, merged bytes
+}
+
+std::string StreamDecoder::pending_text() {
+  const std::vector<int64_t> ctx(ids_.begin() + (std::ptrdiff_t)prefix_, ids_.begin() + (std::ptrdiff_t)read_);
+  const std::vector<int64_t> all(ids_.begin() + (std::ptrdiff_t)prefix_, ids_.end());
+  const std::string before = tok_.decode(ctx), text = tok_.decode(all);
+  if (text.size() <= before.size() || text.compare(0, before.size(), before) != 0) return "";
+  return text.substr(before.size());
+}
 
 std::string StreamDecoder::push(int64_t id) {
   ids_.push_back(id);
-  const std::string text = tok_.decode(ids_);
+  std::string add = pending_text();
   static const std::string replacement = "\xEF\xBF\xBD";  // U+FFFD: a byte sequence still incomplete
-  if (text.size() >= 3 && text.compare(text.size() - 3, 3, replacement) == 0) return "";
-  if (text.size() < shown_.size() || text.compare(0, shown_.size(), shown_) != 0) {
-    shown_ = text;  // what was shown changed meaning (rare): carry on from the new text, never repeat it
-    return "";
-  }
-  std::string add = text.substr(shown_.size());
-  shown_ = text;
+  if (add.empty() || (add.size() >= 3 && add.compare(add.size() - 3, 3, replacement) == 0)) return "";
+  prefix_ = read_;
+  read_ = ids_.size();
+  shown_ += add;
+  return add;
+}
+
+std::string StreamDecoder::flush() {
+  std::string add = pending_text();
+  prefix_ = read_;
+  read_ = ids_.size();
+  shown_ += add;
   return add;
 }
 

@@ -80,20 +80,26 @@ class Tokenizer {
   bool adds_bos_ = true;
 };
 
-// Streaming detokenization, as llama.cpp and HF's TextStreamer do it: the running sequence (prompt + generated ids)
-// is decoded and the text past what was already shown is returned. Decoding the generated ids alone would lose the
+// Streaming detokenization, as vLLM and HF's TextStreamer do it: each new id is decoded together with a few ids
+// before it and the text past what those few decode to is returned. Decoding the generated ids alone would lose the
 // space of the first piece (SentencePiece drops the leading space of a sequence) and split UTF-8 sequences that
-// span tokens; text that does not yet extend what was shown waits for the next token.
-//   StreamDecoder s(tok, prompt_ids);  for each new id: std::cout << s.push(id);
+// span tokens; text that does not yet extend the window's (an incomplete UTF-8 sequence) waits for the next token.
+// A push decodes only the window (the ids since the last text was returned, plus the ones before that), so a long
+// output costs linear time, not quadratic.
+//   StreamDecoder s(tok, prompt_ids);  for each new id: std::cout << s.push(id);  at the end: s.flush()
 class StreamDecoder {
  public:
   StreamDecoder(const Tokenizer& tok, std::vector<int64_t> prompt);
   std::string push(int64_t id);
-  const std::string& text() const { return shown_; }  // decode(prompt + pushed ids), as far as shown
+  // what a final push held back (bytes of an incomplete UTF-8 sequence, shown as U+FFFD like decode() does)
+  std::string flush();
+  const std::string& text() const { return shown_; }  // the generated text returned so far
 
  private:
+  std::string pending_text();  // decode(window) past decode(ids_[prefix_, read_)), "" while it does not extend it
   const Tokenizer& tok_;
   std::vector<int64_t> ids_;
+  size_t prefix_ = 0, read_ = 0;  // ids_[prefix_, read_): context already shown; ids_[read_, end): not yet shown
   std::string shown_;
 };
 

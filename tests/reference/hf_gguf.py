@@ -6,6 +6,7 @@
   hf_gguf.py ppl MODEL IDS.json SEQ_LEN        {"nll_sum", "tokens"} over non-overlapping windows of SEQ_LEN, each
                                                scoring its positions 1.. (what `dmc eval ppl` computes)
   hf_gguf.py chat DIR TEXT                     apply_chat_template([user: TEXT], add_generation_prompt=True) of DIR
+  hf_gguf.py chat DIR MESSAGES.json            the same for a conversation (a JSON list of {role, content})
 """
 import json
 import os
@@ -27,7 +28,11 @@ def main():
     torch.set_grad_enabled(False)
     if cmd == "chat":
         tok = AutoTokenizer.from_pretrained(sys.argv[2])
-        print(tok.apply_chat_template([{"role": "user", "content": sys.argv[3]}], tokenize=False,
+        msgs = [{"role": "user", "content": sys.argv[3]}]
+        if sys.argv[3].endswith(".json"):
+            with open(sys.argv[3]) as f:
+                msgs = json.load(f)
+        print(tok.apply_chat_template(msgs, tokenize=False,
                                       add_generation_prompt=True), end="")
         return
     m = load(sys.argv[2]).eval()
