@@ -532,6 +532,16 @@ TEST_CASE("streaming detokenization keeps the space of the first generated piece
   REQUIRE(r.status == 0);
   CHECK(r.output.rfind("The model", 0) == 0);
   CHECK(r.output.back() == '\n');
+  // the prompt from a file (the seed's inference.sh form): the same output; neither or both: refused
+  write_text(w + "/prompt.txt", "The model");
+  auto f = run("(" + dmc_bin() + " generate --model " + w + "/m --tokenizer " + fx().tok +
+               " --prompt-file " + w + "/prompt.txt --max-new-tokens 5 --temperature 0 2>/dev/null)");
+  CHECK(f.status == 0);
+  CHECK(f.output == r.output);
+  auto both = run(dmc_bin() + " generate --model " + w + "/m --tokenizer " + fx().tok + " --prompt-file " + w +
+                  "/prompt.txt --prompt x");
+  CHECK(both.status == 1);
+  CHECK(both.output.find("give one of --prompt TEXT or --prompt-file F") != std::string::npos);
 }
 
 TEST_CASE("streaming detokenization: a flush returns what was held back, the text equals one decode at any length",

@@ -6,6 +6,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "common/files.h"
+#include "common/process.h"
 #include "common/util.h"
 #include "train/model_shape.h"
 #include "config/options.h"
@@ -136,24 +137,87 @@ int cmd_init(const Args& a) {
   return 0;
 }
 
+namespace {
+// Megatron-LM legacy checkpoints through tools/megatron.py (torch's weights_only unpickler with a three-entry
+// allow-list; see that file for why Python): the helper writes into the staging directory, dmc checks the result
+// (an import must load as a model) and then puts it in place.
+void run_megatron_helper(const std::vector<std::string>& args, const std::string& what) {
+  std::vector<std::string> argv = {helper_python(), helper_script("megatron.py")};
+  argv.insert(argv.end(), args.begin(), args.end());
+  const ProcessResult r = run_program(argv);
+  if (r.status != 0) {
+    std::string msg = r.err;
+    const size_t at = msg.rfind("error: ");
+    if (at != std::string::npos) msg = msg.substr(at + 7);
+    while (!msg.empty() && (msg.back() == '\n' || msg.back() == '\r')) msg.pop_back();
+    if (msg.empty()) msg = cat("the helper exited with status ", r.status);
+    fail(what, ": ", msg);
+  }
+  if (!r.out.empty()) log::info(cat(what, ": ", r.out.substr(0, r.out.find('\n'))));
+}
+}  // namespace
+
 int cmd_convert(const Args& a) {
-  std::string model, from_gguf, out, dtype = "bf16", max_shard = "5GB";
-  bool overwrite = false;
-  OptionTable t(
-      "convert",
-      "dmc convert (--model DIR | --from-gguf FILE) --out DIR [--dtype bf16|fp16|fp32] [--max-shard-size 5GB]");
+  std::string model, from_gguf, from_megatron, to_megatron, out, dtype = "bf16", max_shard = "5GB", tokenizer,
+      dmc_mode = "auto";
+  int64_t tensor_parallel = 1, iteration = 1;
+  bool overwrite = false, release = false;
+  OptionTable t("convert",
+                "dmc convert (--model DIR | --from-gguf FILE | --from-megatron DIR | --to-megatron DIR) --out DIR "
+                "[--dtype bf16|fp16|fp32] [--max-shard-size 5GB] [--tensor-parallel N]");
   t.add("model", &model, "input model directory");
   t.add("from_gguf", &from_gguf, "input llama.cpp GGUF file (weights dequantized, its tokenizer as tokenizer.json)");
-  t.add("out", &out, "output model directory", true);
+  t.add("from_megatron", &from_megatron,
+        "input Megatron-LM legacy checkpoint (a root with latest_checkpointed_iteration.txt, an iter_* or release "
+        "folder, or a root holding mp_rank_* as NVIDIA's DMC releases do); any tensor-parallel size");
+  t.add("to_megatron", &to_megatron, "input model directory to write as a Megatron-LM legacy checkpoint at --out");
+  t.add("out", &out, "output directory", true);
   t.add("dtype", &dtype, "output dtype: bf16, fp16, fp32");
   t.add("max_shard_size", &max_shard, "largest shard file (e.g. 5GB, 500MB); larger models are sharded with an index");
+  t.add("tokenizer", &tokenizer,
+        "--from-megatron: the model's tokenizer.model, copied into --out; its size is the true vocabulary (the "
+        "checkpoint's padding rows are dropped)");
+  t.add("dmc", &dmc_mode, "--from-megatron: record the model as DMC: auto (when args has dmc_* settings), on, off")
+      .one_of({"auto", "on", "off"});
+  t.add("tensor_parallel", &tensor_parallel, "--to-megatron: tensor-parallel ranks to split into").min(1);
+  t.add("iteration", &iteration, "--to-megatron: the iteration recorded (iter_NNNNNNN)").min(1);
+  t.add("release", &release, "--to-megatron: write release/ instead of iter_NNNNNNN/");
   t.add("overwrite", &overwrite, "replace --out if it exists");
-  t.check(
-      [&] { DMC_CHECK(model.empty() != from_gguf.empty(), "convert: give one of --model DIR or --from-gguf FILE"); });
+  t.check([&] {
+    const int given = !model.empty() + !from_gguf.empty() + !from_megatron.empty() + !to_megatron.empty();
+    DMC_CHECK(given == 1, "convert: give one of --model, --from-gguf, --from-megatron or --to-megatron");
+  });
   t.parse(a);
   log::info(t.to_yaml());
   const at::ScalarType dt = parse_dtype(dtype, "dtype");
   const int64_t shard = parse_bytes(max_shard, "max_shard_size");
+  if (!from_megatron.empty()) {
+    OutputDir o(out, overwrite, {from_megatron}, "output model directory");
+    std::vector<std::string> args = {"import", from_megatron, o.staging(), "--dmc", dmc_mode,
+                                     "--dtype", dtype == "bf16" ? "bf16" : dtype == "fp16" ? "fp16" : "fp32"};
+    if (!tokenizer.empty()) {
+      const Tokenizer tok = Tokenizer::load(tokenizer);
+      args.insert(args.end(), {"--vocab-size", std::to_string(tok.vocab_size()), "--tokenizer", tokenizer});
+    }
+    run_megatron_helper(args, "convert --from-megatron " + from_megatron);
+    const Llama m = Llama::load(o.staging(), dt, at::kCPU);  // the result must be a model dmc runs
+    if (!tokenizer.empty()) Tokenizer::load(o.staging()).check_model_vocab(m.config.vocab_size, o.staging());
+    o.commit();
+    log::info(cat("wrote ", out, " (", m.config.num_hidden_layers, " layers", m.config.dmc.enabled ? ", DMC" : "",
+                  ")"));
+    return 0;
+  }
+  if (!to_megatron.empty()) {
+    (void)Llama::load(to_megatron, at::kFloat, at::kCPU);  // the input must be a model dmc runs
+    OutputDir o(out, overwrite, {to_megatron}, "output Megatron checkpoint");
+    std::vector<std::string> args = {"export", to_megatron, o.staging(), "--tensor-parallel",
+                                     std::to_string(tensor_parallel), "--iteration", std::to_string(iteration)};
+    if (release) args.push_back("--release");
+    run_megatron_helper(args, "convert --to-megatron " + to_megatron);
+    o.commit();
+    log::info(cat("wrote ", out, " (Megatron legacy, tensor parallel ", tensor_parallel, ")"));
+    return 0;
+  }
   const std::string input = model.empty() ? from_gguf : model;
   check_output_target(out, overwrite, {input}, "output model directory");  // before the (long) load
   std::map<std::string, std::string> extra;

@@ -23,11 +23,12 @@
 namespace dmc::cli {
 
 int cmd_generate(const Args& a) {
-  std::string model_dir, tok_path, prompt, device = "auto", dtype = "auto", system, chat_format = "auto";
+  std::string model_dir, tok_path, prompt, prompt_file, device = "auto", dtype = "auto", system, chat_format = "auto";
   int64_t max_new = 64, top_k = 0, seed = 1234;
   double temperature = 0.8, top_p = 0.95;
   bool add_bos = true, chat = false;
-  OptionTable t("generate", "dmc generate --model DIR|FILE.gguf [--tokenizer T] --prompt TEXT [--chat] [options]");
+  OptionTable t("generate",
+                "dmc generate --model DIR|FILE.gguf [--tokenizer T] (--prompt TEXT | --prompt-file F) [--chat] [options]");
   t.add("model", &model_dir, "model directory (HF safetensors + config.json) or a .gguf file", true);
   t.add("tokenizer", &tok_path,
         "tokenizer.model, tokenizer.json, a .gguf or a directory (default: the model's own, from --model)");
@@ -35,7 +36,8 @@ int cmd_generate(const Args& a) {
   t.add("system", &system, "--chat: the system message (default: the template's own, if any)");
   t.add("chat_format", &chat_format, "--chat: auto (from the tokenizer's template), chatml or llama2")
       .one_of({"auto", "chatml", "llama2"});
-  t.add("prompt", &prompt, "prompt text", true);
+  t.add("prompt", &prompt, "prompt text");
+  t.add("prompt_file", &prompt_file, "a UTF-8 file whose whole text is the prompt (as the seed's inference.sh takes)");
   t.add("max_new_tokens", &max_new, "tokens to generate").min(0);
   t.add("temperature", &temperature, "sampling temperature (0 = greedy)").min(0);
   t.add("top_k", &top_k, "keep the k most likely tokens (0 = off)").min(0);
@@ -44,8 +46,16 @@ int cmd_generate(const Args& a) {
   t.add("add_bos", &add_bos, "prepend the BOS token");
   t.add("device", &device, "cpu, cuda, cuda:N or auto");
   t.add("dtype", &dtype, "bf16, fp16, fp32 or auto (bf16 on CUDA, fp32 on CPU)");
+  t.check([&] {
+    DMC_CHECK(prompt.empty() != prompt_file.empty(), "generate: give one of --prompt TEXT or --prompt-file F");
+  });
   t.parse(a);
   log::info(t.to_yaml());
+  if (!prompt_file.empty()) {
+    if (!file_exists(prompt_file)) fail("generate: --prompt-file: '", prompt_file, "' does not exist");
+    prompt = read_file(prompt_file);
+    DMC_CHECK(!prompt.empty(), "generate: --prompt-file: '", prompt_file, "' is empty");
+  }
   auto [tok, model] = load_model_and_tokenizer(model_dir, tok_path, device, dtype);
   GenerateOptions go;
   go.max_new_tokens = max_new;
