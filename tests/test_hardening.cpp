@@ -15,6 +15,7 @@
 
 #include "train/stages.h"
 #include "common/files.h"
+#include "common/process.h"
 #include "common/util.h"
 #include "config/options.h"
 #include "data/dataset.h"
@@ -542,6 +543,21 @@ TEST_CASE("streaming detokenization keeps the space of the first generated piece
                   "/prompt.txt --prompt x");
   CHECK(both.status == 1);
   CHECK(both.output.find("give one of --prompt TEXT or --prompt-file F") != std::string::npos);
+}
+
+TEST_CASE("run_program: arguments reach the program verbatim (no shell), output and status captured",
+          "[hardening]") {
+  const auto w = tmp_dir("spawn");
+  const std::string hostile = "a b; touch " + w + "/INJECTED $(touch " + w + "/SUBST) `id` * \"q\"";
+  const ProcessResult r = run_program({"python3", "-c", "import sys; print(sys.argv[1]); sys.exit(3)", hostile});
+  CHECK(r.status == 3);
+  CHECK(r.out == hostile + "\n");
+  CHECK(!fs::exists(w + "/INJECTED"));
+  CHECK(!fs::exists(w + "/SUBST"));
+  const ProcessResult e = run_program({"python3", "-c", "import sys; sys.stderr.write('to stderr')"});
+  CHECK(e.status == 0);
+  CHECK(e.err == "to stderr");
+  require_error([&] { run_program({w + "/no-such-program"}); }, {"cannot start", "no-such-program"});
 }
 
 TEST_CASE("streaming detokenization: a flush returns what was held back, the text equals one decode at any length",
