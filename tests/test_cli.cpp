@@ -84,7 +84,7 @@ TEST_CASE("dmc CLI: bad input exits 1 with a message naming the file", "[cli][ba
        {"tok2.model", "360", "config.json", "400"}},
       {"generate --model " + work + "/m --tokenizer " + work + "/tok.model --prompt hi --config " + work + "/typo.yaml",
        {"typo.yaml", "max_new_tokenz", "did you mean 'max_new_tokens'"}},
-      {"generate --model " + work + "/m --tokenizer " + work + "/tok.model", {"needs --prompt"}},
+      {"generate --model " + work + "/m --tokenizer " + work + "/tok.model", {"give one of --prompt TEXT or --prompt-file F"}},
       {"eval ppl --model " + work + "/m --tokenizer " + work + "/tok.model --text " + work + "/missing.txt",
        {"missing.txt", "does not exist"}},
       {"eval ppl --model " + work + "/m --tokenizer " + work + "/tok.model --text " + work + "/t.txt --seq-len 1",
