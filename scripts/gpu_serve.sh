@@ -20,13 +20,8 @@ h=$PWD/.carry/httplib/lib
 PY=${DMC_PYTHON:-/opt/torch/.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 [ -x "$B/dmc" ] || { echo "no $B/dmc: run scripts/gpu_check.sh build first"; exit 1; }
-gguf=/tmp/smollm2.gguf
-# shellcheck disable=SC2086
-[ -s /tmp/smol-bf16/model.safetensors ] || {
-  cat $src > "$gguf" || { echo "cannot read $src"; exit 1; }
-  "$B/dmc" convert --from-gguf "$gguf" --out /tmp/smol-bf16 --dtype bf16 --overwrite > "$OUT/convert.log" 2>&1 || {
-    tail "$OUT/convert.log"; exit 1; }
-}
+. scripts/gpu_smol.sh
+smol_bf16 "$src"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/card.txt"
 port=8181
 for label in vanilla dmc-cr4; do

@@ -20,14 +20,8 @@ samples=${3:-100}
 lengths=${4:-1024 2048 4096 8192}
 B=${DMC_BUILD:-build-gpu}
 [ -x "$B/dmc" ] || { OUT="$OUT" scripts/gpu_check.sh build > "$OUT/gpu_check.log" 2>&1; tail -3 "$OUT/gpu_check.log"; }
-gguf=/tmp/smollm2.gguf
-# shellcheck disable=SC2086
-[ -s /tmp/smol-bf16/model.safetensors ] || {
-  cat $src > "$gguf" || { echo "cannot read $src"; exit 1; }
-  sha256sum "$gguf" | tee "$OUT/gguf.sha256"
-  "$B/dmc" convert --from-gguf "$gguf" --out /tmp/smol-bf16 --dtype bf16 --overwrite > "$OUT/convert.log" 2>&1 || {
-    tail "$OUT/convert.log"; exit 1; }
-}
+. scripts/gpu_smol.sh
+smol_bf16 "$src"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/card.txt"
 t0=$(date +%s)
 # the device tool stops a call at 600 s: the jobs stop by this deadline, so the archive below is always written

@@ -122,12 +122,11 @@ def find_shards(root):
     return folder, [shards[r] for r in range(tp)]
 
 
-def arg(args, name, path, default=None, required=True):
+def arg(args, name, path):
+    """A required args attribute (missing or None: an error naming the file and the attribute)."""
     v = getattr(args, name, None)
     if v is None:
-        if required and default is None:
-            fail(path, ": args.", name, " is missing")
-        return default
+        fail(path, ": args.", name, " is missing")
     return v
 
 
@@ -266,10 +265,12 @@ def cmd_import(a):
     true_vocab = a.vocab_size or getattr(args, "true_vocab_size", None) or 0
     tensors, padded = merge(files, states, sh, true_vocab)
     V = tensors["model.embed_tokens.weight"].shape[0]
-    dt = {"keep": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
+    dt = {"keep": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp64": torch.float64}[
+        a.dtype]
     if dt is not None:
         tensors = {k: v.to(dt) for k, v in tensors.items()}
-    dtype_name = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}[
+    dtype_name = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32",
+                  torch.float64: "float64"}[
         tensors["model.embed_tokens.weight"].dtype]
     cfg = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
@@ -450,7 +451,7 @@ def main():
     i.add_argument("--dmc", choices=["auto", "on", "off"], default="auto")
     i.add_argument("--vocab-size", type=int, default=0)
     i.add_argument("--tokenizer", default="")
-    i.add_argument("--dtype", choices=["keep", "bf16", "fp16", "fp32"], default="keep")
+    i.add_argument("--dtype", choices=["keep", "bf16", "fp16", "fp32", "fp64"], default="keep")
     e = sp.add_parser("export")
     e.add_argument("hf_dir")
     e.add_argument("out")

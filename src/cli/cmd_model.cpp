@@ -1,5 +1,6 @@
 // dmc info / init / convert / tokenizer: model-directory and tokenizer housekeeping.
 #include <iostream>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
@@ -193,15 +194,16 @@ int cmd_convert(const Args& a) {
   const int64_t shard = parse_bytes(max_shard, "max_shard_size");
   if (!from_megatron.empty()) {
     OutputDir o(out, overwrite, {from_megatron}, "output model directory");
-    std::vector<std::string> args = {"import", from_megatron, o.staging(), "--dmc", dmc_mode,
-                                     "--dtype", dtype == "bf16" ? "bf16" : dtype == "fp16" ? "fp16" : "fp32"};
+    std::vector<std::string> args = {"import", from_megatron, o.staging(), "--dmc", dmc_mode, "--dtype",
+                                     dtype_name(dt)};
+    std::optional<Tokenizer> tok;
     if (!tokenizer.empty()) {
-      const Tokenizer tok = Tokenizer::load(tokenizer);
-      args.insert(args.end(), {"--vocab-size", std::to_string(tok.vocab_size()), "--tokenizer", tokenizer});
+      tok = Tokenizer::load(tokenizer);
+      args.insert(args.end(), {"--vocab-size", std::to_string(tok->vocab_size()), "--tokenizer", tokenizer});
     }
     run_megatron_helper(args, "convert --from-megatron " + from_megatron);
     const Llama m = Llama::load(o.staging(), dt, at::kCPU);  // the result must be a model dmc runs
-    if (!tokenizer.empty()) Tokenizer::load(o.staging()).check_model_vocab(m.config.vocab_size, o.staging());
+    if (tok) tok->check_model_vocab(m.config.vocab_size, o.staging());
     o.commit();
     log::info(cat("wrote ", out, " (", m.config.num_hidden_layers, " layers", m.config.dmc.enabled ? ", DMC" : "",
                   ")"));

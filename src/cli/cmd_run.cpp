@@ -52,8 +52,7 @@ int cmd_generate(const Args& a) {
   t.parse(a);
   log::info(t.to_yaml());
   if (!prompt_file.empty()) {
-    if (!file_exists(prompt_file)) fail("generate: --prompt-file: '", prompt_file, "' does not exist");
-    prompt = read_file(prompt_file);
+    prompt = read_file(prompt_file, "generate: --prompt-file:");
     DMC_CHECK(!prompt.empty(), "generate: --prompt-file: '", prompt_file, "' is empty");
   }
   auto [tok, model] = load_model_and_tokenizer(model_dir, tok_path, device, dtype);

@@ -30,11 +30,6 @@ std::string default_system(const std::string& tmpl) {
 
 std::vector<int64_t> ChatPrompt::ids(const Tokenizer& tok) const {
   std::vector<int64_t> out;
-  if (parts.empty()) {  // a prompt built by hand: its text
-    out = tok.encode(text, false);
-    if (add_bos && tok.bos_id() >= 0) out.insert(out.begin(), tok.bos_id());
-    return out;
-  }
   for (const auto& p : parts) {
     if (p.kind == 0) {
       const auto t = tok.encode(p.text, false);
@@ -97,13 +92,12 @@ ChatPrompt apply_chat(const Tokenizer& tok, ChatFormat format, const std::vector
       text("<|im_start|>" + messages[i].role + "\n" + messages[i].content + "<|im_end|>\n");
     text("<|im_start|>assistant\n");
   } else {
-    p.add_bos = true;
     for (size_t i = has_system ? 1 : 0; i < messages.size(); ++i) {
       std::string content = messages[i].content;
       if (i == 1 && has_system) content = "<<SYS>>\n" + messages[0].content + "\n<</SYS>>\n\n" + content;
       if (messages[i].role == "user") {
-        if (!p.parts.empty()) special(1);  // the first BOS is add_bos, outside text
-        else p.parts.push_back({1, ""});
+        if (!p.parts.empty()) special(1);
+        else p.parts.push_back({1, ""});  // the leading BOS: an id, not part of the text
         text("[INST] " + strip(content) + " [/INST]");
       } else {
         text(" " + strip(content) + " ");

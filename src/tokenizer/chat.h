@@ -28,10 +28,9 @@ struct ChatMessage {
 };
 
 struct ChatPrompt {
-  std::string text;      // the prompt text (special tokens as text: the tokenizer matches them; llama2's BOS / EOS
-                         // between turns written as the tokenizer spells them)
-  bool add_bos = false;  // llama2: BOS goes first as a token id
-  // the token ids: text pieces encoded without BOS, llama2's BOS / EOS between turns as ids
+  std::string text;  // the prompt text (special tokens as text: the tokenizer matches them; llama2's BOS / EOS
+                     // between turns written as the tokenizer spells them, its leading BOS left out)
+  // the token ids: text pieces encoded without BOS, llama2's BOS (leading one included) / EOS as ids
   std::vector<int64_t> ids(const Tokenizer& tok) const;
 
   struct Part {

@@ -313,14 +313,12 @@ std::string StreamDecoder::push(int64_t id) {
   std::string add = pending_text();
   static const std::string replacement = "\xEF\xBF\xBD";  // U+FFFD: a byte sequence still incomplete
   if (add.empty() || (add.size() >= 3 && add.compare(add.size() - 3, 3, replacement) == 0)) return "";
-  prefix_ = read_;
-  read_ = ids_.size();
-  shown_ += add;
-  return add;
+  return show(std::move(add));
 }
 
-std::string StreamDecoder::flush() {
-  std::string add = pending_text();
+std::string StreamDecoder::flush() { return show(pending_text()); }
+
+std::string StreamDecoder::show(std::string add) {
   prefix_ = read_;
   read_ = ids_.size();
   shown_ += add;

@@ -97,6 +97,7 @@ class StreamDecoder {
 
  private:
   std::string pending_text();  // decode(window) past decode(ids_[prefix_, read_)), "" while it does not extend it
+  std::string show(std::string add);  // add becomes shown: the window moves past it
   const Tokenizer& tok_;
   std::vector<int64_t> ids_;
   size_t prefix_ = 0, read_ = 0;  // ids_[prefix_, read_): context already shown; ids_[read_, end): not yet shown
