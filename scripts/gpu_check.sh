@@ -39,6 +39,7 @@ fi
 if [ -f .carry/httplib/include/httplib.h ] && ! pkg-config --exists cpp-httplib 2>/dev/null; then
   h=$PWD/.carry/httplib
   ln -sf libcpp-httplib.so.0.11.4 "$h/lib/libcpp-httplib.so"
+  ln -sf libcpp-httplib.so.0.11.4 "$h/lib/libcpp-httplib.so.0.11"  # the soname the binaries ask for at run time
   mkdir -p /tmp/dmc-pc
   printf '%s\n' "Name: cpp-httplib" "Description: carried from Debian 12" "Version: 0.11.4" \
     "Libs: -L$h/lib -Wl,-rpath,$h/lib -lcpp-httplib -pthread" \
@@ -50,7 +51,7 @@ fi
 if ! scripts/build.sh -DCMAKE_CUDA_ARCHITECTURES=90 "${lzma[@]}" > "$OUT/build.log" 2>&1; then
   if [ -n "${h:-}" ]; then  # the carried cpp-httplib did not work here: build without `dmc serve` rather than nothing
     echo "build with the carried cpp-httplib failed (see build_httplib.log); building without dmc serve"
-    mv "$OUT/build.log" "$OUT/build_httplib.log"; rm -f /tmp/dmc-pc/cpp-httplib.pc "$DMC_BUILD/CMakeCache.txt"
+    mv "$OUT/build.log" "$OUT/build_httplib.log"; rm -f /tmp/dmc-pc/cpp-httplib.pc "$DMC_BUILD/CMakeCache.txt" "$DMC_BUILD/build.ninja"
     scripts/build.sh -DCMAKE_CUDA_ARCHITECTURES=90 "${lzma[@]}" > "$OUT/build.log" 2>&1 || {
       tail -50 "$OUT/build.log"; echo "BUILD FAILED"; exit 1; }
   else

@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include <nlohmann/json.hpp>
+#include <cmath>
 #include <fstream>
 #include <thread>
 #include <unistd.h>
@@ -61,9 +62,22 @@ int64_t metric(httplib::Client& cl, const std::string& name) {
   REQUIRE(r);
   const size_t at = r->body.find("\n" + name + " ");
   REQUIRE(at != std::string::npos);
-  return (int64_t)std::stod(r->body.substr(at + name.size() + 2));
+  const std::string v = r->body.substr(at + name.size() + 2, r->body.find('\n', at + 1) - at - name.size() - 2);
+  INFO(name << " " << v);
+  CHECK(v.find_first_not_of("0123456789") == std::string::npos);  // a count in full, no exponent
+  return (int64_t)std::stoll(v);
 }
 }  // namespace
+
+TEST_CASE("dmc serve: /metrics values are written in full", "[serve]") {
+  CHECK(prometheus_value(2097152) == "2097152");  // ostream's default gave "2.09715e+06" (2097150)
+  CHECK(prometheus_value(0) == "0");
+  CHECK(prometheus_value(-3) == "-3");
+  CHECK(std::stod(prometheus_value(3.99306123456789)) == 3.99306123456789);
+  CHECK(std::stod(prometheus_value(1e-7)) == 1e-7);
+  CHECK(prometheus_value(std::nan("")) == "NaN");  // Prometheus' spellings
+  CHECK(prometheus_value(-HUGE_VAL) == "-Inf");
+}
 
 TEST_CASE("dmc serve: completions equal generate, streaming, stop strings, seeds, logprobs, errors, api key",
           "[serve]") {

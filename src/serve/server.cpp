@@ -7,6 +7,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
+#include <cstdio>
 #include <ctime>
 #include <nlohmann/json.hpp>
 
@@ -16,6 +18,17 @@
 #include "tokenizer/chat.h"
 
 namespace dmc {
+
+std::string prometheus_value(double v) {
+  if (std::isnan(v)) return "NaN";
+  if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
+  char buf[40];
+  if (std::isfinite(v) && v == std::floor(v) && std::fabs(v) < 9.0e15)
+    std::snprintf(buf, sizeof buf, "%lld", (long long)v);
+  else
+    std::snprintf(buf, sizeof buf, "%.17g", v);
+  return buf;
+}
 using json = nlohmann::json;
 
 namespace {
@@ -405,7 +418,7 @@ struct Server::Impl {
     const auto s = eng.stats();
     std::string out;
     auto put = [&](const char* name, const char* type, const char* help, double v) {
-      out += cat("# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n", name, " ", v, "\n");
+      out += cat("# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n", name, " ", prometheus_value(v), "\n");
     };
     put("dmc_requests_total", "counter", "generation requests received", (double)s.requests);
     put("dmc_prompt_tokens_total", "counter", "prompt tokens received", (double)s.prompt_tokens);

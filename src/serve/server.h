@@ -52,4 +52,8 @@ class Server {
   int port_ = 0;
 };
 
+// A value as /metrics writes it (Prometheus text): whole numbers in full ("2097152", not ostream's 6-digit
+// "2.09715e+06"), fractions with enough digits to read back the same double.
+std::string prometheus_value(double v);
+
 }  // namespace dmc
