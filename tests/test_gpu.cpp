@@ -91,41 +91,47 @@ TEST_CASE("CUDA: the inference form of the biased flash attention (cuDNN, no gra
 
 TEST_CASE("CUDA: flash-kernel DMC attention equals the blockwise twin in bf16, values and gradients", "[gpu][dmc]") {
   if (!torch::cuda::is_available()) SKIP("no CUDA device");
-  const int64_t B = 2, nh = 8, nkv = 2, T = 300, D = 128;
-  torch::manual_seed(3);
-  auto o = at::TensorOptions().dtype(at::kFloat).device(at::kCUDA);
-  at::Tensor q = at::randn({B, nh, T, D}, o), k = at::randn({B, nkv, T, D}, o), v = at::randn({B, nkv, T, D}, o);
-  q.select(-1, D - 1).zero_();
-  k.select(-1, D - 1).zero_();
-  at::Tensor m = at::log_sigmoid(at::randn({B, nkv, T}, o) * 3);
-  at::Tensor R = at::randn({B, nh, T, D}, o);
-  std::vector<std::vector<at::Tensor>> g;
-  std::vector<at::Tensor> outs;
-  for (int variant = 0; variant < 2; ++variant) {
-    // variant 0: blockwise in fp32 (reference); 1: flash in bf16
-    const auto dt = variant == 0 ? at::kFloat : at::kBFloat16;
-    // fresh leaves each time (q.to(kFloat) would return q itself and make it require grad)
-    at::Tensor qq = q.to(dt).clone().requires_grad_(true), kk = k.to(dt).clone().requires_grad_(true),
-               vv = v.to(dt).clone().requires_grad_(true), mm = m.clone().requires_grad_(true);
-    INFO("variant " << variant);
-    at::Tensor out = variant == 0 ? dmc::biased_causal_attention(qq, kk, vv, mm, 1.0 / std::sqrt(128.0), 64)
-                                  : dmc::biased_causal_attention_flash(qq, kk, vv, mm.to(dt), 1.0 / std::sqrt(128.0));
-    (out.to(at::kFloat) * R).sum().backward();
-    outs.push_back(out.to(at::kFloat).detach());
-    g.push_back({qq.grad().narrow(-1, 0, D - 1).to(at::kFloat), kk.grad().narrow(-1, 0, D - 1).to(at::kFloat),
-                 vv.grad().to(at::kFloat), mm.grad().to(at::kFloat)});
+  // Llama's head_dim 128 in groups of 4, and SmolLM2's 64 in groups of 3 (KV heads read by FlashAttention-2 itself)
+  for (auto [nh, nkv, D] : {std::tuple<int64_t, int64_t, int64_t>{8, 2, 128}, {9, 3, 64}}) {
+    const int64_t B = 2, T = 300;
+    INFO("heads " << nh << " / " << nkv << ", head_dim " << D);
+    torch::manual_seed(3);
+    auto o = at::TensorOptions().dtype(at::kFloat).device(at::kCUDA);
+    at::Tensor q = at::randn({B, nh, T, D}, o), k = at::randn({B, nkv, T, D}, o), v = at::randn({B, nkv, T, D}, o);
+    q.select(-1, D - 1).zero_();
+    k.select(-1, D - 1).zero_();
+    at::Tensor m = at::log_sigmoid(at::randn({B, nkv, T}, o) * 3);
+    at::Tensor R = at::randn({B, nh, T, D}, o);
+    std::vector<std::vector<at::Tensor>> g;
+    std::vector<at::Tensor> outs;
+    for (int variant = 0; variant < 2; ++variant) {
+      // variant 0: blockwise in fp32 (reference); 1: flash in bf16
+      const auto dt = variant == 0 ? at::kFloat : at::kBFloat16;
+      // fresh leaves each time (q.to(kFloat) would return q itself and make it require grad)
+      at::Tensor qq = q.to(dt).clone().requires_grad_(true), kk = k.to(dt).clone().requires_grad_(true),
+                 vv = v.to(dt).clone().requires_grad_(true), mm = m.clone().requires_grad_(true);
+      INFO("variant " << variant);
+      at::Tensor out = variant == 0
+                           ? dmc::biased_causal_attention(qq, kk, vv, mm, 1.0 / std::sqrt((double)D), 64)
+                           : dmc::biased_causal_attention_flash(qq, kk, vv, mm.to(dt), 1.0 / std::sqrt((double)D));
+      (out.to(at::kFloat) * R).sum().backward();
+      outs.push_back(out.to(at::kFloat).detach());
+      g.push_back({qq.grad().narrow(-1, 0, D - 1).to(at::kFloat), kk.grad().narrow(-1, 0, D - 1).to(at::kFloat),
+                   vv.grad().to(at::kFloat), mm.grad().to(at::kFloat)});
+    }
+    auto rel = [](const at::Tensor& a, const at::Tensor& b) { return ((a - b).norm() / b.norm()).item<double>(); };
+    // bf16 inputs and kernel vs an fp32 reference: relative errors of a few bf16 ulps (2^-8 = 0.4%)
+    const double e_out = rel(outs[1], outs[0]);
+    INFO("out rel err " << e_out);
+    CHECK(e_out < 0.02);
+    for (int i = 0; i < 4; ++i) {
+      const double e = rel(g[1][i], g[0][i]);
+      INFO("grad " << i << " rel err " << e);
+      CHECK(e < 0.03);
+    }
+    std::cout << "[gpu-dmc-flash] heads " << nh << "/" << nkv << " head_dim " << D << ": out rel err " << e_out
+              << std::endl;
   }
-  auto rel = [](const at::Tensor& a, const at::Tensor& b) { return ((a - b).norm() / b.norm()).item<double>(); };
-  // bf16 inputs and kernel vs an fp32 reference: relative errors of a few bf16 ulps (2^-8 = 0.4%)
-  const double e_out = rel(outs[1], outs[0]);
-  INFO("out rel err " << e_out);
-  CHECK(e_out < 0.02);
-  for (int i = 0; i < 4; ++i) {
-    const double e = rel(g[1][i], g[0][i]);
-    INFO("grad " << i << " rel err " << e);
-    CHECK(e < 0.03);
-  }
-  std::cout << "[gpu-dmc-flash] out rel err " << e_out << std::endl;
 }
 
 // The inference-time kernels of DMC attention (kernels/dmc_eval.cu) against their ATen oracles. Inputs are bf16; the

@@ -50,7 +50,9 @@ TEST_CASE("CUDA: decode_update and paged_attention kernels equal the reference o
                              {8, 2, 128, 16, false, at::kBFloat16},
                              {4, 4, 64, 1, true, at::kFloat},
                              {32, 32, 128, 16, true, at::kBFloat16},
-                             {8, 1, 128, 4, true, at::kHalf}};
+                             {8, 1, 128, 4, true, at::kHalf},
+                             {9, 3, 64, 16, true, at::kBFloat16},  // SmolLM2's head_dim 64 in groups of 3
+                             {9, 3, 64, 16, false, at::kBFloat16}};
   for (const auto& cs : cases) {
     DYNAMIC_SECTION("nh " << cs.nh << " nkv " << cs.nkv << " D " << cs.D << " P " << cs.P
                           << (cs.dmc ? " dmc " : " vanilla ") << c10::toString(cs.dt)) {

@@ -241,6 +241,19 @@ LlamaConfig LlamaConfig::preset(const std::string& name) {
     c.num_attention_heads = c.num_key_value_heads = 16;
     return c;
   }
+  if (name == "smollm2-135m") {  // SmolLM2-135M's shape (random weights here): head_dim 64, GQA groups of 3
+    c.vocab_size = 49152;
+    c.hidden_size = 576;
+    c.intermediate_size = 1536;
+    c.num_hidden_layers = 30;
+    c.num_attention_heads = 9;
+    c.num_key_value_heads = 3;
+    c.head_dim = 64;
+    c.max_position_embeddings = 8192;
+    c.rope_theta = 100000.0;
+    c.tie_word_embeddings = true;
+    return c;
+  }
   if (name == "tiny") {
     c.vocab_size = 512;
     c.hidden_size = 128;
@@ -252,10 +265,10 @@ LlamaConfig LlamaConfig::preset(const std::string& name) {
     c.max_position_embeddings = 1024;
     return c;
   }
-  fail("preset: unknown model preset '", name, "', expected one of tiny, llama-1b, llama2-7b, llama2-13b");
+  fail("preset: unknown model preset '", name, "', expected one of tiny, llama-1b, smollm2-135m, llama2-7b, llama2-13b");
 }
 
-std::vector<std::string> LlamaConfig::preset_names() { return {"tiny", "llama-1b", "llama2-7b", "llama2-13b"}; }
+std::vector<std::string> LlamaConfig::preset_names() { return {"tiny", "llama-1b", "smollm2-135m", "llama2-7b", "llama2-13b"}; }
 
 }  // namespace dmc
 

@@ -57,7 +57,8 @@ struct LlamaConfig {
   int64_t kv_size() const { return num_key_value_heads * head_dim; }
   int64_t num_parameters() const;
 
-  // Named shapes: "tiny" (CPU tests and demo), "llama2-7b", "llama2-13b", "llama-1b" (16 x 2048).
+  // Named shapes: "tiny" (CPU tests and demo), "llama2-7b", "llama2-13b", "llama-1b" (16 x 2048),
+  // "smollm2-135m" (SmolLM2-135M's shape: 30 x 576, 9 query / 3 KV heads of 64, tied embeddings).
   static LlamaConfig preset(const std::string& name);
   static std::vector<std::string> preset_names();
 };

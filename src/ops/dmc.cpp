@@ -191,16 +191,31 @@ struct FlashLse : public torch::autograd::Function<FlashLse> {
 }  // namespace
 
 namespace {
+// x [B, nkv, T, ...] as [B, nkv * G, T, ...], each KV head repeated for the G query heads of its group (head h reads
+// KV head h / G). A broadcast copy: its gradient is a sum over the group, not repeat_interleave's scatter-add.
+at::Tensor expand_groups(const at::Tensor& x, int64_t G) {
+  if (G == 1) return x;
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape.insert(shape.begin() + 2, G);
+  std::vector<int64_t> out = x.sizes().vec();
+  out[1] *= G;
+  return x.unsqueeze(2).expand(shape).reshape(out);
+}
+
 // out = sigmoid(lse - s_ii) past + sigmoid(s_ii - lse) v, s_ii = scale q.k over dims < D-1 (the ATen form, any dtype)
 //   q, past [B, nh, T, D]; k, v [B, nkv, T, D]; lse [B, nh, T]
+// The query heads are viewed in their groups [B, nkv, G, T, D] and k, v broadcast over G: no copies at nh width.
 at::Tensor blend_diag_ref(const at::Tensor& q, const at::Tensor& k, const at::Tensor& past, const at::Tensor& v,
                           const at::Tensor& lse, double scale) {
-  const int64_t nh = q.size(1), D = q.size(3), G = nh / k.size(1);
+  const int64_t B = q.size(0), nh = q.size(1), T = q.size(2), D = q.size(3), nkv = k.size(1), G = nh / nkv;
   const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor ke = G > 1 ? k.repeat_interleave(G, 1) : k, ve = G > 1 ? v.repeat_interleave(G, 1) : v;
-  at::Tensor s_diag = (q.narrow(-1, 0, D - 1).to(acc) * ke.narrow(-1, 0, D - 1).to(acc)).sum(-1) * scale;
-  at::Tensor w_past = at::sigmoid(lse.to(acc) - s_diag).unsqueeze(-1);
-  return (w_past * past.to(acc) + (1 - w_past) * ve.to(acc)).to(q.scalar_type());
+  at::Tensor qg = q.reshape({B, nkv, G, T, D}).narrow(-1, 0, D - 1).to(acc);
+  at::Tensor kg = k.narrow(-1, 0, D - 1).to(acc).unsqueeze(2);  // [B, nkv, 1, T, D-1]
+  at::Tensor s_diag = (qg * kg).sum(-1) * scale;                // [B, nkv, G, T]
+  at::Tensor w_past = at::sigmoid(lse.to(acc).reshape({B, nkv, G, T}) - s_diag).unsqueeze(-1);
+  at::Tensor vg = v.to(acc).unsqueeze(2);
+  at::Tensor out = vg + w_past * (past.reshape({B, nkv, G, T, D}).to(acc) - vg);
+  return out.to(q.scalar_type()).reshape({B, nh, T, D});
 }
 
 #ifdef DMC_WITH_CUDA
@@ -212,9 +227,9 @@ at::Tensor blend_diag_ref(const at::Tensor& q, const at::Tensor& k, const at::Te
 at::Tensor biased_attention_infer_cuda(const at::Tensor& qs, const at::Tensor& k, const at::Tensor& v,
                                        const at::Tensor& m, double scale) {
   const int64_t B = qs.size(0), nh = qs.size(1), T = qs.size(2), D = qs.size(3), nkv = k.size(1), G = nh / nkv;
-  at::Tensor ke = G > 1 ? k.repeat_interleave(G, 1) : k;  // [B, nh, T, D]
-  at::Tensor ve = G > 1 ? v.repeat_interleave(G, 1) : v;
-  at::Tensor me = G > 1 ? m.repeat_interleave(G, 1) : m;  // [B, nh, T]
+  at::Tensor ke = expand_groups(k, G);  // [B, nh, T, D]
+  at::Tensor ve = expand_groups(v, G);
+  at::Tensor me = expand_groups(m, G);  // [B, nh, T]
   at::Tensor ks = at::empty({B, T, nh, D}, k.options()).transpose(1, 2);
   at::Tensor vs = at::empty({B, T, nh, D}, v.options()).transpose(1, 2);
   // key 0 is the dummy (score -30000 through the spare dimension: weight 0 unless alone), key t is k_{t-1} with
@@ -245,14 +260,17 @@ at::Tensor biased_causal_attention_flash(const at::Tensor& q, const at::Tensor& 
 #ifdef DMC_WITH_CUDA
   if (!at::GradMode::is_enabled() && q.is_cuda()) return biased_attention_infer_cuda(qs, k, v, m, scale);
 #endif
-  at::Tensor ke = G > 1 ? k.repeat_interleave(G, 1) : k;  // [B, nh, T, D]
-  at::Tensor ve = G > 1 ? v.repeat_interleave(G, 1) : v;
-  at::Tensor me = G > 1 ? m.repeat_interleave(G, 1) : m;  // [B, nh, T]
-  // keys shifted right behind a dummy (score -30000: weight 0 unless alone), each with its bias in dimension D-1
-  at::Tensor dummy_k = (spare * -30000.0).expand({B, nh, 1, D});
-  at::Tensor kb = ke + me.unsqueeze(-1).to(q.scalar_type()) * spare;
+  // keys shifted right behind a dummy (score -30000: weight 0 unless alone), each with its bias in dimension D-1,
+  // kept at the KV heads: FlashAttention-2 reads each KV head for its G query heads itself (and sums their key /
+  // value gradients), so the GQA copy at nh width and its backward never exist on CUDA
+  at::Tensor dummy_k = (spare * -30000.0).expand({B, nkv, 1, D});
+  at::Tensor kb = k + m.unsqueeze(-1).to(q.scalar_type()) * spare;
   at::Tensor ks = at::cat({dummy_k, kb.narrow(2, 0, T - 1)}, 2);
-  at::Tensor vs = at::cat({at::zeros({B, nh, 1, D}, v.options()), ve.narrow(2, 0, T - 1)}, 2);
+  at::Tensor vs = at::cat({at::zeros({B, nkv, 1, D}, v.options()), v.narrow(2, 0, T - 1)}, 2);
+  if (!q.is_cuda()) {  // ATen's CPU flash kernel wants as many KV heads as query heads
+    ks = expand_groups(ks, G);
+    vs = expand_groups(vs, G);
+  }
   auto r = FlashLse::apply(qs, ks.contiguous(), vs.contiguous(), scale);  // past [B, nh, T, D], lse [B, nh, T]
   // the diagonal scores without the bias (k's dimension D-1 is zero; q's carries 1/scale, left out)
   return blend_diag_ref(qs, k, r[0], v, r[1], scale);

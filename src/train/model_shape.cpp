@@ -5,8 +5,8 @@
 namespace dmc {
 
 void ModelShapeOptions::add_to(OptionTable& t) {
-  t.add("preset", &preset, "base shape for a new model: tiny, llama-1b, llama2-7b, llama2-13b")
-      .one_of({"tiny", "llama-1b", "llama2-7b", "llama2-13b"});
+  t.add("preset", &preset, "base shape for a new model: tiny, llama-1b, smollm2-135m, llama2-7b, llama2-13b")
+      .one_of(LlamaConfig::preset_names());
   t.add("vocab_size", &vocab_size, "override (0 = preset or tokenizer)").min(0);
   t.add("hidden_size", &hidden_size, "override (0 = preset)").min(0);
   t.add("intermediate_size", &intermediate_size, "override (0 = preset)").min(0);

@@ -275,26 +275,41 @@ __global__ void __launch_bounds__(kWarps * 32)
       kv[u] = *reinterpret_cast<const VecT<T, VE>*>(k_pages + base);
       vv[u] = *reinterpret_cast<const VecT<T, VE>*>(v_pages + base);
     }
+    // the online softmax once per round of U slots, not once per slot: one rescale of the running output and U + 1
+    // exponentials per head instead of U rescales and 2U exponentials (the G heads of a group share every slot, so
+    // at head_dim 64 with groups of 3 this arithmetic, not the loads, set the pace)
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const bool valid = j0 + u * KPW + sub < end;
+    for (int g = 0; g < GM; ++g) {
+      if (g >= G) break;
+      float s[U];
+      float mx = m[g];
 #pragma unroll
-      for (int g = 0; g < GM; ++g) {
-        if (g >= G) break;
-        float s = 0.f;
+      for (int u = 0; u < U; ++u) {
+        float d = 0.f;
 #pragma unroll
-        for (int e = 0; e < VE; ++e) s += qr[g][e] * static_cast<float>(kv[u].v[e]);
+        for (int e = 0; e < VE; ++e) d += qr[g][e] * static_cast<float>(kv[u].v[e]);
 #pragma unroll
-        for (int off = KL / 2; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
-        if (valid) {
-          const float mn = fmaxf(m[g], s);
-          const float corr = __expf(m[g] - mn), p = __expf(s - mn);
-          l[g] = l[g] * corr + p;
-#pragma unroll
-          for (int e = 0; e < VE; ++e) o[g][e] = o[g][e] * corr + p * static_cast<float>(vv[u].v[e]);
-          m[g] = mn;
-        }
+        for (int off = KL / 2; off > 0; off >>= 1) d += __shfl_xor_sync(0xffffffffu, d, off);
+        s[u] = j0 + u * KPW + sub < end ? d : -INFINITY;
+        mx = fmaxf(mx, s[u]);
       }
+      const float base = mx == -INFINITY ? 0.f : mx;  // nothing seen yet: every weight below is exp(-inf) = 0
+      const float corr = __expf(m[g] - base);
+      float p[U], psum = 0.f;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        p[u] = __expf(s[u] - base);
+        psum += p[u];
+      }
+      l[g] = l[g] * corr + psum;
+#pragma unroll
+      for (int e = 0; e < VE; ++e) {
+        float acc = o[g][e] * corr;
+#pragma unroll
+        for (int u = 0; u < U; ++u) acc += p[u] * static_cast<float>(vv[u].v[e]);
+        o[g][e] = acc;
+      }
+      m[g] = mx;
     }
   }
   // merge the NP partial states (warps x slot lanes groups)
@@ -369,6 +384,8 @@ void launch_attn(const at::Tensor& q, const PagedKVCache& cache, int64_t layer, 
     DMC_ATTN_LAUNCH(1);
   else if (G == 2)
     DMC_ATTN_LAUNCH(2);
+  else if (G == 3)  // SmolLM2
+    DMC_ATTN_LAUNCH(3);
   else if (G <= 4)
     DMC_ATTN_LAUNCH(4);
   else if (G <= 8)
