@@ -245,6 +245,12 @@ void stage_data(const std::string& w, int seed) {
                "/tok.model --out " + w + "/data --chunk-chars 1500");
   INFO(r.output);
   REQUIRE(r.status == 0);
+  // the encoding's progress says its end once (the progress loop and the caller both used to)
+  size_t ends = 0;
+  for (size_t p = r.output.find("documents encoded): "); p != std::string::npos;
+       p = r.output.find("documents encoded): ", p + 1))
+    ends += r.output.compare(r.output.find('(', p + 19), 8, "(100.0%)") == 0;
+  CHECK(ends == 1);
 }
 }  // namespace
 

@@ -282,9 +282,11 @@ void parallel_for(int64_t n, int64_t threads, const std::function<void(int64_t)>
   std::vector<std::thread> pool;
   for (int64_t t = progress ? 0 : 1; t < nt; ++t) pool.emplace_back(work);
   if (progress) {
-    while (done.load() < n && !failed.load()) {
+    for (;;) {  // while they run: the caller reports the end (a count of n here would be said twice)
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
-      progress(done.load());
+      const int64_t d = done.load();
+      if (d >= n || failed.load()) break;
+      progress(d);
     }
   } else {
     work();

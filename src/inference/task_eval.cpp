@@ -142,6 +142,18 @@ json run_task_eval(const Llama& model, const Tokenizer& tok, const std::vector<T
   return report;
 }
 
+namespace {
+// the entry of `arr` filed under `key` in `index`, or nullptr after appending `item` as a new one
+json* existing_or_append(json& arr, std::map<std::string, size_t>& index, const std::string& key, const json& item) {
+  const auto [it, fresh] = index.emplace(key, arr.size());
+  if (fresh) {
+    arr.push_back(item);
+    return nullptr;
+  }
+  return &arr[it->second];
+}
+}  // namespace
+
 json merge_task_reports(const std::vector<json>& reports, const std::vector<std::string>& names) {
   DMC_CHECK(!reports.empty(), "report tasks: no report given");
   json out = {{"runs", json::array()}, {"samples", json::array()}};
@@ -157,13 +169,9 @@ json merge_task_reports(const std::vector<json>& reports, const std::vector<std:
       for (const char* f : {"name", "accuracy", "seconds", "generated_tokens", "cache_tokens", "cache_slots"})
         DMC_CHECK(run.contains(f), src, ": a run without field '", f, "'");
       const std::string name = run["name"];
-      auto it = at.find(name);
-      if (it == at.end()) {
-        at[name] = out["runs"].size();
-        out["runs"].push_back(run);
-        continue;
-      }
-      json& m = out["runs"][it->second];
+      json* merged = existing_or_append(out["runs"], at, name, run);
+      if (!merged) continue;
+      json& m = *merged;
       for (const auto& [task, by_len] : run["accuracy"].items())
         for (const auto& [L, v] : by_len.items()) {
           DMC_CHECK(!(m["accuracy"].contains(task) && m["accuracy"][task].contains(L)), src, ": run ", name,
@@ -188,13 +196,9 @@ json merge_task_reports(const std::vector<json>& reports, const std::vector<std:
         DMC_CHECK(s.contains(f), src, ": a sample without field '", f, "'");
       const std::string key = cat(s["task"].get<std::string>(), "/", s["length"].dump(), "/", s["index"].dump(), "/",
                                   s["seed"].dump());
-      auto it = sample_at.find(key);
-      if (it == sample_at.end()) {
-        sample_at[key] = out["samples"].size();
-        out["samples"].push_back(s);
-        continue;
-      }
-      json& m = out["samples"][it->second];
+      json* merged = existing_or_append(out["samples"], sample_at, key, s);
+      if (!merged) continue;
+      json& m = *merged;
       DMC_CHECK(m["prompt_fnv"] == s["prompt_fnv"], src, ": sample ", key,
                 " has another prompt than in an earlier report (different data or haystack?)");
       for (const auto& [name, o] : s["outputs"].items()) {

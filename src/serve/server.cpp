@@ -14,6 +14,7 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "common/utf8.h"
 #include "common/util.h"
 #include "tokenizer/chat.h"
 
@@ -102,7 +103,7 @@ size_t settled(const std::string& text, const std::vector<std::string>& stop) {
   while (b > 0 && ((unsigned char)text[b - 1] & 0xC0) == 0x80) --b;
   if (b > 0) {
     const unsigned char lead = (unsigned char)text[b - 1];
-    const size_t len = lead < 0x80 ? 1 : (lead >> 5) == 6 ? 2 : (lead >> 4) == 14 ? 3 : (lead >> 3) == 30 ? 4 : 1;
+    const size_t len = std::max(1, utf8_sequence_length(lead));  // an invalid lead byte stands alone
     if (b - 1 + len > n) n = b - 1;
   }
   return n;

@@ -10,6 +10,7 @@
 #include <mutex>
 
 #include "common/error.h"
+#include "common/utf8.h"
 
 namespace dmc {
 using json = nlohmann::json;
@@ -58,7 +59,7 @@ const ByteMap& bytemap() {
 }
 
 // length of the UTF-8 sequence starting with byte c (1 for invalid lead bytes)
-int u8len(unsigned char c) { return c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 1; }
+int u8len(unsigned char c) { return std::max(1, utf8_sequence_length(c)); }
 
 BpeTokenizer::Step::Behavior parse_behavior(const json& s, const std::string& file) {
   const std::string b = s.value("behavior", std::string("Isolated"));

@@ -14,6 +14,7 @@
 #include "common/error.h"
 #include "common/files.h"
 #include "common/util.h"
+#include "common/utf8.h"
 #include "io/gguf.h"
 #include "tokenizer/bpe.h"
 
@@ -55,7 +56,7 @@ bool ends_with(const std::string& s, const std::string& suf) {
 bool valid_utf8(const std::string& s) {
   for (size_t i = 0; i < s.size();) {
     const unsigned char c = (unsigned char)s[i];
-    const int n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    const int n = utf8_sequence_length(c);
     if (n == 0 || i + n > s.size()) return false;
     for (int k = 1; k < n; ++k)
       if (((unsigned char)s[i + k] >> 6) != 2) return false;
