@@ -83,6 +83,15 @@ TEST_CASE("GGUF: metadata of every value type, tensor shapes and data", "[io][gg
   REQUIRE(x);
   CHECK(x->torch_shape() == std::vector<int64_t>{2, 16});
   CHECK(at::equal(g->dequantize(*x), at::arange(32, at::kFloat).view({2, 16})));
+  // GGUF v2 (llama.cpp before big-endian files) has v3's little-endian layout: the same bytes labelled version 2
+  // read the same
+  std::string v2 = bytes_of(d + "/meta.gguf");
+  REQUIRE(v2[4] == 3);
+  v2[4] = 2;
+  write_bytes(d + "/meta_v2.gguf", v2);
+  auto g2 = io::GgufFile::open(d + "/meta_v2.gguf");
+  CHECK(g2->metadata() == g->metadata());
+  CHECK(at::equal(g2->dequantize(*g2->find("x")), g->dequantize(*x)));
 }
 
 TEST_CASE("GGUF: malformed files are clear errors naming the file and the field", "[io][gguf]") {
@@ -100,6 +109,8 @@ TEST_CASE("GGUF: malformed files are clear errors naming the file and the field"
   std::string v = good;
   v[4] = 4;
   expect(v, {"bad.gguf", "version 4", "expected 2 or 3"});
+  v[4] = 1;  // GGUF v1: 32-bit counts, a layout dmc does not read
+  expect(v, {"bad.gguf", "version 1", "expected 2 or 3"});
   // tensor x: name | u32 n_dims | u64 ne[2] | u32 type | u64 offset
   const size_t xi = tensor_info_at(good, "x") + 8 + 1;
   std::string t = good;
