@@ -53,7 +53,7 @@ int main(int argc, char** argv) {
   t.add("target_cr", &target_cr, "DMC target ratio (dmc mode)");
   t.add("dmc_attn_impl", &attn_impl, "dmc mode: DMC attention implementation (flash | blocks)", dmc_attn_impl_names());
   t.add("peak_tflops", &peak, "peak dense bf16 TFLOP/s for MFU");
-  t.add("fused_ops", &fused, "fused RMSNorm / SwiGLU kernels on CUDA (false: the ATen forms)");
+  t.add("fused_ops", &fused, "fused RMSNorm / SwiGLU (and DMC blend) kernels on CUDA (false: the ATen forms)");
   t.add("profile", &profile, "then profile this many steps and print the GPU kernels' total time by name");
   t.add("device", &device, "cuda or cpu");
   t.add("json", &json_path, "append the result as one JSON line");

@@ -2,9 +2,10 @@
 # Issue #17's speed gate on the GPU machine, one call after `scripts/gpu_check.sh build`: SmolLM2-135M's shape
 # (random weights: head_dim 64, 9 query / 3 KV heads, 30 layers) measured the way the issue measured it.
 #   1. the kernels' correctness ([gpu][dmc] and [gpu][inference] cases, which include 9 / 3 heads of 64: the flash
-#      DMC attention's training form against its fp32 blockwise twin, the decode kernels against the reference ops);
-#   2. the training step, vanilla against the DMC retrofit stage (4k context, micro-batch 8), and a kernel profile of
-#      the DMC step;
+#      DMC attention's training form against its fp32 blockwise twin, the blend's backward kernel against autograd,
+#      the decode kernels against the reference ops);
+#   2. the training step, vanilla against the DMC retrofit stage (4k context, micro-batch 8), a kernel profile of the
+#      DMC step, and both again with the fused kernels off (the A/B of the blend kernels);
 #   3. decode at 8k context (7,936-token prompts + 256 new), equal memory, largest batch, vanilla against DMC at
 #      forced CR 4, with step / HBM-floor ratios.
 #   OUT=... scripts/gpu_smol_speed.sh          results in $OUT/speed.tgz (logs, JSON lines, tables)
@@ -18,11 +19,15 @@ B=${DMC_BUILD:-build-gpu}
 t0=$(date +%s)
 # (by tag: Catch2 splits a test name at its commas)
 timeout 150 "$B/dmc_tests" "[gpu][dmc],[gpu][inference]" -s > "$R/tests.log" 2>&1
-echo "kernel tests rc=$? ($(( $(date +%s) - t0 )) s)"; grep -E "^\[gpu-dmc-flash\]|^\[gpu-decode-kernels|passed|failed" "$R/tests.log" | tail -24
+echo "kernel tests rc=$? ($(( $(date +%s) - t0 )) s)"; grep -E "^\[gpu-dmc-flash\]|^\[gpu-dmc-blend|^\[gpu-decode-kernels|passed|failed" "$R/tests.log" | tail -40
 J="$R/train.jsonl"
 common=(--preset smollm2-135m --seq-len 4096 --micro-batch 8 --steps 6 --warmup 2 --json "$J")
 timeout 120 "$B/bench_train" "${common[@]}" --mode vanilla > "$R/train_vanilla.log" 2>&1; echo "train vanilla rc=$?"
 timeout 150 "$B/bench_train" "${common[@]}" --mode dmc --profile 2 > "$R/train_dmc.log" 2>&1; echo "train dmc rc=$?"
+# the A/B: both modes again with the fused kernels off (RMSNorm, SwiGLU and DMC's blend in their ATen forms)
+timeout 120 "$B/bench_train" "${common[@]}" --mode vanilla --fused-ops false > "$R/train_vanilla_aten.log" 2>&1
+timeout 150 "$B/bench_train" "${common[@]}" --mode dmc --fused-ops false > "$R/train_dmc_aten.log" 2>&1
+echo "train, fused ops off: rc=$?"
 python3 scripts/train_table.py "$J" | tee "$R/train.md"
 grep -A16 "^profile" "$R/train_dmc.log" | cut -c1-160
 D="$R/decode.jsonl"

@@ -137,7 +137,7 @@ TEST_CASE("CUDA: flash-kernel DMC attention equals the blockwise twin in bf16, v
 // The inference-time kernels of DMC attention (kernels/dmc_eval.cu) against their ATen oracles. Inputs are bf16; the
 // oracles compute in fp32 from the same bf16 values, so the only difference is the kernels' bf16 output rounding
 // (2^-9 relative at most, ~2^-10 on average) and fp32 summation order.
-TEST_CASE("CUDA: DMC inference pooling and diagonal blend kernels equal their ATen forms", "[gpu][dmc]") {
+TEST_CASE("CUDA: DMC pooling and diagonal blend kernels (blend backward too) equal their ATen forms", "[gpu][dmc]") {
   if (!torch::cuda::is_available()) SKIP("no CUDA device");
 #ifndef DMC_WITH_CUDA
   SKIP("built without the CUDA kernels");
@@ -199,6 +199,45 @@ TEST_CASE("CUDA: DMC inference pooling and diagonal blend kernels equal their AT
     CHECK_FALSE(dmc_blend_cuda(q.to(at::kFloat), k.to(at::kFloat), past.to(at::kFloat), v.to(at::kFloat), lse, scale)
                     .defined());
     std::cout << "[gpu-dmc-blend] rel err " << e << std::endl;
+  }
+  SECTION("blend backward, against autograd through the fp32 form") {
+    // Llama (128, MHA), SmolLM2 (64, groups of 3), Llama's GQA (128, groups of 4), and 256 (two chunks a lane)
+    for (auto [nh, nkv, D] : {std::tuple<int64_t, int64_t, int64_t>{4, 4, 128}, {9, 3, 64}, {8, 2, 128}, {2, 1, 256}}) {
+      INFO("heads " << nh << " / " << nkv << ", head_dim " << D);
+      torch::manual_seed(78);
+      const int64_t B = 2, T = 131, G = nh / nkv;
+      const double scale = 1.0 / std::sqrt((double)D);
+      at::Tensor q = at::randn({B, T, nh, D}, f).to(at::kBFloat16).transpose(1, 2);  // strided, as RoPE writes it
+      at::Tensor past = at::randn({B, T, nh, D}, f).to(at::kBFloat16).transpose(1, 2);
+      at::Tensor k = at::randn({B, nkv, T, D}, f).to(at::kBFloat16), v = at::randn({B, nkv, T, D}, f).to(at::kBFloat16);
+      q.select(-1, D - 1).fill_(1.0 / scale);
+      at::Tensor lse = at::randn({B, nh, T}, f) * 2;
+      at::Tensor dout = at::randn({B, nh, T, D}, f).to(at::kBFloat16);
+      REQUIRE(dmc_blend_kernels_apply(q, k, past, v));
+      auto [dq, dk, dpast, dv, dlse] = dmc_blend_backward_cuda(dout, q, k, past, v, lse, scale);
+      // the oracle: autograd through the fp32 formula on the same bf16 values
+      std::vector<at::Tensor> x = {q.to(at::kFloat), k.to(at::kFloat), past.to(at::kFloat), v.to(at::kFloat), lse};
+      for (auto& t : x) t = t.detach().clone().requires_grad_(true);
+      at::Tensor ke = x[1].repeat_interleave(G, 1), ve = x[3].repeat_interleave(G, 1);
+      at::Tensor s = (x[0].narrow(-1, 0, D - 1) * ke.narrow(-1, 0, D - 1)).sum(-1) * scale;
+      at::Tensor a = at::sigmoid(x[4] - s).unsqueeze(-1);
+      ((a * x[2] + (1 - a) * ve) * dout.to(at::kFloat)).sum().backward();
+      const std::vector<at::Tensor> got = {dq, dk, dpast, dv, dlse};
+      const char* names[] = {"dq", "dk", "dpast", "dv", "dlse"};
+      for (int i = 0; i < 5; ++i) {
+        const at::Tensor want = i < 2 ? x[i].grad().narrow(-1, 0, D - 1) : x[i].grad();
+        const at::Tensor have = i < 2 ? got[i].narrow(-1, 0, D - 1) : got[i];
+        REQUIRE(have.sizes() == want.sizes());
+        const double e = rel_err(have, want);
+        INFO(names[i] << " rel err " << e);
+        CHECK(e < 8e-3);
+        std::cout << "[gpu-dmc-blend-bwd] " << nh << "/" << nkv << " D" << D << " " << names[i] << " rel err " << e
+                  << std::endl;
+      }
+      // dimension D-1 of q and k carries the bias, not the diagonal score: no gradient from the blend
+      CHECK(dq.select(-1, D - 1).abs().max().item<double>() == 0.0);
+      CHECK(dk.select(-1, D - 1).abs().max().item<double>() == 0.0);
+    }
   }
 #endif
 }

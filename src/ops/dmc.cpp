@@ -219,6 +219,27 @@ at::Tensor blend_diag_ref(const at::Tensor& q, const at::Tensor& k, const at::Te
 }
 
 #ifdef DMC_WITH_CUDA
+// The blend through its kernels, forward and backward (kernels/dmc_eval.cu): one read of each input and one write of
+// each output in the activation dtype, where blend_diag_ref makes about ten fp32 passes each way.
+struct BlendFn : public torch::autograd::Function<BlendFn> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q,
+                                                const at::Tensor& k, const at::Tensor& past, const at::Tensor& v,
+                                                const at::Tensor& lse, double scale) {
+    at::Tensor out = dmc_blend_cuda(q, k, past, v, lse, scale);
+    DMC_CHECK(out.defined(), "dmc blend: the kernel refused layouts dmc_blend_kernels_apply accepted");
+    ctx->save_for_backward({q, k, past, v, lse});
+    ctx->saved_data["scale"] = scale;
+    return {out};
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list g) {
+    auto s = ctx->get_saved_variables();
+    auto [dq, dk, dpast, dv, dlse] =
+        dmc_blend_backward_cuda(g[0], s[0], s[1], s[2], s[3], s[4], ctx->saved_data["scale"].toDouble());
+    return {dq, dk, dpast, dv, dlse, at::Tensor()};
+  }
+};
+
 // The inference form on CUDA (no gradient): cuDNN's fused attention (faster than FA2 on sm_90; it also returns the
 // row log-sum-exp) over the keys shifted one step right behind a dummy, then the diagonal blend (dmc_blend_cuda).
 //   qs [B, nh, T, D] with 1/scale in dimension D-1; k (dimension D-1 zero), v [B, nkv, T, D]; m [B, nkv, T].
@@ -273,6 +294,10 @@ at::Tensor biased_causal_attention_flash(const at::Tensor& q, const at::Tensor& 
   }
   auto r = FlashLse::apply(qs, ks.contiguous(), vs.contiguous(), scale);  // past [B, nh, T, D], lse [B, nh, T]
   // the diagonal scores without the bias (k's dimension D-1 is zero; q's carries 1/scale, left out)
+#ifdef DMC_WITH_CUDA
+  if (use_fused_ops(q) && dmc_blend_kernels_apply(qs, k, r[0], v))  // (DMC_FUSED_OPS=0: the ATen form, for A/B)
+    return BlendFn::apply(qs, k, r[0], v, r[1], scale)[0];
+#endif
   return blend_diag_ref(qs, k, r[0], v, r[1], scale);
 }
 

@@ -85,6 +85,14 @@ void dmc_pool_eval_cuda(const at::Tensor& k, const at::Tensor& v, const at::Tens
                         int64_t window, at::Tensor& k_out, at::Tensor& v_out);
 at::Tensor dmc_blend_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& past, const at::Tensor& v,
                           const at::Tensor& lse, double scale);
+// The blend's backward (training), for the layouts dmc_blend_kernels_apply accepts (fp16/bf16, D % 4 == 0, D <= 256,
+// unit inner stride, 8-byte aligned rows): from dO [B, nh, T, D] the gradients (dq, dk, dpast, dv, dlse), dimension
+// D-1 of dq and dk zero (it carries the bias, not the diagonal score); dq, dpast [B, nh, T, D] and dk, dv
+// [B, nkv, T, D] are views of [B, T, n, D] memory, dlse [B, nh, T] in lse's dtype.
+bool dmc_blend_kernels_apply(const at::Tensor& q, const at::Tensor& k, const at::Tensor& past, const at::Tensor& v);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dmc_blend_backward_cuda(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& past, const at::Tensor& v,
+    const at::Tensor& lse, double scale);
 #endif
 // Attention with an additive per-key-column bias m [B, nkv, T] applied to keys j < i (the diagonal exempt),
 // causal, GQA; q [B, nh, T, D], k, v [B, nkv, T, D]; computed in query blocks, never as a full T x T bias.

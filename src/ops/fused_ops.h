@@ -8,7 +8,8 @@
 //   rope_qkv(qkv [B, T, (nh + 2 nkv) hd], cos, sin [T, hd] fp32, nh, nkv, hd)
 //       -> {q [B, T, nh, hd], k [B, T, nkv, hd] with RoPE (HF's rotate_half form), v [B, T, nkv, hd]}, contiguous.
 // use_fused_ops(t): CUDA tensor, kernels built, and not switched off (DMC_FUSED_OPS=0 in the environment, or
-// set_fused_ops(false), e.g. for an A/B benchmark).
+// set_fused_ops(false), e.g. for an A/B benchmark). The same switch gates DMC attention's blend kernels in training
+// (ops/dmc.cpp).
 #pragma once
 #include <torch/types.h>
 

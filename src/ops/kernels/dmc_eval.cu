@@ -4,7 +4,9 @@
 // (dmc_pool over one fp32 [B, T, H, 2D] copy of k|v; the blend as eight ATen passes over fp32 copies of q, k, the
 // attention output and v) cost a 4k prefill of the Llama 2 7B shape ~40 ms of the GPU's ~140 on an H100; these
 // read each input once and write each output once, with fp32 arithmetic inside. Oracles: dmc_pool_ref and the
-// ATen blend in dmc/dmc.cpp (tests/test_gpu.cpp checks both).
+// ATen blend in dmc/dmc.cpp (tests/test_gpu.cpp checks both). The blend also has its backward here, for training
+// (blend_bwd_kernel): at SmolLM2's shape the ATen blend's fp32 passes and their backward were a large part of the DMC
+// training step (docs/benchmarks.md).
 //
 // Pooling (one warp per (b, t, h); lane m < W holds the coefficient of token t - m):
 //   k, v        [B, T, H, D] any strides with unit inner stride (views into the fused QKV projection)
@@ -18,6 +20,11 @@
 //   lse    [B, nh, T]      fp32 contiguous, log-sum-exp of those scores
 //   out    [B, T, nh, D]   contiguous, q's dtype:  s = scale q.k (dims < D-1),  a = sigmoid(lse - s),
 //                          out = a past + (1 - a) v
+// Blend backward (one warp per (b, KV head, t), the G query heads of its group in turn, so that the key and value
+// gradients are sums in registers, not atomics), from dO [B, nh, T, D] (strided):
+//   dpast = a dO;  dv = sum_group (1 - a) dO;  z = lse - s,  dz = a (1 - a) sum_d dO_d (past_d - v_d);
+//   dlse = dz;  dq_d = -dz scale k_d,  dk_d = -sum_group dz scale q_d  (d < D-1; dimension D-1 gets 0)
+//   dq, dpast [B, T, nh, D] and dk, dv [B, T, nkv, D] contiguous in q's dtype; dlse [B, nh, T] fp32
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -176,6 +183,89 @@ __global__ void blend_kernel(const T* __restrict__ q, Strides4 qs, const T* __re
   }
 }
 
+template <typename T>
+__global__ void blend_bwd_kernel(const T* __restrict__ q, Strides4 qs, const T* __restrict__ k, Strides4 ks,
+                                 const T* __restrict__ past, Strides4 ps, const T* __restrict__ v, Strides4 vs,
+                                 const T* __restrict__ g, Strides4 gs, const float* __restrict__ lse, int64_t rows,
+                                 int T_, int nkv, int G, int D, float scale, T* __restrict__ dq, T* __restrict__ dk,
+                                 T* __restrict__ dpast, T* __restrict__ dv, float* __restrict__ dlse) {
+  constexpr int N = 4, C = 2;  // C chunks of 32 N elements: D <= 256
+  const int64_t r = (int64_t)blockIdx.x * kWarps + threadIdx.x / 32;  // (b, KV head, t)
+  const int lane = threadIdx.x % 32;
+  if (r >= rows) return;
+  const int t = (int)(r % T_), hk = (int)((r / T_) % nkv);
+  const int64_t b = r / ((int64_t)T_ * nkv);
+  const int nh = nkv * G;
+  const T* kr = k + b * ks.b + (int64_t)hk * ks.h + (int64_t)t * ks.t;
+  const T* vr = v + b * vs.b + (int64_t)hk * vs.h + (int64_t)t * vs.t;
+  float kf[C][N], vf[C][N], dkf[C][N], dvf[C][N];
+#pragma unroll
+  for (int ci = 0; ci < C; ++ci) {
+    const int c = (ci * 32 + lane) * N;
+#pragma unroll
+    for (int x = 0; x < N; ++x) kf[ci][x] = vf[ci][x] = dkf[ci][x] = dvf[ci][x] = 0.f;
+    if (c < D) {
+      load_f<T, N>(kr + c, kf[ci]);
+      load_f<T, N>(vr + c, vf[ci]);
+    }
+  }
+  for (int gi = 0; gi < G; ++gi) {
+    const int j = hk * G + gi;
+    const T* qr = q + b * qs.b + (int64_t)j * qs.h + (int64_t)t * qs.t;
+    const T* pr = past + b * ps.b + (int64_t)j * ps.h + (int64_t)t * ps.t;
+    const T* gr = g + b * gs.b + (int64_t)j * gs.h + (int64_t)t * gs.t;
+    float qf[C][N], pf[C][N], gf[C][N];
+    float s = 0.f, da = 0.f;
+#pragma unroll
+    for (int ci = 0; ci < C; ++ci) {
+      const int c = (ci * 32 + lane) * N;
+#pragma unroll
+      for (int x = 0; x < N; ++x) qf[ci][x] = pf[ci][x] = gf[ci][x] = 0.f;
+      if (c < D) {
+        load_f<T, N>(qr + c, qf[ci]);
+        load_f<T, N>(pr + c, pf[ci]);
+        load_f<T, N>(gr + c, gf[ci]);
+      }
+#pragma unroll
+      for (int x = 0; x < N; ++x) {
+        s += (c + x < D - 1) ? qf[ci][x] * kf[ci][x] : 0.f;
+        da += gf[ci][x] * (pf[ci][x] - vf[ci][x]);
+      }
+    }
+    s = warp_sum(s) * scale;
+    da = warp_sum(da);
+    const int64_t li = (b * nh + j) * (int64_t)T_ + t;  // lse's [B, nh, T] index
+    const float a = 1.f / (1.f + __expf(s - lse[li]));   // sigmoid(lse - s)
+    const float dz = da * a * (1.f - a), ds = -dz * scale;
+    if (lane == 0) dlse[li] = dz;
+    const int64_t orow = ((b * T_ + t) * nh + j) * (int64_t)D;
+#pragma unroll
+    for (int ci = 0; ci < C; ++ci) {
+      const int c = (ci * 32 + lane) * N;
+      if (c >= D) continue;
+      float oq[N], op[N];
+#pragma unroll
+      for (int x = 0; x < N; ++x) {
+        const bool in = c + x < D - 1;
+        oq[x] = in ? ds * kf[ci][x] : 0.f;
+        op[x] = a * gf[ci][x];
+        dkf[ci][x] += in ? ds * qf[ci][x] : 0.f;
+        dvf[ci][x] += (1.f - a) * gf[ci][x];
+      }
+      store_f<T, N>(dq + orow + c, oq);
+      store_f<T, N>(dpast + orow + c, op);
+    }
+  }
+  const int64_t krow = ((b * T_ + t) * nkv + hk) * (int64_t)D;
+#pragma unroll
+  for (int ci = 0; ci < C; ++ci) {
+    const int c = (ci * 32 + lane) * N;
+    if (c >= D) continue;
+    store_f<T, N>(dk + krow + c, dkf[ci]);
+    store_f<T, N>(dv + krow + c, dvf[ci]);
+  }
+}
+
 template <typename F>
 void dispatch16(at::ScalarType t, const char* what, F&& f) {
   if (t == at::kBFloat16)
@@ -224,6 +314,46 @@ void dmc_pool_eval_cuda(const at::Tensor& k, const at::Tensor& v, const at::Tens
         reinterpret_cast<T*>(v_out.data_ptr()), strides_bthd(v_out));
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+bool dmc_blend_kernels_apply(const at::Tensor& q, const at::Tensor& k, const at::Tensor& past, const at::Tensor& v) {
+  auto bthd = [](const at::Tensor& x) { return x.transpose(1, 2); };  // [B, n, T, D] views in [B, T, n, D] order
+  const auto dt = q.scalar_type();
+  const int64_t D = q.size(3);
+  return q.is_cuda() && (dt == at::kBFloat16 || dt == at::kHalf) && k.scalar_type() == dt &&
+         past.scalar_type() == dt && v.scalar_type() == dt && D % 4 == 0 && D <= 256 && vec_ok(bthd(q), 4) &&
+         vec_ok(bthd(k), 4) && vec_ok(bthd(past), 4) && vec_ok(bthd(v), 4);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dmc_blend_backward_cuda(
+    const at::Tensor& g_in, const at::Tensor& q, const at::Tensor& k, const at::Tensor& past, const at::Tensor& v,
+    const at::Tensor& lse_in, double scale) {
+  const int64_t B = q.size(0), nh = q.size(1), T = q.size(2), D = q.size(3), nkv = k.size(1);
+  DMC_CHECK(dmc_blend_kernels_apply(q, k, past, v) && g_in.sizes() == q.sizes() && v.sizes() == k.sizes() &&
+                past.sizes() == q.sizes() && nh % nkv == 0,
+            "dmc_blend_backward: q, past, dO [B, nh, T, D] and k, v [B, nkv, T, D] in fp16/bf16 on CUDA expected");
+  const c10::cuda::CUDAGuard guard(q.device());
+  at::Tensor g = g_in.to(q.scalar_type());
+  if (!vec_ok(g.transpose(1, 2), 4)) g = g.contiguous();
+  at::Tensor lse = lse_in.to(at::kFloat).reshape({B, nh, T}).contiguous();
+  at::Tensor dq = at::empty({B, T, nh, D}, q.options()), dpast = at::empty({B, T, nh, D}, q.options());
+  at::Tensor dk = at::empty({B, T, nkv, D}, q.options()), dv = at::empty({B, T, nkv, D}, q.options());
+  at::Tensor dlse = at::empty({B, nh, T}, lse.options());
+  const int64_t rows = B * nkv * T;
+  if (rows > 0) {
+    dispatch16(q.scalar_type(), "dmc_blend_backward", [&](auto tv) {
+      using TT = decltype(tv);
+      auto p = [](const at::Tensor& x) { return reinterpret_cast<const TT*>(x.data_ptr()); };
+      auto w = [](at::Tensor& x) { return reinterpret_cast<TT*>(x.data_ptr()); };
+      auto s = [](const at::Tensor& x) { return Strides4{x.stride(0), x.stride(2), x.stride(1)}; };  // b, t, head
+      blend_bwd_kernel<TT><<<warp_blocks(rows), kWarps * 32, 0, at::cuda::getCurrentCUDAStream()>>>(
+          p(q), s(q), p(k), s(k), p(past), s(past), p(v), s(v), p(g), s(g), lse.data_ptr<float>(), rows, (int)T,
+          (int)nkv, (int)(nh / nkv), (int)D, (float)scale, w(dq), w(dk), w(dpast), w(dv), dlse.data_ptr<float>());
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return {dq.transpose(1, 2), dk.transpose(1, 2), dpast.transpose(1, 2), dv.transpose(1, 2),
+          dlse.to(lse_in.scalar_type())};
 }
 
 at::Tensor dmc_blend_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& past, const at::Tensor& v,
