@@ -207,9 +207,11 @@ TEST_CASE("CUDA: the engine with kernels equals the engine with reference ops, p
 
 TEST_CASE("CUDA: fused DMC pooling kernels equal the ATen pooling, values and gradients", "[gpu][dmc]") {
   if (!torch::cuda::is_available()) SKIP("no CUDA device");
-  for (int64_t W : {1, 4, 12}) {
-    DYNAMIC_SECTION("window " << W) {
-      const int64_t B = 2, T = 333, H = 3, X = 40;
+  // windows in each kernel instance (up to 16, 32, 64), rows read as float4 (X % 4 == 0: 40, and SmolLM2's 2 x 64)
+  // and one float at a time (42)
+  for (auto [W, X] : {std::pair<int64_t, int64_t>{1, 40}, {4, 40}, {12, 40}, {12, 128}, {12, 42}, {20, 40}, {40, 40}}) {
+    DYNAMIC_SECTION("window " << W << " row " << X) {
+      const int64_t B = 2, T = 333, H = 3;
       torch::manual_seed(5 + W);
       auto f = at::TensorOptions().dtype(at::kFloat).device(at::kCUDA);
       at::Tensor x = at::randn({B, T, H, X}, f), w = at::rand({B, T, H}, f) + 0.05;
@@ -241,7 +243,7 @@ TEST_CASE("CUDA: fused DMC pooling kernels equal the ATen pooling, values and gr
         CHECK(gw[1].abs().max().item<double>() < 1e-5 * scale);
       }
       if (W > 1) CHECK(rel_err(gb[1], gb[0]) < 1e-4);
-      std::cout << "[gpu-dmc-pool] W " << W << ": out " << rel_err(outs[1], outs[0]) << " dx " << rel_err(gx[1], gx[0])
+      std::cout << "[gpu-dmc-pool] W " << W << " X " << X << ": out " << rel_err(outs[1], outs[0]) << " dx " << rel_err(gx[1], gx[0])
                 << " dw " << rel_err(gw[1], gw[0]) << " db " << rel_err(gb[1], gb[0]) << std::endl;
     }
   }

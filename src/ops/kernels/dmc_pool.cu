@@ -16,6 +16,8 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <type_traits>
+
 #include "common/error.h"
 #include "ops/dmc.h"
 
@@ -31,101 +33,181 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// Every kernel is instantiated for a window bound WM (16, 32, 64 >= W) and fully unrolls its loops over the window:
+// the per-row coefficient arrays then live in registers (with runtime-bounded loops they went to local memory), and
+// the W row loads of a lane are independent instructions the compiler issues together. Rows of x, g, out are read
+// as float4 where X % 4 == 0 (V = 4), else one float at a time (V = 1).
+template <int V>
+struct Row;
+template <>
+struct Row<4> {
+  __device__ static float4 ld(const float* p) { return *reinterpret_cast<const float4*>(p); }
+  __device__ static void st(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
+  __device__ static float dot(float4 a, float4 b) { return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w; }
+  __device__ static void fma(float4& acc, float c, float4 v) {
+    acc.x += c * v.x;
+    acc.y += c * v.y;
+    acc.z += c * v.z;
+    acc.w += c * v.w;
+  }
+  __device__ static float4 zero() { return make_float4(0.f, 0.f, 0.f, 0.f); }
+  __device__ static float4 scale(float4 v, float c) { return make_float4(v.x * c, v.y * c, v.z * c, v.w * c); }
+  using T = float4;
+};
+template <>
+struct Row<1> {
+  __device__ static float ld(const float* p) { return *p; }
+  __device__ static void st(float* p, float v) { *p = v; }
+  __device__ static float dot(float a, float b) { return a * b; }
+  __device__ static void fma(float& acc, float c, float v) { acc += c * v; }
+  __device__ static float zero() { return 0.f; }
+  __device__ static float scale(float v, float c) { return v * c; }
+  using T = float;
+};
+
+template <int WM, int V>
 __global__ void pool_fwd_kernel(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,
                                 int64_t BTH, int T, int H, int X, int W, float* __restrict__ out,
                                 float* __restrict__ den_out) {
+  using R = Row<V>;
   const int64_t i = (int64_t)blockIdx.x * kWarpsPerBlock + threadIdx.x / 32;  // (b, t, h)
   const int lane = threadIdx.x % 32;
   if (i >= BTH) return;
   const int t = (int)((i / H) % T);
   const int Wt = min(W, t + 1);
   float C = 1.f, den = 0.f;
-  float coef[kMaxW];
-#pragma unroll 1
-  for (int m = 0; m < Wt; ++m) {
-    if (m > 0) C *= b[i - (int64_t)(m - 1) * H];  // b_{t-m+1}
-    coef[m] = C * w[i - (int64_t)m * H];
-    den += coef[m];
+  float coef[WM];
+#pragma unroll
+  for (int m = 0; m < WM; ++m) {
+    coef[m] = 0.f;
+    if (m < Wt) {
+      if (m > 0) C *= b[i - (int64_t)(m - 1) * H];  // b_{t-m+1}
+      coef[m] = C * w[i - (int64_t)m * H];
+      den += coef[m];
+    }
   }
-  for (int c = lane; c < X; c += 32) {
-    float num = 0.f;
-#pragma unroll 1
-    for (int m = 0; m < Wt; ++m) num += coef[m] * x[(i - (int64_t)m * H) * X + c];
-    out[i * X + c] = num / den;
+  const float inv = 1.f / den;
+  for (int c = lane * V; c < X; c += 32 * V) {
+    typename R::T num = R::zero();
+#pragma unroll
+    for (int m = 0; m < WM; ++m)
+      if (m < Wt) R::fma(num, coef[m], R::ld(x + (i - (int64_t)m * H) * X + c));
+    R::st(out + i * X + c, R::scale(num, inv));
   }
   if (lane == 0) den_out[i] = den;
 }
 
+template <int WM, int V>
 __global__ void pool_bwd1_kernel(const float* __restrict__ g, const float* __restrict__ x, const float* __restrict__ w,
                                  const float* __restrict__ b, const float* __restrict__ out,
                                  const float* __restrict__ den, int64_t BTH, int T, int H, int X, int W,
                                  float* __restrict__ A, float* __restrict__ Cs, float* __restrict__ E) {
+  using R = Row<V>;
   const int64_t i = (int64_t)blockIdx.x * kWarpsPerBlock + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (i >= BTH) return;
   const int t = (int)((i / H) % T);
   const int Wt = min(W, t + 1);
   const float inv = 1.f / den[i];
-  float dd = 0.f;
-  for (int c = lane; c < X; c += 32) dd += g[i * X + c] * out[i * X + c];
+  // per lane: its share of g_t . out_t and of x_{t-m} . g_t for every m, then one warp sum each
+  float dd = 0.f, part[WM];
+#pragma unroll
+  for (int m = 0; m < WM; ++m) part[m] = 0.f;
+  for (int c = lane * V; c < X; c += 32 * V) {
+    const typename R::T gv = R::ld(g + i * X + c);
+    dd += R::dot(gv, R::ld(out + i * X + c));
+#pragma unroll
+    for (int m = 0; m < WM; ++m)
+      if (m < Wt) part[m] += R::dot(gv, R::ld(x + (i - (int64_t)m * H) * X + c));
+  }
   dd = -warp_sum(dd) * inv;
-  float a[kMaxW], C[kMaxW];
+  float a[WM], C[WM];
   float Cm = 1.f;
-#pragma unroll 1
-  for (int m = 0; m < Wt; ++m) {
-    if (m > 0) Cm *= b[i - (int64_t)(m - 1) * H];
-    C[m] = Cm;
-    float s = 0.f;
-    for (int c = lane; c < X; c += 32) s += x[(i - (int64_t)m * H) * X + c] * g[i * X + c];
-    a[m] = warp_sum(s) * inv + dd;
+#pragma unroll
+  for (int m = 0; m < WM; ++m) {
+    a[m] = C[m] = 0.f;
+    if (m < Wt) {
+      if (m > 0) Cm *= b[i - (int64_t)(m - 1) * H];
+      C[m] = Cm;
+      a[m] = warp_sum(part[m]) * inv + dd;
+    }
   }
   if (lane == 0) {
     float r = 0.f;
-#pragma unroll 1
-    for (int m = Wt - 1; m >= 1; --m) {
-      const float dC = w[i - (int64_t)m * H] * a[m];
-      r = dC + (m + 1 < Wt ? r * b[i - (int64_t)m * H] : 0.f);  // r_{m+1} b_{t-m}
-      E[i * W + m] = r * C[m - 1];
+#pragma unroll
+    for (int m = WM - 1; m >= 1; --m) {
+      if (m < Wt) {
+        const float dC = w[i - (int64_t)m * H] * a[m];
+        r = dC + (m + 1 < Wt ? r * b[i - (int64_t)m * H] : 0.f);  // r_{m+1} b_{t-m}
+        E[i * W + m] = r * C[m - 1];
+      }
     }
-    for (int m = 0; m < W; ++m) {
-      A[i * W + m] = m < Wt ? a[m] : 0.f;
-      Cs[i * W + m] = m < Wt ? C[m] : 0.f;
-      if (m == 0 || m >= Wt) E[i * W + m] = 0.f;
+#pragma unroll
+    for (int m = 0; m < WM; ++m) {
+      if (m < W) {
+        A[i * W + m] = m < Wt ? a[m] : 0.f;
+        Cs[i * W + m] = m < Wt ? C[m] : 0.f;
+        if (m == 0 || m >= Wt) E[i * W + m] = 0.f;
+      }
     }
   }
 }
 
+template <int WM, int V>
 __global__ void pool_bwd2_kernel(const float* __restrict__ g, const float* __restrict__ w,
                                  const float* __restrict__ den, const float* __restrict__ A,
                                  const float* __restrict__ Cs, const float* __restrict__ E, int64_t BTH, int T, int H,
                                  int X, int W, float* __restrict__ dx, float* __restrict__ dw, float* __restrict__ db) {
+  using R = Row<V>;
   const int64_t i = (int64_t)blockIdx.x * kWarpsPerBlock + threadIdx.x / 32;  // (b, s, h)
   const int lane = threadIdx.x % 32;
   if (i >= BTH) return;
   const int s = (int)((i / H) % T);
   const int Ws = min(W, T - s);  // t = s + m < T
-  float coef[kMaxW];
+  float coef[WM];
   float dws = 0.f, dbs = 0.f;
-#pragma unroll 1
-  for (int m = 0; m < Ws; ++m) {
-    const int64_t it = i + (int64_t)m * H;  // (b, s + m, h)
-    coef[m] = Cs[it * W + m] / den[it];
-    dws += Cs[it * W + m] * A[it * W + m];
+#pragma unroll
+  for (int m = 0; m < WM; ++m) {
+    coef[m] = 0.f;
+    if (m < Ws) {
+      const int64_t it = i + (int64_t)m * H;  // (b, s + m, h)
+      coef[m] = Cs[it * W + m] / den[it];
+      dws += Cs[it * W + m] * A[it * W + m];
+    }
   }
   // db_s = sum_{m >= 1} e_{s+m-1, m}
-#pragma unroll 1
-  for (int m = 1; m < W && s + m - 1 < T; ++m) dbs += E[(i + (int64_t)(m - 1) * H) * W + m];
+#pragma unroll
+  for (int m = 1; m < WM; ++m)
+    if (m < W && s + m - 1 < T) dbs += E[(i + (int64_t)(m - 1) * H) * W + m];
   const float ws = w[i];
-  for (int c = lane; c < X; c += 32) {
-    float acc = 0.f;
-#pragma unroll 1
-    for (int m = 0; m < Ws; ++m) acc += coef[m] * g[(i + (int64_t)m * H) * X + c];
-    dx[i * X + c] = ws * acc;
+  for (int c = lane * V; c < X; c += 32 * V) {
+    typename R::T acc = R::zero();
+#pragma unroll
+    for (int m = 0; m < WM; ++m)
+      if (m < Ws) R::fma(acc, coef[m], R::ld(g + (i + (int64_t)m * H) * X + c));
+    R::st(dx + i * X + c, R::scale(acc, ws));
   }
   if (lane == 0) {
     dw[i] = dws;
     db[i] = dbs;
   }
+}
+
+// calls f(std::integral_constant<int, WM>, std::integral_constant<int, V>) for the instance that serves (W, X)
+template <typename F>
+void dispatch_pool(int64_t W, int64_t X, F&& f) {
+  auto v = [&](auto wm) {
+    if (X % 4 == 0)
+      f(wm, std::integral_constant<int, 4>{});
+    else
+      f(wm, std::integral_constant<int, 1>{});
+  };
+  if (W <= 16)
+    v(std::integral_constant<int, 16>{});
+  else if (W <= 32)
+    v(std::integral_constant<int, 32>{});
+  else
+    v(std::integral_constant<int, kMaxW>{});
 }
 
 void check_inputs(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int64_t W) {
@@ -145,9 +227,12 @@ std::tuple<at::Tensor, at::Tensor> dmc_pool_forward_cuda(const at::Tensor& x_in,
   const int T = (int)x.size(1), H = (int)x.size(2), X = (int)x.size(3);
   at::Tensor out = at::empty_like(x), den = at::empty_like(w);
   const int64_t blocks = (BTH + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  pool_fwd_kernel<<<(unsigned)blocks, kWarpsPerBlock * 32, 0, at::cuda::getCurrentCUDAStream()>>>(
-      x.data_ptr<float>(), w.data_ptr<float>(), b.data_ptr<float>(), BTH, T, H, X, (int)W, out.data_ptr<float>(),
-      den.data_ptr<float>());
+  dispatch_pool(W, X, [&](auto wm, auto vec) {
+    pool_fwd_kernel<decltype(wm)::value, decltype(vec)::value>
+        <<<(unsigned)blocks, kWarpsPerBlock * 32, 0, at::cuda::getCurrentCUDAStream()>>>(
+            x.data_ptr<float>(), w.data_ptr<float>(), b.data_ptr<float>(), BTH, T, H, X, (int)W, out.data_ptr<float>(),
+            den.data_ptr<float>());
+  });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {out, den};
 }
@@ -166,13 +251,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dmc_pool_backward_cuda(const at::
   at::Tensor dx = at::empty_like(x), dw = at::empty_like(w), db = at::empty_like(b);
   const int64_t blocks = (BTH + kWarpsPerBlock - 1) / kWarpsPerBlock;
   auto stream = at::cuda::getCurrentCUDAStream();
-  pool_bwd1_kernel<<<(unsigned)blocks, kWarpsPerBlock * 32, 0, stream>>>(
-      g.data_ptr<float>(), x.data_ptr<float>(), w.data_ptr<float>(), b.data_ptr<float>(), out.data_ptr<float>(),
-      den.data_ptr<float>(), BTH, T, H, X, (int)W, A.data_ptr<float>(), Cs.data_ptr<float>(), E.data_ptr<float>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  pool_bwd2_kernel<<<(unsigned)blocks, kWarpsPerBlock * 32, 0, stream>>>(
-      g.data_ptr<float>(), w.data_ptr<float>(), den.data_ptr<float>(), A.data_ptr<float>(), Cs.data_ptr<float>(),
-      E.data_ptr<float>(), BTH, T, H, X, (int)W, dx.data_ptr<float>(), dw.data_ptr<float>(), db.data_ptr<float>());
+  dispatch_pool(W, X, [&](auto wm, auto vec) {
+    constexpr int WM = decltype(wm)::value, V = decltype(vec)::value;
+    pool_bwd1_kernel<WM, V><<<(unsigned)blocks, kWarpsPerBlock * 32, 0, stream>>>(
+        g.data_ptr<float>(), x.data_ptr<float>(), w.data_ptr<float>(), b.data_ptr<float>(), out.data_ptr<float>(),
+        den.data_ptr<float>(), BTH, T, H, X, (int)W, A.data_ptr<float>(), Cs.data_ptr<float>(), E.data_ptr<float>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    pool_bwd2_kernel<WM, V><<<(unsigned)blocks, kWarpsPerBlock * 32, 0, stream>>>(
+        g.data_ptr<float>(), w.data_ptr<float>(), den.data_ptr<float>(), A.data_ptr<float>(), Cs.data_ptr<float>(),
+        E.data_ptr<float>(), BTH, T, H, X, (int)W, dx.data_ptr<float>(), dw.data_ptr<float>(), db.data_ptr<float>());
+  });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {dx, dw, db};
 }
