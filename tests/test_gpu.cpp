@@ -237,6 +237,22 @@ TEST_CASE("CUDA: DMC pooling and diagonal blend kernels (blend backward too) equ
       // dimension D-1 of q and k carries the bias, not the diagonal score: no gradient from the blend
       CHECK(dq.select(-1, D - 1).abs().max().item<double>() == 0.0);
       CHECK(dk.select(-1, D - 1).abs().max().item<double>() == 0.0);
+      // the flash backward's `out` carrying the lse gradient: rowsum(dpast * past_used) = rowsum(dpast * past) - dlse,
+      // with dpast as returned (the same call again: the gradients must not change when past_used is asked for)
+      at::Tensor pu;
+      auto [dq2, dk2, dpast2, dv2, dlse2] = dmc_blend_backward_cuda(dout, q, k, past, v, lse, scale, &pu);
+      CHECK(at::equal(dq2, dq));
+      CHECK(at::equal(dpast2, dpast));
+      CHECK(at::equal(dlse2, dlse));
+      REQUIRE(pu.sizes() == past.sizes());
+      const at::Tensor dp = dpast.to(at::kFloat);
+      at::Tensor lhs = (dp * pu.to(at::kFloat)).sum(-1), rhs = (dp * past.to(at::kFloat)).sum(-1) - dlse;
+      const double e_shift = rel_err(lhs, rhs);
+      INFO("past_used: row sums rel err " << e_shift << ", |dlse| " << dlse.norm().item<double>());
+      CHECK(e_shift < 1e-2);
+      CHECK(dlse.abs().max().item<double>() > 0.0);  // the shift is exercised
+      // only one channel of a row moves
+      CHECK(((pu != past).sum(-1) <= 1).all().item<bool>());
     }
   }
 #endif

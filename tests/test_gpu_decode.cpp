@@ -243,8 +243,9 @@ TEST_CASE("CUDA: fused DMC pooling kernels equal the ATen pooling, values and gr
         CHECK(gw[1].abs().max().item<double>() < 1e-5 * scale);
       }
       if (W > 1) CHECK(rel_err(gb[1], gb[0]) < 1e-4);
-      std::cout << "[gpu-dmc-pool] W " << W << " X " << X << ": out " << rel_err(outs[1], outs[0]) << " dx " << rel_err(gx[1], gx[0])
-                << " dw " << rel_err(gw[1], gw[0]) << " db " << rel_err(gb[1], gb[0]) << std::endl;
+      std::cout << "[gpu-dmc-pool] W " << W << " X " << X << ": out " << rel_err(outs[1], outs[0]) << " dx "
+                << rel_err(gx[1], gx[0]) << " dw " << rel_err(gw[1], gw[0]) << " db " << rel_err(gb[1], gb[0])
+                << std::endl;
     }
   }
 }

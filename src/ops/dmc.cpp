@@ -219,24 +219,37 @@ at::Tensor blend_diag_ref(const at::Tensor& q, const at::Tensor& k, const at::Te
 }
 
 #ifdef DMC_WITH_CUDA
-// The blend through its kernels, forward and backward (kernels/dmc_eval.cu): one read of each input and one write of
-// each output in the activation dtype, where blend_diag_ref makes about ten fp32 passes each way.
-struct BlendFn : public torch::autograd::Function<BlendFn> {
-  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q,
-                                                const at::Tensor& k, const at::Tensor& past, const at::Tensor& v,
-                                                const at::Tensor& lse, double scale) {
-    at::Tensor out = dmc_blend_cuda(q, k, past, v, lse, scale);
-    DMC_CHECK(out.defined(), "dmc blend: the kernel refused layouts dmc_blend_kernels_apply accepted");
-    ctx->save_for_backward({q, k, past, v, lse});
+// The training form on CUDA in one node: FlashAttention-2 over the shifted keys (K/V at the KV heads), then the blend
+// kernel; backward: the blend's backward kernel, which also gives the flash backward its `out` carrying the
+// log-sum-exp's gradient (FlashLse's argmax / gather / scatter passes folded into it), then the flash backward.
+//   qs [B, nh, T, D] (1/scale in D-1); ks, vs [B, nkv, T, D] (dummy first, bias in ks's D-1); k, v [B, nkv, T, D]
+struct FlashBlendFn : public torch::autograd::Function<FlashBlendFn> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& qs,
+                                                const at::Tensor& ks, const at::Tensor& vs, const at::Tensor& k,
+                                                const at::Tensor& v, double scale) {
+    auto r = at::_scaled_dot_product_flash_attention(qs, ks, vs, 0.0, /*is_causal=*/true, false, scale);
+    const at::Tensor &past = std::get<0>(r), &lse = std::get<1>(r);
+    at::Tensor out = dmc_blend_cuda(qs, k, past, v, lse, scale);
+    DMC_CHECK(out.defined(), "dmc flash blend: the kernel refused layouts dmc_blend_kernels_apply accepted");
     ctx->saved_data["scale"] = scale;
+    ctx->saved_data["max_q"] = std::get<4>(r).expect_int();
+    ctx->saved_data["max_k"] = std::get<5>(r).expect_int();
+    ctx->save_for_backward(
+        {qs, ks, vs, k, v, past, lse, std::get<2>(r), std::get<3>(r), std::get<6>(r), std::get<7>(r)});
     return {out};
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list g) {
     auto s = ctx->get_saved_variables();
-    auto [dq, dk, dpast, dv, dlse] =
-        dmc_blend_backward_cuda(g[0], s[0], s[1], s[2], s[3], s[4], ctx->saved_data["scale"].toDouble());
-    return {dq, dk, dpast, dv, dlse, at::Tensor()};
+    const at::Tensor &qs = s[0], &ks = s[1], &vs = s[2], &k = s[3], &v = s[4], &past = s[5], &lse = s[6];
+    const double scale = ctx->saved_data["scale"].toDouble();
+    at::Tensor past_used;
+    auto [dq_b, dk, dpast, dv, dlse] = dmc_blend_backward_cuda(g[0], qs, k, past, v, lse, scale, &past_used);
+    (void)dlse;  // carried by past_used
+    auto [dq_f, dks, dvs] = at::_scaled_dot_product_flash_attention_backward(
+        dpast, qs, ks, vs, past_used, lse, s[7], s[8], ctx->saved_data["max_q"].toInt(),
+        ctx->saved_data["max_k"].toInt(), 0.0, /*is_causal=*/true, s[9], s[10], scale);
+    return {dq_f + dq_b, dks, dvs, dk, dv, at::Tensor()};
   }
 };
 
@@ -292,12 +305,13 @@ at::Tensor biased_causal_attention_flash(const at::Tensor& q, const at::Tensor& 
     ks = expand_groups(ks, G);
     vs = expand_groups(vs, G);
   }
+#ifdef DMC_WITH_CUDA
+  // flash and blend in one node with the blend kernels (DMC_FUSED_OPS=0: FlashLse and the ATen blend, for A/B)
+  if (use_fused_ops(q) && dmc_blend_kernels_apply(qs, k, qs, v))
+    return FlashBlendFn::apply(qs, ks.contiguous(), vs.contiguous(), k, v, scale)[0];
+#endif
   auto r = FlashLse::apply(qs, ks.contiguous(), vs.contiguous(), scale);  // past [B, nh, T, D], lse [B, nh, T]
   // the diagonal scores without the bias (k's dimension D-1 is zero; q's carries 1/scale, left out)
-#ifdef DMC_WITH_CUDA
-  if (use_fused_ops(q) && dmc_blend_kernels_apply(qs, k, r[0], v))  // (DMC_FUSED_OPS=0: the ATen form, for A/B)
-    return BlendFn::apply(qs, k, r[0], v, r[1], scale)[0];
-#endif
   return blend_diag_ref(qs, k, r[0], v, r[1], scale);
 }
 

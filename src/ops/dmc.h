@@ -90,9 +90,11 @@ at::Tensor dmc_blend_cuda(const at::Tensor& q, const at::Tensor& k, const at::Te
 // D-1 of dq and dk zero (it carries the bias, not the diagonal score); dq, dpast [B, nh, T, D] and dk, dv
 // [B, nkv, T, D] are views of [B, T, n, D] memory, dlse [B, nh, T] in lse's dtype.
 bool dmc_blend_kernels_apply(const at::Tensor& q, const at::Tensor& k, const at::Tensor& past, const at::Tensor& v);
+// With past_used, also the flash backward's `out` that carries dlse (rowsum(dpast * past_used) = rowsum(dpast *
+// past) - dlse), so that the attention's backward needs no separate pass for the log-sum-exp's gradient.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dmc_blend_backward_cuda(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& past, const at::Tensor& v,
-    const at::Tensor& lse, double scale);
+    const at::Tensor& lse, double scale, at::Tensor* past_used = nullptr);
 #endif
 // Attention with an additive per-key-column bias m [B, nkv, T] applied to keys j < i (the diagonal exempt),
 // causal, GQA; q [B, nh, T, D], k, v [B, nkv, T, D]; computed in query blocks, never as a full T x T bias.

@@ -25,11 +25,15 @@
 //   dpast = a dO;  dv = sum_group (1 - a) dO;  z = lse - s,  dz = a (1 - a) sum_d dO_d (past_d - v_d);
 //   dlse = dz;  dq_d = -dz scale k_d,  dk_d = -sum_group dz scale q_d  (d < D-1; dimension D-1 gets 0)
 //   dq, dpast [B, T, nh, D] and dk, dv [B, T, nkv, D] contiguous in q's dtype; dlse [B, nh, T] fp32
+//   past_used [B, T, nh, D] (optional): past moved along one channel so that rowsum(dpast * past_used) is
+//   rowsum(dpast * past) - dlse: what the flash backward must be given as its `out` to carry the lse gradient
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+#include <type_traits>
 
 #include "common/error.h"
 #include "ops/dmc.h"
@@ -188,8 +192,9 @@ __global__ void blend_bwd_kernel(const T* __restrict__ q, Strides4 qs, const T* 
                                  const T* __restrict__ past, Strides4 ps, const T* __restrict__ v, Strides4 vs,
                                  const T* __restrict__ g, Strides4 gs, const float* __restrict__ lse, int64_t rows,
                                  int T_, int nkv, int G, int D, float scale, T* __restrict__ dq, T* __restrict__ dk,
-                                 T* __restrict__ dpast, T* __restrict__ dv, float* __restrict__ dlse) {
-  constexpr int N = 4, C = 2;  // C chunks of 32 N elements: D <= 256
+                                 T* __restrict__ dpast, T* __restrict__ dv, float* __restrict__ dlse,
+                                 T* __restrict__ past_used) {
+  constexpr int N = 4, C = 2;                                         // C chunks of 32 N elements: D <= 256
   const int64_t r = (int64_t)blockIdx.x * kWarps + threadIdx.x / 32;  // (b, KV head, t)
   const int lane = threadIdx.x % 32;
   if (r >= rows) return;
@@ -235,25 +240,71 @@ __global__ void blend_bwd_kernel(const T* __restrict__ q, Strides4 qs, const T* 
     s = warp_sum(s) * scale;
     da = warp_sum(da);
     const int64_t li = (b * nh + j) * (int64_t)T_ + t;  // lse's [B, nh, T] index
-    const float a = 1.f / (1.f + __expf(s - lse[li]));   // sigmoid(lse - s)
+    const float a = 1.f / (1.f + __expf(s - lse[li]));  // sigmoid(lse - s)
     const float dz = da * a * (1.f - a), ds = -dz * scale;
     if (lane == 0) dlse[li] = dz;
     const int64_t orow = ((b * T_ + t) * nh + j) * (int64_t)D;
+    float op[C][N];  // dpast as the flash backward will read it (rounded to T)
+#pragma unroll
+    for (int ci = 0; ci < C; ++ci)
+#pragma unroll
+      for (int x = 0; x < N; ++x) op[ci][x] = to_f(from_f<T>(a * gf[ci][x]));
+    if (past_used != nullptr) {
+      // the log-sum-exp's gradient for the flash backward: its dS = P (dP - D) with D = rowsum(dO * out), so an
+      // `out` lowered to give D - dz adds exactly P dz. Move out along the channel where |dO| is largest (the
+      // smallest relative change); a row whose dO rounded to zero gets a tiny dO there (a negligible dO v_j in dP).
+      float best = -1.f;
+      int bi = 0;
+#pragma unroll
+      for (int ci = 0; ci < C; ++ci)
+#pragma unroll
+        for (int x = 0; x < N; ++x) {
+          const int c = (ci * 32 + lane) * N + x;
+          if (c < D && fabsf(op[ci][x]) > best) {
+            best = fabsf(op[ci][x]);
+            bi = c;
+          }
+        }
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) {
+        const float ob = __shfl_xor_sync(0xffffffffu, best, off);
+        const int oi = __shfl_xor_sync(0xffffffffu, bi, off);
+        if (ob > best || (ob == best && oi < bi)) {
+          best = ob;
+          bi = oi;
+        }
+      }
+#pragma unroll
+      for (int ci = 0; ci < C; ++ci) {
+        const int c = (ci * 32 + lane) * N;
+        if (c >= D) continue;
+        float pu[N];
+#pragma unroll
+        for (int x = 0; x < N; ++x) {
+          pu[x] = pf[ci][x];
+          if (c + x == bi && dz != 0.f) {
+            if (op[ci][x] == 0.f)
+              op[ci][x] = std::is_same<T, __half>::value ? 6.103515625e-05f : 1e-30f;  // normal in T
+            pu[x] = pf[ci][x] - dz / op[ci][x];
+          }
+        }
+        store_f<T, N>(past_used + orow + c, pu);
+      }
+    }
 #pragma unroll
     for (int ci = 0; ci < C; ++ci) {
       const int c = (ci * 32 + lane) * N;
       if (c >= D) continue;
-      float oq[N], op[N];
+      float oq[N];
 #pragma unroll
       for (int x = 0; x < N; ++x) {
         const bool in = c + x < D - 1;
         oq[x] = in ? ds * kf[ci][x] : 0.f;
-        op[x] = a * gf[ci][x];
         dkf[ci][x] += in ? ds * qf[ci][x] : 0.f;
         dvf[ci][x] += (1.f - a) * gf[ci][x];
       }
       store_f<T, N>(dq + orow + c, oq);
-      store_f<T, N>(dpast + orow + c, op);
+      store_f<T, N>(dpast + orow + c, op[ci]);
     }
   }
   const int64_t krow = ((b * T_ + t) * nkv + hk) * (int64_t)D;
@@ -320,14 +371,14 @@ bool dmc_blend_kernels_apply(const at::Tensor& q, const at::Tensor& k, const at:
   auto bthd = [](const at::Tensor& x) { return x.transpose(1, 2); };  // [B, n, T, D] views in [B, T, n, D] order
   const auto dt = q.scalar_type();
   const int64_t D = q.size(3);
-  return q.is_cuda() && (dt == at::kBFloat16 || dt == at::kHalf) && k.scalar_type() == dt &&
-         past.scalar_type() == dt && v.scalar_type() == dt && D % 4 == 0 && D <= 256 && vec_ok(bthd(q), 4) &&
-         vec_ok(bthd(k), 4) && vec_ok(bthd(past), 4) && vec_ok(bthd(v), 4);
+  return q.is_cuda() && (dt == at::kBFloat16 || dt == at::kHalf) && k.scalar_type() == dt && past.scalar_type() == dt &&
+         v.scalar_type() == dt && D % 4 == 0 && D <= 256 && vec_ok(bthd(q), 4) && vec_ok(bthd(k), 4) &&
+         vec_ok(bthd(past), 4) && vec_ok(bthd(v), 4);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dmc_blend_backward_cuda(
     const at::Tensor& g_in, const at::Tensor& q, const at::Tensor& k, const at::Tensor& past, const at::Tensor& v,
-    const at::Tensor& lse_in, double scale) {
+    const at::Tensor& lse_in, double scale, at::Tensor* past_used) {
   const int64_t B = q.size(0), nh = q.size(1), T = q.size(2), D = q.size(3), nkv = k.size(1);
   DMC_CHECK(dmc_blend_kernels_apply(q, k, past, v) && g_in.sizes() == q.sizes() && v.sizes() == k.sizes() &&
                 past.sizes() == q.sizes() && nh % nkv == 0,
@@ -339,6 +390,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dmc_blend
   at::Tensor dq = at::empty({B, T, nh, D}, q.options()), dpast = at::empty({B, T, nh, D}, q.options());
   at::Tensor dk = at::empty({B, T, nkv, D}, q.options()), dv = at::empty({B, T, nkv, D}, q.options());
   at::Tensor dlse = at::empty({B, nh, T}, lse.options());
+  at::Tensor pu;
+  if (past_used) pu = at::empty({B, T, nh, D}, q.options());
   const int64_t rows = B * nkv * T;
   if (rows > 0) {
     dispatch16(q.scalar_type(), "dmc_blend_backward", [&](auto tv) {
@@ -348,10 +401,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dmc_blend
       auto s = [](const at::Tensor& x) { return Strides4{x.stride(0), x.stride(2), x.stride(1)}; };  // b, t, head
       blend_bwd_kernel<TT><<<warp_blocks(rows), kWarps * 32, 0, at::cuda::getCurrentCUDAStream()>>>(
           p(q), s(q), p(k), s(k), p(past), s(past), p(v), s(v), p(g), s(g), lse.data_ptr<float>(), rows, (int)T,
-          (int)nkv, (int)(nh / nkv), (int)D, (float)scale, w(dq), w(dk), w(dpast), w(dv), dlse.data_ptr<float>());
+          (int)nkv, (int)(nh / nkv), (int)D, (float)scale, w(dq), w(dk), w(dpast), w(dv), dlse.data_ptr<float>(),
+          past_used ? w(pu) : nullptr);
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
+  if (past_used) *past_used = pu.transpose(1, 2);
   return {dq.transpose(1, 2), dk.transpose(1, 2), dpast.transpose(1, 2), dv.transpose(1, 2),
           dlse.to(lse_in.scalar_type())};
 }
