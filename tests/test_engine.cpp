@@ -78,6 +78,43 @@ TEST_CASE("continuous batching: joins, exits and preemption give each prompt its
   }
 }
 
+TEST_CASE("continuous batching of an eviction baseline: prompts join in groups while others decode, same tokens",
+          "[inference][engine]") {
+  auto m = engine_model(33, false);
+  torch::manual_seed(8);
+  std::vector<std::vector<int64_t>> prompts;
+  std::vector<int64_t> news;
+  for (int64_t i = 0; i < 24; ++i) {
+    prompts.push_back(random_ids(10 + (i * 7) % 23, 97, 0));
+    news.push_back(2 + (i * 5) % 9);  // sequences finish at scattered steps: slots free one or two at a time
+  }
+  GenerateOptions go;
+  go.stop_at_eos = false;
+  go.sampling.temperature = 0;
+  go.max_new_tokens = 12;
+  go.max_new_per_prompt = news;
+  go.max_batch = 12;
+  go.cache.page_size = 4;
+  go.cache.budget = 8;
+  go.cache.prefill_chunk = 4;
+  go.cache.policy = CachePolicy::Tova;
+  std::vector<std::vector<int64_t>> alone;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    GenerateOptions one = go;
+    one.max_new_per_prompt = {news[i]};
+    alone.push_back(generate(m, {prompts[i]}, one).tokens[0]);
+  }
+  auto grouped = generate(m, prompts, go);
+  CHECK(grouped.tokens == alone);
+  // the full cache on the same schedule admits a prompt whenever a slot frees; TOVA waits for 12 / 4 = 3 at a time
+  GenerateOptions full = go;
+  full.cache.policy = CachePolicy::Vanilla;
+  auto each = generate(m, prompts, full);
+  INFO("prefill groups: tova " << grouped.prefill_groups << ", full cache " << each.prefill_groups);
+  CHECK(grouped.prefill_groups < each.prefill_groups);
+  CHECK(grouped.prefill_groups <= 1 + (24 - 12 + 2) / 3);  // the first 12, then groups of at least 3
+}
+
 TEST_CASE(
     "eviction baselines: window keeps sinks + recent, H2O keeps the recent half, TOVA stays in budget, pages come back",
     "[inference][engine]") {

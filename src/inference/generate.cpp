@@ -118,7 +118,21 @@ GenerateResult generate(const Llama& model, const std::vector<std::vector<int64_
       join_req.push_back(req);
       join_ctx.push_back(std::move(ctx));
     }
+    // a chunked prefill (the eviction baselines) runs a forward per chunk of the longest prompt whatever the batch:
+    // while others decode, wait until a quarter of a full group (by the token bound and the slots) can join, or the
+    // whole rest of the queue, rather than paying a prompt's worth of forwards for each slot that frees
+    if (!join_req.empty() && !active.empty() && evicts(dopt.policy)) {
+      const int64_t full = std::min<int64_t>(B, std::max<int64_t>(1, opts.prefill_tokens / std::max<int64_t>(1, longest)));
+      const int64_t want = std::min<int64_t>((int64_t)(join_req.size() + queue.size()), std::max<int64_t>(1, full / 4));
+      if ((int64_t)join_req.size() < want) {
+        for (auto it = join_req.rbegin(); it != join_req.rend(); ++it) queue.push_front(*it);  // back, in order
+        join_req.clear();
+        join_slot.clear();
+        join_ctx.clear();
+      }
+    }
     if (!join_req.empty()) {
+      ++res.prefill_groups;
       free_slots.resize(free_slots.size() - join_req.size());
       auto t0 = std::chrono::steady_clock::now();
       at::Tensor logits = dec.prefill(join_slot, join_ctx);

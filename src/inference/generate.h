@@ -1,6 +1,7 @@
 // Autoregressive generation through the decode engine (inference/decoder.h), vanilla or DMC, with continuous
 // batching: up to max_batch sequences decode together; a request joins as soon as a sequence slot and the pages
-// for its prompt are free (the prompts joining together go in one batched parallel prefill, at most
+// for its prompt are free (eviction baselines: in groups, see prefill_tokens; the prompts joining together go in
+// one batched parallel prefill, at most
 // prefill_tokens padded tokens at once), and leaves when it produces EOS or reaches
 // max_new_tokens. When the pool cannot take the next step, the most recently admitted sequence is preempted
 // (its pages freed) and requeued with what it generated so far, to be prefilled again later (vLLM's recompute).
@@ -32,7 +33,9 @@ struct GenerateOptions {
   SamplingOptions sampling;
   int64_t max_batch = 0;  // sequences decoding together (0 = all prompts)
   // joining prompts prefill together while (rows x longest prompt) stays within this (one prompt always may); an
-  // eviction baseline's prompt counts as at most prefill_chunk + budget tokens (Decoder::prefill_tokens_for)
+  // eviction baseline's prompt counts as at most prefill_chunk + budget tokens (Decoder::prefill_tokens_for). An
+  // eviction baseline's prefill costs a forward per chunk whatever its batch, so while sequences run, its prompts
+  // join in groups of at least a quarter of what fits (or the rest of the queue), not one by one as slots free.
   int64_t prefill_tokens = 16384;
   // cache: pages from memory_budget_bytes, or n_pages, or (both 0) room for every sequence uncompressed
   DecoderOptions cache;
@@ -44,7 +47,8 @@ struct GenerateResult {
   int64_t decode_steps = 0;    // engine steps after prefills
   int64_t decoded_tokens = 0;  // tokens those steps produced (sum of the batch sizes)
   int64_t preemptions = 0;
-  int64_t max_active = 0;  // the largest batch that ran
+  int64_t max_active = 0;      // the largest batch that ran
+  int64_t prefill_groups = 0;  // batched prefills run (each a forward, or a forward per chunk for eviction)
   // with measure_cache: over finished sequences, the (token, layer, KV head) entries their caches stood for and the
   // slots they held; the achieved compression ratio is cache_tokens / cache_slots
   double cache_tokens = 0, cache_slots = 0;
