@@ -17,6 +17,11 @@
 #   scripts/smollm2_retrofit.sh                   (a CUDA build in $DMC_BUILD, default build-gpu)
 #   GGUF=file | ORIGINAL=dir, CORPORA_GLOB, RUN    inputs / output (ORIGINAL: a model directory instead of the GGUF)
 #   UNIT (steps per 6000 reference steps), RATIOS, DISTILL_CR (empty = none), PHASES
+#   CONTROL_RATIOS   the ratios the control serves over every invocation of this RUN (default: RATIOS and DISTILL_CR):
+#                    its step count and exports come from these, so a later invocation with other RATIOS finds the
+#                    control's export at its budget (a GPU lease runs one ratio at a time)
+#   DEADLINE         epoch seconds: no evaluation job starts when fewer than JOB_SECONDS (default 240) remain; the
+#                    script then exits 75 and the next invocation resumes (training checkpoints on SIGTERM instead)
 #   BATCH="--micro-batch 2 ...", EVAL_SEQ, TASK_LENGTHS, TASK_SAMPLES, TOKENIZER    overrides (CPU smoke test)
 # Phases skip work whose output exists (a run directory with final/, an eval JSON), so the script resumes; an
 # interrupted training run resumes from its last checkpoint.
@@ -37,7 +42,16 @@ PHASES=${PHASES:-original data control dmc distill eval tasks bench pack}
 BATCH=${BATCH:-} EVAL_SEQ=${EVAL_SEQ:-4096} EVAL_SUBSET=${EVAL_SUBSET:-16384}
 TASK_LENGTHS=${TASK_LENGTHS:-1024,2048,4096,8192} TASK_SAMPLES=${TASK_SAMPLES:-100} TASK_ARGS=${TASK_ARGS:-}
 BENCH_GIB=${BENCH_GIB:-40} PROMPT=${PROMPT:-3968} NEW=${NEW:-128} STEPS=${STEPS:-64}
+CONTROL_RATIOS=${CONTROL_RATIOS:-$RATIOS ${DISTILL_CR}} DEADLINE=${DEADLINE:-} JOB_SECONDS=${JOB_SECONDS:-240}
 has() { [[ " $PHASES " == *" $1 "* ]]; }
+# before a job that cannot resume from a checkpoint (an evaluation): stop cleanly if the deadline is too close
+budget_for() {
+  [ -z "$DEADLINE" ] && return 0
+  local left=$(( DEADLINE - $(date +%s) ))
+  [ "$left" -ge "$JOB_SECONDS" ] && return 0
+  echo "deadline: ${left} s left, fewer than the ${JOB_SECONDS} s a job may take: stopping before $1 (run again to resume)"
+  exit 75
+}
 done_run() { [ -f "$1/final/config.json" ]; }
 # stage steps of one ratio: zero_out, retrofit, finetune (the reference's 250 / 6000 (CR - 1) / 2000 at UNIT = 6000)
 stages() {
@@ -48,8 +62,9 @@ total() { local z r f; read -r z r f <<< "$(stages "$1")"; echo $(( z + r + f ))
 mkdir -p "$RUN"
 T="--tokenizer $TOKENIZER --data $DATA"
 C="--config configs/smollm2/continue.yaml $T --log-level warn $BATCH"
-max_total=0
-for cr in $RATIOS ${DISTILL_CR}; do t=$(total "$cr"); [ "$t" -gt "$max_total" ] && max_total=$t; done
+max_total=0 need=0
+for cr in $CONTROL_RATIOS $RATIOS ${DISTILL_CR}; do t=$(total "$cr"); [ "$t" -gt "$max_total" ] && max_total=$t; done
+for cr in $RATIOS ${DISTILL_CR}; do t=$(total "$cr"); [ "$t" -gt "$need" ] && need=$t; done
 echo "smollm2 retrofit: run $RUN, UNIT $UNIT, ratios $RATIOS, distillation at ${DISTILL_CR:-none}, control $max_total steps"
 { date -u; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true; git rev-parse HEAD 2>/dev/null || true
   echo "UNIT=$UNIT RATIOS='$RATIOS' DISTILL_CR=$DISTILL_CR EVAL_SEQ=$EVAL_SEQ TASK_LENGTHS=$TASK_LENGTHS TASK_SAMPLES=$TASK_SAMPLES"
@@ -78,9 +93,11 @@ export_ckpt() {
   mv "$tmp" "$out"
 }
 if has control; then
-  # one run to max_total steps, stopped at each DMC budget to export that step's weights
-  budgets=$(for cr in $RATIOS ${DISTILL_CR}; do total "$cr"; done | sort -n | uniq)
+  # one run to max_total steps, stopped at each DMC budget to export that step's weights (this invocation goes as far
+  # as its own ratios need)
+  budgets=$(for cr in $CONTROL_RATIOS $RATIOS ${DISTILL_CR}; do total "$cr"; done | sort -n | uniq)
   for n in $budgets; do
+    [ "$n" -gt "$need" ] && break
     [ -f "$RUN/control-$n/config.json" ] && continue
     done_run "$RUN/control" && { echo "control: step $n passed without an export"; exit 1; }
     at=0
@@ -125,6 +142,7 @@ if has eval; then
   echo "== perplexity on the validation split ($EVAL_SEQ-token windows)"
   for m in $models; do
     IFS=: read -r name dir cr <<< "$m"
+    [ -f "$RUN/eval/$name-subset-incremental.json" ] || budget_for "the perplexity of $name"
     ev "$name" "$dir"
     ev "$name-subset-parallel" "$dir" --max-tokens "$EVAL_SUBSET"
     ev "$name-subset-incremental" "$dir" --max-tokens "$EVAL_SUBSET" --mode incremental --batch 8
@@ -133,19 +151,31 @@ fi
 tk() {  # name model [args...]: long-context tasks, JSON and heatmaps under tasks/
   local name=$1 model=$2; shift 2
   [ -f "$RUN/tasks/$name.json" ] && return 0
+  budget_for "the tasks of $name"
   "$DMC" eval tasks --model "$model" --tokenizer "$TOKENIZER" --data "$DATA" --lengths "$TASK_LENGTHS" \
     --samples "$TASK_SAMPLES" --seed 0 --json "$RUN/tasks/$name.json" --heatmaps "$RUN/tasks/heatmaps-$name" $TASK_ARGS "$@" \
     > "$RUN/tasks/$name.md" 2> "$RUN/tasks/$name.log" || { tail -5 "$RUN/tasks/$name.log"; return 1; }
 }
 if has tasks; then
   echo "== long-context tasks ($TASK_LENGTHS, $TASK_SAMPLES samples each)"
+  # first every model with its own cache (the full cache for the original and the controls), then the eviction
+  # baselines on each control: one job per policy (each fits a device call), merged into one report per control
   for m in $models; do
     IFS=: read -r name dir cr <<< "$m"
     case $name in
       original) tk "$name" "$dir" --cache vanilla ;;
-      control*) tk "$name" "$dir" --cache vanilla,tova,h2o,window --cr "$cr" ;;
+      control*) tk "$name-vanilla" "$dir" --cache vanilla ;;
       *) tk "$name" "$dir" --cache dmc ;;
     esac
+  done
+  for m in $models; do
+    IFS=: read -r name dir cr <<< "$m"
+    [[ $name == control* ]] || continue
+    parts=("$RUN/tasks/$name-vanilla.json")
+    for pol in tova h2o window; do tk "$name-$pol" "$dir" --cache $pol --cr "$cr"; parts+=("$RUN/tasks/$name-$pol.json"); done
+    [ -f "$RUN/tasks/$name.json" ] || "$DMC" report tasks "${parts[@]}" --json "$RUN/tasks/$name.json" \
+      --heatmaps "$RUN/tasks/heatmaps-$name" > "$RUN/tasks/$name.md" 2> "$RUN/tasks/$name.log" ||
+      { tail -5 "$RUN/tasks/$name.log"; exit 1; }
   done
 fi
 

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# scripts/smollm2_retrofit.sh on the GPU machine (no network, 30-minute leases, 64 MiB carried and returned a call):
+# the same command repeated in back-to-back device calls of one lease; each call does what is left and returns the
+# run's results so far (everything but weights) in $OUT/run.tgz.
+#
+# Inputs travel in two carries (count them first: the tree is ~2.3 MB):
+#   here:   scripts/gpu_retrofit.sh --split      the GGUF in two parts under data/x1, data/x2 (with the corpora)
+#   call 1  carry .carry/{httplib,lzma,pcre2} and data/x1         (builds dmc, keeps part 1)
+#   call 2+ carry data/x2 (the next calls may carry nothing: what is under /root stays while the machine is warm)
+#   each:   OUT=$OUT RATIOS=4 DISTILL_CR= scripts/gpu_retrofit.sh
+# Every call checks the joined GGUF's sha256 against the one --split recorded. The run lives in /root/smollm2-run;
+# a call stops its jobs DEADLINE_S (540) seconds after it started: training checkpoints on SIGTERM, an evaluation job
+# is not started without JOB_SECONDS left (exit 75 = more to do). Environment: RATIOS, DISTILL_CR, CONTROL_RATIOS,
+# UNIT, PHASES, TASK_SAMPLES, ... as scripts/smollm2_retrofit.sh takes them.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+GGUF_LOCAL=${DMC_CACHE:-$HOME/.cache/dmc}/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+if [ "${1:-}" = --split ]; then
+  SHARED=${DMC_SHARED:-../shared}
+  rm -rf data/x1 data/x2 && mkdir -p data/x1 data/x2/corpora
+  split -b 55M -d "$GGUF_LOCAL" data/x1/gguf.part-
+  mv data/x1/gguf.part-01 data/x2/
+  cp "$SHARED"/corpora/*.txt.xz data/x2/corpora/
+  sha256sum "$GGUF_LOCAL" | cut -d' ' -f1 > data/x1/gguf.sha256
+  cp data/x1/gguf.sha256 data/x2/
+  du -sh data/x1 data/x2
+  exit 0
+fi
+t0=$(date +%s)
+OUT=${OUT:-$PWD/out}
+mkdir -p "$OUT" /root/smol /root/corpora
+export RUN=${RUN:-/root/smollm2-run}
+B=${DMC_BUILD:-build-gpu}
+for d in data/x1 data/x2; do [ -d "$d" ] && cp -n "$d"/gguf.* /root/smol/ 2>/dev/null; done
+[ -d data/x2/corpora ] && cp -n data/x2/corpora/*.txt.xz /root/corpora/
+if [ ! -x "$B/dmc" ]; then
+  OUT="$OUT" scripts/gpu_check.sh build > "$OUT/build.log" 2>&1; echo "build rc=$? ($(( $(date +%s) - t0 )) s)"
+fi
+gguf=/root/smol/SmolLM2-135M-Instruct.Q4_1.gguf
+if [ ! -s "$gguf" ]; then
+  [ -f /root/smol/gguf.part-00 ] && [ -f /root/smol/gguf.part-01 ] || {
+    echo "GGUF parts so far: $(ls /root/smol | tr '\n' ' ') (carry data/x2 next)"; exit 0; }
+  cat /root/smol/gguf.part-00 /root/smol/gguf.part-01 > "$gguf.tmp"
+  [ "$(sha256sum "$gguf.tmp" | cut -d' ' -f1)" = "$(cat /root/smol/gguf.sha256)" ] || {
+    echo "GGUF sha256 differs from the one recorded at --split"; rm -f "$gguf.tmp"; exit 1; }
+  mv "$gguf.tmp" "$gguf"
+fi
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+export GGUF=$gguf CORPORA_GLOB='/root/corpora/*.txt.xz' DMC_BUILD=$B
+export DEADLINE=$(( t0 + ${DEADLINE_S:-540} ))
+export TASK_ARGS=${TASK_ARGS:---sinks 4 --batch 384 --prefill-tokens 262144 --prefill-chunk 256}
+left=$(( DEADLINE - $(date +%s) ))
+timeout -s TERM "$left" scripts/smollm2_retrofit.sh 2>&1 | tee -a "$RUN.log"
+rc=${PIPESTATUS[0]}
+echo "smollm2_retrofit.sh rc=$rc ($(( $(date +%s) - t0 )) s this call; 0 done, 75 or 124 more to do)"
+# results so far (no weights, no token shards) and the log of every call
+cp "$RUN.log" "$RUN/calls.log" 2>/dev/null
+tar czf "$OUT/run.tgz" -C "$RUN" --exclude='*/final' --exclude='*/checkpoints' --exclude='*.safetensors' \
+  --exclude='data/*.bin' --exclude='data/*.idx' --exclude='*.tar.gz' --exclude='original' . 2>/dev/null
+ls -la "$OUT/run.tgz"
+exit 0
