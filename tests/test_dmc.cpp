@@ -318,6 +318,29 @@ TEST_CASE("retrofit stages: zero_out zeroes the rows, retrofit ramps and logs ra
   auto s2 = Llama::load(w + "/s2/final", at::kFloat, at::kCPU);
   CHECK(s2.config.dmc.stage == "retrofit");
   CHECK(s2.config.dmc.target_cr == 3.0);
+  // dmc_decision_lr_mult: one step from the same start with the decision rows at 7x the rate (no weight decay):
+  // those rows move 7x as far, every other weight exactly as at 1x
+  for (const char* mult : {"1", "7"}) {
+    r = run(cmd("retrofit") + "--stage retrofit --init-from " + w + "/s1/final --out " + w + "/lr" + mult +
+            " --train-steps 1 --target-cr 3 --weight-decay 0 --dmc-decision-lr-mult " + mult);
+    INFO(r.output);
+    REQUIRE(r.status == 0);
+  }
+  {
+    auto l1 = Llama::load(w + "/lr1/final", at::kFloat, at::kCPU), l7 = Llama::load(w + "/lr7/final", at::kFloat, at::kCPU);
+    const at::Tensor rows = decision_rows(s1);
+    CHECK(rows.numel() == 6);
+    for (size_t l = 0; l < s1.layers.size(); ++l) {
+      const at::Tensor d1 = l1.layers[l].wqkv - s1.layers[l].wqkv, d7 = l7.layers[l].wqkv - s1.layers[l].wqkv;
+      const at::Tensor r1 = d1.index_select(0, rows), r7 = d7.index_select(0, rows);
+      CHECK(r1.abs().max().item<double>() > 0);  // the decision rows learn at all
+      CHECK((r7 - 7.0 * r1).abs().max().item<double>() <= 1e-3 * r7.abs().max().item<double>());  // fp32 weights
+      at::Tensor keep = at::ones({d1.size(0)}, at::kBool);
+      keep.index_fill_(0, rows, false);
+      CHECK(at::equal(l1.layers[l].wqkv.index({keep}), l7.layers[l].wqkv.index({keep})));
+      CHECK(at::equal(l1.layers[l].wo, l7.layers[l].wo));
+    }
+  }
   // finetune, then the report
   r = run(cmd("retrofit") + "--stage finetune --init-from " + w + "/s2/final --out " + w +
           "/s3 --train-steps 4 --target-cr 3");

@@ -104,6 +104,43 @@ TEST_CASE("gradient accumulation: 1 x B equals 4 x B/4", "[train]") {
   CHECK(maxd >= 0);
 }
 
+TEST_CASE("AdamW row learning rate: the chosen rows take mult x the Adam step, the rest the base one", "[train]") {
+  // two optimizers on the same parameter and gradients over three steps; B has rows 1 and 3 at 5x the rate
+  at::manual_seed(7);
+  at::Tensor a = at::randn({4, 3}, at::kDouble), b = a.clone();
+  const at::Tensor a0 = a.clone();
+  train::AdamWOptions o;
+  o.weight_decay = 0.0;
+  train::AdamW oa({{"w", &a}}, o), ob({{"w", &b}}, o);
+  ob.set_row_lr("w", at::tensor(std::vector<int64_t>{1, 3}), 5.0);
+  // the reference: Adam's update by hand, in float64
+  at::Tensor m = at::zeros_like(a), v = at::zeros_like(a), ref = a0.clone();
+  const double lr = 0.01;
+  for (int step = 1; step <= 3; ++step) {
+    const at::Tensor g = at::randn({4, 3}, at::kDouble);
+    a.mutable_grad() = g.clone();
+    b.mutable_grad() = g.clone();
+    oa.step(lr);
+    ob.step(lr);
+    m = 0.9 * m + 0.1 * g;
+    v = 0.95 * v + 0.05 * g * g;
+    const at::Tensor u = (m / (1 - std::pow(0.9, step))) / ((v / (1 - std::pow(0.95, step))).sqrt() + o.eps);
+    at::Tensor scale = at::ones({4, 1}, at::kDouble);
+    scale[1] = 5.0;
+    scale[3] = 5.0;
+    ref = ref - lr * scale * u;
+  }
+  CHECK((b - ref).abs().max().item<double>() < 1e-12);
+  for (int64_t r : {0, 2}) CHECK(at::equal(b[r], a[r]));  // the other rows: the fused step alone
+  for (int64_t r : {1, 3})
+    CHECK(((b[r] - a0[r]) - 5.0 * (a[r] - a0[r])).abs().max().item<double>() < 1e-12);
+  // bad requests name what is wrong
+  CHECK_THROWS_WITH(ob.set_row_lr("nope", at::tensor(std::vector<int64_t>{0}), 2.0),
+                    Catch::Contains("no parameter named 'nope'"));
+  CHECK_THROWS_WITH(ob.set_row_lr("w", at::tensor(std::vector<int64_t>{4}), 2.0), Catch::Contains("within [0, 4)"));
+  CHECK_THROWS_WITH(ob.set_row_lr("w", at::tensor(std::vector<int64_t>{0}), 0.0), Catch::Contains("must be > 0"));
+}
+
 TEST_CASE("LR schedule values", "[train]") {
   train::LrSchedule s{1.0, 0.1, 10, 110, "cosine"};
   CHECK(s.at(0) == Approx(0.1));

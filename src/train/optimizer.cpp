@@ -74,6 +74,31 @@ void AdamW::step(double lr) {
     at::_fused_adamw_(p, g, m, v, {}, st, lr, o_.beta1, o_.beta2, group == 0 ? o_.weight_decay : 0.0, o_.eps,
                       /*amsgrad=*/false, /*maximize=*/false);
   }
+  // rows with their own rate: the fused kernel's step (m, v and the step count already updated) taken mult - 1
+  // more times, p -= (mult - 1) lr (m / bc1) / (sqrt(v / bc2) + eps), bc_i = 1 - beta_i^step, on the device
+  for (auto& s : slots_) {
+    if (s.lr_mult == 1.0 || !s.lr_rows.defined() || s.lr_rows.numel() == 0 || !s.p->grad().defined()) continue;
+    at::NoGradGuard ng;
+    const at::Tensor t = s.step.to(at::kDouble);  // (a 0-dim tensor: the result keeps the parameter dtype)
+    const at::Tensor bc1 = 1.0 - at::pow(o_.beta1, t), bc2 = 1.0 - at::pow(o_.beta2, t);
+    const at::Tensor m = s.m.index_select(0, s.lr_rows), v = s.v.index_select(0, s.lr_rows);
+    s.p->index_add_(0, s.lr_rows, (m / bc1) / ((v / bc2).sqrt() + o_.eps), -(s.lr_mult - 1.0) * lr);
+  }
+}
+
+void AdamW::set_row_lr(const std::string& name, const at::Tensor& rows, double mult) {
+  DMC_CHECK(mult > 0 && std::isfinite(mult), "optimizer: row learning-rate multiplier must be > 0, got ", mult);
+  for (auto& s : slots_) {
+    if (s.name != name) continue;
+    const at::Tensor r = rows.to(at::kCPU, at::kLong);
+    DMC_CHECK(r.dim() == 1 && (r.numel() == 0 || (r.min().item<int64_t>() >= 0 &&
+                                                   r.max().item<int64_t>() < s.p->size(0))),
+              "optimizer: rows for '", name, "' must be a 1-D list within [0, ", s.p->size(0), ")");
+    s.lr_rows = r.to(s.p->device());
+    s.lr_mult = mult;
+    return;
+  }
+  fail("optimizer: no parameter named '", name, "' for a row learning rate");
 }
 
 void AdamW::zero_grad() {

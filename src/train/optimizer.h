@@ -29,6 +29,11 @@ class AdamW {
   double clip_grad_norm(double max_norm);
   void set_tensor_parallel(const Group* tp, std::function<bool(const std::string&)> is_sharded);
   void step(double lr);
+  // Rows `rows` (dim 0, int64) of parameter `name` learn at mult x the rate step() is given: after the fused update,
+  // those rows take (mult - 1) more of the same bias-corrected Adam step (weight decay stays at the base rate).
+  // Used for the DMC decision neurons, which a retrofit far shorter than the reference's must move further
+  // (train/stages.h). mult = 1 removes it. dmc::Error on an unknown name or a row out of range.
+  void set_row_lr(const std::string& name, const at::Tensor& rows, double mult);
   void zero_grad();
   int64_t steps() const { return steps_; }
   // State tensors; `whole` (optional) turns a parameter's local state into the whole tensor (tensor parallel).
@@ -44,6 +49,8 @@ class AdamW {
     at::Tensor* p;
     at::Tensor m, v, step;
     bool decay;
+    at::Tensor lr_rows;  // set_row_lr: rows of p with lr_mult x the learning rate
+    double lr_mult = 1.0;
   };
   std::vector<Slot> slots_;
   AdamWOptions o_;

@@ -45,19 +45,36 @@ void RetrofitOptions::add_to(OptionTable& t) {
         "distillation: the original model (directory or .gguf); the loss is the KL from its next-token distribution");
   t.add("distill_temperature", &distill_temperature, "distillation: softmax temperature tau (loss x tau^2)").above(0);
   t.add("distill_lm_weight", &distill_lm_weight, "distillation: weight of the LM loss added to the KL").min(0);
+  t.add("dmc_decision_lr_mult", &decision_lr_mult,
+        "retrofit / finetune: learning-rate multiple for the q/k rows of the decision and importance neurons "
+        "(1 = the reference)")
+      .above(0);
 }
 
 DmcStage::DmcStage(const RetrofitOptions& o) : o_(o) {
   DMC_CHECK(o.target_cr >= 1.0, "target_cr: must be >= 1, got ", o.target_cr);
 }
 
-void zero_decision_rows(Llama& model) {
+at::Tensor decision_rows(const Llama& model) {
   const int64_t D = model.config.head_dim, nh = model.local_heads(), nkv = model.local_kv_heads();
+  std::vector<int64_t> rows;
+  for (int64_t h = 0; h < nh; ++h) rows.push_back(h * D + D - 1);
+  for (int64_t g = 0; g < nkv; ++g) rows.push_back(nh * D + g * D + D - 1);
+  return at::tensor(rows, at::kLong);
+}
+
+std::vector<train::Stage::RowLr> DmcStage::row_lrs(const Llama& model) const {
+  std::vector<RowLr> out;
+  if (o_.stage == RetrofitStage::ZeroOut || o_.decision_lr_mult == 1.0) return out;
+  const at::Tensor rows = decision_rows(model);
+  for (size_t l = 0; l < model.layers.size(); ++l) out.push_back({cat("layers.", l, ".wqkv"), rows, o_.decision_lr_mult});
+  return out;
+}
+
+void zero_decision_rows(Llama& model) {
+  const at::Tensor rows = decision_rows(model);
   at::NoGradGuard ng;
-  for (auto& L : model.layers) {  // this rank's rows (all of them without tensor parallelism)
-    for (int64_t h = 0; h < nh; ++h) L.wqkv[h * D + D - 1].zero_();
-    for (int64_t g = 0; g < nkv; ++g) L.wqkv[nh * D + g * D + D - 1].zero_();
-  }
+  for (auto& L : model.layers) L.wqkv.index_fill_(0, rows.to(L.wqkv.device()), 0.0);  // this rank's rows
 }
 
 void DmcStage::begin_step(int64_t step, int64_t total, Llama& model) {

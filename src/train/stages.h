@@ -39,6 +39,12 @@ struct RetrofitOptions {
   std::string distill_from;        // teacher model directory / .gguf ("" = LM loss)
   double distill_temperature = 1.0;
   double distill_lm_weight = 0.0;  // weight of the LM loss beside the KL
+  // retrofit / finetune: the rows of the fused q/k projection that produce the decision logit (each key head's
+  // dimension D-1) and the importance (each query head's D-1) learn at this multiple of the learning rate. 1 = the
+  // reference. The reference's stage 2 runs 6000 (CR - 1) steps; a retrofit 100x shorter at the same rate cannot
+  // move the decision logit from -c to 0 (measured: SmolLM2, 180 steps at 2e-5, achieved CR stayed at the noise
+  // floor 1.05), while the rest of the model should keep its gentle rate.
+  double decision_lr_mult = 1.0;
   void add_to(OptionTable& t);
 };
 
@@ -58,6 +64,7 @@ class DmcStage : public train::Stage {
   double target_cr() const { return target_; }
   // Achieved ratio per layer and KV head over the current statistics window: [layers][kv_heads].
   std::vector<std::vector<double>> head_ratios() const;
+  std::vector<RowLr> row_lrs(const Llama& model) const override;
 
  private:
   RetrofitOptions o_;
@@ -80,5 +87,7 @@ class DmcStage : public train::Stage {
 
 // Zeroes the rows of the fused q/k projection that produce every query head's and key head's last dimension.
 void zero_decision_rows(Llama& model);
+// The rows zero_decision_rows zeroes, as indices into one layer's local wqkv (query heads' first, then key heads').
+at::Tensor decision_rows(const Llama& model);
 
 }  // namespace dmc

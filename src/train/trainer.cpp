@@ -435,6 +435,8 @@ class Trainer {
     ao.weight_decay = o_.weight_decay;
     ao.decay_norms_and_embeddings = o_.decay_norms_and_embeddings;
     opt_ = std::make_unique<AdamW>(params_, ao);
+    if (stage_)
+      for (const auto& r : stage_->row_lrs(model_)) opt_->set_row_lr(r.param, r.rows, r.mult);
     grad_sync_ = std::make_unique<GradSync>(params_, dist_.dp, o_.grad_bucket_mb);
     model_.sequence_parallel = o_.sequence_parallel && dist_.tp.size > 1;
     if (model_.sequence_parallel)

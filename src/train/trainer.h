@@ -57,6 +57,17 @@ class Stage {
   virtual void finish(Llama& model) { (void)model; }
   virtual nlohmann::json state() const { return nlohmann::json::object(); }
   virtual void load_state(const nlohmann::json& s) { (void)s; }
+  // Parameter rows that learn at a multiple of the learning rate (AdamW::set_row_lr), asked once the model (this
+  // rank's shard of it) and the optimizer exist.
+  struct RowLr {
+    std::string param;
+    at::Tensor rows;
+    double mult;
+  };
+  virtual std::vector<RowLr> row_lrs(const Llama& model) const {
+    (void)model;
+    return {};
+  }
 };
 
 struct TrainOptions {
