@@ -20,6 +20,10 @@
 #   CONTROL_RATIOS   the ratios the control serves over every invocation of this RUN (default: RATIOS and DISTILL_CR):
 #                    its step count and exports come from these, so a later invocation with other RATIOS finds the
 #                    control's export at its budget (a GPU lease runs one ratio at a time)
+#   ZERO_OUT_MIN     stage 1's floor in steps (default 25): the reference's 250 / 6000 at UNIT 60 is 3 steps, and
+#                    zeroing the q/k dimension D-1 in 3 steps left SmolLM2 at perplexity 35.9 (from 21.5)
+#   TAG, DMC_ARGS    a recipe variant: DMC runs named dmc<CR>x<TAG> / distill<CR>x<TAG>, DMC_ARGS added to their stages
+#                    (e.g. TAG=-lr400 DMC_ARGS='--dmc-decision-lr-mult 400'); the controls are shared
 #   DEADLINE         epoch seconds: no evaluation job starts when fewer than JOB_SECONDS (default 240) remain; the
 #                    script then exits 75 and the next invocation resumes (training checkpoints on SIGTERM instead)
 #   BATCH="--micro-batch 2 ...", EVAL_SEQ, TASK_LENGTHS, TASK_SAMPLES, TOKENIZER    overrides (CPU smoke test)
@@ -42,6 +46,7 @@ PHASES=${PHASES:-original data control dmc distill eval tasks bench pack}
 BATCH=${BATCH:-} EVAL_SEQ=${EVAL_SEQ:-4096} EVAL_SUBSET=${EVAL_SUBSET:-16384}
 TASK_LENGTHS=${TASK_LENGTHS:-1024,2048,4096,8192} TASK_SAMPLES=${TASK_SAMPLES:-100} TASK_ARGS=${TASK_ARGS:-}
 BENCH_GIB=${BENCH_GIB:-40} PROMPT=${PROMPT:-3968} NEW=${NEW:-128} STEPS=${STEPS:-64}
+ZERO_OUT_MIN=${ZERO_OUT_MIN:-25} TAG=${TAG:-} DMC_ARGS=${DMC_ARGS:-}
 CONTROL_RATIOS=${CONTROL_RATIOS:-$RATIOS ${DISTILL_CR}} DEADLINE=${DEADLINE:-} JOB_SECONDS=${JOB_SECONDS:-240}
 has() { [[ " $PHASES " == *" $1 "* ]]; }
 # before a job that cannot resume from a checkpoint (an evaluation): stop cleanly if the deadline is too close
@@ -53,13 +58,26 @@ budget_for() {
   exit 75
 }
 done_run() { [ -f "$1/final/config.json" ]; }
-# stage steps of one ratio: zero_out, retrofit, finetune (the reference's 250 / 6000 (CR - 1) / 2000 at UNIT = 6000)
+# stage steps of one ratio: zero_out, retrofit, finetune (the reference's 250 / 6000 (CR - 1) / 2000 at UNIT = 6000,
+# zero_out at least ZERO_OUT_MIN)
 stages() {
   local cr=$1
-  echo $(( (UNIT * 250 + 5999) / 6000 )) $(( UNIT * (cr - 1) )) $(( (UNIT * 2000 + 5999) / 6000 ))
+  local z=$(( (UNIT * 250 + 5999) / 6000 ))
+  [ "$z" -lt "$ZERO_OUT_MIN" ] && z=$ZERO_OUT_MIN
+  echo $z $(( UNIT * (cr - 1) )) $(( (UNIT * 2000 + 5999) / 6000 ))
 }
 total() { local z r f; read -r z r f <<< "$(stages "$1")"; echo $(( z + r + f )); }
 mkdir -p "$RUN"
+# a run's stage lengths are fixed: its controls and evaluations are named by ratio, so a later invocation with another
+# UNIT or ZERO_OUT_MIN would pair a DMC run with a control of another length
+for cr in $CONTROL_RATIOS $RATIOS ${DISTILL_CR}; do
+  s=$(stages "$cr")
+  was=$(sed -n "s/^$cr: //p" "$RUN/stages.txt" 2>/dev/null || true)
+  if [ -z "$was" ]; then echo "$cr: $s" >> "$RUN/stages.txt"
+  elif [ "$was" != "$s" ]; then
+    echo "$RUN: CR $cr was run with stages $was (zero_out retrofit finetune), now $s: use another RUN"; exit 1
+  fi
+done
 T="--tokenizer $TOKENIZER --data $DATA"
 C="--config configs/smollm2/continue.yaml $T --log-level warn $BATCH"
 max_total=0 need=0
@@ -67,7 +85,7 @@ for cr in $CONTROL_RATIOS $RATIOS ${DISTILL_CR}; do t=$(total "$cr"); [ "$t" -gt
 for cr in $RATIOS ${DISTILL_CR}; do t=$(total "$cr"); [ "$t" -gt "$need" ] && need=$t; done
 echo "smollm2 retrofit: run $RUN, UNIT $UNIT, ratios $RATIOS, distillation at ${DISTILL_CR:-none}, control $max_total steps"
 { date -u; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true; git rev-parse HEAD 2>/dev/null || true
-  echo "UNIT=$UNIT RATIOS='$RATIOS' DISTILL_CR=$DISTILL_CR EVAL_SEQ=$EVAL_SEQ TASK_LENGTHS=$TASK_LENGTHS TASK_SAMPLES=$TASK_SAMPLES"
+  echo "UNIT=$UNIT ZERO_OUT_MIN=$ZERO_OUT_MIN TAG='$TAG' DMC_ARGS='$DMC_ARGS' RATIOS='$RATIOS' DISTILL_CR=$DISTILL_CR EVAL_SEQ=$EVAL_SEQ TASK_LENGTHS=$TASK_LENGTHS TASK_SAMPLES=$TASK_SAMPLES"
   for cr in $RATIOS; do echo "DMC ${cr}x: zero_out / retrofit / finetune = $(stages "$cr") steps"; done; } > "$RUN/machine.txt"
 
 if has original && [ ! -f "$ORIGINAL/config.json" ]; then
@@ -118,7 +136,7 @@ fi
 dmc_run() {  # prefix cr [extra args]: the three stages
   local p=$1 cr=$2 z r f; shift 2
   read -r z r f <<< "$(stages "$cr")"
-  local D="$C --config configs/smollm2/dmc.yaml --target-cr $cr $*"
+  local D="$C --config configs/smollm2/dmc.yaml --target-cr $cr $DMC_ARGS $*"
   echo "== $(basename "$p"): zero_out $z -> retrofit $r -> finetune $f"
   done_run "$p-1-zero_out" || "$DMC" retrofit --stage zero_out $D --init-from "$ORIGINAL" --out "$p-1-zero_out" \
     --train-steps "$z" --seed 1234
@@ -128,13 +146,17 @@ dmc_run() {  # prefix cr [extra args]: the three stages
     --train-steps "$f" --seed 1236
   "$DMC" report "$p-1-zero_out" "$p-2-retrofit" "$p-3-finetune" --out "$p-report" > "$p-report.log" 2>&1
 }
-if has dmc; then for cr in $RATIOS; do dmc_run "$RUN/dmc${cr}x" "$cr"; done; fi
-if has distill && [ -n "$DISTILL_CR" ]; then dmc_run "$RUN/distill${DISTILL_CR}x" "$DISTILL_CR" --distill-from "$ORIGINAL"; fi
+if has dmc; then for cr in $RATIOS; do dmc_run "$RUN/dmc${cr}x$TAG" "$cr"; done; fi
+if has distill && [ -n "$DISTILL_CR" ]; then
+  dmc_run "$RUN/distill${DISTILL_CR}x$TAG" "$DISTILL_CR" --distill-from "$ORIGINAL"
+fi
 
 # the models: name:directory:ratio (control-N is the control of the runs of N steps)
 models="original:$ORIGINAL:0"
-for cr in $RATIOS; do models="$models control${cr}x:$RUN/control-$(total "$cr"):$cr dmc${cr}x:$RUN/dmc${cr}x-3-finetune/final:$cr"; done
-[ -n "$DISTILL_CR" ] && models="$models distill${DISTILL_CR}x:$RUN/distill${DISTILL_CR}x-3-finetune/final:$DISTILL_CR"
+for cr in $RATIOS; do
+  models="$models control${cr}x:$RUN/control-$(total "$cr"):$cr dmc${cr}x$TAG:$RUN/dmc${cr}x$TAG-3-finetune/final:$cr"
+done
+[ -n "$DISTILL_CR" ] && models="$models distill${DISTILL_CR}x$TAG:$RUN/distill${DISTILL_CR}x$TAG-3-finetune/final:$DISTILL_CR"
 mkdir -p "$RUN/eval" "$RUN/tasks"
 E="--tokenizer $TOKENIZER --data $DATA --split valid --seq-len $EVAL_SEQ"
 source scripts/eval_lib.sh  # ev NAME MODEL [args...]
@@ -183,7 +205,7 @@ if has bench; then
   bench_setup
   for cr in $RATIOS; do
     bd "control${cr}x" "$RUN/control-$(total "$cr")" vanilla
-    bd "dmc${cr}x" "$RUN/dmc${cr}x-3-finetune/final" dmc
+    bd "dmc${cr}x$TAG" "$RUN/dmc${cr}x$TAG-3-finetune/final" dmc
   done
 fi
 

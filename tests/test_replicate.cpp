@@ -13,12 +13,13 @@ using namespace dmc;
 using namespace dmc::test;
 
 namespace {
-// scripts/NAME run with `env` (and DMC_BUILD = this build) -> its result, output shown on failure
-RunResult run_script(const std::string& name, const std::string& env) {
+// scripts/NAME run with `env` (and DMC_BUILD = this build) -> its result, output shown on failure; `status` is the
+// exit status it must have
+RunResult run_script(const std::string& name, const std::string& env, int status = 0) {
   const std::string bin_dir = std::string(DMC_BINARY).substr(0, std::string(DMC_BINARY).rfind('/'));
   auto r = run("DMC_BUILD=" + bin_dir + " " + env + " " + std::string(DMC_SOURCE_DIR) + "/scripts/" + name);
   INFO(r.output);
-  REQUIRE(r.status == 0);
+  REQUIRE(r.status == status);
   return r;
 }
 }  // namespace
@@ -67,7 +68,7 @@ TEST_CASE("SmolLM2 retrofit script: control checkpoints per budget, DMC and dist
   INFO(init.output);
   REQUIRE(init.status == 0);
   const std::string env =
-      "RUN=" + w + "/run ORIGINAL=" + w + "/orig TOKENIZER=" + fx().tok + " CORPORA_GLOB='" +
+      "ZERO_OUT_MIN=0 RUN=" + w + "/run ORIGINAL=" + w + "/orig TOKENIZER=" + fx().tok + " CORPORA_GLOB='" +
       fx().dir + "/a.txt' UNIT=6 RATIOS='2 4' DISTILL_CR=2 EVAL_SEQ=96 EVAL_SUBSET=400 TASK_LENGTHS=800 TASK_SAMPLES=2"
       " TASK_ARGS='--tasks passkey,niah_single_1 --device cpu' BENCH_GIB=0.01 PROMPT=80 NEW=8 STEPS=4"
       " BATCH='--micro-batch 2 --global-batch 2 --seq-len 64 --device cpu'";
@@ -103,4 +104,19 @@ TEST_CASE("SmolLM2 retrofit script: control checkpoints per budget, DMC and dist
   auto again = run_script("smollm2_retrofit.sh", env);
   CHECK(again.output.find("== control") == std::string::npos);
   CHECK(again.output.find("ppl") == std::string::npos);
+  // a recipe variant beside the first: its own DMC runs with the extra argument in every stage's config, the same
+  // controls; another stage length in the same RUN is refused; an evaluation job is not started past the DEADLINE
+  // (exit 75) and the next invocation resumes it
+  const std::string v = env + " RATIOS=2 DISTILL_CR= CONTROL_RATIOS='2 4' TAG=-v DMC_ARGS='--dmc-decision-lr-mult 3'";
+  auto variant = run_script("smollm2_retrofit.sh", v + " PHASES='control dmc'");
+  CHECK(variant.output.find("dmc2x-v: zero_out 1 -> retrofit 6 -> finetune 2") != std::string::npos);
+  CHECK(variant.output.find("== control") == std::string::npos);
+  CHECK(read_file(run_dir + "/dmc2x-v-2-retrofit/config.yaml").find("dmc_decision_lr_mult: 3") != std::string::npos);
+  auto longer = run_script("smollm2_retrofit.sh", v + " ZERO_OUT_MIN=3 PHASES=dmc", 1);
+  CHECK(longer.output.find("CR 2 was run with stages 1 6 2 (zero_out retrofit finetune), now 3 6 2") != std::string::npos);
+  auto late = run_script("smollm2_retrofit.sh", v + " PHASES=eval DEADLINE=1", 75);
+  CHECK(late.output.find("deadline:") != std::string::npos);
+  CHECK(!fs::exists(run_dir + "/eval/dmc2x-v.json"));
+  run_script("smollm2_retrofit.sh", v + " PHASES=eval");
+  CHECK(fs::exists(run_dir + "/eval/dmc2x-v-subset-incremental.json"));
 }

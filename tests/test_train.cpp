@@ -135,10 +135,10 @@ TEST_CASE("AdamW row learning rate: the chosen rows take mult x the Adam step, t
   for (int64_t r : {1, 3})
     CHECK(((b[r] - a0[r]) - 5.0 * (a[r] - a0[r])).abs().max().item<double>() < 1e-12);
   // bad requests name what is wrong
-  CHECK_THROWS_WITH(ob.set_row_lr("nope", at::tensor(std::vector<int64_t>{0}), 2.0),
-                    Catch::Contains("no parameter named 'nope'"));
-  CHECK_THROWS_WITH(ob.set_row_lr("w", at::tensor(std::vector<int64_t>{4}), 2.0), Catch::Contains("within [0, 4)"));
-  CHECK_THROWS_WITH(ob.set_row_lr("w", at::tensor(std::vector<int64_t>{0}), 0.0), Catch::Contains("must be > 0"));
+  require_error([&] { ob.set_row_lr("nope", at::tensor(std::vector<int64_t>{0}), 2.0); },
+                {"no parameter named 'nope'"});
+  require_error([&] { ob.set_row_lr("w", at::tensor(std::vector<int64_t>{4}), 2.0); }, {"'w'", "within [0, 4)"});
+  require_error([&] { ob.set_row_lr("w", at::tensor(std::vector<int64_t>{0}), 0.0); }, {"must be > 0"});
 }
 
 TEST_CASE("LR schedule values", "[train]") {
