@@ -8,7 +8,8 @@
 #        DMC 2x, 4x, 8x: zero_out (3%) -> retrofit (73%) -> finetune (24%)  dmc retrofit --stage ...
 #      (the stage proportions of the reference recipe: 250 / 6000 / 2000 steps)
 #   4. validation perplexity of every model (parallel; and parallel against incremental on a subset), achieved
-#      ratios per layer and head, TOVA / H2O / window+sinks on the base model at the budgets of 2x, 4x, 8x
+#      ratios per layer and head, TOVA / H2O / window+sinks on the vanilla control and on the base model at the
+#      budgets of 2x, 4x, 8x
 #   5. decode throughput at equal cache memory, largest batch each, vanilla base against the DMC models
 #   6. everything but the checkpoints packed into $RUN/replication.tar.gz; scripts/replication_report.py makes
 #      docs/results.md and the pictures from it
@@ -90,9 +91,14 @@ if has eval; then
     ev "$name-subset-parallel" "$model" --max-tokens "$EVAL_SUBSET"
     ev "$name-subset-incremental" "$model" --max-tokens "$EVAL_SUBSET" --mode incremental --batch 32
   done
+  # the baselines on the vanilla control (the same continued training as DMC: the comparison isolates the cache) and
+  # on the base model
   for cr in $RATIOS; do
-    for pol in tova h2o window; do
-      ev "base-$pol-${cr}x" "$RUN/base/final" --max-tokens "$EVAL_SUBSET" --mode incremental --batch 32 --cache "$pol" --cr "$cr"
+    for src in vanilla base; do
+      for pol in tova h2o window; do
+        ev "$src-$pol-${cr}x" "$RUN/$src/final" --max-tokens "$EVAL_SUBSET" --mode incremental --batch 32 --cache "$pol" \
+          --cr "$cr"
+      done
     done
   done
 fi

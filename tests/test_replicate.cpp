@@ -43,7 +43,17 @@ TEST_CASE("replication script: the whole chain at toy size, and its report", "[r
   for (const char* row : {"| base (no continued training) |", "| vanilla control |", "| DMC 2x |", "| DMC 4x |",
                           "| vanilla (base) |", "| DMC (dmc4x-3-finetune) |"})
     CHECK(md.find(row) != std::string::npos);
-  CHECK(md.find("| 4 | ") != std::string::npos);  // the baselines row at CR 4
+  // the baselines at CR 4 on the vanilla control and on the base model: both tables, every cell measured
+  for (const char* table : {"On the vanilla control:", "On the base model:"}) {
+    INFO(table);
+    const auto at = md.find(table);
+    REQUIRE(at != std::string::npos);
+    const auto row = md.find("| 4 | ", at);
+    REQUIRE(row != std::string::npos);
+    CHECK(md.substr(row, md.find('\n', row) - row).find(" - ") == std::string::npos);
+  }
+  for (const char* pol : {"tova", "h2o", "window"})
+    CHECK(fs::exists(w + "/run/eval/vanilla-" + std::string(pol) + "-4x.json"));
   std::ifstream pic(w + "/pics/heatmap-dmc2x.svg");
   CHECK(pic.good());
   // parallel and incremental evaluation agree on every model (fp32 on the CPU)
