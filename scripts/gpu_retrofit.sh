@@ -11,7 +11,8 @@
 # Every call checks the joined GGUF's sha256 against the one --split recorded. The run lives in /root/smollm2-run;
 # a call stops its jobs DEADLINE_S (540) seconds after it started: training checkpoints on SIGTERM, an evaluation job
 # is not started without JOB_SECONDS left (exit 75 = more to do). Environment: RATIOS, DISTILL_CR, CONTROL_RATIOS,
-# UNIT, PHASES, TASK_SAMPLES, ... as scripts/smollm2_retrofit.sh takes them.
+# UNIT, PHASES, TASK_SAMPLES, ... as scripts/smollm2_retrofit.sh takes them; LANE0 / LANE1 split the work over two
+# GPUs (see below).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 GGUF_LOCAL=${DMC_CACHE:-$HOME/.cache/dmc}/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -50,9 +51,25 @@ export GGUF=$gguf CORPORA_GLOB='/root/corpora/*.txt.xz' DMC_BUILD=$B
 export DEADLINE=$(( t0 + ${DEADLINE_S:-540} ))
 export TASK_ARGS=${TASK_ARGS:---sinks 4 --batch 384 --prefill-tokens 262144 --prefill-chunk 256}
 left=$(( DEADLINE - $(date +%s) ))
-timeout -s TERM "$left" scripts/smollm2_retrofit.sh 2>&1 | tee -a "$RUN.log"
-rc=${PIPESTATUS[0]}
-echo "smollm2_retrofit.sh rc=$rc ($(( $(date +%s) - t0 )) s this call; 0 done, 75 or 124 more to do)"
+if [ -z "${LANE0:-}" ]; then
+  timeout -s TERM "$left" scripts/smollm2_retrofit.sh 2>&1 | tee -a "$RUN.log"
+  rc=${PIPESTATUS[0]}
+  echo "smollm2_retrofit.sh rc=$rc ($(( $(date +%s) - t0 )) s this call; 0 done, 75 or 124 more to do)"
+else
+  # two lanes on two GPUs (nvidia-h200-x2): the shared phases first, then LANE0 on GPU 0 and LANE1 on GPU 1 at once,
+  # each a ';'-separated list of VAR=value for scripts/smollm2_retrofit.sh (no shell parses them), e.g.
+  #   LANE0='PHASES=control eval tasks;ONLY=^(original|control4x)$'  LANE1='PHASES=dmc eval tasks;ONLY=^dmc4x'
+  PHASES="original data" scripts/smollm2_retrofit.sh 2>&1 | tee -a "$RUN.log"
+  for lane in 0 1; do
+    spec=LANE$lane
+    IFS=';' read -ra kv <<< "${!spec:-PHASES=none}"
+    CUDA_VISIBLE_DEVICES=$lane timeout -s TERM "$(( DEADLINE - $(date +%s) ))" env "${kv[@]}" scripts/smollm2_retrofit.sh \
+      > "$RUN.lane$lane.log" 2>&1 &
+  done
+  wait
+  for lane in 0 1; do echo "-- lane $lane"; tail -12 "$RUN.lane$lane.log"; cat "$RUN.lane$lane.log" >> "$RUN.log"; done
+  echo "lanes done ($(( $(date +%s) - t0 )) s this call)"
+fi
 # results so far (no weights, no token shards) and the log of every call
 cp "$RUN.log" "$RUN/calls.log" 2>/dev/null
 tar czf "$OUT/run.tgz" -C "$RUN" --exclude='*/final' --exclude='*/checkpoints' --exclude='*.safetensors' \

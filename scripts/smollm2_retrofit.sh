@@ -24,6 +24,8 @@
 #                    zeroing the q/k dimension D-1 in 3 steps left SmolLM2 at perplexity 35.9 (from 21.5)
 #   TAG, DMC_ARGS    a recipe variant: DMC runs named dmc<CR>x<TAG> / distill<CR>x<TAG>, DMC_ARGS added to their stages
 #                    (e.g. TAG=-lr400 DMC_ARGS='--dmc-decision-lr-mult 400'); the controls are shared
+#   ONLY             a regular expression on model names (original, control4x, dmc4x-lr400, ...): the eval, tasks and
+#                    bench phases take only those
 #   DEADLINE         epoch seconds: no evaluation job starts when fewer than JOB_SECONDS (default 240) remain; the
 #                    script then exits 75 and the next invocation resumes (training checkpoints on SIGTERM instead)
 #   BATCH="--micro-batch 2 ...", EVAL_SEQ, TASK_LENGTHS, TASK_SAMPLES, TOKENIZER    overrides (CPU smoke test)
@@ -46,7 +48,7 @@ PHASES=${PHASES:-original data control dmc distill eval tasks bench pack}
 BATCH=${BATCH:-} EVAL_SEQ=${EVAL_SEQ:-4096} EVAL_SUBSET=${EVAL_SUBSET:-16384}
 TASK_LENGTHS=${TASK_LENGTHS:-1024,2048,4096,8192} TASK_SAMPLES=${TASK_SAMPLES:-100} TASK_ARGS=${TASK_ARGS:-}
 BENCH_GIB=${BENCH_GIB:-40} PROMPT=${PROMPT:-3968} NEW=${NEW:-128} STEPS=${STEPS:-64}
-ZERO_OUT_MIN=${ZERO_OUT_MIN:-25} TAG=${TAG:-} DMC_ARGS=${DMC_ARGS:-}
+ZERO_OUT_MIN=${ZERO_OUT_MIN:-25} TAG=${TAG:-} DMC_ARGS=${DMC_ARGS:-} ONLY=${ONLY:-}
 CONTROL_RATIOS=${CONTROL_RATIOS:-$RATIOS ${DISTILL_CR}} DEADLINE=${DEADLINE:-} JOB_SECONDS=${JOB_SECONDS:-240}
 has() { [[ " $PHASES " == *" $1 "* ]]; }
 # before a job that cannot resume from a checkpoint (an evaluation): stop cleanly if the deadline is too close
@@ -72,7 +74,7 @@ mkdir -p "$RUN"
 # UNIT or ZERO_OUT_MIN would pair a DMC run with a control of another length
 for cr in $CONTROL_RATIOS $RATIOS ${DISTILL_CR}; do
   s=$(stages "$cr")
-  was=$(sed -n "s/^$cr: //p" "$RUN/stages.txt" 2>/dev/null || true)
+  was=$(sed -n "s/^$cr: //p" "$RUN/stages.txt" 2>/dev/null | head -1 || true)
   if [ -z "$was" ]; then echo "$cr: $s" >> "$RUN/stages.txt"
   elif [ "$was" != "$s" ]; then
     echo "$RUN: CR $cr was run with stages $was (zero_out retrofit finetune), now $s: use another RUN"; exit 1
@@ -157,6 +159,12 @@ for cr in $RATIOS; do
   models="$models control${cr}x:$RUN/control-$(total "$cr"):$cr dmc${cr}x$TAG:$RUN/dmc${cr}x$TAG-3-finetune/final:$cr"
 done
 [ -n "$DISTILL_CR" ] && models="$models distill${DISTILL_CR}x$TAG:$RUN/distill${DISTILL_CR}x$TAG-3-finetune/final:$DISTILL_CR"
+# ONLY (an extended regular expression): evaluate just the models whose names match (two invocations on two GPUs)
+if [ -n "$ONLY" ]; then
+  kept=""
+  for m in $models; do [[ ${m%%:*} =~ $ONLY ]] && kept="$kept $m"; done
+  models=$kept
+fi
 mkdir -p "$RUN/eval" "$RUN/tasks"
 E="--tokenizer $TOKENIZER --data $DATA --split valid --seq-len $EVAL_SEQ"
 source scripts/eval_lib.sh  # ev NAME MODEL [args...]
@@ -202,10 +210,14 @@ if has tasks; then
 fi
 
 if has bench; then
-  bench_setup
-  for cr in $RATIOS; do
-    bd "control${cr}x" "$RUN/control-$(total "$cr")" vanilla
-    bd "dmc${cr}x$TAG" "$RUN/dmc${cr}x$TAG-3-finetune/final" dmc
+  bench_setup  # (one invocation at a time: it starts $RUN/bench_decode.jsonl afresh)
+  for m in $models; do
+    IFS=: read -r name dir cr <<< "$m"
+    case $name in
+      original) ;;
+      control*) bd "$name" "$dir" vanilla ;;
+      *) bd "$name" "$dir" dmc ;;
+    esac
   done
 fi
 

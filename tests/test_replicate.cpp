@@ -124,6 +124,9 @@ TEST_CASE("SmolLM2 retrofit script: control checkpoints per budget, DMC and dist
   CHECK(read_file(run_dir + "/dmc2x-v-2-retrofit/config.yaml").find("dmc_decision_lr_mult: 3") != std::string::npos);
   auto longer = run_script("smollm2_retrofit.sh", v + " ZERO_OUT_MIN=3 PHASES=dmc", 1);
   CHECK(longer.output.find("CR 2 was run with stages 1 6 2 (zero_out retrofit finetune), now 3 6 2") != std::string::npos);
+  run_script("smollm2_retrofit.sh", v + " PHASES='eval tasks' ONLY='^(original|control2x)$'");  // not the variant
+  CHECK(!fs::exists(run_dir + "/eval/dmc2x-v.json"));
+  CHECK(!fs::exists(run_dir + "/tasks/dmc2x-v.json"));
   auto late = run_script("smollm2_retrofit.sh", v + " PHASES=eval DEADLINE=1", 75);
   CHECK(late.output.find("deadline:") != std::string::npos);
   CHECK(!fs::exists(run_dir + "/eval/dmc2x-v.json"));
