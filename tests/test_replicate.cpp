@@ -110,6 +110,16 @@ TEST_CASE("SmolLM2 retrofit script: control checkpoints per budget, DMC and dist
   auto dt = nlohmann::json::parse(read_file(run_dir + "/tasks/dmc4x.json"));
   CHECK(dt["runs"][0]["name"] == "dmc");
   CHECK(fs::exists(run_dir + "/smollm2.tar.gz"));
+  // the report from the pack: every model's perplexity row against its control, the tasks, the targets, heatmaps
+  auto rep = run(python() + " " + std::string(DMC_SOURCE_DIR) + "/scripts/smollm2_report.py " + run_dir +
+                 "/smollm2.tar.gz --out " + w + "/report.md --pictures " + w + "/pics --target-lengths 800");
+  INFO(rep.output);
+  REQUIRE(rep.status == 0);
+  const std::string md = read_file(w + "/report.md");
+  for (const char* row : {"| control2x | 1 |", "| dmc2x | 2 |", "| dmc4x | 4 |", "| distill2x | 2 |",
+                          "| control4x + tova@4 |", "| control4x + window@4 |", "| dmc4x | 800 |", "| dmc4x-2-retrofit |"})
+    CHECK(md.find(row) != std::string::npos);
+  CHECK(fs::exists(w + "/pics/heatmap-dmc4x.svg"));
   // run again: nothing left to do
   auto again = run_script("smollm2_retrofit.sh", env);
   CHECK(again.output.find("== control") == std::string::npos);

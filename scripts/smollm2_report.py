@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""The SmolLM2 retrofit's tables for docs/results.md from scripts/smollm2_retrofit.sh runs: run directories, or
+archives of them (scripts/gpu_retrofit.sh's run.tgz, the pack's smollm2.tar.gz). Runs from several leases on the
+same data (the split is deterministic) merge by model name, the first given winning a clash. Every DMC model is
+judged against the control of its ratio (controlNx: the vanilla run's checkpoint at that run's step count) and the
+baselines applied to that control, with issue #17's targets. Standard library only.
+
+  python3 scripts/smollm2_report.py RUN[@SUFFIX] [RUN[@SUFFIX] ...] [--out FILE.md] [--pictures DIR]
+      [--target-lengths 4096,8192]
+      @SUFFIX   appended to that run's DMC / distilled model names (a variant run without a TAG)
+"""
+import argparse
+import glob
+import json
+import os
+import re
+import sys
+import tarfile
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from replication_report import heatmap_svg, jsonl, load_json  # noqa: E402
+
+NAME = re.compile(r"^(control|dmc|distill)(\d+)x(.*)$")
+PPL_TARGET = {2: 1.5, 4: 4.0, 8: 10.0}  # % over the control
+
+
+def ratio_of(name):
+    m = NAME.match(name)
+    return int(m.group(2)) if m else 0
+
+
+def open_run(path, tmp):
+    if os.path.isdir(path):
+        return path
+    d = tempfile.mkdtemp(dir=tmp)
+    with tarfile.open(path) as t:
+        t.extractall(d, filter="data") if hasattr(tarfile, "data_filter") else t.extractall(d)
+    return d
+
+
+def task_mean(acc, length):
+    vals = [v[length] for t, v in acc.items() if t != "vt" and length in v]
+    return sum(vals) / len(vals) if vals else None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("runs", nargs="+")
+    ap.add_argument("--out", default="-")
+    ap.add_argument("--pictures", default="")
+    ap.add_argument("--target-lengths", default="4096,8192", help="the lengths the accuracy targets are judged at")
+    a = ap.parse_args()
+    tmp = tempfile.mkdtemp()
+    runs = []
+    for p in a.runs:
+        path, _, suffix = p.partition("@") if not os.path.exists(p) else (p, "", "")
+        runs.append((open_run(path, tmp), suffix))
+
+    def named(n, suffix):  # a variant's DMC models carry its suffix
+        m = NAME.match(n)
+        return n.replace(m.group(0), m.group(0) + suffix, 1) if suffix and m and m.group(1) != "control" else n
+    evals, tasks, training, bench = {}, {}, [], []
+    for r, suffix in runs:
+        for f in sorted(glob.glob(os.path.join(r, "eval", "*.json"))):
+            base = os.path.basename(f)[:-5]
+            stem = re.sub(r"-subset-(parallel|incremental)$", "", base)
+            evals.setdefault(named(stem, suffix) + base[len(stem):], load_json(f))
+        for f in sorted(glob.glob(os.path.join(r, "tasks", "*.json"))):
+            name = os.path.basename(f)[:-5]
+            if NAME.match(name) and NAME.match(name).group(1) == "control" and "-" not in name:
+                continue  # the merged control report: its parts are read one by one
+            for run in load_json(f)["runs"]:
+                label = name.replace("-vanilla", "") if run["policy"] == "vanilla" else f"{name.split('-')[0]} + {run['name']}"
+                if run["policy"] == "dmc":
+                    label = name
+                tasks.setdefault(named(label, suffix), run)
+        for d in sorted(glob.glob(os.path.join(r, "*", "metrics.jsonl"))):
+            rows = jsonl(d)
+            run_name = os.path.basename(os.path.dirname(d))
+            stage = re.match(r"^(.*?)(-\d-\w+)?$", run_name)
+            run_name = named(stage.group(1), suffix) + (stage.group(2) or "")
+            if any(t["run"] == run_name for t in training):
+                continue
+            steps = [x for x in rows if "tokens_per_s" in x]
+            if not steps:
+                continue
+            tokens = steps[-1].get("tokens_seen", 0)
+            tps = sum(x["tokens_per_s"] for x in steps) / len(steps)
+            crs = [x["cr"] for x in steps if "cr" in x]
+            training.append({"run": run_name, "step": steps[-1]["step"], "tokens": tokens, "seconds": tokens / tps,
+                             "tps": tps, "cr": crs[-1] if crs else None,
+                             "target": steps[-1].get("target_cr")})
+        bench += jsonl(os.path.join(r, "bench_decode.jsonl"))
+    md = []
+    # ---- training
+    md.append("Training (tokens and seconds from each stage's metrics: seconds = tokens / mean tokens/s):\n")
+    md.append("| run | last logged step | tokens | seconds | tokens/s | last training CR (target) |")
+    md.append("|---|---|---|---|---|---|")
+    for t in training:
+        cr = f"{t['cr']:.2f} ({t['target']:.2f})" if t["cr"] is not None else "-"
+        md.append(f"| {t['run']} | {t['step']} | {t['tokens'] / 1e6:.1f}M | {t['seconds']:.0f} | {t['tps'] / 1e3:.0f}k | {cr} |")
+    md.append("")
+    # ---- perplexity
+    models = sorted((n for n in evals if not n.endswith(("-subset-parallel", "-subset-incremental"))),
+                    key=lambda n: (ratio_of(n), n))
+    md.append("Perplexity on the validation split (parallel; the subset parallel against token by token):\n")
+    md.append("| model | target CR | achieved CR | valid ppl | vs control | target | subset parallel | subset "
+              "incremental | rel. diff |")
+    md.append("|---|---|---|---|---|---|---|---|---|")
+    for n in models:
+        e, cr = evals[n], ratio_of(n)
+        ctrl = evals.get(f"control{cr}x") if cr else None
+        kind = NAME.match(n).group(1) if NAME.match(n) else n
+        vs, target = "-", "-"
+        if ctrl and kind != "control":
+            d = (e["ppl"] / ctrl["ppl"] - 1) * 100
+            vs = f"{d:+.1f}%"
+            if cr in PPL_TARGET:
+                ok = d <= PPL_TARGET[cr] and abs(e.get("dmc_cr", 1.0) / cr - 1) <= 0.05
+                target = f"<= +{PPL_TARGET[cr]:g}%, CR +-5%: {'met' if ok else 'missed'}"
+        sp, si = evals.get(n + "-subset-parallel"), evals.get(n + "-subset-incremental")
+        rel = f"{abs(sp['ppl'] - si['ppl']) / sp['ppl']:.1e}" if sp and si else "-"
+        md.append(f"| {n} | {cr if kind in ('dmc', 'distill') else 1} | {e.get('dmc_cr', 1.0):.2f} | {e['ppl']:.2f} | "
+                  f"{vs} | {target} | {sp['ppl']:.3f} | {si['ppl']:.3f} | {rel} |" if sp and si else
+                  f"| {n} | {cr if kind in ('dmc', 'distill') else 1} | {e.get('dmc_cr', 1.0):.2f} | {e['ppl']:.2f} | "
+                  f"{vs} | {target} | - | - | - |")
+    md.append("")
+    # ---- tasks
+    if tasks:
+        lengths = sorted({L for r in tasks.values() for v in r["accuracy"].values() for L in v}, key=int)
+        md.append("Long-context tasks: mean accuracy % of the retrieval tasks (vt apart) by length:\n")
+        md.append("| model / cache | " + " | ".join(lengths) + " | achieved CR | seconds |")
+        md.append("|---|" + "---|" * len(lengths) + "---|---|")
+        order = sorted(tasks, key=lambda k: (ratio_of(k.split(" ")[0]), " + " in k, k))
+        for k in order:
+            r = tasks[k]
+            cells = [task_mean(r["accuracy"], L) for L in lengths]
+            md.append(f"| {k} | " + " | ".join("-" if c is None else f"{c:.1f}" for c in cells) +
+                      f" | {r['achieved_cr']:.2f} | {r['seconds']:.0f} |")
+        md.append("")
+        md.append(f"Targets at {a.target_lengths} tokens: a DMC model at its ratio (achieved within 5%) keeps >= 90% of its control's "
+                  "accuracy and is >= 10 points above each baseline at the same ratio:\n")
+        md.append("| model | length | achieved CR | DMC | control | DMC / control | best baseline | margin | target |")
+        md.append("|---|---|---|---|---|---|---|---|---|")
+        for k in order:
+            m = NAME.match(k)
+            if not m or m.group(1) == "control":
+                continue
+            cr = int(m.group(2))
+            ctrl = tasks.get(f"control{cr}x")
+            for L in a.target_lengths.split(","):
+                d = task_mean(tasks[k]["accuracy"], L)
+                c = task_mean(ctrl["accuracy"], L) if ctrl else None
+                base = [(task_mean(v["accuracy"], L), n) for n, v in tasks.items() if n.startswith(f"control{cr}x + ")]
+                base = [b for b in base if b[0] is not None]
+                best = max(base) if base else None
+                if d is None:
+                    continue
+                frac = d / c if c else float("nan")
+                margin = d - best[0] if best else float("nan")
+                ach = tasks[k]["achieved_cr"]
+                ok = c is not None and best is not None and frac >= 0.9 and margin >= 10 and abs(ach / cr - 1) <= 0.05
+                cs = "-" if c is None else f"{c:.1f}"
+                bs = "-" if best is None else "%.1f (%s)" % (best[0], best[1].split(" + ")[1])
+                verdict = "met" if ok else "missed" if c is not None and best is not None else "incomplete"
+                md.append(f"| {k} | {L} | {ach:.2f} | {d:.1f} | {cs} | {frac * 100:.0f}% | {bs} | {margin:+.1f} | "
+                          f"{verdict} |")
+        md.append("")
+    # ---- heatmaps
+    pics = []
+    for n in models:
+        e = evals[n]
+        if a.pictures and e.get("dmc_cr_per_head"):
+            os.makedirs(a.pictures, exist_ok=True)
+            vals = e["dmc_cr_per_head"]
+            hi = max(max(row) for row in vals)
+            path = os.path.join(a.pictures, f"heatmap-{n}.svg")
+            with open(path + ".tmp", "w") as f:
+                f.write(heatmap_svg(f"{n}: achieved ratio per layer and KV head (validation)", vals, 1.0, max(hi, 1.01)))
+            os.replace(path + ".tmp", path)
+            pics.append(f"[{n}]({os.path.relpath(path, os.path.dirname(os.path.abspath(a.out))) if a.out != '-' else path})")
+    if pics:
+        md.append("Achieved ratio per layer and KV head: " + ", ".join(pics) + "\n")
+    # ---- decode
+    if bench:
+        md.append("Decode at equal cache memory, largest batch (`dmc bench decode`, real prefills):\n")
+        md.append("| model | policy | batch | ms/step | tokens/s | achieved CR | step / HBM floor |")
+        md.append("|---|---|---|---|---|---|---|")
+        for b in bench:
+            md.append(f"| {os.path.basename(os.path.dirname(b.get('model', '')) or b.get('model', ''))} | {b['policy']} | "
+                      f"{b['batch']} | {b['ms_per_step']:.2f} | {b['tokens_per_s']:.0f} | {b['achieved_cr']:.2f} | "
+                      f"{b['step_over_floor']:.2f} |")
+        md.append("")
+    text = "\n".join(md) + "\n"
+    if a.out == "-":
+        sys.stdout.write(text)
+    else:
+        with open(a.out + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(a.out + ".tmp", a.out)
+
+
+if __name__ == "__main__":
+    main()
