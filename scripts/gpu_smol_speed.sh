@@ -5,7 +5,8 @@
 #      DMC attention's training form against its fp32 blockwise twin, the blend's backward kernel against autograd,
 #      the decode kernels against the reference ops);
 #   2. the training step, vanilla against the DMC retrofit stage (4k context, micro-batch 8), a kernel profile of the
-#      DMC step, and both again with the fused kernels off (the A/B of the blend kernels);
+#      DMC step, both again with the fused kernels off (the A/B of the blend kernels), and the DMC step with the
+#      row-per-warp pooling kernels (DMC_POOL_TILED=0, the A/B of the tiled ones);
 #   3. decode at 8k context (7,936-token prompts + 256 new), equal memory, largest batch, vanilla against DMC at
 #      forced CR 4, with step / HBM-floor ratios.
 #   OUT=... scripts/gpu_smol_speed.sh          results in $OUT/speed.tgz (logs, JSON lines, tables)
@@ -28,7 +29,11 @@ timeout 150 "$B/bench_train" "${common[@]}" --mode dmc --profile 2 > "$R/train_d
 timeout 120 "$B/bench_train" "${common[@]}" --mode vanilla --fused-ops false > "$R/train_vanilla_aten.log" 2>&1
 timeout 150 "$B/bench_train" "${common[@]}" --mode dmc --fused-ops false > "$R/train_dmc_aten.log" 2>&1
 echo "train, fused ops off: rc=$?"
+# the A/B of the pooling kernels: the DMC step with the row-per-warp forms instead of the tiled ones
+DMC_POOL_TILED=0 timeout 150 "$B/bench_train" "${common[@]/$J/$R/train_untiled.jsonl}" --mode dmc \
+  > "$R/train_dmc_untiled.log" 2>&1; echo "train dmc, pooling untiled: rc=$?"
 python3 scripts/train_table.py "$J" | tee "$R/train.md"
+echo "pooling kernels untiled (DMC_POOL_TILED=0):"; python3 scripts/train_table.py "$R/train_untiled.jsonl" | tail -1 | tee -a "$R/train.md"
 grep -A16 "^profile" "$R/train_dmc.log" | cut -c1-160
 D="$R/decode.jsonl"
 timeout 200 "$B/dmc" bench decode --preset smollm2-135m --prompt-len 7936 --new-tokens 256 --steps 32 --batch max \

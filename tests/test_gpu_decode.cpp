@@ -220,8 +220,10 @@ TEST_CASE("CUDA: fused DMC pooling kernels equal the ATen pooling, values and gr
       b.narrow(1, 100, 1).zero_();                                  // a document start
       b = at::where(at::rand_like(b) < 0.2, at::zeros_like(b), b);  // hard zeros (the product must not divide)
       at::Tensor R = at::randn({B, T, H, X}, f);
+      // 0: the ATen form; 1: the tiled kernels (shared-memory rows); 2: the row-per-warp kernels (DMC_POOL_TILED=0)
       std::vector<at::Tensor> outs, gx, gw, gb;
-      for (int k = 0; k < 2; ++k) {
+      for (int k = 0; k < 3; ++k) {
+        if (k == 2) setenv("DMC_POOL_TILED", "0", 1);
         at::Tensor xx = x.clone().requires_grad_(true), ww = w.clone().requires_grad_(true),
                    bb = b.clone().requires_grad_(true);
         at::Tensor o = k == 0 ? dmc_pool_ref(xx, ww, bb, W) : dmc_pool(xx, ww, bb, W);
@@ -230,22 +232,26 @@ TEST_CASE("CUDA: fused DMC pooling kernels equal the ATen pooling, values and gr
         gx.push_back(xx.grad());
         gw.push_back(ww.grad());
         gb.push_back(bb.grad().defined() ? bb.grad() : at::zeros_like(bb));  // W = 1: b takes no part
+        unsetenv("DMC_POOL_TILED");
       }
-      INFO("out " << rel_err(outs[1], outs[0]) << " dx " << rel_err(gx[1], gx[0]) << " dw " << rel_err(gw[1], gw[0])
-                  << " db " << rel_err(gb[1], gb[0]));
-      CHECK(rel_err(outs[1], outs[0]) < 1e-5);
-      CHECK(rel_err(gx[1], gx[0]) < 1e-5);
-      if (W > 1)
-        CHECK(rel_err(gw[1], gw[0]) < 1e-4);
-      else {
-        // W = 1: out = x and dw = (x.g - g.x) / w is 0 up to the rounding of the two cancelling terms
-        const double scale = ((x * R).sum(-1).abs() / w).max().item<double>();
-        CHECK(gw[1].abs().max().item<double>() < 1e-5 * scale);
+      for (int k = 1; k < 3; ++k) {
+        const char* form = k == 1 ? "tiled" : "per-warp";
+        INFO(form << ": out " << rel_err(outs[k], outs[0]) << " dx " << rel_err(gx[k], gx[0]) << " dw "
+                  << rel_err(gw[k], gw[0]) << " db " << rel_err(gb[k], gb[0]));
+        CHECK(rel_err(outs[k], outs[0]) < 1e-5);
+        CHECK(rel_err(gx[k], gx[0]) < 1e-5);
+        if (W > 1)
+          CHECK(rel_err(gw[k], gw[0]) < 1e-4);
+        else {
+          // W = 1: out = x and dw = (x.g - g.x) / w is 0 up to the rounding of the two cancelling terms
+          const double scale = ((x * R).sum(-1).abs() / w).max().item<double>();
+          CHECK(gw[k].abs().max().item<double>() < 1e-5 * scale);
+        }
+        if (W > 1) CHECK(rel_err(gb[k], gb[0]) < 1e-4);
+        std::cout << "[gpu-dmc-pool] " << form << " W " << W << " X " << X << ": out " << rel_err(outs[k], outs[0])
+                  << " dx " << rel_err(gx[k], gx[0]) << " dw " << rel_err(gw[k], gw[0]) << " db "
+                  << rel_err(gb[k], gb[0]) << std::endl;
       }
-      if (W > 1) CHECK(rel_err(gb[1], gb[0]) < 1e-4);
-      std::cout << "[gpu-dmc-pool] W " << W << " X " << X << ": out " << rel_err(outs[1], outs[0]) << " dx "
-                << rel_err(gx[1], gx[0]) << " dw " << rel_err(gw[1], gw[0]) << " db " << rel_err(gb[1], gb[0])
-                << std::endl;
     }
   }
 }

@@ -16,6 +16,8 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 
 #include "common/error.h"
@@ -193,6 +195,201 @@ __global__ void pool_bwd2_kernel(const float* __restrict__ g, const float* __res
   }
 }
 
+// ---- tiled forms: one block per (b, h, tile of kTile time steps), the tile's rows plus the window's halo staged in
+// shared memory once (the forms above read each row up to W times through L1/L2: ~0.6 TB/s on the H200, SmolLM2's
+// shape). A warp still owns a time step and does the same arithmetic in the same order; only where a row comes from
+// differs. smem: (kTile + WM - 1) rows of X floats; rows outside [0, T) read as zeros (never used: the window stops
+// at t + 1 / T - s).
+constexpr int kTile = 32;
+
+// rows first_t .. first_t + n - 1 of x (b, ., h) into sm[n][X]
+__device__ __forceinline__ void stage_rows(const float* __restrict__ x, int64_t bT, int T, int H, int X, int h,
+                                           int first_t, int n, float* sm) {
+  for (int idx = threadIdx.x; idx < n * X; idx += blockDim.x) {
+    const int j = idx / X, c = idx - j * X, t = first_t + j;
+    sm[idx] = (t >= 0 && t < T) ? x[((bT + t) * H + h) * X + c] : 0.f;
+  }
+  __syncthreads();
+}
+
+template <int WM, int V>
+__global__ void pool_fwd_tiled_kernel(const float* __restrict__ x, const float* __restrict__ w,
+                                      const float* __restrict__ b, int T, int H, int X, int W, float* __restrict__ out,
+                                      float* __restrict__ den_out) {
+  using R = Row<V>;
+  extern __shared__ float4 smem_f4[];
+  float* sm = reinterpret_cast<float*>(smem_f4);
+  const int tiles = (T + kTile - 1) / kTile;
+  const int tile = (int)(blockIdx.x % tiles);
+  const int64_t bh = blockIdx.x / tiles;
+  const int h = (int)(bh % H);
+  const int64_t bT = (bh / H) * T;
+  const int t0 = tile * kTile, r0 = t0 - (WM - 1);  // sm row j holds time r0 + j
+  stage_rows(x, bT, T, H, X, h, r0, kTile + WM - 1, sm);
+  const int lane = threadIdx.x % 32;
+  for (int tt = threadIdx.x / 32; tt < kTile; tt += blockDim.x / 32) {
+    const int t = t0 + tt;
+    if (t >= T) break;
+    const int64_t i = (bT + t) * H + h;
+    const int Wt = min(W, t + 1);
+    float C = 1.f, den = 0.f;
+    float coef[WM];
+#pragma unroll
+    for (int m = 0; m < WM; ++m) {
+      coef[m] = 0.f;
+      if (m < Wt) {
+        if (m > 0) C *= b[i - (int64_t)(m - 1) * H];
+        coef[m] = C * w[i - (int64_t)m * H];
+        den += coef[m];
+      }
+    }
+    const float inv = 1.f / den;
+    for (int c = lane * V; c < X; c += 32 * V) {
+      typename R::T num = R::zero();
+#pragma unroll
+      for (int m = 0; m < WM; ++m)
+        if (m < Wt) R::fma(num, coef[m], R::ld(sm + (tt + WM - 1 - m) * X + c));
+      R::st(out + i * X + c, R::scale(num, inv));
+    }
+    if (lane == 0) den_out[i] = den;
+  }
+}
+
+template <int WM, int V>
+__global__ void pool_bwd1_tiled_kernel(const float* __restrict__ g, const float* __restrict__ x,
+                                       const float* __restrict__ w, const float* __restrict__ b,
+                                       const float* __restrict__ out, const float* __restrict__ den, int T, int H,
+                                       int X, int W, float* __restrict__ A, float* __restrict__ Cs,
+                                       float* __restrict__ E) {
+  using R = Row<V>;
+  extern __shared__ float4 smem_f4[];
+  float* sm = reinterpret_cast<float*>(smem_f4);
+  const int tiles = (T + kTile - 1) / kTile;
+  const int tile = (int)(blockIdx.x % tiles);
+  const int64_t bh = blockIdx.x / tiles;
+  const int h = (int)(bh % H);
+  const int64_t bT = (bh / H) * T;
+  const int t0 = tile * kTile, r0 = t0 - (WM - 1);
+  stage_rows(x, bT, T, H, X, h, r0, kTile + WM - 1, sm);
+  const int lane = threadIdx.x % 32;
+  for (int tt = threadIdx.x / 32; tt < kTile; tt += blockDim.x / 32) {
+    const int t = t0 + tt;
+    if (t >= T) break;
+    const int64_t i = (bT + t) * H + h;
+    const int Wt = min(W, t + 1);
+    const float inv = 1.f / den[i];
+    float dd = 0.f, part[WM];
+#pragma unroll
+    for (int m = 0; m < WM; ++m) part[m] = 0.f;
+    for (int c = lane * V; c < X; c += 32 * V) {
+      const typename R::T gv = R::ld(g + i * X + c);
+      dd += R::dot(gv, R::ld(out + i * X + c));
+#pragma unroll
+      for (int m = 0; m < WM; ++m)
+        if (m < Wt) part[m] += R::dot(gv, R::ld(sm + (tt + WM - 1 - m) * X + c));
+    }
+    dd = -warp_sum(dd) * inv;
+    float a[WM], Cv[WM];
+    float Cm = 1.f;
+#pragma unroll
+    for (int m = 0; m < WM; ++m) {
+      a[m] = Cv[m] = 0.f;
+      if (m < Wt) {
+        if (m > 0) Cm *= b[i - (int64_t)(m - 1) * H];
+        Cv[m] = Cm;
+        a[m] = warp_sum(part[m]) * inv + dd;
+      }
+    }
+    if (lane == 0) {
+      float r = 0.f;
+#pragma unroll
+      for (int m = WM - 1; m >= 1; --m) {
+        if (m < Wt) {
+          const float dC = w[i - (int64_t)m * H] * a[m];
+          r = dC + (m + 1 < Wt ? r * b[i - (int64_t)m * H] : 0.f);
+          E[i * W + m] = r * Cv[m - 1];
+        }
+      }
+#pragma unroll
+      for (int m = 0; m < WM; ++m) {
+        if (m < W) {
+          A[i * W + m] = m < Wt ? a[m] : 0.f;
+          Cs[i * W + m] = m < Wt ? Cv[m] : 0.f;
+          if (m == 0 || m >= Wt) E[i * W + m] = 0.f;
+        }
+      }
+    }
+  }
+}
+
+template <int WM, int V>
+__global__ void pool_bwd2_tiled_kernel(const float* __restrict__ g, const float* __restrict__ w,
+                                       const float* __restrict__ den, const float* __restrict__ A,
+                                       const float* __restrict__ Cs, const float* __restrict__ E, int T, int H, int X,
+                                       int W, float* __restrict__ dx, float* __restrict__ dw, float* __restrict__ db) {
+  using R = Row<V>;
+  extern __shared__ float4 smem_f4[];
+  float* sm = reinterpret_cast<float*>(smem_f4);
+  const int tiles = (T + kTile - 1) / kTile;
+  const int tile = (int)(blockIdx.x % tiles);
+  const int64_t bh = blockIdx.x / tiles;
+  const int h = (int)(bh % H);
+  const int64_t bT = (bh / H) * T;
+  const int s0 = tile * kTile;  // sm row j holds time s0 + j (the window looks forward)
+  stage_rows(g, bT, T, H, X, h, s0, kTile + WM - 1, sm);
+  const int lane = threadIdx.x % 32;
+  for (int ss = threadIdx.x / 32; ss < kTile; ss += blockDim.x / 32) {
+    const int s = s0 + ss;
+    if (s >= T) break;
+    const int64_t i = (bT + s) * H + h;
+    const int Ws = min(W, T - s);
+    float coef[WM];
+    float dws = 0.f, dbs = 0.f;
+#pragma unroll
+    for (int m = 0; m < WM; ++m) {
+      coef[m] = 0.f;
+      if (m < Ws) {
+        const int64_t it = i + (int64_t)m * H;
+        coef[m] = Cs[it * W + m] / den[it];
+        dws += Cs[it * W + m] * A[it * W + m];
+      }
+    }
+#pragma unroll
+    for (int m = 1; m < WM; ++m)
+      if (m < W && s + m - 1 < T) dbs += E[(i + (int64_t)(m - 1) * H) * W + m];
+    const float ws = w[i];
+    for (int c = lane * V; c < X; c += 32 * V) {
+      typename R::T acc = R::zero();
+#pragma unroll
+      for (int m = 0; m < WM; ++m)
+        if (m < Ws) R::fma(acc, coef[m], R::ld(sm + (ss + m) * X + c));
+      R::st(dx + i * X + c, R::scale(acc, ws));
+    }
+    if (lane == 0) {
+      dw[i] = dws;
+      db[i] = dbs;
+    }
+  }
+}
+
+// The tiled forms run unless DMC_POOL_TILED=0 (the A/B against the row-per-warp forms) or their shared memory would
+// exceed what the device gives a block. Returns the bytes of shared memory to launch with (0 = not tiled).
+size_t tiled_smem(int WM, int64_t X) {
+  const char* e = std::getenv("DMC_POOL_TILED");
+  if (e && std::string(e) == "0") return 0;
+  const size_t bytes = (size_t)(kTile + WM - 1) * (size_t)X * sizeof(float);
+  int dev = 0, optin = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&dev));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  return bytes <= (size_t)optin ? bytes : 0;
+}
+
+template <typename K>
+void allow_smem(K kernel, size_t bytes) {
+  if (bytes > 48 * 1024)
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+}
+
 // calls f(std::integral_constant<int, WM>, std::integral_constant<int, V>) for the instance that serves (W, X)
 template <typename F>
 void dispatch_pool(int64_t W, int64_t X, F&& f) {
@@ -227,11 +424,20 @@ std::tuple<at::Tensor, at::Tensor> dmc_pool_forward_cuda(const at::Tensor& x_in,
   const int T = (int)x.size(1), H = (int)x.size(2), X = (int)x.size(3);
   at::Tensor out = at::empty_like(x), den = at::empty_like(w);
   const int64_t blocks = (BTH + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  const int64_t tiled_blocks = (BTH / T) * ((T + kTile - 1) / kTile);  // (b, h) pairs x tiles
+  auto stream = at::cuda::getCurrentCUDAStream();
   dispatch_pool(W, X, [&](auto wm, auto vec) {
-    pool_fwd_kernel<decltype(wm)::value, decltype(vec)::value>
-        <<<(unsigned)blocks, kWarpsPerBlock * 32, 0, at::cuda::getCurrentCUDAStream()>>>(
-            x.data_ptr<float>(), w.data_ptr<float>(), b.data_ptr<float>(), BTH, T, H, X, (int)W, out.data_ptr<float>(),
-            den.data_ptr<float>());
+    constexpr int WM = decltype(wm)::value, V = decltype(vec)::value;
+    if (const size_t smem = tiled_smem(WM, X)) {
+      allow_smem(pool_fwd_tiled_kernel<WM, V>, smem);
+      pool_fwd_tiled_kernel<WM, V><<<(unsigned)tiled_blocks, kWarpsPerBlock * 32, smem, stream>>>(
+          x.data_ptr<float>(), w.data_ptr<float>(), b.data_ptr<float>(), T, H, X, (int)W, out.data_ptr<float>(),
+          den.data_ptr<float>());
+      return;
+    }
+    pool_fwd_kernel<WM, V><<<(unsigned)blocks, kWarpsPerBlock * 32, 0, stream>>>(
+        x.data_ptr<float>(), w.data_ptr<float>(), b.data_ptr<float>(), BTH, T, H, X, (int)W, out.data_ptr<float>(),
+        den.data_ptr<float>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {out, den};
@@ -250,9 +456,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dmc_pool_backward_cuda(const at::
   at::Tensor A = at::empty({BTH, W}, f), Cs = at::empty({BTH, W}, f), E = at::empty({BTH, W}, f);
   at::Tensor dx = at::empty_like(x), dw = at::empty_like(w), db = at::empty_like(b);
   const int64_t blocks = (BTH + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  const int64_t tiled_blocks = (BTH / T) * ((T + kTile - 1) / kTile);
   auto stream = at::cuda::getCurrentCUDAStream();
   dispatch_pool(W, X, [&](auto wm, auto vec) {
     constexpr int WM = decltype(wm)::value, V = decltype(vec)::value;
+    if (const size_t smem = tiled_smem(WM, X)) {
+      allow_smem(pool_bwd1_tiled_kernel<WM, V>, smem);
+      allow_smem(pool_bwd2_tiled_kernel<WM, V>, smem);
+      pool_bwd1_tiled_kernel<WM, V><<<(unsigned)tiled_blocks, kWarpsPerBlock * 32, smem, stream>>>(
+          g.data_ptr<float>(), x.data_ptr<float>(), w.data_ptr<float>(), b.data_ptr<float>(), out.data_ptr<float>(),
+          den.data_ptr<float>(), T, H, X, (int)W, A.data_ptr<float>(), Cs.data_ptr<float>(), E.data_ptr<float>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      pool_bwd2_tiled_kernel<WM, V><<<(unsigned)tiled_blocks, kWarpsPerBlock * 32, smem, stream>>>(
+          g.data_ptr<float>(), w.data_ptr<float>(), den.data_ptr<float>(), A.data_ptr<float>(), Cs.data_ptr<float>(),
+          E.data_ptr<float>(), T, H, X, (int)W, dx.data_ptr<float>(), dw.data_ptr<float>(), db.data_ptr<float>());
+      return;
+    }
     pool_bwd1_kernel<WM, V><<<(unsigned)blocks, kWarpsPerBlock * 32, 0, stream>>>(
         g.data_ptr<float>(), x.data_ptr<float>(), w.data_ptr<float>(), b.data_ptr<float>(), out.data_ptr<float>(),
         den.data_ptr<float>(), BTH, T, H, X, (int)W, A.data_ptr<float>(), Cs.data_ptr<float>(), E.data_ptr<float>());
