@@ -32,8 +32,13 @@ OUT=${OUT:-$PWD/out}
 mkdir -p "$OUT" /root/smol /root/corpora
 export RUN=${RUN:-/root/smollm2-run}
 B=${DMC_BUILD:-build-gpu}
-for d in data/x1 data/x2; do [ -d "$d" ] && cp -n "$d"/gguf.* /root/smol/ 2>/dev/null; done
-[ -d data/x2/corpora ] && cp -n data/x2/corpora/*.txt.xz /root/corpora/
+copy_new() {  # copy_new DIR FILE...: the files DIR lacks
+  local dir=$1 f; shift
+  for f in "$@"; do [ -f "$f" ] && [ ! -e "$dir/$(basename "$f")" ] && cp "$f" "$dir/"; done
+  return 0
+}
+copy_new /root/smol data/x1/gguf.* data/x2/gguf.*
+copy_new /root/corpora data/x2/corpora/*.txt.xz
 if [ ! -x "$B/dmc" ]; then
   OUT="$OUT" scripts/gpu_check.sh build > "$OUT/build.log" 2>&1; echo "build rc=$? ($(( $(date +%s) - t0 )) s)"
 fi
