@@ -41,7 +41,18 @@ copy_new /root/smol data/x1/gguf.* data/x2/gguf.*
 copy_new /root/corpora data/x2/corpora/*.txt.xz
 if [ ! -x "$B/dmc" ]; then
   OUT="$OUT" scripts/gpu_check.sh build > "$OUT/build.log" 2>&1; echo "build rc=$? ($(( $(date +%s) - t0 )) s)"
+  # the kernels every run's training and evaluation take, checked on this GPU before any run uses them; tiled pooling
+  # kernels that fail their test are left out of this machine's runs (DMC_POOL_TILED=0, the row-per-warp forms)
+  if ! timeout 60 "$B/dmc_tests" "CUDA: fused DMC pooling*" > "$OUT/gpu_pool_test.log" 2>&1; then
+    DMC_POOL_TILED=0 timeout 60 "$B/dmc_tests" "CUDA: fused DMC pooling*" > "$OUT/gpu_pool_test_untiled.log" 2>&1 &&
+      touch /root/pool_untiled && echo "tiled pooling failed its test: this machine's runs take DMC_POOL_TILED=0"
+  fi
+  [ -f /root/pool_untiled ] && export DMC_POOL_TILED=0
+  timeout 120 "$B/dmc_tests" "[gpu][dmc]" > "$OUT/gpu_tests.log" 2>&1
+  rc=$?; echo "GPU kernel tests rc=$rc: $(grep -E "^(All tests passed|test cases:)" "$OUT/gpu_tests.log" | tail -1)"
+  [ $rc -eq 0 ] || { echo "GPU kernel tests failed (gpu_tests.log): no run started"; rm -f "$B/dmc"; exit 1; }
 fi
+[ -f /root/pool_untiled ] && export DMC_POOL_TILED=0
 gguf=/root/smol/SmolLM2-135M-Instruct.Q4_1.gguf
 if [ ! -s "$gguf" ]; then
   [ -f /root/smol/gguf.part-00 ] && [ -f /root/smol/gguf.part-01 ] || {

@@ -222,6 +222,8 @@ TEST_CASE("CUDA: fused DMC pooling kernels equal the ATen pooling, values and gr
       at::Tensor R = at::randn({B, T, H, X}, f);
       // 0: the ATen form; 1: the tiled kernels (shared-memory rows); 2: the row-per-warp kernels (DMC_POOL_TILED=0)
       std::vector<at::Tensor> outs, gx, gw, gb;
+      const char* outer = std::getenv("DMC_POOL_TILED");  // kept: a run may have set it for the whole process
+      const std::string saved = outer ? outer : "";
       for (int k = 0; k < 3; ++k) {
         if (k == 2) setenv("DMC_POOL_TILED", "0", 1);
         at::Tensor xx = x.clone().requires_grad_(true), ww = w.clone().requires_grad_(true),
@@ -232,7 +234,10 @@ TEST_CASE("CUDA: fused DMC pooling kernels equal the ATen pooling, values and gr
         gx.push_back(xx.grad());
         gw.push_back(ww.grad());
         gb.push_back(bb.grad().defined() ? bb.grad() : at::zeros_like(bb));  // W = 1: b takes no part
-        unsetenv("DMC_POOL_TILED");
+        if (outer)
+          setenv("DMC_POOL_TILED", saved.c_str(), 1);
+        else
+          unsetenv("DMC_POOL_TILED");
       }
       for (int k = 1; k < 3; ++k) {
         const char* form = k == 1 ? "tiled" : "per-warp";
