@@ -8,6 +8,9 @@
 #   call 1  carry .carry/{httplib,lzma,pcre2} and data/x1         (builds dmc, keeps part 1)
 #   call 2+ carry data/x2 (the next calls may carry nothing: what is under /root stays while the machine is warm)
 #   each:   OUT=$OUT RATIOS=4 DISTILL_CR= scripts/gpu_retrofit.sh
+# or in the background, which goes on between calls while the machine is held (it goes back 30 s after a call):
+#   call 2: OUT=$OUT RATIOS=4 ... scripts/gpu_retrofit.sh --start      then each next call:
+#           OUT=$OUT scripts/gpu_retrofit.sh --wait 560                 (returns early when the job is done)
 # Every call checks the joined GGUF's sha256 against the one --split recorded. The run lives in /root/smollm2-run;
 # a call stops its jobs DEADLINE_S (540) seconds after it started: training checkpoints on SIGTERM, an evaluation job
 # is not started without JOB_SECONDS left (exit 75 = more to do). Environment: RATIOS, DISTILL_CR, CONTROL_RATIOS,
@@ -64,30 +67,58 @@ if [ ! -s "$gguf" ]; then
 fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 export GGUF=$gguf CORPORA_GLOB='/root/corpora/*.txt.xz' DMC_BUILD=$B
-export DEADLINE=$(( t0 + ${DEADLINE_S:-540} ))
 export TASK_ARGS=${TASK_ARGS:---sinks 4 --batch 384 --prefill-tokens 262144 --prefill-chunk 256}
-left=$(( DEADLINE - $(date +%s) ))
-if [ -z "${LANE0:-}" ]; then
-  timeout -s TERM "$left" scripts/smollm2_retrofit.sh 2>&1 | tee -a "$RUN.log"
-  rc=${PIPESTATUS[0]}
-  echo "smollm2_retrofit.sh rc=$rc ($(( $(date +%s) - t0 )) s this call; 0 done, 75 or 124 more to do)"
-else
-  # two lanes on two GPUs (nvidia-h200-x2): the shared phases first, then LANE0 on GPU 0 and LANE1 on GPU 1 at once,
-  # each a ';'-separated list of VAR=value for scripts/smollm2_retrofit.sh (no shell parses them), e.g.
-  #   LANE0='PHASES=control eval tasks;ONLY=^(original|control4x)$'  LANE1='PHASES=dmc eval tasks;ONLY=^dmc4x'
-  PHASES="original data" scripts/smollm2_retrofit.sh 2>&1 | tee -a "$RUN.log"
-  for lane in 0 1; do
-    spec=LANE$lane
-    IFS=';' read -ra kv <<< "${!spec:-PHASES=none}"
-    CUDA_VISIBLE_DEVICES=$lane timeout -s TERM "$(( DEADLINE - $(date +%s) ))" env "${kv[@]}" scripts/smollm2_retrofit.sh \
-      > "$RUN.lane$lane.log" 2>&1 &
-  done
-  wait
-  for lane in 0 1; do echo "-- lane $lane"; tail -12 "$RUN.lane$lane.log"; cat "$RUN.lane$lane.log" >> "$RUN.log"; done
-  echo "lanes done ($(( $(date +%s) - t0 )) s this call)"
-fi
+# the work: the retrofit script, or two lanes of it on two GPUs (nvidia-h200-x2): the shared phases first, then LANE0
+# on GPU 0 and LANE1 on GPU 1 at once, each a ';'-separated list of VAR=value for scripts/smollm2_retrofit.sh (no
+# shell parses them), e.g. LANE0='PHASES=control eval tasks;ONLY=^(original|control4x)$'
+# LANE1='PHASES=dmc eval tasks;ONLY=^dmc4x'. With DEADLINE set, each part stops there (timeout; SIGTERM checkpoints).
+limit() { if [ -n "${DEADLINE:-}" ]; then timeout -s TERM "$(( DEADLINE - $(date +%s) ))" "$@"; else "$@"; fi; }
+work() {
+  if [ -z "${LANE0:-}" ]; then
+    limit scripts/smollm2_retrofit.sh
+    echo "smollm2_retrofit.sh rc=$? (0 done, 75 or 124 more to do)"
+  else
+    PHASES="original data" scripts/smollm2_retrofit.sh
+    for lane in 0 1; do
+      spec=LANE$lane
+      IFS=';' read -ra kv <<< "${!spec:-PHASES=none}"
+      CUDA_VISIBLE_DEVICES=$lane limit env "${kv[@]}" scripts/smollm2_retrofit.sh > "$RUN.lane$lane.log" 2>&1 &
+    done
+    wait
+    for lane in 0 1; do echo "-- lane $lane"; tail -12 "$RUN.lane$lane.log"; done
+  fi
+}
+case "${1:-run}" in
+  run)  # in this call, up to DEADLINE_S seconds after it started
+    export DEADLINE=$(( t0 + ${DEADLINE_S:-540} ))
+    work 2>&1 | tee -a "$RUN.log" ;;
+  --job)  # the background job --start launched: no deadline
+    unset DEADLINE
+    work; echo "job finished ($(( $(date +%s) - t0 )) s)"; echo done > /root/retrofit.state
+    exit 0 ;;
+  --start)  # the whole run in the background of this machine (it goes on between calls while the machine is held)
+    if [ -f /root/retrofit.pid ] && kill -0 "$(cat /root/retrofit.pid)" 2>/dev/null; then
+      echo "a job is running already (pid $(cat /root/retrofit.pid))"
+    else
+      echo running > /root/retrofit.state
+      setsid nohup "$0" --job >> "$RUN.log" 2>&1 < /dev/null &
+      echo $! > /root/retrofit.pid
+      echo "job started (pid $!), log $RUN.log"
+    fi ;;
+  --wait)  # until the background job ends or N seconds (default 540) pass, then the results so far
+    n=${2:-540}
+    alive() { [ -f /root/retrofit.pid ] && kill -0 "$(cat /root/retrofit.pid)" 2>/dev/null; }
+    while alive && [ $(( $(date +%s) - t0 )) -lt "$n" ]; do sleep 5; done
+    state=$(cat /root/retrofit.state 2>/dev/null || echo none)
+    [ "$state" = running ] && ! alive && state="ended without finishing"
+    echo "job: $state after this call's $(( $(date +%s) - t0 )) s"
+    tail -25 "$RUN.log"
+    for f in "$RUN".lane*.log; do [ -f "$f" ] && { echo "-- $f"; tail -8 "$f"; }; done ;;
+  *) echo "usage: scripts/gpu_retrofit.sh [--split | --start | --wait [SECONDS]]"; exit 2 ;;
+esac
 # results so far (no weights, no token shards) and the log of every call
 cp "$RUN.log" "$RUN/calls.log" 2>/dev/null
+for f in "$RUN".lane*.log; do [ -f "$f" ] && cp "$f" "$RUN/$(basename "$f" | sed 's/.*\.\(lane[0-9]\)\.log/calls-\1.log/')"; done
 tar czf "$OUT/run.tgz" -C "$RUN" --exclude='*/final' --exclude='*/checkpoints' --exclude='*.safetensors' \
   --exclude='data/*.bin' --exclude='data/*.idx' --exclude='*.tar.gz' --exclude='original' . 2>/dev/null
 ls -la "$OUT/run.tgz"
