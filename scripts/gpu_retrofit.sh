@@ -70,8 +70,10 @@ export GGUF=$gguf CORPORA_GLOB='/root/corpora/*.txt.xz' DMC_BUILD=$B
 export TASK_ARGS=${TASK_ARGS:---sinks 4 --batch 384 --prefill-tokens 262144 --prefill-chunk 256}
 # the work: the retrofit script, or two lanes of it on two GPUs (nvidia-h200-x2): the shared phases first, then LANE0
 # on GPU 0 and LANE1 on GPU 1 at once, each a ';'-separated list of VAR=value for scripts/smollm2_retrofit.sh (no
-# shell parses them), e.g. LANE0='PHASES=control eval tasks;ONLY=^(original|control4x)$'
-# LANE1='PHASES=dmc eval tasks;ONLY=^dmc4x'. With DEADLINE set, each part stops there (timeout; SIGTERM checkpoints).
+# shell parses them), ' :: ' between invocations that run one after another, e.g.
+#   LANE0='PHASES=control eval tasks;ONLY=^(original|control4x)$'
+#   LANE1='PHASES=dmc eval tasks;ONLY=^dmc4x$ :: TAG=-lr500;DMC_ARGS=--dmc-decision-lr-mult 500;PHASES=dmc eval tasks;ONLY=^dmc4x-lr500$'
+# With DEADLINE set, each part stops there (timeout; SIGTERM checkpoints).
 limit() { if [ -n "${DEADLINE:-}" ]; then timeout -s TERM "$(( DEADLINE - $(date +%s) ))" "$@"; else "$@"; fi; }
 work() {
   if [ -z "${LANE0:-}" ]; then
@@ -81,8 +83,14 @@ work() {
     PHASES="original data" scripts/smollm2_retrofit.sh
     for lane in 0 1; do
       spec=LANE$lane
-      IFS=';' read -ra kv <<< "${!spec:-PHASES=none}"
-      CUDA_VISIBLE_DEVICES=$lane limit env "${kv[@]}" scripts/smollm2_retrofit.sh > "$RUN.lane$lane.log" 2>&1 &
+      (
+        val=${!spec:-PHASES=none}
+        mapfile -t steps < <(printf '%s\n' "${val// :: /$'\n'}")
+        for step in "${steps[@]}"; do  # one invocation after another on this lane's GPU
+          IFS=';' read -ra kv <<< "$step"
+          CUDA_VISIBLE_DEVICES=$lane limit env "${kv[@]}" scripts/smollm2_retrofit.sh || exit $?
+        done
+      ) > "$RUN.lane$lane.log" 2>&1 &
     done
     wait
     for lane in 0 1; do echo "-- lane $lane"; tail -12 "$RUN.lane$lane.log"; done
