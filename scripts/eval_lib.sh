@@ -20,12 +20,13 @@ bench_setup() {
 bd() {
   "$DMC" bench decode --model "$2" --policy "$3" $B > "$RUN/bench_$1.log" 2>&1 || { tail -5 "$RUN/bench_$1.log"; return 1; }
 }
-# pack_run NAME: everything of $RUN but weights, checkpoints and token shards in $RUN/NAME (written atomically)
+# pack_run NAME: everything of $RUN but weights, checkpoints, token shards and other packs in $RUN/NAME (written
+# atomically)
 pack_run() {
   local tmp
   tmp=$(mktemp "/tmp/$1.XXXXXX")
   tar czf "$tmp" -C "$RUN" --exclude='*/final' --exclude='*/checkpoints' --exclude='*.safetensors' \
-     --exclude="$1" --exclude='data/*.bin' --exclude='data/*.idx' .
+     --exclude="$1" --exclude='*.tar.gz' --exclude='data/*.bin' --exclude='data/*.idx' .
   mv "$tmp" "$RUN/$1"
   ls -la "$RUN/$1"
 }

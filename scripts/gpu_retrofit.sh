@@ -127,7 +127,6 @@ esac
 # results so far (no weights, no token shards) and the log of every call
 cp "$RUN.log" "$RUN/calls.log" 2>/dev/null
 for f in "$RUN".lane*.log; do [ -f "$f" ] && cp "$f" "$RUN/$(basename "$f" | sed 's/.*\.\(lane[0-9]\)\.log/calls-\1.log/')"; done
-tar czf "$OUT/run.tgz" -C "$RUN" --exclude='*/final' --exclude='*/checkpoints' --exclude='*.safetensors' \
-  --exclude='data/*.bin' --exclude='data/*.idx' --exclude='*.tar.gz' --exclude='original' . 2>/dev/null
-ls -la "$OUT/run.tgz"
+source scripts/eval_lib.sh
+[ -d "$RUN" ] && pack_run run.tgz > /dev/null && mv "$RUN/run.tgz" "$OUT/run.tgz" && ls -la "$OUT/run.tgz"
 exit 0

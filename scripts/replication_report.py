@@ -33,6 +33,16 @@ def jsonl(path):
     return rows
 
 
+def open_run(path):
+    """a run directory as it is, or an archive of one (.tar.gz) unpacked into a temporary directory"""
+    if os.path.isdir(path):
+        return path
+    d = tempfile.mkdtemp()
+    with tarfile.open(path) as t:
+        t.extractall(d, filter="data") if hasattr(tarfile, "data_filter") else t.extractall(d)
+    return d
+
+
 def color(v, lo, hi):
     """white (lo) to dark blue (hi)"""
     t = 0.0 if hi <= lo else max(0.0, min(1.0, (v - lo) / (hi - lo)))
@@ -70,12 +80,7 @@ def main():
     ap.add_argument("--pictures", default="docs/results")
     ap.add_argument("--notes", default="")
     a = ap.parse_args()
-    run = a.run
-    if os.path.isfile(run):
-        tmp = tempfile.mkdtemp()
-        with tarfile.open(run) as t:
-            t.extractall(tmp)
-        run = tmp
+    run = open_run(a.run)
     ev = lambda name: load_json(f"{run}/eval/{name}.json") if os.path.exists(f"{run}/eval/{name}.json") else None
     ratios = sorted(int(m.group(1)) for p in glob.glob(f"{run}/eval/dmc*x.json")
                     if (m := re.search(r"dmc(\d+)x\.json$", p)))

@@ -15,11 +15,9 @@ import json
 import os
 import re
 import sys
-import tarfile
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from replication_report import heatmap_svg, jsonl, load_json  # noqa: E402
+from replication_report import heatmap_svg, jsonl, load_json, open_run  # noqa: E402
 
 NAME = re.compile(r"^(control|dmc|distill)(\d+)x(.*)$")
 PPL_TARGET = {2: 1.5, 4: 4.0, 8: 10.0}  # % over the control
@@ -28,15 +26,6 @@ PPL_TARGET = {2: 1.5, 4: 4.0, 8: 10.0}  # % over the control
 def ratio_of(name):
     m = NAME.match(name)
     return int(m.group(2)) if m else 0
-
-
-def open_run(path, tmp):
-    if os.path.isdir(path):
-        return path
-    d = tempfile.mkdtemp(dir=tmp)
-    with tarfile.open(path) as t:
-        t.extractall(d, filter="data") if hasattr(tarfile, "data_filter") else t.extractall(d)
-    return d
 
 
 def task_mean(acc, length):
@@ -51,11 +40,10 @@ def main():
     ap.add_argument("--pictures", default="")
     ap.add_argument("--target-lengths", default="4096,8192", help="the lengths the accuracy targets are judged at")
     a = ap.parse_args()
-    tmp = tempfile.mkdtemp()
     runs = []
     for p in a.runs:
         path, _, suffix = p.partition("@") if not os.path.exists(p) else (p, "", "")
-        runs.append((open_run(path, tmp), suffix))
+        runs.append((open_run(path), suffix))
 
     def named(n, suffix):  # a variant's DMC models carry its suffix
         m = NAME.match(n)
@@ -120,11 +108,9 @@ def main():
                 ok = d <= PPL_TARGET[cr] and abs(e.get("dmc_cr", 1.0) / cr - 1) <= 0.05
                 target = f"<= +{PPL_TARGET[cr]:g}%, CR +-5%: {'met' if ok else 'missed'}"
         sp, si = evals.get(n + "-subset-parallel"), evals.get(n + "-subset-incremental")
-        rel = f"{abs(sp['ppl'] - si['ppl']) / sp['ppl']:.1e}" if sp and si else "-"
+        sub = f"{sp['ppl']:.3f} | {si['ppl']:.3f} | {abs(sp['ppl'] - si['ppl']) / sp['ppl']:.1e}" if sp and si else "- | - | -"
         md.append(f"| {n} | {cr if kind in ('dmc', 'distill') else 1} | {e.get('dmc_cr', 1.0):.2f} | {e['ppl']:.2f} | "
-                  f"{vs} | {target} | {sp['ppl']:.3f} | {si['ppl']:.3f} | {rel} |" if sp and si else
-                  f"| {n} | {cr if kind in ('dmc', 'distill') else 1} | {e.get('dmc_cr', 1.0):.2f} | {e['ppl']:.2f} | "
-                  f"{vs} | {target} | - | - | - |")
+                  f"{vs} | {target} | {sub} |")
     md.append("")
     # ---- tasks
     if tasks:

@@ -67,15 +67,15 @@ struct Row<1> {
   using T = float;
 };
 
-template <int WM, int V>
-__global__ void pool_fwd_kernel(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,
-                                int64_t BTH, int T, int H, int X, int W, float* __restrict__ out,
-                                float* __restrict__ den_out) {
+// One time step of each pass, for a warp. The kernels below differ only in where the window's rows come from:
+// `row(m)` gives the row of x (forward, backward 1: time t - m) or of g (backward 2: time s + m), from global memory
+// (row-per-warp kernels) or from the block's shared-memory tile (tiled kernels). i is the flat (b, t, h) index.
+template <int WM, int V, typename RowAt>
+__device__ __forceinline__ void pool_fwd_step(int64_t i, int t, const float* __restrict__ w,
+                                              const float* __restrict__ b, int H, int X, int W, RowAt row,
+                                              float* __restrict__ out, float* __restrict__ den_out) {
   using R = Row<V>;
-  const int64_t i = (int64_t)blockIdx.x * kWarpsPerBlock + threadIdx.x / 32;  // (b, t, h)
   const int lane = threadIdx.x % 32;
-  if (i >= BTH) return;
-  const int t = (int)((i / H) % T);
   const int Wt = min(W, t + 1);
   float C = 1.f, den = 0.f;
   float coef[WM];
@@ -93,22 +93,20 @@ __global__ void pool_fwd_kernel(const float* __restrict__ x, const float* __rest
     typename R::T num = R::zero();
 #pragma unroll
     for (int m = 0; m < WM; ++m)
-      if (m < Wt) R::fma(num, coef[m], R::ld(x + (i - (int64_t)m * H) * X + c));
+      if (m < Wt) R::fma(num, coef[m], R::ld(row(m) + c));
     R::st(out + i * X + c, R::scale(num, inv));
   }
   if (lane == 0) den_out[i] = den;
 }
 
-template <int WM, int V>
-__global__ void pool_bwd1_kernel(const float* __restrict__ g, const float* __restrict__ x, const float* __restrict__ w,
-                                 const float* __restrict__ b, const float* __restrict__ out,
-                                 const float* __restrict__ den, int64_t BTH, int T, int H, int X, int W,
-                                 float* __restrict__ A, float* __restrict__ Cs, float* __restrict__ E) {
+template <int WM, int V, typename RowAt>
+__device__ __forceinline__ void pool_bwd1_step(int64_t i, int t, const float* __restrict__ g,
+                                               const float* __restrict__ w, const float* __restrict__ b,
+                                               const float* __restrict__ out, const float* __restrict__ den, int H,
+                                               int X, int W, RowAt row, float* __restrict__ A, float* __restrict__ Cs,
+                                               float* __restrict__ E) {
   using R = Row<V>;
-  const int64_t i = (int64_t)blockIdx.x * kWarpsPerBlock + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
-  if (i >= BTH) return;
-  const int t = (int)((i / H) % T);
   const int Wt = min(W, t + 1);
   const float inv = 1.f / den[i];
   // per lane: its share of g_t . out_t and of x_{t-m} . g_t for every m, then one warp sum each
@@ -120,7 +118,7 @@ __global__ void pool_bwd1_kernel(const float* __restrict__ g, const float* __res
     dd += R::dot(gv, R::ld(out + i * X + c));
 #pragma unroll
     for (int m = 0; m < WM; ++m)
-      if (m < Wt) part[m] += R::dot(gv, R::ld(x + (i - (int64_t)m * H) * X + c));
+      if (m < Wt) part[m] += R::dot(gv, R::ld(row(m) + c));
   }
   dd = -warp_sum(dd) * inv;
   float a[WM], C[WM];
@@ -155,16 +153,14 @@ __global__ void pool_bwd1_kernel(const float* __restrict__ g, const float* __res
   }
 }
 
-template <int WM, int V>
-__global__ void pool_bwd2_kernel(const float* __restrict__ g, const float* __restrict__ w,
-                                 const float* __restrict__ den, const float* __restrict__ A,
-                                 const float* __restrict__ Cs, const float* __restrict__ E, int64_t BTH, int T, int H,
-                                 int X, int W, float* __restrict__ dx, float* __restrict__ dw, float* __restrict__ db) {
+template <int WM, int V, typename RowAt>
+__device__ __forceinline__ void pool_bwd2_step(int64_t i, int s, int T, const float* __restrict__ w,
+                                               const float* __restrict__ den, const float* __restrict__ A,
+                                               const float* __restrict__ Cs, const float* __restrict__ E, int H, int X,
+                                               int W, RowAt row, float* __restrict__ dx, float* __restrict__ dw,
+                                               float* __restrict__ db) {
   using R = Row<V>;
-  const int64_t i = (int64_t)blockIdx.x * kWarpsPerBlock + threadIdx.x / 32;  // (b, s, h)
   const int lane = threadIdx.x % 32;
-  if (i >= BTH) return;
-  const int s = (int)((i / H) % T);
   const int Ws = min(W, T - s);  // t = s + m < T
   float coef[WM];
   float dws = 0.f, dbs = 0.f;
@@ -186,7 +182,7 @@ __global__ void pool_bwd2_kernel(const float* __restrict__ g, const float* __res
     typename R::T acc = R::zero();
 #pragma unroll
     for (int m = 0; m < WM; ++m)
-      if (m < Ws) R::fma(acc, coef[m], R::ld(g + (i + (int64_t)m * H) * X + c));
+      if (m < Ws) R::fma(acc, coef[m], R::ld(row(m) + c));
     R::st(dx + i * X + c, R::scale(acc, ws));
   }
   if (lane == 0) {
@@ -195,64 +191,75 @@ __global__ void pool_bwd2_kernel(const float* __restrict__ g, const float* __res
   }
 }
 
+// ---- row-per-warp forms: one warp per (b, t, h), the window's rows read from global memory (served by L1/L2)
+template <int WM, int V>
+__global__ void pool_fwd_kernel(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,
+                                int64_t BTH, int T, int H, int X, int W, float* __restrict__ out,
+                                float* __restrict__ den_out) {
+  const int64_t i = (int64_t)blockIdx.x * kWarpsPerBlock + threadIdx.x / 32;  // (b, t, h)
+  if (i >= BTH) return;
+  pool_fwd_step<WM, V>(i, (int)((i / H) % T), w, b, H, X, W,
+                       [&](int m) { return x + (i - (int64_t)m * H) * X; }, out, den_out);
+}
+
+template <int WM, int V>
+__global__ void pool_bwd1_kernel(const float* __restrict__ g, const float* __restrict__ x, const float* __restrict__ w,
+                                 const float* __restrict__ b, const float* __restrict__ out,
+                                 const float* __restrict__ den, int64_t BTH, int T, int H, int X, int W,
+                                 float* __restrict__ A, float* __restrict__ Cs, float* __restrict__ E) {
+  const int64_t i = (int64_t)blockIdx.x * kWarpsPerBlock + threadIdx.x / 32;
+  if (i >= BTH) return;
+  pool_bwd1_step<WM, V>(i, (int)((i / H) % T), g, w, b, out, den, H, X, W,
+                        [&](int m) { return x + (i - (int64_t)m * H) * X; }, A, Cs, E);
+}
+
+template <int WM, int V>
+__global__ void pool_bwd2_kernel(const float* __restrict__ g, const float* __restrict__ w,
+                                 const float* __restrict__ den, const float* __restrict__ A,
+                                 const float* __restrict__ Cs, const float* __restrict__ E, int64_t BTH, int T, int H,
+                                 int X, int W, float* __restrict__ dx, float* __restrict__ dw, float* __restrict__ db) {
+  const int64_t i = (int64_t)blockIdx.x * kWarpsPerBlock + threadIdx.x / 32;  // (b, s, h)
+  if (i >= BTH) return;
+  pool_bwd2_step<WM, V>(i, (int)((i / H) % T), T, w, den, A, Cs, E, H, X, W,
+                        [&](int m) { return g + (i + (int64_t)m * H) * X; }, dx, dw, db);
+}
+
 // ---- tiled forms: one block per (b, h, tile of kTile time steps), the tile's rows plus the window's halo staged in
 // shared memory once (the forms above read each row up to W times through L1/L2: ~0.6 TB/s on the H200, SmolLM2's
-// shape). A warp still owns a time step and does the same arithmetic in the same order; only where a row comes from
-// differs. smem: (kTile + WM - 1) rows of X floats; rows outside [0, T) read as zeros (never used: the window stops
-// at t + 1 / T - s).
+// shape). Each warp takes the tile's time steps in turn with the same step functions. smem: (kTile + WM - 1) rows of
+// X floats; rows outside [0, T) read as zeros (never used: the window stops at t + 1 / T - s).
 constexpr int kTile = 32;
 
-// rows first_t .. first_t + n - 1 of x (b, ., h) into sm[n][X]
-__device__ __forceinline__ void stage_rows(const float* __restrict__ x, int64_t bT, int T, int H, int X, int h,
-                                           int first_t, int n, float* sm) {
+// The block's (b, h) and first time step; rows first_t .. first_t + kTile + WM - 2 of src (b, ., h) into sm.
+struct Tile {
+  int64_t bT;  // b * T
+  int h, t0;
+};
+template <int WM>
+__device__ __forceinline__ Tile stage_tile(const float* __restrict__ src, int T, int H, int X, int first_offset,
+                                           float* sm) {
+  const int tiles = (T + kTile - 1) / kTile;
+  const int64_t bh = blockIdx.x / tiles;
+  const Tile tl{(bh / H) * T, (int)(bh % H), (int)(blockIdx.x % tiles) * kTile};
+  const int first_t = tl.t0 + first_offset, n = kTile + WM - 1;
   for (int idx = threadIdx.x; idx < n * X; idx += blockDim.x) {
     const int j = idx / X, c = idx - j * X, t = first_t + j;
-    sm[idx] = (t >= 0 && t < T) ? x[((bT + t) * H + h) * X + c] : 0.f;
+    sm[idx] = (t >= 0 && t < T) ? src[((tl.bT + t) * H + tl.h) * X + c] : 0.f;
   }
   __syncthreads();
+  return tl;
 }
 
 template <int WM, int V>
 __global__ void pool_fwd_tiled_kernel(const float* __restrict__ x, const float* __restrict__ w,
                                       const float* __restrict__ b, int T, int H, int X, int W, float* __restrict__ out,
                                       float* __restrict__ den_out) {
-  using R = Row<V>;
   extern __shared__ float4 smem_f4[];
   float* sm = reinterpret_cast<float*>(smem_f4);
-  const int tiles = (T + kTile - 1) / kTile;
-  const int tile = (int)(blockIdx.x % tiles);
-  const int64_t bh = blockIdx.x / tiles;
-  const int h = (int)(bh % H);
-  const int64_t bT = (bh / H) * T;
-  const int t0 = tile * kTile, r0 = t0 - (WM - 1);  // sm row j holds time r0 + j
-  stage_rows(x, bT, T, H, X, h, r0, kTile + WM - 1, sm);
-  const int lane = threadIdx.x % 32;
-  for (int tt = threadIdx.x / 32; tt < kTile; tt += blockDim.x / 32) {
-    const int t = t0 + tt;
-    if (t >= T) break;
-    const int64_t i = (bT + t) * H + h;
-    const int Wt = min(W, t + 1);
-    float C = 1.f, den = 0.f;
-    float coef[WM];
-#pragma unroll
-    for (int m = 0; m < WM; ++m) {
-      coef[m] = 0.f;
-      if (m < Wt) {
-        if (m > 0) C *= b[i - (int64_t)(m - 1) * H];
-        coef[m] = C * w[i - (int64_t)m * H];
-        den += coef[m];
-      }
-    }
-    const float inv = 1.f / den;
-    for (int c = lane * V; c < X; c += 32 * V) {
-      typename R::T num = R::zero();
-#pragma unroll
-      for (int m = 0; m < WM; ++m)
-        if (m < Wt) R::fma(num, coef[m], R::ld(sm + (tt + WM - 1 - m) * X + c));
-      R::st(out + i * X + c, R::scale(num, inv));
-    }
-    if (lane == 0) den_out[i] = den;
-  }
+  const Tile tl = stage_tile<WM>(x, T, H, X, -(WM - 1), sm);  // sm row j holds time t0 - (WM - 1) + j
+  for (int tt = threadIdx.x / 32; tt < kTile && tl.t0 + tt < T; tt += blockDim.x / 32)
+    pool_fwd_step<WM, V>((tl.bT + tl.t0 + tt) * H + tl.h, tl.t0 + tt, w, b, H, X, W,
+                         [&](int m) { return sm + (tt + WM - 1 - m) * X; }, out, den_out);
 }
 
 template <int WM, int V>
@@ -261,65 +268,12 @@ __global__ void pool_bwd1_tiled_kernel(const float* __restrict__ g, const float*
                                        const float* __restrict__ out, const float* __restrict__ den, int T, int H,
                                        int X, int W, float* __restrict__ A, float* __restrict__ Cs,
                                        float* __restrict__ E) {
-  using R = Row<V>;
   extern __shared__ float4 smem_f4[];
   float* sm = reinterpret_cast<float*>(smem_f4);
-  const int tiles = (T + kTile - 1) / kTile;
-  const int tile = (int)(blockIdx.x % tiles);
-  const int64_t bh = blockIdx.x / tiles;
-  const int h = (int)(bh % H);
-  const int64_t bT = (bh / H) * T;
-  const int t0 = tile * kTile, r0 = t0 - (WM - 1);
-  stage_rows(x, bT, T, H, X, h, r0, kTile + WM - 1, sm);
-  const int lane = threadIdx.x % 32;
-  for (int tt = threadIdx.x / 32; tt < kTile; tt += blockDim.x / 32) {
-    const int t = t0 + tt;
-    if (t >= T) break;
-    const int64_t i = (bT + t) * H + h;
-    const int Wt = min(W, t + 1);
-    const float inv = 1.f / den[i];
-    float dd = 0.f, part[WM];
-#pragma unroll
-    for (int m = 0; m < WM; ++m) part[m] = 0.f;
-    for (int c = lane * V; c < X; c += 32 * V) {
-      const typename R::T gv = R::ld(g + i * X + c);
-      dd += R::dot(gv, R::ld(out + i * X + c));
-#pragma unroll
-      for (int m = 0; m < WM; ++m)
-        if (m < Wt) part[m] += R::dot(gv, R::ld(sm + (tt + WM - 1 - m) * X + c));
-    }
-    dd = -warp_sum(dd) * inv;
-    float a[WM], Cv[WM];
-    float Cm = 1.f;
-#pragma unroll
-    for (int m = 0; m < WM; ++m) {
-      a[m] = Cv[m] = 0.f;
-      if (m < Wt) {
-        if (m > 0) Cm *= b[i - (int64_t)(m - 1) * H];
-        Cv[m] = Cm;
-        a[m] = warp_sum(part[m]) * inv + dd;
-      }
-    }
-    if (lane == 0) {
-      float r = 0.f;
-#pragma unroll
-      for (int m = WM - 1; m >= 1; --m) {
-        if (m < Wt) {
-          const float dC = w[i - (int64_t)m * H] * a[m];
-          r = dC + (m + 1 < Wt ? r * b[i - (int64_t)m * H] : 0.f);
-          E[i * W + m] = r * Cv[m - 1];
-        }
-      }
-#pragma unroll
-      for (int m = 0; m < WM; ++m) {
-        if (m < W) {
-          A[i * W + m] = m < Wt ? a[m] : 0.f;
-          Cs[i * W + m] = m < Wt ? Cv[m] : 0.f;
-          if (m == 0 || m >= Wt) E[i * W + m] = 0.f;
-        }
-      }
-    }
-  }
+  const Tile tl = stage_tile<WM>(x, T, H, X, -(WM - 1), sm);
+  for (int tt = threadIdx.x / 32; tt < kTile && tl.t0 + tt < T; tt += blockDim.x / 32)
+    pool_bwd1_step<WM, V>((tl.bT + tl.t0 + tt) * H + tl.h, tl.t0 + tt, g, w, b, out, den, H, X, W,
+                          [&](int m) { return sm + (tt + WM - 1 - m) * X; }, A, Cs, E);
 }
 
 template <int WM, int V>
@@ -327,49 +281,12 @@ __global__ void pool_bwd2_tiled_kernel(const float* __restrict__ g, const float*
                                        const float* __restrict__ den, const float* __restrict__ A,
                                        const float* __restrict__ Cs, const float* __restrict__ E, int T, int H, int X,
                                        int W, float* __restrict__ dx, float* __restrict__ dw, float* __restrict__ db) {
-  using R = Row<V>;
   extern __shared__ float4 smem_f4[];
   float* sm = reinterpret_cast<float*>(smem_f4);
-  const int tiles = (T + kTile - 1) / kTile;
-  const int tile = (int)(blockIdx.x % tiles);
-  const int64_t bh = blockIdx.x / tiles;
-  const int h = (int)(bh % H);
-  const int64_t bT = (bh / H) * T;
-  const int s0 = tile * kTile;  // sm row j holds time s0 + j (the window looks forward)
-  stage_rows(g, bT, T, H, X, h, s0, kTile + WM - 1, sm);
-  const int lane = threadIdx.x % 32;
-  for (int ss = threadIdx.x / 32; ss < kTile; ss += blockDim.x / 32) {
-    const int s = s0 + ss;
-    if (s >= T) break;
-    const int64_t i = (bT + s) * H + h;
-    const int Ws = min(W, T - s);
-    float coef[WM];
-    float dws = 0.f, dbs = 0.f;
-#pragma unroll
-    for (int m = 0; m < WM; ++m) {
-      coef[m] = 0.f;
-      if (m < Ws) {
-        const int64_t it = i + (int64_t)m * H;
-        coef[m] = Cs[it * W + m] / den[it];
-        dws += Cs[it * W + m] * A[it * W + m];
-      }
-    }
-#pragma unroll
-    for (int m = 1; m < WM; ++m)
-      if (m < W && s + m - 1 < T) dbs += E[(i + (int64_t)(m - 1) * H) * W + m];
-    const float ws = w[i];
-    for (int c = lane * V; c < X; c += 32 * V) {
-      typename R::T acc = R::zero();
-#pragma unroll
-      for (int m = 0; m < WM; ++m)
-        if (m < Ws) R::fma(acc, coef[m], R::ld(sm + (ss + m) * X + c));
-      R::st(dx + i * X + c, R::scale(acc, ws));
-    }
-    if (lane == 0) {
-      dw[i] = dws;
-      db[i] = dbs;
-    }
-  }
+  const Tile tl = stage_tile<WM>(g, T, H, X, 0, sm);  // sm row j holds time t0 + j (the window looks forward)
+  for (int ss = threadIdx.x / 32; ss < kTile && tl.t0 + ss < T; ss += blockDim.x / 32)
+    pool_bwd2_step<WM, V>((tl.bT + tl.t0 + ss) * H + tl.h, tl.t0 + ss, T, w, den, A, Cs, E, H, X, W,
+                          [&](int m) { return sm + (ss + m) * X; }, dx, dw, db);
 }
 
 // The tiled forms run unless DMC_POOL_TILED=0 (the A/B against the row-per-warp forms) or their shared memory would
