@@ -67,9 +67,15 @@ if [ ! -s "$gguf" ]; then
 fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 export GGUF=$gguf CORPORA_GLOB='/root/corpora/*.txt.xz' DMC_BUILD=$B
+NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+# two lanes on one GPU (kind nvidia-h200) share it: they overlap one another's launch gaps, and each task job takes
+# half the batch so that two of them (8k-token caches) and a training job fit in its memory together
+if [ -n "${LANE0:-}" ] && [ "$NGPU" -lt 2 ]; then
+  export TASK_ARGS=${TASK_ARGS:---sinks 4 --batch 160 --prefill-tokens 131072 --prefill-chunk 256}
+fi
 export TASK_ARGS=${TASK_ARGS:---sinks 4 --batch 384 --prefill-tokens 262144 --prefill-chunk 256}
-# the work: the retrofit script, or two lanes of it on two GPUs (nvidia-h200-x2): the shared phases first, then LANE0
-# on GPU 0 and LANE1 on GPU 1 at once, each a ';'-separated list of VAR=value for scripts/smollm2_retrofit.sh (no
+# the work: the retrofit script, or two lanes of it on two GPUs (nvidia-h200-x2; on one GPU both lanes share it): the
+# shared phases first, then LANE0 on GPU 0 and LANE1 on GPU 1 at once, each a ';'-separated list of VAR=value for scripts/smollm2_retrofit.sh (no
 # shell parses them), ' :: ' between invocations that run one after another, e.g.
 #   LANE0='PHASES=control eval tasks;ONLY=^(original|control4x)$'
 #   LANE1='PHASES=dmc eval tasks;ONLY=^dmc4x$ :: TAG=-lr500;DMC_ARGS=--dmc-decision-lr-mult 500;PHASES=dmc eval tasks;ONLY=^dmc4x-lr500$'
@@ -88,7 +94,7 @@ work() {
         mapfile -t steps < <(printf '%s\n' "${val// :: /$'\n'}")
         for step in "${steps[@]}"; do  # one invocation after another on this lane's GPU
           IFS=';' read -ra kv <<< "$step"
-          CUDA_VISIBLE_DEVICES=$lane limit env "${kv[@]}" scripts/smollm2_retrofit.sh || exit $?
+          CUDA_VISIBLE_DEVICES=$(( NGPU < 2 ? 0 : lane )) limit env "${kv[@]}" scripts/smollm2_retrofit.sh || exit $?
         done
       ) > "$RUN.lane$lane.log" 2>&1 &
     done
