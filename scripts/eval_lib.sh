@@ -9,16 +9,19 @@ ev() {
   sed -n 's/^perplexity: \([0-9.]*\).*/\1/p' "$RUN/eval/$name.log" | head -1 | xargs echo "  $name: ppl"
 }
 # bench_setup: the decode benchmark's arguments, equal cache memory ($BENCH_GIB GiB), largest batch, real prefills of
-# $PROMPT tokens; results appended to $RUN/bench_decode.jsonl (emptied here).
-#   bd NAME MODEL POLICY      one $DMC bench decode -> $RUN/bench_NAME.log
+# $PROMPT tokens.
+#   bd NAME MODEL POLICY      one $DMC bench decode -> $RUN/bench_NAME.log, its result in $RUN/bench_NAME.jsonl (replaced;
+#                             one file a model, so invocations for other models leave it alone)
 bench_setup() {
   echo "== decode throughput at equal memory ($BENCH_GIB GiB of cache each), largest batch"
-  J=$RUN/bench_decode.jsonl
-  B="--prompt-len $PROMPT --new-tokens $NEW --steps $STEPS --batch max --memory-gib $BENCH_GIB --data $DATA --tokenizer $TOKENIZER --json $J"
-  rm -f "$J"
+  B="--prompt-len $PROMPT --new-tokens $NEW --steps $STEPS --batch max --memory-gib $BENCH_GIB --data $DATA --tokenizer $TOKENIZER"
 }
 bd() {
-  "$DMC" bench decode --model "$2" --policy "$3" $B > "$RUN/bench_$1.log" 2>&1 || { tail -5 "$RUN/bench_$1.log"; return 1; }
+  local j=$RUN/bench_$1.jsonl
+  rm -f "$j.tmp"
+  "$DMC" bench decode --model "$2" --policy "$3" $B --json "$j.tmp" > "$RUN/bench_$1.log" 2>&1 ||
+    { tail -5 "$RUN/bench_$1.log"; return 1; }
+  mv "$j.tmp" "$j"
 }
 # pack_run NAME: everything of $RUN but weights, checkpoints, token shards and other packs in $RUN/NAME (written
 # atomically)

@@ -33,6 +33,23 @@ def jsonl(path):
     return rows
 
 
+def bench_rows(run):
+    """decode benchmark results of a run: bench_NAME.jsonl (one a model; "name" = NAME) and the older shared
+    bench_decode.jsonl (name = the weights' run directory); vanilla rows first"""
+    rows = []
+    for b in jsonl(os.path.join(run, "bench_decode.jsonl")):
+        b["name"] = os.path.basename(os.path.dirname(b.get("weights", "").rstrip("/"))) or b["policy"]
+        rows.append(b)
+    for path in sorted(glob.glob(os.path.join(run, "bench_*.jsonl"))):
+        name = os.path.basename(path)[len("bench_"):-len(".jsonl")]
+        if name == "decode":
+            continue
+        for b in jsonl(path):
+            b["name"] = name
+            rows.append(b)
+    return sorted(rows, key=lambda b: b["policy"] != "vanilla")
+
+
 def open_run(path):
     """a run directory as it is, or an archive of one (.tar.gz) unpacked into a temporary directory"""
     if os.path.isdir(path):
@@ -204,7 +221,7 @@ def main():
         md.append("Training curves of the three stages (`dmc report`): " + ", ".join(
             f"[{r}x ratio]({pic_rel}/ratio-dmc{r}x.svg) / [loss]({pic_rel}/loss-dmc{r}x.svg)" for r in ratios) + ".\n")
     # ---- throughput
-    bench = jsonl(f"{run}/bench_decode.jsonl")
+    bench = bench_rows(run)
     if bench:
         van = next((b for b in bench if b["policy"] == "vanilla"), None)
         md.append("## Decode throughput at equal memory\n")
@@ -216,7 +233,7 @@ def main():
         md.append("| model | batch | ms/step | tokens/s | vs vanilla | achieved CR | KV bytes | step / HBM floor |")
         md.append("|---|---|---|---|---|---|---|---|")
         for b in bench:
-            label = "vanilla (base)" if b["policy"] == "vanilla" else f"DMC ({os.path.basename(os.path.dirname(b['weights'].rstrip('/')))})"
+            label = f"vanilla ({b['name']})" if b["policy"] == "vanilla" else f"DMC ({b['name']})"
             sp = f"{b['tokens_per_s'] / van['tokens_per_s']:.2f}x" if van else "-"
             md.append(f"| {label} | {b['batch']} | {b['ms_per_step']:.2f} | {b['tokens_per_s']:,.0f} | {sp} | "
                       f"{b['achieved_cr']:.2f} | {b['kv_bytes'] / 2**30:.2f} GiB | {b['step_over_floor']:.2f} |")

@@ -17,7 +17,7 @@ import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from replication_report import heatmap_svg, jsonl, load_json, open_run  # noqa: E402
+from replication_report import bench_rows, heatmap_svg, jsonl, load_json, open_run  # noqa: E402
 
 NAME = re.compile(r"^(control|dmc|distill)(\d+)x(.*)$")
 PPL_TARGET = {2: 1.5, 4: 4.0, 8: 10.0}  # % over the control
@@ -79,7 +79,7 @@ def main():
             training.append({"run": run_name, "step": steps[-1]["step"], "tokens": tokens, "seconds": tokens / tps,
                              "tps": tps, "cr": crs[-1] if crs else None,
                              "target": steps[-1].get("target_cr")})
-        bench += jsonl(os.path.join(r, "bench_decode.jsonl"))
+        bench += bench_rows(r)
     md = []
     # ---- training
     md.append("Training (tokens and seconds from each stage's metrics: seconds = tokens / mean tokens/s):\n")
@@ -171,12 +171,16 @@ def main():
     # ---- decode
     if bench:
         md.append("Decode at equal cache memory, largest batch (`dmc bench decode`, real prefills):\n")
-        md.append("| model | policy | batch | ms/step | tokens/s | achieved CR | step / HBM floor |")
-        md.append("|---|---|---|---|---|---|---|")
+        md.append("| model | policy | batch | ms/step | tokens/s | vs control | achieved CR | step / HBM floor |")
+        md.append("|---|---|---|---|---|---|---|---|")
+        controls = {b["name"]: b for b in bench if b["policy"] == "vanilla"}
         for b in bench:
-            md.append(f"| {os.path.basename(os.path.dirname(b.get('model', '')) or b.get('model', ''))} | {b['policy']} | "
-                      f"{b['batch']} | {b['ms_per_step']:.2f} | {b['tokens_per_s']:.0f} | {b['achieved_cr']:.2f} | "
-                      f"{b['step_over_floor']:.2f} |")
+            # each DMC model against the control of its ratio (dmc4x-lr500 -> control4x), else against any control
+            m = re.match(r"[a-z]+(\d+x)", b["name"])
+            ctl = controls.get(f"control{m.group(1)}" if m else "") or next(iter(controls.values()), None)
+            vs = f"{b['tokens_per_s'] / ctl['tokens_per_s']:.2f}x ({ctl['name']})" if ctl and ctl is not b else "-"
+            md.append(f"| {b['name']} | {b['policy']} | {b['batch']} | {b['ms_per_step']:.2f} | {b['tokens_per_s']:.0f} | "
+                      f"{vs} | {b['achieved_cr']:.2f} | {b['step_over_floor']:.2f} |")
         md.append("")
     text = "\n".join(md) + "\n"
     if a.out == "-":

@@ -210,9 +210,10 @@ if has tasks; then
 fi
 
 if has bench; then
-  bench_setup  # (one invocation at a time: it starts $RUN/bench_decode.jsonl afresh)
+  bench_setup
   for m in $models; do
     IFS=: read -r name dir cr <<< "$m"
+    [ -f "$RUN/bench_$name.jsonl" ] && continue
     case $name in
       original) ;;
       control*) bd "$name" "$dir" vanilla ;;

@@ -341,6 +341,44 @@ TEST_CASE("retrofit stages: zero_out zeroes the rows, retrofit ramps and logs ra
       CHECK(at::equal(l1.layers[l].wo, l7.layers[l].wo));
     }
   }
+  // dmc_decision_lr_balance: layer l's decision rows at 7 x mean |g|_1 / |g_l|_1 (g = its attention norm; here layer 0's
+  // scaled by 4 so that the two layers differ: 7 x 2.5 / 4 and 7 x 2.5 / 1); a run interrupted after one step and
+  // resumed ends with the uninterrupted run's weights (its multiples from the state: after a step the norms differ)
+  {
+    Llama m = Llama::load(w + "/s1/final", at::kFloat, at::kCPU);
+    {
+      at::NoGradGuard ng;
+      m.layers[0].attn_norm.mul_(4.0);
+    }
+    const double n0 = m.layers[0].attn_norm.abs().sum().item<double>(), n1 = m.layers[1].attn_norm.abs().sum().item<double>();
+    m.save(w + "/m", at::kFloat);
+    const std::string base = cmd("retrofit") + "--stage retrofit --init-from " + w + "/m --target-cr 3 " +
+                             "--weight-decay 0 --save-every 1 --out " + w;
+    const std::string bal = " --dmc-decision-lr-mult 7 --dmc-decision-lr-balance true --train-steps ";
+    for (const std::string& run_args : {base + "/bal1 --dmc-decision-lr-mult 1 --train-steps 1", base + "/bal7" + bal + "1",
+                                        base + "/balr" + bal + "2 --exit-after-steps 1", base + "/balr" + bal + "2",
+                                        base + "/balw" + bal + "2"}) {
+      r = run(run_args);
+      INFO(r.output);
+      REQUIRE(r.status == 0);
+    }
+    auto b1 = Llama::load(w + "/bal1/final", at::kFloat, at::kCPU), b7 = Llama::load(w + "/bal7/final", at::kFloat, at::kCPU);
+    const at::Tensor rows = decision_rows(m);
+    const double mean = (n0 + n1) / 2;
+    for (size_t l = 0; l < 2; ++l) {
+      const double want = 7.0 * mean / (l == 0 ? n0 : n1);
+      INFO("layer " << l << ", multiple " << want);
+      const at::Tensor r1 = (b1.layers[l].wqkv - m.layers[l].wqkv).index_select(0, rows);
+      const at::Tensor r7 = (b7.layers[l].wqkv - m.layers[l].wqkv).index_select(0, rows);
+      CHECK(r1.abs().max().item<double>() > 0);
+      CHECK((r7 - want * r1).abs().max().item<double>() <= 1e-3 * r7.abs().max().item<double>());
+    }
+    auto st = nlohmann::json::parse(read_file(w + "/balw/checkpoints/step-00000001/trainer_state.json"));
+    REQUIRE(st["stage"]["decision_lr_by_layer"].size() == 2);
+    CHECK(st["stage"]["decision_lr_by_layer"][0].get<double>() == Approx(7.0 * mean / n0));
+    auto whole = Llama::load(w + "/balw/final", at::kFloat, at::kCPU), resumed = Llama::load(w + "/balr/final", at::kFloat, at::kCPU);
+    for (size_t l = 0; l < 2; ++l) CHECK(at::equal(whole.layers[l].wqkv, resumed.layers[l].wqkv));
+  }
   // finetune, then the report
   r = run(cmd("retrofit") + "--stage finetune --init-from " + w + "/s2/final --out " + w +
           "/s3 --train-steps 4 --target-cr 3");

@@ -41,7 +41,7 @@ TEST_CASE("replication script: the whole chain at toy size, and its report", "[r
   REQUIRE(r.status == 0);
   const std::string md = read_file(w + "/results.md");
   for (const char* row : {"| base (no continued training) |", "| vanilla control |", "| DMC 2x |", "| DMC 4x |",
-                          "| vanilla (base) |", "| DMC (dmc4x-3-finetune) |"})
+                          "| vanilla (vanilla) |", "| DMC (dmc4x) |"})
     CHECK(md.find(row) != std::string::npos);
   // the baselines at CR 4 on the vanilla control and on the base model: both tables, every cell measured
   for (const char* table : {"On the vanilla control:", "On the base model:"}) {
@@ -120,6 +120,15 @@ TEST_CASE("SmolLM2 retrofit script: control checkpoints per budget, DMC and dist
                           "| control4x + tova@4 |", "| control4x + window@4 |", "| dmc4x | 800 |", "| dmc4x-2-retrofit |"})
     CHECK(md.find(row) != std::string::npos);
   CHECK(fs::exists(w + "/pics/heatmap-dmc4x.svg"));
+  // decode at equal memory: one result file a model, each DMC model against the control of its ratio
+  for (const char* row : {"| control2x | vanilla |", "| control4x | vanilla |", "| dmc2x | dmc |", "| dmc4x | dmc |"}) {
+    INFO(row);
+    const auto at = md.find(row);
+    REQUIRE(at != std::string::npos);
+    if (std::string(row).find("dmc") != std::string::npos)
+      CHECK(md.substr(at, md.find('\n', at) - at).find("x (control" + std::string(row).substr(5, 2) + ")") !=
+            std::string::npos);
+  }
   // run again: nothing left to do
   auto again = run_script("smollm2_retrofit.sh", env);
   CHECK(again.output.find("== control") == std::string::npos);
@@ -142,4 +151,10 @@ TEST_CASE("SmolLM2 retrofit script: control checkpoints per budget, DMC and dist
   CHECK(!fs::exists(run_dir + "/eval/dmc2x-v.json"));
   run_script("smollm2_retrofit.sh", v + " PHASES=eval");
   CHECK(fs::exists(run_dir + "/eval/dmc2x-v-subset-incremental.json"));
+  // the variant's decode benchmark beside the first invocation's: theirs are left as they were
+  const std::string bench4 = read_file(run_dir + "/bench_dmc4x.jsonl");
+  run_script("smollm2_retrofit.sh", v + " PHASES=bench ONLY='^dmc2x-v$'");
+  CHECK(read_jsonl(run_dir + "/bench_dmc2x-v.jsonl").size() == 1);
+  CHECK(read_file(run_dir + "/bench_dmc4x.jsonl") == bench4);
+  CHECK(!fs::exists(run_dir + "/bench_control2x.jsonl.tmp"));
 }

@@ -49,6 +49,9 @@ void RetrofitOptions::add_to(OptionTable& t) {
         "retrofit / finetune: learning-rate multiple for the q/k rows of the decision and importance neurons "
         "(1 = the reference)")
       .above(0);
+  t.add("dmc_decision_lr_balance", &decision_lr_balance,
+        "retrofit / finetune: scale dmc_decision_lr_mult per layer by mean |g|_1 / |g_l|_1 of the attention norms "
+        "(the decision logits of all layers then move at about one rate)");
 }
 
 DmcStage::DmcStage(const RetrofitOptions& o) : o_(o) {
@@ -63,11 +66,33 @@ at::Tensor decision_rows(const Llama& model) {
   return at::tensor(rows, at::kLong);
 }
 
-std::vector<train::Stage::RowLr> DmcStage::row_lrs(const Llama& model) const {
+std::vector<train::Stage::RowLr> DmcStage::row_lrs(const Llama& model) {
   std::vector<RowLr> out;
-  if (o_.stage == RetrofitStage::ZeroOut || o_.decision_lr_mult == 1.0) return out;
+  if (o_.stage == RetrofitStage::ZeroOut || (o_.decision_lr_mult == 1.0 && !o_.decision_lr_balance)) return out;
+  const size_t n = model.layers.size();
+  if (decision_lr_by_layer_.empty()) {  // a fresh stage (a resumed one has them from its state)
+    std::vector<double> norm1(n), mult(n, o_.decision_lr_mult);
+    double mean = 0;
+    for (size_t l = 0; l < n; ++l) {
+      norm1[l] = model.layers[l].attn_norm.abs().sum().item<double>();  // replicated under tensor parallel
+      mean += norm1[l] / (double)n;
+    }
+    if (o_.decision_lr_balance)
+      for (size_t l = 0; l < n; ++l) {
+        DMC_CHECK(norm1[l] > 0, "dmc_decision_lr_balance: layer ", l, "'s attention norm weight is all zero");
+        mult[l] *= mean / norm1[l];
+      }
+    decision_lr_by_layer_ = mult;
+    if (o_.decision_lr_balance) {
+      std::string list;
+      for (size_t l = 0; l < n; ++l) list += cat(l ? " " : "", std::round(mult[l] * 10) / 10);
+      log::info(cat("decision rows' learning-rate multiples by layer: ", list));
+    }
+  }
+  DMC_CHECK(decision_lr_by_layer_.size() == n, "resume: the checkpoint's decision_lr_by_layer has ",
+            decision_lr_by_layer_.size(), " layers, the model ", n);
   const at::Tensor rows = decision_rows(model);
-  for (size_t l = 0; l < model.layers.size(); ++l) out.push_back({cat("layers.", l, ".wqkv"), rows, o_.decision_lr_mult});
+  for (size_t l = 0; l < n; ++l) out.push_back({cat("layers.", l, ".wqkv"), rows, decision_lr_by_layer_[l]});
   return out;
 }
 
@@ -264,7 +289,8 @@ json DmcStage::state() const {
           {"tokens", tokens_},
           {"cr_per_head", last_head_ratios_},
           {"init_val", o_.dmc.init_val},
-          {"window", o_.dmc.window}};
+          {"window", o_.dmc.window},
+          {"decision_lr_by_layer", decision_lr_by_layer_}};
 }
 
 void DmcStage::load_state(const json& s) {
@@ -274,6 +300,7 @@ void DmcStage::load_state(const json& s) {
   if (s.contains("merges")) merges_ = s["merges"].get<std::vector<std::vector<double>>>();
   if (s.contains("tokens")) tokens_ = s["tokens"].get<std::vector<std::vector<double>>>();
   if (s.contains("cr_per_head")) last_head_ratios_ = s["cr_per_head"];
+  if (s.contains("decision_lr_by_layer")) decision_lr_by_layer_ = s["decision_lr_by_layer"].get<std::vector<double>>();
 }
 
 }  // namespace dmc

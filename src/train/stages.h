@@ -45,6 +45,12 @@ struct RetrofitOptions {
   // move the decision logit from -c to 0 (measured: SmolLM2, 180 steps at 2e-5, achieved CR stayed at the noise
   // floor 1.05), while the rest of the model should keep its gentle rate.
   double decision_lr_mult = 1.0;
+  // ... and per layer l, times mean_j |g_j|_1 / |g_l|_1 (g = the layer's attention RMSNorm weight, taken from the
+  // stage's first weights): Adam moves a layer's decision logit by about lr x S_l a step, S_l = sum_i |E x_i| of the
+  // k projection's inputs, and S_l tracks |g_l|_1 (SmolLM2: S from 3.7 in layer 0 to 62 in layer 29, S / |g|_1
+  // within 0.13-0.26), so that every layer's decisions move at about the same rate instead of the last layers' 16x
+  // faster than the first's.
+  bool decision_lr_balance = false;
   void add_to(OptionTable& t);
 };
 
@@ -64,10 +70,14 @@ class DmcStage : public train::Stage {
   double target_cr() const { return target_; }
   // Achieved ratio per layer and KV head over the current statistics window: [layers][kv_heads].
   std::vector<std::vector<double>> head_ratios() const;
-  std::vector<RowLr> row_lrs(const Llama& model) const override;
+  // The decision rows' rate multiples, per layer (with decision_lr_balance computed from the model on the stage's
+  // first call, then kept in state() so that a resumed run uses the same ones).
+  std::vector<RowLr> row_lrs(const Llama& model) override;
+  const std::vector<double>& decision_lr_by_layer() const { return decision_lr_by_layer_; }
 
  private:
   RetrofitOptions o_;
+  std::vector<double> decision_lr_by_layer_;  // empty until row_lrs (or a resumed state)
   double zero_out_mult_ = 1.0;  // zero_out: the factor on q/k[D-1] at the current step
   // the attention of the micro-batch just forwarded: it lives until the next forward, past its backward (activation
   // checkpointing runs it again there)

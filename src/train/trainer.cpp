@@ -435,8 +435,6 @@ class Trainer {
     ao.weight_decay = o_.weight_decay;
     ao.decay_norms_and_embeddings = o_.decay_norms_and_embeddings;
     opt_ = std::make_unique<AdamW>(params_, ao);
-    if (stage_)
-      for (const auto& r : stage_->row_lrs(model_)) opt_->set_row_lr(r.param, r.rows, r.mult);
     grad_sync_ = std::make_unique<GradSync>(params_, dist_.dp, o_.grad_bucket_mb);
     model_.sequence_parallel = o_.sequence_parallel && dist_.tp.size > 1;
     if (model_.sequence_parallel)
@@ -474,6 +472,9 @@ class Trainer {
       resume(*resume_dir);
     else
       torch::manual_seed((uint64_t)o_.seed + 1 + 104729 * (uint64_t)dist_.dp.rank);
+    // after the resume: a stage may keep its row rates in its state (they may depend on the stage's first weights)
+    if (stage_)
+      for (const auto& r : stage_->row_lrs(model_)) opt_->set_row_lr(r.param, r.rows, r.mult);
     for (const auto& s : o_.inject_nonfinite_steps) inject_.insert(parse_int(s, "inject_nonfinite_steps"));
 
     const auto& c = model_.config;

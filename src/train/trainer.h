@@ -58,13 +58,13 @@ class Stage {
   virtual nlohmann::json state() const { return nlohmann::json::object(); }
   virtual void load_state(const nlohmann::json& s) { (void)s; }
   // Parameter rows that learn at a multiple of the learning rate (AdamW::set_row_lr), asked once the model (this
-  // rank's shard of it) and the optimizer exist.
+  // rank's shard of it) and the optimizer exist and a resumed run's state() is loaded.
   struct RowLr {
     std::string param;
     at::Tensor rows;
     double mult;
   };
-  virtual std::vector<RowLr> row_lrs(const Llama& model) const {
+  virtual std::vector<RowLr> row_lrs(const Llama& model) {
     (void)model;
     return {};
   }
