@@ -8,6 +8,7 @@ it packs). Standard library only: the heatmaps are written as SVG directly.
 import argparse
 import glob
 import json
+import lzma
 import math
 import os
 import re
@@ -18,7 +19,8 @@ import tempfile
 
 
 def load_json(path):
-    with open(path) as f:
+    """a JSON file, or one compressed with xz (.json.xz: the large task reports kept in docs/results)"""
+    with (lzma.open(path, "rt") if path.endswith(".xz") else open(path)) as f:
         return json.load(f)
 
 

@@ -26,6 +26,9 @@
 #                    (e.g. TAG=-lr400 DMC_ARGS='--dmc-decision-lr-mult 400'); the controls are shared
 #   ONLY             a regular expression on model names (original, control4x, dmc4x-lr400, ...): the eval, tasks and
 #                    bench phases take only those
+#   BASELINES        the training-free policies run on each control (default "tova h2o window"), at the control's
+#                    ratio, at BASELINE_CRS (extra ratios) and, with BASELINE_AT_ACHIEVED=1 (default), at the ratio each
+#                    DMC model of that budget reached on the tasks (evaluated before, here or in an earlier invocation)
 #   DEADLINE         epoch seconds: no evaluation job starts when fewer than JOB_SECONDS (default 240) remain; the
 #                    script then exits 75 and the next invocation resumes (training checkpoints on SIGTERM instead)
 #   BATCH="--micro-batch 2 ...", EVAL_SEQ, TASK_LENGTHS, TASK_SAMPLES, TOKENIZER    overrides (CPU smoke test)
@@ -49,6 +52,7 @@ BATCH=${BATCH:-} EVAL_SEQ=${EVAL_SEQ:-4096} EVAL_SUBSET=${EVAL_SUBSET:-16384}
 TASK_LENGTHS=${TASK_LENGTHS:-1024,2048,4096,8192} TASK_SAMPLES=${TASK_SAMPLES:-100} TASK_ARGS=${TASK_ARGS:-}
 BENCH_GIB=${BENCH_GIB:-40} PROMPT=${PROMPT:-3968} NEW=${NEW:-128} STEPS=${STEPS:-64}
 ZERO_OUT_MIN=${ZERO_OUT_MIN:-25} TAG=${TAG:-} DMC_ARGS=${DMC_ARGS:-} ONLY=${ONLY:-}
+BASELINES=${BASELINES:-tova h2o window} BASELINE_CRS=${BASELINE_CRS:-} BASELINE_AT_ACHIEVED=${BASELINE_AT_ACHIEVED:-1}
 CONTROL_RATIOS=${CONTROL_RATIOS:-$RATIOS ${DISTILL_CR}} DEADLINE=${DEADLINE:-} JOB_SECONDS=${JOB_SECONDS:-240}
 has() { [[ " $PHASES " == *" $1 "* ]]; }
 # before a job that cannot resume from a checkpoint (an evaluation): stop cleanly if the deadline is too close
@@ -201,11 +205,29 @@ if has tasks; then
   for m in $models; do
     IFS=: read -r name dir cr <<< "$m"
     [[ $name == control* ]] || continue
+    for pol in $BASELINES; do tk "$name-$pol" "$dir" --cache $pol --cr "$cr"; done
+    # the same baselines at the ratio each DMC model of this budget reached on these tasks (the same cache memory
+    # when a model misses its target), and at BASELINE_CRS
+    extra=$BASELINE_CRS
+    if [ "$BASELINE_AT_ACHIEVED" = 1 ]; then
+      for md in "$RUN"/tasks/dmc"$cr"x*.md "$RUN"/tasks/distill"$cr"x*.md; do
+        [ -f "$md" ] || continue
+        x=$(sed -n 's/^dmc .*achieved CR \([0-9.]*\),.*/\1/p' "$md" | head -1)
+        echo "  $(basename "$md" .md) reached CR ${x:-?} on the tasks: $name's baselines there too (unless < 1.05)"
+        extra="$extra $x"
+      done
+    fi
+    for x in $(printf '%s\n' $extra | sort -u); do
+      [ "$x" = "$cr" ] || awk -v x="$x" 'BEGIN { exit !(x < 1.05) }' && continue  # (a model that did not compress)
+      for pol in $BASELINES; do tk "$name-$pol@$x" "$dir" --cache $pol --cr "$x"; done
+    done
+    # one report of every part this control has (this invocation's and earlier ones'), merged again each time
     parts=("$RUN/tasks/$name-vanilla.json")
-    for pol in tova h2o window; do tk "$name-$pol" "$dir" --cache $pol --cr "$cr"; parts+=("$RUN/tasks/$name-$pol.json"); done
-    [ -f "$RUN/tasks/$name.json" ] || "$DMC" report tasks "${parts[@]}" --json "$RUN/tasks/$name.json" \
-      --heatmaps "$RUN/tasks/heatmaps-$name" > "$RUN/tasks/$name.md" 2> "$RUN/tasks/$name.log" ||
-      { tail -5 "$RUN/tasks/$name.log"; exit 1; }
+    for pol in tova h2o window; do
+      for f in "$RUN/tasks/$name-$pol.json" "$RUN/tasks/$name-$pol"@*.json; do [ -f "$f" ] && parts+=("$f"); done
+    done
+    "$DMC" report tasks "${parts[@]}" --json "$RUN/tasks/$name.json" --heatmaps "$RUN/tasks/heatmaps-$name" \
+      > "$RUN/tasks/$name.md" 2> "$RUN/tasks/$name.log" || { tail -5 "$RUN/tasks/$name.log"; exit 1; }
   done
 fi
 

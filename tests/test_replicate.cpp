@@ -2,7 +2,9 @@
 // data, base, vanilla control, DMC at two ratios (three stages each), every evaluation (parallel, incremental,
 // baselines), the equal-memory decode benchmark, the pack, and the report built from the pack. It checks that
 // every table row is there and that parallel and incremental evaluation agree; the GPU run is docs/results.md.
+#include <algorithm>
 #include <fstream>
+#include <regex>
 #include <sstream>
 
 #include "common/util.h"
@@ -80,7 +82,7 @@ TEST_CASE("SmolLM2 retrofit script: control checkpoints per budget, DMC and dist
   const std::string env =
       "ZERO_OUT_MIN=0 RUN=" + w + "/run ORIGINAL=" + w + "/orig TOKENIZER=" + fx().tok + " CORPORA_GLOB='" +
       fx().dir + "/a.txt' UNIT=6 RATIOS='2 4' DISTILL_CR=2 EVAL_SEQ=96 EVAL_SUBSET=400 TASK_LENGTHS=800 TASK_SAMPLES=2"
-      " TASK_ARGS='--tasks passkey,niah_single_1 --device cpu' BENCH_GIB=0.01 PROMPT=80 NEW=8 STEPS=4"
+      " TASK_ARGS='--tasks passkey,niah_single_1 --device cpu' BENCH_GIB=0.01 PROMPT=80 NEW=8 STEPS=4 BASELINE_AT_ACHIEVED=0"
       " BATCH='--micro-batch 2 --global-batch 2 --seq-len 64 --device cpu'";
   auto r = run_script("smollm2_retrofit.sh", env);
   // stage steps: ceil(6 x 250 / 6000) = 1, 6 x (CR - 1), ceil(6 x 2000 / 6000) = 2
@@ -128,6 +130,32 @@ TEST_CASE("SmolLM2 retrofit script: control checkpoints per budget, DMC and dist
     if (std::string(row).find("dmc") != std::string::npos)
       CHECK(md.substr(at, md.find('\n', at) - at).find("x (control" + std::string(row).substr(5, 2) + ")") !=
             std::string::npos);
+  }
+  // the baselines again at more ratios, added to the control's merged report: BASELINE_CRS, and the ratio DMC 4x
+  // reached on the tasks (unless it did not compress)
+  const std::string dmc_md = read_file(run_dir + "/tasks/dmc4x.md");
+  std::smatch ach;
+  REQUIRE(std::regex_search(dmc_md, ach, std::regex("achieved CR ([0-9.]+),")));
+  auto more = run_script("smollm2_retrofit.sh", env + " PHASES=tasks ONLY='^(control4x|dmc4x)$' BASELINE_AT_ACHIEVED=1"
+                                                      " BASELINES=window BASELINE_CRS=3");
+  ct = nlohmann::json::parse(read_file(run_dir + "/tasks/control4x.json"));
+  names.clear();
+  for (const auto& x : ct["runs"]) names.push_back(x["name"]);
+  std::vector<std::string> want = {"vanilla", "tova@4", "h2o@4", "window@4", "window@3"};
+  if (std::stod(ach[1].str()) >= 1.05) want.push_back("window@" + cat(std::stod(ach[1].str())));
+  INFO(more.output << "\nachieved " << ach[1].str());
+  CHECK(more.output.find("dmc4x reached CR " + ach[1].str() + " on the tasks") != std::string::npos);
+  CHECK(names.size() == want.size());
+  for (const auto& n : want) CHECK(std::find(names.begin(), names.end(), n) != names.end());
+  if (std::stod(ach[1].str()) >= 1.05) {  // the report's same-memory comparison
+    rep = run(python() + " " + std::string(DMC_SOURCE_DIR) + "/scripts/smollm2_report.py " + run_dir + " --out " + w +
+              "/report2.md --target-lengths 800");
+    REQUIRE(rep.status == 0);
+    const std::string md2 = read_file(w + "/report2.md");
+    const auto at = md2.find("| dmc4x | 800 |");
+    REQUIRE(at != std::string::npos);
+    CHECK(md2.substr(at, md2.find('\n', at) - at).find("(window@" + cat(std::stod(ach[1].str())) + ")") !=
+          std::string::npos);
   }
   // run again: nothing left to do
   auto again = run_script("smollm2_retrofit.sh", env);
