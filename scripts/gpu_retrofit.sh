@@ -30,7 +30,8 @@ if [ "${1:-}" = --split ]; then
   du -sh data/x1 data/x2
   exit 0
 fi
-t0=$(date +%s)
+T0=$(date +%s)
+source scripts/gpu_job_lib.sh
 OUT=${OUT:-$PWD/out}
 mkdir -p "$OUT" /root/smol /root/corpora
 export RUN=${RUN:-/root/smollm2-run}
@@ -42,20 +43,7 @@ copy_new() {  # copy_new DIR FILE...: the files DIR lacks
 }
 copy_new /root/smol data/x1/gguf.* data/x2/gguf.*
 copy_new /root/corpora data/x2/corpora/*.txt.xz
-if [ ! -x "$B/dmc" ]; then
-  OUT="$OUT" scripts/gpu_check.sh build > "$OUT/build.log" 2>&1; echo "build rc=$? ($(( $(date +%s) - t0 )) s)"
-  # the kernels every run's training and evaluation take, checked on this GPU before any run uses them; tiled pooling
-  # kernels that fail their test are left out of this machine's runs (DMC_POOL_TILED=0, the row-per-warp forms)
-  if ! timeout 60 "$B/dmc_tests" "CUDA: fused DMC pooling*" > "$OUT/gpu_pool_test.log" 2>&1; then
-    DMC_POOL_TILED=0 timeout 60 "$B/dmc_tests" "CUDA: fused DMC pooling*" > "$OUT/gpu_pool_test_untiled.log" 2>&1 &&
-      touch /root/pool_untiled && echo "tiled pooling failed its test: this machine's runs take DMC_POOL_TILED=0"
-  fi
-  [ -f /root/pool_untiled ] && export DMC_POOL_TILED=0
-  timeout 120 "$B/dmc_tests" "[gpu][dmc]" > "$OUT/gpu_tests.log" 2>&1
-  rc=$?; echo "GPU kernel tests rc=$rc: $(grep -E "^(All tests passed|test cases:)" "$OUT/gpu_tests.log" | tail -1)"
-  [ $rc -eq 0 ] || { echo "GPU kernel tests failed (gpu_tests.log): no run started"; rm -f "$B/dmc"; exit 1; }
-fi
-[ -f /root/pool_untiled ] && export DMC_POOL_TILED=0
+build_and_test "$B" "$OUT" || exit 1
 gguf=/root/smol/SmolLM2-135M-Instruct.Q4_1.gguf
 if [ ! -s "$gguf" ]; then
   [ -f /root/smol/gguf.part-00 ] && [ -f /root/smol/gguf.part-01 ] || {
@@ -104,29 +92,16 @@ work() {
 }
 case "${1:-run}" in
   run)  # in this call, up to DEADLINE_S seconds after it started
-    export DEADLINE=$(( t0 + ${DEADLINE_S:-540} ))
+    export DEADLINE=$(( T0 + ${DEADLINE_S:-540} ))
     work 2>&1 | tee -a "$RUN.log" ;;
   --job)  # the background job --start launched: no deadline
     unset DEADLINE
-    work; echo "job finished ($(( $(date +%s) - t0 )) s)"; echo done > /root/retrofit.state
+    work; echo "job finished ($(( $(date +%s) - T0 )) s)"; job_done retrofit
     exit 0 ;;
   --start)  # the whole run in the background of this machine (it goes on between calls while the machine is held)
-    if [ -f /root/retrofit.pid ] && kill -0 "$(cat /root/retrofit.pid)" 2>/dev/null; then
-      echo "a job is running already (pid $(cat /root/retrofit.pid))"
-    else
-      echo running > /root/retrofit.state
-      setsid nohup "$0" --job >> "$RUN.log" 2>&1 < /dev/null &
-      echo $! > /root/retrofit.pid
-      echo "job started (pid $!), log $RUN.log"
-    fi ;;
+    job_start retrofit "$RUN.log" "$0" --job ;;
   --wait)  # until the background job ends or N seconds (default 540) pass, then the results so far
-    n=${2:-540}
-    alive() { [ -f /root/retrofit.pid ] && kill -0 "$(cat /root/retrofit.pid)" 2>/dev/null; }
-    while alive && [ $(( $(date +%s) - t0 )) -lt "$n" ]; do sleep 5; done
-    state=$(cat /root/retrofit.state 2>/dev/null || echo none)
-    [ "$state" = running ] && ! alive && state="ended without finishing"
-    echo "job: $state after this call's $(( $(date +%s) - t0 )) s"
-    tail -25 "$RUN.log"
+    job_wait retrofit "$RUN.log" "${2:-540}"
     for f in "$RUN".lane*.log; do [ -f "$f" ] && { echo "-- $f"; tail -8 "$f"; }; done ;;
   *) echo "usage: scripts/gpu_retrofit.sh [--split | --start | --wait [SECONDS]]"; exit 2 ;;
 esac

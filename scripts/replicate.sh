@@ -105,9 +105,10 @@ fi
 
 if has bench; then
   bench_setup
-  bd vanilla "$RUN/base/final" vanilla
+  bd base "$RUN/base/final" vanilla
   for cr in $RATIOS; do bd "dmc${cr}x" "$RUN/dmc${cr}x-3-finetune/final" dmc; done
-  grep -h -o '"policy":"[a-z]*"\|"batch":[0-9]*\|"tokens_per_s":[0-9.]*\|"achieved_cr":[0-9.]*' "$J" | paste - - - - || true
+  cat "$RUN"/bench_*.jsonl | grep -o '"policy":"[a-z]*"\|"batch":[0-9]*\|"tokens_per_s":[0-9.]*\|"achieved_cr":[0-9.]*' |
+    paste - - - -
 fi
 
 if has pack; then

@@ -37,13 +37,14 @@ TEST_CASE("replication script: the whole chain at toy size, and its report", "[r
   auto r = run_script("replicate.sh", env);
   // stages of the budget: 3% / 73% / 24% of 34 steps
   CHECK(r.output.find("zero_out 1 -> retrofit 25 -> finetune 8") != std::string::npos);
+  CHECK(r.output.find("\"policy\":\"vanilla\"") != std::string::npos);  // the decode benchmark's summary lines
   r = run(python() + " " + src + "/scripts/replication_report.py " + w + "/run/replication.tar.gz --out " + w +
           "/results.md --pictures " + w + "/pics");
   INFO(r.output);
   REQUIRE(r.status == 0);
   const std::string md = read_file(w + "/results.md");
   for (const char* row : {"| base (no continued training) |", "| vanilla control |", "| DMC 2x |", "| DMC 4x |",
-                          "| vanilla (vanilla) |", "| DMC (dmc4x) |"})
+                          "| vanilla (base) |", "| DMC (dmc4x) |"})
     CHECK(md.find(row) != std::string::npos);
   // the baselines at CR 4 on the vanilla control and on the base model: both tables, every cell measured
   for (const char* table : {"On the vanilla control:", "On the base model:"}) {

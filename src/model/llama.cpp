@@ -265,18 +265,20 @@ void Llama::save(const std::string& dir, at::ScalarType dtype, int64_t max_shard
 
 // ---- forward ------------------------------------------------------------------------------------------
 
+std::string Llama::layer_param_name(int64_t l, const char* field) { return cat("layers.", l, ".", field); }
+
 std::vector<std::pair<std::string, at::Tensor*>> Llama::parameters() {
   std::vector<std::pair<std::string, at::Tensor*>> p;
   p.emplace_back("embed", &embed);
   for (size_t l = 0; l < layers.size(); ++l) {
     auto& L = layers[l];
-    const std::string pre = cat("layers.", l, ".");
-    p.emplace_back(pre + "attn_norm", &L.attn_norm);
-    p.emplace_back(pre + "wqkv", &L.wqkv);
-    p.emplace_back(pre + "wo", &L.wo);
-    p.emplace_back(pre + "mlp_norm", &L.mlp_norm);
-    p.emplace_back(pre + "w_gate_up", &L.w_gate_up);
-    p.emplace_back(pre + "w_down", &L.w_down);
+    const int64_t i = (int64_t)l;
+    p.emplace_back(layer_param_name(i, "attn_norm"), &L.attn_norm);
+    p.emplace_back(layer_param_name(i, "wqkv"), &L.wqkv);
+    p.emplace_back(layer_param_name(i, "wo"), &L.wo);
+    p.emplace_back(layer_param_name(i, "mlp_norm"), &L.mlp_norm);
+    p.emplace_back(layer_param_name(i, "w_gate_up"), &L.w_gate_up);
+    p.emplace_back(layer_param_name(i, "w_down"), &L.w_down);
   }
   p.emplace_back("norm", &norm);
   if (!config.tie_word_embeddings) p.emplace_back("lm_head", &lm_head);

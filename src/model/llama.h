@@ -107,6 +107,8 @@ class Llama {
 
   // Trainable tensors under stable internal names (fused: layers.N.wqkv, layers.N.w_gate_up, ...).
   std::vector<std::pair<std::string, at::Tensor*>> parameters();
+  // The name parameters() gives layer l's tensor `field` ("wqkv", "attn_norm", ...): "layers.<l>.<field>".
+  static std::string layer_param_name(int64_t l, const char* field);
 
   at::ScalarType dtype() const { return embed.scalar_type(); }
   at::Device device() const { return embed.device(); }

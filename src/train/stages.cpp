@@ -92,7 +92,7 @@ std::vector<train::Stage::RowLr> DmcStage::row_lrs(const Llama& model) {
   DMC_CHECK(decision_lr_by_layer_.size() == n, "resume: the checkpoint's decision_lr_by_layer has ",
             decision_lr_by_layer_.size(), " layers, the model ", n);
   const at::Tensor rows = decision_rows(model);
-  for (size_t l = 0; l < n; ++l) out.push_back({cat("layers.", l, ".wqkv"), rows, decision_lr_by_layer_[l]});
+  for (size_t l = 0; l < n; ++l) out.push_back({Llama::layer_param_name((int64_t)l, "wqkv"), rows, decision_lr_by_layer_[l]});
   return out;
 }
 
