@@ -8,6 +8,15 @@ ev() {
     { tail -5 "$RUN/eval/$name.log"; return 1; }
   sed -n 's/^perplexity: \([0-9.]*\).*/\1/p' "$RUN/eval/$name.log" | head -1 | xargs echo "  $name: ppl"
 }
+# tree_id: the git tree of the files as they are here (HEAD^{tree} of the commit they match, compared with
+# `git rev-parse COMMIT^{tree}`): on the device machine the working tree is the session's latest but its .git may be
+# older, so `git rev-parse HEAD` there names the wrong commit. Ignored files (weights, data) are left out.
+tree_id() {
+  local idx=/tmp/dmc-tree-index.$$
+  rm -f "$idx"
+  GIT_INDEX_FILE=$idx git add -A . > /dev/null 2>&1 && echo "tree $(GIT_INDEX_FILE=$idx git write-tree 2> /dev/null)"
+  rm -f "$idx"
+}
 # bench_setup: the decode benchmark's arguments, equal cache memory ($BENCH_GIB GiB), largest batch, real prefills of
 # $PROMPT tokens.
 #   bd NAME MODEL POLICY      one $DMC bench decode -> $RUN/bench_NAME.log, its result in $RUN/bench_NAME.jsonl (replaced;

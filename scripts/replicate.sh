@@ -41,7 +41,8 @@ done_run() { [ -f "$1/final/config.json" ]; }
 mkdir -p "$RUN"
 T="--tokenizer $TOKENIZER --data $DATA"
 echo "replication: run $RUN, base $BASE_STEPS steps, continued $CONT_STEPS = $Z + $R + $F steps, ratios $RATIOS"
-{ date -u; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true; git rev-parse HEAD 2>/dev/null || true
+source scripts/eval_lib.sh  # tree_id, ev, bd, pack_run
+{ date -u; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true; tree_id || true
   echo "BASE_STEPS=$BASE_STEPS CONT_STEPS=$CONT_STEPS RATIOS='$RATIOS' EVAL_SUBSET=$EVAL_SUBSET BENCH_GIB=$BENCH_GIB"; } > "$RUN/machine.txt"
 
 if has data && [ ! -f "$DATA/meta.json" ]; then
@@ -80,7 +81,6 @@ fi
 
 E="--tokenizer $TOKENIZER --data $DATA --split valid --seq-len $EVAL_SEQ"
 mkdir -p "$RUN/eval"
-source scripts/eval_lib.sh  # ev NAME MODEL [args...]
 if has eval; then
   echo "== evaluation on the validation split"
   models="base:$RUN/base/final vanilla:$RUN/vanilla/final"

@@ -90,7 +90,8 @@ max_total=0 need=0
 for cr in $CONTROL_RATIOS $RATIOS ${DISTILL_CR}; do t=$(total "$cr"); [ "$t" -gt "$max_total" ] && max_total=$t; done
 for cr in $RATIOS ${DISTILL_CR}; do t=$(total "$cr"); [ "$t" -gt "$need" ] && need=$t; done
 echo "smollm2 retrofit: run $RUN, UNIT $UNIT, ratios $RATIOS, distillation at ${DISTILL_CR:-none}, control $max_total steps"
-{ date -u; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true; git rev-parse HEAD 2>/dev/null || true
+source scripts/eval_lib.sh  # tree_id, ev, tk, bd, pack_run
+{ date -u; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true; tree_id || true
   echo "UNIT=$UNIT ZERO_OUT_MIN=$ZERO_OUT_MIN TAG='$TAG' DMC_ARGS='$DMC_ARGS' RATIOS='$RATIOS' DISTILL_CR=$DISTILL_CR EVAL_SEQ=$EVAL_SEQ TASK_LENGTHS=$TASK_LENGTHS TASK_SAMPLES=$TASK_SAMPLES"
   for cr in $RATIOS; do echo "DMC ${cr}x: zero_out / retrofit / finetune = $(stages "$cr") steps"; done; } > "$RUN/machine.txt"
 
@@ -171,7 +172,6 @@ if [ -n "$ONLY" ]; then
 fi
 mkdir -p "$RUN/eval" "$RUN/tasks"
 E="--tokenizer $TOKENIZER --data $DATA --split valid --seq-len $EVAL_SEQ"
-source scripts/eval_lib.sh  # ev NAME MODEL [args...]
 if has eval; then
   echo "== perplexity on the validation split ($EVAL_SEQ-token windows)"
   for m in $models; do

@@ -216,3 +216,10 @@ TEST_CASE("tensor parallel: a size that does not divide the KV heads (SmolLM2's 
                 {"tensor_parallel 2", "num_key_value_heads (3)", "must divide evenly"});
   CHECK(m.tp.size == 1);  // nothing was sharded
 }
+
+TEST_CASE("an unknown model preset is refused with every preset's name", "[model]") {
+  for (const auto& n : LlamaConfig::preset_names()) CHECK(LlamaConfig::preset(n).num_hidden_layers > 0);
+  std::vector<std::string> parts = {"preset: unknown model preset 'llama-3b'"};
+  for (const auto& n : LlamaConfig::preset_names()) parts.push_back(n);
+  require_error([] { LlamaConfig::preset("llama-3b"); }, parts);
+}

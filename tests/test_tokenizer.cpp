@@ -2,6 +2,7 @@
 // tokenizer's round trip and byte fallback, and the vocabulary cross-check against a model.
 #include <sstream>
 
+#include "common/utf8.h"
 #include "common/util.h"
 #include "helpers.h"
 #include "tokenizer/bpe.h"
@@ -232,4 +233,17 @@ TEST_CASE("a SentencePiece tokenizer in GGUF metadata (tokenizer.ggml.model llam
     CHECK(gg.decode(gg.encode(line)) == line);
   }
   CHECK(n > 100);
+}
+
+TEST_CASE("UTF-8 sequence lengths and the scan step past any byte", "[tokenizer]") {
+  // every lead byte class: ASCII, 2-, 3-, 4-byte leads, continuation bytes and 0xF8.. (no sequence)
+  const std::string s = "a\xC3\xA9\xE2\x82\xAC\xF0\x9F\x98\x80";  // a, é, €, 😀
+  std::vector<int> lens;
+  for (size_t i = 0; i < s.size(); i += (size_t)utf8_step((unsigned char)s[i]))
+    lens.push_back(utf8_sequence_length((unsigned char)s[i]));
+  CHECK(lens == std::vector<int>{1, 2, 3, 4});
+  for (int b : {0x80, 0xBF, 0xF8, 0xFF}) {
+    CHECK(utf8_sequence_length((unsigned char)b) == 0);
+    CHECK(utf8_step((unsigned char)b) == 1);  // stands alone
+  }
 }

@@ -265,7 +265,9 @@ LlamaConfig LlamaConfig::preset(const std::string& name) {
     c.max_position_embeddings = 1024;
     return c;
   }
-  fail("preset: unknown model preset '", name, "', expected one of tiny, llama-1b, smollm2-135m, llama2-7b, llama2-13b");
+  std::string names;
+  for (const auto& n : preset_names()) names += (names.empty() ? "" : ", ") + n;
+  fail("preset: unknown model preset '", name, "', expected one of ", names);
 }
 
 std::vector<std::string> LlamaConfig::preset_names() { return {"tiny", "llama-1b", "smollm2-135m", "llama2-7b", "llama2-13b"}; }

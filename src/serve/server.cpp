@@ -103,7 +103,7 @@ size_t settled(const std::string& text, const std::vector<std::string>& stop) {
   while (b > 0 && ((unsigned char)text[b - 1] & 0xC0) == 0x80) --b;
   if (b > 0) {
     const unsigned char lead = (unsigned char)text[b - 1];
-    const size_t len = std::max(1, utf8_sequence_length(lead));  // an invalid lead byte stands alone
+    const size_t len = utf8_step(lead);
     if (b - 1 + len > n) n = b - 1;
   }
   return n;

@@ -59,7 +59,7 @@ const ByteMap& bytemap() {
 }
 
 // length of the UTF-8 sequence starting with byte c (1 for invalid lead bytes)
-int u8len(unsigned char c) { return std::max(1, utf8_sequence_length(c)); }
+int u8len(unsigned char c) { return utf8_step(c); }
 
 BpeTokenizer::Step::Behavior parse_behavior(const json& s, const std::string& file) {
   const std::string b = s.value("behavior", std::string("Isolated"));
