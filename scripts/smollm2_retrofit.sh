@@ -26,6 +26,7 @@
 #                    (e.g. TAG=-lr400 DMC_ARGS='--dmc-decision-lr-mult 400'); the controls are shared
 #   ONLY             a regular expression on model names (original, control4x, dmc4x-lr400, ...): the eval, tasks and
 #                    bench phases take only those
+#   STAGE1_EVAL=1    evaluate each DMC run's stage-1 model too (zeroout<CR>x<TAG>: ppl, tasks with the full cache)
 #   BASELINES        the training-free policies run on each control (default "tova h2o window"), at the control's
 #                    ratio, at BASELINE_CRS (extra ratios) and, with BASELINE_AT_ACHIEVED=1 (default), at the ratio each
 #                    DMC model of that budget reached on the tasks (evaluated before, here or in an earlier invocation)
@@ -52,7 +53,7 @@ BATCH=${BATCH:-} EVAL_SEQ=${EVAL_SEQ:-4096} EVAL_SUBSET=${EVAL_SUBSET:-16384}
 TASK_LENGTHS=${TASK_LENGTHS:-1024,2048,4096,8192} TASK_SAMPLES=${TASK_SAMPLES:-100} TASK_ARGS=${TASK_ARGS:-}
 BENCH_GIB=${BENCH_GIB:-40} PROMPT=${PROMPT:-3968} NEW=${NEW:-128} STEPS=${STEPS:-64}
 ZERO_OUT_MIN=${ZERO_OUT_MIN:-25} TAG=${TAG:-} DMC_ARGS=${DMC_ARGS:-} ONLY=${ONLY:-}
-BASELINES=${BASELINES:-tova h2o window} BASELINE_CRS=${BASELINE_CRS:-} BASELINE_AT_ACHIEVED=${BASELINE_AT_ACHIEVED:-1}
+STAGE1_EVAL=${STAGE1_EVAL:-0} BASELINES=${BASELINES:-tova h2o window} BASELINE_CRS=${BASELINE_CRS:-} BASELINE_AT_ACHIEVED=${BASELINE_AT_ACHIEVED:-1}
 CONTROL_RATIOS=${CONTROL_RATIOS:-$RATIOS ${DISTILL_CR}} DEADLINE=${DEADLINE:-} JOB_SECONDS=${JOB_SECONDS:-240}
 has() { [[ " $PHASES " == *" $1 "* ]]; }
 # before a job that cannot resume from a checkpoint (an evaluation): stop cleanly if the deadline is too close
@@ -164,6 +165,11 @@ for cr in $RATIOS; do
   models="$models control${cr}x:$RUN/control-$(total "$cr"):$cr dmc${cr}x$TAG:$RUN/dmc${cr}x$TAG-3-finetune/final:$cr"
 done
 [ -n "$DISTILL_CR" ] && models="$models distill${DISTILL_CR}x$TAG:$RUN/distill${DISTILL_CR}x$TAG-3-finetune/final:$DISTILL_CR"
+# STAGE1_EVAL=1: also each DMC run right after stage 1 (q/k dimension D-1 zeroed, nothing compressed yet): what the
+# zeroing alone costs, apart from the compression
+if [ "$STAGE1_EVAL" = 1 ]; then
+  for cr in $RATIOS; do models="$models zeroout${cr}x$TAG:$RUN/dmc${cr}x$TAG-1-zero_out/final:$cr"; done
+fi
 # ONLY (an extended regular expression): evaluate just the models whose names match (two invocations on two GPUs)
 if [ -n "$ONLY" ]; then
   kept=""
@@ -199,6 +205,7 @@ if has tasks; then
     case $name in
       original) tk "$name" "$dir" --cache vanilla ;;
       control*) tk "$name-vanilla" "$dir" --cache vanilla ;;
+      zeroout*) tk "$name" "$dir" --cache vanilla ;;
       *) tk "$name" "$dir" --cache dmc ;;
     esac
   done
@@ -237,7 +244,7 @@ if has bench; then
     IFS=: read -r name dir cr <<< "$m"
     [ -f "$RUN/bench_$name.jsonl" ] && continue
     case $name in
-      original) ;;
+      original|zeroout*) ;;
       control*) bd "$name" "$dir" vanilla ;;
       *) bd "$name" "$dir" dmc ;;
     esac

@@ -158,6 +158,25 @@ TEST_CASE("SmolLM2 retrofit script: control checkpoints per budget, DMC and dist
     CHECK(md2.substr(at, md2.find('\n', at) - at).find("(window@" + cat(std::stod(ach[1].str())) + ")") !=
           std::string::npos);
   }
+  // STAGE1_EVAL: the DMC run right after stage 1, evaluated as a model of its own (full cache; nothing merges yet)
+  auto st1 = run_script("smollm2_retrofit.sh", env + " PHASES='eval tasks' STAGE1_EVAL=1 ONLY='^zeroout4x$'");
+  {
+    INFO(st1.output);
+    auto p = nlohmann::json::parse(read_file(run_dir + "/eval/zeroout4x-subset-parallel.json"));
+    auto i = nlohmann::json::parse(read_file(run_dir + "/eval/zeroout4x-subset-incremental.json"));
+    CHECK(std::abs(p["ppl"].get<double>() - i["ppl"].get<double>()) / p["ppl"].get<double>() < 1e-4);
+    auto zt = nlohmann::json::parse(read_file(run_dir + "/tasks/zeroout4x.json"));
+    CHECK(zt["runs"][0]["name"] == "vanilla");
+    // in the report: a perplexity row against the control of its budget, no target judged, a task row
+    auto r3 = run(python() + " " + std::string(DMC_SOURCE_DIR) + "/scripts/smollm2_report.py " + run_dir + " --out " + w +
+                  "/report3.md --target-lengths 800");
+    REQUIRE(r3.status == 0);
+    const std::string md3 = read_file(w + "/report3.md");
+    const auto row = md3.find("| zeroout4x | 1 | 1.00 |");
+    REQUIRE(row != std::string::npos);
+    CHECK(md3.substr(row, md3.find('\n', row) - row).find("| - |") != std::string::npos);  // no target
+    CHECK(md3.find("| zeroout4x | 800 |") == std::string::npos);
+  }
   // run again: nothing left to do
   auto again = run_script("smollm2_retrofit.sh", env);
   CHECK(again.output.find("== control") == std::string::npos);
@@ -186,4 +205,26 @@ TEST_CASE("SmolLM2 retrofit script: control checkpoints per budget, DMC and dist
   CHECK(read_jsonl(run_dir + "/bench_dmc2x-v.jsonl").size() == 1);
   CHECK(read_file(run_dir + "/bench_dmc4x.jsonl") == bench4);
   CHECK(!fs::exists(run_dir + "/bench_control2x.jsonl.tmp"));
+}
+
+TEST_CASE("task_depths.py: accuracy by needle depth, fifths of the haystack, per run of a report", "[replicate]") {
+  const auto w = tmp_dir("depths");
+  // 10 samples of one task and length: depths 0.05, 0.15, ... 0.95; run "a" right in the last two fifths only
+  nlohmann::json rep = {{"runs", nlohmann::json::array({{{"name", "a"}}, {{"name", "b"}}})},
+                        {"samples", nlohmann::json::array()}};
+  for (int i = 0; i < 10; ++i) {
+    const double depth = 0.05 + 0.1 * i;
+    rep["samples"].push_back({{"task", "passkey"}, {"length", 1024}, {"depth", depth},
+                              {"outputs", {{"a", {{"score", depth > 0.6 ? 1.0 : 0.0}}}, {"b", {{"score", 0.5}}}}}});
+  }
+  std::ofstream(w + "/r.json") << rep.dump();
+  auto r = run(python() + " " + std::string(DMC_SOURCE_DIR) + "/scripts/task_depths.py A=" + w + "/r.json:a B=" + w +
+               "/r.json:b --tasks passkey --lengths 1024");
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  CHECK(r.output.find("| passkey | 1024 | A | 0 | 0 | 0 | 100 | 100 |") != std::string::npos);
+  CHECK(r.output.find("| passkey | 1024 | B | 50 | 50 | 50 | 50 | 50 |") != std::string::npos);
+  auto bad = run(python() + " " + std::string(DMC_SOURCE_DIR) + "/scripts/task_depths.py A=" + w + "/r.json:c");
+  CHECK(bad.status != 0);
+  CHECK(bad.output.find("no run named 'c' (runs: a, b)") != std::string::npos);
 }
