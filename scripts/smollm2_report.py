@@ -48,7 +48,7 @@ def main():
     def named(n, suffix):  # a variant's DMC models carry its suffix
         m = NAME.match(n)
         return n.replace(m.group(0), m.group(0) + suffix, 1) if suffix and m and m.group(1) != "control" else n
-    evals, tasks, training, bench = {}, {}, [], []
+    evals, tasks, training, bench, needles = {}, {}, [], [], {}
     for r, suffix in runs:
         for f in sorted(glob.glob(os.path.join(r, "eval", "*.json"))):
             base = os.path.basename(f)[:-5]
@@ -58,7 +58,10 @@ def main():
             name = re.sub(r"\.json(\.xz)?$", "", os.path.basename(f))
             if NAME.match(name) and NAME.match(name).group(1) == "control" and "-" not in name:
                 continue  # the merged control report: its parts are read one by one
-            for run in load_json(f)["runs"]:
+            rep = load_json(f)
+            if "needles" in rep:
+                needles.setdefault(named(name, suffix), rep["needles"])
+            for run in rep["runs"]:
                 label = name.replace("-vanilla", "") if run["policy"] == "vanilla" else f"{name.split('-')[0]} + {run['name']}"
                 if run["policy"] == "dmc":
                     label = name
@@ -163,6 +166,20 @@ def main():
                 ma = "-" if best_ach is None else f"{d - best_ach[0]:+.1f}"
                 md.append(f"| {k} | {L} | {ach:.2f} | {d:.1f} | {cs} | {frac * 100:.0f}% | {bs} | {margin:+.1f} | "
                           f"{verdict} | {ba} | {ma} |")
+        md.append("")
+    # ---- the decisions at the needles (dmc eval tasks --needles)
+    if needles:
+        md.append("Decisions at the needles (the task prompts, parallel forward): needle values kept in slots of their "
+                  "own, % (mean over KV heads), and prompt tokens merged, %, by thirds of the layers:\n")
+        md.append("| model | occurrences | isolated: first / middle / last third | merged: first / middle / last third |")
+        md.append("|---|---|---|---|")
+        for n, v in sorted(needles.items()):
+            def thirds(m):
+                rows = [sum(r) / len(r) * 100 for r in m]
+                k = len(rows)
+                parts = [rows[: k // 3], rows[k // 3: 2 * k // 3], rows[2 * k // 3:]]
+                return " / ".join(f"{sum(p) / len(p):.0f}" if p else "-" for p in parts)
+            md.append(f"| {n} | {v['occurrences']} | {thirds(v['isolated'])} | {thirds(v['merge_rate'])} |")
         md.append("")
     # ---- heatmaps
     pics = []

@@ -206,7 +206,7 @@ if has tasks; then
       original) tk "$name" "$dir" --cache vanilla ;;
       control*) tk "$name-vanilla" "$dir" --cache vanilla ;;
       zeroout*) tk "$name" "$dir" --cache vanilla ;;
-      *) tk "$name" "$dir" --cache dmc ;;
+      *) tk "$name" "$dir" --cache dmc --needles ;;  # (+ the decisions at the needles, per layer and KV head)
     esac
   done
   for m in $models; do

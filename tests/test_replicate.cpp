@@ -112,6 +112,10 @@ TEST_CASE("SmolLM2 retrofit script: control checkpoints per budget, DMC and dist
   CHECK(names == std::vector<std::string>{"vanilla", "tova@4", "h2o@4", "window@4"});
   auto dt = nlohmann::json::parse(read_file(run_dir + "/tasks/dmc4x.json"));
   CHECK(dt["runs"][0]["name"] == "dmc");
+  // the decisions at the needles, per layer and KV head (2 x 2 here), with their heatmaps
+  CHECK(dt["needles"]["occurrences"].get<int64_t>() >= 4);
+  CHECK(dt["needles"]["isolated"].size() == 2);
+  CHECK(fs::exists(run_dir + "/tasks/heatmaps-dmc4x/needles.isolated.svg"));
   CHECK(fs::exists(run_dir + "/smollm2.tar.gz"));
   // the report from the pack: every model's perplexity row against its control, the tasks, the targets, heatmaps
   auto rep = run(python() + " " + std::string(DMC_SOURCE_DIR) + "/scripts/smollm2_report.py " + run_dir +
@@ -123,6 +127,11 @@ TEST_CASE("SmolLM2 retrofit script: control checkpoints per budget, DMC and dist
                           "| control4x + tova@4 |", "| control4x + window@4 |", "| dmc4x | 800 |", "| dmc4x-2-retrofit |"})
     CHECK(md.find(row) != std::string::npos);
   CHECK(fs::exists(w + "/pics/heatmap-dmc4x.svg"));
+  {  // the decisions at the needles: a row per DMC model
+    const auto at = md.find("Decisions at the needles");
+    REQUIRE(at != std::string::npos);
+    for (const char* m : {"| dmc2x | ", "| dmc4x | ", "| distill2x | "}) CHECK(md.find(m, at) != std::string::npos);
+  }
   // decode at equal memory: one result file a model, each DMC model against the control of its ratio
   for (const char* row : {"| control2x | vanilla |", "| control4x | vanilla |", "| dmc2x | dmc |", "| dmc4x | dmc |"}) {
     INFO(row);

@@ -6,6 +6,7 @@
 
 #include "helpers.h"
 #include "common/util.h"
+#include "inference/needle_stats.h"
 #include "inference/tasks.h"
 #include "model/llama.h"
 
@@ -281,5 +282,59 @@ TEST_CASE("dmc eval tasks: every policy and ratio on the same samples, JSON with
     INFO(args << "\n" << b.output);
     CHECK(b.status == 1);
     CHECK(b.output.find(want) != std::string::npos);
+  }
+}
+
+TEST_CASE("needle statistics: token spans of the expected values, a DMC model's decisions at them", "[tasks][dmc]") {
+  const Tokenizer& tok = task_tokenizer();
+  TaskOptions o;
+  o.tasks = {"passkey", "niah_single_1", "niah_single_2"};
+  o.lengths = {600};
+  o.samples = 3;
+  o.essays = essays();
+  const auto samples = make_task_samples(tok, o);
+  // every expected value is found in its prompt, and its span is the shortest that decodes to a text holding it
+  int64_t spans = 0;
+  for (const auto& s : samples) {
+    const auto ids = tok.encode(s.prompt, true);
+    const std::string text = tok.decode(ids);
+    auto dec = [&](int64_t b, int64_t e) { return tok.decode(std::vector<int64_t>(ids.begin() + b, ids.begin() + e)); };
+    for (const auto& v : s.expected) {
+      const size_t at = text.find(v);
+      REQUIRE(at != std::string::npos);
+      const auto [b, e] = token_span(tok, ids, at, at + v.size());
+      INFO(s.task << " '" << v << "' tokens " << b << ".." << e);
+      REQUIRE(b >= 0);
+      CHECK(dec(b, e).find(v) != std::string::npos);
+      CHECK(dec(b + 1, e).find(v) == std::string::npos);
+      CHECK(dec(b, e - 1).find(v) == std::string::npos);
+      ++spans;
+    }
+    CHECK(token_span(tok, ids, text.size(), text.size() + 3) == std::pair<int64_t, int64_t>{-1, -1});
+  }
+  CHECK(spans == (int64_t)samples.size());
+  // decisions at the extremes: c = -1000 merges every token (but t = 0) into the slot before, c = +1000 none
+  LlamaConfig c = LlamaConfig::preset("tiny");
+  c.num_hidden_layers = 2;
+  c.vocab_size = tok.vocab_size();
+  Llama m = Llama::random(c, 5, at::kFloat, at::kCPU, 0.05);
+  require_error([&] { needle_stats(m, tok, samples, false); }, {"not a DMC model"});
+  m.config.dmc.enabled = true;
+  m.config.dmc.window = 4;
+  for (double init : {-1000.0, 1000.0}) {
+    m.config.dmc.init_val = init;
+    const NeedleStats st = needle_stats(m, tok, samples, false);
+    INFO("init_val " << init);
+    CHECK(st.prompts == (int64_t)samples.size());
+    CHECK(st.occurrences >= (int64_t)samples.size());  // the passkey is written twice
+    REQUIRE(st.isolated.size() == 2);
+    for (int64_t l = 0; l < 2; ++l)
+      for (int64_t h = 0; h < 2; ++h) {
+        CHECK(st.isolated[l][h] == (init < 0 ? 0.0 : 1.0));
+        if (init < 0)
+          CHECK(st.merge_rate[l][h] > 0.99);
+        else
+          CHECK(st.merge_rate[l][h] == 0.0);
+      }
   }
 }

@@ -16,6 +16,7 @@
 #include "io/gguf.h"
 #include "inference/perplexity.h"
 #include "inference/task_eval.h"
+#include "inference/needle_stats.h"
 #include "inference/tasks.h"
 #include "tokenizer/chat.h"
 #include "tokenizer/tokenizer.h"
@@ -86,7 +87,7 @@ int cmd_eval_tasks(const Args& a) {
   std::string model_dir, tok_path, haystack, data_dir, json_path, heatmaps, device = "auto", dtype = "auto";
   std::vector<std::string> tasks = task_names(), lengths = {"1024", "2048", "4096"}, caches = {"vanilla"}, crs = {"4"};
   int64_t samples = 20, seed = 0, sinks = 4, batch = 16, prefill_chunk = 128, prefill_tokens = 16384;
-  bool chat = false;
+  bool chat = false, needles = false;
   OptionTable t("eval tasks",
                 "dmc eval tasks --model M [--tokenizer T] --tasks passkey,niah_single_1,... --lengths 1024,4096 "
                 "--samples N --cache vanilla,window --cr 4 [--haystack FILE] [--json OUT]");
@@ -106,6 +107,9 @@ int cmd_eval_tasks(const Args& a) {
       .min(1);
   t.add("prefill_tokens", &prefill_tokens, "joining prompts prefill together up to this many (padded) tokens").min(1);
   t.add("chat", &chat, "wrap each input in the model's chat template (instruct models)");
+  t.add("needles", &needles,
+        "DMC model: also, per layer and KV head, how often each needle value keeps slots of its own and how many "
+        "prompt tokens merge (the parallel forward's decisions over the same prompts; JSON 'needles', two heatmaps)");
   t.add("haystack", &haystack, "text for the essay haystacks (documents separated by blank lines): held-out text");
   t.add("data", &data_dir, "or: a `dmc data prepare` directory whose valid split (never trained on) gives the essays");
   t.add("json", &json_path, "write every sample (seed, depth, expected, outputs, scores) and the tables as JSON");
@@ -160,7 +164,19 @@ int cmd_eval_tasks(const Args& a) {
     DMC_CHECK(L <= model.config.max_position_embeddings, "--lengths: ", L,
               " exceeds the model's max_position_embeddings (", model.config.max_position_embeddings, ")");
   const auto s = make_task_samples(tok, to);
-  const nlohmann::json report = run_task_eval(model, tok, s, eo);
+  nlohmann::json report = run_task_eval(model, tok, s, eo);
+  if (needles) {
+    const NeedleStats ns = needle_stats(model, tok, s);
+    report["needles"] = needle_stats_json(ns);
+    std::string worst;
+    for (size_t l = 0; l < ns.isolated.size(); ++l) {
+      double m = 0;
+      for (double x : ns.isolated[l]) m += x / (double)ns.isolated[l].size();
+      worst += cat(l ? " " : "", std::lround(100 * m));
+    }
+    std::cout << "needle values kept in slots of their own, % by layer (mean over KV heads), " << ns.occurrences
+              << " occurrences in " << ns.prompts << " prompts: " << worst << "\n";
+  }
   std::cout << task_eval_table(report) << std::flush;
   save_task_report(report, json_path, heatmaps);
   return 0;

@@ -248,6 +248,23 @@ std::map<std::string, std::string> task_heatmaps(const json& report) {
           report::heatmap_svg(task + ", " + name + ": accuracy (%) by needle depth x length", v, lb);
     }
   }
+  if (report.contains("needles")) {  // a DMC model's decisions at the needles (needle_stats.h), layer x KV head
+    const json& n = report["needles"];
+    report::HeatmapLabels lb;
+    lb.lo = 0;
+    lb.hi = 100;
+    auto pct = [](const json& m) {
+      auto v = m.get<std::vector<std::vector<double>>>();
+      for (auto& row : v)
+        for (double& x : row) x *= 100.0;
+      return v;
+    };
+    out["needles.isolated.svg"] = report::heatmap_svg(
+        cat("needle values kept in slots of their own (%), ", n["occurrences"].get<int64_t>(), " occurrences"),
+        pct(n["isolated"]), lb);
+    out["needles.merge_rate.svg"] =
+        report::heatmap_svg("prompt tokens merged into the slot before (%), the same prompts", pct(n["merge_rate"]), lb);
+  }
   return out;
 }
 

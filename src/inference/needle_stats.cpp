@@ -1,0 +1,103 @@
+// Needle statistics of a DMC model's decisions (see needle_stats.h).
+#include "inference/needle_stats.h"
+
+#include <torch/torch.h>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "model/attention.h"
+
+namespace dmc {
+
+std::pair<int64_t, int64_t> token_span(const Tokenizer& tok, const std::vector<int64_t>& ids, size_t char_begin,
+                                       size_t char_end) {
+  const int64_t n = (int64_t)ids.size();
+  auto chars = [&](int64_t k) {  // length of decode(ids[0, k))
+    return tok.decode(std::vector<int64_t>(ids.begin(), ids.begin() + k)).size();
+  };
+  if (char_begin >= char_end || chars(n) < char_end) return {-1, -1};
+  // first token: the last k with chars(k) <= char_begin (token k starts at or before the span)
+  int64_t lo = 0, hi = n;  // chars(lo) <= char_begin < chars(hi)
+  while (hi - lo > 1) {
+    const int64_t mid = (lo + hi) / 2;
+    (chars(mid) <= char_begin ? lo : hi) = mid;
+  }
+  const int64_t begin = lo;
+  // end: the first k with chars(k) >= char_end
+  lo = begin;
+  hi = n;  // chars(lo) < char_end <= chars(hi)
+  while (hi - lo > 1) {
+    const int64_t mid = (lo + hi) / 2;
+    (chars(mid) >= char_end ? hi : lo) = mid;
+  }
+  return {begin, hi};
+}
+
+NeedleStats needle_stats(const Llama& model, const Tokenizer& tok, const std::vector<TaskSample>& samples,
+                         bool progress) {
+  const auto& c = model.config;
+  DMC_CHECK(c.dmc.enabled, "needle statistics: the model is not a DMC model (no dmc section in its config)");
+  const int64_t L = c.num_hidden_layers, H = model.local_kv_heads();
+  NeedleStats s;
+  s.isolated.assign(L, std::vector<double>(H, 0.0));
+  s.merge_rate.assign(L, std::vector<double>(H, 0.0));
+  std::vector<std::vector<double>> merged(L, std::vector<double>(H, 0.0));
+  double tokens = 0;
+  DmcOptions o;
+  o.init_val = c.dmc.init_val;
+  o.window = c.dmc.window;
+  DmcLayerAttention attn(DmcMode::Eval, o);
+  at::NoGradGuard ng;
+  Progress prog("needle statistics", (int64_t)samples.size(), progress ? 5.0 : 1e9);
+  for (const TaskSample& smp : samples) {
+    prog.update(s.prompts + s.unlocated, smp.task);
+    const std::vector<int64_t> ids = tok.encode(smp.prompt, /*add_bos=*/true);
+    const std::string text = tok.decode(ids);
+    std::vector<std::pair<int64_t, int64_t>> spans;
+    for (const std::string& v : smp.expected)
+      for (size_t at = text.find(v); !v.empty() && at != std::string::npos; at = text.find(v, at + v.size())) {
+        auto sp = token_span(tok, ids, at, at + v.size());
+        if (sp.first >= 0) spans.push_back(sp);
+      }
+    if (spans.empty()) {
+      ++s.unlocated;
+      continue;
+    }
+    const int64_t T = (int64_t)ids.size();
+    at::Tensor x = at::tensor(ids, at::kLong).unsqueeze(0).to(model.device());
+    model.forward_hidden(x, attn);
+    for (int64_t l = 0; l < L; ++l) {
+      at::Tensor hard = attn.boundaries[l].squeeze(0).to(at::kFloat).to(at::kCPU);  // [T, H]: 1 = merged into the slot before
+      at::Tensor sum = hard.sum(0);
+      auto a = hard.accessor<float, 2>();
+      for (int64_t h = 0; h < H; ++h) {
+        merged[l][h] += sum[h].item<double>();
+        for (const auto& [b, e] : spans)
+          s.isolated[l][h] += (a[b][h] == 0.0f && (e >= T || a[e][h] == 0.0f)) ? 1.0 : 0.0;
+      }
+    }
+    tokens += (double)T;
+    s.occurrences += (int64_t)spans.size();
+    ++s.prompts;
+  }
+  DMC_CHECK(s.prompts > 0, "needle statistics: no expected value was found in any of the ", samples.size(),
+            " prompts");
+  for (int64_t l = 0; l < L; ++l)
+    for (int64_t h = 0; h < H; ++h) {
+      s.isolated[l][h] /= (double)s.occurrences;
+      s.merge_rate[l][h] = merged[l][h] / tokens;
+    }
+  if (s.unlocated > 0) log::warn(cat("needle statistics: ", s.unlocated, " prompt(s) without a located value left out"));
+  return s;
+}
+
+nlohmann::json needle_stats_json(const NeedleStats& s) {
+  return {{"prompts", s.prompts},
+          {"occurrences", s.occurrences},
+          {"unlocated", s.unlocated},
+          {"isolated", s.isolated},
+          {"merge_rate", s.merge_rate}};
+}
+
+}  // namespace dmc
