@@ -31,6 +31,16 @@ std::vector<std::string> essays() {
   for (unsigned s = 0; s < 4; ++s) d.push_back(sample_text(40, 100 + s));
   return d;
 }
+// samples of `tasks` at 600 tokens with the essays above
+TaskOptions short_tasks(std::vector<std::string> tasks, int64_t samples, uint64_t seed) {
+  TaskOptions o;
+  o.tasks = std::move(tasks);
+  o.lengths = {600};
+  o.samples = samples;
+  o.seed = seed;
+  o.essays = essays();
+  return o;
+}
 }  // namespace
 
 TEST_CASE("long-context tasks: the published prompt strings, sized to the length in the model's tokens", "[tasks]") {
@@ -110,12 +120,7 @@ TEST_CASE("long-context tasks: the published prompt strings, sized to the length
 
 TEST_CASE("long-context tasks: one seed fixes every sample, depths spread over [0, 1]", "[tasks]") {
   const Tokenizer& tok = task_tokenizer();
-  TaskOptions o;
-  o.tasks = {"passkey", "niah_single_2", "niah_multikey_2"};
-  o.lengths = {600};
-  o.samples = 5;
-  o.seed = 9;
-  o.essays = essays();
+  TaskOptions o = short_tasks({"passkey", "niah_single_2", "niah_multikey_2"}, 5, 9);
   const auto a = make_task_samples(tok, o), b = make_task_samples(tok, o);
   o.seed = 10;
   const auto c = make_task_samples(tok, o);
@@ -287,12 +292,7 @@ TEST_CASE("dmc eval tasks: every policy and ratio on the same samples, JSON with
 
 TEST_CASE("needle statistics: token spans of the expected values, a DMC model's decisions at them", "[tasks][dmc]") {
   const Tokenizer& tok = task_tokenizer();
-  TaskOptions o;
-  o.tasks = {"passkey", "niah_single_1", "niah_single_2"};
-  o.lengths = {600};
-  o.samples = 3;
-  o.essays = essays();
-  const auto samples = make_task_samples(tok, o);
+  const auto samples = make_task_samples(tok, short_tasks({"passkey", "niah_single_1", "niah_single_2"}, 3, 0));
   // every expected value is found in its prompt, and its span is the shortest that decodes to a text holding it
   int64_t spans = 0;
   for (const auto& s : samples) {
