@@ -378,6 +378,13 @@ TEST_CASE("retrofit stages: zero_out zeroes the rows, retrofit ramps and logs ra
     CHECK(st["stage"]["decision_lr_by_layer"][0].get<double>() == Approx(7.0 * mean / n0));
     auto whole = Llama::load(w + "/balw/final", at::kFloat, at::kCPU), resumed = Llama::load(w + "/balr/final", at::kFloat, at::kCPU);
     for (size_t l = 0; l < 2; ++l) CHECK(at::equal(whole.layers[l].wqkv, resumed.layers[l].wqkv));
+    // a resume that asks for other multiples is refused
+    r = run(base + "/balx" + bal + "2 --exit-after-steps 1");
+    REQUIRE(r.status == 0);
+    r = run(base + "/balx --dmc-decision-lr-mult 5 --train-steps 2");
+    CHECK(r.status == 1);
+    CHECK(r.output.find("ran with dmc_decision_lr_mult 7, dmc_decision_lr_balance true; this run asks for 5, false") !=
+          std::string::npos);
   }
   // finetune, then the report
   r = run(cmd("retrofit") + "--stage finetune --init-from " + w + "/s2/final --out " + w +

@@ -290,7 +290,9 @@ json DmcStage::state() const {
           {"cr_per_head", last_head_ratios_},
           {"init_val", o_.dmc.init_val},
           {"window", o_.dmc.window},
-          {"decision_lr_by_layer", decision_lr_by_layer_}};
+          {"decision_lr_by_layer", decision_lr_by_layer_},
+          {"decision_lr_mult", o_.decision_lr_mult},
+          {"decision_lr_balance", o_.decision_lr_balance}};
 }
 
 void DmcStage::load_state(const json& s) {
@@ -300,6 +302,14 @@ void DmcStage::load_state(const json& s) {
   if (s.contains("merges")) merges_ = s["merges"].get<std::vector<std::vector<double>>>();
   if (s.contains("tokens")) tokens_ = s["tokens"].get<std::vector<std::vector<double>>>();
   if (s.contains("cr_per_head")) last_head_ratios_ = s["cr_per_head"];
+  // the multiples were computed from these options (and the stage's first weights): other options would not apply
+  if (s.contains("decision_lr_mult") &&
+      (s["decision_lr_mult"].get<double>() != o_.decision_lr_mult ||
+       s.value("decision_lr_balance", false) != o_.decision_lr_balance))
+    fail("resume: the checkpoint's stage ran with dmc_decision_lr_mult ", s["decision_lr_mult"].get<double>(),
+         ", dmc_decision_lr_balance ", s.value("decision_lr_balance", false) ? "true" : "false",
+         "; this run asks for ", o_.decision_lr_mult, ", ", o_.decision_lr_balance ? "true" : "false",
+         " (use the same, or another --out)");
   if (s.contains("decision_lr_by_layer")) decision_lr_by_layer_ = s["decision_lr_by_layer"].get<std::vector<double>>();
 }
 
