@@ -195,6 +195,40 @@ TEST_CASE("the hinge is zero once the mean merge rate reaches 1 - 1/CR", "[dmc]"
   CHECK(dmc_loss(hi, 2.0).item<double>() == 0.0);
 }
 
+TEST_CASE("the per-head hinge pushes only the heads below the target; the mean hinge pushes every head", "[dmc]") {
+  // one layer, KV head 0 merging every token (logit +2), head 1 none (-2): the mean merge rate 0.5 is below CR 4's
+  // P = 0.75, head 0's 1.0 above it
+  const int64_t B = 2, T = 12, nh = 4, nkv = 2, D = 8;
+  Inputs in = make_inputs(B, T, nh, nkv, D, 1.0, 21);
+  in.k.select(2, 0).select(-1, D - 1).fill_(2.0);
+  in.k.select(2, 1).select(-1, D - 1).fill_(-2.0);
+  DmcOptions o;
+  o.window = 3;
+  o.init_val = 0.0;
+  o.temperature = 1.0;
+  auto [cos, sin] = rope64(D, T, 10000.0);
+  const at::Tensor no_noise = at::zeros({B, T, nkv}, at::kDouble), no_docs = at::zeros({B, T}, at::kBool);
+  auto grad_k_last = [&](bool per_head) {
+    DmcOptions oo = o;
+    oo.decision_mean_per_head = per_head;
+    at::Tensor k = in.k.clone().requires_grad_(true);
+    auto r = dmc_attention(in.q, k, in.v, cos, sin, oo, DmcMode::Train, no_docs, no_noise);
+    const at::Tensor d = r.decision_mean.unsqueeze(0);  // [1, B] or [1, B, nkv]
+    (per_head ? dmc_loss_per_head(d, 4.0) : dmc_loss(d, 4.0)).backward();
+    if (per_head) CHECK(at::allclose(r.decision_mean.mean(-1), at::full({B}, 0.5, at::kDouble)));
+    return k.grad().select(-1, D - 1).abs().sum(at::IntArrayRef{0, 1});  // [nkv]
+  };
+  const at::Tensor mean_hinge = grad_k_last(false), head_hinge = grad_k_last(true);
+  CHECK(mean_hinge[0].item<double>() > 0);
+  CHECK(mean_hinge[1].item<double>() > 0);
+  CHECK(head_hinge[0].item<double>() == 0.0);  // past the target: no push
+  CHECK(head_hinge[1].item<double>() > 0);
+  // the value: mean over (layer, sample, head) of max(0, P - d)
+  at::Tensor d = at::tensor({1.0, 0.0, 0.9, 0.5}, at::kDouble).view({1, 2, 2});
+  CHECK(dmc_loss_per_head(d, 4.0).item<double>() == Approx((0.0 + 0.75 + 0.0 + 0.25) / 4));
+  require_error([] { dmc_loss_per_head(at::zeros({2, 3}), 4.0); }, {"expected decisions [layers, batch, kv heads]"});
+}
+
 TEST_CASE("finite-difference gradient check of the relaxed DMC forward (float64)", "[dmc]") {
   const int64_t B = 1, T = 9, nh = 2, nkv = 1, D = 6;
   Inputs in = make_inputs(B, T, nh, nkv, D, 1.0, 11);
@@ -386,6 +420,15 @@ TEST_CASE("retrofit stages: zero_out zeroes the rows, retrofit ramps and logs ra
     CHECK(r.output.find("ran with dmc_decision_lr_mult 7, dmc_decision_lr_balance true; this run asks for 5, false") !=
           std::string::npos);
   }
+  // the per-head hinge through a stage: it trains, and logs its loss
+  r = run(cmd("retrofit") + "--stage retrofit --init-from " + w + "/s1/final --out " + w +
+          "/headloss --train-steps 2 --target-cr 3 --dmc-loss-scope head");
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  bool logged = false;
+  for (const auto& j : read_jsonl(w + "/headloss/metrics.jsonl"))
+    if (j.contains("dmc_loss")) logged = j["dmc_loss"].get<double>() > 0;
+  CHECK(logged);
   // finetune, then the report
   r = run(cmd("retrofit") + "--stage finetune --init-from " + w + "/s2/final --out " + w +
           "/s3 --train-steps 4 --target-cr 3");

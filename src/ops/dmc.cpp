@@ -344,7 +344,7 @@ DmcAttention dmc_attention(const at::Tensor& q, const at::Tensor& k, const at::T
   at::Tensor hard_p = (p.detach() > 0.5).to(dt);
   // decisions kept for the loss: the STE-hard value of p (noisy in training), t = 0 included
   at::Tensor ste = hard_p + p - p.detach();
-  at::Tensor decision_mean = ste.mean({1, 2});
+  at::Tensor decision_mean = o.decision_mean_per_head ? ste.mean({1}) : ste.mean({1, 2});
 
   // boundaries: never at t = 0, never at a document start
   at::Tensor allow = at::ones({B, T, nkv}, q.options().dtype(dt));
@@ -417,6 +417,12 @@ at::Tensor dmc_loss(const at::Tensor& decision_means, double target_cr) {
   const double P = 1.0 - 1.0 / target_cr;
   at::Tensor d = decision_means.mean(0);  // [B]
   return at::relu(P - d).mean();
+}
+
+at::Tensor dmc_loss_per_head(const at::Tensor& decision_means, double target_cr) {
+  DMC_CHECK(decision_means.dim() == 3, "dmc_loss_per_head: expected decisions [layers, batch, kv heads], got ",
+            decision_means.dim(), " dimensions");
+  return at::relu((1.0 - 1.0 / target_cr) - decision_means).mean();
 }
 
 }  // namespace dmc

@@ -37,6 +37,8 @@ struct DmcOptions {
   // Eval without gradient: kv_raw holds the last max(window, capture_tail) tokens (a batched prefill of right-padded
   // prompts needs each row's last window, which ends before the padding).
   int64_t capture_tail = 0;
+  // DmcAttention::decision_mean per KV head ([batch, n_kv_heads]) instead of over them ([batch]): the per-head hinge
+  bool decision_mean_per_head = false;
 };
 
 enum class DmcMode { Train, Eval };
@@ -44,6 +46,7 @@ enum class DmcMode { Train, Eval };
 struct DmcAttention {
   at::Tensor out;            // [batch, seq, n_heads, head_dim]
   at::Tensor decision_mean;  // [batch]: STE-hard decisions averaged over time (t = 0 included) and KV heads
+                             // ([batch, n_kv_heads], over time only, with DmcOptions::decision_mean_per_head)
   at::Tensor hard;           // [batch, seq, n_kv_heads] 0/1 boundaries actually used (after t=0/doc forcing), no grad
   // for building a decode cache from a parallel prefill (no grad):
   at::Tensor k_rot;   // [batch, n_kv_heads, seq, head_dim] merged keys, RoPE at their position, dim D-1 dropped
@@ -123,5 +126,9 @@ at::Tensor dmc_logistic_noise(int64_t B, int64_t T, int64_t nkv, at::ScalarType 
 
 // Compression loss: decision means [n_layers, B] -> mean_b max(0, P - mean_layers d_b), P = 1 - 1/CR.
 at::Tensor dmc_loss(const at::Tensor& decision_means, double target_cr);
+// The hinge per (layer, sample, KV head): mean over [layers, batch, n_kv_heads] of max(0, P - d). A head past the
+// target gets no push (under the reference's hinge on the mean the fastest heads keep being pushed until the mean
+// reaches it, and run away to ratios of 100x and more while others stay at 1).
+at::Tensor dmc_loss_per_head(const at::Tensor& decision_means, double target_cr);
 
 }  // namespace dmc

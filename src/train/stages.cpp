@@ -39,8 +39,10 @@ void RetrofitOptions::add_to(OptionTable& t) {
         "flash (fused kernel; fp32 on CUDA falls back to blocks) | blocks (plain query-block twin)",
         dmc_attn_impl_names());
   t.add("head_stats_every", &head_stats_every, "steps between per-layer/per-head ratio logs").min(0);
-  t.add("dmc_loss_scope", &dmc_loss_scope, "tensor parallel: shard (per-rank hinge, as the reference code) | global",
-        {{"shard", DmcLossScope::Shard}, {"global", DmcLossScope::Global}});
+  t.add("dmc_loss_scope", &dmc_loss_scope,
+        "shard (the hinge on this tensor-parallel rank's mean, as the reference code) | global (on all ranks' mean) | "
+        "head (a hinge per layer and KV head: none pushed past the target)",
+        {{"shard", DmcLossScope::Shard}, {"global", DmcLossScope::Global}, {"head", DmcLossScope::Head}});
   t.add("distill_from", &distill_from,
         "distillation: the original model (directory or .gguf); the loss is the KL from its next-token distribution");
   t.add("distill_temperature", &distill_temperature, "distillation: softmax temperature tau (loss x tau^2)").above(0);
@@ -150,14 +152,15 @@ at::Tensor DmcStage::forward_hidden(Llama& model, const data::Batch& b) {
     for (int64_t l = 0; l < c.num_hidden_layers; ++l)
       noise.push_back(dmc_logistic_noise(B, T, model.local_kv_heads(), dt, model.device()));
   }
-  auto owned =
-      std::make_unique<DmcLayerAttention>(training ? DmcMode::Train : DmcMode::Eval, o_.dmc,
-                                          o_.dmc.doc_boundaries ? b.doc_start : at::Tensor(), std::move(noise));
+  DmcOptions dmc = o_.dmc;
+  dmc.decision_mean_per_head = o_.dmc_loss_scope == DmcLossScope::Head;
+  auto owned = std::make_unique<DmcLayerAttention>(training ? DmcMode::Train : DmcMode::Eval, dmc,
+                                                   o_.dmc.doc_boundaries ? b.doc_start : at::Tensor(), std::move(noise));
   DmcLayerAttention& attn = *owned;
   attn_ = std::move(owned);
   at::Tensor h = model.forward_hidden(b.input, attn);
   {
-    decisions_ = at::stack(attn.aux).to(at::kFloat);  // [L, B], over this rank's KV heads
+    decisions_ = at::stack(attn.aux).to(at::kFloat);  // [L, B] over this rank's KV heads ([L, B, nkv] per head)
     if (o_.dmc_loss_scope == DmcLossScope::Global && model.tp.size > 1)
       decisions_ = reduce_from_group(decisions_, model.tp) / (double)model.tp.size;
     if (training) {
@@ -178,7 +181,8 @@ at::Tensor DmcStage::forward_hidden(Llama& model, const data::Batch& b) {
 at::Tensor DmcStage::extra_loss(Llama& model) {
   (void)model;
   if (o_.stage == RetrofitStage::ZeroOut || !decisions_.defined() || !at::GradMode::is_enabled()) return {};
-  at::Tensor l = dmc_loss(decisions_, target_);
+  at::Tensor l = o_.dmc_loss_scope == DmcLossScope::Head ? dmc_loss_per_head(decisions_, target_)
+                                                          : dmc_loss(decisions_, target_);
   step_loss_sum_ += l.detach().item<double>();
   step_loss_n_ += 1;
   return l;

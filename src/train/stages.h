@@ -27,8 +27,9 @@ enum class RetrofitStage { ZeroOut, Retrofit, Finetune };
 const std::vector<std::pair<std::string, RetrofitStage>>& retrofit_stage_names();  // zero_out, retrofit, finetune
 std::string retrofit_stage_name(RetrofitStage s);
 // Under tensor parallelism: Shard = each rank's hinge on the decision mean of its own heads (the reference Megatron
-// code's per-shard semantics), Global = the hinge on the mean over all heads of all ranks.
-enum class DmcLossScope { Shard, Global };
+// code's per-shard semantics), Global = the hinge on the mean over all heads of all ranks. Head = a hinge per layer
+// and KV head (dmc_loss_per_head; not the reference's: every head is pushed to the target, none past it).
+enum class DmcLossScope { Shard, Global, Head };
 
 struct RetrofitOptions {
   RetrofitStage stage = RetrofitStage::Retrofit;  // required in a run's config
