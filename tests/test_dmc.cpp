@@ -195,7 +195,7 @@ TEST_CASE("the hinge is zero once the mean merge rate reaches 1 - 1/CR", "[dmc]"
   CHECK(dmc_loss(hi, 2.0).item<double>() == 0.0);
 }
 
-TEST_CASE("the per-head hinge pushes only the heads below the target; the mean hinge pushes every head", "[dmc]") {
+TEST_CASE("the per-head hinge pushes only the heads below the target, the mean hinge every head", "[dmc]") {
   // one layer, KV head 0 merging every token (logit +2), head 1 none (-2): the mean merge rate 0.5 is below CR 4's
   // P = 0.75, head 0's 1.0 above it
   const int64_t B = 2, T = 12, nh = 4, nkv = 2, D = 8;
