@@ -3,11 +3,11 @@
 # the same command repeated in back-to-back device calls of one lease; each call does what is left and returns the
 # run's results so far (everything but weights) in $OUT/run.tgz.
 #
-# Inputs travel in two carries (count them first: the tree is ~2.3 MB):
-#   here:   scripts/gpu_retrofit.sh --split      the GGUF in two parts under data/x1, data/x2 (with the corpora)
+# Inputs travel in three carries (count them first: a call carries the tree, ~9.2 MB with docs/results, too):
+#   here:   scripts/gpu_retrofit.sh --split      the GGUF in two parts under data/x1, data/x2, the corpora in data/x3
 #   call 1  carry .carry/{httplib,lzma,pcre2} and data/x1         (builds dmc, keeps part 1)
-#   call 2+ carry data/x2 (the next calls may carry nothing: what is under /root stays while the machine is warm)
-#   each:   OUT=$OUT RATIOS=4 DISTILL_CR= scripts/gpu_retrofit.sh
+#   call 2  carry data/x2, call 3 data/x3 (later calls carry nothing: what is under /root stays while the machine is warm)
+#   each:   OUT=$OUT RATIOS=4 DISTILL_CR= scripts/gpu_retrofit.sh      (a call that lacks an input names the next carry)
 # or in the background, which goes on between calls while the machine is held (it goes back 30 s after a call):
 #   call 2: OUT=$OUT RATIOS=4 ... scripts/gpu_retrofit.sh --start      then each next call:
 #           OUT=$OUT scripts/gpu_retrofit.sh --wait 560                 (returns early when the job is done)
@@ -21,13 +21,15 @@ cd "$(dirname "$0")/.."
 GGUF_LOCAL=${DMC_CACHE:-$HOME/.cache/dmc}/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 if [ "${1:-}" = --split ]; then
   SHARED=${DMC_SHARED:-../shared}
-  rm -rf data/x1 data/x2 && mkdir -p data/x1 data/x2/corpora
-  split -b 55M -d "$GGUF_LOCAL" data/x1/gguf.part-
+  rm -rf data/x1 data/x2 data/x3 && mkdir -p data/x1 data/x2 data/x3/corpora
+  split -b 50M -d "$GGUF_LOCAL" data/x1/gguf.part-
+  [ -f data/x1/gguf.part-01 ] && [ ! -e data/x1/gguf.part-02 ] || { echo "$GGUF_LOCAL: expected 2 parts of 50M"; exit 1; }
   mv data/x1/gguf.part-01 data/x2/
-  cp "$SHARED"/corpora/*.txt.xz data/x2/corpora/
+  cp "$SHARED"/corpora/*.txt.xz data/x3/corpora/
   sha256sum "$GGUF_LOCAL" | cut -d' ' -f1 > data/x1/gguf.sha256
-  cp data/x1/gguf.sha256 data/x2/
-  du -sh data/x1 data/x2
+  (cd data/x3/corpora && sha256sum -- *.txt.xz) > data/x1/corpora.sha256
+  for d in data/x2 data/x3; do cp data/x1/gguf.sha256 data/x1/corpora.sha256 "$d/"; done
+  du -sh data/x1 data/x2 data/x3
   exit 0
 fi
 T0=$(date +%s)
@@ -41,8 +43,8 @@ copy_new() {  # copy_new DIR FILE...: the files DIR lacks
   for f in "$@"; do [ -f "$f" ] && [ ! -e "$dir/$(basename "$f")" ] && cp "$f" "$dir/"; done
   return 0
 }
-copy_new /root/smol data/x1/gguf.* data/x2/gguf.*
-copy_new /root/corpora data/x2/corpora/*.txt.xz
+copy_new /root/smol data/x*/gguf.*
+copy_new /root/corpora data/x*/corpora/*.txt.xz data/x*/corpora.sha256
 build_and_test "$B" "$OUT" || exit 1
 gguf=/root/smol/SmolLM2-135M-Instruct.Q4_1.gguf
 if [ ! -s "$gguf" ]; then
@@ -53,6 +55,9 @@ if [ ! -s "$gguf" ]; then
     echo "GGUF sha256 differs from the one recorded at --split"; rm -f "$gguf.tmp"; exit 1; }
   mv "$gguf.tmp" "$gguf"
 fi
+# the corpora: every file --split listed, each with its recorded sha256
+[ -f /root/corpora/corpora.sha256 ] && (cd /root/corpora && sha256sum --quiet -c corpora.sha256) > /dev/null 2>&1 || {
+  echo "corpora so far: $(ls /root/corpora | wc -l) files, not all of corpora.sha256 (carry data/x3 next)"; exit 0; }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 export GGUF=$gguf CORPORA_GLOB='/root/corpora/*.txt.xz' DMC_BUILD=$B
 NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
