@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/files.h"
 #include "common/util.h"
 #include "ops/dmc.h"
 #include "train/stages.h"
@@ -841,4 +842,192 @@ TEST_CASE("retrofit with distillation: KL to the frozen original (float64 refere
   r = run(rf + "--out " + w + "/bad --distill-from " + w + "/nope");
   CHECK(r.status == 1);
   CHECK(r.output.find(w + "/nope") != std::string::npos);
+}
+
+// ---- the decision pair (dmc_decision_pair): rotary pairs moved, the function kept ----
+
+namespace {
+// The zero-out forward at factor 0 with an arbitrary dimension j zeroed around RoPE (the reference zeroes D-1): the
+// independent formulation the swapped model must equal, no pair moved.
+struct ZeroDimAttention : Attention {
+  int64_t j;
+  explicit ZeroDimAttention(int64_t dim) : j(dim) {}
+  Out layer(int64_t l, const at::Tensor& qkv, bool recompute) override {
+    (void)l, (void)recompute;
+    const int64_t B = qkv.size(0), T = qkv.size(1);
+    at::Tensor q = qkv.narrow(-1, 0, nh_ * hd_).view({B, T, nh_, hd_}).transpose(1, 2);
+    at::Tensor k = qkv.narrow(-1, nh_ * hd_, nkv_ * hd_).view({B, T, nkv_, hd_}).transpose(1, 2);
+    at::Tensor v = qkv.narrow(-1, (nh_ + nkv_) * hd_, nkv_ * hd_).view({B, T, nkv_, hd_}).transpose(1, 2);
+    at::Tensor keep = at::ones({hd_}, q.options());
+    keep.index_put_({j}, 0.0);
+    q = apply_rope(q * keep, cos_, sin_) * keep;
+    k = apply_rope(k * keep, cos_, sin_) * keep;
+    k = k.repeat_interleave(nh_ / nkv_, 1);
+    v = v.repeat_interleave(nh_ / nkv_, 1);
+    at::Tensor o = at::scaled_dot_product_attention(q, k, v, std::nullopt, 0.0, true);
+    return {o.transpose(1, 2).reshape({B, T, nh_ * hd_}), {}};
+  }
+};
+Llama pair_model(at::ScalarType dt) {
+  LlamaConfig c = LlamaConfig::preset("tiny");
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.head_dim = c.hidden_size / 4;
+  return Llama::random(c, 17, dt, at::kCPU, 0.2);
+}
+}  // namespace
+
+TEST_CASE("swap_rope_pairs keeps the function (float64), through save and load and the paged decode engine",
+          "[dmc][model]") {
+  Llama m = pair_model(at::kDouble);
+  const int64_t half = m.config.head_dim / 2;
+  torch::manual_seed(3);
+  at::Tensor ids = torch::randint(0, m.config.vocab_size, {2, 20}, at::kLong);
+  at::NoGradGuard ng;
+  const at::Tensor before = m.forward(ids);
+  const at::Tensor w0 = m.layers[0].wqkv.clone();
+  m.swap_rope_pairs(1, half - 1);
+  m.swap_rope_pairs(0, 2);
+  CHECK((m.layers[0].wqkv - w0).abs().max().item<double>() > 0.01);  // the rows moved
+  CHECK(m.config.dmc.rope_pairs[(size_t)(half - 1)] == 1);
+  CHECK(m.config.dmc.rope_pairs[0] == 2);
+  CHECK((m.forward(ids) - before).abs().max().item<double>() < 1e-10);
+
+  const auto w = tmp_dir("rope-pairs");
+  m.save(w + "/m", at::kFloat);
+  Llama back = Llama::load(w + "/m", at::kFloat, at::kCPU);
+  CHECK(back.config.dmc.rope_pairs == m.config.dmc.rope_pairs);
+  const at::Tensor full = back.forward(ids);
+  CHECK((full.to(at::kDouble) - before).abs().max().item<double>() < 1e-4);
+  // token by token through the paged cache (its RoPE tables from the permuted frequencies)
+  DecoderOptions o;
+  o.max_seqs = 1;
+  o.policy = CachePolicy::Vanilla;
+  Decoder d(back, o);
+  std::vector<int64_t> prompt(ids[0].data_ptr<int64_t>(), ids[0].data_ptr<int64_t>() + 6);
+  double worst = (d.prefill(0, prompt) - full[0][5]).abs().max().item<double>();
+  for (int64_t t = 6; t < 20; ++t)
+    worst = std::max(worst, (d.step({0}, {ids[0][t].item<int64_t>()})[0] - full[0][t]).abs().max().item<double>());
+  INFO("max |decode - full| " << worst);
+  CHECK(worst < 1e-4);
+
+  // a config whose rope_pairs is not a permutation is refused, naming the file and the field
+  nlohmann::json cj = nlohmann::json::parse(read_file(w + "/m/config.json"));
+  cj["dmc"]["rope_pairs"][0] = cj["dmc"]["rope_pairs"][1];
+  write_file_atomic(w + "/m/config.json", cj.dump());
+  require_error([&] { Llama::load(w + "/m", at::kFloat, at::kCPU); },
+                {w + "/m/config.json", "dmc.rope_pairs", "permutation"});
+}
+
+TEST_CASE("dmc_decision_pair: each pair's loss equals zeroing its partner dim in place, auto moves the least to D-1",
+          "[dmc][train]") {
+  Llama m = pair_model(at::kDouble);
+  const int64_t half = m.config.head_dim / 2;
+  // pair 5 unused by the model (its q/k rows zero): zeroing its partner costs nothing
+  {
+    at::NoGradGuard ng;
+    for (auto& L : m.layers)
+      for (int64_t h = 0; h < 6; ++h)
+        for (int64_t d : {int64_t(5), 5 + half}) L.wqkv[h * m.config.head_dim + d].zero_();
+  }
+  torch::manual_seed(4);
+  at::Tensor ids = torch::randint(0, m.config.vocab_size, {2, 24}, at::kLong);
+  at::Tensor tgt = torch::randint(0, m.config.vocab_size, {2, 24}, at::kLong);
+  auto calib = [&](Attention& attn) {
+    at::NoGradGuard ng;
+    at::Tensor lg = m.forward(ids, attn);
+    return at::cross_entropy_loss(lg.view({-1, lg.size(-1)}), tgt.view({-1})).item<double>();
+  };
+  std::vector<double> ref;
+  for (int64_t p = 0; p < half; ++p) {
+    ZeroDimAttention z(p + half);
+    ref.push_back(calib(z));
+  }
+  VanillaAttention va;
+  const double base = calib(va);
+  CHECK(std::abs(ref[5] - base) < 1e-12);
+  const std::vector<double> got = decision_pair_losses(m, calib);
+  REQUIRE(got.size() == ref.size());
+  for (int64_t p = 0; p < half; ++p) CHECK(std::abs(got[(size_t)p] - ref[(size_t)p]) < 1e-10);
+  CHECK(m.config.dmc.rope_pairs.empty());  // left as it was
+  const int64_t best = std::min_element(ref.begin(), ref.end()) - ref.begin();
+
+  RetrofitOptions o;
+  o.stage = RetrofitStage::ZeroOut;
+  o.decision_pair = "auto";
+  DmcStage st(o);
+  st.prepare(m, calib);
+  REQUIRE(m.config.dmc.rope_pairs.size() == (size_t)half);
+  CHECK(m.config.dmc.rope_pairs.back() == best);
+  CHECK(std::abs(calib(va) - base) < 1e-10);  // the same model
+  ZeroOutAttention z0(0.0);
+  CHECK(std::abs(calib(z0) - ref[(size_t)best]) < 1e-10);
+  CHECK(st.state()["decision_pair"]["pair"] == best);
+
+  // a fixed pair; the reference's (last) leaves the order alone; a pair out of range is an error
+  Llama m2 = pair_model(at::kDouble);
+  o.decision_pair = "3";
+  DmcStage(o).prepare(m2, calib);
+  CHECK(m2.config.dmc.rope_pairs.back() == 3);
+  Llama m3 = pair_model(at::kDouble);
+  o.decision_pair = "last";
+  DmcStage(o).prepare(m3, calib);
+  CHECK(m3.config.dmc.rope_pairs.empty());
+  o.decision_pair = std::to_string(half);
+  require_error([&] { DmcStage(o).prepare(m3, calib); }, {"dmc_decision_pair", "out of range"});
+}
+
+TEST_CASE("retrofit --dmc-decision-pair auto: stage 1 moves the pair, the later stages and the engine keep it",
+          "[dmc][train]") {
+  const auto w = tmp_dir("decision-pair");
+  stage_data(w, 37);
+  const std::string common = std::string(DMC_BINARY) + " %s --tokenizer " + w + "/tok.model --data " + w +
+                             "/data --seq-len 32 --micro-batch 2 --global-batch 4 --device cpu --log-every 2 "
+                             "--num-hidden-layers 2 --hidden-size 64 --num-attention-heads 4 --num-key-value-heads 2 "
+                             "--intermediate-size 96 --eval-batches 2 ";
+  auto cmd = [&](const std::string& what) {
+    std::string c = common;
+    c.replace(c.find("%s"), 2, what);
+    return c;
+  };
+  auto r = run(cmd("train") + "--out " + w + "/base --train-steps 4");
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  r = run(cmd("retrofit") + "--stage zero_out --init-from " + w + "/base/final --out " + w + "/s1 --train-steps 4 " +
+          "--dmc-decision-pair bogus");
+  CHECK(r.status != 0);
+  CHECK(r.output.find("dmc_decision_pair: expected last, auto or a pair index") != std::string::npos);
+  r = run(cmd("retrofit") + "--stage zero_out --init-from " + w + "/base/final --out " + w + "/s1a --train-steps 4 " +
+          "--dmc-decision-pair auto");
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  CHECK(r.output.find("dmc_decision_pair auto: LM loss with each pair's partner zeroed") != std::string::npos);
+  // the pair named (auto's choice on this random model may be the last pair itself, which moves nothing)
+  r = run(cmd("retrofit") + "--stage zero_out --init-from " + w + "/base/final --out " + w + "/s1 --train-steps 4 " +
+          "--dmc-decision-pair 2");
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  const auto s1 = Llama::load(w + "/s1/final", at::kFloat, at::kCPU);
+  REQUIRE(s1.config.dmc.rope_pairs.size() == 8);  // head_dim 16
+  CHECK(s1.config.dmc.rope_pairs.back() == 2);
+  r = run(cmd("retrofit") + "--stage retrofit --init-from " + w + "/s1/final --out " + w + "/s2 --train-steps 4 " +
+          "--target-cr 2 --dmc-decision-pair auto");
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  CHECK(r.output.find("applies to stage zero_out") != std::string::npos);
+  const auto s2 = Llama::load(w + "/s2/final", at::kFloat, at::kCPU);
+  CHECK(s2.config.dmc.rope_pairs == s1.config.dmc.rope_pairs);
+  // the DMC model's parallel eval-mode forward against token by token through the paged cache
+  const std::string ppl = std::string(DMC_BINARY) + " eval ppl --model " + w + "/s2/final --tokenizer " + w +
+                          "/tok.model --data " + w + "/data --seq-len 32 --max-tokens 200 --device cpu";
+  r = run(ppl + " --json " + w + "/p.json");
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  r = run(ppl + " --mode incremental --json " + w + "/i.json");
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  const double pp = nlohmann::json::parse(read_file(w + "/p.json"))["ppl"].get<double>();
+  const double pi = nlohmann::json::parse(read_file(w + "/i.json"))["ppl"].get<double>();
+  CHECK(std::abs(pp / pi - 1) < 1e-3);
 }

@@ -40,6 +40,7 @@ at::Tensor rope_inv_freq(const LlamaConfig& c, at::Device device) {
     at::Tensor medium = at::logical_and(wavelen >= high_wl, wavelen <= low_wl);
     inv = at::where(medium, smoothed, scaled);
   }
+  if (!c.dmc.rope_pairs.empty()) inv = inv.index_select(0, at::tensor(c.dmc.rope_pairs, at::kLong));
   return inv.to(device);
 }
 
@@ -532,6 +533,30 @@ void Llama::shard_tensor_parallel(const Group& g) {
   for (auto& [name, t] : parameters()) *t = shard_of(name, *t, g.rank, s);
   if (tied) lm_head = embed;
   tp = g;
+}
+
+void Llama::swap_rope_pairs(int64_t a, int64_t b) {
+  const int64_t D = config.head_dim, half = D / 2;
+  DMC_CHECK(a >= 0 && a < half && b >= 0 && b < half, "swap_rope_pairs: pairs ", a, ", ", b, " out of 0..", half - 1);
+  if (a == b) return;
+  auto& order = config.dmc.rope_pairs;
+  if (order.empty())
+    for (int64_t p = 0; p < half; ++p) order.push_back(p);
+  std::swap(order[(size_t)a], order[(size_t)b]);
+  // rows of one layer's local wqkv: q heads, then k heads (v untouched: RoPE does not rotate it)
+  std::vector<int64_t> from, to;
+  for (int64_t h = 0; h < local_heads() + local_kv_heads(); ++h)
+    for (int64_t off : {int64_t(0), half}) {
+      from.insert(from.end(), {h * D + off + a, h * D + off + b});
+      to.insert(to.end(), {h * D + off + b, h * D + off + a});
+    }
+  at::NoGradGuard ng;
+  for (auto& L : layers) {
+    const at::Tensor src = at::tensor(from, at::kLong).to(L.wqkv.device());
+    const at::Tensor dst = at::tensor(to, at::kLong).to(L.wqkv.device());
+    L.wqkv.index_copy_(0, dst, L.wqkv.index_select(0, src));
+  }
+  inv_freq = rope_inv_freq(config, device());
 }
 
 }  // namespace dmc

@@ -105,6 +105,12 @@ class Llama {
   // Weights under their HF names (fused tensors split into views).
   std::vector<std::pair<std::string, at::Tensor>> hf_tensors() const;
 
+  // Swaps rotary pairs a and b (each of dims (p, p + D/2)) in every q and k head of every layer, rows of wqkv, and
+  // their frequencies with them (config.dmc.rope_pairs, inv_freq): the same function with the pairs stored in another
+  // order (exact up to rounding; a retrofit moves the pair whose partner dim becomes the decision neuron, D-1, to
+  // the last position). This rank's heads under tensor parallelism (the swap is inside each head).
+  void swap_rope_pairs(int64_t a, int64_t b);
+
   // Trainable tensors under stable internal names (fused: layers.N.wqkv, layers.N.w_gate_up, ...).
   std::vector<std::pair<std::string, at::Tensor*>> parameters();
   // The name parameters() gives layer l's tensor `field` ("wqkv", "attn_norm", ...): "layers.<l>.<field>".

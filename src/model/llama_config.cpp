@@ -115,6 +115,14 @@ LlamaConfig LlamaConfig::from_json(const json& j, const std::string& file) {
     c.dmc.window = get_int(d, "window", f, &w);
     c.dmc.target_cr = get_num(d, "target_cr", f, 1.0);
     if (c.dmc.window < 1) fail(file, ": field 'dmc.window' must be >= 1");
+    if (d.contains("rope_pairs")) {
+      const json& rp = d["rope_pairs"];
+      if (!rp.is_array()) fail(file, ": field 'dmc.rope_pairs' must be an array of pair indices");
+      for (const json& v : rp) {
+        if (!v.is_number_integer()) fail(file, ": field 'dmc.rope_pairs' must hold integers, got ", v.dump());
+        c.dmc.rope_pairs.push_back(v.get<int64_t>());
+      }
+    }
   }
   c.validate(file);
   return c;
@@ -161,6 +169,18 @@ void LlamaConfig::validate(const std::string& file) const {
              rope_scaling.original_max_position_embeddings);
     }
   }
+  if (!dmc.rope_pairs.empty()) {
+    const int64_t half = head_dim / 2;
+    std::vector<bool> seen((size_t)half, false);
+    bool ok = (int64_t)dmc.rope_pairs.size() == half;
+    for (int64_t v : dmc.rope_pairs) {
+      ok = ok && v >= 0 && v < half && !seen[(size_t)v];
+      if (ok) seen[(size_t)v] = true;
+    }
+    if (!ok)
+      fail(file, ": field 'dmc.rope_pairs' must be a permutation of 0..", half - 1, " (head_dim / 2 = ", half,
+           " entries, each once), got ", dmc.rope_pairs.size(), " entries");
+  }
   // the product that sizes the embedding must not overflow (a crafted config would pass as a small model)
   if (vocab_size > (int64_t(1) << 40) / hidden_size || num_hidden_layers > (int64_t(1) << 20) ||
       intermediate_size > (int64_t(1) << 40) / hidden_size || head_dim * num_attention_heads > (int64_t(1) << 24))
@@ -205,12 +225,14 @@ json LlamaConfig::to_json() const {
                          {"high_freq_factor", rope_scaling.high_freq_factor},
                          {"original_max_position_embeddings", rope_scaling.original_max_position_embeddings}};
   }
-  if (dmc.enabled || !dmc.stage.empty())
+  if (dmc.enabled || !dmc.stage.empty() || !dmc.rope_pairs.empty()) {
     j["dmc"] = {{"enabled", dmc.enabled},
                 {"stage", dmc.stage},
                 {"init_val", dmc.init_val},
                 {"window", dmc.window},
                 {"target_cr", dmc.target_cr}};
+    if (!dmc.rope_pairs.empty()) j["dmc"]["rope_pairs"] = dmc.rope_pairs;
+  }
   return j;
 }
 

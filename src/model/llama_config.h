@@ -23,6 +23,12 @@ struct DmcConfig {
   double init_val = 5.0;
   int64_t window = 12;
   double target_cr = 1.0;
+  // The rotary pairs in the order the q/k weights hold them (empty = the natural order 0 .. D/2-1): pair p, dims
+  // (p, p + D/2) of every q and k head, rotates at the frequency of index rope_pairs[p]. A retrofit may move a pair
+  // into the last position (Llama::swap_rope_pairs, dmc_decision_pair) so that the decision neuron, dim D-1, is the
+  // partner of a pair the model leans on little: the reference's D-1 is the partner of the lowest frequency.
+  // transformers ignores the key: such a checkpoint is dmc's alone (as every DMC checkpoint is).
+  std::vector<int64_t> rope_pairs;
 };
 
 struct LlamaConfig {

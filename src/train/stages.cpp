@@ -38,6 +38,16 @@ void RetrofitOptions::add_to(OptionTable& t) {
   t.add("dmc_attn_impl", &dmc.attn_impl,
         "flash (fused kernel; fp32 on CUDA falls back to blocks) | blocks (plain query-block twin)",
         dmc_attn_impl_names());
+  t.add("dmc_decision_pair", &decision_pair,
+        "zero_out: the rotary pair whose partner dim (moved to D-1) becomes the decision neuron: last (the "
+        "reference) | auto (the one whose zeroing costs the least loss on the first batches) | a pair index");
+  t.check([this] {
+    const std::string& v = decision_pair;
+    if (v == "last" || v == "auto") return;
+    bool ok = !v.empty() && v.size() < 10;
+    for (char ch : v) ok = ok && ch >= '0' && ch <= '9';
+    if (!ok) fail("dmc_decision_pair: expected last, auto or a pair index >= 0, got '", v, "'");
+  });
   t.add("head_stats_every", &head_stats_every, "steps between per-layer/per-head ratio logs").min(0);
   t.add("dmc_loss_scope", &dmc_loss_scope,
         "shard (the hinge on this tensor-parallel rank's mean, as the reference code) | global (on all ranks' mean) | "
@@ -273,6 +283,57 @@ json DmcStage::metrics() {
   return m;
 }
 
+std::vector<double> decision_pair_losses(Llama& model, const std::function<double(Attention& attn)>& calib_loss) {
+  const int64_t half = model.config.head_dim / 2;
+  const std::vector<int64_t> order = model.config.dmc.rope_pairs;
+  std::vector<double> losses;
+  for (int64_t p = 0; p < half; ++p) {
+    model.swap_rope_pairs(p, half - 1);
+    ZeroOutAttention zero(0.0);
+    losses.push_back(calib_loss(zero));
+    model.swap_rope_pairs(p, half - 1);  // a swap is its own inverse
+  }
+  model.config.dmc.rope_pairs = order;  // (the swaps spell out the natural order of a model that had none)
+  return losses;
+}
+
+void DmcStage::prepare(Llama& model, const std::function<double(Attention& attn)>& calib_loss) {
+  if (o_.stage != RetrofitStage::ZeroOut) {
+    if (o_.decision_pair != "last")
+      log::info(cat("dmc_decision_pair: ", o_.decision_pair, " applies to stage zero_out; this stage keeps the init "
+                    "model's pair order"));
+    return;
+  }
+  const int64_t half = model.config.head_dim / 2;
+  int64_t pair = half - 1;
+  json info = {{"option", o_.decision_pair}};
+  if (o_.decision_pair == "auto") {
+    const std::vector<double> losses = decision_pair_losses(model, calib_loss);
+    pair = std::min_element(losses.begin(), losses.end()) - losses.begin();
+    VanillaAttention va;
+    const double base = calib_loss(va);
+    std::ostringstream os;
+    os << "dmc_decision_pair auto: LM loss with each pair's partner zeroed (untouched: " << std::setprecision(5)
+       << base << "):";
+    for (int64_t p = 0; p < half; ++p) os << " " << p << "=" << std::setprecision(5) << losses[(size_t)p];
+    log::info(os.str());
+    info["losses"] = losses;
+    info["loss_untouched"] = base;
+  } else if (o_.decision_pair != "last") {
+    pair = std::stoll(o_.decision_pair);
+    DMC_CHECK(pair < half, "dmc_decision_pair: pair ", pair, " out of range: head_dim ", model.config.head_dim,
+              " has pairs 0..", half - 1);
+  }
+  const std::vector<int64_t> before = model.config.dmc.rope_pairs;
+  const int64_t freq = before.empty() ? pair : before[(size_t)pair];
+  model.swap_rope_pairs(pair, half - 1);
+  info["pair"] = pair;
+  info["frequency_index"] = freq;
+  log::info(cat("dmc_decision_pair: pair ", pair, " (frequency index ", freq, " of ", half,
+                pair == half - 1 ? ", the reference's)" : ") moved to the last position: dim D-1 is its partner"));
+  decision_pair_ = info;
+}
+
 void DmcStage::finish(Llama& model) {
   auto& d = model.config.dmc;
   if (o_.stage == RetrofitStage::ZeroOut) {
@@ -296,7 +357,8 @@ json DmcStage::state() const {
           {"window", o_.dmc.window},
           {"decision_lr_by_layer", decision_lr_by_layer_},
           {"decision_lr_mult", o_.decision_lr_mult},
-          {"decision_lr_balance", o_.decision_lr_balance}};
+          {"decision_lr_balance", o_.decision_lr_balance},
+          {"decision_pair", decision_pair_}};
 }
 
 void DmcStage::load_state(const json& s) {
@@ -314,6 +376,7 @@ void DmcStage::load_state(const json& s) {
          ", dmc_decision_lr_balance ", s.value("decision_lr_balance", false) ? "true" : "false",
          "; this run asks for ", o_.decision_lr_mult, ", ", o_.decision_lr_balance ? "true" : "false",
          " (use the same, or another --out)");
+  if (s.contains("decision_pair")) decision_pair_ = s["decision_pair"];
   if (s.contains("decision_lr_by_layer")) decision_lr_by_layer_ = s["decision_lr_by_layer"].get<std::vector<double>>();
 }
 

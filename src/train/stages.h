@@ -52,6 +52,14 @@ struct RetrofitOptions {
   // within 0.13-0.26), so that every layer's decisions move at about the same rate instead of the last layers' 16x
   // faster than the first's.
   bool decision_lr_balance = false;
+  // zero_out: which rotary pair's partner dim becomes the decision neuron. The reference takes dim D-1, the partner
+  // of the lowest-frequency pair; with rotate-half RoPE that pair carries much of a model's long-range attention
+  // (SmolLM2-135M: zeroing it untrained costs +72% perplexity, a middle pair's +1.5%). "last" = the reference;
+  // "auto" = the pair whose zeroing costs the least LM loss on the first training batches (each pair measured
+  // through the zero-out forward at factor 0); or a pair index 0 .. D/2-1. The chosen pair is moved into the last
+  // position (Llama::swap_rope_pairs: the same function), so every DMC path keeps using dim D-1. Other stages
+  // inherit the order from their init checkpoint and ignore the option.
+  std::string decision_pair = "last";
   void add_to(OptionTable& t);
 };
 
@@ -65,6 +73,7 @@ class DmcStage : public train::Stage {
   at::Tensor loss(Llama& model, const at::Tensor& hidden, const data::Batch& b) override;
   nlohmann::json metrics() override;
   void finish(Llama& model) override;
+  void prepare(Llama& model, const std::function<double(Attention& attn)>& calib_loss) override;
   nlohmann::json state() const override;
   void load_state(const nlohmann::json& s) override;
 
@@ -79,6 +88,7 @@ class DmcStage : public train::Stage {
  private:
   RetrofitOptions o_;
   std::vector<double> decision_lr_by_layer_;  // empty until row_lrs (or a resumed state)
+  nlohmann::json decision_pair_;              // zero_out: the pair chosen by prepare (and auto's losses)
   double zero_out_mult_ = 1.0;  // zero_out: the factor on q/k[D-1] at the current step
   // the attention of the micro-batch just forwarded: it lives until the next forward, past its backward (activation
   // checkpointing runs it again there)
@@ -95,6 +105,10 @@ class DmcStage : public train::Stage {
   std::unique_ptr<Llama> teacher_;                  // distillation: the frozen original model
   double step_kl_sum_ = 0, step_lm_sum_ = 0, step_kl_n_ = 0;
 };
+
+// The mean LM loss after zeroing the partner dim of each rotary pair p = 0 .. D/2-1 (p moved to the last position,
+// the zero-out forward at factor 0, moved back): [D/2]. The model is left as it was.
+std::vector<double> decision_pair_losses(Llama& model, const std::function<double(Attention& attn)>& calib_loss);
 
 // Zeroes the rows of the fused q/k projection that produce every query head's and key head's last dimension.
 void zero_decision_rows(Llama& model);

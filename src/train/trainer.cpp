@@ -424,6 +424,8 @@ class Trainer {
     DMC_CHECK(o_.seq_len <= model_.config.max_position_embeddings, "seq_len: ", o_.seq_len,
               " exceeds the model's max_position_embeddings (", model_.config.max_position_embeddings, ")");
     model_.activation_checkpointing = o_.activation_checkpointing;
+    data::LoaderOptions lo = loader_options();
+    if (stage_ && !resume_dir) prepare_stage(lo);
     if (dist_.tp.size > 1) model_.shard_tensor_parallel(dist_.tp);
     params_ = model_.parameters();
     for (auto& p : params_) p.second->requires_grad_(true);
@@ -446,19 +448,6 @@ class Trainer {
     sched_ = LrSchedule{o_.lr, o_.min_lr, o_.warmup_steps, o_.train_steps, o_.lr_schedule};
     sched_.at(0);  // validates the shape name
 
-    data::LoaderOptions lo;
-    lo.datasets = o_.data;
-    for (const auto& w : o_.data_weights) {
-      try {
-        lo.weights.push_back(std::stod(w));
-      } catch (...) {
-        fail("data_weights: expected numbers, got '", w, "'");
-      }
-    }
-    lo.seq_len = o_.seq_len;
-    lo.seed = o_.seed;
-    lo.tokenizer_fingerprint = tok_.fingerprint();
-    lo.vocab_size = model_.config.vocab_size;
     loader_ = std::make_unique<data::Loader>(lo);
     lo.split = "valid";
     lo.shuffle = false;
@@ -485,6 +474,48 @@ class Trainer {
     prev_term_ = std::signal(SIGTERM, on_signal);
     prev_int_ = std::signal(SIGINT, on_signal);
     signals_set_ = true;
+  }
+
+  data::LoaderOptions loader_options() const {
+    data::LoaderOptions lo;
+    lo.datasets = o_.data;
+    for (const auto& w : o_.data_weights) {
+      try {
+        lo.weights.push_back(std::stod(w));
+      } catch (...) {
+        fail("data_weights: expected numbers, got '", w, "'");
+      }
+    }
+    lo.seq_len = o_.seq_len;
+    lo.seed = o_.seed;
+    lo.tokenizer_fingerprint = tok_.fingerprint();
+    lo.vocab_size = model_.config.vocab_size;
+    return lo;
+  }
+
+  // ---- a fresh start: the stage's prepare() on the whole model, with the first eval_batches micro-batches of the
+  // training stream (its own loader: the run's stream is untouched) as calibration ----
+  void prepare_stage(const data::LoaderOptions& lo) {
+    data::Loader calib(lo);
+    std::vector<data::Batch> batches;
+    for (int64_t i = 0; i < std::max<int64_t>(1, o_.eval_batches); ++i) {
+      data::Batch b = calib.next(o_.micro_batch);
+      b.input = b.input.to(dev_);
+      b.target = b.target.to(dev_);
+      b.doc_start = b.doc_start.to(dev_);
+      batches.push_back(std::move(b));
+    }
+    stage_->prepare(model_, [&](Attention& attn) {
+      at::NoGradGuard ng;
+      double sum = 0;
+      {
+        AutocastScope ac(autocast_);
+        for (const auto& b : batches) sum += lm_loss(model_, model_.forward_hidden(b.input, attn), b.target).item<double>();
+      }
+      at::Tensor t = at::full({1}, sum / (double)batches.size(), at::TensorOptions().dtype(at::kDouble).device(dev_));
+      if (dist_.world > 1) broadcast(t, dist_.world_group, 0);  // every rank takes rank 0's choice
+      return t.item<double>();
+    });
   }
 
   // ---- resume: counters, data position, optimizer, RNG and stage state of a checkpoint ----

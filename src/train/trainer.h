@@ -18,6 +18,7 @@
 //   RUN/.lock            flock held by the running trainer: a second trainer in the same directory is refused
 #pragma once
 #include <nlohmann/json.hpp>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -50,6 +51,13 @@ class Stage {
   virtual at::Tensor extra_loss(Llama& model) {
     (void)model;
     return {};
+  }
+  // Once, on a fresh start (not on resume), with the whole model (before tensor-parallel sharding), before the
+  // optimizer sees it: a stage may change the weights' layout. calib_loss(attn) is the mean LM loss of the model
+  // under `attn` over the first eval_batches micro-batches of the training stream (no gradient; rank 0's value on
+  // every rank), for choices measured on the model.
+  virtual void prepare(Llama& model, const std::function<double(Attention& attn)>& calib_loss) {
+    (void)model, (void)calib_loss;
   }
   // Values for the log line and metrics of the current step.
   virtual nlohmann::json metrics() { return nlohmann::json::object(); }
