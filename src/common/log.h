@@ -10,6 +10,8 @@ void info(const std::string& msg);
 void warn(const std::string& msg);
 void error(const std::string& msg);
 void debug(const std::string& msg);
-void set_level(const std::string& level);  // trace|debug|info|warn|error|off
-void set_file(const std::string& path);    // adds a file sink (appends)
+// trace|debug|info|warn|error|off: the console's level; a file sink keeps info and above (or the console's, when
+// more verbose) whatever the console shows
+void set_level(const std::string& level);
+void set_file(const std::string& path);  // adds a file sink (appends)
 }  // namespace dmc::log

@@ -243,6 +243,7 @@ json DmcStage::metrics() {
   }
   if (o_.stage == RetrofitStage::ZeroOut) {
     m["qk_last_dim_mult"] = zero_out_mult_;
+    if (!decision_pair_.is_null()) m["decision_pair"] = decision_pair_;  // (metrics lines are every log_every steps)
     return m;
   }
   double d = step_dn_ > 0 ? step_dsum_ / step_dn_ : 0.0;
