@@ -3,7 +3,7 @@
 # the same command repeated in back-to-back device calls of one lease; each call does what is left and returns the
 # run's results so far (everything but weights) in $OUT/run.tgz.
 #
-# Inputs travel in three carries (count them first: a call carries the tree, ~9.2 MB with docs/results, too):
+# Inputs travel in three carries (count them first: a call carries the tree, ~11 MB with docs/results, too):
 #   here:   scripts/gpu_retrofit.sh --split      the GGUF in two parts under data/x1, data/x2, the corpora in data/x3
 #   call 1  carry .carry/{httplib,lzma,pcre2} and data/x1         (builds dmc, keeps part 1)
 #   call 2  carry data/x2, call 3 data/x3 (later calls carry nothing: what is under /root stays while the machine is warm)
@@ -22,8 +22,9 @@ GGUF_LOCAL=${DMC_CACHE:-$HOME/.cache/dmc}/smollm2/SmolLM2-135M-Instruct.Q4_1.ggu
 if [ "${1:-}" = --split ]; then
   SHARED=${DMC_SHARED:-../shared}
   rm -rf data/x1 data/x2 data/x3 && mkdir -p data/x1 data/x2 data/x3/corpora
-  split -b 50M -d "$GGUF_LOCAL" data/x1/gguf.part-
-  [ -f data/x1/gguf.part-01 ] && [ ! -e data/x1/gguf.part-02 ] || { echo "$GGUF_LOCAL: expected 2 parts of 50M"; exit 1; }
+  # 47M: call 1 carries the part with the build's libraries (4.2 MB), each call the tree (~11 MB with docs/results)
+  split -b 47M -d "$GGUF_LOCAL" data/x1/gguf.part-
+  [ -f data/x1/gguf.part-01 ] && [ ! -e data/x1/gguf.part-02 ] || { echo "$GGUF_LOCAL: expected 2 parts of 47M"; exit 1; }
   mv data/x1/gguf.part-01 data/x2/
   cp "$SHARED"/corpora/*.txt.xz data/x3/corpora/
   sha256sum "$GGUF_LOCAL" | cut -d' ' -f1 > data/x1/gguf.sha256

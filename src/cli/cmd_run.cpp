@@ -168,14 +168,7 @@ int cmd_eval_tasks(const Args& a) {
   if (needles) {
     const NeedleStats ns = needle_stats(model, tok, s);
     report["needles"] = needle_stats_json(ns);
-    std::string worst;
-    for (size_t l = 0; l < ns.isolated.size(); ++l) {
-      double m = 0;
-      for (double x : ns.isolated[l]) m += x / (double)ns.isolated[l].size();
-      worst += cat(l ? " " : "", std::lround(100 * m));
-    }
-    std::cout << "needle values kept in slots of their own, % by layer (mean over KV heads), " << ns.occurrences
-              << " occurrences in " << ns.prompts << " prompts: " << worst << "\n";
+    std::cout << needle_stats_line(ns) << "\n";
   }
   std::cout << task_eval_table(report) << std::flush;
   save_task_report(report, json_path, heatmaps);

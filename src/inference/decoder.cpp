@@ -276,9 +276,7 @@ at::Tensor Decoder::prefill(const std::vector<int64_t>& seqs, const std::vector<
   // per layer the slots' keys and values [n nkv, >= most, D], and the slot counts [L, n, nkv]
   std::vector<at::Tensor> ks(L), vs(L);
   at::Tensor counts_all, h_last, b_all;
-  DmcOptions dopt;
-  dopt.init_val = c.dmc.init_val;
-  dopt.window = c.dmc.window;
+  DmcOptions dopt = model_dmc_options(c);
   dopt.force_cr = o_.force_cr;
   dopt.capture_tail = Tmax - Tmin + W;  // each row's last W raw tokens, whatever its padding
   DmcLayerAttention da(DmcMode::Eval, dopt, {}, {}, /*capture=*/true);

@@ -3,6 +3,8 @@
 
 #include <torch/torch.h>
 
+#include <cmath>
+
 #include "common/error.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -44,10 +46,7 @@ NeedleStats needle_stats(const Llama& model, const Tokenizer& tok, const std::ve
   s.merge_rate.assign(L, std::vector<double>(H, 0.0));
   std::vector<std::vector<double>> merged(L, std::vector<double>(H, 0.0));
   double tokens = 0;
-  DmcOptions o;
-  o.init_val = c.dmc.init_val;
-  o.window = c.dmc.window;
-  DmcLayerAttention attn(DmcMode::Eval, o);
+  DmcLayerAttention attn(DmcMode::Eval, model_dmc_options(c));
   at::NoGradGuard ng;
   Progress prog("needle statistics", (int64_t)samples.size(), progress ? 5.0 : 1e9);
   for (const TaskSample& smp : samples) {
@@ -98,6 +97,17 @@ nlohmann::json needle_stats_json(const NeedleStats& s) {
           {"unlocated", s.unlocated},
           {"isolated", s.isolated},
           {"merge_rate", s.merge_rate}};
+}
+
+std::string needle_stats_line(const NeedleStats& s) {
+  std::string by_layer;
+  for (size_t l = 0; l < s.isolated.size(); ++l) {
+    double m = 0;
+    for (double x : s.isolated[l]) m += x / (double)s.isolated[l].size();
+    by_layer += cat(l ? " " : "", std::lround(100 * m));
+  }
+  return cat("needle values kept in slots of their own, % by layer (mean over KV heads), ", s.occurrences,
+             " occurrences in ", s.prompts, " prompts: ", by_layer);
 }
 
 }  // namespace dmc

@@ -38,5 +38,7 @@ std::pair<int64_t, int64_t> token_span(const Tokenizer& tok, const std::vector<i
 NeedleStats needle_stats(const Llama& model, const Tokenizer& tok, const std::vector<TaskSample>& samples,
                          bool progress = true);
 nlohmann::json needle_stats_json(const NeedleStats& s);
+// One line for a console: the % of needle values kept in slots of their own, by layer (mean over KV heads).
+std::string needle_stats_line(const NeedleStats& s);
 
 }  // namespace dmc

@@ -32,13 +32,7 @@ std::vector<std::vector<double>> PplResult::cr_per_head() const {
 namespace {
 // The parallel forward's attention: the model's own (DMC in eval mode for a DMC model: hard decisions).
 struct ModelAttention {
-  explicit ModelAttention(const LlamaConfig& c) : dmc(DmcMode::Eval, options(c)), use_dmc(c.dmc.enabled) {}
-  static DmcOptions options(const LlamaConfig& c) {
-    DmcOptions o;
-    o.init_val = c.dmc.init_val;
-    o.window = c.dmc.window;
-    return o;
-  }
+  explicit ModelAttention(const LlamaConfig& c) : dmc(DmcMode::Eval, model_dmc_options(c)), use_dmc(c.dmc.enabled) {}
   Attention& get() { return use_dmc ? static_cast<Attention&>(dmc) : vanilla; }
   DmcLayerAttention dmc;
   VanillaAttention vanilla;

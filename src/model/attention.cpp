@@ -66,6 +66,13 @@ Attention::Out ZeroOutAttention::layer(int64_t l, const at::Tensor& qkv, bool re
   return {causal_sdpa(q, k, v), {}};
 }
 
+DmcOptions model_dmc_options(const LlamaConfig& c) {
+  DmcOptions o;
+  o.init_val = c.dmc.init_val;
+  o.window = c.dmc.window;
+  return o;
+}
+
 DmcLayerAttention::DmcLayerAttention(DmcMode mode, const DmcOptions& o, at::Tensor doc_start,
                                      std::vector<at::Tensor> noise, bool capture)
     : mode_(mode), o_(o), doc_start_(std::move(doc_start)), noise_(std::move(noise)), capture_(capture) {}

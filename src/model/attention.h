@@ -27,6 +27,7 @@
 namespace dmc {
 
 class Llama;
+struct LlamaConfig;
 
 class Attention {
  public:
@@ -81,6 +82,10 @@ class ZeroOutAttention : public Attention {
  private:
   double mult_;
 };
+
+// The DMC options a retrofitted model's config carries (its dmc.init_val and dmc.window; the rest at their
+// defaults): what its eval-mode forward runs with, in every evaluation path.
+DmcOptions model_dmc_options(const LlamaConfig& c);
 
 // DMC attention of every layer (dmc/dmc.h dmc_attention): training (relaxed decisions; noise per layer
 // [B, T, nkv] fed so that a recompute sees the same draw) or eval (hard decisions).
