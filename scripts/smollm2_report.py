@@ -164,8 +164,9 @@ def main():
                 verdict = "met" if ok else "missed" if c is not None and best is not None else "incomplete"
                 ba = "-" if best_ach is None else "%.1f (%s)" % (best_ach[0], best_ach[1].split(" + ")[1])
                 ma = "-" if best_ach is None else f"{d - best_ach[0]:+.1f}"
-                md.append(f"| {k} | {L} | {ach:.2f} | {d:.1f} | {cs} | {frac * 100:.0f}% | {bs} | {margin:+.1f} | "
-                          f"{verdict} | {ba} | {ma} |")
+                fs = "-" if c is None or not c else f"{frac * 100:.0f}%"
+                mg = "-" if best is None else f"{margin:+.1f}"
+                md.append(f"| {k} | {L} | {ach:.2f} | {d:.1f} | {cs} | {fs} | {bs} | {mg} | {verdict} | {ba} | {ma} |")
         md.append("")
     # ---- the decisions at the needles (dmc eval tasks --needles)
     if needles:
