@@ -79,9 +79,10 @@ def main():
             tokens = steps[-1].get("tokens_seen", 0)
             tps = sum(x["tokens_per_s"] for x in steps) / len(steps)
             crs = [x["cr"] for x in steps if "cr" in x]
+            pair = next((x["decision_pair"] for x in steps if "decision_pair" in x), None)
             training.append({"run": run_name, "step": steps[-1]["step"], "tokens": tokens, "seconds": tokens / tps,
                              "tps": tps, "cr": crs[-1] if crs else None,
-                             "target": steps[-1].get("target_cr")})
+                             "target": steps[-1].get("target_cr"), "pair": pair})
         bench += bench_rows(r)
     md = []
     # ---- training
@@ -92,6 +93,18 @@ def main():
         cr = f"{t['cr']:.2f} ({t['target']:.2f})" if t["cr"] is not None else "-"
         md.append(f"| {t['run']} | {t['step']} | {t['tokens'] / 1e6:.1f}M | {t['seconds']:.0f} | {t['tps'] / 1e3:.0f}k | {cr} |")
     md.append("")
+    # stage 1's decision pair (dmc_decision_pair; the zero-out metrics carry it)
+    for t in training:
+        p = t["pair"]
+        if not p:
+            continue
+        line = (f"{t['run']}: dim D-1 repurposed from rotary pair {p['pair']} (frequency index {p['frequency_index']}; "
+                f"dmc_decision_pair {p['option']})")
+        if "losses" in p:
+            ls = p["losses"]
+            line += (f"; calibration loss with each pair's partner zeroed: {min(ls):.4f} (chosen) to {max(ls):.4f}, "
+                     f"{ls[-1]:.4f} for the last pair (the reference's), {p['loss_untouched']:.4f} untouched")
+        md.append(line + "\n")
     # ---- perplexity
     models = sorted((n for n in evals if not n.endswith(("-subset-parallel", "-subset-incremental"))),
                     key=lambda n: (ratio_of(n), n))

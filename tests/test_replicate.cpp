@@ -127,6 +127,9 @@ TEST_CASE("SmolLM2 retrofit script: control checkpoints per budget, DMC and dist
                           "| control4x + tova@4 |", "| control4x + window@4 |", "| dmc4x | 800 |", "| dmc4x-2-retrofit |"})
     CHECK(md.find(row) != std::string::npos);
   CHECK(fs::exists(w + "/pics/heatmap-dmc4x.svg"));
+  // the recipe's dmc_decision_pair auto: stage 1's choice, from its metrics, with the calibration losses
+  CHECK(md.find("dmc4x-1-zero_out: dim D-1 repurposed from rotary pair ") != std::string::npos);
+  CHECK(md.find("dmc_decision_pair auto); calibration loss with each pair's partner zeroed") != std::string::npos);
   {  // the decisions at the needles: a row per DMC model
     const auto at = md.find("Decisions at the needles");
     REQUIRE(at != std::string::npos);
