@@ -287,6 +287,13 @@ void stage_data(const std::string& w, int seed) {
     ends += r.output.compare(r.output.find('(', p + 19), 8, "(100.0%)") == 0;
   CHECK(ends == 1);
 }
+// `dmc WHAT` on stage_data's tokenizer and data with a toy 2-layer GQA shape on CPU (options may follow).
+std::string stage_cmd(const std::string& w, const std::string& what) {
+  return std::string(DMC_BINARY) + " " + what + " --tokenizer " + w + "/tok.model --data " + w +
+         "/data --seq-len 32 --micro-batch 2 --global-batch 4 --device cpu --log-every 2 "
+         "--num-hidden-layers 2 --hidden-size 64 --num-attention-heads 4 --num-key-value-heads 2 "
+         "--intermediate-size 96 ";
+}
 }  // namespace
 
 TEST_CASE("retrofit stages: zero_out zeroes the rows, retrofit ramps and logs ratios, resume keeps the ramp",
@@ -294,15 +301,7 @@ TEST_CASE("retrofit stages: zero_out zeroes the rows, retrofit ramps and logs ra
   const auto w = tmp_dir("stages");
   stage_data(w, 31);
   RunResult r;
-  const std::string common = std::string(DMC_BINARY) + " %s --tokenizer " + w + "/tok.model --data " + w +
-                             "/data --seq-len 32 --micro-batch 2 --global-batch 4 --device cpu --log-every 2 "
-                             "--num-hidden-layers 2 --hidden-size 64 --num-attention-heads 4 --num-key-value-heads 2 "
-                             "--intermediate-size 96 ";
-  auto cmd = [&](const std::string& what) {
-    std::string c = common;
-    c.replace(c.find("%s"), 2, what);
-    return c;
-  };
+  auto cmd = [&](const std::string& what) { return stage_cmd(w, what); };
   r = run(cmd("train") + "--out " + w + "/base --train-steps 4");
   INFO(r.output);
   REQUIRE(r.status == 0);
@@ -982,15 +981,7 @@ TEST_CASE("retrofit --dmc-decision-pair auto: stage 1 moves the pair, the later 
           "[dmc][train]") {
   const auto w = tmp_dir("decision-pair");
   stage_data(w, 37);
-  const std::string common = std::string(DMC_BINARY) + " %s --tokenizer " + w + "/tok.model --data " + w +
-                             "/data --seq-len 32 --micro-batch 2 --global-batch 4 --device cpu --log-every 2 "
-                             "--num-hidden-layers 2 --hidden-size 64 --num-attention-heads 4 --num-key-value-heads 2 "
-                             "--intermediate-size 96 --eval-batches 2 ";
-  auto cmd = [&](const std::string& what) {
-    std::string c = common;
-    c.replace(c.find("%s"), 2, what);
-    return c;
-  };
+  auto cmd = [&](const std::string& what) { return stage_cmd(w, what) + "--eval-batches 2 "; };
   auto r = run(cmd("train") + "--out " + w + "/base --train-steps 4");
   INFO(r.output);
   REQUIRE(r.status == 0);

@@ -34,7 +34,7 @@ void apply_levels() {
   for (auto& s : logger()->sinks())
     if (s != console()) s->set_level(file_level());
   logger()->set_level(g_has_file ? file_level() : g_console);
-  logger()->flush_on(std::min(file_level(), spdlog::level::info));
+  logger()->flush_on(file_level());
 }
 }  // namespace
 

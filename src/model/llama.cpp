@@ -551,11 +551,8 @@ void Llama::swap_rope_pairs(int64_t a, int64_t b) {
       to.insert(to.end(), {h * D + off + b, h * D + off + a});
     }
   at::NoGradGuard ng;
-  for (auto& L : layers) {
-    const at::Tensor src = at::tensor(from, at::kLong).to(L.wqkv.device());
-    const at::Tensor dst = at::tensor(to, at::kLong).to(L.wqkv.device());
-    L.wqkv.index_copy_(0, dst, L.wqkv.index_select(0, src));
-  }
+  const at::Tensor src = at::tensor(from, at::kLong).to(device()), dst = at::tensor(to, at::kLong).to(device());
+  for (auto& L : layers) L.wqkv.index_copy_(0, dst, L.wqkv.index_select(0, src));
   inv_freq = rope_inv_freq(config, device());
 }
 

@@ -494,18 +494,20 @@ class Trainer {
   }
 
   // ---- a fresh start: the stage's prepare() on the whole model, with the first eval_batches micro-batches of the
-  // training stream (its own loader: the run's stream is untouched) as calibration ----
+  // training stream (its own loader: the run's stream is untouched) as calibration, read only if the stage asks ----
   void prepare_stage(const data::LoaderOptions& lo) {
-    data::Loader calib(lo);
     std::vector<data::Batch> batches;
-    for (int64_t i = 0; i < std::max<int64_t>(1, o_.eval_batches); ++i) {
-      data::Batch b = calib.next(o_.micro_batch);
-      b.input = b.input.to(dev_);
-      b.target = b.target.to(dev_);
-      b.doc_start = b.doc_start.to(dev_);
-      batches.push_back(std::move(b));
-    }
     stage_->prepare(model_, [&](Attention& attn) {
+      if (batches.empty()) {
+        data::Loader calib(lo);
+        for (int64_t i = 0; i < std::max<int64_t>(1, o_.eval_batches); ++i) {
+          data::Batch b = calib.next(o_.micro_batch);
+          b.input = b.input.to(dev_);
+          b.target = b.target.to(dev_);
+          b.doc_start = b.doc_start.to(dev_);
+          batches.push_back(std::move(b));
+        }
+      }
       at::NoGradGuard ng;
       double sum = 0;
       {
