@@ -14,7 +14,8 @@
 #     trainhf 1B training step (no recompute) vs HF eager: fused ops off and on, each with a kernel profile
 # With the device tool, carry .carry (a copy of ../shared/tokenizers, .carry/lzma: liblzma's headers from Debian's
 # liblzma-dev, and .carry/pcre2/include: pcre2.h from Debian's libpcre2-dev, which the GPU machine lacks; CMake finds
-# it there and links the machine's libpcre2-8.so.0) so that the build and the tokenizer-vector test run.
+# it there and links the machine's libpcre2-8.so.0; scripts/gpu_carry.sh makes .carry/{httplib,lzma,pcre2}) so that
+# the build and the tokenizer-vector test run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 sections=${*:-gpu decode train}

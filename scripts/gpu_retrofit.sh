@@ -4,7 +4,8 @@
 # run's results so far (everything but weights) in $OUT/run.tgz.
 #
 # Inputs travel in three carries (count them first: a call carries the tree, ~11 MB with docs/results, too):
-#   here:   scripts/gpu_retrofit.sh --split      the GGUF in two parts under data/x1, data/x2, the corpora in data/x3
+#   here:   scripts/gpu_carry.sh                 the build's libraries in .carry/{httplib,lzma,pcre2} (once a checkout)
+#           scripts/gpu_retrofit.sh --split      the GGUF in two parts under data/x1, data/x2, the corpora in data/x3
 #   call 1  carry .carry/{httplib,lzma,pcre2} and data/x1         (builds dmc, keeps part 1)
 #   call 2  carry data/x2, call 3 data/x3 (later calls carry nothing: what is under /root stays while the machine is warm)
 #   each:   OUT=$OUT RATIOS=4 DISTILL_CR= scripts/gpu_retrofit.sh      (a call that lacks an input names the next carry)
