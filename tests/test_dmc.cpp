@@ -757,6 +757,57 @@ TEST_CASE("parallel prefill builds the same cache and next-token logits as token
   }
 }
 
+TEST_CASE("dmc_loss_weight scales the hinge the trainer adds, not the one it logs", "[dmc][train]") {
+  LlamaConfig c = LlamaConfig::preset("tiny");
+  c.num_hidden_layers = 2;
+  c.vocab_size = 300;
+  Llama m = Llama::random(c, 7, at::kDouble, at::kCPU);
+  for (auto& p : m.parameters()) p.second->set_requires_grad(true);
+  torch::manual_seed(11);
+  data::Batch b;
+  b.input = at::randint(0, c.vocab_size, {2, 24}, at::kLong);
+  b.target = at::randint(0, c.vocab_size, {2, 24}, at::kLong);
+  b.doc_start = at::zeros({2, 24}, at::kBool);
+  struct Got {
+    double added, logged, grad;
+  };
+  auto step = [&](double weight, DmcLossScope scope) {
+    RetrofitOptions o;
+    o.stage = RetrofitStage::Finetune;  // the target itself (4): the hinge is active on a fresh model
+    o.target_cr = 4.0;
+    o.dmc_loss_scope = scope;
+    o.dmc_loss_weight = weight;
+    DmcStage st(o);
+    st.begin_step(0, 10, m);
+    torch::manual_seed(5);  // the same noise for every weight
+    st.forward_hidden(m, b);
+    at::Tensor l = st.extra_loss(m);
+    for (auto& p : m.parameters())
+      if (p.second->grad().defined()) p.second->mutable_grad().zero_();
+    l.backward();
+    double g = 0;
+    for (auto& p : m.parameters())
+      if (p.second->grad().defined()) g += p.second->grad().abs().sum().item<double>();
+    return Got{l.item<double>(), st.metrics()["dmc_loss"].get<double>(), g};
+  };
+  for (DmcLossScope scope : {DmcLossScope::Shard, DmcLossScope::Head}) {
+    const Got one = step(1.0, scope), more = step(2.5, scope), none = step(0.0, scope);
+    INFO("hinge " << one.added << " grad " << one.grad);
+    REQUIRE(one.added > 0.1);  // decisions at ~sigmoid(-c): far below the target's 0.75
+    REQUIRE(one.grad > 0);
+    CHECK(more.added == Approx(2.5 * one.added).epsilon(1e-12));
+    CHECK(more.grad == Approx(2.5 * one.grad).epsilon(1e-7));  // sums of float64 gradients
+    CHECK(none.added == 0.0);
+    CHECK(none.grad < 1e-12 * one.grad);  // (measured: ~4e-147 in float64, not exactly 0)
+    CHECK(more.logged == Approx(one.logged).epsilon(1e-12));  // metrics keep the unweighted hinge
+    CHECK(none.logged == Approx(one.logged).epsilon(1e-12));
+  }
+  RetrofitOptions o;
+  OptionTable t("retrofit", "usage");
+  o.add_to(t);
+  require_error([&] { t.parse({"--dmc-loss-weight=-1"}); }, {"dmc_loss_weight", ">= 0"});
+}
+
 TEST_CASE("retrofit with distillation: KL to the frozen original (float64 reference), gradients, CLI run and resume",
           "[dmc][train]") {
   const auto w = tmp_dir("distill");

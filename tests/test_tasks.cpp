@@ -337,4 +337,15 @@ TEST_CASE("needle statistics: token spans of the expected values, a DMC model's 
           CHECK(st.merge_rate[l][h] == 0.0);
       }
   }
+  // mixed decisions (c = 0 on random weights): the values located on 1 or 3 threads give the same statistics, and
+  // some head keeps some needles and merges others (so the equality is not that of two extremes)
+  m.config.dmc.init_val = 0.0;
+  const NeedleStats one = needle_stats(m, tok, samples, false, 1), three = needle_stats(m, tok, samples, false, 3);
+  CHECK(one.occurrences == three.occurrences);
+  CHECK(one.isolated == three.isolated);
+  CHECK(one.merge_rate == three.merge_rate);
+  bool mixed = false;
+  for (const auto& row : one.isolated)
+    for (double x : row) mixed = mixed || (x > 0.0 && x < 1.0);
+  CHECK(mixed);
 }

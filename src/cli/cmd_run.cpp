@@ -165,13 +165,16 @@ int cmd_eval_tasks(const Args& a) {
               " exceeds the model's max_position_embeddings (", model.config.max_position_embeddings, ")");
   const auto s = make_task_samples(tok, to);
   nlohmann::json report = run_task_eval(model, tok, s, eo);
+  std::cout << task_eval_table(report) << std::flush;
+  // the accuracies are saved before the needle statistics, which take as long again: a run stopped in them (a
+  // deadline) keeps its scores
+  save_task_report(report, json_path, heatmaps);
   if (needles) {
     const NeedleStats ns = needle_stats(model, tok, s);
     report["needles"] = needle_stats_json(ns);
-    std::cout << needle_stats_line(ns) << "\n";
+    std::cout << needle_stats_line(ns) << "\n" << std::flush;
+    save_task_report(report, json_path, heatmaps);
   }
-  std::cout << task_eval_table(report) << std::flush;
-  save_task_report(report, json_path, heatmaps);
   return 0;
 }
 }  // namespace

@@ -37,7 +37,7 @@ std::pair<int64_t, int64_t> token_span(const Tokenizer& tok, const std::vector<i
 }
 
 NeedleStats needle_stats(const Llama& model, const Tokenizer& tok, const std::vector<TaskSample>& samples,
-                         bool progress) {
+                         bool progress, int64_t threads) {
   const auto& c = model.config;
   DMC_CHECK(c.dmc.enabled, "needle statistics: the model is not a DMC model (no dmc section in its config)");
   const int64_t L = c.num_hidden_layers, H = model.local_kv_heads();
@@ -46,19 +46,30 @@ NeedleStats needle_stats(const Llama& model, const Tokenizer& tok, const std::ve
   s.merge_rate.assign(L, std::vector<double>(H, 0.0));
   std::vector<std::vector<double>> merged(L, std::vector<double>(H, 0.0));
   double tokens = 0;
+  // the token spans first, on every core: locating a value decodes ~2 log2(T) prefixes of the prompt, which took
+  // longer than the forward itself on the GPU machine (one core per prompt)
+  struct Located {
+    std::vector<int64_t> ids;
+    std::vector<std::pair<int64_t, int64_t>> spans;
+  };
+  std::vector<Located> located(samples.size());
+  parallel_for((int64_t)samples.size(), threads, [&](int64_t i) {
+    const TaskSample& smp = samples[i];
+    Located& lc = located[i];
+    lc.ids = tok.encode(smp.prompt, /*add_bos=*/true);
+    const std::string text = tok.decode(lc.ids);
+    for (const std::string& v : smp.expected)
+      for (size_t at = text.find(v); !v.empty() && at != std::string::npos; at = text.find(v, at + v.size())) {
+        auto sp = token_span(tok, lc.ids, at, at + v.size());
+        if (sp.first >= 0) lc.spans.push_back(sp);
+      }
+  });
   DmcLayerAttention attn(DmcMode::Eval, model_dmc_options(c));
   at::NoGradGuard ng;
   Progress prog("needle statistics", (int64_t)samples.size(), progress ? 5.0 : 1e9);
-  for (const TaskSample& smp : samples) {
-    prog.update(s.prompts + s.unlocated, smp.task);
-    const std::vector<int64_t> ids = tok.encode(smp.prompt, /*add_bos=*/true);
-    const std::string text = tok.decode(ids);
-    std::vector<std::pair<int64_t, int64_t>> spans;
-    for (const std::string& v : smp.expected)
-      for (size_t at = text.find(v); !v.empty() && at != std::string::npos; at = text.find(v, at + v.size())) {
-        auto sp = token_span(tok, ids, at, at + v.size());
-        if (sp.first >= 0) spans.push_back(sp);
-      }
+  for (size_t i = 0; i < samples.size(); ++i) {
+    prog.update(s.prompts + s.unlocated, samples[i].task);
+    const auto& [ids, spans] = located[i];
     if (spans.empty()) {
       ++s.unlocated;
       continue;
@@ -66,16 +77,17 @@ NeedleStats needle_stats(const Llama& model, const Tokenizer& tok, const std::ve
     const int64_t T = (int64_t)ids.size();
     at::Tensor x = at::tensor(ids, at::kLong).unsqueeze(0).to(model.device());
     model.forward_hidden(x, attn);
-    for (int64_t l = 0; l < L; ++l) {
-      at::Tensor hard = attn.boundaries[l].squeeze(0).to(at::kFloat).to(at::kCPU);  // [T, H]: 1 = merged into the slot before
-      at::Tensor sum = hard.sum(0);
-      auto a = hard.accessor<float, 2>();
+    // every layer's hard decisions in one copy to the host: [L, T, H], 1 = merged into the slot before
+    at::Tensor hard = at::stack(attn.boundaries).squeeze(1).to(at::kFloat).to(at::kCPU);
+    at::Tensor sum = hard.sum(1);  // [L, H]
+    auto a = hard.accessor<float, 3>();
+    auto sa = sum.accessor<float, 2>();
+    for (int64_t l = 0; l < L; ++l)
       for (int64_t h = 0; h < H; ++h) {
-        merged[l][h] += sum[h].item<double>();
+        merged[l][h] += (double)sa[l][h];
         for (const auto& [b, e] : spans)
-          s.isolated[l][h] += (a[b][h] == 0.0f && (e >= T || a[e][h] == 0.0f)) ? 1.0 : 0.0;
+          s.isolated[l][h] += (a[l][b][h] == 0.0f && (e >= T || a[l][e][h] == 0.0f)) ? 1.0 : 0.0;
       }
-    }
     tokens += (double)T;
     s.occurrences += (int64_t)spans.size();
     ++s.prompts;

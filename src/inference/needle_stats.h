@@ -34,9 +34,10 @@ struct NeedleStats {
 // [char_begin, char_end) of decode(ids); {-1, -1} when those characters lie outside it.
 std::pair<int64_t, int64_t> token_span(const Tokenizer& tok, const std::vector<int64_t>& ids, size_t char_begin,
                                        size_t char_end);
-// Throws dmc::Error when the model is not a DMC model.
+// Throws dmc::Error when the model is not a DMC model. The values are located on `threads` threads (0 = the
+// hardware's); the result does not depend on it.
 NeedleStats needle_stats(const Llama& model, const Tokenizer& tok, const std::vector<TaskSample>& samples,
-                         bool progress = true);
+                         bool progress = true, int64_t threads = 0);
 nlohmann::json needle_stats_json(const NeedleStats& s);
 // One line for a console: the % of needle values kept in slots of their own, by layer (mean over KV heads).
 std::string needle_stats_line(const NeedleStats& s);

@@ -53,6 +53,8 @@ void RetrofitOptions::add_to(OptionTable& t) {
         "shard (the hinge on this tensor-parallel rank's mean, as the reference code) | global (on all ranks' mean) | "
         "head (a hinge per layer and KV head: none pushed past the target)",
         {{"shard", DmcLossScope::Shard}, {"global", DmcLossScope::Global}, {"head", DmcLossScope::Head}});
+  t.add("dmc_loss_weight", &dmc_loss_weight, "weight of the compression hinge beside the LM loss (1 = the reference)")
+      .min(0);
   t.add("distill_from", &distill_from,
         "distillation: the original model (directory or .gguf); the loss is the KL from its next-token distribution");
   t.add("distill_temperature", &distill_temperature, "distillation: softmax temperature tau (loss x tau^2)").above(0);
@@ -193,9 +195,9 @@ at::Tensor DmcStage::extra_loss(Llama& model) {
   if (o_.stage == RetrofitStage::ZeroOut || !decisions_.defined() || !at::GradMode::is_enabled()) return {};
   at::Tensor l = o_.dmc_loss_scope == DmcLossScope::Head ? dmc_loss_per_head(decisions_, target_)
                                                           : dmc_loss(decisions_, target_);
-  step_loss_sum_ += l.detach().item<double>();
+  step_loss_sum_ += l.detach().item<double>();  // logged unweighted
   step_loss_n_ += 1;
-  return l;
+  return o_.dmc_loss_weight == 1.0 ? l : l * o_.dmc_loss_weight;
 }
 
 at::Tensor DmcStage::loss(Llama& model, const at::Tensor& hidden, const data::Batch& b) {

@@ -37,6 +37,10 @@ struct RetrofitOptions {
   DmcOptions dmc;
   int64_t head_stats_every = 50;
   DmcLossScope dmc_loss_scope = DmcLossScope::Shard;
+  // the compression hinge's weight beside the LM loss (the reference: 1). Under Adam it sets the balance of the two
+  // gradients on the decision rows, not their step size: where the LM gradient holds the ratio below the target (a
+  // finetune stage whose training CR stays flat under the hinge), a larger weight trades quality for ratio.
+  double dmc_loss_weight = 1.0;
   std::string distill_from;        // teacher model directory / .gguf ("" = LM loss)
   double distill_temperature = 1.0;
   double distill_lm_weight = 0.0;  // weight of the LM loss beside the KL
