@@ -228,7 +228,12 @@ int64_t Decoder::pages_for_prompt(int64_t prompt_len) const {
 }
 
 int64_t Decoder::prefill_tokens_for(int64_t prompt_len) const {
-  return evicts(policy_) ? std::min(prompt_len, o_.prefill_chunk + o_.budget) : prompt_len;
+  if (!evicts(policy_)) return prompt_len;
+  EvictPrefillParams ep;
+  ep.policy = policy_;
+  ep.budget = o_.budget;
+  ep.chunk = o_.prefill_chunk;
+  return std::min(prompt_len, evict_prefill_chunk(ep) + o_.budget);
 }
 
 at::Tensor Decoder::prefill(int64_t seq, const std::vector<int64_t>& prompt) {

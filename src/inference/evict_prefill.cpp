@@ -1,6 +1,7 @@
 // Chunked parallel prefill for the eviction baselines (see evict_prefill.h).
 #include "inference/evict_prefill.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -131,6 +132,10 @@ Attention::Out EvictChunkAttention::layer(int64_t l, const at::Tensor& qkv, bool
 
 }  // namespace
 
+int64_t evict_prefill_chunk(const EvictPrefillParams& p) {
+  return p.policy == CachePolicy::Window ? std::max(p.chunk, p.budget) : p.chunk;
+}
+
 EvictPrefillResult evict_prefill(const Llama& m, const at::Tensor& ids, const std::vector<int64_t>& lengths,
                                  const EvictPrefillParams& p) {
   DMC_CHECK(evicts(p.policy), "evict_prefill: policy ", cache_policy_name(p.policy), " does not evict");
@@ -146,8 +151,9 @@ EvictPrefillResult evict_prefill(const Llama& m, const at::Tensor& ids, const st
   EvictPrefillResult st;
   EvictChunkAttention attn(p, len, st);
   st.last_hidden = at::zeros({n, m.config.hidden_size}, at::TensorOptions().dtype(m.dtype()).device(ids.device()));
-  for (int64_t p0 = 0; p0 < Tmax; p0 += p.chunk) {
-    const int64_t c = std::min(p.chunk, Tmax - p0);
+  const int64_t chunk = evict_prefill_chunk(p);
+  for (int64_t p0 = 0; p0 < Tmax; p0 += chunk) {
+    const int64_t c = std::min(chunk, Tmax - p0);
     at::Tensor h = m.forward_hidden(ids.narrow(1, p0, c), at::arange(p0, p0 + c, lopt), attn);  // [n, c, H]
     std::vector<int64_t> rows, at;
     for (int64_t i = 0; i < n; ++i)

@@ -33,7 +33,7 @@ struct GenerateOptions {
   SamplingOptions sampling;
   int64_t max_batch = 0;  // sequences decoding together (0 = all prompts)
   // joining prompts prefill together while (rows x longest prompt) stays within this (one prompt always may); an
-  // eviction baseline's prompt counts as at most prefill_chunk + budget tokens (Decoder::prefill_tokens_for). An
+  // eviction baseline's prompt counts as at most its prefill chunk + budget tokens (Decoder::prefill_tokens_for). An
   // eviction baseline's prefill costs a forward per chunk whatever its batch, so while sequences run, its prompts
   // join in groups of at least a quarter of what fits (or the rest of the queue), not one by one as slots free.
   int64_t prefill_tokens = 16384;
