@@ -32,7 +32,8 @@
 #                    DMC model of that budget reached on the tasks (evaluated before, here or in an earlier invocation)
 #   DEADLINE         epoch seconds: no evaluation job starts when fewer than JOB_SECONDS (default 240) remain; the
 #                    script then exits 75 and the next invocation resumes (training checkpoints on SIGTERM instead)
-#   BATCH="--micro-batch 2 ...", EVAL_SEQ, TASK_LENGTHS, TASK_SAMPLES, TOKENIZER    overrides (CPU smoke test)
+#   BATCH="--micro-batch 2 ...", EVAL_SEQ, TASK_LENGTHS, TASK_SAMPLES, TOKENIZER    overrides (CPU smoke test); BATCH
+#                    goes to the control and every DMC stage alike (e.g. BATCH="--lr 1e-4 --min-lr 1e-4")
 # Phases skip work whose output exists (a run directory with final/, an eval JSON), so the script resumes; an
 # interrupted training run resumes from its last checkpoint.
 set -euo pipefail
@@ -93,7 +94,7 @@ for cr in $RATIOS ${DISTILL_CR}; do t=$(total "$cr"); [ "$t" -gt "$need" ] && ne
 echo "smollm2 retrofit: run $RUN, UNIT $UNIT, ratios $RATIOS, distillation at ${DISTILL_CR:-none}, control $max_total steps"
 source scripts/eval_lib.sh  # tree_id, ev, tk, bd, pack_run
 { date -u; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true; tree_id || true
-  echo "UNIT=$UNIT ZERO_OUT_MIN=$ZERO_OUT_MIN TAG='$TAG' DMC_ARGS='$DMC_ARGS' RATIOS='$RATIOS' DISTILL_CR=$DISTILL_CR EVAL_SEQ=$EVAL_SEQ TASK_LENGTHS=$TASK_LENGTHS TASK_SAMPLES=$TASK_SAMPLES"
+  echo "UNIT=$UNIT ZERO_OUT_MIN=$ZERO_OUT_MIN TAG='$TAG' DMC_ARGS='$DMC_ARGS' BATCH='$BATCH' RATIOS='$RATIOS' DISTILL_CR=$DISTILL_CR EVAL_SEQ=$EVAL_SEQ TASK_LENGTHS=$TASK_LENGTHS TASK_SAMPLES=$TASK_SAMPLES"
   for cr in $RATIOS; do echo "DMC ${cr}x: zero_out / retrofit / finetune = $(stages "$cr") steps"; done; } > "$RUN/machine.txt"
 
 if has original && [ ! -f "$ORIGINAL/config.json" ]; then
