@@ -3,6 +3,8 @@
 // baselines), the equal-memory decode benchmark, the pack, and the report built from the pack. It checks that
 // every table row is there and that parallel and incremental evaluation agree; the GPU run is docs/results.md.
 #include <algorithm>
+#include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <regex>
 #include <sstream>
@@ -130,6 +132,20 @@ TEST_CASE("SmolLM2 retrofit script: control checkpoints per budget, DMC and dist
   // the recipe's dmc_decision_pair auto: stage 1's choice, from its metrics, with the calibration losses
   CHECK(md.find("dmc4x-1-zero_out: dim D-1 repurposed from rotary pair ") != std::string::npos);
   CHECK(md.find("dmc_decision_pair auto); calibration loss with each pair's partner zeroed") != std::string::npos);
+  {  // the per-head summary: its overall ratio (the harmonic mean of the heads') is dmc's own over the split
+    const auto at = md.find("Achieved ratio per KV head, summarised");
+    REQUIRE(at != std::string::npos);
+    const auto e = nlohmann::json::parse(read_file(run_dir + "/eval/dmc4x.json"));
+    char overall[32];
+    std::snprintf(overall, sizeof overall, "| %.2f |", e["dmc_cr"].get<double>());
+    const auto row = md.find("| dmc4x | ", at);
+    REQUIRE(row != std::string::npos);
+    const std::string line = md.substr(row, md.find('\n', row) - row);
+    INFO(line);
+    CHECK(line.find(" of 4 | ") != std::string::npos);  // 2 layers x 2 KV heads
+    CHECK(line.size() >= std::strlen(overall));
+    CHECK(line.substr(line.size() - std::strlen(overall)) == overall);
+  }
   {  // the decisions at the needles: a row per DMC model
     const auto at = md.find("Decisions at the needles");
     REQUIRE(at != std::string::npos);
