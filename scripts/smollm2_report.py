@@ -14,6 +14,7 @@ import glob
 import json
 import os
 import re
+import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -218,15 +219,15 @@ def main():
         md.append("| model | heads at <= 1.05 | heads at >= 20 | median head | largest | CR by third of the layers | "
                   "overall |")
         md.append("|---|---|---|---|---|---|---|")
+        def harmonic(xs):
+            return len(xs) / sum(1.0 / x for x in xs)
         for n, vals in per_head:
-            flat = sorted(x for row in vals for x in row)
+            flat = [x for row in vals for x in row]
             k = len(vals)
-            hm = lambda xs: len(xs) / sum(1.0 / x for x in xs)  # noqa: E731
             thirds = [[x for row in vals[i * k // 3:(i + 1) * k // 3] for x in row] for i in range(3)]
-            med = (flat[(len(flat) - 1) // 2] + flat[len(flat) // 2]) / 2
             md.append(f"| {n} | {sum(x <= 1.05 for x in flat)} of {len(flat)} | {sum(x >= 20 for x in flat)} | "
-                      f"{med:.2f} | {flat[-1]:.0f} | " + " / ".join(f"{hm(t):.2f}" if t else "-" for t in thirds) +
-                      f" | {hm(flat):.2f} |")
+                      f"{statistics.median(flat):.2f} | {max(flat):.0f} | " +
+                      " / ".join(f"{harmonic(t):.2f}" if t else "-" for t in thirds) + f" | {harmonic(flat):.2f} |")
         md.append("")
     # ---- decode
     if bench:

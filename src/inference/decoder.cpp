@@ -94,6 +94,16 @@ CachePolicy resolve_policy(const Llama& m, const DecoderOptions& o) {
         "benchmark)");
   return p;
 }
+
+// the eviction prefill's parameters from the decoder's options (its chunk also sizes a prompt's working set)
+EvictPrefillParams evict_params(CachePolicy policy, const DecoderOptions& o) {
+  EvictPrefillParams ep;
+  ep.policy = policy;
+  ep.budget = o.budget;
+  ep.sinks = o.sinks;
+  ep.chunk = o.prefill_chunk;
+  return ep;
+}
 }  // namespace
 
 Decoder::Decoder(const Llama& model, const DecoderOptions& o)
@@ -229,11 +239,7 @@ int64_t Decoder::pages_for_prompt(int64_t prompt_len) const {
 
 int64_t Decoder::prefill_tokens_for(int64_t prompt_len) const {
   if (!evicts(policy_)) return prompt_len;
-  EvictPrefillParams ep;
-  ep.policy = policy_;
-  ep.budget = o_.budget;
-  ep.chunk = o_.prefill_chunk;
-  return std::min(prompt_len, evict_prefill_chunk(ep) + o_.budget);
+  return std::min(prompt_len, evict_prefill_chunk(evict_params(policy_, o_)) + o_.budget);
 }
 
 at::Tensor Decoder::prefill(int64_t seq, const std::vector<int64_t>& prompt) {
@@ -286,12 +292,7 @@ at::Tensor Decoder::prefill(const std::vector<int64_t>& seqs, const std::vector<
   dopt.capture_tail = Tmax - Tmin + W;  // each row's last W raw tokens, whatever its padding
   DmcLayerAttention da(DmcMode::Eval, dopt, {}, {}, /*capture=*/true);
   if (evicts(policy_)) {
-    EvictPrefillParams ep;
-    ep.policy = policy_;
-    ep.budget = o_.budget;
-    ep.sinks = o_.sinks;
-    ep.chunk = o_.prefill_chunk;
-    EvictPrefillResult r = evict_prefill(m_, ids, lens, ep);
+    EvictPrefillResult r = evict_prefill(m_, ids, lens, evict_params(policy_, o_));
     std::vector<at::Tensor> cs;
     for (int64_t l = 0; l < L; ++l) {
       const int64_t S = r.k[l].size(2);
