@@ -5,9 +5,11 @@
 #
 # Inputs travel in three carries (count them first: a call carries the tree, ~11 MB with docs/results, too):
 #   here:   scripts/gpu_carry.sh                 the build's libraries in .carry/{httplib,lzma,pcre2} (once a checkout)
-#           scripts/gpu_retrofit.sh --split      the GGUF in two parts under data/x1, data/x2, the corpora in data/x3
+#           scripts/gpu_retrofit.sh --split      the GGUF in three parts under data/x1..x3 (33 MB each), the corpora in
+#                                                data/x4 (20 MB): each call's carry leaves room for a tree of up to ~25 MB
 #   call 1  carry .carry/{httplib,lzma,pcre2} and data/x1         (builds dmc, keeps part 1)
-#   call 2  carry data/x2, call 3 data/x3 (later calls carry nothing: what is under /root stays while the machine is warm)
+#   calls 2-4  carry data/x2, data/x3, data/x4 (later calls carry nothing: what is under /root stays while the machine
+#           is warm)
 #   each:   OUT=$OUT RATIOS=4 DISTILL_CR= scripts/gpu_retrofit.sh      (a call that lacks an input names the next carry)
 # or in the background, which goes on between calls while the machine is held (it goes back 30 s after a call):
 #   call 2: OUT=$OUT RATIOS=4 ... scripts/gpu_retrofit.sh --start      then each next call:
@@ -22,16 +24,16 @@ cd "$(dirname "$0")/.."
 GGUF_LOCAL=${DMC_CACHE:-$HOME/.cache/dmc}/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 if [ "${1:-}" = --split ]; then
   SHARED=${DMC_SHARED:-../shared}
-  rm -rf data/x1 data/x2 data/x3 && mkdir -p data/x1 data/x2 data/x3/corpora
-  # 47M: call 1 carries the part with the build's libraries (4.2 MB), each call the tree (~11 MB with docs/results)
-  split -b 47M -d "$GGUF_LOCAL" data/x1/gguf.part-
-  [ -f data/x1/gguf.part-01 ] && [ ! -e data/x1/gguf.part-02 ] || { echo "$GGUF_LOCAL: expected 2 parts of 47M"; exit 1; }
-  mv data/x1/gguf.part-01 data/x2/
-  cp "$SHARED"/corpora/*.txt.xz data/x3/corpora/
+  rm -rf data/x1 data/x2 data/x3 data/x4 && mkdir -p data/x1 data/x2 data/x3 data/x4/corpora
+  # three equal parts: call 1 carries one with the build's libraries (4.2 MB), every call the tree (~12 MB)
+  split -n 3 -d "$GGUF_LOCAL" data/x1/gguf.part-
+  [ -f data/x1/gguf.part-02 ] && [ ! -e data/x1/gguf.part-03 ] || { echo "$GGUF_LOCAL: expected 3 parts"; exit 1; }
+  mv data/x1/gguf.part-01 data/x2/ && mv data/x1/gguf.part-02 data/x3/
+  cp "$SHARED"/corpora/*.txt.xz data/x4/corpora/
   sha256sum "$GGUF_LOCAL" | cut -d' ' -f1 > data/x1/gguf.sha256
-  (cd data/x3/corpora && sha256sum -- *.txt.xz) > data/x1/corpora.sha256
-  for d in data/x2 data/x3; do cp data/x1/gguf.sha256 data/x1/corpora.sha256 "$d/"; done
-  du -sh data/x1 data/x2 data/x3
+  (cd data/x4/corpora && sha256sum -- *.txt.xz) > data/x1/corpora.sha256
+  for d in data/x2 data/x3 data/x4; do cp data/x1/gguf.sha256 data/x1/corpora.sha256 "$d/"; done
+  du -sh data/x1 data/x2 data/x3 data/x4
   exit 0
 fi
 T0=$(date +%s)
@@ -50,16 +52,18 @@ copy_new /root/corpora data/x*/corpora/*.txt.xz data/x*/corpora.sha256
 build_and_test "$B" "$OUT" || exit 1
 gguf=/root/smol/SmolLM2-135M-Instruct.Q4_1.gguf
 if [ ! -s "$gguf" ]; then
-  [ -f /root/smol/gguf.part-00 ] && [ -f /root/smol/gguf.part-01 ] || {
-    echo "GGUF parts so far: $(ls /root/smol | tr '\n' ' ') (carry data/x2 next)"; exit 0; }
-  cat /root/smol/gguf.part-00 /root/smol/gguf.part-01 > "$gguf.tmp"
+  for i in 0 1 2; do
+    [ -f /root/smol/gguf.part-0$i ] || {
+      echo "GGUF parts so far: $(ls /root/smol | tr '\n' ' ') (carry data/x$((i + 1)) next)"; exit 0; }
+  done
+  cat /root/smol/gguf.part-00 /root/smol/gguf.part-01 /root/smol/gguf.part-02 > "$gguf.tmp"
   [ "$(sha256sum "$gguf.tmp" | cut -d' ' -f1)" = "$(cat /root/smol/gguf.sha256)" ] || {
     echo "GGUF sha256 differs from the one recorded at --split"; rm -f "$gguf.tmp"; exit 1; }
   mv "$gguf.tmp" "$gguf"
 fi
 # the corpora: every file --split listed, each with its recorded sha256
 [ -f /root/corpora/corpora.sha256 ] && (cd /root/corpora && sha256sum --quiet -c corpora.sha256) > /dev/null 2>&1 || {
-  echo "corpora so far: $(ls /root/corpora | wc -l) files, not all of corpora.sha256 (carry data/x3 next)"; exit 0; }
+  echo "corpora so far: $(ls /root/corpora | wc -l) files, not all of corpora.sha256 (carry data/x4 next)"; exit 0; }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 export GGUF=$gguf CORPORA_GLOB='/root/corpora/*.txt.xz' DMC_BUILD=$B
 NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
