@@ -16,7 +16,7 @@
 #
 #   scripts/smollm2_retrofit.sh                   (a CUDA build in $DMC_BUILD, default build-gpu)
 #   GGUF=file | ORIGINAL=dir, CORPORA_GLOB, RUN    inputs / output (ORIGINAL: a model directory instead of the GGUF)
-#   UNIT (steps per 6000 reference steps), RATIOS, DISTILL_CR (empty = none), PHASES
+#   UNIT (steps per 6000 reference steps, default 150: runs 5-6), RATIOS, DISTILL_CR (empty = none), PHASES
 #   CONTROL_RATIOS   the ratios the control serves over every invocation of this RUN (default: RATIOS and DISTILL_CR):
 #                    its step count and exports come from these, so a later invocation with other RATIOS finds the
 #                    control's export at its budget (a GPU lease runs one ratio at a time)
@@ -46,7 +46,7 @@ ORIGINAL=${ORIGINAL:-$RUN/original}
 TOKENIZER=${TOKENIZER:-$ORIGINAL}
 DATA=${DATA:-$RUN/data}
 DMC=${DMC_BUILD:-build-gpu}/dmc
-UNIT=${UNIT:-60}
+UNIT=${UNIT:-150}
 RATIOS=${RATIOS:-2 4 8}
 DISTILL_CR=${DISTILL_CR-4}
 PHASES=${PHASES:-original data control dmc distill eval tasks bench pack}
