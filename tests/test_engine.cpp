@@ -375,9 +375,11 @@ TEST_CASE("decoder state bytes: rows x state_bytes_per_row + the free-page stack
       Decoder d(m, o);
       const int64_t rows = c.num_hidden_layers * o.max_seqs * c.num_key_value_heads;
       INFO(pol << " page_size " << page_size);
+      // the free-page stack and its scratch entry; the eviction baselines' scratch row of slot metadata
+      const int64_t scratch = evicts(o.policy) ? (o.budget + 1) * (8 + 4) : 0;
       CHECK(d.state_bytes() ==
             rows * Decoder::state_bytes_per_row(c, parse_cache_policy(pol), o.budget, page_size, m.dtype()) +
-                (o.n_pages + 1) * 4);  // the free-page stack and its scratch entry
+                (o.n_pages + 1) * 4 + scratch);
     }
   }
 }
@@ -459,6 +461,63 @@ TEST_CASE("batched prefill: each padded row equals its prompt alone, every polic
           next = a.argmax().item<int64_t>();
         }
       }
+    }
+  }
+}
+
+// A CUDA graph replays a step padded to its batch bucket (sequence -1 rows) at a fixed attention bound; pad_steps runs
+// that padded step eagerly, so the reference ops' handling of padding rows (which the eviction baselines' graphs
+// capture: their attention and eviction are ATen ops) is checked here on the CPU.
+TEST_CASE("padded decode steps (the CUDA graphs' form) equal plain steps and leave other rows alone, every policy",
+          "[inference][engine]") {
+  torch::manual_seed(5);
+  std::vector<std::vector<int64_t>> prompts;
+  for (int64_t len : {3, 12, 7, 20, 9}) prompts.push_back(random_ids(len, 97, 0));
+  for (const char* pol : {"vanilla", "dmc", "tova", "h2o", "window"}) {
+    DYNAMIC_SECTION(pol) {
+      auto m = engine_model(43, std::string(pol) == "dmc");
+      const auto& c = m.config;
+      DecoderOptions o;
+      o.policy = parse_cache_policy(pol);
+      o.budget = 8;
+      o.sinks = 2;
+      o.page_size = 4;
+      o.max_seqs = 6;  // sequence 5 is never used: padding must not write to it either
+      o.graph_batch_step = 4;
+      DecoderOptions op = o;
+      op.pad_steps = true;
+      Decoder a(m, o), b(m, op);
+      std::vector<int64_t> next;
+      for (int64_t s = 0; s < 5; ++s) {
+        at::Tensor la = a.prefill(s, prompts[s]), lb = b.prefill(s, prompts[s]);
+        CHECK((la - lb).abs().max().item<double>() == 0);
+        next.push_back(la.argmax().item<int64_t>());
+      }
+      // 3 sequences (bucket 4: one padding row), 5 (bucket 8: three), 2 (none), 1; the eviction rows cross the
+      // budget on the way
+      const std::vector<std::vector<int64_t>> phases = {{0, 1, 2}, {4, 0, 3, 1, 2}, {1, 3}, {2}};
+      double worst = 0;
+      for (int step = 0; step < 24; ++step) {
+        const auto& seqs = phases[step / 6];
+        std::vector<int64_t> ids;
+        for (int64_t s : seqs) ids.push_back(next[s]);
+        at::Tensor la = a.step(seqs, ids), lb = b.step(seqs, ids);
+        REQUIRE(lb.size(0) == (int64_t)seqs.size());
+        worst = std::max(worst, (la - lb).abs().max().item<double>());
+        at::Tensor am = la.argmax(-1);
+        for (size_t i = 0; i < seqs.size(); ++i) next[seqs[i]] = am[(int64_t)i].item<int64_t>();
+      }
+      CHECK(worst < 1e-4);
+      for (int64_t s = 0; s < 6; ++s) {
+        INFO("sequence " << s);
+        CHECK(at::equal(a.slot_counts(s), b.slot_counts(s)));
+        if (evicts(o.policy))
+          for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+            for (int64_t h = 0; h < c.num_key_value_heads; ++h) CHECK(a.slot_positions(l, s, h) == b.slot_positions(l, s, h));
+      }
+      CHECK(b.slot_counts(5).sum().item<int64_t>() == 0);
+      CHECK(a.cache().free_pages() == b.cache().free_pages());
+      if (evicts(o.policy)) CHECK(a.slots(0, 3, 0) == o.budget);  // the longest row evicted
     }
   }
 }

@@ -349,6 +349,69 @@ TEST_CASE("CUDA graphs of the decode step replay the eager step, batch sizes cha
             << b.graphs_captured() << " / " << e.graphs_captured() << std::endl;
 }
 
+// The eviction baselines' step (ATen attention with its weights, then the eviction) captured per batch bucket at a
+// bound of budget + 1 slots: the same logits and slots as the eager step. scripts/gpu_retrofit.sh runs this case
+// before any task sweep and sets DMC_EVICT_GRAPHS=0 on a machine where it fails.
+TEST_CASE("CUDA graphs of the eviction baselines' decode step replay the eager step", "[gpu][inference][evict-graphs]") {
+  if (!torch::cuda::is_available()) SKIP("no CUDA device");
+  auto m = gpu_model(31, 0.2, 0.0);
+  for (const char* pol : {"window", "tova", "h2o"}) {
+    DYNAMIC_SECTION(pol) {
+      DecoderOptions o;
+      o.policy = parse_cache_policy(pol);
+      o.budget = 24;
+      o.sinks = 2;
+      o.max_seqs = 6;
+      o.page_size = 8;
+      o.gemm_row_tuning = false;
+      o.evict_graphs = true;
+      DecoderOptions og = o;
+      o.cuda_graphs = false;
+      Decoder a(m, o), b(m, og);
+      torch::manual_seed(13);
+      std::vector<int64_t> next;
+      for (int s = 0; s < 5; ++s) {
+        std::vector<int64_t> p;
+        for (int i = 0; i < 10 + 7 * s; ++i) p.push_back(torch::randint(0, 211, {1}).item<int64_t>());
+        next.push_back(a.prefill(s, p).argmax().item<int64_t>());
+        b.prefill(s, p);
+      }
+      // buckets 4 (3 sequences: one padding row), 8 (5: three), 2; every row passes the budget on the way
+      const std::vector<std::vector<int64_t>> phases = {{0, 1, 2}, {0, 1, 2, 3, 4}, {1, 3}};
+      double worst = 0;
+      int64_t same = 0, total = 0;
+      for (int step = 0; step < 30; ++step) {
+        const auto& seqs = phases[step / 10];
+        std::vector<int64_t> ids;
+        for (int64_t s : seqs) ids.push_back(next[s]);
+        at::Tensor la = a.step(seqs, ids), lb = b.step(seqs, ids);
+        REQUIRE(lb.size(0) == (int64_t)seqs.size());
+        worst = std::max(worst, rel_err(lb.to(at::kFloat), la.to(at::kFloat)));
+        at::Tensor am = la.argmax(-1).cpu();
+        same += at::eq(am, lb.argmax(-1).cpu()).sum().item<int64_t>();
+        total += (int64_t)seqs.size();
+        for (size_t i = 0; i < seqs.size(); ++i) next[seqs[i]] = am[(int64_t)i].item<int64_t>();  // the same ids
+      }
+      for (int s = 0; s < 6; ++s) CHECK(at::equal(a.slot_counts(s), b.slot_counts(s)));
+      CHECK(b.slot_counts(5).sum().item<int64_t>() == 0);
+      CHECK(a.cache().free_pages() == b.cache().free_pages());
+      CHECK(b.graphs_captured() == 3);
+      // bf16 GEMMs at the bucket's rows round differently (as the vanilla graphs' test): the window evicts by
+      // position, so its slots are equal; TOVA and H2O score by the weights, where a near tie may go either way
+      if (std::string(pol) == "window") {
+        for (int s = 0; s < 5; ++s) CHECK(a.slot_positions(1, s, 1) == b.slot_positions(1, s, 1));
+        CHECK(worst < 1e-2);
+        CHECK(same == total);
+      } else {
+        CHECK(worst < 5e-2);
+        CHECK(same >= total * 9 / 10);
+      }
+      std::cout << "[gpu-evict-graphs] " << pol << ": logits rel " << worst << ", argmax equal " << same << " / "
+                << total << std::endl;
+    }
+  }
+}
+
 TEST_CASE("CUDA: the decode GEMM row padding gives at::linear's rows and keeps its timed choice", "[gpu][inference]") {
   if (!torch::cuda::is_available()) SKIP("no CUDA device");
   torch::manual_seed(17);

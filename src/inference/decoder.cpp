@@ -3,6 +3,7 @@
 #include "ops/forced_decisions.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cmath>
 #include <limits>
 
@@ -123,10 +124,16 @@ Decoder::Decoder(const Llama& model, const DecoderOptions& o)
       m_.inv_freq, at::arange(c.max_position_embeddings, at::TensorOptions().dtype(at::kLong).device(model.device())));
   cos_ = cs.contiguous();
   sin_ = sn.contiguous();
+#ifdef DMC_WITH_CUDA
+  const char* eg = std::getenv("DMC_EVICT_GRAPHS");
+  const bool evict_graphs = o.evict_graphs && !(eg && std::string(eg) == "0");
+  graphs_on_ = o.cuda_graphs && kernels_ && model.tp.size == 1 && (!evicts(policy_) || evict_graphs);
+#endif
   if (evicts(policy_)) {
     auto dev = model.device();
-    slot_pos_ = at::zeros({R, o.budget + 1}, at::TensorOptions().dtype(at::kLong).device(dev));
-    slot_score_ = at::zeros({R, o.budget + 1}, at::TensorOptions().dtype(at::kFloat).device(dev));
+    // one more row than the cache: the scratch row that a padding row's (sequence -1) writes go to
+    slot_pos_ = at::zeros({R + 1, o.budget + 1}, at::TensorOptions().dtype(at::kLong).device(dev));
+    slot_score_ = at::zeros({R + 1, o.budget + 1}, at::TensorOptions().dtype(at::kFloat).device(dev));
   }
 }
 
@@ -422,10 +429,13 @@ at::Tensor Decoder::step(const std::vector<int64_t>& seqs, const std::vector<int
              pos_h = at::tensor(pos, at::kLong);
   at::Tensor forced_h = at::tensor(forced, at::kLong).to(at::kBool);
   at::Tensor logits;
-#ifdef DMC_WITH_CUDA
-  if (o_.cuda_graphs && kernels_ && m_.tp.size == 1 && !slot_pos_.defined() && n <= o_.graph_max_batch) {
-    // the step runs as the graph of its batch bucket; rows past n are padding (sequence -1: the kernels leave the
-    // cache and the state alone and attend to nothing; their logits are dropped)
+  // a graph runs a fixed attention bound (the split count must not change between replays; empty splits exit at
+  // once): the eviction baselines hold at most budget + 1 slots a row, the others up to max_position_embeddings
+  const int64_t bound = evicts(policy_) && o_.budget > 0 ? o_.budget + 1 : c.max_position_embeddings;
+  const bool graph = graphs_on_ && n <= o_.graph_max_batch;
+  if (graph || o_.pad_steps) {
+    // the step of its batch bucket; rows past n are padding (sequence -1: the kernels and the reference ops leave
+    // the cache and the state alone; their logits are dropped)
     const int64_t nb = graph_bucket(n, o_.graph_batch_step, o_.graph_max_batch);
     if (nb > n) {
       const int64_t pad = nb - n;
@@ -434,45 +444,48 @@ at::Tensor Decoder::step(const std::vector<int64_t>& seqs, const std::vector<int
       pos_h = at::cat({pos_h, at::zeros({pad}, at::kLong)});
       forced_h = at::cat({forced_h, at::ones({pad}, at::kBool)});
     }
-    auto& g = graphs_[nb];
-    if (!g) {
-      g = std::make_shared<Graph>();
-      g->ids = ids_h.to(dev);
-      g->seq = seq_h.to(dev);
-      g->pos = pos_h.to(dev);
-      g->forced = forced_h.to(dev);
-    } else {
-      g->ids.copy_(ids_h);
-      g->seq.copy_(seq_h);
-      g->pos.copy_(pos_h);
-      g->forced.copy_(forced_h);
-    }
-    // a fixed attention bound (the split count must not change between replays); empty splits exit at once
-    const int64_t bound = c.max_position_embeddings;
-    if (g->graph) {
-      g->graph->replay();
-      logits = g->out;
-    } else if (!g->warmed) {
-      logits = run_step(g->ids, g->seq, g->pos, g->forced, bound);  // eager warm-up (cuBLAS plans, allocator)
-      g->warmed = true;
-    } else {
-      torch::cuda::synchronize(dev.index());
-      auto graph = std::make_unique<at::cuda::CUDAGraph>();
-      {
-        c10::cuda::CUDAStreamGuard sg(c10::cuda::getStreamFromPool(false, dev.index()));
-        graph->capture_begin(graph_pool_);
-        g->out = run_step(g->ids, g->seq, g->pos, g->forced, bound);
-        graph->capture_end();
-        if (graph_pool_.first == 0 && graph_pool_.second == 0) graph_pool_ = graph->pool();
+#ifdef DMC_WITH_CUDA
+    if (graph) {
+      auto& g = graphs_[nb];
+      if (!g) {
+        g = std::make_shared<Graph>();
+        g->ids = ids_h.to(dev);
+        g->seq = seq_h.to(dev);
+        g->pos = pos_h.to(dev);
+        g->forced = forced_h.to(dev);
+      } else {
+        g->ids.copy_(ids_h);
+        g->seq.copy_(seq_h);
+        g->pos.copy_(pos_h);
+        g->forced.copy_(forced_h);
       }
-      torch::cuda::synchronize(dev.index());
-      g->graph = std::move(graph);
-      g->graph->replay();
-      logits = g->out;
+      if (g->graph) {
+        g->graph->replay();
+        logits = g->out;
+      } else if (!g->warmed) {
+        logits = run_step(g->ids, g->seq, g->pos, g->forced, bound);  // eager warm-up (cuBLAS plans, allocator)
+        g->warmed = true;
+      } else {
+        torch::cuda::synchronize(dev.index());
+        auto cg = std::make_unique<at::cuda::CUDAGraph>();
+        {
+          c10::cuda::CUDAStreamGuard sg(c10::cuda::getStreamFromPool(false, dev.index()));
+          cg->capture_begin(graph_pool_);
+          g->out = run_step(g->ids, g->seq, g->pos, g->forced, bound);
+          cg->capture_end();
+          if (graph_pool_.first == 0 && graph_pool_.second == 0) graph_pool_ = cg->pool();
+        }
+        torch::cuda::synchronize(dev.index());
+        g->graph = std::move(cg);
+        g->graph->replay();
+        logits = g->out;
+      }
     }
+#endif
+    // pad_steps without a graph: the padded step eagerly, at the bound the graph would run
+    if (!logits.defined()) logits = run_step(ids_h.to(dev), seq_h.to(dev), pos_h.to(dev), forced_h.to(dev), bound);
     logits = logits.narrow(0, 0, n);
   }
-#endif
   if (!logits.defined()) logits = run_step(ids_h.to(dev), seq_h.to(dev), pos_h.to(dev), forced_h.to(dev), max_len);
   for (int64_t s : seqs) ++pos_[s];
   return logits.clone();
@@ -545,8 +558,13 @@ void Decoder::evict(int64_t layer, const at::Tensor& seq_t, const at::Tensor& po
   // probs [n, nkv, G, S]; the step has just appended its token at slot len - 1 of every row
   const int64_t n = probs.size(0), nkv = probs.size(1), S = probs.size(3), D = m_.config.head_dim, P = o_.page_size,
                 B = o_.budget, cap = B + 1;
-  at::Tensor rows = cache_rows(cache_, layer, seq_t).flatten();         // [n nkv]
-  at::Tensor len = cache_.lengths.index_select(0, rows).to(at::kLong);  // [n nkv]
+  // padding rows (sequence -1, a graph bucket's spare rows) read row 0, write the scratch row of slot_pos_ /
+  // slot_score_ and the trash page, and neither evict nor change a length: no host sync, so the step can be captured
+  at::Tensor pad = (seq_t < 0).unsqueeze(1).expand({n, nkv}).reshape({-1});       // [n nkv]
+  at::Tensor rows_raw = cache_rows(cache_, layer, seq_t).flatten();
+  at::Tensor rows = rows_raw.masked_fill(pad, 0);                                 // [n nkv], for reads
+  at::Tensor wrows = rows_raw.masked_fill(pad, slot_pos_.size(0) - 1);            // for slot_pos_ / slot_score_
+  at::Tensor len = cache_.lengths.index_select(0, rows).to(at::kLong).masked_fill(pad, 1);  // [n nkv]
   at::Tensor w = probs.mean(2).reshape({n * nkv, S});                   // [n nkv, S]
   if (S < cap) w = at::constant_pad_nd(w, {0, cap - S}, 0);
   w = w.narrow(1, 0, cap);
@@ -571,11 +589,13 @@ void Decoder::evict(int64_t layer, const at::Tensor& seq_t, const at::Tensor& po
     key = at::where(spos < o_.sinks, at::full_like(sscore, inf), spos.to(at::kFloat));
   key = key.masked_fill(~valid, inf);
   at::Tensor j = key.argmin(1);  // [n nkv]
-  at::Tensor ev = len > B;
+  at::Tensor ev = (len > B) & ~pad;
   // move the last slot into the evicted one (a no-op when the newest is evicted, or no eviction)
   at::Tensor dst = at::where(ev, j, last);
-  at::Tensor flat_src = cache_.slot_index(rows, cap).gather(1, last.clamp_min(0).unsqueeze(1)).squeeze(1);
-  at::Tensor flat_dst = cache_.slot_index(rows, cap).gather(1, dst.clamp_min(0).unsqueeze(1)).squeeze(1);
+  at::Tensor sidx = cache_.slot_index(rows, cap);
+  const int64_t trash = cache_.n_pages() * P;  // a padding row copies the trash page's slot onto itself
+  at::Tensor flat_src = sidx.gather(1, last.clamp_min(0).unsqueeze(1)).squeeze(1).masked_fill(pad, trash);
+  at::Tensor flat_dst = sidx.gather(1, dst.clamp_min(0).unsqueeze(1)).squeeze(1).masked_fill(pad, trash);
   at::Tensor kp = cache_.k_pages.view({-1, D}), vp = cache_.v_pages.view({-1, D});
   kp.index_copy_(0, flat_dst, kp.index_select(0, flat_src));
   vp.index_copy_(0, flat_dst, vp.index_select(0, flat_src));
@@ -586,15 +606,16 @@ void Decoder::evict(int64_t layer, const at::Tensor& seq_t, const at::Tensor& po
   };
   spos = move(spos);
   sscore = move(sscore);
-  slot_pos_.index_copy_(0, rows, spos);
-  slot_score_.index_copy_(0, rows, sscore);
+  slot_pos_.index_copy_(0, wrows, spos);
+  slot_score_.index_copy_(0, wrows, sscore);
   // a row that shrinks back onto a page boundary gives its last page back to the pool
   at::Tensor drop = ev & (last % P == 0);
   at::Tensor pages = cache_.table.index_select(0, rows)
                          .gather(1, last.div(P, "floor").clamp_max(cache_.max_pages_per_row() - 1).unsqueeze(1))
                          .squeeze(1);
   cache_.give_pages(pages, drop);
-  cache_.lengths.index_copy_(0, rows, (len - ev.to(at::kLong)).to(at::kInt));
+  // an evicting row shrinks by one; as a sum (padding rows add 0 to row 0), so repeated rows cannot race
+  cache_.lengths.index_put_({rows}, -ev.to(at::kInt), /*accumulate=*/true);
 }
 
 }  // namespace dmc

@@ -64,10 +64,16 @@ struct DecoderOptions {
   int64_t prefill_chunk = 128;
   int64_t force_cr = 0;     // dmc: benchmark-only decision policy (see DecodeUpdateParams)
   bool use_kernels = true;  // CUDA kernels when the model is on a GPU (else the reference ops)
-  // CUDA graphs of the whole step per batch bucket <= graph_max_batch (kernels path, no TP, no eviction): the
-  // first step of a bucket runs eagerly, the second captures, later ones replay. Small batches are bound by ~500
-  // kernel launches a step; large ones lose the gaps between kernels. All graphs share one memory pool.
+  // CUDA graphs of the whole step per batch bucket <= graph_max_batch (kernels path, no TP): the first step of a
+  // bucket runs eagerly, the second captures, later ones replay. Small batches are bound by ~500 kernel launches a
+  // step; large ones lose the gaps between kernels. All graphs share one memory pool.
   bool cuda_graphs = true;
+  // the eviction baselines' steps as graphs too (their attention and eviction in ATen ops, ~50 launches a layer,
+  // captured at a bound of budget + 1 slots); the environment's DMC_EVICT_GRAPHS=0 turns this off
+  bool evict_graphs = true;
+  // eager steps padded to the graph's batch bucket and bound, as a captured step runs: the padded step on any
+  // device (tests; the CPU reference ops take padding rows as the kernels do)
+  bool pad_steps = false;
   int64_t graph_max_batch = 512;
   // graphs are captured for batch buckets, as vLLM's capture sizes: 1, 2, 4, ... below graph_batch_step, then its
   // multiples (up to graph_max_batch); a step of n sequences replays the smallest bucket >= n with padding rows.
@@ -120,7 +126,8 @@ class Decoder {
   PagedKVCache& cache() { return cache_; }
   CachePolicy policy() const { return policy_; }  // resolved: never Auto
   // Device bytes of the per-row state besides the pages (DMC sums and ring, tables, baseline slot metadata).
-  // Equals rows x state_bytes_per_row(...) + 4 bytes per page of the free-page stack (plus its scratch entry).
+  // Equals rows x state_bytes_per_row(...) + 4 bytes per page of the free-page stack (plus its scratch entry), and
+  // for the eviction baselines one scratch row of slot metadata (padding rows' writes).
   int64_t state_bytes() const;
   // The state one (layer, sequence, KV head) row takes besides its pages, for a model of config c under `policy`
   // (budget: the eviction baselines' slots): the one formula benchmarks size equal-memory batches with.
@@ -148,10 +155,12 @@ class Decoder {
   GemmRows gemm_;
   CachePolicy policy_;
   bool dmc_, kernels_;
+  bool graphs_on_ = false;  // steps run as CUDA graphs (see DecoderOptions::cuda_graphs, evict_graphs)
   PagedKVCache cache_;
   DmcState st_;
   at::Tensor cos_, sin_;              // [max_pos, D] fp32
-  at::Tensor slot_pos_, slot_score_;  // baselines: [R, budget + 1] int64 position / fp32 accumulated weight
+  at::Tensor slot_pos_, slot_score_;  // baselines: [R + 1, budget + 1] int64 position / fp32 accumulated weight
+                                      // (row R: the scratch row of padding rows' writes)
   std::vector<int64_t> pos_;
 };
 

@@ -52,6 +52,17 @@ at::Tensor decode_update_ref(const at::Tensor& qkv, const at::Tensor& seq, const
                              const at::Tensor& forced, const at::Tensor& cos, const at::Tensor& sin,
                              const DecodeUpdateParams& p, DmcState& st, PagedKVCache& cache) {
   check_step(qkv, seq, pos, forced, p, cache);
+  // padding rows (sequence -1, a CUDA-graph bucket's spare rows) update nothing and get zero queries, as the kernel
+  // does; the reference is never captured, so it drops them on the host and runs the real rows alone
+  at::Tensor real = seq.to(at::kLong) >= 0;
+  if (!real.all().item<bool>()) {
+    at::Tensor idx = real.nonzero().flatten();
+    at::Tensor out = at::zeros({qkv.size(0), p.n_heads, p.head_dim}, qkv.options());
+    if (idx.numel() == 0) return out;
+    at::Tensor q = decode_update_ref(qkv.index_select(0, idx), seq.index_select(0, idx), pos.index_select(0, idx),
+                                     forced.index_select(0, idx), cos, sin, p, st, cache);
+    return out.index_copy_(0, idx, q);
+  }
   const int64_t n = qkv.size(0), nh = p.n_heads, nkv = p.n_kv_heads, D = p.head_dim, X = 2 * D + 1,
                 P = cache.options().page_size, maxp = cache.max_pages_per_row();
   const auto T = qkv.scalar_type();
@@ -144,11 +155,14 @@ at::Tensor paged_attention_ref(const at::Tensor& q, const PagedKVCache& cache, i
   const auto& o = cache.options();
   const int64_t n = q.size(0), nh = q.size(1), D = q.size(2), nkv = o.n_kv_heads, G = nh / nkv,
                 S = std::max<int64_t>(1, max_len);
-  at::Tensor rows = cache_rows(cache, layer, seq).flatten();  // [n nkv]
+  // padding rows (sequence -1) read row 0's first slot: finite outputs that the caller drops (no host sync: this
+  // runs inside the eviction baselines' CUDA graphs)
+  at::Tensor pad = (seq.to(at::kLong) < 0).unsqueeze(1).expand({n, nkv}).reshape({-1});  // [n nkv]
+  at::Tensor rows = cache_rows(cache, layer, seq).flatten().masked_fill(pad, 0);         // [n nkv]
   at::Tensor flat = cache.slot_index(rows, S).flatten();
   at::Tensor kc = cache.k_pages.view({-1, D}).index_select(0, flat).view({n * nkv, S, D});
   at::Tensor vc = cache.v_pages.view({-1, D}).index_select(0, flat).view({n * nkv, S, D});
-  at::Tensor len = cache.lengths.index_select(0, rows).to(at::kLong);
+  at::Tensor len = cache.lengths.index_select(0, rows).to(at::kLong).masked_fill(pad, 1);
   const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor sc = at::matmul(q.reshape({n * nkv, G, D}).to(acc), kc.to(acc).transpose(1, 2)) * scale;  // [n nkv, G, S]
   at::Tensor valid = at::arange(S, rows.options()).unsqueeze(0) < len.unsqueeze(1);                    // [n nkv, S]

@@ -11,7 +11,9 @@
 //
 // Layouts (n = sequences in the step, nh / nkv query / KV heads, D = head_dim, X = 2D + 1, R = cache rows):
 //   qkv      [n, (nh + 2 nkv) D]  model dtype, the fused projection (q | k | v)
-//   seq      [n] int64            cache sequence slot of each token;  pos [n] int64 its position
+//   seq      [n] int64            cache sequence slot of each token (-1: a padding row, which reads and writes
+//                                 nothing of the cache; its outputs are finite and meaningless);  pos [n] int64 its
+//                                 position
 //   forced   [n] bool             an append is forced (position 0 or a document start)
 //   cos, sin [max_pos, D] fp32    RoPE tables (rope_cos_sin of every position)
 //   q_out    [n, nh, D]           rotated queries (dim D-1 zeroed for DMC)
