@@ -393,24 +393,29 @@ TEST_CASE("batched prefill: each padded row equals its prompt alone, every polic
     bool dmc_model;
     const char* policy;
     int64_t chunk;
+    int64_t sinks = 2;
   };
+  // window + sinks takes chunks of budget - sinks (6; from position 8 on, its banded form), or with no sinks at least
+  // the budget (the masked form throughout)
   for (Case k : {Case{false, "vanilla", 0}, Case{true, "dmc", 0}, Case{false, "tova", 1}, Case{false, "tova", 7},
-                 Case{false, "h2o", 1}, Case{false, "h2o", 64}, Case{false, "window", 5}, Case{false, "window", 12},
-                 Case{false, "window", 64}}) {
-    DYNAMIC_SECTION(k.policy << " chunk " << k.chunk) {
+                 Case{false, "h2o", 1}, Case{false, "h2o", 64}, Case{false, "window", 5}, Case{false, "window", 12, 0},
+                 Case{false, "window", 5, 0}}) {
+    DYNAMIC_SECTION(k.policy << " chunk " << k.chunk << " sinks " << k.sinks) {
       auto m = engine_model(41, k.dmc_model);
       const auto& c = m.config;
       DecoderOptions o;
       o.policy = parse_cache_policy(k.policy);
       o.budget = 8;
-      o.sinks = 2;
+      o.sinks = k.sinks;
       o.page_size = 4;
       o.prefill_chunk = std::max<int64_t>(1, k.chunk);
       o.max_seqs = 4;
       Decoder together(m, o);
       // a prompt's share of a batched prefill's working set: all of it, or for eviction a chunk plus the budget
-      // (window + sinks, exact at any chunk, takes chunks of at least the budget)
-      const int64_t chunk = o.policy == CachePolicy::Window ? std::max(o.prefill_chunk, o.budget) : o.prefill_chunk;
+      // (window + sinks, exact at any chunk, takes chunks of budget - sinks, or with no sinks of at least the budget)
+      const int64_t chunk = o.policy != CachePolicy::Window ? o.prefill_chunk
+                            : o.sinks > 0                  ? o.budget - o.sinks
+                                                           : std::max(o.prefill_chunk, o.budget);
       CHECK(together.prefill_tokens_for(100) == (evicts(o.policy) ? chunk + o.budget : 100));
       CHECK(together.prefill_tokens_for(3) == 3);
       const std::vector<int64_t> slots = {2, 0, 3};  // not in order

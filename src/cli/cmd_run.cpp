@@ -103,8 +103,8 @@ int cmd_eval_tasks(const Args& a) {
   t.add("sinks", &sinks, "window: first positions never evicted").min(0);
   t.add("batch", &batch, "samples decoding together (continuous batching)").min(1);
   t.add("prefill_chunk", &prefill_chunk,
-        "tova / h2o / window: prompt tokens a prefill forward takes (1 = token by token; window, exact at any, "
-        "takes at least its budget)")
+        "tova / h2o: prompt tokens a prefill forward takes (1 = token by token); window + sinks, exact at any, "
+        "takes budget - sinks (its banded attention)")
       .min(1);
   t.add("prefill_tokens", &prefill_tokens, "joining prompts prefill together up to this many (padded) tokens").min(1);
   t.add("chat", &chat, "wrap each input in the model's chat template (instruct models)");

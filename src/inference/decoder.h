@@ -59,7 +59,7 @@ struct DecoderOptions {
   int64_t budget = 0;       // tova / h2o / window: slots per (layer, sequence, head)
   int64_t sinks = 4;        // window: first positions never evicted
   // tova / h2o / window: prompt tokens a prefill forward takes (inference/evict_prefill.h): 1 = token by token, the
-  // original algorithms; window is exact at any chunk (and takes at least the budget: evict_prefill_chunk), TOVA and
+  // original algorithms; window is exact at any chunk (and takes budget - sinks: evict_prefill_chunk), TOVA and
   // H2O evict once per chunk
   int64_t prefill_chunk = 128;
   int64_t force_cr = 0;     // dmc: benchmark-only decision policy (see DecodeUpdateParams)

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 
 #include "common/error.h"
@@ -12,6 +13,45 @@
 namespace dmc {
 
 namespace {
+
+// Attention with its row log-sum-exp, for the window's banded form below.
+//   q [n, nh, L, D]; k, v [n, nkv, L, D] (nh a multiple of nkv; the same length L); causal or not
+//   -> out [n, nh, L, D] fp32, lse [n, nh, L] fp32
+// FlashAttention-2 on CUDA in bf16 / fp16 (K/V at their KV heads), else fp32 (fp64) math.
+std::pair<at::Tensor, at::Tensor> attention_lse(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                bool causal, double scale) {
+  const int64_t n = q.size(0), nh = q.size(1), L = q.size(2), D = q.size(3), nkv = k.size(1), S = k.size(2);
+  if (q.is_cuda() && (q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf) && D <= 256 && D % 8 == 0) {
+    auto r = at::_scaled_dot_product_flash_attention(q.contiguous(), k.contiguous(), v.contiguous(), 0.0, causal,
+                                                     false, scale);
+    return {std::get<0>(r).to(at::kFloat), std::get<1>(r).to(at::kFloat)};
+  }
+  const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor qg = q.reshape({n, nkv, nh / nkv, L, D}).to(acc);
+  at::Tensor sc = at::matmul(qg, k.to(acc).unsqueeze(2).transpose(-1, -2)) * scale;  // [n, nkv, G, L, S]
+  if (causal) sc = sc.masked_fill(at::ones({L, S}, q.options().dtype(at::kBool)).triu(1), -INFINITY);
+  at::Tensor lse = at::logsumexp(sc, -1, true);
+  at::Tensor out = at::matmul(at::exp(sc - lse), v.to(acc).unsqueeze(2));  // [n, nkv, G, L, D]
+  return {out.reshape({n, nh, L, D}).to(at::kFloat), lse.squeeze(-1).reshape({n, nh, L}).to(at::kFloat)};
+}
+
+// window + sinks for a chunk of c = budget - sinks queries at p0 >= budget, whose rows hold the sinks and then the
+// c positions just before p0 (the rows still real at p0; the others' outputs are padding): three dense attentions
+// and no mask of [c, budget + c]. Query i (position p0 + i) sees every sink, the held keys j >= i (within
+// budget - sinks behind it: causal on the queries and those keys both reversed) and the chunk's keys j <= i (causal).
+//   q [n, nh, c, D]; held k, v [n, nkv, budget, D]; chunk k, v [n, nkv, c, D] -> [n, nh, c, D] fp32
+at::Tensor window_band_attention(const at::Tensor& q, const at::Tensor& hk, const at::Tensor& hv, const at::Tensor& k,
+                                 const at::Tensor& v, int64_t sinks, double scale) {
+  const int64_t c = q.size(2);
+  auto [o_s, l_s] = attention_lse(q, hk.narrow(2, 0, sinks), hv.narrow(2, 0, sinks), false, scale);
+  auto [o_h, l_h] = attention_lse(q.flip(2), hk.narrow(2, sinks, c).flip(2), hv.narrow(2, sinks, c).flip(2), true, scale);
+  o_h = o_h.flip(2);
+  l_h = l_h.flip(2);
+  auto [o_c, l_c] = attention_lse(q, k, v, true, scale);
+  at::Tensor l = at::stack({l_s, l_h, l_c}, 0);  // [3, n, nh, c]
+  at::Tensor w = at::softmax(l, 0).unsqueeze(-1);
+  return o_s * w[0] + o_h * w[1] + o_c * w[2];
+}
 
 // The attention of one chunk: per layer, the chunk's queries over the held slots plus the chunk's keys, then the
 // layer's slots cut back to the budget. Holds the per-layer slots in `st` between chunks.
@@ -61,9 +101,13 @@ Attention::Out EvictChunkAttention::layer(int64_t l, const at::Tensor& qkv, bool
                            : at::zeros({n, nkv, c}, q.options().dtype(at::kFloat));
   const int64_t S = keys.size(2);
   // visible: a held or real key at or before the query (window: a sink, or within budget - sinks behind it)
+  // window + sinks past the budget in chunks of budget - sinks: the banded form (window_band_attention), no mask
+  const bool band = p_.policy == CachePolicy::Window && held && p0_ >= p_.budget && p_.sinks >= 1 &&
+                    c == p_.budget - p_.sinks && st_.k[l].size(2) == p_.budget;
   at::Tensor kp = kpos.view({n, nkv, 1, 1, S}), qp = cpos_.view({1, 1, 1, c, 1});
-  at::Tensor vis = (kp >= 0) & (kp <= qp);
-  if (p_.policy == CachePolicy::Window) vis = vis & ((kp < p_.sinks) | (qp - kp <= p_.budget - p_.sinks));
+  at::Tensor vis;
+  if (!band) vis = (kp >= 0) & (kp <= qp);
+  if (!band && p_.policy == CachePolicy::Window) vis = vis & ((kp < p_.sinks) | (qp - kp <= p_.budget - p_.sinks));
   const bool low = q.is_cuda() && (q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf);
   const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const double scale = 1.0 / std::sqrt((double)D);
@@ -90,13 +134,18 @@ Attention::Out EvictChunkAttention::layer(int64_t l, const at::Tensor& qkv, bool
   } else {
     // TOVA and window need no weights but the last query's: the output by SDPA with the visibility as its mask
     // (the memory-efficient kernel on CUDA; batch = (row, KV head), heads = the group's query heads)
-    at::Tensor qb = q.reshape({n * nkv, G, c, D});
-    at::Tensor kb = keys.reshape({n * nkv, 1, S, D}).expand({n * nkv, G, S, D});
-    at::Tensor vb = vals.reshape({n * nkv, 1, S, D}).expand({n * nkv, G, S, D});
-    at::Tensor bias = at::zeros({n * nkv, 1, c, S}, q.options())
-                          .masked_fill_(~vis.reshape({n * nkv, 1, c, S}), -inf)
-                          .expand({n * nkv, G, c, S});
-    o = at::scaled_dot_product_attention(qb, kb, vb, bias, 0.0, false, scale).view({n, nkv, G, c, D});
+    if (band) {
+      o = window_band_attention(q.reshape({n, nkv * G, c, D}), st_.k[l], st_.v[l], k, v, p_.sinks, scale)
+              .view({n, nkv, G, c, D});
+    } else {
+      at::Tensor qb = q.reshape({n * nkv, G, c, D});
+      at::Tensor kb = keys.reshape({n * nkv, 1, S, D}).expand({n * nkv, G, S, D});
+      at::Tensor vb = vals.reshape({n * nkv, 1, S, D}).expand({n * nkv, G, S, D});
+      at::Tensor bias = at::zeros({n * nkv, 1, c, S}, q.options())
+                            .masked_fill_(~vis.reshape({n * nkv, 1, c, S}), -inf)
+                            .expand({n * nkv, G, c, S});
+      o = at::scaled_dot_product_attention(qb, kb, vb, bias, 0.0, false, scale).view({n, nkv, G, c, D});
+    }
     if (p_.policy == CachePolicy::Tova) {
       // the weights of each row's last real query, mean over the group's query heads
       at::Tensor ql = q.gather(3, li.view({n, 1, 1, 1, 1}).expand({n, nkv, G, 1, D}));  // [n, nkv, G, 1, D]
@@ -133,7 +182,10 @@ Attention::Out EvictChunkAttention::layer(int64_t l, const at::Tensor& qkv, bool
 }  // namespace
 
 int64_t evict_prefill_chunk(const EvictPrefillParams& p) {
-  return p.policy == CachePolicy::Window ? std::max(p.chunk, p.budget) : p.chunk;
+  if (p.policy != CachePolicy::Window) return p.chunk;
+  const char* e = std::getenv("DMC_WINDOW_BAND");  // 0: the masked form throughout (scripts/gpu_job_lib.sh)
+  const bool band = !(e && std::string(e) == "0");
+  return band && p.budget > p.sinks && p.sinks >= 1 ? p.budget - p.sinks : std::max(p.chunk, p.budget);
 }
 
 EvictPrefillResult evict_prefill(const Llama& m, const at::Tensor& ids, const std::vector<int64_t>& lengths,

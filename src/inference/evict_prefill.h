@@ -11,7 +11,11 @@
 //   window  the position; the first `sinks` positions are always kept
 // chunk = 1 is the original token-by-token algorithm, the same computation as Decoder::step (tested equal up to
 // float rounding). window + sinks is exact at every chunk: each query attends to exactly the sinks and the last
-// budget - sinks tokens before it, what token-by-token eviction leaves it. For TOVA and H2O a chunk > 1 lets the
+// budget - sinks tokens before it, what token-by-token eviction leaves it. It takes chunks of budget - sinks
+// tokens: from p0 >= budget on, a chunk's attention is then three dense ones (the sinks; the held keys, causal
+// with queries and keys reversed; the chunk, causal) merged by their log-sum-exp, FlashAttention-2 on CUDA, in
+// place of a masked attention over budget + chunk keys with its [chunk, budget + chunk] mask built per layer (43% of
+// the vanilla prefill rate on an H200). For TOVA and H2O a chunk > 1 lets the
 // chunk's queries see up to budget + chunk slots and evicts once per chunk: the chunked approximation prefills in
 // practice make (kvpress compresses once after the whole context); docs/results.md measures its effect.
 //
@@ -35,7 +39,7 @@ struct EvictPrefillParams {
   CachePolicy policy = CachePolicy::Tova;  // tova | h2o | window
   int64_t budget = 0;                      // slots kept per (layer, sequence, KV head)
   int64_t sinks = 4;                       // window: first positions never evicted
-  int64_t chunk = 128;                     // prompt tokens a forward (1 = token by token; window: >= budget)
+  int64_t chunk = 128;                     // prompt tokens a forward (1 = token by token; window: see below)
 };
 
 struct EvictPrefillResult {
@@ -46,9 +50,9 @@ struct EvictPrefillResult {
 EvictPrefillResult evict_prefill(const Llama& m, const at::Tensor& ids, const std::vector<int64_t>& lengths,
                                  const EvictPrefillParams& p);
 
-// The chunk evict_prefill takes: p.chunk, but for window + sinks (exact at any chunk) at least the budget, so that an
-// 8k prompt at a budget of 2048 is 4 forwards, not 64 of 128 tokens (with 128-token chunks the window baseline
-// prefilled SmolLM2 at 43% of the vanilla rate on an H200). A row's working set is then this chunk plus the budget.
+// The chunk evict_prefill takes: p.chunk, but for window + sinks (exact at any chunk) budget - sinks (its banded
+// form above; with no sinks, or a budget of sinks alone, or DMC_WINDOW_BAND=0 in the environment, at least the
+// budget, the masked form throughout). A row's working set is this chunk plus the budget.
 int64_t evict_prefill_chunk(const EvictPrefillParams& p);
 
 }  // namespace dmc
