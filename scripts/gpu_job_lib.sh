@@ -9,7 +9,7 @@
 #                               (1 when they fail, and B/dmc removed); exports DMC_POOL_TILED=0 on a machine where the
 #                               tiled pooling kernels failed their test but the row-per-warp forms passed, and
 #                               DMC_EVICT_GRAPHS=0 where the eviction baselines' graphed decode step failed its test,
-#                               DMC_WINDOW_BAND=0 where the window's banded flash prefill did
+#                               DMC_EVICT_DENSE=0 where the window's / TOVA's dense flash prefill did
 #   job_wait NAME LOG N         return when the job ends or N seconds after the call began (T0), then its state and
 #                               LOG's tail
 job_alive() { [ -f "/root/$1.pid" ] && kill -0 "$(cat "/root/$1.pid")" 2>/dev/null; }
@@ -47,9 +47,10 @@ build_and_test() {
     if ! timeout 120 "$b/dmc_tests" "[evict-graphs]" > "$out/gpu_evict_graphs_test.log" 2>&1; then
       touch /root/evict_graphs_off && echo "eviction graphs failed their test: this machine's runs take DMC_EVICT_GRAPHS=0"
     fi
-    # and the window's banded flash prefill against token-by-token eviction (DMC_WINDOW_BAND=0: the masked form)
-    if ! timeout 120 "$b/dmc_tests" "[window-band]" > "$out/gpu_window_band_test.log" 2>&1; then
-      touch /root/window_band_off && echo "the window's banded prefill failed its test: this machine's runs take DMC_WINDOW_BAND=0"
+    # and the window's / TOVA's dense flash prefill against token-by-token eviction (DMC_EVICT_DENSE=0: the masked
+    # form)
+    if ! timeout 120 "$b/dmc_tests" "[evict-dense]" > "$out/gpu_evict_dense_test.log" 2>&1; then
+      touch /root/evict_dense_off && echo "the dense eviction prefill failed its test: this machine's runs take DMC_EVICT_DENSE=0"
     fi
     timeout 120 "$b/dmc_tests" "[gpu][dmc]" > "$out/gpu_tests.log" 2>&1
     rc=$?; echo "GPU kernel tests rc=$rc: $(grep -E "^(All tests passed|test cases:)" "$out/gpu_tests.log" | tail -1)"
@@ -57,6 +58,6 @@ build_and_test() {
   fi
   [ -f /root/pool_untiled ] && export DMC_POOL_TILED=0
   [ -f /root/evict_graphs_off ] && export DMC_EVICT_GRAPHS=0
-  [ -f /root/window_band_off ] && export DMC_WINDOW_BAND=0
+  [ -f /root/evict_dense_off ] && export DMC_EVICT_DENSE=0
   return 0
 }

@@ -14,6 +14,13 @@ namespace dmc {
 
 namespace {
 
+// The dense forms below (window's band, TOVA's held + chunk) unless DMC_EVICT_DENSE=0: the masked form throughout
+// (scripts/gpu_job_lib.sh sets it where their GPU test fails).
+bool dense_forms_on() {
+  const char* e = std::getenv("DMC_EVICT_DENSE");
+  return !(e && std::string(e) == "0");
+}
+
 // Attention with its row log-sum-exp, for the window's banded form below.
 //   q [n, nh, L, D]; k, v [n, nkv, L, D] (nh a multiple of nkv; the same length L); causal or not
 //   -> out [n, nh, L, D] fp32, lse [n, nh, L] fp32
@@ -35,6 +42,16 @@ std::pair<at::Tensor, at::Tensor> attention_lse(const at::Tensor& q, const at::T
   return {out.reshape({n, nh, L, D}).to(at::kFloat), lse.squeeze(-1).reshape({n, nh, L}).to(at::kFloat)};
 }
 
+// Attentions over disjoint key sets merged into the attention over their union, by their log-sum-exps.
+at::Tensor merge_lse(const std::vector<std::pair<at::Tensor, at::Tensor>>& parts) {
+  std::vector<at::Tensor> l;
+  for (const auto& p : parts) l.push_back(p.second);
+  at::Tensor w = at::softmax(at::stack(l, 0), 0).unsqueeze(-1);  // [parts, n, nh, c, 1]
+  at::Tensor o = parts[0].first * w[0];
+  for (size_t i = 1; i < parts.size(); ++i) o = o + parts[i].first * w[(int64_t)i];
+  return o;
+}
+
 // window + sinks for a chunk of c = budget - sinks queries at p0 >= budget, whose rows hold the sinks and then the
 // c positions just before p0 (the rows still real at p0; the others' outputs are padding): three dense attentions
 // and no mask of [c, budget + c]. Query i (position p0 + i) sees every sink, the held keys j >= i (within
@@ -43,14 +60,17 @@ std::pair<at::Tensor, at::Tensor> attention_lse(const at::Tensor& q, const at::T
 at::Tensor window_band_attention(const at::Tensor& q, const at::Tensor& hk, const at::Tensor& hv, const at::Tensor& k,
                                  const at::Tensor& v, int64_t sinks, double scale) {
   const int64_t c = q.size(2);
-  auto [o_s, l_s] = attention_lse(q, hk.narrow(2, 0, sinks), hv.narrow(2, 0, sinks), false, scale);
-  auto [o_h, l_h] = attention_lse(q.flip(2), hk.narrow(2, sinks, c).flip(2), hv.narrow(2, sinks, c).flip(2), true, scale);
-  o_h = o_h.flip(2);
-  l_h = l_h.flip(2);
-  auto [o_c, l_c] = attention_lse(q, k, v, true, scale);
-  at::Tensor l = at::stack({l_s, l_h, l_c}, 0);  // [3, n, nh, c]
-  at::Tensor w = at::softmax(l, 0).unsqueeze(-1);
-  return o_s * w[0] + o_h * w[1] + o_c * w[2];
+  auto held = attention_lse(q.flip(2), hk.narrow(2, sinks, c).flip(2), hv.narrow(2, sinks, c).flip(2), true, scale);
+  return merge_lse({attention_lse(q, hk.narrow(2, 0, sinks), hv.narrow(2, 0, sinks), false, scale),
+                    {held.first.flip(2), held.second.flip(2)}, attention_lse(q, k, v, true, scale)});
+}
+
+// TOVA for a chunk at p0 >= budget, whose rows (those still real at p0) hold budget slots, every one before p0: the
+// held keys dense, the chunk's causal, merged (no mask of [c, budget + c]).
+//   q [n, nh, c, D]; held k, v [n, nkv, budget, D]; chunk k, v [n, nkv, c, D] -> [n, nh, c, D] fp32
+at::Tensor held_chunk_attention(const at::Tensor& q, const at::Tensor& hk, const at::Tensor& hv, const at::Tensor& k,
+                                const at::Tensor& v, double scale) {
+  return merge_lse({attention_lse(q, hk, hv, false, scale), attention_lse(q, k, v, true, scale)});
 }
 
 // The attention of one chunk: per layer, the chunk's queries over the held slots plus the chunk's keys, then the
@@ -102,11 +122,14 @@ Attention::Out EvictChunkAttention::layer(int64_t l, const at::Tensor& qkv, bool
   const int64_t S = keys.size(2);
   // visible: a held or real key at or before the query (window: a sink, or within budget - sinks behind it)
   // window + sinks past the budget in chunks of budget - sinks: the banded form (window_band_attention), no mask
-  const bool band = p_.policy == CachePolicy::Window && held && p0_ >= p_.budget && p_.sinks >= 1 &&
-                    c == p_.budget - p_.sinks && st_.k[l].size(2) == p_.budget;
+  const bool full = held && p0_ >= p_.budget && st_.k[l].size(2) == p_.budget && dense_forms_on();  // live rows
+                                                                                                   // hold budget slots
+  const bool band = full && p_.policy == CachePolicy::Window && p_.sinks >= 1 && c == p_.budget - p_.sinks;
+  // TOVA past the budget: every held slot of a live row is before the chunk (held_chunk_attention), no mask
+  const bool dense = full && p_.policy == CachePolicy::Tova;
   at::Tensor kp = kpos.view({n, nkv, 1, 1, S}), qp = cpos_.view({1, 1, 1, c, 1});
   at::Tensor vis;
-  if (!band) vis = (kp >= 0) & (kp <= qp);
+  if (!band && !dense) vis = (kp >= 0) & (kp <= qp);
   if (!band && p_.policy == CachePolicy::Window) vis = vis & ((kp < p_.sinks) | (qp - kp <= p_.budget - p_.sinks));
   const bool low = q.is_cuda() && (q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf);
   const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -132,11 +155,14 @@ Attention::Out EvictChunkAttention::layer(int64_t l, const at::Tensor& qkv, bool
     at::Tensor last_pos = (li + p0_).view({n, 1, 1});
     key = at::where(kpos > last_pos - p_.budget / 2, at::full_like(kscore, inf), kscore);
   } else {
-    // TOVA and window need no weights but the last query's: the output by SDPA with the visibility as its mask
-    // (the memory-efficient kernel on CUDA; batch = (row, KV head), heads = the group's query heads)
+    // TOVA and window need no weights but the last query's: past the budget the dense forms above, else the output
+    // by SDPA with the visibility as its mask (the memory-efficient kernel on CUDA; batch = (row, KV head), heads =
+    // the group's query heads)
     if (band) {
       o = window_band_attention(q.reshape({n, nkv * G, c, D}), st_.k[l], st_.v[l], k, v, p_.sinks, scale)
               .view({n, nkv, G, c, D});
+    } else if (dense) {
+      o = held_chunk_attention(q.reshape({n, nkv * G, c, D}), st_.k[l], st_.v[l], k, v, scale).view({n, nkv, G, c, D});
     } else {
       at::Tensor qb = q.reshape({n * nkv, G, c, D});
       at::Tensor kb = keys.reshape({n * nkv, 1, S, D}).expand({n * nkv, G, S, D});
@@ -150,7 +176,8 @@ Attention::Out EvictChunkAttention::layer(int64_t l, const at::Tensor& qkv, bool
       // the weights of each row's last real query, mean over the group's query heads
       at::Tensor ql = q.gather(3, li.view({n, 1, 1, 1, 1}).expand({n, nkv, G, 1, D}));  // [n, nkv, G, 1, D]
       at::Tensor sl = at::matmul(ql.to(acc), keys.to(acc).unsqueeze(2).transpose(-1, -2)) * scale;  // [n,nkv,G,1,S]
-      at::Tensor vl = vis.expand({n, nkv, 1, c, S}).gather(3, li.view({n, 1, 1, 1, 1}).expand({n, nkv, 1, 1, S}));
+      at::Tensor vl = dense ? ((kpos >= 0) & (kpos <= (li + p0_).view({n, 1, 1}))).view({n, nkv, 1, 1, S})
+                            : vis.expand({n, nkv, 1, c, S}).gather(3, li.view({n, 1, 1, 1, 1}).expand({n, nkv, 1, 1, S}));
       key = at::softmax(sl.masked_fill(~vl, -inf), -1).mean(2).squeeze(2).to(at::kFloat);  // [n, nkv, S]
     } else {
       key = at::where(kpos < p_.sinks, at::full_like(kscore, inf), kpos.to(at::kFloat));
@@ -183,9 +210,7 @@ Attention::Out EvictChunkAttention::layer(int64_t l, const at::Tensor& qkv, bool
 
 int64_t evict_prefill_chunk(const EvictPrefillParams& p) {
   if (p.policy != CachePolicy::Window) return p.chunk;
-  const char* e = std::getenv("DMC_WINDOW_BAND");  // 0: the masked form throughout (scripts/gpu_job_lib.sh)
-  const bool band = !(e && std::string(e) == "0");
-  return band && p.budget > p.sinks && p.sinks >= 1 ? p.budget - p.sinks : std::max(p.chunk, p.budget);
+  return dense_forms_on() && p.budget > p.sinks && p.sinks >= 1 ? p.budget - p.sinks : std::max(p.chunk, p.budget);
 }
 
 EvictPrefillResult evict_prefill(const Llama& m, const at::Tensor& ids, const std::vector<int64_t>& lengths,

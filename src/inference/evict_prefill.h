@@ -15,7 +15,8 @@
 // tokens: from p0 >= budget on, a chunk's attention is then three dense ones (the sinks; the held keys, causal
 // with queries and keys reversed; the chunk, causal) merged by their log-sum-exp, FlashAttention-2 on CUDA, in
 // place of a masked attention over budget + chunk keys with its [chunk, budget + chunk] mask built per layer (43% of
-// the vanilla prefill rate on an H200). For TOVA and H2O a chunk > 1 lets the
+// the vanilla prefill rate on an H200); TOVA past the budget likewise attends to its held slots (all before the
+// chunk) densely and to the chunk causally, merged. For TOVA and H2O a chunk > 1 lets the
 // chunk's queries see up to budget + chunk slots and evicts once per chunk: the chunked approximation prefills in
 // practice make (kvpress compresses once after the whole context); docs/results.md measures its effect.
 //
@@ -51,7 +52,7 @@ EvictPrefillResult evict_prefill(const Llama& m, const at::Tensor& ids, const st
                                  const EvictPrefillParams& p);
 
 // The chunk evict_prefill takes: p.chunk, but for window + sinks (exact at any chunk) budget - sinks (its banded
-// form above; with no sinks, or a budget of sinks alone, or DMC_WINDOW_BAND=0 in the environment, at least the
+// form above; with no sinks, or a budget of sinks alone, or DMC_EVICT_DENSE=0 in the environment, at least the
 // budget, the masked form throughout). A row's working set is this chunk plus the budget.
 int64_t evict_prefill_chunk(const EvictPrefillParams& p);
 
