@@ -614,8 +614,9 @@ void Decoder::evict(int64_t layer, const at::Tensor& seq_t, const at::Tensor& po
                          .gather(1, last.div(P, "floor").clamp_max(cache_.max_pages_per_row() - 1).unsqueeze(1))
                          .squeeze(1);
   cache_.give_pages(pages, drop);
-  // an evicting row shrinks by one; as a sum (padding rows add 0 to row 0), so repeated rows cannot race
-  cache_.lengths.index_put_({rows}, -ev.to(at::kInt), /*accumulate=*/true);
+  // an evicting row shrinks by one; as a sum (padding rows add 0 to row 0: atomic adds, so a repeated row cannot
+  // race, and no sort or host sync inside a captured step)
+  cache_.lengths.scatter_add_(0, rows, -ev.to(at::kInt));
 }
 
 }  // namespace dmc
