@@ -530,7 +530,7 @@ class PagedDecodeAttention : public Attention {
     at::Tensor o;
     if (d_.slot_pos_.defined()) {  // eviction baselines
       at::Tensor probs;
-      o = paged_attention_ref(qr, d_.cache_, l, seq_t_, max_len_, scale, &probs);
+      o = paged_attention_weights(qr, d_.cache_, l, seq_t_, max_len_, scale, probs);
       d_.evict(l, seq_t_, pos_t_, probs);
     } else {
       o = paged_attention(qr, d_.cache_, l, seq_t_, max_len_, scale, d_.kernels_);

@@ -150,8 +150,11 @@ at::Tensor decode_update(const at::Tensor& qkv, const at::Tensor& seq, const at:
   return decode_update_ref(qkv, seq, pos, forced, cos, sin, p, st, cache);
 }
 
-at::Tensor paged_attention_ref(const at::Tensor& q, const PagedKVCache& cache, int64_t layer, const at::Tensor& seq,
-                               int64_t max_len, double scale, at::Tensor* probs) {
+namespace {
+// low: the products on tensor cores in q's dtype (bf16 / fp16 on CUDA) with fp32 scores, the weights meeting the
+// values in q's dtype; else fp32 (fp64) math throughout
+at::Tensor paged_attention_impl(const at::Tensor& q, const PagedKVCache& cache, int64_t layer, const at::Tensor& seq,
+                                int64_t max_len, double scale, at::Tensor* probs, bool low) {
   const auto& o = cache.options();
   const int64_t n = q.size(0), nh = q.size(1), D = q.size(2), nkv = o.n_kv_heads, G = nh / nkv,
                 S = std::max<int64_t>(1, max_len);
@@ -164,12 +167,28 @@ at::Tensor paged_attention_ref(const at::Tensor& q, const PagedKVCache& cache, i
   at::Tensor vc = cache.v_pages.view({-1, D}).index_select(0, flat).view({n * nkv, S, D});
   at::Tensor len = cache.lengths.index_select(0, rows).to(at::kLong).masked_fill(pad, 1);
   const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor sc = at::matmul(q.reshape({n * nkv, G, D}).to(acc), kc.to(acc).transpose(1, 2)) * scale;  // [n nkv, G, S]
+  at::Tensor qg = q.reshape({n * nkv, G, D});
+  at::Tensor sc = (low ? at::bmm(qg, kc.transpose(1, 2), at::kFloat) : at::matmul(qg.to(acc), kc.to(acc).transpose(1, 2))) *
+                  scale;  // [n nkv, G, S]
   at::Tensor valid = at::arange(S, rows.options()).unsqueeze(0) < len.unsqueeze(1);                    // [n nkv, S]
   sc = sc.masked_fill(~valid.unsqueeze(1), -std::numeric_limits<double>::infinity());
   at::Tensor pr = at::softmax(sc, -1);
   if (probs) *probs = pr.view({n, nkv, G, S});
+  if (low) return at::bmm(pr.to(vc.scalar_type()), vc).view({n, nh, D});
   return at::matmul(pr, vc.to(acc)).to(q.scalar_type()).view({n, nh, D});
+}
+}  // namespace
+
+at::Tensor paged_attention_ref(const at::Tensor& q, const PagedKVCache& cache, int64_t layer, const at::Tensor& seq,
+                               int64_t max_len, double scale, at::Tensor* probs) {
+  return paged_attention_impl(q, cache, layer, seq, max_len, scale, probs, false);
+}
+
+at::Tensor paged_attention_weights(const at::Tensor& q, const PagedKVCache& cache, int64_t layer, const at::Tensor& seq,
+                                   int64_t max_len, double scale, at::Tensor& probs) {
+  const bool low = q.is_cuda() && (q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf) &&
+                   cache.k_pages.scalar_type() == q.scalar_type();
+  return paged_attention_impl(q, cache, layer, seq, max_len, scale, &probs, low);
 }
 
 at::Tensor paged_attention(const at::Tensor& q, const PagedKVCache& cache, int64_t layer, const at::Tensor& seq,

@@ -70,6 +70,11 @@ at::Tensor paged_attention(const at::Tensor& q, const PagedKVCache& cache, int64
 // length), which the eviction baselines score slots with.
 at::Tensor paged_attention_ref(const at::Tensor& q, const PagedKVCache& cache, int64_t layer, const at::Tensor& seq,
                                int64_t max_len, double scale, at::Tensor* probs = nullptr);
+// The eviction baselines' decode attention: the reference's computation and weights, but on CUDA in bf16 / fp16 the
+// products on tensor cores with fp32 scores and no fp32 copies of the gathered slots (the weights meet the values in
+// the model dtype, as a flash kernel does). Elsewhere the reference itself.
+at::Tensor paged_attention_weights(const at::Tensor& q, const PagedKVCache& cache, int64_t layer, const at::Tensor& seq,
+                                   int64_t max_len, double scale, at::Tensor& probs);
 
 // Rows (layer, seq[i], head h) for all heads: [n, nkv] int64.
 at::Tensor cache_rows(const PagedKVCache& cache, int64_t layer, const at::Tensor& seq);
