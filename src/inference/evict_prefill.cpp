@@ -21,8 +21,8 @@ bool dense_forms_on() {
   return !(e && std::string(e) == "0");
 }
 
-// Attention with its row log-sum-exp, for the window's banded form below.
-//   q [n, nh, L, D]; k, v [n, nkv, L, D] (nh a multiple of nkv; the same length L); causal or not
+// Attention with its row log-sum-exp, for the dense forms below.
+//   q [n, nh, L, D]; k, v [n, nkv, S, D] (nh a multiple of nkv); causal only with S == L
 //   -> out [n, nh, L, D] fp32, lse [n, nh, L] fp32
 // FlashAttention-2 on CUDA in bf16 / fp16 (K/V at their KV heads), else fp32 (fp64) math.
 std::pair<at::Tensor, at::Tensor> attention_lse(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -120,13 +120,12 @@ Attention::Out EvictChunkAttention::layer(int64_t l, const at::Tensor& qkv, bool
   at::Tensor kscore = held ? at::cat({st_.score[l], at::zeros({n, nkv, c}, st_.score[l].options())}, 2)
                            : at::zeros({n, nkv, c}, q.options().dtype(at::kFloat));
   const int64_t S = keys.size(2);
-  // visible: a held or real key at or before the query (window: a sink, or within budget - sinks behind it)
-  // window + sinks past the budget in chunks of budget - sinks: the banded form (window_band_attention), no mask
-  const bool full = held && p0_ >= p_.budget && st_.k[l].size(2) == p_.budget && dense_forms_on();  // live rows
-                                                                                                   // hold budget slots
+  // past the budget every live row holds budget slots: window + sinks in chunks of budget - sinks takes its banded
+  // form (window_band_attention), TOVA its held + chunk form (held_chunk_attention), neither a mask
+  const bool full = held && p0_ >= p_.budget && st_.k[l].size(2) == p_.budget && dense_forms_on();
   const bool band = full && p_.policy == CachePolicy::Window && p_.sinks >= 1 && c == p_.budget - p_.sinks;
-  // TOVA past the budget: every held slot of a live row is before the chunk (held_chunk_attention), no mask
   const bool dense = full && p_.policy == CachePolicy::Tova;
+  // else visible: a held or real key at or before the query (window: a sink, or within budget - sinks behind it)
   at::Tensor kp = kpos.view({n, nkv, 1, 1, S}), qp = cpos_.view({1, 1, 1, c, 1});
   at::Tensor vis;
   if (!band && !dense) vis = (kp >= 0) & (kp <= qp);
