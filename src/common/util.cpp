@@ -142,6 +142,11 @@ std::string human_bytes(double b) {
   return os.str();
 }
 
+bool env_off(const char* name) {
+  const char* e = std::getenv(name);
+  return e && std::string(e) == "0";
+}
+
 int64_t parse_int(const std::string& text, const std::string& field) {
   size_t pos = 0;
   long long v = 0;

@@ -34,6 +34,9 @@ std::string closest(const std::string& word, const std::vector<std::string>& can
 std::string human_bytes(double bytes);
 // A whole decimal integer (no trailing text), or dmc::Error "field: expected an integer, got 'text'".
 int64_t parse_int(const std::string& text, const std::string& field);
+// Whether the environment sets `name` to 0: the switches that turn a fast path off for an A/B or a fallback
+// (DMC_FUSED_OPS, DMC_POOL_TILED, DMC_EVICT_GRAPHS, DMC_EVICT_DENSE).
+bool env_off(const char* name);
 // "5GB", "500MB", "1024" -> bytes.
 int64_t parse_bytes(const std::string& s, const std::string& field);
 

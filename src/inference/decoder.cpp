@@ -3,11 +3,11 @@
 #include "ops/forced_decisions.h"
 
 #include <algorithm>
-#include <cstdlib>
 #include <cmath>
 #include <limits>
 
 #include "common/error.h"
+#include "common/util.h"
 #include "ops/dmc.h"
 #include "inference/evict_prefill.h"
 
@@ -125,9 +125,8 @@ Decoder::Decoder(const Llama& model, const DecoderOptions& o)
   cos_ = cs.contiguous();
   sin_ = sn.contiguous();
 #ifdef DMC_WITH_CUDA
-  const char* eg = std::getenv("DMC_EVICT_GRAPHS");
-  const bool evict_graphs = o.evict_graphs && !(eg && std::string(eg) == "0");
-  graphs_on_ = o.cuda_graphs && kernels_ && model.tp.size == 1 && (!evicts(policy_) || evict_graphs);
+  graphs_on_ = o.cuda_graphs && kernels_ && model.tp.size == 1 &&
+               (!evicts(policy_) || (o.evict_graphs && !env_off("DMC_EVICT_GRAPHS")));
 #endif
   if (evicts(policy_)) {
     auto dev = model.device();

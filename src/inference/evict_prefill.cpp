@@ -3,10 +3,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <limits>
 
 #include "common/error.h"
+#include "common/util.h"
 #include "model/attention.h"
 #include "ops/fused_ops.h"
 
@@ -16,10 +16,7 @@ namespace {
 
 // The dense forms below (window's band, TOVA's held + chunk) unless DMC_EVICT_DENSE=0: the masked form throughout
 // (scripts/gpu_job_lib.sh sets it where their GPU test fails).
-bool dense_forms_on() {
-  const char* e = std::getenv("DMC_EVICT_DENSE");
-  return !(e && std::string(e) == "0");
-}
+bool dense_forms_on() { return !env_off("DMC_EVICT_DENSE"); }
 
 // Attention with its row log-sum-exp, for the dense forms below.
 //   q [n, nh, L, D]; k, v [n, nkv, S, D] (nh a multiple of nkv); causal only with S == L
@@ -79,7 +76,7 @@ at::Tensor held_chunk_attention(const at::Tensor& q, const at::Tensor& hk, const
 class EvictChunkAttention : public Attention {
  public:
   EvictChunkAttention(const EvictPrefillParams& p, const at::Tensor& lengths, EvictPrefillResult& st)
-      : p_(p), len_(lengths), st_(st) {}
+      : p_(p), len_(lengths), st_(st), dense_on_(dense_forms_on()) {}
   void begin(const Llama& m, const at::Tensor& ids, const at::Tensor& positions) override {
     Attention::begin(m, ids, positions);
     cpos_ = positions;  // [c], the same for every row
@@ -101,6 +98,7 @@ class EvictChunkAttention : public Attention {
   EvictPrefillResult& st_;
   at::Tensor cpos_;
   int64_t p0_ = 0;
+  bool dense_on_;  // DMC_EVICT_DENSE, read once a prefill
 };
 
 Attention::Out EvictChunkAttention::layer(int64_t l, const at::Tensor& qkv, bool recompute) {
@@ -122,7 +120,7 @@ Attention::Out EvictChunkAttention::layer(int64_t l, const at::Tensor& qkv, bool
   const int64_t S = keys.size(2);
   // past the budget every live row holds budget slots: window + sinks in chunks of budget - sinks takes its banded
   // form (window_band_attention), TOVA its held + chunk form (held_chunk_attention), neither a mask
-  const bool full = held && p0_ >= p_.budget && st_.k[l].size(2) == p_.budget && dense_forms_on();
+  const bool full = held && p0_ >= p_.budget && st_.k[l].size(2) == p_.budget && dense_on_;
   const bool band = full && p_.policy == CachePolicy::Window && p_.sinks >= 1 && c == p_.budget - p_.sinks;
   const bool dense = full && p_.policy == CachePolicy::Tova;
   // else visible: a held or real key at or before the query (window: a sink, or within budget - sinks behind it)

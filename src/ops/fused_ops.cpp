@@ -5,10 +5,9 @@
 #include <torch/torch.h>
 
 #include <atomic>
-#include <cstdlib>
-#include <cstring>
 
 #include "common/error.h"
+#include "common/util.h"
 
 namespace dmc {
 
@@ -28,8 +27,7 @@ namespace {
 bool use_fused_ops(const at::Tensor& t) {
 #ifdef DMC_WITH_CUDA
   if (g_fused.load() < 0) {
-    const char* e = std::getenv("DMC_FUSED_OPS");
-    g_fused.store(e && std::strcmp(e, "0") == 0 ? 0 : 1);
+    g_fused.store(env_off("DMC_FUSED_OPS") ? 0 : 1);
   }
   return t.is_cuda() && g_fused.load() == 1;
 #else

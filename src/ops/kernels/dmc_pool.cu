@@ -16,11 +16,11 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
-#include <cstdlib>
 #include <string>
 #include <type_traits>
 
 #include "common/error.h"
+#include "common/util.h"
 #include "ops/dmc.h"
 
 namespace dmc {
@@ -292,8 +292,7 @@ __global__ void pool_bwd2_tiled_kernel(const float* __restrict__ g, const float*
 // The tiled forms run unless DMC_POOL_TILED=0 (the A/B against the row-per-warp forms) or their shared memory would
 // exceed what the device gives a block. Returns the bytes of shared memory to launch with (0 = not tiled).
 size_t tiled_smem(int WM, int64_t X) {
-  const char* e = std::getenv("DMC_POOL_TILED");
-  if (e && std::string(e) == "0") return 0;
+  if (env_off("DMC_POOL_TILED")) return 0;
   const size_t bytes = (size_t)(kTile + WM - 1) * (size_t)X * sizeof(float);
   int dev = 0, optin = 0;
   C10_CUDA_CHECK(cudaGetDevice(&dev));
